@@ -1,0 +1,110 @@
+//! `ckvault audit verify` and `ckvault audit show`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::{Format, StoreArg, output};
+use crate::audit::{self, verify::verify};
+use crate::inspect::escape_control;
+use crate::manifest::VerifyingKey;
+use crate::store::LocalStore;
+
+/// `ckvault audit ...` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit log's hash chain and signed heads (edited, removed, truncated or
+    /// forked history is reported). Exit status 1 on failure.
+    Verify {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Vault public key (SPKI PEM) kept out of band; default: the store's keys/signing.pub.
+        #[arg(long, value_name = "PEM")]
+        public_key: Option<PathBuf>,
+    },
+    /// Print audit events, oldest first.
+    Show {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Only events about this record.
+        #[arg(long)]
+        record: Option<String>,
+        /// At most this many events.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+/// Runs `ckvault audit ...`.
+pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCommand::Verify { store, public_key } => {
+            let st = LocalStore::open(&store.store)?;
+            let key = match public_key {
+                Some(p) => {
+                    let pem = std::fs::read_to_string(&p)
+                        .with_context(|| format!("cannot read {}", p.display()))?;
+                    VerifyingKey::from_pem(&pem, &p)?
+                }
+                None => st.verifying_key()?,
+            };
+            match verify(&st.audit_path(), &key) {
+                Ok(v) => {
+                    println!(
+                        "OK audit log: {} events, head {} (signed size {}, {} signed heads checked)",
+                        v.events, v.head_hash, v.signed_size, v.heads_checked
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("FAILED audit log {}: {e}", st.audit_path().display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        AuditCommand::Show {
+            store,
+            record,
+            limit,
+            format,
+        } => {
+            let st = LocalStore::open(&store.store)?;
+            let events = audit::read_events(
+                &st.audit_path(),
+                &|e| {
+                    record
+                        .as_deref()
+                        .is_none_or(|r| e.input.record.as_deref() == Some(r))
+                },
+                limit,
+            )?;
+            match format {
+                Format::Json => output::print_json(&events)?,
+                Format::Table => {
+                    for e in &events {
+                        let line = format!(
+                            "{:>6}  {}  {:<28} {:<14} {:<7} {} {}",
+                            e.seq,
+                            e.time.get(..19).unwrap_or(&e.time),
+                            e.input.actor,
+                            e.input.action,
+                            e.input.outcome,
+                            e.input.record.as_deref().unwrap_or("-"),
+                            e.input
+                                .detail
+                                .as_deref()
+                                .or(e.input.purpose.as_deref())
+                                .unwrap_or("")
+                        );
+                        println!("{}", escape_control(&line));
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

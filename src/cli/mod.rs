@@ -1,0 +1,101 @@
+//! The `ckvault` command line: argument definitions and dispatch. Each subcommand family
+//! lives in its own file and only wires library calls to terminal output.
+
+mod audit;
+mod inspect;
+mod open;
+mod output;
+mod records;
+mod seal;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// ckvault seals Kubernetes container checkpoints: every archive is hashed, compressed,
+/// encrypted to named age/SSH recipients and recorded with a signed manifest, so memory
+/// dumps never sit on a node in plaintext and every copy can be verified.
+#[derive(Debug, Parser)]
+#[command(name = "ckvault", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats for listing and inspection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned, human-readable text (control characters escaped).
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Seal a checkpoint archive into a store and print its manifest as JSON.
+    ///
+    /// The archive (.tar, .tar.gz or .tar.zst) is inspected, then streamed once through
+    /// SHA-256, zstd (unless already compressed) and age encryption into DIR; the signed
+    /// manifest is written next to the blob. An archive that fails inspection is still
+    /// sealed, and flagged `inspection.status = "rejected"` with the reason.
+    Seal(seal::SealArgs),
+    /// Describe a checkpoint archive without unpacking it (identity, image, CRIU process
+    /// tree, memory size). Exits with status 3 when the archive is rejected as unsafe.
+    Inspect(inspect::InspectArgs),
+    /// List the records of a store, oldest first.
+    Ls(records::LsArgs),
+    /// Print one record's manifest (JSON).
+    Show(records::ShowArgs),
+    /// Copy a record's sealed blob (and its manifest, as FILE.manifest.json) out of the store.
+    Export(records::ExportArgs),
+    /// Decrypt a record with your age or SSH identity, verifying both digests; the output
+    /// file appears only if everything matches.
+    Open(open::OpenArgs),
+    /// Re-hash a record's blob and check its manifest signature.
+    Verify(records::VerifyArgs),
+    /// Read and verify the store's tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Serve records over HTTPS to authenticated, authorized, audited callers.
+    Serve(serve::ServeArgs),
+    /// Manage bearer tokens.
+    #[command(subcommand)]
+    Token(serve::TokenCommand),
+    /// Validate policy files.
+    #[command(subcommand)]
+    Policy(serve::PolicyCommand),
+}
+
+/// A `--store DIR` argument shared by the record commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArg {
+    /// The store directory.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "CKVAULT_STORE",
+        default_value = "ckvault-data"
+    )]
+    pub store: PathBuf,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    match cli.command {
+        Command::Seal(a) => seal::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Ls(a) => records::ls(a),
+        Command::Show(a) => records::show(a),
+        Command::Export(a) => records::export(a),
+        Command::Open(a) => open::run(a),
+        Command::Verify(a) => records::verify(a),
+        Command::Audit(c) => audit::run(c),
+        Command::Serve(a) => serve::run(a),
+        Command::Token(c) => serve::token(c),
+        Command::Policy(c) => serve::policy(c),
+    }
+}

@@ -1,0 +1,95 @@
+//! `ckvault open`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+use super::{output, records::manifest_path_for};
+use crate::fsutil;
+use crate::manifest::{Manifest, RecordId};
+use crate::seal::open::{Identities, open_to_file};
+use crate::store::LocalStore;
+
+/// Arguments of `ckvault open`.
+#[derive(Debug, clap::Args)]
+pub struct OpenArgs {
+    /// A record ID (with --store) or an exported blob file (its manifest is read from
+    /// FILE.manifest.json, or --manifest).
+    pub target: String,
+    /// The store holding the record.
+    #[arg(long, value_name = "DIR", env = "CKVAULT_STORE")]
+    store: Option<PathBuf>,
+    /// Your age identity file (age-keygen) or unencrypted SSH private key.
+    #[arg(long, short = 'i', value_name = "KEYFILE")]
+    identity: PathBuf,
+    /// The manifest of an exported blob, if not at FILE.manifest.json.
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+    /// Where to write the original archive (must not exist).
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
+}
+
+/// Runs `ckvault open`.
+pub fn run(args: OpenArgs) -> anyhow::Result<ExitCode> {
+    let identities = Identities::from_file(&args.identity)?;
+    let as_file = PathBuf::from(&args.target);
+    let (manifest, blob) = if let (Some(dir), Ok(id)) =
+        (&args.store, args.target.parse::<RecordId>())
+    {
+        let store = LocalStore::open(dir)?;
+        let manifest = store.manifest(&id)?;
+        store.verify_manifest(&manifest)?;
+        store.audit_log()?.append(crate::audit::EventInput {
+            actor: crate::seal::local_actor(),
+            action: "open".into(),
+            outcome: "ok".into(),
+            record: Some(id.to_string()),
+            namespace: manifest.namespace.clone(),
+            detail: Some(format!("to {}", args.output.display())),
+            ..Default::default()
+        })?;
+        (manifest, store.open_blob(&id)?)
+    } else if as_file.is_file() {
+        let mpath = args
+            .manifest
+            .clone()
+            .unwrap_or_else(|| manifest_path_for(&as_file));
+        let mut bytes = Vec::new();
+        std::fs::File::open(&mpath)
+            .with_context(|| {
+                format!(
+                    "cannot read the manifest {} (needed to verify what is opened; pass --manifest)",
+                    mpath.display()
+                )
+            })?
+            .take(crate::manifest::MAX_MANIFEST_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)?;
+        let manifest = Manifest::from_json(&bytes)?;
+        eprintln!(
+            "ckvault: note: the manifest's signature is not checked here; use `ckvault verify --manifest {} --blob {} --public-key VAULT.pub`",
+            mpath.display(),
+            as_file.display()
+        );
+        let blob = fsutil::open_nofollow(&as_file)?;
+        (manifest, blob)
+    } else {
+        bail!(
+            "{:?} is neither a record ID of a store given with --store nor a readable file",
+            args.target
+        );
+    };
+    let bar = output::progress(manifest.sealed.size, "opening");
+    let digest = open_to_file(bar.wrap_read(blob), &manifest, &identities, &args.output)?;
+    bar.finish_and_clear();
+    eprintln!(
+        "opened {} -> {} ({} bytes, sha256 {} verified)",
+        manifest.id,
+        args.output.display(),
+        digest.size,
+        digest.sha256
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,264 @@
+//! `ckvault ls`, `show`, `export` and `verify`: reading records out of a store.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+use super::{Format, StoreArg, output};
+use crate::fsutil;
+use crate::inspect::escape_control;
+use crate::manifest::{Manifest, RecordId, VerifyingKey};
+use crate::seal::digest::HashingReader;
+use crate::store::LocalStore;
+
+/// Arguments of `ckvault ls`.
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+/// Arguments of `ckvault show`.
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    /// Record ID (from `ckvault ls`).
+    id: RecordId,
+    #[command(flatten)]
+    store: StoreArg,
+}
+
+/// Arguments of `ckvault export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Record ID.
+    id: RecordId,
+    #[command(flatten)]
+    store: StoreArg,
+    /// Where to write the sealed blob (must not exist). The manifest goes to
+    /// FILE.manifest.json beside it.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Do not write FILE.manifest.json.
+    #[arg(long)]
+    no_manifest: bool,
+}
+
+/// Arguments of `ckvault verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Record ID to verify (or use --all, or --manifest with --blob).
+    id: Option<RecordId>,
+    #[command(flatten)]
+    store: StoreArg,
+    /// Verify every record of the store.
+    #[arg(long, conflicts_with = "id")]
+    all: bool,
+    /// Verify with this public key (SPKI PEM) instead of the store's keys/signing.pub;
+    /// use a copy obtained out of band to detect a replaced store key.
+    #[arg(long, value_name = "PEM")]
+    public_key: Option<PathBuf>,
+    /// Verify an exported manifest (with --blob and --public-key) instead of a store record.
+    #[arg(long, value_name = "FILE", requires_all = ["blob", "public_key"], conflicts_with_all = ["id", "all"])]
+    manifest: Option<PathBuf>,
+    /// The exported blob the manifest describes.
+    #[arg(long, value_name = "FILE", requires = "manifest")]
+    blob: Option<PathBuf>,
+}
+
+/// Runs `ckvault ls`.
+pub fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
+    let store = LocalStore::open(&args.store.store)?;
+    let (manifests, broken) = store.list()?;
+    for e in &broken {
+        eprintln!("ckvault: warning: {e}");
+    }
+    match args.format {
+        Format::Json => output::print_json(&manifests)?,
+        Format::Table => {
+            println!(
+                "{:<26}  {:<20}  {:<40}  {:>10}  {:>10}  INSPECTION",
+                "ID", "SEALED", "NAMESPACE/POD/CONTAINER", "SIZE", "SEALED"
+            );
+            for m in &manifests {
+                let who = format!(
+                    "{}/{}/{}",
+                    m.namespace.as_deref().unwrap_or("?"),
+                    m.pod.as_deref().unwrap_or("?"),
+                    m.container.as_deref().unwrap_or("?")
+                );
+                let status = match &m.inspection.code {
+                    Some(code) => format!("rejected ({code})"),
+                    None => "ok".to_owned(),
+                };
+                println!(
+                    "{:<26}  {:<20}  {:<40}  {:>10}  {:>10}  {}",
+                    m.id,
+                    escape_control(m.sealed_at.get(..19).unwrap_or(&m.sealed_at)),
+                    escape_control(&who),
+                    output::human_bytes(m.plaintext.size),
+                    output::human_bytes(m.sealed.size),
+                    escape_control(&status)
+                );
+            }
+        }
+    }
+    Ok(if broken.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs `ckvault show`.
+pub fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
+    let store = LocalStore::open(&args.store.store)?;
+    let manifest = store.manifest(&args.id)?;
+    output::print_json(&manifest)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `ckvault export`.
+pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let store = LocalStore::open(&args.store.store)?;
+    let manifest = store.manifest(&args.id)?;
+    store.verify_manifest(&manifest)?;
+    store.audit_log()?.append(crate::audit::EventInput {
+        actor: crate::seal::local_actor(),
+        action: "export".into(),
+        outcome: "ok".into(),
+        record: Some(args.id.to_string()),
+        namespace: manifest.namespace.clone(),
+        detail: Some(format!("to {}", args.output.display())),
+        ..Default::default()
+    })?;
+    let mut blob = store.open_blob(&args.id)?;
+    let out = &args.output;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out.file_name().context("output path has no file name")?;
+    if out.exists() {
+        bail!("{} exists; refusing to overwrite it", out.display());
+    }
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.partial", std::process::id()));
+    let mut tmp = fsutil::AtomicFile::create(dir.join(tmp_name))
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let bar = output::progress(manifest.sealed.size, "exporting");
+    let mut hashing = HashingReader::new(bar.wrap_read(&mut blob));
+    io::copy(&mut hashing, tmp.file()?).with_context(|| format!("writing {}", out.display()))?;
+    bar.finish_and_clear();
+    let digest = hashing.finish();
+    if digest.sha256 != manifest.sealed.sha256 || digest.size != manifest.sealed.size {
+        bail!(
+            "the stored blob of {} does not match its manifest (sha256 {} vs {}): the store is damaged; nothing exported",
+            args.id,
+            digest.sha256,
+            manifest.sealed.sha256
+        );
+    }
+    tmp.commit(out)?;
+    if !args.no_manifest {
+        let mpath = manifest_path_for(out);
+        let mut mtmp_name = std::ffi::OsString::from(".");
+        mtmp_name.push(mpath.file_name().unwrap_or_default());
+        mtmp_name.push(format!(".{}.partial", std::process::id()));
+        let mut mtmp = fsutil::AtomicFile::create(dir.join(mtmp_name))?;
+        io::Write::write_all(mtmp.file()?, &manifest.to_json_pretty()?)?;
+        mtmp.commit(&mpath)?;
+        eprintln!("exported {} and {}", out.display(), mpath.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where `export` puts the manifest for a blob written to `blob`.
+pub fn manifest_path_for(blob: &Path) -> PathBuf {
+    let mut name = blob.as_os_str().to_os_string();
+    name.push(".manifest.json");
+    PathBuf::from(name)
+}
+
+/// Runs `ckvault verify`.
+pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let key_from = |path: &Path| -> anyhow::Result<VerifyingKey> {
+        let mut pem = String::new();
+        File::open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?
+            .take(64 << 10)
+            .read_to_string(&mut pem)?;
+        Ok(VerifyingKey::from_pem(&pem, path)?)
+    };
+    if let (Some(mpath), Some(bpath), Some(kpath)) = (&args.manifest, &args.blob, &args.public_key)
+    {
+        let mut bytes = Vec::new();
+        File::open(mpath)?
+            .take(crate::manifest::MAX_MANIFEST_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)?;
+        let manifest = Manifest::from_json(&bytes)?;
+        let blob = fsutil::open_nofollow(bpath)
+            .with_context(|| format!("cannot open {}", bpath.display()))?;
+        check(&manifest, blob, &key_from(kpath)?)?;
+        println!(
+            "OK {} (signature and sealed sha256 {})",
+            manifest.id, manifest.sealed.sha256
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = LocalStore::open(&args.store.store)?;
+    let key = match &args.public_key {
+        Some(p) => key_from(p)?,
+        None => store.verifying_key()?,
+    };
+    let ids = match (&args.id, args.all) {
+        (Some(id), _) => vec![id.clone()],
+        (None, true) => store.ids()?,
+        (None, false) => bail!("name a record ID, or pass --all"),
+    };
+    let mut failed = 0usize;
+    for id in &ids {
+        let result = store
+            .manifest(id)
+            .map_err(anyhow::Error::from)
+            .and_then(|m| check(&m, store.open_blob(id)?, &key).map(|()| m));
+        match result {
+            Ok(m) => println!("OK {id} (signature and sealed sha256 {})", m.sealed.sha256),
+            Err(e) => {
+                failed += 1;
+                println!("FAILED {id}: {e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!(
+            "ckvault: {failed} of {} records failed verification",
+            ids.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(manifest: &Manifest, blob: File, key: &VerifyingKey) -> anyhow::Result<()> {
+    key.verify(manifest)?;
+    let mut hashing = HashingReader::new(blob);
+    io::copy(&mut hashing, &mut io::sink())?;
+    let digest = hashing.finish();
+    if digest.sha256 != manifest.sealed.sha256 || digest.size != manifest.sealed.size {
+        bail!(
+            "blob sha256 {} ({} bytes) does not match the manifest's {} ({} bytes)",
+            digest.sha256,
+            digest.size,
+            manifest.sealed.sha256,
+            manifest.sealed.size
+        );
+    }
+    Ok(())
+}

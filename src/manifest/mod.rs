@@ -1,0 +1,193 @@
+//! The sealed-record manifest: a versioned JSON schema written next to every sealed blob,
+//! signed with the vault's Ed25519 key ([`sign`]) so a record can be verified offline.
+//!
+//! The manifest is the source of truth of a store: a blob without a manifest is not a
+//! record. Field names are part of the on-disk format; add fields, never rename them.
+
+pub mod id;
+pub mod sign;
+
+use serde::{Deserialize, Serialize};
+
+use crate::inspect::{Identity, Member, Process, Summary};
+pub use id::RecordId;
+pub use sign::{Signature, SigningKey, VerifyingKey};
+
+/// Schema identifier of this manifest version.
+pub const SCHEMA_V1: &str = "ckvault.dev/manifest/v1";
+
+/// One sealed checkpoint record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Schema identifier ([`SCHEMA_V1`]).
+    pub schema: String,
+    /// Unique, time-sortable record ID (a ULID).
+    pub id: RecordId,
+    /// Kubernetes namespace of the checkpointed pod.
+    pub namespace: Option<String>,
+    /// Pod name.
+    pub pod: Option<String>,
+    /// Container name.
+    pub container: Option<String>,
+    /// Runtime container ID.
+    pub container_id: Option<String>,
+    /// Image the container ran.
+    pub image: Option<String>,
+    /// Engine that wrote the archive: `cri-o`, `containerd` or `podman`.
+    pub engine: Option<String>,
+    /// OCI runtime (runc, crun, ...).
+    pub runtime: Option<String>,
+    /// When the checkpoint was taken, as the engine recorded it (RFC 3339).
+    pub checkpointed_at: Option<String>,
+    /// When ckvault finished sealing (RFC 3339, UTC).
+    pub sealed_at: String,
+    /// Node that sealed the record (host name).
+    pub node: Option<String>,
+    /// How the archive reached ckvault.
+    pub source: Source,
+    /// The archive as received.
+    pub plaintext: Plaintext,
+    /// The stored (sealed) blob.
+    pub sealed: Sealed,
+    /// What inspection found, or why it rejected the archive.
+    pub inspection: InspectionRecord,
+    /// Sizes and counts (zero when inspection rejected the archive).
+    pub summary: Summary,
+    /// Ed25519 signature over the canonical JSON of every other field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+}
+
+/// How the archive reached ckvault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    /// `cli` (ckvault seal), `cri-proxy`, `trigger` or `watch`.
+    pub kind: String,
+    /// Path the archive was read from, when it came from a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// Digest and size of the archive as received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plaintext {
+    /// Lower-case hex SHA-256 of the bytes as received.
+    pub sha256: String,
+    /// Byte count as received.
+    pub size: u64,
+    /// `tar`, `tar+gzip` or `tar+zstd`.
+    pub format: String,
+}
+
+/// Digest, size and protection of the stored blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    /// Lower-case hex SHA-256 of the stored bytes.
+    pub sha256: String,
+    /// Stored byte count.
+    pub size: u64,
+    /// `zstd` (ckvault compressed the archive) or `none` (it came compressed and is kept
+    /// as it came: `age -d` alone gives the original back).
+    pub compression: String,
+    /// `age-v1` (C2SP age, X25519 or SSH recipients).
+    pub encryption: String,
+    /// Who can open the blob: recipient types and fingerprints, never keys.
+    pub recipients: Vec<RecipientRef>,
+    /// File name of the blob inside the store.
+    pub blob: String,
+}
+
+/// A recipient the blob was encrypted to, identified by fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientRef {
+    /// `x25519`, `ssh-ed25519` or `ssh-rsa`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `SHA256:` + unpadded base64 of the SHA-256 of the public key (OpenSSH style).
+    pub fingerprint: String,
+}
+
+/// Outcome of inspection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InspectionStatus {
+    /// The archive parsed cleanly.
+    Ok,
+    /// The archive was refused by the inspector (it is still sealed, and flagged).
+    Rejected,
+}
+
+/// What inspection found about the archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InspectionRecord {
+    /// `ok` or `rejected`.
+    pub status: InspectionStatus,
+    /// Short stable reason code when rejected (e.g. `dot-dot-path`, `identity-mismatch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Human explanation when rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Identity as the archive's own metadata states it (may differ from the record's
+    /// identity when the caller supplied one; a difference is a rejection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_identity: Option<Identity>,
+    /// CRIU images found under `checkpoint/`.
+    #[serde(default)]
+    pub criu_images: Vec<Member>,
+    /// Process tree at checkpoint time.
+    #[serde(default)]
+    pub processes: Vec<Process>,
+}
+
+impl Manifest {
+    /// Serialises the manifest as pretty JSON (the on-disk form).
+    pub fn to_json_pretty(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut bytes = serde_json::to_vec_pretty(self)?;
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+
+    /// Parses a manifest, refusing oversized input and unknown schema versions.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge(bytes.len()));
+        }
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(ManifestError::Json)?;
+        if manifest.schema != SCHEMA_V1 {
+            return Err(ManifestError::Schema(manifest.schema));
+        }
+        Ok(manifest)
+    }
+}
+
+/// Largest manifest ckvault will read (process lists are bounded by the inspector).
+pub const MAX_MANIFEST_BYTES: usize = 16 << 20;
+
+/// Why a manifest could not be read or trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Not valid manifest JSON.
+    #[error("manifest is not valid JSON for this schema: {0}")]
+    Json(serde_json::Error),
+    /// Bigger than [`MAX_MANIFEST_BYTES`].
+    #[error("manifest is {0} bytes, over the {MAX_MANIFEST_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// A schema this version does not know.
+    #[error("manifest schema {0:?} is not supported by this ckvault (expects {SCHEMA_V1})")]
+    Schema(String),
+    /// The manifest carries no signature.
+    #[error("manifest is not signed")]
+    Unsigned,
+    /// The signature does not verify with the given key.
+    #[error(
+        "manifest signature does not verify with key {key_id}: the manifest was altered or signed by another vault"
+    )]
+    BadSignature {
+        /// Fingerprint of the key used for verification.
+        key_id: String,
+    },
+    /// The signature is malformed.
+    #[error("manifest signature is malformed: {0}")]
+    MalformedSignature(String),
+}

@@ -1,0 +1,629 @@
+//! The HTTP API (JSON, versioned under `/v1`; see `openapi/ckvault-v1.json`). Every
+//! request is authenticated (client certificate or bearer token), authorized against the
+//! access policy (deny by default) and recorded in the audit log *before* anything is
+//! served: a request the audit log cannot record is refused (503).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::range::{self, RangeDecision};
+use super::tls::ConnInfo;
+use crate::audit::EventInput;
+use crate::manifest::{Manifest, RecordId};
+use crate::policy::{Action, Principal};
+use crate::store::{LegalHold, StoreError};
+
+type Shared = Arc<AppState>;
+
+/// The OpenAPI document of this API, kept in the repository.
+pub const OPENAPI: &str = include_str!("../../openapi/ckvault-v1.json");
+
+/// Builds the router.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/checkpoints", get(list))
+        .route("/v1/checkpoints/{id}", get(show).delete(delete))
+        .route("/v1/checkpoints/{id}/archive", get(download))
+        .route("/v1/checkpoints/{id}/hold", put(hold).delete(release))
+        .route("/v1/audit", get(audit))
+        .with_state(state)
+}
+
+/// An error answer: `{"error": CODE, "message": TEXT}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no record {id} that you may see"),
+        )
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            Json(serde_json::json!({"error": self.code, "message": self.message})),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ckvault\""),
+            );
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => Self::not_found(id.as_str()),
+            StoreError::Held { .. } => Self::new(StatusCode::CONFLICT, "held", e.to_string()),
+            other => Self::internal(other),
+        }
+    }
+}
+
+/// The authenticated caller of a request.
+pub struct Caller {
+    principal: Principal,
+    remote: String,
+}
+
+impl FromRequestParts<Shared> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let conn = parts.extensions.get::<ConnInfo>().cloned();
+        let remote = conn
+            .as_ref()
+            .map(|c| c.peer.to_string())
+            .unwrap_or_default();
+        if let Some(p) = conn.and_then(|c| c.cert_identity) {
+            return Ok(Caller {
+                principal: p,
+                remote,
+            });
+        }
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_bearer);
+        let found = bearer.and_then(|t| state.tokens().authenticate(t));
+        match found {
+            Some(principal) => Ok(Caller { principal, remote }),
+            None => {
+                state.metrics.denied.fetch_add(1, Ordering::Relaxed);
+                let detail = if bearer.is_some() {
+                    "invalid token"
+                } else {
+                    "no credentials"
+                };
+                record(
+                    state,
+                    EventInput {
+                        actor: "anonymous".into(),
+                        action: "authenticate".into(),
+                        outcome: "denied".into(),
+                        remote: Some(remote),
+                        detail: Some(format!("{detail}: {} {}", parts.method, parts.uri.path())),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "present a client certificate signed by the configured CA, or Authorization: Bearer <token>",
+                ))
+            }
+        }
+    }
+}
+
+/// Parses `Bearer TOKEN` (RFC 6750, case-insensitive scheme, one space or more).
+pub fn parse_bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim();
+    let ok = !token.is_empty()
+        && token.len() <= 512
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b));
+    ok.then_some(token)
+}
+
+/// Appends an audit event; an audit failure refuses the request (fail closed).
+async fn record(state: &Shared, event: EventInput) -> Result<(), ApiError> {
+    let st = state.clone();
+    let result = tokio::task::spawn_blocking(move || st.audit.append(event))
+        .await
+        .map_err(ApiError::internal)?;
+    result.map(|_| ()).map_err(|e| {
+        state.metrics.audit_failures.fetch_add(1, Ordering::Relaxed);
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit-unavailable",
+            e.to_string(),
+        )
+    })
+}
+
+fn event(caller: &Caller, action: &str, outcome: &str) -> EventInput {
+    EventInput {
+        actor: caller.principal.actor(),
+        groups: caller.principal.groups.clone(),
+        action: action.into(),
+        outcome: outcome.into(),
+        remote: Some(caller.remote.clone()),
+        ..Default::default()
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)
+}
+
+/// Loads a record's manifest and checks that `caller` may do `action` on it; a record the
+/// caller may not touch answers 404, as one that does not exist (and is audited as denied).
+async fn authorized_manifest(
+    state: &Shared,
+    caller: &Caller,
+    id: &str,
+    action: Action,
+) -> Result<Manifest, ApiError> {
+    let Ok(rid) = id.parse::<RecordId>() else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-id",
+            format!(
+                "{:?} is not a record ID",
+                id.chars().take(64).collect::<String>()
+            ),
+        ));
+    };
+    let st = state.clone();
+    let manifest = blocking(move || st.store.manifest(&rid)).await?;
+    if !state
+        .policy()
+        .allows(&caller.principal, action, manifest.namespace.as_deref())
+    {
+        state.metrics.denied.fetch_add(1, Ordering::Relaxed);
+        let mut ev = event(caller, action.as_str(), "denied");
+        ev.record = Some(manifest.id.to_string());
+        ev.namespace = manifest.namespace.clone();
+        record(state, ev).await?;
+        return Err(ApiError::not_found(id));
+    }
+    Ok(manifest)
+}
+
+async fn healthz(State(state): State<Shared>) -> Response {
+    let st = state.clone();
+    let ok = tokio::task::spawn_blocking(move || st.store.ids().is_ok() && st.audit.writable())
+        .await
+        .unwrap_or(false);
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({"status": if ok {"ok"} else {"degraded"}})),
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<Shared>) -> Response {
+    let st = state.clone();
+    let records =
+        tokio::task::spawn_blocking(move || st.store.ids().map(|v| v.len() as u64).unwrap_or(0))
+            .await
+            .unwrap_or(0);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(records),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// Query of `GET /v1/checkpoints`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    namespace: Option<String>,
+    pod: Option<String>,
+    container: Option<String>,
+    node: Option<String>,
+    /// RFC 3339: only records sealed at or after this time.
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+/// One row of a listing.
+#[derive(Debug, Serialize)]
+pub struct ListItem {
+    id: String,
+    namespace: Option<String>,
+    pod: Option<String>,
+    container: Option<String>,
+    node: Option<String>,
+    image: Option<String>,
+    checkpointed_at: Option<String>,
+    sealed_at: String,
+    size: u64,
+    sealed_size: u64,
+    inspection: String,
+}
+
+async fn list(
+    State(state): State<Shared>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let since = match &q.since {
+        Some(s) => Some(
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad-since",
+                        format!("since must be RFC 3339: {e}"),
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let st = state.clone();
+    let (manifests, _broken) = blocking(move || st.store.list()).await?;
+    let policy = state.policy();
+    let eq = |want: &Option<String>, have: &Option<String>| want.is_none() || want == have;
+    let limit = q.limit.unwrap_or(10_000).min(100_000);
+    let items: Vec<ListItem> = manifests
+        .into_iter()
+        .rev() // newest first
+        .filter(|m| policy.allows(&caller.principal, Action::List, m.namespace.as_deref()))
+        .filter(|m| {
+            eq(&q.namespace, &m.namespace)
+                && eq(&q.pod, &m.pod)
+                && eq(&q.container, &m.container)
+                && eq(&q.node, &m.node)
+        })
+        .filter(|m| {
+            since.is_none_or(|t| {
+                time::OffsetDateTime::parse(
+                    &m.sealed_at,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .is_ok_and(|s| s >= t)
+            })
+        })
+        .take(limit)
+        .map(|m| ListItem {
+            id: m.id.to_string(),
+            namespace: m.namespace,
+            pod: m.pod,
+            container: m.container,
+            node: m.node,
+            image: m.image,
+            checkpointed_at: m.checkpointed_at,
+            sealed_at: m.sealed_at,
+            size: m.plaintext.size,
+            sealed_size: m.sealed.size,
+            inspection: m.inspection.code.unwrap_or_else(|| "ok".into()),
+        })
+        .collect();
+    let mut ev = event(&caller, "list", "ok");
+    ev.namespace = q.namespace.clone();
+    ev.detail = Some(format!("{} records", items.len()));
+    record(&state, ev).await?;
+    Ok(Json(serde_json::json!({ "items": items })).into_response())
+}
+
+async fn show(
+    State(state): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let manifest = authorized_manifest(&state, &caller, &id, Action::ReadManifest).await?;
+    let mut ev = event(&caller, "read-manifest", "ok");
+    ev.record = Some(manifest.id.to_string());
+    ev.namespace = manifest.namespace.clone();
+    record(&state, ev).await?;
+    let st = state.clone();
+    let rid = manifest.id.clone();
+    let held = blocking(move || st.store.hold(&rid)).await?;
+    let mut resp = Json(&manifest).into_response();
+    resp.headers_mut().insert(
+        "ckvault-legal-hold",
+        HeaderValue::from_static(if held.is_some() { "true" } else { "false" }),
+    );
+    Ok(resp)
+}
+
+/// Query of a download.
+#[derive(Debug, Deserialize)]
+pub struct DownloadQuery {
+    purpose: Option<String>,
+}
+
+async fn download(
+    State(state): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<DownloadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let manifest = authorized_manifest(&state, &caller, &id, Action::Download).await?;
+    // Serve only records whose manifest still verifies.
+    state.store.verify_manifest(&manifest).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "integrity",
+            e.to_string(),
+        )
+    })?;
+    let len = manifest.sealed.size;
+    let etag = format!("\"sha256-{}\"", manifest.sealed.sha256);
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v == etag);
+    let decision = if if_range_ok {
+        range::decide(range_header, len)
+    } else {
+        RangeDecision::Full
+    };
+    let purpose = q.purpose.or_else(|| {
+        headers
+            .get("ckvault-purpose")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    let mut ev = event(&caller, "download", "ok");
+    ev.record = Some(manifest.id.to_string());
+    ev.namespace = manifest.namespace.clone();
+    ev.purpose = purpose;
+    ev.detail = match decision {
+        RangeDecision::Partial { start, end } => Some(format!("bytes {start}-{end}/{len}")),
+        RangeDecision::Unsatisfiable => Some(format!("unsatisfiable range {range_header:?}")),
+        RangeDecision::Full => None,
+    };
+    record(&state, ev).await?;
+
+    let digest_raw = hex::decode(&manifest.sealed.sha256).unwrap_or_default();
+    let repr_digest = format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(digest_raw)
+    );
+    let mut builder = Response::builder()
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, &etag)
+        .header("repr-digest", repr_digest)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{}.age\"", manifest.id),
+        );
+    let (start, count, status) = match decision {
+        RangeDecision::Full => (0, len, StatusCode::OK),
+        RangeDecision::Partial { start, end } => {
+            builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+            (start, end - start + 1, StatusCode::PARTIAL_CONTENT)
+        }
+        RangeDecision::Unsatisfiable => {
+            return Ok(Response::builder()
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                .body(Body::empty())
+                .unwrap_or_default());
+        }
+    };
+    let st = state.clone();
+    let rid = manifest.id.clone();
+    let file = blocking(move || st.store.open_blob(&rid)).await?;
+    let body = super::stream::blob_body(
+        file,
+        start,
+        count,
+        (status == StatusCode::OK).then(|| manifest.sealed.sha256.clone()),
+    )
+    .await
+    .map_err(ApiError::internal)?;
+    state.metrics.downloads.fetch_add(1, Ordering::Relaxed);
+    state
+        .metrics
+        .download_bytes
+        .fetch_add(count, Ordering::Relaxed);
+    builder
+        .status(status)
+        .header(header::CONTENT_LENGTH, count)
+        .body(body)
+        .map_err(ApiError::internal)
+}
+
+/// Query or body carrying a reason.
+#[derive(Debug, Deserialize, Default)]
+pub struct ReasonQuery {
+    reason: Option<String>,
+}
+
+async fn delete(
+    State(state): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<ReasonQuery>,
+) -> Result<Response, ApiError> {
+    let manifest = authorized_manifest(&state, &caller, &id, Action::Delete).await?;
+    let st = state.clone();
+    let rid = manifest.id.clone();
+    if let Some(hold) = blocking(move || st.store.hold(&rid)).await? {
+        let mut ev = event(&caller, "delete", "denied");
+        ev.record = Some(manifest.id.to_string());
+        ev.namespace = manifest.namespace.clone();
+        ev.detail = Some(format!("under legal hold: {}", hold.reason));
+        record(&state, ev).await?;
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "held",
+            format!(
+                "record {id} is under legal hold ({}); release it first",
+                hold.reason
+            ),
+        ));
+    }
+    let mut ev = event(&caller, "delete", "ok");
+    ev.record = Some(manifest.id.to_string());
+    ev.namespace = manifest.namespace.clone();
+    ev.purpose = q.reason;
+    record(&state, ev).await?;
+    let st = state.clone();
+    let rid = manifest.id.clone();
+    blocking(move || st.store.delete(&rid)).await?;
+    state.metrics.deletions.fetch_add(1, Ordering::Relaxed);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn hold(
+    State(state): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<ReasonQuery>,
+    body: Option<Json<ReasonQuery>>,
+) -> Result<Response, ApiError> {
+    let reason = q
+        .reason
+        .or(body.and_then(|Json(b)| b.reason))
+        .filter(|r| !r.trim().is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "reason-required",
+                "a legal hold needs a reason (?reason= or {\"reason\": ...})",
+            )
+        })?;
+    let manifest = authorized_manifest(&state, &caller, &id, Action::Hold).await?;
+    let mut ev = event(&caller, "hold", "ok");
+    ev.record = Some(manifest.id.to_string());
+    ev.namespace = manifest.namespace.clone();
+    ev.purpose = Some(reason.clone());
+    record(&state, ev).await?;
+    let hold = LegalHold {
+        reason,
+        by: caller.principal.actor(),
+        at: crate::seal::now_rfc3339(),
+    };
+    let st = state.clone();
+    let rid = manifest.id.clone();
+    let h = hold.clone();
+    blocking(move || st.store.set_hold(&rid, &h)).await?;
+    Ok(Json(hold).into_response())
+}
+
+async fn release(
+    State(state): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<ReasonQuery>,
+) -> Result<Response, ApiError> {
+    let reason = q.reason.filter(|r| !r.trim().is_empty()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reason-required",
+            "releasing a hold needs ?reason=",
+        )
+    })?;
+    let manifest = authorized_manifest(&state, &caller, &id, Action::Hold).await?;
+    let mut ev = event(&caller, "release", "ok");
+    ev.record = Some(manifest.id.to_string());
+    ev.namespace = manifest.namespace.clone();
+    ev.purpose = Some(reason);
+    record(&state, ev).await?;
+    let st = state.clone();
+    let rid = manifest.id.clone();
+    let existed = blocking(move || st.store.release_hold(&rid)).await?;
+    Ok(Json(serde_json::json!({"released": existed})).into_response())
+}
+
+/// Query of `GET /v1/audit`.
+#[derive(Debug, Deserialize)]
+pub struct AuditQuery {
+    record: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(state): State<Shared>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, ApiError> {
+    let policy = state.policy();
+    let principal = caller.principal.clone();
+    let mut ev = event(&caller, "read-audit", "ok");
+    ev.record = q.record.clone();
+    record(&state, ev).await?;
+    let st = state.clone();
+    let limit = q.limit.unwrap_or(1000).min(100_000);
+    let events = tokio::task::spawn_blocking(move || {
+        st.audit.read(
+            &|e| {
+                q.record
+                    .as_deref()
+                    .is_none_or(|r| e.input.record.as_deref() == Some(r))
+                    && policy.allows(&principal, Action::ReadAudit, e.input.namespace.as_deref())
+            },
+            limit,
+        )
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    Ok(Json(serde_json::json!({ "items": events })).into_response())
+}

@@ -1,0 +1,175 @@
+//! Bearer tokens: a TOML file of token *hashes* mapped to a user and groups. The token
+//! itself is shown once by `ckvault token add` and never stored.
+//!
+//! ```toml
+//! [[token]]
+//! name = "alice"
+//! groups = ["responders"]
+//! sha256 = "9f86d0..."
+//! created = "2026-11-28T10:00:00Z"
+//! ```
+//! Tokens carry 256 random bits, so a plain SHA-256 is a sufficient verifier; lookups
+//! compare every entry in constant time.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::policy::Principal;
+
+/// Prefix of every token, so leaked tokens are recognisable by scanners.
+pub const PREFIX: &str = "ckv_";
+
+/// One stored token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    /// User name the token authenticates as.
+    pub name: String,
+    /// Groups of that user.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+    /// When it was created.
+    #[serde(default)]
+    pub created: String,
+}
+
+/// The token file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFile {
+    /// Entries.
+    #[serde(default)]
+    pub token: Vec<TokenEntry>,
+}
+
+/// Token file errors.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Unreadable or unwritable file.
+    #[error("token file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Not a token file.
+    #[error("token file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser message.
+        message: String,
+    },
+    /// Randomness failed.
+    #[error("cannot get random bytes: {0}")]
+    Random(String),
+}
+
+impl TokenFile {
+    /// Loads a token file (a missing file is an empty one).
+    pub fn load(path: &Path) -> Result<Self, TokenError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| TokenError::Parse {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(TokenError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Writes the file atomically with mode 0600.
+    pub fn save(&self, path: &Path) -> Result<(), TokenError> {
+        let io = |source| TokenError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let text = toml::to_string_pretty(self).map_err(|e| TokenError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(".tokens.{}.tmp", std::process::id()));
+        let mut f = crate::fsutil::AtomicFile::create(tmp).map_err(io)?;
+        std::io::Write::write_all(f.file().map_err(io)?, text.as_bytes()).map_err(io)?;
+        f.sync().map_err(io)?;
+        std::fs::rename(f.tmp_path(), path).map_err(io)?;
+        Ok(())
+    }
+
+    /// Creates a token for `name`, records its hash, and returns the token (show it once).
+    pub fn add(&mut self, name: &str, groups: &[String]) -> Result<String, TokenError> {
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).map_err(|e| TokenError::Random(e.to_string()))?;
+        let token = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(raw));
+        self.token.push(TokenEntry {
+            name: name.to_owned(),
+            groups: groups.to_vec(),
+            sha256: hash(&token),
+            created: crate::seal::now_rfc3339(),
+        });
+        Ok(token)
+    }
+
+    /// The principal a presented token belongs to. Every entry is compared, in constant
+    /// time, whatever matches.
+    pub fn authenticate(&self, presented: &str) -> Option<Principal> {
+        let digest = hash(presented);
+        let mut found = None;
+        for entry in &self.token {
+            if bool::from(entry.sha256.as_bytes().ct_eq(digest.as_bytes())) && found.is_none() {
+                found = Some(Principal {
+                    user: entry.name.clone(),
+                    groups: entry.groups.clone(),
+                    via: "token",
+                });
+            }
+        }
+        found
+    }
+}
+
+fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_authenticate_only_themselves_and_are_stored_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        let mut f = TokenFile::default();
+        let t1 = f.add("alice", &["responders".into()]).unwrap();
+        let t2 = f.add("bob", &[]).unwrap();
+        f.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&t1) && !text.contains(&t2));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let f = TokenFile::load(&path).unwrap();
+        assert_eq!(f.authenticate(&t1).unwrap().user, "alice");
+        assert_eq!(f.authenticate(&t2).unwrap().user, "bob");
+        assert!(f.authenticate("ckv_wrong").is_none());
+        assert!(f.authenticate("").is_none());
+    }
+}

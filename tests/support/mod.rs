@@ -1,0 +1,226 @@
+//! Helpers shared by ckvault's integration tests; include with `mod support;`.
+//!
+//! - [`real_checkpoint`]: a REAL container checkpoint archive, made by CRIU through
+//!   `tests/harness/real-checkpoint.sh` and cached under `<target dir>/real-checkpoints/`.
+//!   Where this machine cannot checkpoint it prints a loud `*** SKIPPED ... ***` notice and
+//!   returns `None`, unless `CKVAULT_REQUIRE_REAL_CHECKPOINT=1` (set by CI), which makes
+//!   that a panic:
+//!   ```ignore
+//!   let Some(archive) = support::real_checkpoint(16, "shop", "api-0", "api", "none") else { return };
+//!   ```
+//! - [`MARKER`]: a string that lives in the checkpointed process's memory, so in the
+//!   archive's `checkpoint/pages-*.img` and in no other member: a sealed blob must not
+//!   contain it, the opened plaintext must.
+//! - [`ckvault_bin`]: the `ckvault` binary cargo built for these tests.
+//! - [`age_keypair`]: a fresh age identity file and its recipient, from Debian's `age-keygen`.
+
+// Each test crate uses a different part of this module.
+#![allow(dead_code)]
+
+use std::collections::hash_map::DefaultHasher;
+use std::fs::{self, File};
+use std::hash::Hasher;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+macro_rules! marker_value {
+    () => {
+        "ckvault-harness-7c1f93d2"
+    };
+}
+
+/// The value handed to the harness; memhog plants `CKVAULT-SECRET-MARKER-<value>`.
+pub const MARKER_VALUE: &str = marker_value!();
+
+/// The string planted in the checkpointed process's heap (about once per MiB). It occurs
+/// only in `checkpoint/pages-*.img`: not in spec.dump, config.dump or the container log,
+/// because memhog receives the value hex-encoded.
+pub const MARKER: &str = concat!("CKVAULT-SECRET-MARKER-", marker_value!());
+
+/// Env var that turns "cannot make a real checkpoint here" from a skip into a panic.
+pub const REQUIRE_ENV: &str = "CKVAULT_REQUIRE_REAL_CHECKPOINT";
+
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/harness/real-checkpoint.sh"
+);
+const MEMHOG_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/harness/memhog.c");
+
+/// Serializes makers inside this process and remembers why the first attempt failed, so
+/// a machine that cannot checkpoint is told so once per test binary, not once per test.
+static STATE: Mutex<Option<String>> = Mutex::new(None);
+
+/// A real CRIU checkpoint archive of a container whose process holds `mem_mib` MiB of
+/// page-like heap (see `tests/harness/memhog.c`), with the Kubernetes identity `ns`/`pod`/
+/// `ctr` in its spec.dump annotations, compressed as `compress` (`none`: a plain tar as the
+/// kubelet writes; `gzip`; `zstd`). The archive carries [`MARKER`] in its pages.
+///
+/// Made once per parameter set (and harness version) and kept under
+/// `<target dir>/real-checkpoints/`; treat the file as read-only (mode 0600), copy it
+/// before changing it. The first archive on a machine builds a Debian 13 root with
+/// Podman and CRIU (1-3 minutes, cached in `CKVAULT_CKPT_CACHE`, default
+/// `/var/tmp/ckvault-ckpt`); later ones take about a second.
+///
+/// Returns `None` after a loud notice on stderr when this machine cannot checkpoint (not
+/// root, no namespaces, CRIU refused), or panics if `CKVAULT_REQUIRE_REAL_CHECKPOINT=1`.
+pub fn real_checkpoint(
+    mem_mib: u32,
+    ns: &str,
+    pod: &str,
+    ctr: &str,
+    compress: &str,
+) -> Option<PathBuf> {
+    let ext = match compress {
+        "none" => "tar",
+        "gzip" => "tar.gz",
+        "zstd" => "tar.zst",
+        other => panic!("real_checkpoint: compress must be none, gzip or zstd, not {other:?}"),
+    };
+    for name in [ns, pod, ctr] {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        assert!(
+            ok,
+            "real_checkpoint: {name:?} is not a name the harness takes ([A-Za-z0-9][A-Za-z0-9_.-]{{0,62}})"
+        );
+    }
+
+    let dir = target_dir().join("real-checkpoints");
+    let path = dir.join(format!(
+        "{mem_mib}m-{ns}-{pod}-{ctr}-{:016x}.{ext}",
+        harness_version()
+    ));
+
+    let mut failed = STATE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if path.exists() {
+        return Some(path);
+    }
+    if let Some(reason) = failed.as_ref() {
+        return cannot(reason);
+    }
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    // Other test binaries may be making the same archive: one makes it, the others reuse it.
+    let lock = File::create(dir.join(".lock")).expect("create real-checkpoints/.lock");
+    lock.lock().expect("lock real-checkpoints/.lock");
+    if path.exists() {
+        return Some(path);
+    }
+
+    eprintln!(
+        "support: making real checkpoint {} (the first on a machine builds a Debian root: 1-3 min)",
+        path.display()
+    );
+    let result = Command::new("bash")
+        .arg(SCRIPT)
+        .arg(&path)
+        .arg(mem_mib.to_string())
+        .args([ns, pod, ctr, compress, MARKER_VALUE])
+        .output();
+    let reason = match result {
+        Ok(out) if out.status.success() && path.exists() => return Some(path),
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            eprintln!("support: real-checkpoint.sh said:\n{stderr}");
+            if out.status.code() == Some(2) {
+                panic!("real-checkpoint.sh rejected its arguments:\n{stderr}");
+            }
+            // The script's last line says why; the lines before it are its evidence.
+            let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+            let last = last.unwrap_or("real-checkpoint.sh failed without a word");
+            let last = last.strip_prefix("real-checkpoint: ").unwrap_or(last);
+            let last = last
+                .strip_prefix("cannot checkpoint here: ")
+                .unwrap_or(last);
+            format!("{last} ({})", out.status)
+        }
+        Err(e) => format!("could not run bash {SCRIPT}: {e}"),
+    };
+    *failed = Some(reason.clone());
+    cannot(&reason)
+}
+
+/// Skip loudly, or panic when the environment demands real checkpoints.
+fn cannot(reason: &str) -> Option<PathBuf> {
+    if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+        panic!("{REQUIRE_ENV}=1 but cannot make a real CRIU checkpoint here: {reason}");
+    }
+    // Straight to the stderr handle: the test harness captures eprintln!, not this.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED: cannot make a real CRIU checkpoint here: {reason} ***\n"
+    );
+    None
+}
+
+/// Cargo's target directory (honours CARGO_TARGET_DIR): the parent of CARGO_TARGET_TMPDIR.
+fn target_dir() -> PathBuf {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    tmp.parent().unwrap_or(tmp).to_path_buf()
+}
+
+/// Changes when the harness changes, so cached archives from an older harness are not reused.
+fn harness_version() -> u64 {
+    let mut h = DefaultHasher::new();
+    for file in [SCRIPT, MEMHOG_SRC] {
+        h.write(&fs::read(file).unwrap_or_else(|e| panic!("read {file}: {e}")));
+    }
+    h.finish()
+}
+
+/// The `ckvault` binary built for this test run.
+pub fn ckvault_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ckvault"))
+}
+
+/// A fresh age X25519 identity written by `age-keygen -o` into `dir` (as `identity.txt`,
+/// or `identity-N.txt` when taken; mode 0600), and its recipient string (`age1...`).
+/// Panics with what to install when Debian's `age` package is missing.
+pub fn age_keypair(dir: &Path) -> (PathBuf, String) {
+    let identity = (0..)
+        .map(|n| match n {
+            0 => dir.join("identity.txt"),
+            n => dir.join(format!("identity-{n}.txt")),
+        })
+        .find(|p| !p.exists())
+        .expect("a free file name");
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&identity)
+        .output()
+        .unwrap_or_else(|e| panic!("run age-keygen ({e}): install it with apt-get install age"));
+    assert!(
+        out.status.success(),
+        "age-keygen -o {} failed: {}",
+        identity.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // age-keygen prints "Public key: age1..." on stderr when writing to a file.
+    let from_stderr = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("Public key: ").map(|k| k.trim().to_owned()));
+    let recipient = match from_stderr {
+        Some(r) => r,
+        None => {
+            let y = Command::new("age-keygen")
+                .arg("-y")
+                .arg(&identity)
+                .output()
+                .expect("run age-keygen -y");
+            assert!(y.status.success(), "age-keygen -y failed");
+            String::from_utf8_lossy(&y.stdout).trim().to_owned()
+        }
+    };
+    assert!(
+        recipient.starts_with("age1"),
+        "unexpected recipient {recipient:?}"
+    );
+    (identity, recipient)
+}
