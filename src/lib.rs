@@ -17,6 +17,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod fsutil;
 pub mod inspect;

@@ -53,6 +53,9 @@ pub struct EventInput {
     /// Remote address for network requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
+    /// Bytes sent (downloads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
     /// Free text (error messages, rule names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,

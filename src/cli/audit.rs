@@ -17,6 +17,9 @@ pub enum AuditCommand {
     /// Check the audit log's hash chain and signed heads (edited, removed, truncated or
     /// forked history is reported). Exit status 1 on failure.
     Verify {
+        /// The audit log file (default: the store's audit.log). Its signed heads are read
+        /// from FILE.head.json and FILE.heads beside it.
+        file: Option<PathBuf>,
         #[command(flatten)]
         store: StoreArg,
         /// Vault public key (SPKI PEM) kept out of band; default: the store's keys/signing.pub.
@@ -42,17 +45,24 @@ pub enum AuditCommand {
 /// Runs `ckvault audit ...`.
 pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuditCommand::Verify { store, public_key } => {
-            let st = LocalStore::open(&store.store)?;
+        AuditCommand::Verify {
+            file,
+            store,
+            public_key,
+        } => {
             let key = match public_key {
                 Some(p) => {
                     let pem = std::fs::read_to_string(&p)
                         .with_context(|| format!("cannot read {}", p.display()))?;
                     VerifyingKey::from_pem(&pem, &p)?
                 }
-                None => st.verifying_key()?,
+                None => LocalStore::open(&store.store)?.verifying_key()?,
             };
-            match verify(&st.audit_path(), &key) {
+            let log = match file {
+                Some(f) => f,
+                None => LocalStore::open(&store.store)?.audit_path(),
+            };
+            match verify(&log, &key) {
                 Ok(v) => {
                     println!(
                         "OK audit log: {} events, head {} (signed size {}, {} signed heads checked)",
@@ -61,7 +71,7 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    println!("FAILED audit log {}: {e}", st.audit_path().display());
+                    println!("FAILED audit log {}: {e}", log.display());
                     Ok(ExitCode::FAILURE)
                 }
             }

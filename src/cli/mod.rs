@@ -2,6 +2,7 @@
 //! lives in its own file and only wires library calls to terminal output.
 
 mod audit;
+mod fetch;
 mod inspect;
 mod open;
 mod output;
@@ -60,6 +61,8 @@ pub enum Command {
     /// Read and verify the store's tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Download a record from a ckvault server (resumable, verified; optionally opened).
+    Fetch(fetch::FetchArgs),
     /// Serve records over HTTPS to authenticated, authorized, audited callers.
     Serve(serve::ServeArgs),
     /// Manage bearer tokens.
@@ -95,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Verify(a) => records::verify(a),
         Command::Audit(c) => audit::run(c),
         Command::Serve(a) => serve::run(a),
+        Command::Fetch(a) => fetch::run(a),
         Command::Token(c) => serve::token(c),
         Command::Policy(c) => serve::policy(c),
     }

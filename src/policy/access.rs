@@ -356,3 +356,17 @@ actions = ["list", "download"]
         assert!(!p.allows(&alice(), Action::List, Some("any")));
     }
 }
+
+#[cfg(test)]
+mod committed_examples {
+    use super::*;
+
+    #[test]
+    fn the_committed_policies_and_example_config_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let p = AccessPolicy::load_dir(&root.join("policies")).unwrap();
+        assert!(p.len() >= 2);
+        let c = crate::config::Config::load(&root.join("examples/ckvault.toml")).unwrap();
+        assert_eq!(c.server.listen.port(), 8443);
+    }
+}

@@ -337,7 +337,13 @@ pub fn now_rfc3339() -> String {
 pub fn local_actor() -> String {
     let user = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into());
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/proc/self")
+                .map(|m| format!("uid{}", m.uid()))
+                .unwrap_or_else(|_| "unknown".into())
+        });
     format!(
         "cli:{user}@{}",
         host_name().unwrap_or_else(|| "localhost".into())

@@ -39,6 +39,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/checkpoints/{id}/archive", get(download))
         .route("/v1/checkpoints/{id}/hold", put(hold).delete(release))
         .route("/v1/audit", get(audit))
+        .fallback(unknown)
         .with_state(state)
 }
 
@@ -206,8 +207,8 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-/// Loads a record's manifest and checks that `caller` may do `action` on it; a record the
-/// caller may not touch answers 404, as one that does not exist (and is audited as denied).
+/// Loads a record's manifest and checks that `caller` may do `action` on it (403 and an
+/// audited denial otherwise). Malformed IDs are refused (400) and audited too.
 async fn authorized_manifest(
     state: &Shared,
     caller: &Caller,
@@ -225,7 +226,16 @@ async fn authorized_manifest(
         ));
     };
     let st = state.clone();
-    let manifest = blocking(move || st.store.manifest(&rid)).await?;
+    let manifest = match blocking(move || st.store.manifest(&rid)).await {
+        Ok(m) => m,
+        Err(e) => {
+            let mut ev = event(caller, action.as_str(), "error");
+            ev.record = Some(id.to_owned());
+            ev.detail = Some(e.message.clone());
+            record(state, ev).await?;
+            return Err(e);
+        }
+    };
     if !state
         .policy()
         .allows(&caller.principal, action, manifest.namespace.as_deref())
@@ -235,9 +245,35 @@ async fn authorized_manifest(
         ev.record = Some(manifest.id.to_string());
         ev.namespace = manifest.namespace.clone();
         record(state, ev).await?;
-        return Err(ApiError::not_found(id));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} may not {} records of namespace {}",
+                caller.principal.actor(),
+                action.as_str(),
+                manifest.namespace.as_deref().unwrap_or("(none)")
+            ),
+        ));
     }
     Ok(manifest)
+}
+
+/// Any other path: authenticated (401 otherwise) and audited, then 404.
+async fn unknown(
+    State(state): State<Shared>,
+    caller: Caller,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let shown: String = uri.path().chars().take(256).collect();
+    let mut ev = event(&caller, "request", "denied");
+    ev.detail = Some(format!("no such endpoint {shown:?}"));
+    record(&state, ev).await?;
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no-such-endpoint",
+        format!("no endpoint {shown:?}; see /v1/openapi.json"),
+    ))
 }
 
 async fn healthz(State(state): State<Shared>) -> Response {
@@ -431,6 +467,11 @@ async fn download(
     ev.record = Some(manifest.id.to_string());
     ev.namespace = manifest.namespace.clone();
     ev.purpose = purpose;
+    ev.bytes = Some(match decision {
+        RangeDecision::Full => len,
+        RangeDecision::Partial { start, end } => end - start + 1,
+        RangeDecision::Unsatisfiable => 0,
+    });
     ev.detail = match decision {
         RangeDecision::Partial { start, end } => Some(format!("bytes {start}-{end}/{len}")),
         RangeDecision::Unsatisfiable => Some(format!("unsatisfiable range {range_header:?}")),

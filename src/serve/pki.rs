@@ -17,6 +17,8 @@ use crate::fsutil;
 pub struct GeneratedPki {
     /// CA certificate (PEM): trust it in clients, and it verifies client certificates.
     pub ca_cert: PathBuf,
+    /// CA key (PEM, 0600): issue more client certificates with it (e.g. with openssl).
+    pub ca_key: PathBuf,
     /// Server certificate chain (PEM).
     pub server_cert: PathBuf,
     /// Server key (PEM, 0600).
@@ -61,6 +63,7 @@ pub fn ensure_default_pki(dir: &Path) -> Result<GeneratedPki, PkiError> {
     fsutil::ensure_private_dir(dir).map_err(|e| io(dir, e))?;
     let pki = GeneratedPki {
         ca_cert: dir.join("ca.pem"),
+        ca_key: dir.join("ca.key"),
         server_cert: dir.join("server.pem"),
         server_key: dir.join("server.key"),
         admin_cert: dir.join("admin.pem"),
@@ -79,6 +82,7 @@ pub fn ensure_default_pki(dir: &Path) -> Result<GeneratedPki, PkiError> {
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca.self_signed(&ca_key)?;
+    let ca_key_pem = ca_key.serialize_pem();
     let issuer = Issuer::new(ca, ca_key);
 
     let server_key = KeyPair::generate()?;
@@ -107,6 +111,7 @@ pub fn ensure_default_pki(dir: &Path) -> Result<GeneratedPki, PkiError> {
         fsutil::write_atomic(dir, path, text.as_bytes()).map_err(|e| io(path, e))
     };
     write(&pki.ca_cert, &ca_cert.pem())?;
+    write(&pki.ca_key, &ca_key_pem)?;
     write(
         &pki.server_cert,
         &format!("{}{}", server_cert.pem(), ca_cert.pem()),
