@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod capture;
 pub mod cli;
 pub mod client;
 pub mod config;

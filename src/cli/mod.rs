@@ -9,6 +9,7 @@ mod output;
 mod records;
 mod seal;
 mod serve;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -63,6 +64,9 @@ pub enum Command {
     Audit(audit::AuditCommand),
     /// Download a record from a ckvault server (resumable, verified; optionally opened).
     Fetch(fetch::FetchArgs),
+    /// Watch the kubelet checkpoint directory: seal each new archive, remove the plaintext,
+    /// leave a receipt. Also seals anything a crash left in the store's staging directory.
+    Watch(watch::WatchArgs),
     /// Serve records over HTTPS to authenticated, authorized, audited callers.
     Serve(serve::ServeArgs),
     /// Manage bearer tokens.
@@ -99,6 +103,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Audit(c) => audit::run(c),
         Command::Serve(a) => serve::run(a),
         Command::Fetch(a) => fetch::run(a),
+        Command::Watch(a) => watch::run(a),
         Command::Token(c) => serve::token(c),
         Command::Policy(c) => serve::policy(c),
     }

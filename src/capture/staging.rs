@@ -1,0 +1,68 @@
+//! The private staging directory (`<store>/staging`, 0700): the only place plaintext
+//! checkpoint bytes may live, and only until sealed. Files are created 0600 with
+//! O_EXCL|O_NOFOLLOW. At start, whatever a crash left there is sealed (flagged with source
+//! `staging-recovery`) and removed: recovered, never dropped.
+
+use std::path::PathBuf;
+
+use crate::fsutil;
+use crate::manifest::{Manifest, RecordId, Source};
+use crate::seal::{self, SealError, SealOptions};
+use crate::store::{LocalStore, StoreError};
+
+/// A fresh, empty, private staging file for one archive.
+pub fn create(store: &LocalStore) -> Result<(PathBuf, std::fs::File), StoreError> {
+    let dir = store.staging_dir()?;
+    let path = dir.join(format!("{}.tar", RecordId::generate()));
+    let file = fsutil::create_private_file(&path).map_err(|e| StoreError::Io {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    Ok((path, file))
+}
+
+/// What staging recovery did.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Records made from leftover files.
+    pub sealed: Vec<Manifest>,
+    /// Files that could not be sealed (left in place for the next try), and why.
+    pub failed: Vec<(PathBuf, SealError)>,
+}
+
+/// Seals every file left in staging by an earlier run, then removes it.
+pub fn recover(store: &LocalStore, opts: &SealOptions) -> Result<Recovered, StoreError> {
+    let dir = store.staging_dir()?;
+    let mut sealed = Vec::new();
+    let mut failed = Vec::new();
+    let entries = std::fs::read_dir(&dir).map_err(|e| StoreError::Io {
+        path: dir.display().to_string(),
+        source: e,
+    })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.file_type().is_file() {
+            let _ = std::fs::remove_file(&path); // nothing but regular files belongs here
+            continue;
+        }
+        let Ok(file) = fsutil::open_nofollow(&path) else {
+            continue;
+        };
+        let mut o = opts.clone();
+        o.source = Source {
+            kind: "staging-recovery".into(),
+            path: Some(path.display().to_string()),
+        };
+        match seal::seal_file(store, file, &o, &|_| {}) {
+            Ok(m) => {
+                let _ = std::fs::remove_file(&path);
+                sealed.push(m);
+            }
+            Err(e) => failed.push((path, e)),
+        }
+    }
+    Ok(Recovered { sealed, failed })
+}
