@@ -55,3 +55,16 @@ cmp "$WORK/opened.tar" "$WORK/original.tar"
 echo "byte-for-byte identical: $(sha256sum <"$WORK/opened.tar" | cut -c1-64)"
 rm -f "$WORK/opened.tar" "$WORK/original.tar"
 echo "== done: store $STORE, responder identity $WORK/responder.key"
+
+echo "== serving $STORE over HTTPS (embedded defaults); Ctrl-C to stop"
+"$CK" serve &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null' EXIT
+for _ in $(seq 50); do [ -f "$STORE/tls/admin.token" ] && curl -sf --cacert "$STORE/tls/ca.pem" https://127.0.0.1:8443/healthz >/dev/null && break; sleep 0.2; done
+echo "== listing with the admin certificate, downloading with the admin token"
+curl -s --cacert "$STORE/tls/ca.pem" --cert "$STORE/tls/admin.pem" --key "$STORE/tls/admin.key" https://127.0.0.1:8443/v1/checkpoints; echo
+rm -f "$WORK/fetched.age" "$WORK/fetched.age.manifest.json" "$WORK/fetched.age.tar"
+"$CK" fetch "$ID" --server https://127.0.0.1:8443 --cacert "$STORE/tls/ca.pem" \
+  --token-file "$STORE/tls/admin.token" --purpose demo -o "$WORK/fetched.age" -i "$WORK/responder.key"
+"$CK" audit verify --store "$STORE"
+wait $SERVER
