@@ -6,6 +6,7 @@ mod fetch;
 mod inspect;
 mod open;
 mod output;
+mod proxy;
 mod records;
 mod seal;
 mod serve;
@@ -67,6 +68,9 @@ pub enum Command {
     /// Watch the kubelet checkpoint directory: seal each new archive, remove the plaintext,
     /// leave a receipt. Also seals anything a crash left in the store's staging directory.
     Watch(watch::WatchArgs),
+    /// Run the CRI proxy between kubelet and the runtime: every call passes through
+    /// untouched except CheckpointContainer, whose archive is sealed as it is written.
+    Proxy(proxy::ProxyArgs),
     /// Serve records over HTTPS to authenticated, authorized, audited callers.
     Serve(serve::ServeArgs),
     /// Manage bearer tokens.
@@ -104,6 +108,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Serve(a) => serve::run(a),
         Command::Fetch(a) => fetch::run(a),
         Command::Watch(a) => watch::run(a),
+        Command::Proxy(a) => proxy::run(a),
         Command::Token(c) => serve::token(c),
         Command::Policy(c) => serve::policy(c),
     }

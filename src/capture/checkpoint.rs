@@ -1,0 +1,135 @@
+//! One checkpoint, from runtime call to sealed record: serialize per container, ask the
+//! runtime (CheckpointContainer) to write into a fresh private staging file, seal it with
+//! the identity the runtime reports for the container (cross-checked against the archive),
+//! remove the plaintext. Shared by the CRI proxy and the trigger API.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::cri::{
+    CheckpointContainerRequest, CheckpointContainerResponse, ContainerStatusRequest,
+    ContainerStatusResponse, GrpcStatus, LABEL_CONTAINER, LABEL_NAMESPACE, LABEL_POD,
+    RuntimeClient,
+};
+use super::staging;
+use crate::manifest::{Manifest, Source};
+use crate::seal::{self, ClaimedIdentity, SealOptions};
+use crate::store::LocalStore;
+
+/// Why a checkpoint did not become a record.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The runtime refused or failed (passed back to the caller unchanged).
+    #[error(transparent)]
+    Runtime(#[from] GrpcStatus),
+    /// The runtime wrote the archive but sealing failed; the plaintext stays in the
+    /// private staging directory and is sealed at the next start.
+    #[error(
+        "the checkpoint was taken but sealing failed ({0}); the archive is kept in ckvault's private staging directory and will be sealed when ckvault restarts"
+    )]
+    Seal(String),
+}
+
+/// Serializes checkpoints per container (runtimes fail concurrent checkpoints of one
+/// container) and runs them.
+#[derive(Clone)]
+pub struct Checkpointer {
+    runtime: RuntimeClient,
+    store: LocalStore,
+    opts: SealOptions,
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl Checkpointer {
+    /// A checkpointer for `runtime`, sealing into `store` with `opts` (recipients, actor).
+    pub fn new(runtime: RuntimeClient, store: LocalStore, opts: SealOptions) -> Self {
+        Self {
+            runtime,
+            store,
+            opts,
+            locks: Arc::default(),
+        }
+    }
+
+    /// The runtime client.
+    pub fn runtime(&self) -> &RuntimeClient {
+        &self.runtime
+    }
+
+    /// The store.
+    pub fn store(&self) -> &LocalStore {
+        &self.store
+    }
+
+    /// Checkpoints `container_id` within `deadline` and seals the result. `source` says who
+    /// asked (`cri-proxy` or `trigger`), `requested_location` where the caller wanted it.
+    pub async fn checkpoint(
+        &self,
+        container_id: &str,
+        deadline: Duration,
+        source: &str,
+        requested_location: Option<&str>,
+        actor: &str,
+    ) -> Result<Manifest, CheckpointError> {
+        let lock = {
+            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(container_id.to_owned()).or_default().clone()
+        };
+        let _serial = lock.lock().await;
+        let status: ContainerStatusResponse = self
+            .runtime
+            .unary(
+                "ContainerStatus",
+                &ContainerStatusRequest {
+                    container_id: container_id.to_owned(),
+                    verbose: false,
+                },
+                deadline.min(Duration::from_secs(30)),
+            )
+            .await?;
+        let labels = status.status.map(|s| s.labels).unwrap_or_default();
+        let claimed = ClaimedIdentity {
+            namespace: labels.get(LABEL_NAMESPACE).cloned(),
+            pod: labels.get(LABEL_POD).cloned(),
+            container: labels.get(LABEL_CONTAINER).cloned(),
+        };
+        let (staged, file) =
+            staging::create(&self.store).map_err(|e| CheckpointError::Seal(e.to_string()))?;
+        drop(file); // the runtime opens the path itself (O_RDWR|O_CREAT, no O_TRUNC)
+        let result: Result<CheckpointContainerResponse, GrpcStatus> = self
+            .runtime
+            .unary(
+                "CheckpointContainer",
+                &CheckpointContainerRequest {
+                    container_id: container_id.to_owned(),
+                    location: staged.display().to_string(),
+                    timeout: deadline.as_secs() as i64,
+                },
+                deadline,
+            )
+            .await;
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&staged);
+            return Err(e.into());
+        }
+        let mut opts = self.opts.clone();
+        opts.claimed = claimed;
+        opts.actor = actor.to_owned();
+        opts.source = Source {
+            kind: source.to_owned(),
+            path: requested_location.map(str::to_owned),
+        };
+        let store = self.store.clone();
+        let path = staged.clone();
+        let sealed = tokio::task::spawn_blocking(move || {
+            let file = crate::fsutil::open_nofollow(&path).map_err(|e| e.to_string())?;
+            seal::seal_file(&store, file, &opts, &|_| {}).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| CheckpointError::Seal(e.to_string()))?
+        .map_err(CheckpointError::Seal)?;
+        let _ = std::fs::remove_file(&staged);
+        Ok(sealed)
+    }
+}

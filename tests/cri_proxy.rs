@@ -1,0 +1,380 @@
+//! The CRI proxy between a CRI client (the kubelet's role, played by ckvault's own gRPC
+//! client) and a runtime. No runtime on this machine implements CheckpointContainer
+//! (containerd 1.6 answers UNIMPLEMENTED; see tests/cri_proxy_containerd.rs for the proxy in
+//! front of real containerd), so a test double plays the runtime here: it answers
+//! CheckpointContainer by writing a REAL CRIU archive (from the project harness) at the
+//! location it is given, opened the way runtimes open it (O_RDWR|O_CREAT, no O_TRUNC).
+
+mod support;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ckvault::capture::cri::{self, *};
+use ckvault::capture::proxy::{grpc_error, grpc_ok};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+
+/// The test double: what it was asked, and the archive it writes.
+struct FakeRuntime {
+    archive: Vec<u8>,
+    labels: HashMap<String, HashMap<String, String>>,
+    asked_locations: Mutex<Vec<String>>,
+}
+
+fn labels(ns: &str, pod: &str, ctr: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_NAMESPACE.to_owned(), ns.to_owned()),
+        (LABEL_POD.to_owned(), pod.to_owned()),
+        (LABEL_CONTAINER.to_owned(), ctr.to_owned()),
+    ])
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+impl FakeRuntime {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let path = req.uri().path().to_owned();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Ok(match path.strip_prefix(cri::RUNTIME).unwrap_or("") {
+            "Version" => grpc_ok(&VersionResponse {
+                version: "0.1.0".into(),
+                runtime_name: "ckvault-test-runtime".into(),
+                runtime_version: "1.0.0".into(),
+                runtime_api_version: "v1".into(),
+            }),
+            "ContainerStatus" => {
+                let r: ContainerStatusRequest = cri::unframe(body, 1 << 20).unwrap();
+                match self.labels.get(&r.container_id) {
+                    Some(l) => grpc_ok(&ContainerStatusResponse {
+                        status: Some(ContainerStatus {
+                            id: r.container_id,
+                            labels: l.clone(),
+                            state: CONTAINER_RUNNING,
+                            ..Default::default()
+                        }),
+                    }),
+                    None => grpc_error(5, &format!("container {:?} not found", r.container_id)),
+                }
+            }
+            "CheckpointContainer" => {
+                let r: CheckpointContainerRequest = cri::unframe(body, 1 << 20).unwrap();
+                self.asked_locations
+                    .lock()
+                    .unwrap()
+                    .push(r.location.clone());
+                if !self.labels.contains_key(&r.container_id) {
+                    return Ok(grpc_error(5, "container not found: checkpointing failed"));
+                }
+                let mut f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false) // as runtimes open it: no O_TRUNC
+                    .mode(0o600)
+                    .open(&r.location)
+                    .unwrap();
+                f.write_all(&self.archive).unwrap();
+                grpc_ok(&CheckpointContainerResponse {})
+            }
+            "GetContainerEvents" => {
+                // server streaming: three opaque messages, then OK trailers
+                let mut frames: Vec<Result<Frame<Bytes>, hyper::Error>> = (0..3u8)
+                    .map(|i| {
+                        let mut m = vec![0u8, 0, 0, 0, 2];
+                        m.extend_from_slice(&[0x0a, i]);
+                        Ok(Frame::data(Bytes::from(m)))
+                    })
+                    .collect();
+                let mut t = hyper::HeaderMap::new();
+                t.insert("grpc-status", "0".parse().unwrap());
+                frames.push(Ok(Frame::trailers(t)));
+                let mut resp =
+                    Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
+                resp.headers_mut()
+                    .insert("content-type", "application/grpc".parse().unwrap());
+                resp
+            }
+            _ => grpc_error(12, &format!("unknown method {path}")),
+        })
+    }
+}
+
+fn start_fake(socket: &Path, fake: Arc<FakeRuntime>) {
+    let socket = socket.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+            tx.send(()).unwrap();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let fake = fake.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| fake.clone().handle(req));
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    rx.recv().unwrap();
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_proxy(listen: &Path, runtime: &Path, store: &Path, recipient: &str) -> Kill {
+    let child = Command::new(support::ckvault_bin())
+        .args([
+            "proxy",
+            "--listen",
+            listen.to_str().unwrap(),
+            "--runtime",
+            runtime.to_str().unwrap(),
+        ])
+        .args(["--store", store.to_str().unwrap(), "-r", recipient])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !listen.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "proxy socket never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Kill(child)
+}
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn store_records(store: &Path) -> Vec<Value> {
+    let out = Command::new(support::ckvault_bin())
+        .args(["ls", "--store", store.to_str().unwrap(), "--format", "json"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    store: PathBuf,
+    identity: PathBuf,
+    fake: Arc<FakeRuntime>,
+    client: RuntimeClient,
+    _proxy: Kill,
+}
+
+fn setup(archive: &Path) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let (identity, recipient) = support::age_keypair(&dir);
+    let fake = Arc::new(FakeRuntime {
+        archive: std::fs::read(archive).unwrap(),
+        labels: HashMap::from([
+            ("c1".to_owned(), labels("forensics", "web-7d4", "app")),
+            ("c2".to_owned(), labels("payments", "web-7d4", "app")),
+        ]),
+        asked_locations: Mutex::default(),
+    });
+    let runtime_sock = dir.join("runtime.sock");
+    start_fake(&runtime_sock, fake.clone());
+    let proxy_sock = dir.join("ckvault.sock");
+    let store = dir.join("store");
+    let proxy = start_proxy(&proxy_sock, &runtime_sock, &store, &recipient);
+    std::fs::create_dir(dir.join("kubelet")).unwrap();
+    Setup {
+        client: RuntimeClient::new(&proxy_sock),
+        _tmp: tmp,
+        dir,
+        store,
+        identity,
+        fake,
+        _proxy: proxy,
+    }
+}
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+fn calls_pass_through_untouched_including_streams_and_unknown_methods() {
+    let Some(archive) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let s = setup(&archive);
+    let v: VersionResponse =
+        block(s.client.unary("Version", &VersionRequest::default(), T)).unwrap();
+    assert_eq!(v.runtime_name, "ckvault-test-runtime");
+    let err = block(s.client.unary::<_, VersionResponse>(
+        "NoSuchMethod",
+        &VersionRequest::default(),
+        T,
+    ))
+    .unwrap_err();
+    assert_eq!(err.code, 12, "{err}");
+    assert!(err.message.contains("NoSuchMethod"), "{err}");
+    // server streaming, read raw through the proxy
+    let frames = block(async {
+        let mut sender = s.client.connect().await.unwrap();
+        let req = Request::post("http://localhost/runtime.v1.RuntimeService/GetContainerEvents")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(
+                Full::new(Bytes::from_static(&[0, 0, 0, 0, 0]))
+                    .map_err(|n| match n {})
+                    .boxed(),
+            )
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+        collected.to_bytes()
+    });
+    assert_eq!(
+        &frames[..],
+        &[
+            0, 0, 0, 0, 2, 0x0a, 0, 0, 0, 0, 0, 2, 0x0a, 1, 0, 0, 0, 0, 2, 0x0a, 2
+        ]
+    );
+}
+
+#[test]
+fn checkpoints_are_sealed_from_staging_and_the_kubelet_gets_a_receipt() {
+    let Some(archive) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let s = setup(&archive);
+    let location = s
+        .dir
+        .join("kubelet/checkpoint-web-7d4_forensics-app-2026-11-28T10:00:00Z.tar");
+    let _: CheckpointContainerResponse = block(s.client.unary(
+        "CheckpointContainer",
+        &CheckpointContainerRequest {
+            container_id: "c1".into(),
+            location: location.display().to_string(),
+            timeout: 30,
+        },
+        T,
+    ))
+    .unwrap();
+    // The runtime was told to write into ckvault's private staging, not the kubelet path.
+    let asked = s.fake.asked_locations.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1);
+    assert!(
+        asked[0].starts_with(s.store.join("staging").to_str().unwrap()),
+        "{asked:?}"
+    );
+    assert!(!Path::new(&asked[0]).exists(), "plaintext left in staging");
+    // The kubelet's path holds a receipt, not the archive.
+    let receipt: Value = serde_json::from_slice(&std::fs::read(&location).unwrap()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&location).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let recs = store_records(&s.store);
+    assert_eq!(recs.len(), 1);
+    let m = &recs[0];
+    assert_eq!(receipt["id"], m["id"]);
+    assert_eq!(m["source"]["kind"], "cri-proxy");
+    assert_eq!(m["namespace"], "forensics");
+    assert_eq!(m["inspection"]["status"], "ok", "{m:#}");
+    // The sealed record opens to the runtime's archive, byte for byte.
+    let blob = s
+        .store
+        .join("records")
+        .join(format!("{}.age", m["id"].as_str().unwrap()));
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "age -d -i {} {} | zstd -d",
+            s.identity.display(),
+            blob.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.stdout == s.fake.archive,
+        "opened bytes differ from the runtime's archive"
+    );
+}
+
+#[test]
+fn runtime_errors_pass_back_unchanged_and_mismatches_are_flagged() {
+    let Some(archive) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let s = setup(&archive);
+    let location = s
+        .dir
+        .join("kubelet/checkpoint-x_forensics-app-2026-11-28T10:00:01Z.tar");
+    let err = block(s.client.unary::<_, CheckpointContainerResponse>(
+        "CheckpointContainer",
+        &CheckpointContainerRequest {
+            container_id: "missing".into(),
+            location: location.display().to_string(),
+            timeout: 30,
+        },
+        T,
+    ))
+    .unwrap_err();
+    assert_eq!(err.code, 5, "{err}");
+    assert!(err.message.contains("not found"), "{err}");
+    assert!(!location.exists());
+    assert_eq!(
+        std::fs::read_dir(s.store.join("staging"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
+    assert!(store_records(&s.store).is_empty());
+
+    // The runtime says c2 belongs to "payments"; the archive says "forensics".
+    let _: CheckpointContainerResponse = block(s.client.unary(
+        "CheckpointContainer",
+        &CheckpointContainerRequest {
+            container_id: "c2".into(),
+            location: location.display().to_string(),
+            timeout: 30,
+        },
+        T,
+    ))
+    .unwrap();
+    let recs = store_records(&s.store);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["namespace"], "payments");
+    assert_eq!(recs[0]["inspection"]["code"], "identity-mismatch");
+}
