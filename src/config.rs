@@ -27,6 +27,19 @@ pub struct Config {
     /// Access rules.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// Checkpoint capture through the runtime (the trigger API).
+    #[serde(default)]
+    pub capture: CaptureConfig,
+}
+
+/// `[capture]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// CRI runtime socket for `POST /checkpoint/{namespace}/{pod}/{container}`
+    /// (containerd: /run/containerd/containerd.sock; CRI-O: /var/run/crio/crio.sock).
+    /// Without it the trigger API answers 500, as the kubelet does without runtime support.
+    pub runtime_endpoint: Option<PathBuf>,
 }
 
 /// `[store]`
@@ -179,6 +192,7 @@ impl Config {
             &mut self.server.tokens,
             &mut self.audit.path,
             &mut self.policy.dir,
+            &mut self.capture.runtime_endpoint,
         ]
         .into_iter()
         .flatten()

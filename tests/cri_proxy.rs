@@ -93,6 +93,39 @@ impl FakeRuntime {
                 f.write_all(&self.archive).unwrap();
                 grpc_ok(&CheckpointContainerResponse {})
             }
+            "ListPodSandbox" => {
+                let r: ListPodSandboxRequest = cri::unframe(body, 1 << 20).unwrap();
+                let sel = r.filter.unwrap_or_default().label_selector;
+                let items = self
+                    .labels
+                    .values()
+                    .filter(|l| sel.iter().all(|(k, v)| l.get(k) == Some(v)))
+                    .map(|l| PodSandbox {
+                        id: format!("sandbox-{}", l[LABEL_POD]),
+                        labels: l.clone(),
+                        ..Default::default()
+                    })
+                    .take(1)
+                    .collect();
+                grpc_ok(&ListPodSandboxResponse { items })
+            }
+            "ListContainers" => {
+                let r: ListContainersRequest = cri::unframe(body, 1 << 20).unwrap();
+                let sel = r.filter.unwrap_or_default().label_selector;
+                let mut containers: Vec<Container> = self
+                    .labels
+                    .iter()
+                    .filter(|(_, l)| sel.iter().all(|(k, v)| l.get(k) == Some(v)))
+                    .map(|(id, l)| Container {
+                        id: id.clone(),
+                        labels: l.clone(),
+                        state: CONTAINER_RUNNING,
+                        ..Default::default()
+                    })
+                    .collect();
+                containers.sort_by(|a, b| a.id.cmp(&b.id));
+                grpc_ok(&ListContainersResponse { containers })
+            }
             "GetContainerEvents" => {
                 // server streaming: three opaque messages, then OK trailers
                 let mut frames: Vec<Result<Frame<Bytes>, hyper::Error>> = (0..3u8)
@@ -377,4 +410,176 @@ fn runtime_errors_pass_back_unchanged_and_mismatches_are_flagged() {
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["namespace"], "payments");
     assert_eq!(recs[0]["inspection"]["code"], "identity-mismatch");
+}
+
+/// The kubelet-compatible trigger API on the HTTPS server, in front of the same runtime.
+#[test]
+fn the_trigger_api_checkpoints_by_name_with_kubelet_status_codes() {
+    let Some(archive) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let s = setup(&archive);
+    std::fs::create_dir(s.dir.join("k2")).unwrap();
+    let (_id2, recipient) = support::age_keypair(&s.dir.join("k2"));
+    let tokens = s.dir.join("tokens.toml");
+    let out = Command::new(support::ckvault_bin())
+        .args([
+            "token",
+            "add",
+            "bob",
+            "--group",
+            "viewers",
+            "--tokens",
+            tokens.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let bob_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    std::fs::create_dir(s.dir.join("policies")).unwrap();
+    std::fs::write(
+        s.dir.join("policies/access.toml"),
+        "version = 1\n[[grant]]\nsubjects = [\"group:ckvault:admins\"]\nnamespaces = [\"*\"]\nactions = [\"checkpoint\", \"read-manifest\", \"read-audit\"]\n[[grant]]\nsubjects = [\"group:viewers\"]\nnamespaces = [\"*\"]\nactions = [\"list\"]\n",
+    )
+    .unwrap();
+    let config = s.dir.join("ckvault.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"serve-store\"\n[server]\nlisten = \"127.0.0.1:0\"\ntokens = \"tokens.toml\"\n[seal]\nrecipients = [\"{recipient}\"]\n[policy]\ndir = \"policies\"\n[capture]\nruntime_endpoint = \"runtime.sock\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(support::ckvault_bin())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _server = Kill(child);
+    let addr = line
+        .split("https://")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let tls = s.dir.join("serve-store/tls");
+    let curl = |args: &[&str], path: &str| -> (String, String) {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+                tls.join("ca.pem").to_str().unwrap(),
+            ])
+            .args(args)
+            .arg(format!("https://{addr}{path}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_owned(), body.to_owned())
+    };
+    let cert = tls.join("admin.pem");
+    let key = tls.join("admin.key");
+    let admin = [
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "-X",
+        "POST",
+    ];
+    let (code, body) = curl(
+        &admin,
+        "/checkpoint/forensics/web-7d4/app?timeout=abc&timeout=30",
+    );
+    assert_eq!(code, "200", "{body}");
+    let items: Value = serde_json::from_str(&body).unwrap();
+    let path = items["items"][0].as_str().unwrap().to_owned();
+    let (code, body) = curl(&admin[..4], &path);
+    assert_eq!(code, "200", "{body}");
+    let m: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(m["source"]["kind"], "trigger");
+    assert_eq!(m["namespace"], "forensics");
+    assert_eq!(m["inspection"]["status"], "ok");
+    for (path, want) in [
+        ("/checkpoint/forensics/nope/app", "pod does not exist"),
+        (
+            "/checkpoint/forensics/web-7d4/nope",
+            "container nope does not exist",
+        ),
+        (
+            "/checkpoint/forensics/web-7d4/app?timeout=30&timeout=soon",
+            "cannot parse timeout",
+        ),
+    ] {
+        let (code, body) = curl(&admin, path);
+        assert_eq!(code, "404", "{path}: {body}");
+        assert!(body.contains(want), "{path}: {body}");
+    }
+    let bearer = format!("Authorization: Bearer {bob_token}");
+    let (code, _) = curl(
+        &["-H", &bearer, "-X", "POST"],
+        "/checkpoint/forensics/web-7d4/app",
+    );
+    assert_eq!(code, "403");
+    let (code, _) = curl(&["-X", "POST"], "/checkpoint/forensics/web-7d4/app");
+    assert_eq!(code, "401");
+    // every attempt is in the audit log, which verifies
+    let store = s.dir.join("serve-store");
+    let out = Command::new(support::ckvault_bin())
+        .args([
+            "audit",
+            "show",
+            "--store",
+            store.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let events: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checkpoints: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "checkpoint")
+        .collect();
+    let outcomes: Vec<&str> = checkpoints
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "ok").count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "denied").count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "error").count(),
+        3,
+        "{outcomes:?}"
+    );
+    let out = Command::new(support::ckvault_bin())
+        .args(["audit", "verify", "--store", store.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -39,6 +39,10 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/checkpoints/{id}/archive", get(download))
         .route("/v1/checkpoints/{id}/hold", put(hold).delete(release))
         .route("/v1/audit", get(audit))
+        .route(
+            "/checkpoint/{namespace}/{pod}/{container}",
+            axum::routing::post(super::trigger::checkpoint),
+        )
         .fallback(unknown)
         .with_state(state)
 }
@@ -52,7 +56,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with a status, a stable code and a message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -100,8 +105,10 @@ impl From<StoreError> for ApiError {
 
 /// The authenticated caller of a request.
 pub struct Caller {
-    principal: Principal,
-    remote: String,
+    /// Who.
+    pub principal: Principal,
+    /// From where.
+    pub remote: String,
 }
 
 impl FromRequestParts<Shared> for Caller {
@@ -172,7 +179,7 @@ pub fn parse_bearer(value: &str) -> Option<&str> {
 }
 
 /// Appends an audit event; an audit failure refuses the request (fail closed).
-async fn record(state: &Shared, event: EventInput) -> Result<(), ApiError> {
+pub(crate) async fn record(state: &Shared, event: EventInput) -> Result<(), ApiError> {
     let st = state.clone();
     let result = tokio::task::spawn_blocking(move || st.audit.append(event))
         .await
@@ -187,7 +194,7 @@ async fn record(state: &Shared, event: EventInput) -> Result<(), ApiError> {
     })
 }
 
-fn event(caller: &Caller, action: &str, outcome: &str) -> EventInput {
+pub(crate) fn event(caller: &Caller, action: &str, outcome: &str) -> EventInput {
     EventInput {
         actor: caller.principal.actor(),
         groups: caller.principal.groups.clone(),

@@ -8,6 +8,7 @@ pub mod range;
 pub mod stream;
 pub mod tls;
 pub mod tokens;
+pub mod trigger;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -28,6 +29,8 @@ pub struct AppState {
     tokens: RwLock<Arc<TokenFile>>,
     /// Counters.
     pub metrics: metrics::Metrics,
+    /// Checkpoints through the runtime, when `[capture] runtime_endpoint` is set.
+    pub checkpointer: Option<crate::capture::checkpoint::Checkpointer>,
 }
 
 impl AppState {
@@ -44,6 +47,7 @@ impl AppState {
             policy: RwLock::new(Arc::new(policy)),
             tokens: RwLock::new(Arc::new(tokens)),
             metrics: metrics::Metrics::default(),
+            checkpointer: None,
         }
     }
 
@@ -147,8 +151,32 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         })?,
         None => AccessPolicy::admin_only(),
     };
+    let mut recipients = Vec::new();
+    for r in &config.seal.recipients {
+        recipients.push(r.parse::<crate::seal::Recipient>()?);
+    }
+    anyhow::ensure!(
+        config.capture.runtime_endpoint.is_none() || !recipients.is_empty(),
+        "[capture] runtime_endpoint is set but [seal] recipients is empty: checkpoints could not be sealed"
+    );
+    let checkpointer = config.capture.runtime_endpoint.as_ref().map(|sock| {
+        let opts = crate::seal::SealOptions::new(
+            recipients.clone(),
+            crate::manifest::Source {
+                kind: "trigger".into(),
+                path: None,
+            },
+        );
+        crate::capture::checkpoint::Checkpointer::new(
+            crate::capture::cri::RuntimeClient::new(sock),
+            store.clone(),
+            opts,
+        )
+    });
+    let mut state = AppState::new(store, audit, policy, tokens);
+    state.checkpointer = checkpointer;
     Ok(Prepared {
-        state: Arc::new(AppState::new(store, audit, policy, tokens)),
+        state: Arc::new(state),
         tls: Arc::new(tls),
         generated,
         listen: config.server.listen,

@@ -1,0 +1,213 @@
+//! The kubelet-compatible trigger API: `POST /checkpoint/{namespace}/{pod}/{container}
+//! ?timeout=SECONDS`, with the kubelet's status codes (404 for an unknown pod or container
+//! or an unparsable timeout, 401/403, 500 for any runtime failure), authorized by the
+//! `checkpoint` action on the namespace and audited. Names are resolved through the runtime
+//! (ListPodSandbox / ListContainers label selectors, running containers only); the archive
+//! goes to private staging and is sealed; the answer names the sealed records.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::api::{ApiError, Caller, event, record};
+use crate::capture::checkpoint::CheckpointError;
+use crate::capture::cri::*;
+use crate::policy::Action;
+
+/// The kubelet's default runtime request timeout; the deadline is the larger of it and the
+/// requested timeout.
+const RUNTIME_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Parses the `timeout` query parameter the way the kubelet does: the last one wins; one
+/// that is not a non-negative integer is an error.
+pub fn parse_timeout(query: Option<&str>) -> Result<Option<u64>, String> {
+    let mut last = None;
+    for pair in query.unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == "timeout" {
+            last = Some(v);
+        }
+    }
+    match last {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| format!("cannot parse timeout {v:?}")),
+    }
+}
+
+/// `POST /checkpoint/{namespace}/{pod}/{container}`.
+pub async fn checkpoint(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut ev = event(&caller, "checkpoint", "denied");
+    ev.namespace = Some(namespace.clone());
+    ev.detail = Some(format!("{pod}/{container}"));
+    if !state
+        .policy()
+        .allows(&caller.principal, Action::Checkpoint, Some(&namespace))
+    {
+        record(&state, ev).await?;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} may not checkpoint in namespace {namespace}",
+                caller.principal.actor()
+            ),
+        ));
+    }
+    let not_found = |msg: String| ApiError::new(StatusCode::NOT_FOUND, "not-found", msg);
+    let timeout = match parse_timeout(query.as_deref()) {
+        Ok(t) => t,
+        Err(msg) => {
+            ev.outcome = "error".into();
+            record(&state, ev).await?;
+            return Err(not_found(msg));
+        }
+    };
+    let Some(checkpointer) = state.checkpointer.clone() else {
+        ev.outcome = "error".into();
+        record(&state, ev).await?;
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "not-implemented",
+            format!(
+                "checkpointing of {namespace}/{pod}/{container} failed (no runtime configured: set [capture] runtime_endpoint)"
+            ),
+        ));
+    };
+    let failed = |e: &dyn std::fmt::Display| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "checkpoint-failed",
+            format!("checkpointing of {namespace}/{pod}/{container} failed ({e})"),
+        )
+    };
+    let runtime = checkpointer.runtime().clone();
+    let short = Duration::from_secs(30);
+    let sandboxes: ListPodSandboxResponse = match runtime
+        .unary(
+            "ListPodSandbox",
+            &ListPodSandboxRequest {
+                filter: Some(PodSandboxFilter {
+                    state: Some(PodSandboxStateValue {
+                        state: SANDBOX_READY,
+                    }),
+                    label_selector: HashMap::from([
+                        (LABEL_NAMESPACE.to_owned(), namespace.clone()),
+                        (LABEL_POD.to_owned(), pod.clone()),
+                    ]),
+                    ..Default::default()
+                }),
+            },
+            short,
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            ev.outcome = "error".into();
+            record(&state, ev).await?;
+            return Err(failed(&e));
+        }
+    };
+    let Some(sandbox) = sandboxes.items.first() else {
+        ev.outcome = "error".into();
+        record(&state, ev).await?;
+        return Err(not_found("pod does not exist".into()));
+    };
+    let containers: ListContainersResponse = match runtime
+        .unary(
+            "ListContainers",
+            &ListContainersRequest {
+                filter: Some(ContainerFilter {
+                    state: Some(ContainerStateValue {
+                        state: CONTAINER_RUNNING,
+                    }),
+                    pod_sandbox_id: sandbox.id.clone(),
+                    label_selector: HashMap::from([
+                        (LABEL_NAMESPACE.to_owned(), namespace.clone()),
+                        (LABEL_POD.to_owned(), pod.clone()),
+                        (LABEL_CONTAINER.to_owned(), container.clone()),
+                    ]),
+                    ..Default::default()
+                }),
+            },
+            short,
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            ev.outcome = "error".into();
+            record(&state, ev).await?;
+            return Err(failed(&e));
+        }
+    };
+    let Some(target) = containers.containers.first() else {
+        ev.outcome = "error".into();
+        record(&state, ev).await?;
+        return Err(not_found(format!("container {container} does not exist")));
+    };
+    let deadline = RUNTIME_REQUEST_TIMEOUT.max(Duration::from_secs(timeout.unwrap_or(0)));
+    match checkpointer
+        .checkpoint(
+            &target.id,
+            deadline,
+            "trigger",
+            None,
+            &caller.principal.actor(),
+        )
+        .await
+    {
+        Ok(manifest) => {
+            let mut ok = event(&caller, "checkpoint", "ok");
+            ok.namespace = Some(namespace.clone());
+            ok.record = Some(manifest.id.to_string());
+            ok.detail = Some(format!("{pod}/{container}"));
+            record(&state, ok).await?;
+            Ok(Json(serde_json::json!({
+                "items": [format!("/v1/checkpoints/{}", manifest.id)]
+            }))
+            .into_response())
+        }
+        Err(e) => {
+            ev.outcome = "error".into();
+            ev.detail = Some(format!("{pod}/{container}: {e}"));
+            record(&state, ev).await?;
+            Err(match e {
+                CheckpointError::Runtime(s) => failed(&format_args!(
+                    "rpc error: code = {} desc = {}",
+                    s.code, s.message
+                )),
+                other => failed(&other),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_parse_like_the_kubelet() {
+        assert_eq!(parse_timeout(None), Ok(None));
+        assert_eq!(parse_timeout(Some("timeout=30")), Ok(Some(30)));
+        assert_eq!(parse_timeout(Some("timeout=30&timeout=5")), Ok(Some(5)));
+        assert!(parse_timeout(Some("timeout=abc")).is_err());
+        assert!(parse_timeout(Some("timeout=5&timeout=-1")).is_err());
+        assert_eq!(parse_timeout(Some("other=1")), Ok(None));
+    }
+}
