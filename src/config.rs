@@ -27,19 +27,108 @@ pub struct Config {
     /// Access rules.
     #[serde(default)]
     pub policy: PolicyConfig,
-    /// Checkpoint capture through the runtime (the trigger API).
+    /// The CRI proxy, and the runtime the trigger API talks to.
     #[serde(default)]
-    pub capture: CaptureConfig,
+    pub cri: CriConfig,
+    /// The checkpoint-directory watcher.
+    #[serde(default)]
+    pub watch: WatchConfig,
 }
 
-/// `[capture]`
-#[derive(Debug, Clone, Default, Deserialize)]
+/// What the CRI proxy leaves at the location the kubelet asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KubeletLocation {
+    /// A JSON receipt (0600): record ID, digests, download path.
+    #[default]
+    Receipt,
+    /// Nothing.
+    None,
+}
+
+/// `[cri]`
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CaptureConfig {
-    /// CRI runtime socket for `POST /checkpoint/{namespace}/{pod}/{container}`
-    /// (containerd: /run/containerd/containerd.sock; CRI-O: /var/run/crio/crio.sock).
-    /// Without it the trigger API answers 500, as the kubelet does without runtime support.
-    pub runtime_endpoint: Option<PathBuf>,
+pub struct CriConfig {
+    /// The socket the kubelet talks to (`ckvault proxy`).
+    #[serde(default = "default_cri_listen")]
+    pub listen: PathBuf,
+    /// The real runtime's socket (containerd: /run/containerd/containerd.sock; CRI-O:
+    /// /var/run/crio/crio.sock). Also what the trigger API uses; without it the trigger
+    /// API answers 500, as the kubelet does without runtime support.
+    pub upstream: Option<PathBuf>,
+    /// What to leave at the kubelet's requested location: `receipt` or `none`.
+    #[serde(default)]
+    pub kubelet_location: KubeletLocation,
+}
+
+impl Default for CriConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_cri_listen(),
+            upstream: None,
+            kubelet_location: KubeletLocation::Receipt,
+        }
+    }
+}
+
+fn default_cri_listen() -> PathBuf {
+    PathBuf::from("/run/ckvault/cri.sock")
+}
+
+/// `[watch]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// The kubelet checkpoint directory.
+    #[serde(default = "default_watch_dir")]
+    pub dir: PathBuf,
+    /// Quiet time after the last write before a file is captured (`2s`, `500ms`, `1m`).
+    #[serde(default = "default_settle", deserialize_with = "de_duration")]
+    pub settle: std::time::Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_watch_dir(),
+            settle: default_settle(),
+        }
+    }
+}
+
+fn default_watch_dir() -> PathBuf {
+    PathBuf::from("/var/lib/kubelet/checkpoints")
+}
+
+fn default_settle() -> std::time::Duration {
+    std::time::Duration::from_secs(2)
+}
+
+/// Parses `500ms`, `2s`, `5m`, `1h`, `30d`.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let secs = |k: u64| n.checked_mul(k).map(std::time::Duration::from_secs);
+    match unit {
+        "ms" => Some(std::time::Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => None,
+    }
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not a duration (use e.g. 500ms, 2s, 5m, 1h, 30d)"
+        ))
+    })
 }
 
 /// `[store]`
@@ -185,6 +274,8 @@ impl Config {
             }
         };
         fix(&mut self.store.path);
+        fix(&mut self.cri.listen);
+        fix(&mut self.watch.dir);
         for p in [
             &mut self.server.cert,
             &mut self.server.key,
@@ -192,7 +283,7 @@ impl Config {
             &mut self.server.tokens,
             &mut self.audit.path,
             &mut self.policy.dir,
-            &mut self.capture.runtime_endpoint,
+            &mut self.cri.upstream,
         ]
         .into_iter()
         .flatten()
@@ -219,6 +310,41 @@ mod tests {
         assert_eq!(c.store.path, dir.path().join("data"));
         assert_eq!(c.server.cert.unwrap(), dir.path().join("s.pem"));
         assert_eq!(c.server.listen.port(), 9443);
+    }
+
+    #[test]
+    fn durations_and_capture_sections() {
+        assert_eq!(
+            parse_duration("2s"),
+            Some(std::time::Duration::from_secs(2))
+        );
+        assert_eq!(
+            parse_duration("500ms"),
+            Some(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_duration("30d"),
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(parse_duration("2"), None);
+        assert_eq!(parse_duration("s"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[cri]\nupstream = \"/run/containerd/containerd.sock\"\nkubelet_location = \"none\"\n[watch]\nsettle = \"500ms\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.cri.kubelet_location, KubeletLocation::None);
+        assert_eq!(c.watch.settle, std::time::Duration::from_millis(500));
+        std::fs::write(&path, "[watch]\nsettle = \"soon\"\n").unwrap();
+        assert!(
+            Config::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("not a duration")
+        );
     }
 
     #[test]

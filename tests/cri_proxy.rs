@@ -446,7 +446,7 @@ fn the_trigger_api_checkpoints_by_name_with_kubelet_status_codes() {
     std::fs::write(
         &config,
         format!(
-            "[store]\npath = \"serve-store\"\n[server]\nlisten = \"127.0.0.1:0\"\ntokens = \"tokens.toml\"\n[seal]\nrecipients = [\"{recipient}\"]\n[policy]\ndir = \"policies\"\n[capture]\nruntime_endpoint = \"runtime.sock\"\n"
+            "[store]\npath = \"serve-store\"\n[server]\nlisten = \"127.0.0.1:0\"\ntokens = \"tokens.toml\"\n[seal]\nrecipients = [\"{recipient}\"]\n[policy]\ndir = \"policies\"\n[cri]\nupstream = \"runtime.sock\"\n"
         ),
     )
     .unwrap();

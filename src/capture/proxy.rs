@@ -138,6 +138,33 @@ impl Proxy {
     }
 }
 
+/// Checks that a kubelet location may receive a receipt: an absolute path to a
+/// `checkpoint-*` file in an existing directory, not already present (never overwritten,
+/// never through a symlink: the write is exclusive).
+pub fn receipt_target(path: &Path) -> Result<&Path, &'static str> {
+    if !path.is_absolute() {
+        return Err("not an absolute path");
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("no file name")?;
+    if !name.starts_with("checkpoint-")
+        || path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err("not a kubelet checkpoint path");
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err("something already exists there; it is left alone");
+    }
+    match path.parent() {
+        Some(dir) if dir.is_dir() => Ok(path),
+        _ => Err("its directory does not exist"),
+    }
+}
+
 /// Parses a gRPC timeout header (`<digits><unit>`, units H M S m u n).
 pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::StoreArg;
 use crate::capture::checkpoint::Checkpointer;
 use crate::capture::cri::RuntimeClient;
 use crate::capture::{proxy, staging};
+use crate::config::{Config, KubeletLocation};
 use crate::manifest::Source;
 use crate::seal::{Recipient, SealError, SealOptions};
 use crate::store::LocalStore;
@@ -17,30 +17,54 @@ use crate::store::LocalStore;
 /// Arguments of `ckvault proxy`.
 #[derive(Debug, clap::Args)]
 pub struct ProxyArgs {
-    /// The socket kubelet connects to (its --container-runtime-endpoint=unix://PATH).
-    #[arg(long, value_name = "SOCK", default_value = "/run/ckvault/cri.sock")]
-    listen: PathBuf,
-    /// The real runtime's socket (containerd: /run/containerd/containerd.sock; CRI-O:
-    /// /var/run/crio/crio.sock).
+    /// Configuration file ([store], [seal] recipients, [cri] listen/upstream/kubelet_location).
+    #[arg(long, short = 'c', value_name = "FILE", env = "CKVAULT_CONFIG")]
+    config: Option<PathBuf>,
+    /// The socket kubelet connects to (its --container-runtime-endpoint=unix://PATH);
+    /// default [cri] listen, /run/ckvault/cri.sock.
     #[arg(long, value_name = "SOCK")]
-    runtime: PathBuf,
-    #[command(flatten)]
-    store: StoreArg,
+    listen: Option<PathBuf>,
+    /// The real runtime's socket (containerd: /run/containerd/containerd.sock; CRI-O:
+    /// /var/run/crio/crio.sock); default [cri] upstream.
+    #[arg(long, value_name = "SOCK")]
+    runtime: Option<PathBuf>,
+    /// The store directory (default [store] path).
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
     /// Recipient (age1... or SSH public key); repeatable.
     #[arg(long = "recipient", short = 'r', value_name = "R")]
     recipients: Vec<String>,
     /// File of recipients, one per line.
     #[arg(long, value_name = "F")]
     recipients_file: Vec<PathBuf>,
-    /// Leave nothing at the kubelet's requested location (default: a JSON receipt, 0600).
+    /// Leave nothing at the kubelet's requested location (default [cri] kubelet_location,
+    /// `receipt`: a JSON receipt, 0600).
     #[arg(long)]
     no_receipts: bool,
 }
 
 /// Runs `ckvault proxy`.
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    let config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let listen = args
+        .listen
+        .clone()
+        .unwrap_or_else(|| config.cri.listen.clone());
+    let upstream = args
+        .runtime
+        .clone()
+        .or_else(|| config.cri.upstream.clone())
+        .context("name the runtime socket with --runtime or [cri] upstream")?;
+    let store_dir = args
+        .store
+        .clone()
+        .unwrap_or_else(|| config.store.path.clone());
+    let receipts = !args.no_receipts && config.cri.kubelet_location == KubeletLocation::Receipt;
     let mut recipients = Vec::new();
-    for r in &args.recipients {
+    for r in config.seal.recipients.iter().chain(&args.recipients) {
         recipients.push(r.parse::<Recipient>()?);
     }
     for f in &args.recipients_file {
@@ -49,7 +73,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     if recipients.is_empty() {
         return Err(SealError::NoRecipients.into());
     }
-    let store = LocalStore::open_or_init(&args.store.store)?;
+    let store = LocalStore::open_or_init(&store_dir)?;
     let opts = SealOptions::new(
         recipients,
         Source {
@@ -61,20 +85,21 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     for m in &recovered.sealed {
         println!("recovered {} from staging", m.id);
     }
-    let checkpointer = Checkpointer::new(RuntimeClient::new(&args.runtime), store, opts);
-    let proxy = Arc::new(proxy::Proxy::new(checkpointer, !args.no_receipts));
+    let checkpointer = Checkpointer::new(RuntimeClient::new(&upstream), store, opts);
+    let proxy = Arc::new(proxy::Proxy::new(checkpointer, receipts));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        if let Some(dir) = args.listen.parent() {
+        if let Some(dir) = listen.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let listener = proxy::bind(&args.listen).with_context(|| format!("cannot listen on {}", args.listen.display()))?;
+        let listener =
+            proxy::bind(&listen).with_context(|| format!("cannot listen on {}", listen.display()))?;
         println!(
             "ckvault: CRI proxy on unix://{} -> unix://{}",
-            args.listen.display(),
-            args.runtime.display()
+            listen.display(),
+            upstream.display()
         );
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};

@@ -22,6 +22,17 @@ pub struct ServeArgs {
     listen: Option<std::net::SocketAddr>,
 }
 
+/// Prints a line on stdout, ignoring a closed stdout (a server must not die because
+/// whoever started it stopped reading).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*);
+        let _ = out.flush();
+    }};
+}
+
 /// Runs `ckvault serve`.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = match &args.config {
@@ -41,12 +52,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", prepared.listen))?;
         let addr = listener.local_addr()?;
-        println!("ckvault: serving https://{addr} (store {})", prepared.state.store.root().display());
+        say!("ckvault: serving https://{addr} (store {})", prepared.state.store.root().display());
         if let Some(g) = &prepared.generated {
-            println!("ckvault: CA certificate:      {}", g.ca_cert.display());
-            println!("ckvault: admin certificate:   {} (key {})", g.admin_cert.display(), g.admin_key.display());
-            println!("ckvault: admin token (file):  {}", g.admin_token.display());
-            println!(
+            say!("ckvault: CA certificate:      {}", g.ca_cert.display());
+            say!("ckvault: admin certificate:   {} (key {})", g.admin_cert.display(), g.admin_key.display());
+            say!("ckvault: admin token (file):  {}", g.admin_token.display());
+            say!(
                 "ckvault: try: curl --cacert {} -H \"Authorization: Bearer $(cat {})\" https://{addr}/v1/checkpoints",
                 g.ca_cert.display(),
                 g.admin_token.display()

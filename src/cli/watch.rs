@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::StoreArg;
 use crate::capture::{staging, watch};
+use crate::config::Config;
 use crate::inspect::escape_control;
 use crate::manifest::Source;
 use crate::seal::{Recipient, SealError, SealOptions};
@@ -14,24 +14,25 @@ use crate::store::LocalStore;
 /// Arguments of `ckvault watch`.
 #[derive(Debug, clap::Args)]
 pub struct WatchArgs {
-    /// The kubelet checkpoint directory.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "/var/lib/kubelet/checkpoints"
-    )]
-    dir: PathBuf,
-    #[command(flatten)]
-    store: StoreArg,
+    /// Configuration file ([store], [seal] recipients, [watch] dir/settle).
+    #[arg(long, short = 'c', value_name = "FILE", env = "CKVAULT_CONFIG")]
+    config: Option<PathBuf>,
+    /// The kubelet checkpoint directory (default [watch] dir, /var/lib/kubelet/checkpoints).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// The store directory (default [store] path).
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
     /// Recipient (age1... or SSH public key); repeatable.
     #[arg(long = "recipient", short = 'r', value_name = "R")]
     recipients: Vec<String>,
     /// File of recipients, one per line.
     #[arg(long, value_name = "F")]
     recipients_file: Vec<PathBuf>,
-    /// Seconds a file must be quiet after its last write before it is captured.
-    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
-    settle: f64,
+    /// Seconds a file must be quiet after its last write before it is captured
+    /// (default [watch] settle, 2 s).
+    #[arg(long, value_name = "SECONDS")]
+    settle: Option<f64>,
     /// Capture what is in the directory now, then exit (for cron or a one-off sweep).
     #[arg(long)]
     once: bool,
@@ -39,8 +40,27 @@ pub struct WatchArgs {
 
 /// Runs `ckvault watch`.
 pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    let config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let dir = args.dir.clone().unwrap_or_else(|| config.watch.dir.clone());
+    let settle = match args.settle {
+        Some(s) => {
+            anyhow::ensure!(
+                s.is_finite() && s >= 0.0,
+                "--settle must be a number of seconds"
+            );
+            Duration::from_secs_f64(s)
+        }
+        None => config.watch.settle,
+    };
+    let store_dir = args
+        .store
+        .clone()
+        .unwrap_or_else(|| config.store.path.clone());
     let mut recipients = Vec::new();
-    for r in &args.recipients {
+    for r in config.seal.recipients.iter().chain(&args.recipients) {
         recipients.push(r.parse::<Recipient>()?);
     }
     for f in &args.recipients_file {
@@ -49,7 +69,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     if recipients.is_empty() {
         return Err(SealError::NoRecipients.into());
     }
-    let store = LocalStore::open_or_init(&args.store.store)?;
+    let store = LocalStore::open_or_init(&store_dir)?;
     let opts = SealOptions::new(
         recipients,
         Source {
@@ -64,18 +84,14 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     for (p, e) in &recovered.failed {
         eprintln!("ckvault: cannot seal {} left in staging: {e}", p.display());
     }
-    anyhow::ensure!(
-        args.settle.is_finite() && args.settle >= 0.0,
-        "--settle must be a number of seconds"
-    );
     let wopts = watch::WatchOptions {
-        dir: args.dir.clone(),
-        settle: Duration::from_secs_f64(args.settle),
+        dir: dir.clone(),
+        settle,
         once: args.once,
     };
     eprintln!(
         "ckvault: watching {} (store {})",
-        args.dir.display(),
+        dir.display(),
         store.root().display()
     );
     let mut failures = 0u32;

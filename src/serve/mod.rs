@@ -156,10 +156,10 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         recipients.push(r.parse::<crate::seal::Recipient>()?);
     }
     anyhow::ensure!(
-        config.capture.runtime_endpoint.is_none() || !recipients.is_empty(),
-        "[capture] runtime_endpoint is set but [seal] recipients is empty: checkpoints could not be sealed"
+        config.cri.upstream.is_none() || !recipients.is_empty(),
+        "[cri] upstream is set but [seal] recipients is empty: checkpoints could not be sealed"
     );
-    let checkpointer = config.capture.runtime_endpoint.as_ref().map(|sock| {
+    let checkpointer = config.cri.upstream.as_ref().map(|sock| {
         let opts = crate::seal::SealOptions::new(
             recipients.clone(),
             crate::manifest::Source {

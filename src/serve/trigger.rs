@@ -83,7 +83,7 @@ pub async fn checkpoint(
             StatusCode::INTERNAL_SERVER_ERROR,
             "not-implemented",
             format!(
-                "checkpointing of {namespace}/{pod}/{container} failed (no runtime configured: set [capture] runtime_endpoint)"
+                "checkpointing of {namespace}/{pod}/{container} failed (no runtime configured: set [cri] upstream)"
             ),
         ));
     };
