@@ -31,6 +31,7 @@ struct FakeRuntime {
     archive: Vec<u8>,
     labels: HashMap<String, HashMap<String, String>>,
     asked_locations: Mutex<Vec<String>>,
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 fn labels(ns: &str, pod: &str, ctr: &str) -> HashMap<String, String> {
@@ -82,15 +83,47 @@ impl FakeRuntime {
                 if !self.labels.contains_key(&r.container_id) {
                     return Ok(grpc_error(5, "container not found: checkpointing failed"));
                 }
-                let mut f = std::fs::OpenOptions::new()
+                // Real runtimes fail a second concurrent checkpoint of one container.
+                use std::sync::atomic::Ordering::SeqCst;
+                if self.in_flight.fetch_add(1, SeqCst) > 0 {
+                    self.in_flight.fetch_sub(1, SeqCst);
+                    return Ok(grpc_error(2, "checkpoint already in progress"));
+                }
+                if r.container_id == "slow" {
+                    // A runtime that keeps going after its caller gave up: finishes in 3 s,
+                    // whatever happens to the call.
+                    let me = self.clone();
+                    let location = r.location.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        let mut f = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(false)
+                            .mode(0o600)
+                            .open(&location)
+                            .unwrap();
+                        f.write_all(&me.archive).unwrap();
+                        me.in_flight.fetch_sub(1, SeqCst);
+                    });
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let written = std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
                     .create(true)
                     .truncate(false) // as runtimes open it: no O_TRUNC
                     .mode(0o600)
                     .open(&r.location)
-                    .unwrap();
-                f.write_all(&self.archive).unwrap();
+                    .and_then(|mut f| f.write_all(&self.archive));
+                self.in_flight.fetch_sub(1, SeqCst);
+                if let Err(e) = written {
+                    return Ok(grpc_error(
+                        13,
+                        &format!("writing the checkpoint failed: {e}"),
+                    ));
+                }
                 grpc_ok(&CheckpointContainerResponse {})
             }
             "ListPodSandbox" => {
@@ -239,8 +272,10 @@ fn setup(archive: &Path) -> Setup {
         labels: HashMap::from([
             ("c1".to_owned(), labels("forensics", "web-7d4", "app")),
             ("c2".to_owned(), labels("payments", "web-7d4", "app")),
+            ("slow".to_owned(), labels("forensics", "slow-pod", "app")),
         ]),
         asked_locations: Mutex::default(),
+        in_flight: Default::default(),
     });
     let runtime_sock = dir.join("runtime.sock");
     start_fake(&runtime_sock, fake.clone());
@@ -582,4 +617,172 @@ fn the_trigger_api_checkpoints_by_name_with_kubelet_status_codes() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+fn staging_files(store: &Path) -> Vec<String> {
+    std::fs::read_dir(store.join("staging"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn checkpoint_call(
+    client: &RuntimeClient,
+    id: &str,
+    location: &Path,
+    t: Duration,
+) -> Result<CheckpointContainerResponse, GrpcStatus> {
+    block(client.unary(
+        "CheckpointContainer",
+        &CheckpointContainerRequest {
+            container_id: id.into(),
+            location: location.display().to_string(),
+            timeout: t.as_secs() as i64,
+        },
+        t,
+    ))
+}
+
+#[test]
+fn concurrent_checkpoints_of_one_container_are_serialized() {
+    let Some(archive) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let s = setup(&archive);
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|i| {
+                let client = s.client.clone();
+                let loc = s.dir.join(format!(
+                    "kubelet/checkpoint-web-7d4_forensics-app-2026-11-28T10:00:0{i}Z.tar"
+                ));
+                scope.spawn(move || checkpoint_call(&client, "c1", &loc, T))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert_eq!(store_records(&s.store).len(), 2);
+    assert!(staging_files(&s.store).is_empty());
+}
+
+#[test]
+fn hostile_kubelet_locations_get_no_receipt_and_are_never_followed() {
+    let Some(archive) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let s = setup(&archive);
+    // a symlink planted at the kubelet path
+    let victim = s.dir.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let planted = s
+        .dir
+        .join("kubelet/checkpoint-web-7d4_forensics-app-2026-11-28T11:00:00Z.tar");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    checkpoint_call(&s.client, "c1", &planted, T).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(
+        std::fs::symlink_metadata(&planted)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // a location outside any checkpoint directory, and a relative one
+    let outside = s.dir.join("elsewhere.txt");
+    checkpoint_call(&s.client, "c1", &outside, T).unwrap();
+    assert!(!outside.exists());
+    checkpoint_call(&s.client, "c1", Path::new("../../checkpoint-rel.tar"), T).unwrap();
+    assert!(!s.dir.join("checkpoint-rel.tar").exists());
+    // every checkpoint was still sealed, nothing stayed in staging
+    assert_eq!(store_records(&s.store).len(), 3);
+    assert!(staging_files(&s.store).is_empty());
+}
+
+#[test]
+fn a_runtime_past_its_deadline_gets_deadline_exceeded_and_its_late_archive_is_sealed() {
+    let Some(archive) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let s = setup(&archive);
+    let loc = s
+        .dir
+        .join("kubelet/checkpoint-slow-pod_forensics-app-2026-11-28T12:00:00Z.tar");
+    let err = checkpoint_call(&s.client, "slow", &loc, Duration::from_secs(1)).unwrap_err();
+    assert_eq!(err.code, 4, "{err}");
+    assert!(!loc.exists());
+    // The runtime writes its archive two seconds late: it is sealed, not left in staging.
+    let t0 = Instant::now();
+    while store_records(&s.store).is_empty() || !staging_files(&s.store).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "late archive not swept: {:?}",
+            staging_files(&s.store)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let recs = store_records(&s.store);
+    assert_eq!(recs[0]["source"]["kind"], "cri-late-write");
+    assert_eq!(
+        recs[0]["plaintext"]["size"].as_u64().unwrap(),
+        s.fake.archive.len() as u64
+    );
+}
+
+#[test]
+fn a_full_staging_directory_fails_the_call_and_leaves_no_plaintext() {
+    let Some(archive) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let s = setup(&archive);
+    let staging = s.store.join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let mounted = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m,mode=0700",
+            "tmpfs",
+            staging.to_str().unwrap(),
+        ])
+        .status()
+        .is_ok_and(|st| st.success());
+    if !mounted {
+        eprintln!("*** SKIPPED staging-full test: cannot mount a tmpfs here (needs root) ***");
+        return;
+    }
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Umount(staging.clone());
+    let loc = s
+        .dir
+        .join("kubelet/checkpoint-web-7d4_forensics-app-2026-11-28T13:00:00Z.tar");
+    let err = checkpoint_call(&s.client, "c1", &loc, T).unwrap_err();
+    assert_eq!(err.code, 13, "{err}");
+    assert!(err.message.contains("No space left"), "{err}");
+    assert!(!loc.exists());
+    let t0 = Instant::now();
+    while !staging_files(&s.store).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "plaintext left in staging: {:?}",
+            staging_files(&s.store)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // What the runtime managed to write before the disk filled is memory too: it is
+    // sealed (flagged as a late, truncated write), never left in plaintext.
+    for r in store_records(&s.store) {
+        assert_eq!(r["source"]["kind"], "cri-late-write", "{r:#}");
+        assert_eq!(r["inspection"]["status"], "rejected", "{r:#}");
+    }
 }

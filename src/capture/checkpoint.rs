@@ -64,7 +64,30 @@ impl Checkpointer {
 
     /// Checkpoints `container_id` within `deadline` and seals the result. `source` says who
     /// asked (`cri-proxy` or `trigger`), `requested_location` where the caller wanted it.
+    ///
+    /// The work runs in its own task: a caller that disconnects does not cancel it, so an
+    /// archive the runtime writes is always sealed and never stranded in staging.
     pub async fn checkpoint(
+        &self,
+        container_id: &str,
+        deadline: Duration,
+        source: &str,
+        requested_location: Option<&str>,
+        actor: &str,
+    ) -> Result<Manifest, CheckpointError> {
+        let me = self.clone();
+        let (id, src, loc, who) = (
+            container_id.to_owned(),
+            source.to_owned(),
+            requested_location.map(str::to_owned),
+            actor.to_owned(),
+        );
+        tokio::spawn(async move { me.run(&id, deadline, &src, loc.as_deref(), &who).await })
+            .await
+            .map_err(|e| CheckpointError::Seal(format!("internal error: {e}")))?
+    }
+
+    async fn run(
         &self,
         container_id: &str,
         deadline: Duration,
@@ -110,7 +133,9 @@ impl Checkpointer {
             )
             .await;
         if let Err(e) = result {
-            let _ = std::fs::remove_file(&staged);
+            // A runtime that gave up late may still be writing: keep watching the staging
+            // file and seal whatever lands there, so no plaintext outlives the call.
+            self.sweep_late(staged, deadline, actor.to_owned());
             return Err(e.into());
         }
         let mut opts = self.opts.clone();
@@ -131,5 +156,42 @@ impl Checkpointer {
         .map_err(CheckpointError::Seal)?;
         let _ = std::fs::remove_file(&staged);
         Ok(sealed)
+    }
+
+    /// After a failed call, polls the staging file for up to ten deadlines (at most ten
+    /// minutes): once it holds bytes that stop changing, it is sealed (source
+    /// `cri-late-write`) and removed; an empty file is removed at the end.
+    fn sweep_late(&self, staged: std::path::PathBuf, deadline: Duration, actor: String) {
+        let store = self.store.clone();
+        let mut opts = self.opts.clone();
+        opts.actor = actor;
+        opts.source = Source {
+            kind: "cri-late-write".into(),
+            path: None,
+        };
+        let window = (deadline * 10).clamp(Duration::from_secs(5), Duration::from_secs(600));
+        tokio::task::spawn_blocking(move || {
+            let start = std::time::Instant::now();
+            let mut last = None;
+            while start.elapsed() < window {
+                std::thread::sleep(Duration::from_millis(500));
+                let Ok(meta) = std::fs::symlink_metadata(&staged) else {
+                    return; // gone
+                };
+                let now = (meta.len(), meta.modified().ok());
+                if meta.len() > 0 && last == Some(now) {
+                    if let Ok(file) = crate::fsutil::open_nofollow(&staged)
+                        && seal::seal_file(&store, file, &opts, &|_| {}).is_ok()
+                    {
+                        let _ = std::fs::remove_file(&staged);
+                    }
+                    return;
+                }
+                last = Some(now);
+            }
+            if std::fs::metadata(&staged).is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(&staged);
+            }
+        });
     }
 }

@@ -122,12 +122,19 @@ impl Proxy {
                 if let Some(loc) = location
                     && self.receipts
                 {
-                    let path = Path::new(loc);
-                    if let Err(e) = Receipt::for_manifest(&manifest).write(path) {
-                        eprintln!(
-                            "ckvault: sealed {} but cannot leave a receipt at {loc}: {e}",
+                    match receipt_target(Path::new(loc)) {
+                        Ok(path) => {
+                            if let Err(e) = Receipt::for_manifest(&manifest).write(path) {
+                                eprintln!(
+                                    "ckvault: sealed {} but cannot leave a receipt at {loc}: {e}",
+                                    manifest.id
+                                );
+                            }
+                        }
+                        Err(why) => eprintln!(
+                            "ckvault: sealed {}; no receipt at {loc:?}: {why}",
                             manifest.id
-                        );
+                        ),
                     }
                 }
                 grpc_ok(&CheckpointContainerResponse {})
