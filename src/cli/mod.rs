@@ -8,6 +8,7 @@ mod open;
 mod output;
 mod proxy;
 mod records;
+mod retention;
 mod seal;
 mod serve;
 mod watch;
@@ -71,6 +72,15 @@ pub enum Command {
     /// Run the CRI proxy between kubelet and the runtime: every call passes through
     /// untouched except CheckpointContainer, whose archive is sealed as it is written.
     Proxy(proxy::ProxyArgs),
+    /// Place a legal hold on a record (it cannot be deleted until released).
+    Hold(retention::HoldArgs),
+    /// Release a record's legal hold.
+    Release(retention::HoldArgs),
+    /// Delete a record (refused under legal hold).
+    Delete(retention::DeleteArgs),
+    /// Plan or apply the retention policy.
+    #[command(subcommand)]
+    Retention(retention::RetentionCommand),
     /// Serve records over HTTPS to authenticated, authorized, audited callers.
     Serve(serve::ServeArgs),
     /// Manage bearer tokens.
@@ -108,6 +118,10 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Serve(a) => serve::run(a),
         Command::Fetch(a) => fetch::run(a),
         Command::Watch(a) => watch::run(a),
+        Command::Hold(a) => retention::hold(a),
+        Command::Release(a) => retention::release(a),
+        Command::Delete(a) => retention::delete(a),
+        Command::Retention(c) => retention::retention(c),
         Command::Proxy(a) => proxy::run(a),
         Command::Token(c) => serve::token(c),
         Command::Policy(c) => serve::policy(c),

@@ -40,6 +40,10 @@ pub struct SealArgs {
     /// zstd worker threads (default: one per core).
     #[arg(long)]
     threads: Option<u32>,
+    /// Policy directory: recipients.toml chooses the recipients by namespace/pod/container
+    /// (instead of -r), and retention.toml is applied after sealing.
+    #[arg(long, value_name = "DIR")]
+    policies: Option<PathBuf>,
     /// Remove the archive once it is sealed (the plaintext should not outlive sealing).
     #[arg(long)]
     remove_input: bool,
@@ -54,7 +58,21 @@ pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
     for f in &args.recipients_file {
         recipients.extend(Recipient::read_file(f)?);
     }
-    if recipients.is_empty() {
+    let policies = match &args.policies {
+        Some(dir) => Some(crate::policy::PolicySet::load_dir(dir).map_err(|errs| {
+            anyhow::anyhow!(
+                "invalid policy in {}:\n{}",
+                dir.display(),
+                errs.iter()
+                    .map(|e| format!("  {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?),
+        None => None,
+    };
+    let recipient_policy = policies.as_ref().and_then(|p| p.recipients.clone());
+    if recipients.is_empty() && recipient_policy.is_none() {
         return Err(seal::SealError::NoRecipients.into());
     }
     let file = fsutil::open_nofollow(&args.archive)
@@ -73,6 +91,7 @@ pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
         pod: args.pod,
         container: args.container,
     };
+    opts.recipient_policy = recipient_policy.map(std::sync::Arc::new);
     opts.zstd_level = args.level;
     if let Some(t) = args.threads {
         opts.zstd_threads = t;
@@ -88,6 +107,22 @@ pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
                 args.archive.display()
             )
         })?;
+    }
+    if let Some(set) = &policies {
+        let deleted = crate::policy::enforce::apply(
+            &store,
+            set,
+            crate::policy::enforce::now_unix(),
+            None,
+            &opts.actor,
+        )
+        .context("sealed, but applying retention failed")?;
+        for d in deleted {
+            eprintln!(
+                "ckvault: retention deleted {} (rule {}, {})",
+                d.id, d.rule, d.reason
+            );
+        }
     }
     output::print_json(&manifest)?;
     Ok(ExitCode::SUCCESS)

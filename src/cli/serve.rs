@@ -127,7 +127,14 @@ pub fn policy(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check { dir } => match policy::check_dir(&dir) {
             Ok(p) => {
-                println!("OK {}: {} access grants", dir.display(), p.len());
+                println!(
+                    "OK {}: {} access grants, {} recipient rules, {} retention rules, {} holds",
+                    dir.display(),
+                    p.access.len(),
+                    if p.recipients.is_some() { "with" } else { "no" },
+                    p.retention.rules.len(),
+                    p.holds.holds.len()
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Err(errs) => {

@@ -2,7 +2,13 @@
 //! which namespaces ([`access`]). Everything is deny by default.
 
 pub mod access;
+pub mod enforce;
 pub mod glob;
+pub mod holds;
+pub mod recipients;
+pub mod retention;
+pub mod selector;
+pub mod units;
 
 pub use access::{AccessPolicy, Action, Principal};
 
@@ -36,7 +42,99 @@ impl PolicyError {
     }
 }
 
+/// Every policy of a directory. Each file is optional; a missing access.toml grants
+/// nothing, a missing recipients.toml leaves the config's `[seal] recipients`.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    /// access.toml
+    pub access: AccessPolicy,
+    /// recipients.toml, if present.
+    pub recipients: Option<recipients::RecipientsPolicy>,
+    /// retention.toml
+    pub retention: retention::RetentionPolicy,
+    /// holds.toml
+    pub holds: holds::HoldsPolicy,
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, PolicyError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PolicyError {
+            file: path.display().to_string(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        }),
+    }
+}
+
+impl PolicySet {
+    /// True if the access policy lets `who` do `action` on `namespace`.
+    pub fn allows(&self, who: &Principal, action: Action, namespace: Option<&str>) -> bool {
+        self.access.allows(who, action, namespace)
+    }
+
+    /// Loads and validates every policy file in `dir`, returning all problems found.
+    pub fn load_dir(dir: &Path) -> Result<Self, Vec<PolicyError>> {
+        if !dir.is_dir() {
+            return Err(vec![PolicyError {
+                file: dir.display().to_string(),
+                line: 0,
+                column: 0,
+                message: "not a directory".into(),
+            }]);
+        }
+        let mut errors = Vec::new();
+        let mut set = PolicySet::default();
+        let mut load = |name: &str| -> Option<(std::path::PathBuf, String)> {
+            let path = dir.join(name);
+            match read_optional(&path) {
+                Ok(Some(t)) => Some((path, t)),
+                Ok(None) => None,
+                Err(e) => {
+                    errors.push(e);
+                    None
+                }
+            }
+        };
+        let access = load("access.toml");
+        let recipients = load("recipients.toml");
+        let retention = load("retention.toml");
+        let holds = load("holds.toml");
+        if let Some((p, t)) = access {
+            match AccessPolicy::parse(&p, &t) {
+                Ok(a) => set.access = a,
+                Err(e) => errors.extend(e),
+            }
+        }
+        if let Some((p, t)) = recipients {
+            match recipients::RecipientsPolicy::parse(&p, &t) {
+                Ok(r) => set.recipients = Some(r),
+                Err(e) => errors.extend(e),
+            }
+        }
+        if let Some((p, t)) = retention {
+            match retention::RetentionPolicy::parse(&p, &t) {
+                Ok(r) => set.retention = r,
+                Err(e) => errors.extend(e),
+            }
+        }
+        if let Some((p, t)) = holds {
+            match holds::HoldsPolicy::parse(&p, &t) {
+                Ok(h) => set.holds = h,
+                Err(e) => errors.extend(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
 /// Loads and validates every policy file in `dir`, returning all problems found.
-pub fn check_dir(dir: &Path) -> Result<AccessPolicy, Vec<PolicyError>> {
-    AccessPolicy::load_dir(dir)
+pub fn check_dir(dir: &Path) -> Result<PolicySet, Vec<PolicyError>> {
+    PolicySet::load_dir(dir)
 }

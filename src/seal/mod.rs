@@ -21,6 +21,7 @@ use crate::manifest::{
     InspectionRecord, InspectionStatus, Manifest, ManifestError, Plaintext, RecordId, SCHEMA_V1,
     Sealed, Source,
 };
+use crate::policy::selector::Target;
 use crate::store::{LocalStore, StoreError};
 pub use recipients::{Recipient, RecipientError};
 pub use stream::{Compression, StreamError};
@@ -56,6 +57,9 @@ pub struct SealOptions {
     pub node: Option<String>,
     /// Who asked for the seal, for the audit log (`cli:USER@HOST`, `user:NAME`, ...).
     pub actor: String,
+    /// Per-namespace recipients (policies/recipients.toml); when set it decides the
+    /// recipients instead of `recipients`, and a record it does not cover is refused.
+    pub recipient_policy: Option<std::sync::Arc<crate::policy::recipients::RecipientsPolicy>>,
 }
 
 impl SealOptions {
@@ -73,6 +77,7 @@ impl SealOptions {
             limits: Limits::default(),
             node: host_name(),
             actor: local_actor(),
+            recipient_policy: None,
         }
     }
 }
@@ -97,6 +102,9 @@ pub enum SealError {
     /// The store refused.
     #[error("{0}; nothing was stored")]
     Store(#[from] StoreError),
+    /// The recipients policy covers no recipients for this record.
+    #[error(transparent)]
+    NoRecipientsForRecord(#[from] crate::policy::recipients::NoRecipients),
     /// The manifest could not be built or signed.
     #[error("cannot sign the manifest: {0}; nothing was stored")]
     Manifest(#[from] ManifestError),
@@ -112,7 +120,7 @@ pub fn seal_file(
     opts: &SealOptions,
     progress: &dyn Fn(u64),
 ) -> Result<Manifest, SealError> {
-    if opts.recipients.is_empty() {
+    if opts.recipients.is_empty() && opts.recipient_policy.is_none() {
         return Err(SealError::NoRecipients);
     }
     let meta = file.metadata().map_err(SealError::Input)?;
@@ -126,6 +134,20 @@ pub fn seal_file(
     let format = ArchiveFormat::sniff(head.get(..got).unwrap_or_default());
     let inspected = inspect::inspect_seekable(&mut file, &opts.limits);
     file.seek(SeekFrom::Start(0)).map_err(SealError::Input)?;
+    let mut checked = build_inspection_record(inspected, &opts.claimed);
+    let recipients: Vec<Recipient> = match &opts.recipient_policy {
+        Some(policy) => {
+            let who = record_identity(opts, &checked);
+            policy
+                .for_target(Target {
+                    namespace: who.namespace.as_deref(),
+                    pod: who.pod.as_deref(),
+                    container: who.container.as_deref(),
+                })?
+                .to_vec()
+        }
+        None => opts.recipients.clone(),
+    };
 
     let compression = if format.is_compressed() {
         Compression::None
@@ -141,13 +163,12 @@ pub fn seal_file(
     let (digests, _) = stream::seal_stream(
         &file,
         pending.blob_file()?,
-        &opts.recipients,
+        &recipients,
         compression,
         Some(meta.len()),
         progress,
     )?;
 
-    let mut checked = build_inspection_record(inspected, &opts.claimed);
     if digests.plaintext.size != meta.len() && checked.status() == InspectionStatus::Ok {
         checked = rejected(
             "changed-while-sealing",
@@ -172,7 +193,7 @@ pub fn seal_file(
             size: digests.sealed.size,
             compression: compression.as_str().to_owned(),
             encryption: "age-v1".to_owned(),
-            recipients: opts.recipients.iter().map(Recipient::to_ref).collect(),
+            recipients: recipients.iter().map(Recipient::to_ref).collect(),
             blob: pending.blob_name(),
         },
     );
@@ -286,15 +307,11 @@ fn build_inspection_record(
     }
 }
 
-fn assemble(
-    id: RecordId,
-    opts: &SealOptions,
-    checked: &Checked,
-    plaintext: Plaintext,
-    sealed: Sealed,
-) -> Manifest {
-    // A rejected archive's own metadata is not trusted for the record's identity.
-    let identity = if checked.status() == InspectionStatus::Ok {
+/// The identity a record carries: the inspected one (claims applied) when inspection
+/// passed; only the caller's claims when it did not (a rejected archive's own metadata is
+/// not trusted).
+fn record_identity(opts: &SealOptions, checked: &Checked) -> Identity {
+    if checked.status() == InspectionStatus::Ok {
         checked.identity.clone()
     } else {
         Identity {
@@ -303,7 +320,17 @@ fn assemble(
             container: opts.claimed.container.clone(),
             ..Identity::default()
         }
-    };
+    }
+}
+
+fn assemble(
+    id: RecordId,
+    opts: &SealOptions,
+    checked: &Checked,
+    plaintext: Plaintext,
+    sealed: Sealed,
+) -> Manifest {
+    let identity = record_identity(opts, checked);
     Manifest {
         schema: SCHEMA_V1.to_owned(),
         id,

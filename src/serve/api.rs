@@ -223,6 +223,12 @@ async fn authorized_manifest(
     action: Action,
 ) -> Result<Manifest, ApiError> {
     let Ok(rid) = id.parse::<RecordId>() else {
+        let mut ev = event(caller, action.as_str(), "denied");
+        ev.detail = Some(format!(
+            "malformed record ID {:?}",
+            id.chars().take(64).collect::<String>()
+        ));
+        record(state, ev).await?;
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad-id",
@@ -351,16 +357,24 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let since = match &q.since {
-        Some(s) => Some(
-            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| {
-                    ApiError::new(
+        Some(s) => {
+            match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let mut ev = event(&caller, "list", "denied");
+                    ev.detail = Some(format!(
+                        "bad since {:?}",
+                        s.chars().take(64).collect::<String>()
+                    ));
+                    record(&state, ev).await?;
+                    return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
                         "bad-since",
                         format!("since must be RFC 3339: {e}"),
-                    )
-                })?,
-        ),
+                    ));
+                }
+            }
+        }
         None => None,
     };
     let st = state.clone();
@@ -552,7 +566,21 @@ async fn delete(
     let manifest = authorized_manifest(&state, &caller, &id, Action::Delete).await?;
     let st = state.clone();
     let rid = manifest.id.clone();
-    if let Some(hold) = blocking(move || st.store.hold(&rid)).await? {
+    let selector_hold = state
+        .policy()
+        .holds
+        .holding(crate::policy::selector::Target {
+            namespace: manifest.namespace.as_deref(),
+            pod: manifest.pod.as_deref(),
+            container: manifest.container.as_deref(),
+        })
+        .map(|h| LegalHold {
+            reason: format!("{}: {}", h.name, h.reason),
+            by: "policy".into(),
+            at: String::new(),
+        });
+    let record_hold = blocking(move || st.store.hold(&rid)).await?;
+    if let Some(hold) = record_hold.or(selector_hold) {
         let mut ev = event(&caller, "delete", "denied");
         ev.record = Some(manifest.id.to_string());
         ev.namespace = manifest.namespace.clone();
@@ -586,17 +614,18 @@ async fn hold(
     Query(q): Query<ReasonQuery>,
     body: Option<Json<ReasonQuery>>,
 ) -> Result<Response, ApiError> {
-    let reason = q
+    let Some(reason) = q
         .reason
         .or(body.and_then(|Json(b)| b.reason))
         .filter(|r| !r.trim().is_empty())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "reason-required",
-                "a legal hold needs a reason (?reason= or {\"reason\": ...})",
-            )
-        })?;
+    else {
+        no_reason(&state, &caller, "hold", &id).await?;
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reason-required",
+            "a legal hold needs a reason (?reason= or {\"reason\": ...})",
+        ));
+    };
     let manifest = authorized_manifest(&state, &caller, &id, Action::Hold).await?;
     let mut ev = event(&caller, "hold", "ok");
     ev.record = Some(manifest.id.to_string());
@@ -621,13 +650,14 @@ async fn release(
     Path(id): Path<String>,
     Query(q): Query<ReasonQuery>,
 ) -> Result<Response, ApiError> {
-    let reason = q.reason.filter(|r| !r.trim().is_empty()).ok_or_else(|| {
-        ApiError::new(
+    let Some(reason) = q.reason.filter(|r| !r.trim().is_empty()) else {
+        no_reason(&state, &caller, "release", &id).await?;
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "reason-required",
             "releasing a hold needs ?reason=",
-        )
-    })?;
+        ));
+    };
     let manifest = authorized_manifest(&state, &caller, &id, Action::Hold).await?;
     let mut ev = event(&caller, "release", "ok");
     ev.record = Some(manifest.id.to_string());
@@ -638,6 +668,19 @@ async fn release(
     let rid = manifest.id.clone();
     let existed = blocking(move || st.store.release_hold(&rid)).await?;
     Ok(Json(serde_json::json!({"released": existed})).into_response())
+}
+
+/// Audits a hold or release refused for want of a reason.
+async fn no_reason(
+    state: &Shared,
+    caller: &Caller,
+    action: &str,
+    id: &str,
+) -> Result<(), ApiError> {
+    let mut ev = event(caller, action, "denied");
+    ev.record = id.parse::<RecordId>().ok().map(|r| r.to_string());
+    ev.detail = Some("no reason given".into());
+    record(state, ev).await
 }
 
 /// Query of `GET /v1/audit`.

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub denied: AtomicU64,
     /// Records deleted through the API.
     pub deletions: AtomicU64,
+    /// Records deleted by retention.
+    pub retention_deletions: AtomicU64,
 }
 
 impl Metrics {
@@ -66,8 +68,13 @@ impl Metrics {
             ),
             (
                 "ckvault_deletions_total",
-                "Records deleted.",
+                "Records deleted through the API.",
                 &self.deletions,
+            ),
+            (
+                "ckvault_retention_deletions_total",
+                "Records deleted by retention.",
+                &self.retention_deletions,
             ),
         ] {
             let _ = writeln!(

@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::policy::AccessPolicy;
+use crate::policy::{AccessPolicy, PolicySet};
 use crate::store::LocalStore;
 use tokens::TokenFile;
 
@@ -25,7 +25,7 @@ pub struct AppState {
     pub store: LocalStore,
     /// The audit log every request is written to before it is served.
     pub audit: AuditLog,
-    policy: RwLock<Arc<AccessPolicy>>,
+    policy: RwLock<Arc<PolicySet>>,
     tokens: RwLock<Arc<TokenFile>>,
     /// Counters.
     pub metrics: metrics::Metrics,
@@ -35,12 +35,7 @@ pub struct AppState {
 
 impl AppState {
     /// Assembles the state.
-    pub fn new(
-        store: LocalStore,
-        audit: AuditLog,
-        policy: AccessPolicy,
-        tokens: TokenFile,
-    ) -> Self {
+    pub fn new(store: LocalStore, audit: AuditLog, policy: PolicySet, tokens: TokenFile) -> Self {
         Self {
             store,
             audit,
@@ -51,16 +46,16 @@ impl AppState {
         }
     }
 
-    /// The current access policy.
-    pub fn policy(&self) -> Arc<AccessPolicy> {
+    /// The current policy set (access, recipients, retention, holds).
+    pub fn policy(&self) -> Arc<PolicySet> {
         self.policy
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// Replaces the access policy.
-    pub fn set_policy(&self, policy: AccessPolicy) {
+    /// Replaces the policy set.
+    pub fn set_policy(&self, policy: PolicySet) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
     }
 
@@ -139,8 +134,8 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         Some(p) => TokenFile::load(p)?,
         None => TokenFile::default(),
     };
-    let policy = match &config.policy.dir {
-        Some(dir) => AccessPolicy::load_dir(dir).map_err(|errs| {
+    let set = match &config.policy.dir {
+        Some(dir) => PolicySet::load_dir(dir).map_err(|errs| {
             anyhow::anyhow!(
                 "invalid policy:\n{}",
                 errs.iter()
@@ -149,31 +144,35 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
                     .join("\n")
             )
         })?,
-        None => AccessPolicy::admin_only(),
+        None => PolicySet {
+            access: AccessPolicy::admin_only(),
+            ..PolicySet::default()
+        },
     };
     let mut recipients = Vec::new();
     for r in &config.seal.recipients {
         recipients.push(r.parse::<crate::seal::Recipient>()?);
     }
     anyhow::ensure!(
-        config.cri.upstream.is_none() || !recipients.is_empty(),
+        config.cri.upstream.is_none() || !recipients.is_empty() || set.recipients.is_some(),
         "[cri] upstream is set but [seal] recipients is empty: checkpoints could not be sealed"
     );
     let checkpointer = config.cri.upstream.as_ref().map(|sock| {
-        let opts = crate::seal::SealOptions::new(
+        let mut opts = crate::seal::SealOptions::new(
             recipients.clone(),
             crate::manifest::Source {
                 kind: "trigger".into(),
                 path: None,
             },
         );
+        opts.recipient_policy = set.recipients.clone().map(Arc::new);
         crate::capture::checkpoint::Checkpointer::new(
             crate::capture::cri::RuntimeClient::new(sock),
             store.clone(),
             opts,
         )
     });
-    let mut state = AppState::new(store, audit, policy, tokens);
+    let mut state = AppState::new(store, audit, set, tokens);
     state.checkpointer = checkpointer;
     Ok(Prepared {
         state: Arc::new(state),
@@ -199,6 +198,47 @@ pub async fn run(prepared: Prepared, listener: tokio::net::TcpListener) -> anyho
             reload(&state, tokens_path.as_deref(), policy_dir.as_deref());
         }
     });
+    // Retention on a timer (and the policy directory's files re-read when they change).
+    let state = prepared.state.clone();
+    let policy_dir = prepared.policy_dir.clone();
+    let tokens_path = prepared.tokens_path.clone();
+    tokio::spawn(async move {
+        let mut stamp = policy_stamp(policy_dir.as_deref());
+        let mut last_retention: Option<std::time::Instant> = None;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            let now_stamp = policy_stamp(policy_dir.as_deref());
+            if now_stamp != stamp {
+                stamp = now_stamp;
+                reload(&state, tokens_path.as_deref(), policy_dir.as_deref());
+            }
+            if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_INTERVAL) {
+                last_retention = Some(std::time::Instant::now());
+                let st = state.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let set = st.policy();
+                    if set.retention.rules.is_empty() {
+                        return;
+                    }
+                    match crate::policy::enforce::apply(
+                        &st.store,
+                        &set,
+                        crate::policy::enforce::now_unix(),
+                        None,
+                        "system:retention",
+                    ) {
+                        Ok(done) => {
+                            st.metrics
+                                .retention_deletions
+                                .fetch_add(done.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(e) => eprintln!("ckvault: retention failed: {e}"),
+                    }
+                })
+                .await;
+            }
+        }
+    });
     let shutdown = async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
@@ -209,6 +249,27 @@ pub async fn run(prepared: Prepared, listener: tokio::net::TcpListener) -> anyho
     Ok(())
 }
 
+/// How often the server applies retention.
+pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Modification times of the policy files, to notice edits.
+fn policy_stamp(dir: Option<&std::path::Path>) -> Vec<Option<std::time::SystemTime>> {
+    let Some(dir) = dir else { return Vec::new() };
+    [
+        "access.toml",
+        "recipients.toml",
+        "retention.toml",
+        "holds.toml",
+    ]
+    .iter()
+    .map(|f| {
+        std::fs::metadata(dir.join(f))
+            .and_then(|m| m.modified())
+            .ok()
+    })
+    .collect()
+}
+
 fn reload(state: &AppState, tokens: Option<&std::path::Path>, policy: Option<&std::path::Path>) {
     if let Some(p) = tokens {
         match TokenFile::load(p) {
@@ -217,7 +278,7 @@ fn reload(state: &AppState, tokens: Option<&std::path::Path>, policy: Option<&st
         }
     }
     if let Some(dir) = policy {
-        match AccessPolicy::load_dir(dir) {
+        match PolicySet::load_dir(dir) {
             Ok(p) => state.set_policy(p),
             Err(errs) => {
                 for e in errs {

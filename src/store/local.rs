@@ -61,9 +61,13 @@ impl LocalStore {
         if !root.join("store.json").is_file() {
             return Err(StoreError::Missing(root.display().to_string()));
         }
-        Ok(Self {
+        let store = Self {
             root: root.to_path_buf(),
-        })
+        };
+        // Finish what a crash interrupted (a deletion half done, temporary files); a
+        // read-only store is still readable.
+        let _ = store.recover();
+        Ok(store)
     }
 
     /// The store directory.
