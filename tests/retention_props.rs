@@ -12,6 +12,8 @@ use proptest::prelude::*;
 
 const NOW: i64 = 1_800_000_000;
 
+type ScopeKey<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
 fn arb_record() -> impl Strategy<Value = RecordInfo> {
     (
         0..3usize,
@@ -151,7 +153,7 @@ proptest! {
         // 4. size budgets: over budget only if every survivor in the scope is protected
         for (ix, rule) in policy.rules.iter().enumerate() {
             let Some(max) = rule.max_total_bytes else { continue };
-            let mut scopes: BTreeMap<(Option<&str>, Option<&str>, Option<&str>), Vec<&RecordInfo>> = BTreeMap::new();
+            let mut scopes: BTreeMap<ScopeKey<'_>, Vec<&RecordInfo>> = BTreeMap::new();
             for r in records.iter().filter(|r| policy.rule_for(target(r)) == Some(ix) && !deleted.contains(r.id.as_str())) {
                 let key = match rule.total_scope {
                     Scope::Container => (r.namespace.as_deref(), r.pod.as_deref(), r.container.as_deref()),
