@@ -49,8 +49,9 @@ struct FileShape {
 struct HoldShape {
     name: String,
     reason: Spanned<String>,
-    #[serde(flatten)]
-    selector: SelectorShape,
+    namespaces: Option<Spanned<Vec<Spanned<String>>>>,
+    pods: Option<Spanned<Vec<Spanned<String>>>>,
+    containers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 impl HoldsPolicy {
@@ -82,7 +83,12 @@ impl HoldsPolicy {
                     "a hold needs a reason",
                 ));
             }
-            let selector = h.selector.build(path, text, &mut errors);
+            let selector = SelectorShape {
+                namespaces: h.namespaces,
+                pods: h.pods,
+                containers: h.containers,
+            }
+            .build(path, text, &mut errors);
             holds.push(SelectorHold {
                 name: h.name,
                 reason: h.reason.into_inner(),

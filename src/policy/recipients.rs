@@ -37,15 +37,19 @@ struct FileShape {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EntryShape {
-    #[serde(flatten)]
-    selector: SelectorShape,
+    namespaces: Option<Spanned<Vec<Spanned<String>>>>,
+    pods: Option<Spanned<Vec<Spanned<String>>>>,
+    containers: Option<Spanned<Vec<Spanned<String>>>>,
     keys: Vec<Spanned<String>>,
 }
 
 /// No recipients cover a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "no recipients are configured for namespace {namespace:?} (pod {pod:?}, container {container:?}): refusing to seal what nobody could open; add an entry to recipients.toml"
+    "no recipients are configured for namespace {} (pod {}, container {}): refusing to seal what nobody could open; add an entry to recipients.toml",
+    shown(namespace),
+    shown(pod),
+    shown(container)
 )]
 pub struct NoRecipients {
     /// Namespace.
@@ -54,6 +58,11 @@ pub struct NoRecipients {
     pub pod: Option<String>,
     /// Container.
     pub container: Option<String>,
+}
+
+fn shown(v: &Option<String>) -> String {
+    v.as_deref()
+        .map_or_else(|| "(unknown)".to_owned(), |s| format!("{s:?}"))
 }
 
 impl RecipientsPolicy {
@@ -78,7 +87,12 @@ impl RecipientsPolicy {
         for spanned in shape.recipients {
             let start = spanned.span().start;
             let e = spanned.into_inner();
-            let selector = e.selector.build(path, text, &mut errors);
+            let selector = SelectorShape {
+                namespaces: e.namespaces,
+                pods: e.pods,
+                containers: e.containers,
+            }
+            .build(path, text, &mut errors);
             let mut keys = Vec::new();
             for k in &e.keys {
                 match k.get_ref().parse::<Recipient>() {

@@ -127,8 +127,9 @@ struct FileShape {
 #[serde(deny_unknown_fields)]
 struct RuleShape {
     name: Spanned<String>,
-    #[serde(flatten)]
-    selector: SelectorShape,
+    namespaces: Option<Spanned<Vec<Spanned<String>>>>,
+    pods: Option<Spanned<Vec<Spanned<String>>>>,
+    containers: Option<Spanned<Vec<Spanned<String>>>>,
     keep_last: Option<u64>,
     max_age: Option<Spanned<String>>,
     max_record_size: Option<Spanned<String>>,
@@ -170,7 +171,12 @@ impl RetentionPolicy {
                     format!("rule name {:?} is used twice", r.name.get_ref()),
                 ));
             }
-            let selector = r.selector.build(path, text, &mut errors);
+            let selector = SelectorShape {
+                namespaces: r.namespaces,
+                pods: r.pods,
+                containers: r.containers,
+            }
+            .build(path, text, &mut errors);
             let mut size = |v: &Option<Spanned<String>>| {
                 v.as_ref().and_then(|s| {
                     let parsed = parse_size(s.get_ref());
