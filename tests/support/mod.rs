@@ -224,3 +224,5 @@ pub fn age_keypair(dir: &Path) -> (PathBuf, String) {
     );
     (identity, recipient)
 }
+
+pub mod containerd;
