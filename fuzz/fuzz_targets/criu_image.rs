@@ -1,0 +1,20 @@
+//! Fuzz target: the CRIU image parsers (pstree and core) on arbitrary bytes. They must
+//! never panic, and what they accept must respect their own bounds.
+#![no_main]
+
+use ckvault::inspect::criu::{MAX_COMM_BYTES, parse_core_comm, parse_pstree};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(procs) = parse_pstree(data, 4096) {
+        assert!(procs.len() <= 4096);
+        let mut pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        assert_eq!(pids.len(), procs.len(), "duplicate pid accepted");
+    }
+    if let Ok(Some(comm)) = parse_core_comm(data) {
+        // Lossy UTF-8 may grow each invalid byte to 3 bytes.
+        assert!(comm.len() <= MAX_COMM_BYTES * 3);
+    }
+});

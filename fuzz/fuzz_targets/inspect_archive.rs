@@ -1,0 +1,43 @@
+//! Fuzz target: the archive inspector on arbitrary bytes, differentially. The streaming
+//! and the seekable API must agree on whether an archive is accepted (and, when both
+//! accept, on everything they found); an accepted archive must render.
+#![no_main]
+
+use std::io::Cursor;
+use std::time::Duration;
+
+use ckvault::inspect::{Limits, inspect_reader, inspect_seekable, render_table};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let limits = Limits {
+        // Keep each execution cheap: a bomb is cut off after 16 MiB.
+        max_decompressed_bytes: 16 << 20,
+        deadline: Duration::from_secs(20),
+        ..Limits::default()
+    };
+    let streamed = inspect_reader(data, &limits);
+    let seeked = inspect_seekable(Cursor::new(data), &limits);
+    match (&streamed, &seeked) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(
+                a, b,
+                "inspect_reader and inspect_seekable found different things"
+            );
+            let table = render_table(a);
+            assert!(
+                !table.contains('\u{1b}'),
+                "an escape character reached the table"
+            );
+        }
+        (Err(a), Err(b)) => {
+            let _ = (a.code(), a.to_string(), b.code(), b.to_string());
+        }
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) if e.code() == "timeout" => {}
+        _ => panic!(
+            "differential: inspect_reader {:?} vs inspect_seekable {:?}",
+            streamed.as_ref().map(|_| ()).map_err(|e| e.code()),
+            seeked.as_ref().map(|_| ()).map_err(|e| e.code()),
+        ),
+    }
+});
