@@ -133,9 +133,16 @@ impl Checkpointer {
             )
             .await;
         if let Err(e) = result {
-            // A runtime that gave up late may still be writing: keep watching the staging
-            // file and seal whatever lands there, so no plaintext outlives the call.
-            self.sweep_late(staged, deadline, actor.to_owned());
+            let empty = std::fs::metadata(&staged).is_ok_and(|m| m.len() == 0);
+            // CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE: the runtime may still be writing.
+            let may_still_write = matches!(e.code, 1 | 4 | 14);
+            if empty && !may_still_write {
+                let _ = std::fs::remove_file(&staged);
+            } else {
+                // Keep watching the staging file and seal whatever lands there, so no
+                // plaintext outlives the call.
+                self.sweep_late(staged, deadline, actor.to_owned());
+            }
             return Err(e.into());
         }
         let mut opts = self.opts.clone();

@@ -24,9 +24,10 @@ impl Deadline {
         }
     }
 
-    /// Fails with [`InspectError::Timeout`] once the deadline has passed.
+    /// Fails with [`InspectError::Timeout`] once the deadline has passed (a zero deadline
+    /// always fails).
     pub(crate) fn check(&self, offset: u64) -> Result<(), InspectError> {
-        if self.started.elapsed() > self.limit {
+        if self.started.elapsed() >= self.limit {
             return Err(InspectError::Timeout {
                 limit: self.limit,
                 offset,
