@@ -52,18 +52,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", prepared.listen))?;
         let addr = listener.local_addr()?;
-        say!("ckvault: serving https://{addr} (store {})", prepared.state.store.root().display());
-        if let Some(g) = &prepared.generated {
-            say!("ckvault: CA certificate:      {}", g.ca_cert.display());
-            say!("ckvault: admin certificate:   {} (key {})", g.admin_cert.display(), g.admin_key.display());
-            say!("ckvault: admin token (file):  {}", g.admin_token.display());
-            say!(
-                "ckvault: try: curl --cacert {} -H \"Authorization: Bearer $(cat {})\" https://{addr}/v1/checkpoints",
-                g.ca_cert.display(),
-                g.admin_token.display()
-            );
-        }
-        serve::run(prepared, listener).await
+        let announce = move |prepared: &serve::Prepared| {
+            say!("ckvault: serving https://{addr} (store {})", prepared.state.store.root().display());
+            if let Some(g) = &prepared.generated {
+                say!("ckvault: CA certificate:      {}", g.ca_cert.display());
+                say!("ckvault: admin certificate:   {} (key {})", g.admin_cert.display(), g.admin_key.display());
+                say!("ckvault: admin token (file):  {}", g.admin_token.display());
+                say!(
+                    "ckvault: try: curl --cacert {} -H \"Authorization: Bearer $(cat {})\" https://{addr}/v1/checkpoints",
+                    g.ca_cert.display(),
+                    g.admin_token.display()
+                );
+            }
+        };
+        serve::run(prepared, listener, announce).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

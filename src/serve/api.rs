@@ -43,6 +43,10 @@ pub fn router(state: Shared) -> Router {
             "/checkpoint/{namespace}/{pod}/{container}",
             axum::routing::post(super::trigger::checkpoint),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .fallback(unknown)
         .with_state(state)
 }
@@ -270,6 +274,21 @@ async fn authorized_manifest(
         ));
     }
     Ok(manifest)
+}
+
+/// Counts each routed request by route template and status for `/metrics`.
+async fn count_requests(
+    State(state): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let resp = next.run(req).await;
+    state.metrics.request(&route, resp.status().as_u16());
+    resp
 }
 
 /// Any other path: authenticated (401 otherwise) and audited, then 404.

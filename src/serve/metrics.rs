@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The server's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
     /// Downloads started.
     pub downloads: AtomicU64,
     /// Bytes promised by started downloads.
@@ -25,9 +25,9 @@ pub struct Metrics {
 
 impl Metrics {
     /// Counts one request on `route` answered with `status`.
-    pub fn request(&self, route: &'static str, status: u16) {
+    pub fn request(&self, route: &str, status: u16) {
         let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry((route, status)).or_default() += 1;
+        *map.entry((route.to_owned(), status)).or_default() += 1;
     }
 
     /// Renders every metric; `records` is the current record count.

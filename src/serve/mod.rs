@@ -186,11 +186,19 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
 
 /// Runs the server until SIGINT/SIGTERM; SIGHUP reloads the policy and the token file
 /// (keeping the old ones when the new ones are invalid).
-pub async fn run(prepared: Prepared, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+///
+/// `ready` runs once the signal handlers are installed (announce the server there: a
+/// SIGHUP sent right after the announcement must not kill it).
+pub async fn run(
+    prepared: Prepared,
+    listener: tokio::net::TcpListener,
+    ready: impl FnOnce(&Prepared),
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let app = api::router(prepared.state.clone());
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
+    ready(&prepared);
     let state = prepared.state.clone();
     let (tokens_path, policy_dir) = (prepared.tokens_path.clone(), prepared.policy_dir.clone());
     tokio::spawn(async move {
