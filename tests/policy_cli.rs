@@ -237,7 +237,7 @@ fn retention_plan_equals_apply_and_holds_survive() {
     let s = store.to_str().unwrap();
     let archive = tiny_tar(d, "a.tar", "{}");
     let mut forensics = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..6 {
         forensics.push(
             seal(&store, &archive, "forensics", "web", "app", &["-r", &key])["id"]
                 .as_str()
@@ -254,10 +254,10 @@ fn retention_plan_equals_apply_and_holds_survive() {
                 .to_owned(),
         );
     }
-    // the oldest forensics record is on hold
+    // one of the older forensics records (the second oldest) is on hold
     ok(ckvault(&[
         "hold",
-        &forensics[0],
+        &forensics[1],
         "--store",
         s,
         "--reason",
@@ -287,8 +287,12 @@ fn retention_plan_equals_apply_and_holds_survive() {
         .iter()
         .map(|d| d["id"].as_str().unwrap().to_owned())
         .collect();
-    // keep_last 2 of 5 with the oldest held: forensics[1..3] go; team keeps 1 of 3
-    let mut want: Vec<String> = forensics[1..3].iter().chain(&team[..2]).cloned().collect();
+    // keep_last 2 of 6 with an older one held: 3 forensics records go; team keeps 1 of 3
+    let mut want: Vec<String> = [&forensics[0], &forensics[2], &forensics[3]]
+        .into_iter()
+        .chain(&team[..2])
+        .cloned()
+        .collect();
     planned.sort();
     want.sort();
     assert_eq!(planned, want);
@@ -302,7 +306,7 @@ fn retention_plan_equals_apply_and_holds_survive() {
         assert_eq!(d["reason"], "keep_last");
     }
     // planning deleted nothing
-    assert_eq!(ids(&store).len(), 8);
+    assert_eq!(ids(&store).len(), 9);
     let applied: Value = serde_json::from_str(&ok(ckvault(&[
         "retention",
         "apply",
@@ -325,9 +329,9 @@ fn retention_plan_equals_apply_and_holds_survive() {
     let mut left = ids(&store);
     left.sort();
     let mut expect_left: Vec<String> = [
-        forensics[0].clone(),
-        forensics[3].clone(),
+        forensics[1].clone(),
         forensics[4].clone(),
+        forensics[5].clone(),
         team[2].clone(),
     ]
     .to_vec();
@@ -337,7 +341,17 @@ fn retention_plan_equals_apply_and_holds_survive() {
         .into_iter()
         .filter(|e| e["action"] == "retention-delete")
         .collect();
-    assert_eq!(deletes.len(), 4);
+    assert_eq!(deletes.len(), 5);
+    let forensics_deletes = deletes
+        .iter()
+        .filter(|e| {
+            e["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("rule forensics-short ")
+        })
+        .count();
+    assert_eq!(forensics_deletes, 3, "{deletes:#?}");
     assert!(
         deletes
             .iter()
