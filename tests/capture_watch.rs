@@ -188,3 +188,79 @@ fn the_live_watcher_waits_for_complete_files_and_survives_the_directory_vanishin
         !path2.exists() && manifests(&store).len() == 2
     });
 }
+
+#[test]
+fn the_watcher_takes_recipients_and_retention_from_the_policy_directory() {
+    let Some(real) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (identity, recipient) = support::age_keypair(tmp.path());
+    let dir = tmp.path().join("checkpoints");
+    fs::create_dir(&dir).unwrap();
+    let pol = tmp.path().join("policies");
+    fs::create_dir(&pol).unwrap();
+    fs::write(
+        pol.join("recipients.toml"),
+        format!(
+            "version = 1\n[[recipients]]\nnamespaces = [\"forensics\"]\nkeys = [\"{recipient}\"]\n"
+        ),
+    )
+    .unwrap();
+    fs::write(
+        pol.join("retention.toml"),
+        "version = 1\n[[rule]]\nname = \"one\"\nkeep_last = 1\n",
+    )
+    .unwrap();
+    let config = tmp.path().join("ckvault.toml");
+    fs::write(
+        &config,
+        "[store]\npath = \"store\"\n[policy]\ndir = \"policies\"\n[watch]\ndir = \"checkpoints\"\nsettle = \"0s\"\n",
+    )
+    .unwrap();
+    let input = fs::read(&real).unwrap();
+    for i in 0..3 {
+        fs::write(
+            dir.join(format!(
+                "checkpoint-web-7d4_forensics-app-2026-11-28T10:00:0{i}Z.tar"
+            )),
+            &input,
+        )
+        .unwrap();
+    }
+    let out = Command::new(support::ckvault_bin())
+        .args(["watch", "--once", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = tmp.path().join("store");
+    let ms = manifests(&store);
+    assert_eq!(
+        ms.len(),
+        1,
+        "retention keep_last 1 not applied after sealing: {ms:#?}"
+    );
+    // sealed to the policy's recipient: Debian's age opens it with that identity
+    let blob = store
+        .join("records")
+        .join(format!("{}.age", ms[0]["id"].as_str().unwrap()));
+    let out = Command::new("age")
+        .args([
+            "-d",
+            "-i",
+            identity.to_str().unwrap(),
+            blob.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(fs::read_dir(&dir).unwrap().flatten().all(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .ends_with(".ckvault-receipt.json")
+    }));
+}

@@ -39,6 +39,7 @@ pub struct Checkpointer {
     store: LocalStore,
     opts: SealOptions,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    policies: Option<Arc<crate::policy::PolicySet>>,
 }
 
 impl Checkpointer {
@@ -49,7 +50,14 @@ impl Checkpointer {
             store,
             opts,
             locks: Arc::default(),
+            policies: None,
         }
+    }
+
+    /// Applies these policies' retention after every seal.
+    pub fn with_policies(mut self, policies: Arc<crate::policy::PolicySet>) -> Self {
+        self.policies = Some(policies);
+        self
     }
 
     /// The runtime client.
@@ -162,6 +170,10 @@ impl Checkpointer {
         .map_err(|e| CheckpointError::Seal(e.to_string()))?
         .map_err(CheckpointError::Seal)?;
         let _ = std::fs::remove_file(&staged);
+        if let Some(p) = self.policies.clone() {
+            let store = self.store.clone();
+            let _ = tokio::task::spawn_blocking(move || p.enforce_after_seal(&store)).await;
+        }
         Ok(sealed)
     }
 

@@ -70,22 +70,33 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     for f in &args.recipients_file {
         recipients.extend(Recipient::read_file(f)?);
     }
-    if recipients.is_empty() {
+    let policies = crate::policy::PolicySet::load_optional(config.policy.dir.as_deref())
+        .map_err(anyhow::Error::msg)?
+        .map(std::sync::Arc::new);
+    let recipient_policy = policies
+        .as_ref()
+        .and_then(|p| p.recipients.clone())
+        .map(std::sync::Arc::new);
+    if recipients.is_empty() && recipient_policy.is_none() {
         return Err(SealError::NoRecipients.into());
     }
     let store = LocalStore::open_or_init(&store_dir)?;
-    let opts = SealOptions::new(
+    let mut opts = SealOptions::new(
         recipients,
         Source {
             kind: "cri-proxy".into(),
             path: None,
         },
     );
+    opts.recipient_policy = recipient_policy;
     let recovered = staging::recover(&store, &opts)?;
     for m in &recovered.sealed {
         println!("recovered {} from staging", m.id);
     }
-    let checkpointer = Checkpointer::new(RuntimeClient::new(&upstream), store, opts);
+    let mut checkpointer = Checkpointer::new(RuntimeClient::new(&upstream), store, opts);
+    if let Some(p) = policies {
+        checkpointer = checkpointer.with_policies(p);
+    }
     let proxy = Arc::new(proxy::Proxy::new(checkpointer, receipts));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

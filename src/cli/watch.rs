@@ -66,17 +66,25 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     for f in &args.recipients_file {
         recipients.extend(Recipient::read_file(f)?);
     }
-    if recipients.is_empty() {
+    let policies = crate::policy::PolicySet::load_optional(config.policy.dir.as_deref())
+        .map_err(anyhow::Error::msg)?
+        .map(std::sync::Arc::new);
+    let recipient_policy = policies
+        .as_ref()
+        .and_then(|p| p.recipients.clone())
+        .map(std::sync::Arc::new);
+    if recipients.is_empty() && recipient_policy.is_none() {
         return Err(SealError::NoRecipients.into());
     }
     let store = LocalStore::open_or_init(&store_dir)?;
-    let opts = SealOptions::new(
+    let mut opts = SealOptions::new(
         recipients,
         Source {
             kind: "watch".into(),
             path: None,
         },
     );
+    opts.recipient_policy = recipient_policy;
     let recovered = staging::recover(&store, &opts)?;
     for m in &recovered.sealed {
         println!("recovered {} from staging", m.id);
@@ -98,12 +106,17 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     watch::run(&store, &opts, &wopts, &mut |name, outcome| {
         let name = escape_control(name);
         match outcome {
-            watch::Outcome::Sealed(m) => println!(
-                "sealed {name} as {} ({}, inspection {})",
-                m.id,
-                m.namespace.as_deref().unwrap_or("?"),
-                m.inspection.code.as_deref().unwrap_or("ok")
-            ),
+            watch::Outcome::Sealed(m) => {
+                println!(
+                    "sealed {name} as {} ({}, inspection {})",
+                    m.id,
+                    m.namespace.as_deref().unwrap_or("?"),
+                    m.inspection.code.as_deref().unwrap_or("ok")
+                );
+                if let Some(p) = &policies {
+                    p.enforce_after_seal(&store);
+                }
+            }
             watch::Outcome::Ignored(why) => eprintln!("ckvault: ignoring {name}: {why}"),
             watch::Outcome::Failed(why) => {
                 failures += 1;

@@ -134,6 +134,41 @@ impl PolicySet {
     }
 }
 
+impl PolicySet {
+    /// Loads `dir` if given, turning every problem into one readable message.
+    pub fn load_optional(dir: Option<&Path>) -> Result<Option<Self>, String> {
+        let Some(dir) = dir else { return Ok(None) };
+        Self::load_dir(dir).map(Some).map_err(|errs| {
+            format!(
+                "invalid policy in {}:\n{}",
+                dir.display(),
+                errs.iter()
+                    .map(|e| format!("  {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })
+    }
+
+    /// Applies retention now if any rule is configured, reporting (not failing on) errors.
+    pub fn enforce_after_seal(&self, store: &crate::store::LocalStore) {
+        if self.retention.rules.is_empty() {
+            return;
+        }
+        match enforce::apply(store, self, enforce::now_unix(), None, "system:retention") {
+            Ok(done) => {
+                for d in done {
+                    eprintln!(
+                        "ckvault: retention deleted {} (rule {}, {})",
+                        d.id, d.rule, d.reason
+                    );
+                }
+            }
+            Err(e) => eprintln!("ckvault: retention failed: {e}"),
+        }
+    }
+}
+
 /// Loads and validates every policy file in `dir`, returning all problems found.
 pub fn check_dir(dir: &Path) -> Result<PolicySet, Vec<PolicyError>> {
     PolicySet::load_dir(dir)

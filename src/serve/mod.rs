@@ -171,6 +171,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             store.clone(),
             opts,
         )
+        .with_policies(Arc::new(set.clone()))
     });
     let mut state = AppState::new(store, audit, set, tokens);
     state.checkpointer = checkpointer;
