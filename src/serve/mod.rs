@@ -224,6 +224,11 @@ pub async fn run(
             if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_INTERVAL) {
                 last_retention = Some(std::time::Instant::now());
                 let st = state.clone();
+                // With a runtime configured, orphan rules know which pods still exist.
+                let live = match &st.checkpointer {
+                    Some(c) => live_pods(c.runtime()).await,
+                    None => None,
+                };
                 let _ = tokio::task::spawn_blocking(move || {
                     let set = st.policy();
                     if set.retention.rules.is_empty() {
@@ -233,7 +238,7 @@ pub async fn run(
                         &st.store,
                         &set,
                         crate::policy::enforce::now_unix(),
-                        None,
+                        live.as_ref(),
                         "system:retention",
                     ) {
                         Ok(done) => {
@@ -256,6 +261,39 @@ pub async fn run(
     };
     tls::serve(listener, prepared.tls, app, shutdown).await;
     Ok(())
+}
+
+/// The (namespace, pod) pairs the runtime runs now; `None` if it cannot be asked.
+async fn live_pods(
+    runtime: &crate::capture::cri::RuntimeClient,
+) -> Option<std::collections::HashSet<(String, String)>> {
+    use crate::capture::cri::*;
+    let resp: ListPodSandboxResponse = runtime
+        .unary(
+            "ListPodSandbox",
+            &ListPodSandboxRequest::default(),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .ok()?;
+    Some(
+        resp.items
+            .into_iter()
+            .filter_map(|p| {
+                let ns = p
+                    .labels
+                    .get(LABEL_NAMESPACE)
+                    .cloned()
+                    .or(p.metadata.as_ref().map(|m| m.namespace.clone()))?;
+                let pod = p
+                    .labels
+                    .get(LABEL_POD)
+                    .cloned()
+                    .or(p.metadata.map(|m| m.name))?;
+                Some((ns, pod))
+            })
+            .collect(),
+    )
 }
 
 /// How often the server applies retention.
