@@ -2,6 +2,7 @@
 //! lives in its own file and only wires library calls to terminal output.
 
 mod audit;
+mod common;
 mod fetch;
 mod inspect;
 mod open;

@@ -11,7 +11,7 @@ use crate::capture::cri::RuntimeClient;
 use crate::capture::{proxy, staging};
 use crate::config::{Config, KubeletLocation};
 use crate::manifest::Source;
-use crate::seal::{Recipient, SealError, SealOptions};
+use crate::seal::SealOptions;
 use crate::store::LocalStore;
 
 /// Arguments of `ckvault proxy`.
@@ -63,32 +63,22 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| config.store.path.clone());
     let receipts = !args.no_receipts && config.cri.kubelet_location == KubeletLocation::Receipt;
-    let mut recipients = Vec::new();
-    for r in config.seal.recipients.iter().chain(&args.recipients) {
-        recipients.push(r.parse::<Recipient>()?);
-    }
-    for f in &args.recipients_file {
-        recipients.extend(Recipient::read_file(f)?);
-    }
-    let policies = crate::policy::PolicySet::load_optional(config.policy.dir.as_deref())
-        .map_err(anyhow::Error::msg)?
-        .map(std::sync::Arc::new);
-    let recipient_policy = policies
-        .as_ref()
-        .and_then(|p| p.recipients.clone())
-        .map(std::sync::Arc::new);
-    if recipients.is_empty() && recipient_policy.is_none() {
-        return Err(SealError::NoRecipients.into());
-    }
+    let setup = super::common::seal_setup(
+        &config.seal.recipients,
+        &args.recipients,
+        &args.recipients_file,
+        config.policy.dir.as_deref(),
+    )?;
+    let policies = setup.policies.clone();
     let store = LocalStore::open_or_init(&store_dir)?;
     let mut opts = SealOptions::new(
-        recipients,
+        setup.recipients,
         Source {
             kind: "cri-proxy".into(),
             path: None,
         },
     );
-    opts.recipient_policy = recipient_policy;
+    opts.recipient_policy = setup.recipient_policy;
     let recovered = staging::recover(&store, &opts)?;
     for m in &recovered.sealed {
         println!("recovered {} from staging", m.id);

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 
+use super::common::load_policies;
 use super::{Format, StoreArg, output};
 use crate::audit::EventInput;
 use crate::manifest::RecordId;
+use crate::policy::enforce;
 use crate::policy::selector::Target;
-use crate::policy::{PolicySet, enforce};
 use crate::seal::local_actor;
 use crate::store::{LegalHold, LocalStore};
 
@@ -80,19 +81,6 @@ fn audit(
         ..Default::default()
     })?;
     Ok(())
-}
-
-fn load_policies(dir: &std::path::Path) -> anyhow::Result<PolicySet> {
-    PolicySet::load_dir(dir).map_err(|errs| {
-        anyhow::anyhow!(
-            "invalid policy in {}:\n{}",
-            dir.display(),
-            errs.iter()
-                .map(|e| format!("  {e}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })
 }
 
 /// Runs `ckvault hold`.

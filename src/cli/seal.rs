@@ -8,7 +8,7 @@ use anyhow::Context;
 use super::{StoreArg, output};
 use crate::fsutil;
 use crate::manifest::Source;
-use crate::seal::{self, ClaimedIdentity, Recipient, SealOptions};
+use crate::seal::{self, ClaimedIdentity, SealOptions};
 use crate::store::LocalStore;
 
 /// Arguments of `ckvault seal`.
@@ -51,36 +51,19 @@ pub struct SealArgs {
 
 /// Runs `ckvault seal`.
 pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
-    let mut recipients = Vec::new();
-    for r in &args.recipients {
-        recipients.push(r.parse::<Recipient>()?);
-    }
-    for f in &args.recipients_file {
-        recipients.extend(Recipient::read_file(f)?);
-    }
-    let policies = match &args.policies {
-        Some(dir) => Some(crate::policy::PolicySet::load_dir(dir).map_err(|errs| {
-            anyhow::anyhow!(
-                "invalid policy in {}:\n{}",
-                dir.display(),
-                errs.iter()
-                    .map(|e| format!("  {e}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })?),
-        None => None,
-    };
-    let recipient_policy = policies.as_ref().and_then(|p| p.recipients.clone());
-    if recipients.is_empty() && recipient_policy.is_none() {
-        return Err(seal::SealError::NoRecipients.into());
-    }
+    let setup = super::common::seal_setup(
+        &[],
+        &args.recipients,
+        &args.recipients_file,
+        args.policies.as_deref(),
+    )?;
+    let policies = setup.policies.clone();
     let file = fsutil::open_nofollow(&args.archive)
         .with_context(|| format!("cannot open {}", args.archive.display()))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let store = LocalStore::open_or_init(&args.store.store)?;
     let mut opts = SealOptions::new(
-        recipients,
+        setup.recipients,
         Source {
             kind: "cli".into(),
             path: Some(args.archive.display().to_string()),
@@ -91,7 +74,7 @@ pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
         pod: args.pod,
         container: args.container,
     };
-    opts.recipient_policy = recipient_policy.map(std::sync::Arc::new);
+    opts.recipient_policy = setup.recipient_policy;
     opts.zstd_level = args.level;
     if let Some(t) = args.threads {
         opts.zstd_threads = t;

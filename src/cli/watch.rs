@@ -8,7 +8,7 @@ use crate::capture::{staging, watch};
 use crate::config::Config;
 use crate::inspect::escape_control;
 use crate::manifest::Source;
-use crate::seal::{Recipient, SealError, SealOptions};
+use crate::seal::SealOptions;
 use crate::store::LocalStore;
 
 /// Arguments of `ckvault watch`.
@@ -59,32 +59,22 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         .store
         .clone()
         .unwrap_or_else(|| config.store.path.clone());
-    let mut recipients = Vec::new();
-    for r in config.seal.recipients.iter().chain(&args.recipients) {
-        recipients.push(r.parse::<Recipient>()?);
-    }
-    for f in &args.recipients_file {
-        recipients.extend(Recipient::read_file(f)?);
-    }
-    let policies = crate::policy::PolicySet::load_optional(config.policy.dir.as_deref())
-        .map_err(anyhow::Error::msg)?
-        .map(std::sync::Arc::new);
-    let recipient_policy = policies
-        .as_ref()
-        .and_then(|p| p.recipients.clone())
-        .map(std::sync::Arc::new);
-    if recipients.is_empty() && recipient_policy.is_none() {
-        return Err(SealError::NoRecipients.into());
-    }
+    let setup = super::common::seal_setup(
+        &config.seal.recipients,
+        &args.recipients,
+        &args.recipients_file,
+        config.policy.dir.as_deref(),
+    )?;
+    let policies = setup.policies.clone();
     let store = LocalStore::open_or_init(&store_dir)?;
     let mut opts = SealOptions::new(
-        recipients,
+        setup.recipients,
         Source {
             kind: "watch".into(),
             path: None,
         },
     );
-    opts.recipient_policy = recipient_policy;
+    opts.recipient_policy = setup.recipient_policy;
     let recovered = staging::recover(&store, &opts)?;
     for m in &recovered.sealed {
         println!("recovered {} from staging", m.id);

@@ -422,8 +422,15 @@ mod tests {
     fn orphans_are_deleted_only_when_the_runtime_is_known_and_never_when_held() {
         let text = "version = 1\n[[rule]]\nname = \"gone\"\norphans = \"delete\"\n";
         let p = RetentionPolicy::parse(Path::new("r.toml"), text).unwrap();
-        let records = [rec("a", "alive", false), rec("b", "dead", false), rec("c", "dead", true)];
-        assert!(p.plan(&records, 200, None).is_empty(), "no runtime: nothing is an orphan");
+        let records = [
+            rec("a", "alive", false),
+            rec("b", "dead", false),
+            rec("c", "dead", true),
+        ];
+        assert!(
+            p.plan(&records, 200, None).is_empty(),
+            "no runtime: nothing is an orphan"
+        );
         let live: HashSet<(String, String)> = [("ns".to_owned(), "alive".to_owned())].into();
         let plan = p.plan(&records, 200, Some(&live));
         let ids: Vec<&str> = plan.iter().map(|d| d.id.as_str()).collect();
