@@ -57,21 +57,8 @@ struct HoldShape {
 impl HoldsPolicy {
     /// Parses and validates a holds file.
     pub fn parse(path: &Path, text: &str) -> Result<Self, Vec<PolicyError>> {
-        let shape: FileShape = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
-            vec![PolicyError::at(path, text, offset, e.message().to_owned())]
-        })?;
-        let mut errors = Vec::new();
-        if let Some(v) = &shape.version
-            && *v.get_ref() != 1
-        {
-            errors.push(PolicyError::at(
-                path,
-                text,
-                v.span().start,
-                "unsupported version; this ckvault reads version 1",
-            ));
-        }
+        let (shape, mut errors): (FileShape, _) =
+            super::parse_versioned(path, text, |f: &FileShape| f.version.as_ref())?;
         let mut holds = Vec::new();
         for h in shape.hold {
             let h = h.into_inner();

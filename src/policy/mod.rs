@@ -14,6 +14,35 @@ pub use access::{AccessPolicy, Action, Principal};
 
 use std::path::Path;
 
+/// Parses a policy file's TOML into `T` and checks its `version` (must be 1 when given).
+/// A syntax error ends parsing; a version problem is returned with the shape so that the
+/// caller can go on collecting every other problem of the file.
+pub(crate) fn parse_versioned<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    version: impl Fn(&T) -> Option<&toml::Spanned<u32>>,
+) -> Result<(T, Vec<PolicyError>), Vec<PolicyError>> {
+    let shape: T = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        vec![PolicyError::at(path, text, offset, e.message().to_owned())]
+    })?;
+    let mut errors = Vec::new();
+    if let Some(v) = version(&shape)
+        && *v.get_ref() != 1
+    {
+        errors.push(PolicyError::at(
+            path,
+            text,
+            v.span().start,
+            format!(
+                "unsupported version {}; this ckvault reads version 1",
+                v.get_ref()
+            ),
+        ));
+    }
+    Ok((shape, errors))
+}
+
 /// A policy problem, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}:{line}:{column}: {message}")]

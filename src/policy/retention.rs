@@ -143,21 +143,8 @@ struct RuleShape {
 impl RetentionPolicy {
     /// Parses and validates a retention file, with every problem located.
     pub fn parse(path: &Path, text: &str) -> Result<Self, Vec<PolicyError>> {
-        let shape: FileShape = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
-            vec![PolicyError::at(path, text, offset, e.message().to_owned())]
-        })?;
-        let mut errors = Vec::new();
-        if let Some(v) = &shape.version
-            && *v.get_ref() != 1
-        {
-            errors.push(PolicyError::at(
-                path,
-                text,
-                v.span().start,
-                "unsupported version; this ckvault reads version 1",
-            ));
-        }
+        let (shape, mut errors): (FileShape, _) =
+            super::parse_versioned(path, text, |f: &FileShape| f.version.as_ref())?;
         let mut rules = Vec::new();
         let mut names = HashSet::new();
         for spanned in shape.rule {
