@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 case "${CI:-}" in
-  1 | true) export CKVAULT_REQUIRE_REAL_CHECKPOINT=1 ;;
+  1 | true) export CKVAULT_REQUIRE_REAL_CHECKPOINT=1 CKVAULT_REQUIRE_SEAWEEDFS=1 ;;
 esac
 
 cargo test --all-targets "$@"

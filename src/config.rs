@@ -33,6 +33,9 @@ pub struct Config {
     /// The checkpoint-directory watcher.
     #[serde(default)]
     pub watch: WatchConfig,
+    /// This node.
+    #[serde(default)]
+    pub node: NodeConfig,
 }
 
 /// What the CRI proxy leaves at the location the kubelet asked for.
@@ -135,17 +138,142 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Dura
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Local store directory (default `ckvault-data`).
+    /// `local` (the default: a private directory on this machine) or `s3` (an S3-compatible
+    /// bucket shared by many nodes).
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// Local store directory (default `ckvault-data`); `kind = "local"` only.
     #[serde(default = "default_store")]
     pub path: PathBuf,
+    /// S3 endpoint URL (`http://127.0.0.1:8333`); empty or absent for AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// S3 region (default `us-east-1`).
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// The bucket (must exist; create it with Object Lock enabled to use `object_lock`).
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// Key prefix inside the bucket, e.g. `prod/` (default empty).
+    #[serde(default)]
+    pub prefix: String,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most non-AWS stores.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Local directory for this process's own state with `kind = "s3"`: sealed records
+    /// waiting for upload (never plaintext), staging, the node key and audit log.
+    #[serde(default = "default_spool")]
+    pub spool: PathBuf,
+    /// Most bytes of sealed records the spool may hold while the bucket is unreachable;
+    /// beyond it capture refuses new checkpoints rather than lose any (default `20GiB`).
+    #[serde(default = "default_spool_max")]
+    pub spool_max: String,
+    /// An AWS-style credentials file (`[default]` with `aws_access_key_id`,
+    /// `aws_secret_access_key`); otherwise `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`
+    /// (and `AWS_SESSION_TOKEN`) from the environment.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// The profile to read from `credentials_file` (default `default`).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Extra CA certificates (PEM) to trust for an `https://` endpoint, on top of the
+    /// system roots (an on-premises Ceph or MinIO with a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Object Lock retention applied to every uploaded object: `governance` or
+    /// `compliance`, for `lock_days`. Absent: no retention lock (legal holds still map to
+    /// Object Lock legal hold when the bucket has Object Lock enabled).
+    #[serde(default)]
+    pub object_lock: Option<LockMode>,
+    /// Days of Object Lock retention (default 30) when `object_lock` is set.
+    #[serde(default = "default_lock_days")]
+    pub lock_days: u32,
+    /// How often a server re-reads the bucket's manifests into its index (default `15s`).
+    #[serde(default = "default_index_refresh", deserialize_with = "de_duration")]
+    pub index_refresh: std::time::Duration,
+    /// A directory of trusted node keys (`NODE.pem`). Absent: node keys are read from the
+    /// bucket's `keys/` (anyone able to write the bucket could then forge manifests).
+    #[serde(default)]
+    pub trusted_keys: Option<PathBuf>,
+}
+
+/// `[store] kind`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// A private directory on this machine.
+    #[default]
+    Local,
+    /// An S3-compatible bucket.
+    S3,
+}
+
+/// S3 Object Lock retention modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    /// Users with `s3:BypassGovernanceRetention` can still remove objects early.
+    Governance,
+    /// Nobody, not even the root account, can remove objects before the date.
+    Compliance,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
+            kind: StoreKind::Local,
             path: default_store(),
+            endpoint: None,
+            region: default_region(),
+            bucket: None,
+            prefix: String::new(),
+            path_style: false,
+            spool: default_spool(),
+            spool_max: default_spool_max(),
+            credentials_file: None,
+            profile: None,
+            ca_file: None,
+            object_lock: None,
+            lock_days: default_lock_days(),
+            index_refresh: default_index_refresh(),
+            trusted_keys: None,
         }
     }
+}
+
+impl StoreConfig {
+    /// The directory holding this process's local state: the store itself for `local`,
+    /// the spool for `s3`.
+    pub fn local_dir(&self) -> &Path {
+        match self.kind {
+            StoreKind::Local => &self.path,
+            StoreKind::S3 => &self.spool,
+        }
+    }
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_spool() -> PathBuf {
+    PathBuf::from("ckvault-spool")
+}
+fn default_spool_max() -> String {
+    "20GiB".into()
+}
+fn default_lock_days() -> u32 {
+    30
+}
+fn default_index_refresh() -> std::time::Duration {
+    std::time::Duration::from_secs(15)
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's name in manifests and audit segments (default: the host name).
+    pub name: Option<String>,
 }
 
 fn default_store() -> PathBuf {
@@ -262,6 +390,21 @@ impl Config {
                 message: "[server] cert and key go together: set both or neither".into(),
             });
         }
+        if config.store.kind == StoreKind::S3 && config.store.bucket.is_none() {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                message: "[store] kind = \"s3\" needs bucket = \"...\"".into(),
+            });
+        }
+        if crate::policy::units::parse_size(&config.store.spool_max).is_none() {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                message: format!(
+                    "[store] spool_max {:?} is not a size (e.g. 500MiB, 20GiB)",
+                    config.store.spool_max
+                ),
+            });
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve(base);
         Ok(config)
@@ -274,6 +417,7 @@ impl Config {
             }
         };
         fix(&mut self.store.path);
+        fix(&mut self.store.spool);
         fix(&mut self.cri.listen);
         fix(&mut self.watch.dir);
         for p in [
@@ -284,6 +428,9 @@ impl Config {
             &mut self.audit.path,
             &mut self.policy.dir,
             &mut self.cri.upstream,
+            &mut self.store.credentials_file,
+            &mut self.store.trusted_keys,
+            &mut self.store.ca_file,
         ]
         .into_iter()
         .flatten()
@@ -344,6 +491,36 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("not a duration")
+        );
+    }
+
+    #[test]
+    fn s3_store_section_parses_and_needs_a_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[store]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:8333\"\nbucket = \"b\"\nprefix = \"prod/\"\npath_style = true\nspool = \"sp\"\nobject_lock = \"compliance\"\nlock_days = 7\n[node]\nname = \"node-a\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.store.kind, StoreKind::S3);
+        assert_eq!(c.store.local_dir(), dir.path().join("sp"));
+        assert_eq!(c.store.object_lock, Some(LockMode::Compliance));
+        assert_eq!(c.node.name.as_deref(), Some("node-a"));
+        std::fs::write(&path, "[store]\nkind = \"s3\"\n").unwrap();
+        assert!(
+            Config::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("bucket")
+        );
+        std::fs::write(&path, "[store]\nspool_max = \"lots\"\n").unwrap();
+        assert!(
+            Config::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("spool_max")
         );
     }
 

@@ -131,6 +131,18 @@ impl AtomicFile {
         Ok(())
     }
 
+    /// fsyncs and renames over `dest`, replacing it atomically (state files that are
+    /// rewritten: a reader sees the old or the new content, never a mix).
+    pub fn commit_replace(mut self, dest: &Path) -> io::Result<()> {
+        self.sync()?;
+        fs::rename(&self.tmp, dest)?;
+        self.tmp = PathBuf::new();
+        if let Some(dir) = dest.parent() {
+            fsync_dir(dir)?;
+        }
+        Ok(())
+    }
+
     /// Renames to `dest` without the final directory fsync (the caller syncs once for
     /// several files). The data itself is fsynced.
     pub fn commit_deferred(mut self, dest: &Path) -> io::Result<()> {
@@ -169,6 +181,19 @@ pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()>
     let mut file = AtomicFile::create(tmp_dir.join(tmp_name))?;
     file.file()?.write_all(bytes)?;
     file.commit(dest)
+}
+
+/// Like [`write_atomic`], but replaces `dest` if it exists.
+pub fn replace_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let name = dest
+        .file_name()
+        .ok_or_else(|| io::Error::other("destination has no file name"))?;
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let mut file = AtomicFile::create(tmp_dir.join(tmp_name))?;
+    file.file()?.write_all(bytes)?;
+    file.commit_replace(dest)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! the CLI and the server can share one log. A caller that cannot append must refuse the
 //! action it wanted to record ([`AuditLog::append`] returns the error).
 
+pub mod ship;
 pub mod verify;
 
 use std::fs::{File, OpenOptions};

@@ -20,6 +20,9 @@ use crate::store::LocalStore;
 /// Why a checkpoint did not become a record.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// The upload spool is full: the runtime was not asked (nothing was written).
+    #[error(transparent)]
+    SpoolFull(crate::store::StoreError),
     /// The runtime refused or failed (passed back to the caller unchanged).
     #[error(transparent)]
     Runtime(#[from] GrpcStatus),
@@ -108,6 +111,10 @@ impl Checkpointer {
             map.entry(container_id.to_owned()).or_default().clone()
         };
         let _serial = lock.lock().await;
+        if let Some(max) = self.opts.spool_max {
+            crate::store::s3::upload::check_spool(&self.store, max)
+                .map_err(CheckpointError::SpoolFull)?;
+        }
         let status: ContainerStatusResponse = self
             .runtime
             .unary(

@@ -141,6 +141,8 @@ impl Proxy {
             }
             Err(CheckpointError::Runtime(status)) => grpc_error(status.code, &status.message),
             Err(e @ CheckpointError::Seal(_)) => grpc_error(13, &e.to_string()),
+            // RESOURCE_EXHAUSTED: nothing was taken; the kubelet may retry later.
+            Err(e @ CheckpointError::SpoolFull(_)) => grpc_error(8, &e.to_string()),
         }
     }
 }

@@ -78,6 +78,11 @@ pub fn capture(
     if (fmeta.dev(), fmeta.ino()) != (lmeta.dev(), lmeta.ino()) || !fmeta.is_file() {
         return Outcome::NotSettled; // replaced between stat and open: look again
     }
+    if let Some(max) = opts.spool_max
+        && let Err(e) = crate::store::s3::upload::check_spool(store, max)
+    {
+        return Outcome::Failed(e.to_string());
+    }
     let mut o = opts.clone();
     o.source = Source {
         kind: "watch".into(),

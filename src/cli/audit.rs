@@ -42,6 +42,39 @@ pub enum AuditCommand {
     },
 }
 
+/// Verifies the audit segments every node and replica shipped to the bucket.
+fn verify_bucket(config: &crate::config::Config) -> anyhow::Result<ExitCode> {
+    let s3 = crate::store::s3::S3Store::new(&config.store)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(s3.check())?;
+    match rt.block_on(audit::ship::verify_bucket(&s3)) {
+        Ok(sources) => {
+            for s in &sources {
+                println!(
+                    "OK audit s3://{}/…/audit/{}: {} events in {} segments, head {}",
+                    s3.bucket(),
+                    escape_control(&s.source),
+                    s.events,
+                    s.segments,
+                    s.head
+                );
+            }
+            println!("OK {} sources", sources.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!(
+                "FAILED audit in s3://{}: {}",
+                s3.bucket(),
+                escape_control(&e)
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 /// Runs `ckvault audit ...`.
 pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -50,6 +83,19 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             store,
             public_key,
         } => {
+            if let Some(cfg) = &store.config {
+                let config = crate::config::Config::load(cfg)?;
+                if config.store.kind == crate::config::StoreKind::S3 && file.is_none() {
+                    return verify_bucket(&config);
+                }
+            }
+            let store = super::StoreArg {
+                store: match &store.config {
+                    Some(cfg) => crate::config::Config::load(cfg)?.store.path,
+                    None => store.store,
+                },
+                config: None,
+            };
             let key = match public_key {
                 Some(p) => {
                     let pem = std::fs::read_to_string(&p)
@@ -82,7 +128,7 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             limit,
             format,
         } => {
-            let st = LocalStore::open(&store.store)?;
+            let st = LocalStore::open(&store.local_dir("audit show")?)?;
             let events = audit::read_events(
                 &st.audit_path(),
                 &|e| {

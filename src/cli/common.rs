@@ -1,5 +1,7 @@
-//! Setup shared by the commands that seal (`seal`, `watch`, `proxy`): recipients from the
-//! config, `-r` and `--recipients-file`, and the policy directory.
+//! Setup shared by the commands: recipients from the config, `-r` and `--recipients-file`,
+//! and the policy directory (`seal`, `watch`, `proxy`); the store a `--store DIR` or
+//! `--config FILE` names (record commands); the capture store and its uploader when the
+//! config names a bucket (`watch`, `proxy`); and `ckvault upload`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,4 +57,149 @@ pub fn seal_setup(
         policies,
         recipient_policy,
     })
+}
+
+/// A store opened by a record command, with the runtime its async calls run on.
+pub struct Opened {
+    /// The store.
+    pub store: crate::store::Store,
+    /// The runtime.
+    pub rt: tokio::runtime::Runtime,
+    /// With a bucket: the node name under which this command's audit events are shipped.
+    pub ship_as: Option<String>,
+}
+
+impl Opened {
+    /// Ships this command's audit events to the bucket (no-op for a local store).
+    pub fn ship_audit(&self) -> anyhow::Result<()> {
+        if let (crate::store::Store::Bucket(b), Some(node)) = (&self.store, &self.ship_as) {
+            self.rt.block_on(async {
+                b.s3.publish_key(node, &b.spool.verifying_key()?).await?;
+                crate::audit::ship::ship(&b.s3, &b.spool, node).await
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens the store of `--store DIR` or `--config FILE`. A bucket's index is filled first
+/// when `index` is set (listing).
+pub fn open_store(arg: &super::StoreArg, index: bool) -> anyhow::Result<Opened> {
+    use crate::store::{Store, s3};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let config = match &arg.config {
+        Some(p) => crate::config::Config::load(p)?,
+        None => {
+            return Ok(Opened {
+                store: Store::Local(crate::store::LocalStore::open(&arg.store)?),
+                rt,
+                ship_as: None,
+            });
+        }
+    };
+    if config.store.kind == crate::config::StoreKind::Local {
+        return Ok(Opened {
+            store: Store::Local(crate::store::LocalStore::open(&config.store.path)?),
+            rt,
+            ship_as: None,
+        });
+    }
+    let spool = crate::store::LocalStore::open_or_init(&config.store.spool)?;
+    let s3 = s3::S3Store::new(&config.store)?;
+    rt.block_on(s3.check())?;
+    let bucket = crate::store::backend::Bucket {
+        index: s3::index::Index::new(s3.clone()),
+        s3,
+        spool,
+    };
+    if index {
+        rt.block_on(bucket.index.refresh())?;
+    }
+    Ok(Opened {
+        store: Store::Bucket(Arc::new(bucket)),
+        rt,
+        ship_as: Some(crate::seal::node_name(&config)),
+    })
+}
+
+/// Where a capturing command (`watch`, `proxy`) seals, and what uploads from there.
+pub struct CaptureStore {
+    /// The local store, or the spool with a bucket.
+    pub store: crate::store::LocalStore,
+    /// With a bucket: the uploader of the spool.
+    pub uploader: Option<crate::store::s3::upload::Uploader>,
+    /// With a bucket: the spool's byte limit.
+    pub spool_max: Option<u64>,
+}
+
+/// Opens the capture store of `config` (`dir` overrides `[store] path`, local only).
+pub fn capture_store(
+    config: &crate::config::Config,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<CaptureStore> {
+    use crate::config::StoreKind;
+    match config.store.kind {
+        StoreKind::Local => Ok(CaptureStore {
+            store: crate::store::LocalStore::open_or_init(
+                &dir.unwrap_or_else(|| config.store.path.clone()),
+            )?,
+            uploader: None,
+            spool_max: None,
+        }),
+        StoreKind::S3 => {
+            anyhow::ensure!(
+                dir.is_none(),
+                "--store does not apply with [store] kind = \"s3\" (the spool is [store] spool)"
+            );
+            let spool = crate::store::LocalStore::open_or_init(&config.store.spool)?;
+            let uploader = crate::store::s3::upload::Uploader::new(config, spool.clone())?;
+            Ok(CaptureStore {
+                store: spool,
+                uploader: Some(uploader),
+                spool_max: crate::policy::units::parse_size(&config.store.spool_max),
+            })
+        }
+    }
+}
+
+/// Arguments of `ckvault upload`.
+#[derive(Debug, clap::Args)]
+pub struct UploadArgs {
+    /// Configuration file with `[store] kind = "s3"`.
+    #[arg(long, short = 'c', value_name = "FILE", env = "CKVAULT_CONFIG")]
+    config: PathBuf,
+    /// Print the background uploader's last status (SPOOL/upload-status.json) instead.
+    #[arg(long)]
+    status: bool,
+}
+
+/// Runs `ckvault upload`.
+pub fn upload(args: UploadArgs) -> anyhow::Result<std::process::ExitCode> {
+    let config = crate::config::Config::load(&args.config)?;
+    anyhow::ensure!(
+        config.store.kind == crate::config::StoreKind::S3,
+        "{} has no [store] kind = \"s3\": there is nothing to upload to",
+        args.config.display()
+    );
+    if args.status {
+        let path = config.store.spool.join("upload-status.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            anyhow::anyhow!("{}: {e} (no uploader has run here yet)", path.display())
+        })?;
+        print!("{text}");
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let cs = capture_store(&config, None)?;
+    let Some(uploader) = cs.uploader else {
+        return Ok(std::process::ExitCode::SUCCESS);
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let n = rt.block_on(uploader.drain())?;
+    println!("uploaded {n} record(s) from {}", cs.store.root().display());
+    Ok(std::process::ExitCode::SUCCESS)
 }

@@ -75,6 +75,9 @@ pub enum Command {
     Proxy(proxy::ProxyArgs),
     /// Place a legal hold on a record (it cannot be deleted until released).
     Hold(retention::HoldArgs),
+    /// Upload what the spool holds to the bucket now (`[store] kind = "s3"`), or show the
+    /// background uploader's status.
+    Upload(common::UploadArgs),
     /// Release a record's legal hold.
     Release(retention::HoldArgs),
     /// Delete a record (refused under legal hold).
@@ -92,7 +95,7 @@ pub enum Command {
     Policy(serve::PolicyCommand),
 }
 
-/// A `--store DIR` argument shared by the record commands.
+/// A `--store DIR` or `--config FILE` argument shared by the record commands.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArg {
     /// The store directory.
@@ -103,6 +106,28 @@ pub struct StoreArg {
         default_value = "ckvault-data"
     )]
     pub store: PathBuf,
+    /// A configuration file whose [store] names the store instead (local or S3 bucket).
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "store")]
+    pub config: Option<PathBuf>,
+}
+
+impl StoreArg {
+    /// The local store directory: `--store`, or `[store] path` of `--config`. Commands that
+    /// work on local files only refuse a bucket configuration here.
+    pub fn local_dir(&self, what: &str) -> anyhow::Result<PathBuf> {
+        let Some(cfg) = &self.config else {
+            return Ok(self.store.clone());
+        };
+        let config = crate::config::Config::load(cfg)?;
+        anyhow::ensure!(
+            config.store.kind == crate::config::StoreKind::Local,
+            "`ckvault {what}` works on a local store; with a bucket use `ckvault fetch` \
+             against a ckvault server (or `ckvault ls`/`show`/`hold`/`release`/`delete` \
+             --config {})",
+            cfg.display()
+        );
+        Ok(config.store.path)
+    }
 }
 
 /// Runs the parsed command line.
@@ -121,6 +146,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Watch(a) => watch::run(a),
         Command::Hold(a) => retention::hold(a),
         Command::Release(a) => retention::release(a),
+        Command::Upload(a) => common::upload(a),
         Command::Delete(a) => retention::delete(a),
         Command::Retention(c) => retention::retention(c),
         Command::Proxy(a) => proxy::run(a),

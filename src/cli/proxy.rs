@@ -12,7 +12,6 @@ use crate::capture::{proxy, staging};
 use crate::config::{Config, KubeletLocation};
 use crate::manifest::Source;
 use crate::seal::SealOptions;
-use crate::store::LocalStore;
 
 /// Arguments of `ckvault proxy`.
 #[derive(Debug, clap::Args)]
@@ -58,10 +57,6 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| config.cri.upstream.clone())
         .context("name the runtime socket with --runtime or [cri] upstream")?;
-    let store_dir = args
-        .store
-        .clone()
-        .unwrap_or_else(|| config.store.path.clone());
     let receipts = !args.no_receipts && config.cri.kubelet_location == KubeletLocation::Receipt;
     let setup = super::common::seal_setup(
         &config.seal.recipients,
@@ -70,7 +65,8 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         config.policy.dir.as_deref(),
     )?;
     let policies = setup.policies.clone();
-    let store = LocalStore::open_or_init(&store_dir)?;
+    let capture = super::common::capture_store(&config, args.store.clone())?;
+    let store = capture.store.clone();
     let mut opts = SealOptions::new(
         setup.recipients,
         Source {
@@ -79,19 +75,29 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         },
     );
     opts.recipient_policy = setup.recipient_policy;
+    opts.node = Some(crate::seal::node_name(&config));
+    opts.spool_max = capture.spool_max;
     let recovered = staging::recover(&store, &opts)?;
     for m in &recovered.sealed {
         println!("recovered {} from staging", m.id);
     }
     let mut checkpointer = Checkpointer::new(RuntimeClient::new(&upstream), store, opts);
-    if let Some(p) = policies {
+    // With a bucket the store is a spool: retention is the server's business there.
+    if let Some(p) = policies
+        && capture.uploader.is_none()
+    {
         checkpointer = checkpointer.with_policies(p);
     }
     let proxy = Arc::new(proxy::Proxy::new(checkpointer, receipts));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let uploader = capture.uploader;
     runtime.block_on(async move {
+        let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        if let Some(u) = uploader {
+            tokio::spawn(u.run(stop.clone()));
+        }
         if let Some(dir) = listen.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -111,6 +117,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             }
         };
         proxy::serve(proxy, listener, shutdown).await;
+        stop.notify_waiters();
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

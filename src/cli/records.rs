@@ -73,13 +73,21 @@ pub struct VerifyArgs {
 
 /// Runs `ckvault ls`.
 pub fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
-    let store = LocalStore::open(&args.store.store)?;
-    let (manifests, broken) = store.list()?;
+    let opened = super::common::open_store(&args.store, true)?;
+    let (manifests, broken) = match &opened.store {
+        crate::store::Store::Local(l) => {
+            let (m, b) = l.list()?;
+            (m.into_iter().map(std::sync::Arc::new).collect(), b)
+        }
+        store => (opened.rt.block_on(store.list())?, Vec::new()),
+    };
     for e in &broken {
         eprintln!("ckvault: warning: {e}");
     }
     match args.format {
-        Format::Json => output::print_json(&manifests)?,
+        Format::Json => {
+            output::print_json(&manifests.iter().map(|m| &**m).collect::<Vec<&Manifest>>())?
+        }
         Format::Table => {
             println!(
                 "{:<26}  {:<20}  {:<40}  {:>10}  {:>10}  INSPECTION",
@@ -117,15 +125,15 @@ pub fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `ckvault show`.
 pub fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let store = LocalStore::open(&args.store.store)?;
-    let manifest = store.manifest(&args.id)?;
+    let opened = super::common::open_store(&args.store, false)?;
+    let manifest = opened.rt.block_on(opened.store.manifest(&args.id))?;
     output::print_json(&manifest)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `ckvault export`.
 pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let store = LocalStore::open(&args.store.store)?;
+    let store = LocalStore::open(&args.store.local_dir("export")?)?;
     let manifest = store.manifest(&args.id)?;
     store.verify_manifest(&manifest)?;
     store.audit_log()?.append(crate::audit::EventInput {
@@ -212,7 +220,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let store = LocalStore::open(&args.store.store)?;
+    let store = LocalStore::open(&args.store.local_dir("verify")?)?;
     let key = match &args.public_key {
         Some(p) => key_from(p)?,
         None => store.verifying_key()?,

@@ -65,13 +65,13 @@ pub struct RetentionArgs {
 }
 
 fn audit(
-    store: &LocalStore,
+    opened: &super::common::Opened,
     action: &str,
     id: &RecordId,
     namespace: Option<String>,
     reason: &str,
 ) -> anyhow::Result<()> {
-    store.audit_log()?.append(EventInput {
+    opened.store.local().audit_log()?.append(EventInput {
         actor: local_actor(),
         action: action.into(),
         outcome: "ok".into(),
@@ -86,17 +86,19 @@ fn audit(
 /// Runs `ckvault hold`.
 pub fn hold(args: HoldArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!args.reason.trim().is_empty(), "--reason must say why");
-    let store = LocalStore::open(&args.store.store)?;
-    let m = store.manifest(&args.id)?;
-    audit(&store, "hold", &args.id, m.namespace.clone(), &args.reason)?;
-    store.set_hold(
+    let opened = super::common::open_store(&args.store, false)?;
+    let (rt, store) = (&opened.rt, &opened.store);
+    let m = rt.block_on(store.manifest(&args.id))?;
+    audit(&opened, "hold", &args.id, m.namespace.clone(), &args.reason)?;
+    rt.block_on(store.set_hold(
         &args.id,
         &LegalHold {
             reason: args.reason.clone(),
             by: local_actor(),
             at: crate::seal::now_rfc3339(),
         },
-    )?;
+    ))?;
+    opened.ship_audit()?;
     println!("held {} ({})", args.id, args.reason);
     Ok(ExitCode::SUCCESS)
 }
@@ -104,27 +106,30 @@ pub fn hold(args: HoldArgs) -> anyhow::Result<ExitCode> {
 /// Runs `ckvault release`.
 pub fn release(args: HoldArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!args.reason.trim().is_empty(), "--reason must say why");
-    let store = LocalStore::open(&args.store.store)?;
-    let m = store.manifest(&args.id)?;
-    if store.hold(&args.id)?.is_none() {
+    let opened = super::common::open_store(&args.store, false)?;
+    let (rt, store) = (&opened.rt, &opened.store);
+    let m = rt.block_on(store.manifest(&args.id))?;
+    if rt.block_on(store.hold(&args.id))?.is_none() {
         bail!("record {} is not under a per-record hold", args.id);
     }
     audit(
-        &store,
+        &opened,
         "release",
         &args.id,
         m.namespace.clone(),
         &args.reason,
     )?;
-    store.release_hold(&args.id)?;
+    rt.block_on(store.release_hold(&args.id))?;
+    opened.ship_audit()?;
     println!("released {} ({})", args.id, args.reason);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `ckvault delete`.
 pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
-    let store = LocalStore::open(&args.store.store)?;
-    let m = store.manifest(&args.id)?;
+    let opened = super::common::open_store(&args.store, false)?;
+    let (rt, store) = (&opened.rt, &opened.store);
+    let m = rt.block_on(store.manifest(&args.id))?;
     if let Some(dir) = &args.policies {
         let set = load_policies(dir)?;
         if let Some(h) = set.holds.holding(Target {
@@ -140,21 +145,31 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    if let Some(h) = store.hold(&args.id)? {
+    if let Some(h) = rt.block_on(store.hold(&args.id))? {
         bail!(
             "record {} is under legal hold ({}); release it first",
             args.id,
             h.reason
         );
     }
+    if let crate::store::Store::Bucket(b) = store
+        && let Some(until) = rt.block_on(b.s3.locked_until(&args.id))?
+    {
+        bail!(
+            "record {} is protected by S3 Object Lock ({until}); it cannot be deleted yet",
+            args.id
+        );
+    }
     audit(
-        &store,
+        &opened,
         "delete",
         &args.id,
         m.namespace.clone(),
         &args.reason,
     )?;
-    store.delete(&args.id)?;
+    let result = rt.block_on(store.delete(&args.id));
+    opened.ship_audit()?;
+    result?;
     println!("deleted {}", args.id);
     Ok(ExitCode::SUCCESS)
 }
@@ -165,7 +180,7 @@ pub fn retention(cmd: RetentionCommand) -> anyhow::Result<ExitCode> {
         RetentionCommand::Plan(a) => (a, false),
         RetentionCommand::Apply(a) => (a, true),
     };
-    let store = LocalStore::open(&args.store.store)?;
+    let store = LocalStore::open(&args.store.local_dir("retention")?)?;
     let set = load_policies(&args.policies)?;
     let now = enforce::now_unix();
     let deletions = if apply {

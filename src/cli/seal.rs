@@ -51,17 +51,31 @@ pub struct SealArgs {
 
 /// Runs `ckvault seal`.
 pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
+    let config = match &args.store.config {
+        Some(p) => Some(crate::config::Config::load(p)?),
+        None => None,
+    };
     let setup = super::common::seal_setup(
-        &[],
+        config.as_ref().map_or(&[][..], |c| &c.seal.recipients[..]),
         &args.recipients,
         &args.recipients_file,
-        args.policies.as_deref(),
+        args.policies
+            .as_deref()
+            .or(config.as_ref().and_then(|c| c.policy.dir.as_deref())),
     )?;
     let policies = setup.policies.clone();
     let file = fsutil::open_nofollow(&args.archive)
         .with_context(|| format!("cannot open {}", args.archive.display()))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let store = LocalStore::open_or_init(&args.store.store)?;
+    let capture = match &config {
+        Some(c) => super::common::capture_store(c, None)?,
+        None => super::common::CaptureStore {
+            store: LocalStore::open_or_init(&args.store.store)?,
+            uploader: None,
+            spool_max: None,
+        },
+    };
+    let store = capture.store.clone();
     let mut opts = SealOptions::new(
         setup.recipients,
         Source {
@@ -75,6 +89,12 @@ pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
         container: args.container,
     };
     opts.recipient_policy = setup.recipient_policy;
+    if let Some(c) = &config {
+        opts.node = Some(crate::seal::node_name(c));
+    }
+    if let Some(max) = capture.spool_max {
+        crate::store::s3::upload::check_spool(&store, max)?;
+    }
     opts.zstd_level = args.level;
     if let Some(t) = args.threads {
         opts.zstd_threads = t;
@@ -91,7 +111,15 @@ pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     }
-    if let Some(set) = &policies {
+    if let Some(u) = capture.uploader {
+        // Into the bucket now; if it is away, the record waits in the spool (sealed).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        if let Err(e) = rt.block_on(u.drain()) {
+            eprintln!("ckvault: sealed {}, upload pending: {e}", manifest.id);
+        }
+    } else if let Some(set) = &policies {
         let deleted = crate::policy::enforce::apply(
             &store,
             set,

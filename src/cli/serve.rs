@@ -53,7 +53,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", prepared.listen))?;
         let addr = listener.local_addr()?;
         let announce = move |prepared: &serve::Prepared| {
-            say!("ckvault: serving https://{addr} (store {})", prepared.state.store.root().display());
+            say!("ckvault: serving https://{addr} (store {})", prepared.state.store.local().root().display());
             if let Some(g) = &prepared.generated {
                 say!("ckvault: CA certificate:      {}", g.ca_cert.display());
                 say!("ckvault: admin certificate:   {} (key {})", g.admin_cert.display(), g.admin_key.display());

@@ -9,7 +9,6 @@ use crate::config::Config;
 use crate::inspect::escape_control;
 use crate::manifest::Source;
 use crate::seal::SealOptions;
-use crate::store::LocalStore;
 
 /// Arguments of `ckvault watch`.
 #[derive(Debug, clap::Args)]
@@ -55,10 +54,6 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         }
         None => config.watch.settle,
     };
-    let store_dir = args
-        .store
-        .clone()
-        .unwrap_or_else(|| config.store.path.clone());
     let setup = super::common::seal_setup(
         &config.seal.recipients,
         &args.recipients,
@@ -66,7 +61,8 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         config.policy.dir.as_deref(),
     )?;
     let policies = setup.policies.clone();
-    let store = LocalStore::open_or_init(&store_dir)?;
+    let capture = super::common::capture_store(&config, args.store.clone())?;
+    let store = capture.store.clone();
     let mut opts = SealOptions::new(
         setup.recipients,
         Source {
@@ -75,6 +71,14 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         },
     );
     opts.recipient_policy = setup.recipient_policy;
+    opts.node = Some(crate::seal::node_name(&config));
+    opts.spool_max = capture.spool_max;
+    // With a bucket the store is a spool: an uploader drains it; retention is the
+    // server's business there.
+    let uploading = match capture.uploader.clone() {
+        Some(u) => Some(crate::store::s3::upload::spawn_thread(u)?),
+        None => None,
+    };
     let recovered = staging::recover(&store, &opts)?;
     for m in &recovered.sealed {
         println!("recovered {} from staging", m.id);
@@ -103,7 +107,9 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
                     m.namespace.as_deref().unwrap_or("?"),
                     m.inspection.code.as_deref().unwrap_or("ok")
                 );
-                if let Some(p) = &policies {
+                if let Some((wake, _)) = &uploading {
+                    wake.notify_one();
+                } else if let Some(p) = &policies {
                     p.enforce_after_seal(&store);
                 }
             }
@@ -115,6 +121,19 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             watch::Outcome::NotSettled => {}
         }
     })?;
+    // --once: upload before exiting; what cannot go up stays in the spool for next time.
+    if let Some(u) = capture.uploader {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        match rt.block_on(u.drain()) {
+            Ok(n) => println!("uploaded {n} record(s)"),
+            Err(e) => {
+                failures += 1;
+                eprintln!("ckvault: upload: {e} (the records stay in the spool)");
+            }
+        }
+    }
     Ok(if failures == 0 {
         ExitCode::SUCCESS
     } else {

@@ -9,9 +9,9 @@ use std::collections::HashSet;
 use super::PolicySet;
 use super::retention::{Deletion, RecordInfo};
 use super::selector::Target;
-use crate::audit::EventInput;
+use crate::audit::{AuditLog, EventInput};
 use crate::manifest::{Manifest, RecordId};
-use crate::store::{LocalStore, StoreError};
+use crate::store::{LocalStore, Store, StoreError};
 
 /// Unix seconds of a manifest's seal time (falls back to the ID's timestamp).
 pub fn sealed_at_unix(m: &Manifest) -> i64 {
@@ -20,31 +20,89 @@ pub fn sealed_at_unix(m: &Manifest) -> i64 {
         .unwrap_or_else(|_| (m.id.timestamp_ms() / 1000) as i64)
 }
 
+/// One record as retention sees it; `held` is its per-record hold.
+pub fn info(m: &Manifest, held: bool, set: &PolicySet) -> RecordInfo {
+    let held = held
+        || set
+            .holds
+            .holding(Target {
+                namespace: m.namespace.as_deref(),
+                pod: m.pod.as_deref(),
+                container: m.container.as_deref(),
+            })
+            .is_some();
+    RecordInfo {
+        id: m.id.to_string(),
+        sealed_at: sealed_at_unix(m),
+        size: m.sealed.size,
+        held,
+        namespace: m.namespace.clone(),
+        pod: m.pod.clone(),
+        container: m.container.clone(),
+    }
+}
+
 /// The store's records as retention sees them.
 pub fn records(store: &LocalStore, set: &PolicySet) -> Result<Vec<RecordInfo>, StoreError> {
     let (manifests, _broken) = store.list()?;
     let mut out = Vec::with_capacity(manifests.len());
     for m in manifests {
-        let held = store.hold(&m.id)?.is_some()
-            || set
-                .holds
-                .holding(Target {
-                    namespace: m.namespace.as_deref(),
-                    pod: m.pod.as_deref(),
-                    container: m.container.as_deref(),
-                })
-                .is_some();
-        out.push(RecordInfo {
-            id: m.id.to_string(),
-            sealed_at: sealed_at_unix(&m),
-            size: m.sealed.size,
-            held,
-            namespace: m.namespace,
-            pod: m.pod,
-            container: m.container,
-        });
+        out.push(info(&m, store.hold(&m.id)?.is_some(), set));
     }
     Ok(out)
+}
+
+fn deletion_event(actor: &str, d: &Deletion, namespace: Option<String>) -> EventInput {
+    EventInput {
+        actor: actor.to_owned(),
+        action: "retention-delete".into(),
+        outcome: "ok".into(),
+        record: Some(d.id.clone()),
+        namespace,
+        bytes: Some(d.size),
+        detail: Some(format!(
+            "rule {} ({}), age {}s",
+            d.rule, d.reason, d.age_secs
+        )),
+        ..Default::default()
+    }
+}
+
+/// [`apply`] for any [`Store`] (the server: local or bucket). Records protected by S3
+/// Object Lock are skipped, not errors: the store is right to refuse.
+pub async fn apply_store(
+    store: &Store,
+    audit: &AuditLog,
+    set: &PolicySet,
+    now: i64,
+    live_pods: Option<&HashSet<(String, String)>>,
+    actor: &str,
+) -> Result<Vec<Deletion>, StoreError> {
+    let manifests = store.list().await?;
+    let mut infos = Vec::with_capacity(manifests.len());
+    for m in &manifests {
+        infos.push(info(m, store.is_held(&m.id).await?, set));
+    }
+    let planned = set.retention.plan(&infos, now, live_pods);
+    let mut done = Vec::new();
+    for d in planned {
+        let Ok(id) = d.id.parse::<RecordId>() else {
+            continue;
+        };
+        if store.hold(&id).await?.is_some() {
+            continue;
+        }
+        let namespace = store.manifest(&id).await.ok().and_then(|m| m.namespace);
+        audit
+            .append(deletion_event(actor, &d, namespace))
+            .map_err(|e| StoreError::Audit(Box::new(e)))?;
+        match store.delete(&id).await {
+            Ok(()) | Err(StoreError::NotFound(_)) => done.push(d),
+            Err(StoreError::Held { .. } | StoreError::Locked { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// What retention would delete now.
@@ -79,19 +137,7 @@ pub fn apply(
         }
         let namespace = store.manifest(&id).ok().and_then(|m| m.namespace);
         audit
-            .append(EventInput {
-                actor: actor.to_owned(),
-                action: "retention-delete".into(),
-                outcome: "ok".into(),
-                record: Some(d.id.clone()),
-                namespace,
-                bytes: Some(d.size),
-                detail: Some(format!(
-                    "rule {} ({}), age {}s",
-                    d.rule, d.reason, d.age_secs
-                )),
-                ..Default::default()
-            })
+            .append(deletion_event(actor, &d, namespace))
             .map_err(|e| StoreError::Audit(Box::new(e)))?;
         match store.delete(&id) {
             Ok(()) | Err(StoreError::NotFound(_)) => done.push(d),

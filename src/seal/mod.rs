@@ -60,6 +60,10 @@ pub struct SealOptions {
     /// Per-namespace recipients (policies/recipients.toml); when set it decides the
     /// recipients instead of `recipients`, and a record it does not cover is refused.
     pub recipient_policy: Option<std::sync::Arc<crate::policy::recipients::RecipientsPolicy>>,
+    /// With an upload spool as the store (`[store] kind = "s3"`): its byte limit. Capture
+    /// refuses to start (the archive stays where it was, or the runtime is never asked)
+    /// while the spool is this full, so nothing is lost while the bucket is away.
+    pub spool_max: Option<u64>,
 }
 
 impl SealOptions {
@@ -78,6 +82,7 @@ impl SealOptions {
             node: host_name(),
             actor: local_actor(),
             recipient_policy: None,
+            spool_max: None,
         }
     }
 }
@@ -383,4 +388,14 @@ pub fn host_name() -> Option<String> {
         .ok()
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
+}
+
+/// This node's name: `[node] name`, else the host name.
+pub fn node_name(config: &crate::config::Config) -> String {
+    config
+        .node
+        .name
+        .clone()
+        .or_else(host_name)
+        .unwrap_or_else(|| "unknown-node".into())
 }

@@ -102,6 +102,14 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(id) => Self::not_found(id.as_str()),
             StoreError::Held { .. } => Self::new(StatusCode::CONFLICT, "held", e.to_string()),
+            StoreError::Locked { .. } => {
+                Self::new(StatusCode::CONFLICT, "object-locked", e.to_string())
+            }
+            StoreError::Unreachable { .. } | StoreError::Credentials { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-unavailable",
+                e.to_string(),
+            ),
             other => Self::internal(other),
         }
     }
@@ -209,15 +217,6 @@ pub(crate) fn event(caller: &Caller, action: &str, outcome: &str) -> EventInput 
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::from)
-}
-
 /// Loads a record's manifest and checks that `caller` may do `action` on it (403 and an
 /// audited denial otherwise). Malformed IDs are refused (400) and audited too.
 async fn authorized_manifest(
@@ -242,8 +241,7 @@ async fn authorized_manifest(
             ),
         ));
     };
-    let st = state.clone();
-    let manifest = match blocking(move || st.store.manifest(&rid)).await {
+    let manifest = match state.store.manifest(&rid).await.map_err(ApiError::from) {
         Ok(m) => m,
         Err(e) => {
             let mut ev = event(caller, action.as_str(), "error");
@@ -310,9 +308,7 @@ async fn unknown(
 
 async fn healthz(State(state): State<Shared>) -> Response {
     let st = state.clone();
-    let ok = tokio::task::spawn_blocking(move || st.store.ids().is_ok() && st.audit.writable())
-        .await
-        .unwrap_or(false);
+    let ok = st.store.health().await.is_ok() && st.audit.writable();
     let status = if ok {
         StatusCode::OK
     } else {
@@ -326,11 +322,7 @@ async fn healthz(State(state): State<Shared>) -> Response {
 }
 
 async fn metrics(State(state): State<Shared>) -> Response {
-    let st = state.clone();
-    let records =
-        tokio::task::spawn_blocking(move || st.store.ids().map(|v| v.len() as u64).unwrap_or(0))
-            .await
-            .unwrap_or(0);
+    let records = state.store.count().await.unwrap_or(0);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(records),
@@ -396,8 +388,7 @@ async fn list(
         }
         None => None,
     };
-    let st = state.clone();
-    let (manifests, _broken) = blocking(move || st.store.list()).await?;
+    let manifests = state.store.list().await?;
     let policy = state.policy();
     let eq = |want: &Option<String>, have: &Option<String>| want.is_none() || want == have;
     let limit = q.limit.unwrap_or(10_000).min(100_000);
@@ -423,16 +414,16 @@ async fn list(
         .take(limit)
         .map(|m| ListItem {
             id: m.id.to_string(),
-            namespace: m.namespace,
-            pod: m.pod,
-            container: m.container,
-            node: m.node,
-            image: m.image,
-            checkpointed_at: m.checkpointed_at,
-            sealed_at: m.sealed_at,
+            namespace: m.namespace.clone(),
+            pod: m.pod.clone(),
+            container: m.container.clone(),
+            node: m.node.clone(),
+            image: m.image.clone(),
+            checkpointed_at: m.checkpointed_at.clone(),
+            sealed_at: m.sealed_at.clone(),
             size: m.plaintext.size,
             sealed_size: m.sealed.size,
-            inspection: m.inspection.code.unwrap_or_else(|| "ok".into()),
+            inspection: m.inspection.code.clone().unwrap_or_else(|| "ok".into()),
         })
         .collect();
     let mut ev = event(&caller, "list", "ok");
@@ -452,9 +443,7 @@ async fn show(
     ev.record = Some(manifest.id.to_string());
     ev.namespace = manifest.namespace.clone();
     record(&state, ev).await?;
-    let st = state.clone();
-    let rid = manifest.id.clone();
-    let held = blocking(move || st.store.hold(&rid)).await?;
+    let held = state.store.hold(&manifest.id).await?;
     let mut resp = Json(&manifest).into_response();
     resp.headers_mut().insert(
         "ckvault-legal-hold",
@@ -478,7 +467,7 @@ async fn download(
 ) -> Result<Response, ApiError> {
     let manifest = authorized_manifest(&state, &caller, &id, Action::Download).await?;
     // Serve only records whose manifest still verifies.
-    state.store.verify_manifest(&manifest).map_err(|e| {
+    state.store.verify_manifest(&manifest).await.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "integrity",
@@ -547,13 +536,9 @@ async fn download(
                 .unwrap_or_default());
         }
     };
-    let st = state.clone();
-    let rid = manifest.id.clone();
-    let file = blocking(move || st.store.open_blob(&rid)).await?;
+    let reader = state.store.blob(&manifest.id, start, count).await?;
     let body = super::stream::blob_body(
-        file,
-        start,
-        count,
+        reader,
         (status == StatusCode::OK).then(|| manifest.sealed.sha256.clone()),
     )
     .await
@@ -583,8 +568,6 @@ async fn delete(
     Query(q): Query<ReasonQuery>,
 ) -> Result<Response, ApiError> {
     let manifest = authorized_manifest(&state, &caller, &id, Action::Delete).await?;
-    let st = state.clone();
-    let rid = manifest.id.clone();
     let selector_hold = state
         .policy()
         .holds
@@ -598,7 +581,7 @@ async fn delete(
             by: "policy".into(),
             at: String::new(),
         });
-    let record_hold = blocking(move || st.store.hold(&rid)).await?;
+    let record_hold = state.store.hold(&manifest.id).await?;
     if let Some(hold) = record_hold.or(selector_hold) {
         let mut ev = event(&caller, "delete", "denied");
         ev.record = Some(manifest.id.to_string());
@@ -619,9 +602,7 @@ async fn delete(
     ev.namespace = manifest.namespace.clone();
     ev.purpose = q.reason;
     record(&state, ev).await?;
-    let st = state.clone();
-    let rid = manifest.id.clone();
-    blocking(move || st.store.delete(&rid)).await?;
+    state.store.delete(&manifest.id).await?;
     state.metrics.deletions.fetch_add(1, Ordering::Relaxed);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -656,10 +637,7 @@ async fn hold(
         by: caller.principal.actor(),
         at: crate::seal::now_rfc3339(),
     };
-    let st = state.clone();
-    let rid = manifest.id.clone();
-    let h = hold.clone();
-    blocking(move || st.store.set_hold(&rid, &h)).await?;
+    state.store.set_hold(&manifest.id, &hold).await?;
     Ok(Json(hold).into_response())
 }
 
@@ -683,9 +661,7 @@ async fn release(
     ev.namespace = manifest.namespace.clone();
     ev.purpose = Some(reason);
     record(&state, ev).await?;
-    let st = state.clone();
-    let rid = manifest.id.clone();
-    let existed = blocking(move || st.store.release_hold(&rid)).await?;
+    let existed = state.store.release_hold(&manifest.id).await?;
     Ok(Json(serde_json::json!({"released": existed})).into_response())
 }
 

@@ -16,13 +16,13 @@ use std::sync::{Arc, RwLock};
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::policy::{AccessPolicy, PolicySet};
-use crate::store::LocalStore;
+use crate::store::{LocalStore, Store};
 use tokens::TokenFile;
 
 /// Everything the handlers share.
 pub struct AppState {
     /// The record store.
-    pub store: LocalStore,
+    pub store: Store,
     /// The audit log every request is written to before it is served.
     pub audit: AuditLog,
     policy: RwLock<Arc<PolicySet>>,
@@ -35,7 +35,7 @@ pub struct AppState {
 
 impl AppState {
     /// Assembles the state.
-    pub fn new(store: LocalStore, audit: AuditLog, policy: PolicySet, tokens: TokenFile) -> Self {
+    pub fn new(store: Store, audit: AuditLog, policy: PolicySet, tokens: TokenFile) -> Self {
         Self {
             store,
             audit,
@@ -87,15 +87,43 @@ pub struct Prepared {
     pub tokens_path: Option<PathBuf>,
     /// Policy directory (reloaded on SIGHUP).
     pub policy_dir: Option<PathBuf>,
+    /// With a bucket store: the uploader of this replica's spool and audit segments, the
+    /// index refresh period, and this replica's name for the retention lease.
+    pub bucket: Option<(
+        crate::store::s3::upload::Uploader,
+        std::time::Duration,
+        String,
+    )>,
 }
 
 /// Opens everything the configuration names, generating default credentials if no
 /// certificate is configured.
 pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
-    let store = LocalStore::open_or_init(&config.store.path)?;
+    let local = LocalStore::open_or_init(config.store.local_dir())?;
+    let (store, bucket) = match config.store.kind {
+        crate::config::StoreKind::Local => (Store::Local(local.clone()), None),
+        crate::config::StoreKind::S3 => {
+            let s3 = crate::store::s3::S3Store::new(&config.store)?;
+            let uploader = crate::store::s3::upload::Uploader::new(config, local.clone())?;
+            let bucket = crate::store::backend::Bucket {
+                index: crate::store::s3::index::Index::new(s3.clone()),
+                s3,
+                spool: local.clone(),
+            };
+            (
+                Store::Bucket(Arc::new(bucket)),
+                Some((
+                    uploader,
+                    config.store.index_refresh,
+                    format!("{}:{}", crate::seal::node_name(config), std::process::id()),
+                )),
+            )
+        }
+    };
+    let store_local = local;
     let audit = match &config.audit.path {
-        Some(p) => AuditLog::open(p, store.signing_key()?)?,
-        None => store.audit_log()?,
+        Some(p) => AuditLog::open(p, store_local.signing_key()?)?,
+        None => store_local.audit_log()?,
     };
     let mut generated = None;
     let (cert, key, client_ca, tokens_path) = match (&config.server.cert, &config.server.key) {
@@ -106,7 +134,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             config.server.tokens.clone(),
         ),
         _ => {
-            let g = pki::ensure_default_pki(&store.root().join("tls"))?;
+            let g = pki::ensure_default_pki(&store_local.root().join("tls"))?;
             let out = (
                 g.server_cert.clone(),
                 g.server_key.clone(),
@@ -166,9 +194,10 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             },
         );
         opts.recipient_policy = set.recipients.clone().map(Arc::new);
+        opts.node = Some(crate::seal::node_name(config));
         crate::capture::checkpoint::Checkpointer::new(
             crate::capture::cri::RuntimeClient::new(sock),
-            store.clone(),
+            store_local.clone(),
             opts,
         )
         .with_policies(Arc::new(set.clone()))
@@ -182,6 +211,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         listen: config.server.listen,
         tokens_path,
         policy_dir: config.policy.dir.clone(),
+        bucket,
     })
 }
 
@@ -207,6 +237,38 @@ pub async fn run(
             reload(&state, tokens_path.as_deref(), policy_dir.as_deref());
         }
     });
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut lease = None;
+    if let (Some((uploader, refresh, holder)), Store::Bucket(bucket)) =
+        (prepared.bucket.clone(), &prepared.state.store)
+    {
+        tokio::spawn(uploader.run(stop.clone()));
+        let b = bucket.clone();
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                match b.index.refresh().await {
+                    Ok(_) if failing => {
+                        eprintln!("ckvault: index of s3://{} is current again", b.s3.bucket());
+                        failing = false;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if !failing {
+                            eprintln!("ckvault: index refresh failed: {e}");
+                        }
+                        failing = true;
+                    }
+                }
+                tokio::time::sleep(refresh).await;
+            }
+        });
+        lease = Some(crate::store::s3::lease::Lease::retention(
+            bucket.s3.clone(),
+            holder,
+            RETENTION_INTERVAL * 3,
+        ));
+    }
     // Retention on a timer (and the policy directory's files re-read when they change).
     let state = prepared.state.clone();
     let policy_dir = prepared.policy_dir.clone();
@@ -229,27 +291,37 @@ pub async fn run(
                     Some(c) => live_pods(c.runtime()).await,
                     None => None,
                 };
-                let _ = tokio::task::spawn_blocking(move || {
-                    let set = st.policy();
-                    if set.retention.rules.is_empty() {
-                        return;
-                    }
-                    match crate::policy::enforce::apply(
-                        &st.store,
-                        &set,
-                        crate::policy::enforce::now_unix(),
-                        live.as_ref(),
-                        "system:retention",
-                    ) {
-                        Ok(done) => {
-                            st.metrics
-                                .retention_deletions
-                                .fetch_add(done.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if let Some(lease) = &lease {
+                    match lease.acquire().await {
+                        Ok(true) => {}
+                        Ok(false) => continue, // another replica applies retention
+                        Err(e) => {
+                            eprintln!("ckvault: retention lease: {e}");
+                            continue;
                         }
-                        Err(e) => eprintln!("ckvault: retention failed: {e}"),
                     }
-                })
-                .await;
+                }
+                let set = st.policy();
+                if set.retention.rules.is_empty() {
+                    continue;
+                }
+                match crate::policy::enforce::apply_store(
+                    &st.store,
+                    &st.audit,
+                    &set,
+                    crate::policy::enforce::now_unix(),
+                    live.as_ref(),
+                    "system:retention",
+                )
+                .await
+                {
+                    Ok(done) => {
+                        st.metrics
+                            .retention_deletions
+                            .fetch_add(done.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => eprintln!("ckvault: retention failed: {e}"),
+                }
             }
         }
     });
@@ -260,6 +332,7 @@ pub async fn run(
         }
     };
     tls::serve(listener, prepared.tls, app, shutdown).await;
+    stop.notify_waiters();
     Ok(())
 }
 

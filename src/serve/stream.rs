@@ -3,32 +3,26 @@
 //! longer match the manifest the stream ends with an error, which aborts the response so
 //! the client never mistakes a damaged blob for a whole one.
 
-use std::io::{self, SeekFrom};
+use std::io;
 
 use axum::body::{Body, Bytes};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::store::backend::BlobReader;
 use tokio_util::io::ReaderStream;
 
 const CHUNK: usize = 256 << 10;
 
-/// A body streaming `count` bytes of `file` from `start`; with `verify`, the SHA-256 of
-/// what was sent must equal it (hex) or the stream fails at its end.
-pub async fn blob_body(
-    file: std::fs::File,
-    start: u64,
-    count: u64,
-    verify: Option<String>,
-) -> io::Result<Body> {
-    let mut f = tokio::fs::File::from_std(file);
-    f.seek(SeekFrom::Start(start)).await?;
-    let reader = ReaderStream::with_capacity(f.take(count), CHUNK);
+/// A body streaming what `reader` yields (the requested bytes of a blob); with `verify`,
+/// the SHA-256 of what was sent must equal it (hex) or the stream fails at its end.
+pub async fn blob_body(reader: BlobReader, verify: Option<String>) -> io::Result<Body> {
+    let reader = ReaderStream::with_capacity(reader, CHUNK);
     let Some(expected) = verify else {
         return Ok(Body::from_stream(reader));
     };
     struct State {
-        inner: ReaderStream<tokio::io::Take<tokio::fs::File>>,
+        inner: ReaderStream<BlobReader>,
         hasher: Option<Sha256>,
         expected: String,
     }

@@ -227,6 +227,17 @@ impl LocalStore {
         Ok(ids)
     }
 
+    /// Bytes of sealed blobs and manifests in records/ (the spool's fill level).
+    pub fn bytes(&self) -> Result<u64, StoreError> {
+        let dir = self.records_dir();
+        let mut total = 0;
+        for entry in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))? {
+            let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
+            total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+        Ok(total)
+    }
+
     /// Every readable manifest, oldest first, plus the records whose manifest is unreadable.
     pub fn list(&self) -> Result<(Vec<Manifest>, Vec<StoreError>), StoreError> {
         let mut manifests = Vec::new();

@@ -2,10 +2,15 @@
 //! together: the blob first, then the manifest, so a visible manifest always has its blob.
 //! The set of manifests is the source of truth.
 //!
-//! [`local`] is the embedded default: a private directory on the node.
+//! [`local`] is the embedded default: a private directory on the node. [`s3`] keeps
+//! records in an S3-compatible bucket shared by many nodes. [`backend`] is what the server
+//! talks to: either of them behind one async interface.
 
+pub mod backend;
 pub mod local;
+pub mod s3;
 
+pub use backend::Store;
 pub use local::{LegalHold, LocalStore, PendingRecord};
 
 use crate::manifest::{ManifestError, RecordId, sign::KeyError};
@@ -51,6 +56,62 @@ pub enum StoreError {
     /// The store's key could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// A setting or the store's layout is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// The object store could not be reached.
+    #[error(
+        "cannot reach the object store at {endpoint} ({detail}); sealed records wait in the \
+         spool and go up when it is back"
+    )]
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The object store refused our credentials.
+    #[error(
+        "the object store at {endpoint} refused our credentials ({detail}); check \
+         AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or [store] credentials_file"
+    )]
+    Credentials {
+        /// The endpoint.
+        endpoint: String,
+        /// The service's answer.
+        detail: String,
+    },
+    /// Any other answer of the object store.
+    #[error("object store: {op} {key}: {detail}")]
+    S3 {
+        /// The operation.
+        op: String,
+        /// The key.
+        key: String,
+        /// The service's answer.
+        detail: String,
+        /// Its class.
+        kind: s3::client::Kind,
+    },
+    /// S3 Object Lock protects the record.
+    #[error("record {id} is protected by S3 Object Lock ({detail}) and cannot be deleted yet")]
+    Locked {
+        /// The record.
+        id: RecordId,
+        /// Mode and date, or the store's refusal.
+        detail: String,
+    },
+    /// The spool is full: capture refuses rather than lose records.
+    #[error(
+        "the upload spool holds {used} bytes, at its {max}-byte limit ([store] spool_max): \
+         the object store has been unreachable; refusing new checkpoints until uploads resume"
+    )]
+    SpoolFull {
+        /// Bytes in the spool.
+        used: u64,
+        /// The limit.
+        max: u64,
+    },
 }
 
 impl StoreError {

@@ -226,3 +226,4 @@ pub fn age_keypair(dir: &Path) -> (PathBuf, String) {
 }
 
 pub mod containerd;
+pub mod seaweed;

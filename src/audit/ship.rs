@@ -1,0 +1,274 @@
+//! Audit events leave every node and server replica for the bucket as signed, chained
+//! segments, so one place holds the whole cluster's record of access:
+//!
+//! - `audit/SOURCE/SEQ.jsonl`: events `SEQ..` of SOURCE's local log, byte for byte
+//! - `audit/SOURCE/SEQ.sig.json`: a [`SegmentSig`] over that segment's digest, its first and
+//!   last sequence numbers, the hash it continues from and its last hash
+//! - `audit/SOURCE/head.json`: the [`SegmentSig`] of the latest segment (overwritten), so a
+//!   removed tail of segments is noticed
+//!
+//! Segments are Object-Lock retained like records when `[store] object_lock` is set.
+//! [`verify_bucket`] re-checks every event hash, the chain across segments, every
+//! signature (with the source's published or trusted key) and the head.
+
+use std::io::{BufRead, Read, Seek, SeekFrom};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{AuditEvent, GENESIS, event_hash};
+use crate::manifest::sign::canonical_json;
+use crate::store::s3::S3Store;
+use crate::store::{LocalStore, StoreError};
+
+/// Most bytes of events in one segment.
+const SEGMENT_BYTES: u64 = 8 << 20;
+
+/// The signed description of one segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentSig {
+    /// The node or replica whose log this is.
+    pub source: String,
+    /// Sequence number of the segment's first event.
+    pub first: u64,
+    /// Sequence number of its last event.
+    pub last: u64,
+    /// Hash the first event continues from.
+    pub prev: String,
+    /// Hash of the last event.
+    pub last_hash: String,
+    /// SHA-256 (hex) of the segment object.
+    pub sha256: String,
+    /// Signing key fingerprint.
+    pub key_id: String,
+    /// Base64 Ed25519 signature over the canonical JSON of all other fields.
+    #[serde(default)]
+    pub sig: String,
+}
+
+impl SegmentSig {
+    fn message(&self) -> Vec<u8> {
+        let mut unsigned = self.clone();
+        unsigned.sig = String::new();
+        let mut v = serde_json::to_value(&unsigned).unwrap_or(serde_json::Value::Null);
+        if let serde_json::Value::Object(m) = &mut v {
+            m.remove("sig");
+        }
+        canonical_json(&v).unwrap_or_default()
+    }
+}
+
+/// Where shipping has got to in the local log.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Shipped {
+    offset: u64,
+    seq: u64,
+    hash: String,
+}
+
+fn shipped_path(spool: &LocalStore) -> std::path::PathBuf {
+    spool.root().join("audit.shipped.json")
+}
+
+/// Ships the local audit log's new events to the bucket; returns how many.
+pub async fn ship(s3: &S3Store, spool: &LocalStore, source: &str) -> Result<u64, StoreError> {
+    let log = spool.audit_path();
+    let state_path = shipped_path(spool);
+    let mut state: Shipped = std::fs::read(&state_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if state.hash.is_empty() {
+        state.hash = GENESIS.to_owned();
+    }
+    let key = spool.signing_key()?;
+    let mut total = 0;
+    while let Some((body, events)) = read_segment(&log, state.offset)? {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            break;
+        };
+        let mut sig = SegmentSig {
+            source: source.to_owned(),
+            first: first.seq,
+            last: last.seq,
+            prev: first.prev.clone(),
+            last_hash: last.hash.clone(),
+            sha256: hex::encode(Sha256::digest(&body)),
+            key_id: key.verifying_key().key_id(),
+            sig: String::new(),
+        };
+        sig.sig = key.sign_bytes(&sig.message());
+        let sig_json = serde_json::to_vec(&sig).map_err(|e| StoreError::Config(e.to_string()))?;
+        let base = s3.key(&format!("audit/{source}/{:020}", sig.first));
+        let len = body.len() as u64;
+        s3.put_bytes(&format!("{base}.jsonl"), body, false, true)
+            .await?;
+        s3.put_bytes(&format!("{base}.sig.json"), sig_json.clone(), false, true)
+            .await?;
+        s3.put_bytes(
+            &s3.key(&format!("audit/{source}/head.json")),
+            sig_json,
+            false,
+            false,
+        )
+        .await?;
+        state.offset += len;
+        state.seq = sig.last;
+        state.hash = sig.last_hash;
+        total += events.len() as u64;
+        let json = serde_json::to_vec(&state).map_err(|e| StoreError::Config(e.to_string()))?;
+        crate::fsutil::replace_atomic(&spool.root().join("tmp"), &state_path, &json)
+            .map_err(|e| StoreError::io(&state_path, e))?;
+    }
+    Ok(total)
+}
+
+/// A segment's bytes and the events they hold.
+type Segment = (Vec<u8>, Vec<AuditEvent>);
+
+/// Reads whole lines from `offset`, up to [`SEGMENT_BYTES`]; `None` when there is none.
+fn read_segment(log: &std::path::Path, offset: u64) -> Result<Option<Segment>, StoreError> {
+    let mut f = match crate::fsutil::open_nofollow(log) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io(log, e)),
+    };
+    f.seek(SeekFrom::Start(offset))
+        .map_err(|e| StoreError::io(log, e))?;
+    let mut reader = std::io::BufReader::new(f.take(SEGMENT_BYTES));
+    let mut body = Vec::new();
+    let mut events = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| StoreError::io(log, e))?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break; // end, or a line still being written
+        }
+        let event: AuditEvent = serde_json::from_slice(&line)
+            .map_err(|e| StoreError::Config(format!("{}: unreadable event: {e}", log.display())))?;
+        body.extend_from_slice(&line);
+        events.push(event);
+    }
+    Ok((!events.is_empty()).then_some((body, events)))
+}
+
+/// What [`verify_bucket`] found for one source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceVerified {
+    /// The node or replica.
+    pub source: String,
+    /// Segments checked.
+    pub segments: u64,
+    /// Events checked.
+    pub events: u64,
+    /// The last event's hash.
+    pub head: String,
+}
+
+/// Verifies every source's segments in the bucket. Errors name the source and segment.
+pub async fn verify_bucket(s3: &S3Store) -> Result<Vec<SourceVerified>, String> {
+    let keys = s3.list("audit/").await.map_err(|e| e.to_string())?;
+    let mut sources: Vec<String> = keys
+        .iter()
+        .filter_map(|k| k.split_once('/').map(|(s, _)| s.to_owned()))
+        .collect();
+    sources.sort();
+    sources.dedup();
+    let mut out = Vec::new();
+    for source in sources {
+        let mut firsts: Vec<(u64, String)> = keys
+            .iter()
+            .filter_map(|k| {
+                let rest = k.strip_prefix(&format!("{source}/"))?;
+                let n = rest.strip_suffix(".jsonl")?;
+                Some((n.parse().ok()?, rest.to_owned()))
+            })
+            .collect();
+        firsts.sort();
+        out.push(verify_source(s3, &source, &firsts).await?);
+    }
+    Ok(out)
+}
+
+async fn signed(s3: &S3Store, source: &str, name: &str) -> Result<SegmentSig, String> {
+    let key = s3.key(&format!("audit/{source}/{name}"));
+    let (bytes, _) = s3
+        .get_bytes(&key, 64 << 10)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{key} is missing"))?;
+    let sig: SegmentSig = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{key}: not a segment signature: {e}"))?;
+    let vk = s3
+        .node_key(source, &sig.key_id)
+        .await
+        .map_err(|e| format!("{key}: {e}"))?;
+    if sig.source != source || !vk.verify_bytes(&sig.message(), &sig.sig) {
+        return Err(format!(
+            "{key}: signature does not verify (altered or forged)"
+        ));
+    }
+    Ok(sig)
+}
+
+async fn verify_source(
+    s3: &S3Store,
+    source: &str,
+    segments: &[(u64, String)],
+) -> Result<SourceVerified, String> {
+    let mut prev = GENESIS.to_owned();
+    let mut seq = 0u64;
+    let mut events = 0u64;
+    for (first, name) in segments {
+        let base = name.trim_end_matches(".jsonl");
+        let sig = signed(s3, source, &format!("{base}.sig.json")).await?;
+        let key = s3.key(&format!("audit/{source}/{name}"));
+        let (body, _) = s3
+            .get_bytes(&key, SEGMENT_BYTES as usize + (1 << 20))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{key} is missing"))?;
+        if hex::encode(Sha256::digest(&body)) != sig.sha256 || sig.first != *first {
+            return Err(format!("{key}: contents differ from the signed segment"));
+        }
+        if sig.first != seq + 1 || sig.prev != prev {
+            return Err(format!(
+                "{source}: events {}..{} are missing before {key} (removed segment)",
+                seq + 1,
+                sig.first.saturating_sub(1)
+            ));
+        }
+        for line in body.split_inclusive(|b| *b == b'\n') {
+            let event: AuditEvent =
+                serde_json::from_slice(line).map_err(|e| format!("{key}: {e}"))?;
+            if event_hash(&event) != event.hash {
+                return Err(format!("{key}: event {} was edited", event.seq));
+            }
+            if event.seq != seq + 1 || event.prev != prev {
+                return Err(format!("{key}: chain broken at event {}", event.seq));
+            }
+            seq = event.seq;
+            prev = event.hash;
+            events += 1;
+        }
+        if seq != sig.last || prev != sig.last_hash {
+            return Err(format!("{key}: ends at {seq}, signature says {}", sig.last));
+        }
+    }
+    let head = signed(s3, source, "head.json").await?;
+    if head.last > seq {
+        return Err(format!(
+            "{source}: the signed head names event {}, but segments end at {seq} (truncated)",
+            head.last
+        ));
+    }
+    Ok(SourceVerified {
+        source: source.to_owned(),
+        segments: segments.len() as u64,
+        events,
+        head: prev,
+    })
+}

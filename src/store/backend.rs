@@ -1,0 +1,211 @@
+//! The record store as the server sees it: the local directory or an S3 bucket (with its
+//! index and this replica's spool), behind one async interface. Local calls run on the
+//! blocking pool.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
+
+use super::s3::{S3Store, index::Index};
+use super::{LegalHold, LocalStore, StoreError};
+use crate::manifest::{Manifest, RecordId};
+
+/// A boxed reader over blob bytes.
+pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// A bucket-backed store: the bucket, the index of its manifests, and the local spool that
+/// holds this process's key, audit log and TLS material.
+pub struct Bucket {
+    /// The bucket.
+    pub s3: S3Store,
+    /// Its manifests.
+    pub index: Index,
+    /// Local state.
+    pub spool: LocalStore,
+}
+
+/// Where the server's records live.
+#[derive(Clone)]
+pub enum Store {
+    /// A local directory.
+    Local(LocalStore),
+    /// An S3 bucket.
+    Bucket(Arc<Bucket>),
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Config(format!("store task failed: {e}")))?
+}
+
+impl Store {
+    /// The local directory of this process's state (key, audit log, TLS, staging).
+    pub fn local(&self) -> &LocalStore {
+        match self {
+            Self::Local(l) => l,
+            Self::Bucket(b) => &b.spool,
+        }
+    }
+
+    /// A record's manifest (from the index for a bucket).
+    pub async fn manifest(&self, id: &RecordId) -> Result<Manifest, StoreError> {
+        match self {
+            Self::Local(l) => {
+                let (l, id) = (l.clone(), id.clone());
+                blocking(move || l.manifest(&id)).await
+            }
+            Self::Bucket(b) => match b.index.get(id) {
+                Some(m) => Ok((*m).clone()),
+                None => {
+                    let m = b.s3.manifest(id).await?;
+                    b.s3.verify_manifest(&m).await?;
+                    b.index.insert(m.clone());
+                    Ok(m)
+                }
+            },
+        }
+    }
+
+    /// Checks a manifest's signature.
+    pub async fn verify_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
+        match self {
+            Self::Local(l) => l.verify_manifest(m),
+            Self::Bucket(b) => b.s3.verify_manifest(m).await,
+        }
+    }
+
+    /// Every record, oldest first.
+    pub async fn list(&self) -> Result<Vec<Arc<Manifest>>, StoreError> {
+        match self {
+            Self::Local(l) => {
+                let l = l.clone();
+                blocking(move || Ok(l.list()?.0.into_iter().map(Arc::new).collect())).await
+            }
+            Self::Bucket(b) => Ok(b.index.list()),
+        }
+    }
+
+    /// How many records there are.
+    pub async fn count(&self) -> Result<u64, StoreError> {
+        match self {
+            Self::Local(l) => {
+                let l = l.clone();
+                blocking(move || Ok(l.ids()?.len() as u64)).await
+            }
+            Self::Bucket(b) => Ok(b.index.len() as u64),
+        }
+    }
+
+    /// `Ok` when records can be listed and read.
+    pub async fn health(&self) -> Result<(), String> {
+        match self {
+            Self::Local(l) => {
+                let l = l.clone();
+                blocking(move || l.ids().map(|_| ()))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Self::Bucket(b) => b.index.health(),
+        }
+    }
+
+    /// A record's legal hold.
+    pub async fn hold(&self, id: &RecordId) -> Result<Option<LegalHold>, StoreError> {
+        match self {
+            Self::Local(l) => {
+                let (l, id) = (l.clone(), id.clone());
+                blocking(move || l.hold(&id)).await
+            }
+            Self::Bucket(b) => b.s3.hold(id).await,
+        }
+    }
+
+    /// Whether a record is held, cheaply (the index's view for a bucket).
+    pub async fn is_held(&self, id: &RecordId) -> Result<bool, StoreError> {
+        match self {
+            Self::Local(_) => Ok(self.hold(id).await?.is_some()),
+            Self::Bucket(b) => Ok(b.index.is_held(id)),
+        }
+    }
+
+    /// Places a legal hold.
+    pub async fn set_hold(&self, id: &RecordId, hold: &LegalHold) -> Result<(), StoreError> {
+        match self {
+            Self::Local(l) => {
+                let (l, id, h) = (l.clone(), id.clone(), hold.clone());
+                blocking(move || l.set_hold(&id, &h)).await
+            }
+            Self::Bucket(b) => {
+                let enforced = b.s3.set_hold(id, hold).await?;
+                if !enforced {
+                    eprintln!(
+                        "ckvault: hold on {id} recorded, but bucket {} has no Object Lock: \
+                         the store itself does not enforce it",
+                        b.s3.bucket()
+                    );
+                }
+                b.index.set_held(id, true);
+                Ok(())
+            }
+        }
+    }
+
+    /// Releases a legal hold; returns whether there was one.
+    pub async fn release_hold(&self, id: &RecordId) -> Result<bool, StoreError> {
+        match self {
+            Self::Local(l) => {
+                let (l, id) = (l.clone(), id.clone());
+                blocking(move || l.release_hold(&id)).await
+            }
+            Self::Bucket(b) => {
+                let existed = b.s3.release_hold(id).await?;
+                b.index.set_held(id, false);
+                Ok(existed)
+            }
+        }
+    }
+
+    /// Deletes a record (refused under hold or Object Lock).
+    pub async fn delete(&self, id: &RecordId) -> Result<(), StoreError> {
+        match self {
+            Self::Local(l) => {
+                let (l, id) = (l.clone(), id.clone());
+                blocking(move || l.delete(&id)).await
+            }
+            Self::Bucket(b) => {
+                b.s3.delete(id).await?;
+                b.index.remove(id);
+                Ok(())
+            }
+        }
+    }
+
+    /// `count` bytes of a record's blob from `start`.
+    pub async fn blob(
+        &self,
+        id: &RecordId,
+        start: u64,
+        count: u64,
+    ) -> Result<BlobReader, StoreError> {
+        match self {
+            Self::Local(l) => {
+                let (l, rid) = (l.clone(), id.clone());
+                let file = blocking(move || l.open_blob(&rid)).await?;
+                let mut f = tokio::fs::File::from_std(file);
+                f.seek(std::io::SeekFrom::Start(start))
+                    .await
+                    .map_err(|e| StoreError::io(&l_path(self, id), e))?;
+                Ok(Box::pin(f.take(count)))
+            }
+            Self::Bucket(b) => Ok(Box::pin(b.s3.blob_reader(id, start, count).await?)),
+        }
+    }
+}
+
+fn l_path(store: &Store, id: &RecordId) -> std::path::PathBuf {
+    store.local().blob_path(id)
+}

@@ -1,0 +1,833 @@
+//! The S3-compatible bucket store, shared by many nodes: node agents seal into a local
+//! spool and [`upload`] records; servers keep an [`index`] of the bucket's manifests and
+//! serve, hold and delete from it; [`lease`] lets one server replica at a time apply
+//! retention.
+//!
+//! Layout under `[store] prefix`:
+//! - `blobs/ID.age`: the sealed blob (age ciphertext)
+//! - `manifests/ID.json`: its signed manifest, written after the blob is confirmed, so a
+//!   visible manifest always has its blob; the set of manifests is the source of truth
+//! - `holds/ID.json`: a legal hold (reason, who, when), mirrored as S3 Object Lock legal
+//!   hold on the blob and the manifest
+//! - `keys/NODE/KEYID.pem`: each node's public manifest and audit signing key
+//! - `audit/SOURCE/…`: audit segments shipped by every node and server replica
+//! - `locks/retention.json`: the retention lease
+
+pub mod client;
+pub mod index;
+pub mod lease;
+pub mod upload;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, DateTime, Length};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, ObjectLockLegalHold, ObjectLockLegalHoldStatus,
+    ObjectLockMode,
+};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use self::client::Kind;
+use super::{LegalHold, StoreError};
+use crate::config::{LockMode, StoreConfig};
+use crate::manifest::{Manifest, RecordId, VerifyingKey};
+
+/// Objects larger than this go up as multipart uploads, in parts of at least this size.
+pub const PART_SIZE: u64 = 16 << 20;
+
+/// A bucket (and prefix) holding ckvault records.
+#[derive(Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+    endpoint: String,
+    lock: Option<(LockMode, u32)>,
+    trusted: Option<PathBuf>,
+    keys: Arc<Mutex<HashMap<String, VerifyingKey>>>,
+}
+
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "S3Store(s3://{}/{})", self.bucket, self.prefix)
+    }
+}
+
+/// `keys/NODE/KEYID.pem` names a key by its ID with base64 made path-safe.
+fn key_object_name(node: &str, key_id: &str) -> String {
+    let safe: String = key_id
+        .chars()
+        .map(|c| match c {
+            '/' => '_',
+            '+' => '-',
+            ':' => '.',
+            c => c,
+        })
+        .collect();
+    format!("keys/{node}/{safe}.pem")
+}
+
+/// A node name usable in object keys.
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        && !name.starts_with('.')
+}
+
+impl S3Store {
+    /// Connects to the bucket named in `[store]` (no request is made yet).
+    pub fn new(cfg: &StoreConfig) -> Result<Self, StoreError> {
+        let bucket = cfg
+            .bucket
+            .clone()
+            .ok_or_else(|| StoreError::Config("[store] kind = \"s3\" needs bucket".into()))?;
+        let mut prefix = cfg.prefix.trim_start_matches('/').to_owned();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Ok(Self {
+            client: client::connect(cfg)?,
+            bucket,
+            prefix,
+            endpoint: cfg
+                .endpoint
+                .clone()
+                .filter(|e| !e.is_empty())
+                .unwrap_or_else(|| format!("AWS S3 ({})", cfg.region)),
+            lock: cfg.object_lock.map(|m| (m, cfg.lock_days)),
+            trusted: cfg.trusted_keys.clone(),
+            keys: Arc::default(),
+        })
+    }
+
+    /// The SDK client (tests use it to act with the bucket credentials directly).
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    /// The bucket name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The full key of `rel` under the prefix.
+    pub fn key(&self, rel: &str) -> String {
+        format!("{}{rel}", self.prefix)
+    }
+
+    /// Key of a record's blob.
+    pub fn blob_key(&self, id: &RecordId) -> String {
+        self.key(&format!("blobs/{id}.age"))
+    }
+
+    /// Key of a record's manifest.
+    pub fn manifest_key(&self, id: &RecordId) -> String {
+        self.key(&format!("manifests/{id}.json"))
+    }
+
+    fn hold_key(&self, id: &RecordId) -> String {
+        self.key(&format!("holds/{id}.json"))
+    }
+
+    /// Turns an SDK error into a [`StoreError`] naming the operation and key.
+    pub fn err<E>(
+        &self,
+        op: &str,
+        key: &str,
+        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let (kind, detail) = client::classify(&e);
+        match kind {
+            Kind::Unreachable => StoreError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                detail: format!("{op} {key}: {detail}"),
+            },
+            Kind::Credentials => StoreError::Credentials {
+                endpoint: self.endpoint.clone(),
+                detail,
+            },
+            _ => StoreError::S3 {
+                op: op.to_owned(),
+                key: key.to_owned(),
+                detail,
+                kind,
+            },
+        }
+    }
+
+    /// Checks that the bucket is reachable with our credentials.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                let e = self.err("HeadBucket", &self.bucket, e);
+                match e {
+                    StoreError::S3 {
+                        kind: Kind::NotFound,
+                        ..
+                    } => StoreError::Config(format!(
+                        "bucket {:?} does not exist at {} (create it, with Object Lock enabled \
+                         if you want holds enforced by the store)",
+                        self.bucket, self.endpoint
+                    )),
+                    // HeadBucket has no body: a 403 there is a credentials problem.
+                    StoreError::S3 {
+                        kind: Kind::Denied,
+                        detail,
+                        ..
+                    } => StoreError::Credentials {
+                        endpoint: self.endpoint.clone(),
+                        detail,
+                    },
+                    other => other,
+                }
+            })
+    }
+
+    /// The retention lock to put on new objects, if configured.
+    fn retain_until(&self) -> Option<(ObjectLockMode, DateTime)> {
+        let (mode, days) = self.lock?;
+        let until = time::OffsetDateTime::now_utc().unix_timestamp() + i64::from(days) * 86_400;
+        let mode = match mode {
+            LockMode::Governance => ObjectLockMode::Governance,
+            LockMode::Compliance => ObjectLockMode::Compliance,
+        };
+        Some((mode, DateTime::from_secs(until)))
+    }
+
+    /// Uploads the file at `path` (`size` bytes) as `key`, streaming from disk: one PUT up
+    /// to [`PART_SIZE`], a multipart upload beyond (memory stays at one part in flight).
+    pub async fn put_file(&self, key: &str, path: &Path, size: u64) -> Result<(), StoreError> {
+        let lock = self.retain_until();
+        if size <= PART_SIZE {
+            let body = ByteStream::read_from()
+                .path(path)
+                .length(Length::Exact(size))
+                .build()
+                .await
+                .map_err(|e| StoreError::io(path, std::io::Error::other(e)))?;
+            let mut req = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .content_length(size as i64)
+                .body(body);
+            if let Some((mode, until)) = lock {
+                req = req
+                    .object_lock_mode(mode)
+                    .object_lock_retain_until_date(until);
+            }
+            req.send()
+                .await
+                .map_err(|e| self.err("PutObject", key, e))?;
+            return Ok(());
+        }
+        // At most 10,000 parts.
+        let part = PART_SIZE.max(size.div_ceil(9_000));
+        let mut req = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key);
+        if let Some((mode, until)) = lock {
+            req = req
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until);
+        }
+        let created = req
+            .send()
+            .await
+            .map_err(|e| self.err("CreateMultipartUpload", key, e))?;
+        let Some(upload_id) = created.upload_id().map(str::to_owned) else {
+            return Err(StoreError::S3 {
+                op: "CreateMultipartUpload".into(),
+                key: key.into(),
+                detail: "no upload ID in the response".into(),
+                kind: Kind::Other,
+            });
+        };
+        let result = self.put_parts(key, path, size, part, &upload_id).await;
+        if result.is_err() {
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    async fn put_parts(
+        &self,
+        key: &str,
+        path: &Path,
+        size: u64,
+        part: u64,
+        upload_id: &str,
+    ) -> Result<(), StoreError> {
+        let mut parts = Vec::new();
+        let mut offset = 0;
+        let mut number = 1;
+        while offset < size {
+            let len = part.min(size - offset);
+            let body = ByteStream::read_from()
+                .path(path)
+                .offset(offset)
+                .length(Length::Exact(len))
+                .build()
+                .await
+                .map_err(|e| StoreError::io(path, std::io::Error::other(e)))?;
+            let out = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .content_length(len as i64)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| self.err("UploadPart", key, e))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(out.e_tag().map(str::to_owned))
+                    .build(),
+            );
+            offset += len;
+            number += 1;
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.err("CompleteMultipartUpload", key, e))?;
+        Ok(())
+    }
+
+    /// Puts a small object. With `create_only` the write fails with a precondition error
+    /// if the key exists. With `lock` the configured retention applies. Returns the ETag.
+    pub async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        create_only: bool,
+        lock: bool,
+    ) -> Result<Option<String>, StoreError> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(bytes.len() as i64)
+            .body(ByteStream::from(bytes));
+        if create_only {
+            req = req.if_none_match("*");
+        }
+        if lock && let Some((mode, until)) = self.retain_until() {
+            req = req
+                .object_lock_mode(mode)
+                .object_lock_retain_until_date(until);
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| self.err("PutObject", key, e))?;
+        Ok(out.e_tag().map(str::to_owned))
+    }
+
+    /// Replaces `key` only if its ETag is still `etag`.
+    pub async fn replace_bytes(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        etag: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_match(etag)
+            .content_length(bytes.len() as i64)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| self.err("PutObject", key, e))?;
+        Ok(out.e_tag().map(str::to_owned))
+    }
+
+    /// Reads a small object whole, refusing more than `max` bytes. `None` if absent.
+    pub async fn get_bytes(
+        &self,
+        key: &str,
+        max: usize,
+    ) -> Result<Option<(Vec<u8>, Option<String>)>, StoreError> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                return match self.err("GetObject", key, e) {
+                    StoreError::S3 {
+                        kind: Kind::NotFound,
+                        ..
+                    } => Ok(None),
+                    e => Err(e),
+                };
+            }
+        };
+        let etag = out.e_tag().map(str::to_owned);
+        if out.content_length().unwrap_or(0) as u64 > max as u64 {
+            return Err(StoreError::S3 {
+                op: "GetObject".into(),
+                key: key.into(),
+                detail: format!("object is larger than {max} bytes"),
+                kind: Kind::Other,
+            });
+        }
+        let mut buf = Vec::new();
+        out.body
+            .into_async_read()
+            .take(max as u64 + 1)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| StoreError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                detail: format!("GetObject {key}: {e}"),
+            })?;
+        if buf.len() > max {
+            return Err(StoreError::S3 {
+                op: "GetObject".into(),
+                key: key.into(),
+                detail: format!("object is larger than {max} bytes"),
+                kind: Kind::Other,
+            });
+        }
+        Ok(Some((buf, etag)))
+    }
+
+    /// Size of an object, `None` if absent.
+    pub async fn head_size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => Ok(Some(o.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) => match self.err("HeadObject", key, e) {
+                StoreError::S3 {
+                    kind: Kind::NotFound,
+                    ..
+                } => Ok(None),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// Every key under `rel` (relative to the prefix), with `rel` stripped.
+    pub async fn list(&self, rel: &str) -> Result<Vec<String>, StoreError> {
+        let full = self.key(rel);
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full)
+            .max_keys(1000)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err("ListObjectsV2", &full, e))?;
+            for o in page.contents() {
+                if let Some(k) = o.key().and_then(|k| k.strip_prefix(&full)) {
+                    out.push(k.to_owned());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The IDs of every record with a manifest in the bucket.
+    pub async fn ids(&self) -> Result<Vec<RecordId>, StoreError> {
+        Ok(self
+            .list("manifests/")
+            .await?
+            .iter()
+            .filter_map(|k| k.strip_suffix(".json")?.parse().ok())
+            .collect())
+    }
+
+    /// A record's manifest (not yet verified).
+    pub async fn manifest(&self, id: &RecordId) -> Result<Manifest, StoreError> {
+        let key = self.manifest_key(id);
+        let Some((bytes, _)) = self
+            .get_bytes(&key, crate::manifest::MAX_MANIFEST_BYTES)
+            .await?
+        else {
+            return Err(StoreError::NotFound(id.clone()));
+        };
+        let m = Manifest::from_json(&bytes).map_err(|source| StoreError::Manifest {
+            id: id.to_string(),
+            source,
+        })?;
+        if m.id != *id {
+            return Err(StoreError::Config(format!(
+                "{key} holds the manifest of {}: the bucket was tampered with",
+                m.id
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Publishes this node's public key so servers can verify its manifests and audit.
+    pub async fn publish_key(&self, node: &str, key: &VerifyingKey) -> Result<(), StoreError> {
+        let name = self.key(&key_object_name(node, &key.key_id()));
+        let pem = key.to_pem()?;
+        match self.put_bytes(&name, pem.into_bytes(), true, false).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::S3 {
+                kind: Kind::Precondition,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The key `node` signed with under `key_id`: from `[store] trusted_keys` when set,
+    /// else from the bucket. The key found must carry that ID.
+    pub async fn node_key(&self, node: &str, key_id: &str) -> Result<VerifyingKey, StoreError> {
+        let cache_key = format!("{node}\n{key_id}");
+        if let Ok(cache) = self.keys.lock()
+            && let Some(k) = cache.get(&cache_key)
+        {
+            return Ok(k.clone());
+        }
+        let key = if let Some(dir) = &self.trusted {
+            trusted_key(dir, key_id)?
+        } else {
+            if !valid_node_name(node) {
+                return Err(StoreError::Config(format!(
+                    "node name {node:?} is not valid"
+                )));
+            }
+            let name = self.key(&key_object_name(node, key_id));
+            let Some((pem, _)) = self.get_bytes(&name, 16 << 10).await? else {
+                return Err(StoreError::Config(format!(
+                    "no key {key_id} for node {node} in the bucket ({name})"
+                )));
+            };
+            let pem = String::from_utf8_lossy(&pem).into_owned();
+            VerifyingKey::from_pem(&pem, Path::new(&name))?
+        };
+        if key.key_id() != key_id {
+            return Err(StoreError::Config(format!(
+                "key published for {node} is {}, not {key_id}",
+                key.key_id()
+            )));
+        }
+        if let Ok(mut cache) = self.keys.lock() {
+            cache.insert(cache_key, key.clone());
+        }
+        Ok(key)
+    }
+
+    /// Verifies a manifest's signature with its node's key.
+    pub async fn verify_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
+        let bad = |source| StoreError::Manifest {
+            id: m.id.to_string(),
+            source,
+        };
+        let sig = m
+            .signature
+            .as_ref()
+            .ok_or_else(|| bad(crate::manifest::ManifestError::Unsigned))?;
+        let node = m.node.as_deref().unwrap_or("");
+        let key = self.node_key(node, &sig.key_id).await?;
+        key.verify(m).map_err(bad)
+    }
+
+    /// A reader over `count` bytes of a record's blob from `start`.
+    pub async fn blob_reader(
+        &self,
+        id: &RecordId,
+        start: u64,
+        count: u64,
+    ) -> Result<impl AsyncRead + Send + Unpin + use<>, StoreError> {
+        let key = self.blob_key(id);
+        let mut req = self.client.get_object().bucket(&self.bucket).key(&key);
+        if count > 0 {
+            req = req.range(format!("bytes={start}-{}", start + count - 1));
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| match self.err("GetObject", &key, e) {
+                StoreError::S3 {
+                    kind: Kind::NotFound,
+                    ..
+                } => StoreError::NotFound(id.clone()),
+                e => e,
+            })?;
+        Ok(out.body.into_async_read().take(count))
+    }
+
+    /// The legal hold on a record, if any.
+    pub async fn hold(&self, id: &RecordId) -> Result<Option<LegalHold>, StoreError> {
+        let key = self.hold_key(id);
+        match self.get_bytes(&key, 64 << 10).await? {
+            None => Ok(None),
+            Some((bytes, _)) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Config(format!("{key} is not a legal hold record: {e}"))),
+        }
+    }
+
+    /// Places a legal hold: the hold record, then S3 Object Lock legal hold on the blob and
+    /// manifest. Returns whether the store enforces it (Object Lock enabled on the bucket).
+    pub async fn set_hold(&self, id: &RecordId, hold: &LegalHold) -> Result<bool, StoreError> {
+        let key = self.hold_key(id);
+        let bytes =
+            serde_json::to_vec_pretty(hold).map_err(|e| StoreError::Config(e.to_string()))?;
+        self.put_bytes(&key, bytes, false, false).await?;
+        self.legal_hold(id, true).await
+    }
+
+    /// Releases a legal hold; returns whether there was one.
+    pub async fn release_hold(&self, id: &RecordId) -> Result<bool, StoreError> {
+        let existed = self.hold(id).await?.is_some();
+        self.legal_hold(id, false).await?;
+        let key = self.hold_key(id);
+        self.delete_all_versions(id, &key).await?;
+        Ok(existed)
+    }
+
+    async fn legal_hold(&self, id: &RecordId, on: bool) -> Result<bool, StoreError> {
+        let status = if on {
+            ObjectLockLegalHoldStatus::On
+        } else {
+            ObjectLockLegalHoldStatus::Off
+        };
+        for key in [self.blob_key(id), self.manifest_key(id)] {
+            let r = self
+                .client
+                .put_object_legal_hold()
+                .bucket(&self.bucket)
+                .key(&key)
+                .legal_hold(
+                    ObjectLockLegalHold::builder()
+                        .status(status.clone())
+                        .build(),
+                )
+                .send()
+                .await;
+            if let Err(e) = r {
+                match self.err("PutObjectLegalHold", &key, e) {
+                    // Object Lock not enabled on this bucket: the hold record still binds
+                    // ckvault, but the store itself does not enforce it.
+                    StoreError::S3 {
+                        kind: Kind::Other, ..
+                    } => return Ok(false),
+                    StoreError::S3 {
+                        kind: Kind::NotFound,
+                        ..
+                    } => {
+                        return Err(StoreError::NotFound(id.clone()));
+                    }
+                    e => return Err(e),
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// When the record's Object Lock retention ends, if it is still locked.
+    pub async fn locked_until(&self, id: &RecordId) -> Result<Option<String>, StoreError> {
+        let key = self.manifest_key(id);
+        let out = match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                return match self.err("HeadObject", &key, e) {
+                    StoreError::S3 {
+                        kind: Kind::NotFound,
+                        ..
+                    } => Err(StoreError::NotFound(id.clone())),
+                    e => Err(e),
+                };
+            }
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        Ok(out
+            .object_lock_retain_until_date()
+            .filter(|d| d.secs() > now)
+            .map(|d| {
+                format!(
+                    "{} retention until {}",
+                    out.object_lock_mode().map_or("", |m| m.as_str()),
+                    d.fmt(aws_sdk_s3::primitives::DateTimeFormat::DateTime)
+                        .unwrap_or_default()
+                )
+            }))
+    }
+
+    /// Deletes a record: refused under a hold record or an unexpired Object Lock; the
+    /// manifest goes first (the record leaves listings), then the blob. Every version is
+    /// removed, so nothing is left behind a delete marker.
+    pub async fn delete(&self, id: &RecordId) -> Result<(), StoreError> {
+        if let Some(hold) = self.hold(id).await? {
+            return Err(StoreError::Held {
+                id: id.clone(),
+                reason: hold.reason,
+            });
+        }
+        if let Some(until) = self.locked_until(id).await? {
+            return Err(StoreError::Locked {
+                id: id.clone(),
+                detail: until,
+            });
+        }
+        self.delete_all_versions(id, &self.manifest_key(id)).await?;
+        self.delete_all_versions(id, &self.blob_key(id)).await?;
+        Ok(())
+    }
+
+    async fn delete_all_versions(&self, id: &RecordId, key: &str) -> Result<(), StoreError> {
+        let listed = self
+            .client
+            .list_object_versions()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .send()
+            .await;
+        let versions: Vec<Option<String>> = match listed {
+            Ok(out) => out
+                .versions()
+                .iter()
+                .filter(|v| v.key() == Some(key))
+                .map(|v| v.version_id().map(str::to_owned))
+                .chain(
+                    out.delete_markers()
+                        .iter()
+                        .filter(|v| v.key() == Some(key))
+                        .map(|v| v.version_id().map(str::to_owned)),
+                )
+                .collect(),
+            // Not versioned (or versions not listable): a plain delete.
+            Err(_) => vec![None],
+        };
+        let versions = if versions.is_empty() {
+            vec![None]
+        } else {
+            versions
+        };
+        for v in versions {
+            let r = self
+                .client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .set_version_id(v)
+                .send()
+                .await;
+            if let Err(e) = r {
+                return Err(match self.err("DeleteObject", key, e) {
+                    StoreError::S3 {
+                        kind: Kind::Denied,
+                        detail,
+                        ..
+                    } => StoreError::Locked {
+                        id: id.clone(),
+                        detail: format!("the store refused: {detail}"),
+                    },
+                    StoreError::S3 {
+                        kind: Kind::NotFound,
+                        ..
+                    } => continue,
+                    e => e,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Finds the key with `key_id` among the `*.pem` files of `dir`.
+fn trusted_key(dir: &Path, key_id: &str) -> Result<VerifyingKey, StoreError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("pem") {
+            continue;
+        }
+        let Ok(pem) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        if let Ok(k) = VerifyingKey::from_pem(&pem, &path)
+            && k.key_id() == key_id
+        {
+            return Ok(k);
+        }
+    }
+    Err(StoreError::Config(format!(
+        "key {key_id} is not among the trusted keys in {}",
+        dir.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_objects_and_node_names_are_path_safe() {
+        assert_eq!(
+            key_object_name("node-a", "SHA256:ab/c+d"),
+            "keys/node-a/SHA256.ab_c-d.pem"
+        );
+        assert!(valid_node_name("node-a.example_1"));
+        for bad in ["", "../x", "a/b", ".hidden", "a b", "a\nb"] {
+            assert!(!valid_node_name(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The node agent's uploader: records sealed into the local spool (a [`LocalStore`] holding
+//! only sealed blobs and signed manifests, never plaintext) go to the bucket, blob first,
+//! then the manifest; the spool copy is removed only once the bucket has both. An
+//! unreachable store means retries with capped exponential backoff, never a lost record;
+//! a full spool makes capture refuse new checkpoints ([`check_spool`]). Progress and health
+//! are in `SPOOL/upload-status.json`.
+//!
+//! Uploads are idempotent: keys derive from the record ID, and a record whose manifest is
+//! already in the bucket with the same sealed digest is only removed from the spool, so a
+//! crash anywhere in between yields each record exactly once.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use super::S3Store;
+use crate::audit::EventInput;
+use crate::config::Config;
+use crate::manifest::RecordId;
+use crate::store::{LocalStore, StoreError};
+
+/// Longest wait between retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the spool is rescanned when nothing wakes the uploader.
+const RESCAN: Duration = Duration::from_secs(2);
+
+/// The uploader's health, as written to `upload-status.json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    /// `ok`, `retrying` (store unreachable), `refused` (credentials or permissions).
+    pub state: String,
+    /// Records waiting in the spool.
+    pub pending: u64,
+    /// Bytes waiting in the spool.
+    pub pending_bytes: u64,
+    /// Records uploaded since start.
+    pub uploaded: u64,
+    /// The last error, while failing.
+    pub last_error: Option<String>,
+    /// When the last record went up (RFC 3339).
+    pub last_upload: Option<String>,
+    /// When this status was written.
+    pub updated: String,
+}
+
+/// Refuses new captures while the spool is at its limit.
+pub fn check_spool(spool: &LocalStore, max: u64) -> Result<(), StoreError> {
+    let used = spool.bytes()?;
+    if used >= max {
+        return Err(StoreError::SpoolFull { used, max });
+    }
+    Ok(())
+}
+
+/// What happened to one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Blob and manifest went up.
+    Uploaded,
+    /// The bucket already had it (a retry after a crash); only the spool copy went.
+    AlreadyThere,
+}
+
+/// Moves sealed records from the spool to the bucket.
+#[derive(Clone)]
+pub struct Uploader {
+    s3: S3Store,
+    spool: LocalStore,
+    node: String,
+    status: Arc<Mutex<Status>>,
+    wake: Arc<Notify>,
+}
+
+impl Uploader {
+    /// The uploader of `config` (`[store] kind = "s3"`).
+    pub fn new(config: &Config, spool: LocalStore) -> Result<Self, StoreError> {
+        let node = crate::seal::node_name(config);
+        if !super::valid_node_name(&node) {
+            return Err(StoreError::Config(format!(
+                "node name {node:?} cannot name objects: set [node] name (letters, digits, \
+                 '-', '.', '_')"
+            )));
+        }
+        Ok(Self {
+            s3: S3Store::new(&config.store)?,
+            spool,
+            node,
+            status: Arc::default(),
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// A handle that makes the uploader look at the spool now.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Uploads one spooled record and removes it from the spool.
+    pub async fn upload_one(&self, id: &RecordId) -> Result<Outcome, StoreError> {
+        let manifest = self.spool.manifest(id)?;
+        let remote = match self.s3.manifest(id).await {
+            Ok(m) => Some(m),
+            Err(StoreError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let outcome = if remote.is_some_and(|r| r.sealed.sha256 == manifest.sealed.sha256) {
+            Outcome::AlreadyThere
+        } else {
+            let blob_key = self.s3.blob_key(id);
+            self.s3
+                .put_file(&blob_key, &self.spool.blob_path(id), manifest.sealed.size)
+                .await?;
+            match self.s3.head_size(&blob_key).await? {
+                Some(n) if n == manifest.sealed.size => {}
+                other => {
+                    return Err(StoreError::Config(format!(
+                        "{blob_key}: the store reports {other:?} bytes after upload, expected {}",
+                        manifest.sealed.size
+                    )));
+                }
+            }
+            let bytes = std::fs::read(self.spool.manifest_path(id))
+                .map_err(|e| StoreError::io(&self.spool.manifest_path(id), e))?;
+            self.s3
+                .put_bytes(&self.s3.manifest_key(id), bytes, false, true)
+                .await?;
+            Outcome::Uploaded
+        };
+        // The upload is recorded before the spool copy goes: an audit failure keeps it.
+        self.spool
+            .audit_log()?
+            .append(EventInput {
+                actor: format!("system:uploader@{}", self.node),
+                action: "upload".into(),
+                outcome: "ok".into(),
+                record: Some(id.to_string()),
+                namespace: manifest.namespace.clone(),
+                bytes: Some(manifest.sealed.size),
+                detail: Some(format!(
+                    "s3://{}/{}{}",
+                    self.s3.bucket(),
+                    self.s3.blob_key(id),
+                    if outcome == Outcome::AlreadyThere {
+                        " (already there)"
+                    } else {
+                        ""
+                    }
+                )),
+                ..Default::default()
+            })
+            .map_err(|e| StoreError::Audit(Box::new(e)))?;
+        self.spool.delete(id)?;
+        Ok(outcome)
+    }
+
+    /// Uploads everything in the spool now; stops at the first failure.
+    pub async fn drain(&self) -> Result<usize, StoreError> {
+        self.s3
+            .publish_key(&self.node, &self.spool.verifying_key()?)
+            .await?;
+        let mut n = 0;
+        for id in self.spool.ids()? {
+            match self.upload_one(&id).await {
+                Ok(_) | Err(StoreError::NotFound(_)) => n += 1,
+                Err(e) => return Err(e),
+            }
+            self.update(|s| {
+                s.uploaded += 1;
+                s.last_upload = Some(crate::seal::now_rfc3339());
+            });
+        }
+        crate::audit::ship::ship(&self.s3, &self.spool, &self.node).await?;
+        Ok(n)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Status)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+        }
+    }
+
+    fn write_status(&self) {
+        let (pending, pending_bytes) = (
+            self.spool.ids().map_or(0, |v| v.len() as u64),
+            self.spool.bytes().unwrap_or(0),
+        );
+        self.update(|s| {
+            s.pending = pending;
+            s.pending_bytes = pending_bytes;
+            s.updated = crate::seal::now_rfc3339();
+        });
+        let status = self.status();
+        if let Ok(json) = serde_json::to_vec_pretty(&status) {
+            let path = self.spool.root().join("upload-status.json");
+            let tmp = self.spool.root().join("tmp");
+            let _ = crate::fsutil::replace_atomic(&tmp, &path, &json);
+        }
+    }
+
+    /// Runs until `stop` is notified: drain, then wait for a wake-up or the rescan period;
+    /// on failure back off (1 s doubling to 30 s) and say so once per state change.
+    pub async fn run(self, stop: Arc<Notify>) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let result = self.drain().await;
+            let wait = match result {
+                Ok(_) => {
+                    if self.status().state != "ok" {
+                        eprintln!("ckvault: uploads to s3://{} resumed", self.s3.bucket());
+                    }
+                    self.update(|s| {
+                        s.state = "ok".into();
+                        s.last_error = None;
+                    });
+                    backoff = Duration::from_secs(1);
+                    RESCAN
+                }
+                Err(e) => {
+                    let state = match e {
+                        StoreError::Credentials { .. } | StoreError::S3 { .. } => "refused",
+                        _ => "retrying",
+                    };
+                    let msg = e.to_string();
+                    if self.status().last_error.as_deref() != Some(&msg) {
+                        eprintln!("ckvault: upload: {msg} (retrying with backoff)");
+                    }
+                    self.update(|s| {
+                        s.state = state.into();
+                        s.last_error = Some(msg);
+                    });
+                    let w = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    w
+                }
+            };
+            self.write_status();
+            tokio::select! {
+                () = stop.notified() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// Runs an uploader on its own thread and runtime (for the synchronous watcher); returns
+/// the waker and a stop handle.
+pub fn spawn_thread(uploader: Uploader) -> std::io::Result<(Arc<Notify>, Arc<Notify>)> {
+    let stop = Arc::new(Notify::new());
+    let wake = uploader.waker();
+    let s = stop.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("ckvault-upload".into())
+        .spawn(move || rt.block_on(uploader.run(s)))?;
+    Ok((wake, stop))
+}
