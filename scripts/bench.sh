@@ -1,55 +1,197 @@
 #!/usr/bin/env bash
-# Benchmarks that print figures (no pass/fail thresholds: machines are shared and noisy).
-#   scripts/bench.sh [SIZES_MIB...]     default: 64 1024
-# For each size: makes a REAL checkpoint with the project harness, then measures, on the same
-# file in the same run:
-#   - ckvault seal: wall time and peak RSS (/usr/bin/time -v)
-#   - zstd -1 -T2 alone (the floor: sealing must at least compress) and its output size
-#   - ckvault inspect: wall time
-# Needs root (CRIU) and a release build (built here).
+# Benchmarks that print figures side by side, measured in one run on one machine, as ratios
+# (machines here are shared and noisy: medians of BENCH_RUNS runs). No pass/fail: the
+# targets and the measured results live in docs/performance.md.
+#
+#   sudo scripts/bench.sh           full run: 1 GiB and 4 GiB seals, 100k-record listing
+#   sudo scripts/bench.sh --small   the CI version: 64 MiB, 10k records, fewer calls
+#
+# Sections (each prints one table):
+#   1. seal      ckvault seal vs (a) the pipeline a careful user would write
+#                (tee >(openssl dgst) | zstd -1 -T2 | age | tee >(openssl dgst)) and
+#                (b) zstd -1 -T2 alone (the floor); wall, peak RSS, compression ratio
+#   2. inspect   ckvault inspect vs tar tvf (plain tar); vs zstd -dc | tar tv (.tar.zst)
+#   3. download  curl over TLS 1.3 from ckvault serve vs nginx (TLS 1.3, same cert, same
+#                file); then 32 concurrent downloads: errors and audit events
+#   4. cri       CRI proxy vs direct on real containerd: p50 latency added, throughput
+#   5. list      GET /v1/checkpoints of N records
+# BENCH_ONLY="4 5" runs only those sections (3 needs 1's checkpoint; it makes it if missing).
+# Needs root (CRIU, containerd), age, zstd, openssl, curl, nginx (installed if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SIZES=("$@"); [ ${#SIZES[@]} -gt 0 ] || SIZES=(64 1024)
-RUNS=${BENCH_RUNS:-3}
+SMALL=0; [ "${1:-}" = "--small" ] && SMALL=1
+if [ $SMALL = 1 ]; then
+  SEAL_SIZES=(${BENCH_SEAL_SIZES:-64}); RUNS=${BENCH_RUNS:-1}; LIST_N=${BENCH_LIST_N:-10000}; CALLS=300
+else
+  SEAL_SIZES=(${BENCH_SEAL_SIZES:-1024 4096}); RUNS=${BENCH_RUNS:-3}; LIST_N=${BENCH_LIST_N:-100000}; CALLS=2000
+fi
 WORK=${BENCH_DIR:-/var/tmp/ckvault-bench}
 mkdir -p "$WORK"; chmod 700 "$WORK"
-cargo build --release --quiet
+command -v nginx >/dev/null || apt-get install -y -q nginx >/dev/null
+cargo build --release --quiet --bin ckvault --example cri_bench --example gen_records
 CK=$PWD/target/release/ckvault
+EX=$PWD/target/release/examples
 [ -f "$WORK/key.txt" ] || age-keygen -o "$WORK/key.txt" 2>/dev/null
 R=$(age-keygen -y "$WORK/key.txt")
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+            [ -d "$WORK/ctrd" ] && tests/harness/containerd.sh stop "$WORK/ctrd" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-measure() { # measure OUTFILE CMD... -> prints "wall_s rss_kib"
-  local out=$1; shift
-  /usr/bin/time -f "%e %M" -o "$WORK/time.txt" "$@" >"$out" 2>/dev/null
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+timed() { # timed CMD... -> "wall_s rss_kib" of one run (stdout to /dev/null)
+  /usr/bin/time -f "%e %M" -o "$WORK/time.txt" "$@" >/dev/null 2>"$WORK/stderr.txt" || { cat "$WORK/stderr.txt"; return 1; }
   cat "$WORK/time.txt"
 }
+checkpoint() { # checkpoint MIB COMPRESS -> path of a real checkpoint
+  local f=$WORK/ckpt-$1.tar
+  case $2 in gzip) f=$f.gz ;; zstd) f=$f.zst ;; esac
+  [ -f "$f" ] || tests/harness/real-checkpoint.sh "$f" "$1" bench bench-pod app "$2" >/dev/null 2>&1
+  echo "$f"
+}
+want() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a/b; else print "-" }'; }
+echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), sha_ni=$(grep -qw sha_ni /proc/cpuinfo && echo yes || echo no)"
+echo "runs per figure: $RUNS (medians)"
 
-printf "%-8s %-22s %10s %12s %14s %10s\n" "input" "command" "wall s" "peak RSS MiB" "output MiB" "ratio"
-for mib in "${SIZES[@]}"; do
-  in=$WORK/ckpt-$mib.tar
-  [ -f "$in" ] || tests/harness/real-checkpoint.sh "$in" "$mib" bench bench-pod app >/dev/null 2>&1
-  insize=$(stat -c %s "$in")
-  cat "$in" >/dev/null # warm the page cache for every contender alike
-  for what in seal zstd inspect; do
-    walls=(); rss=(); outsize=0
-    for _ in $(seq "$RUNS"); do
-      rm -rf "$WORK/store"
+# ---------------------------------------------------------------------------------- 1
+if want 1; then
+echo; echo "== 1. seal"
+printf "%-7s %-16s %8s %10s %10s %7s %12s\n" input contender "wall s" "RSS MiB" "out MiB" ratio "wall/zstd"
+cat > "$WORK/pipeline.sh" <<EOF
+#!/usr/bin/env bash
+# The pipeline a careful user would write instead of ckvault seal.
+set -euo pipefail
+tee >(openssl dgst -sha256 > "\$2.in.sha256") < "\$1" | zstd -1 -T2 -q | age -r "$R" \
+  | tee >(openssl dgst -sha256 > "\$2.out.sha256") > "\$2"
+EOF
+chmod +x "$WORK/pipeline.sh"
+for mib in "${SEAL_SIZES[@]}"; do
+  in=$(checkpoint "$mib" none); insize=$(stat -c %s "$in")
+  declare -A W=() M=() O=()
+  for run in $(seq "$RUNS"); do
+    for what in seal pipeline zstd; do
+      cat "$in" >/dev/null # same page-cache state for every contender
+      rm -rf "$WORK/store" "$WORK/out"
       case $what in
-        seal) read -r w m < <(measure "$WORK/seal.json" "$CK" seal "$in" --store "$WORK/store" -r "$R")
-              outsize=$(cat "$WORK"/store/records/*.age | wc -c) ;;
-        zstd) read -r w m < <(measure "$WORK/out.zst" zstd -1 -T2 -q -c "$in")
-              outsize=$(stat -c %s "$WORK/out.zst") ;;
-        inspect) read -r w m < <(measure "$WORK/inspect.txt" "$CK" inspect "$in")
-              outsize=0 ;;
+        seal) read -r w m < <(timed "$CK" seal "$in" --store "$WORK/store" -r "$R")
+              o=$(cat "$WORK"/store/records/*.age | wc -c) ;;
+        pipeline) read -r w m < <(timed "$WORK/pipeline.sh" "$in" "$WORK/out"); o=$(stat -c %s "$WORK/out") ;;
+        zstd) read -r w m < <(timed zstd -1 -T2 -q -f "$in" -o "$WORK/out"); o=$(stat -c %s "$WORK/out") ;;
       esac
-      walls+=("$w"); rss+=("$m")
+      W[$what]+="$w "; M[$what]+="$m "; O[$what]=$o
     done
-    wmed=$(printf "%s\n" "${walls[@]}" | median)
-    rmed=$(printf "%s\n" "${rss[@]}" | median)
-    ratio=$([ "$outsize" -gt 0 ] && awk -v a="$insize" -v b="$outsize" 'BEGIN{printf "%.2f", a/b}' || echo "-")
-    printf "%-8s %-22s %10s %12.1f %14.1f %10s\n" "${mib}MiB" "$what" "$wmed" \
-      "$(awk -v k="$rmed" 'BEGIN{print k/1024}')" "$(awk -v b="$outsize" 'BEGIN{print b/1048576}')" "$ratio"
   done
+  zw=$(echo ${W[zstd]} | tr ' ' '\n' | median)
+  for what in seal pipeline zstd; do
+    w=$(echo ${W[$what]} | tr ' ' '\n' | median); m=$(echo ${M[$what]} | tr ' ' '\n' | median)
+    printf "%-7s %-16s %8.2f %10.1f %10.1f %7s %12s\n" "${mib}MiB" "$what" "$w" \
+      "$(awk -v k="$m" 'BEGIN{print k/1024}')" "$(awk -v b="${O[$what]}" 'BEGIN{print b/1048576}')" \
+      "$(ratio "$insize" "${O[$what]}")" "$(ratio "$w" "$zw")"
+  done
+  unset W M O
 done
-rm -rf "$WORK/store" "$WORK/out.zst"
+rm -rf "$WORK/out" "$WORK"/out.*.sha256
+fi
+
+# ---------------------------------------------------------------------------------- 2
+if want 2; then
+echo; echo "== 2. inspect (median of 11 warm runs)"
+printf "%-22s %-24s %10s\n" input contender "ms"
+ms_of() { local t=(); for _ in $(seq 11); do local s; s=$(date +%s%N); "$@" >/dev/null 2>&1 || true; t+=($(( ($(date +%s%N) - s) / 1000 ))); done
+          printf "%s\n" "${t[@]}" | median | awk '{printf "%.2f", $1/1000}'; }
+big=$(checkpoint "${SEAL_SIZES[0]}" none); zst=$(checkpoint "${SEAL_SIZES[0]}" zstd)
+printf "%-22s %-24s %10s\n" "$(basename "$big")" "ckvault inspect" "$(ms_of "$CK" inspect "$big")"
+printf "%-22s %-24s %10s\n" "$(basename "$big")" "tar tvf" "$(ms_of tar tvf "$big")"
+printf "%-22s %-24s %10s\n" "$(basename "$zst")" "ckvault inspect" "$(ms_of "$CK" inspect "$zst")"
+printf "%-22s %-24s %10s\n" "$(basename "$zst")" "zstd -dc | tar tv" "$(ms_of sh -c "zstd -dc '$zst' | tar tv")"
+fi
+
+# ---------------------------------------------------------------------------------- 3
+if want 3; then
+echo; echo "== 3. download over TLS 1.3 on loopback"
+rm -rf "$WORK/store"
+big=$(checkpoint "${SEAL_SIZES[0]}" none)
+id=$("$CK" seal "$big" --store "$WORK/store" -r "$R" | awk -F'"' '/"id"/{print $4; exit}')
+cat > "$WORK/serve.toml" <<EOF
+[store]
+path = "$WORK/store"
+[server]
+listen = "127.0.0.1:0"
+EOF
+"$CK" serve --config "$WORK/serve.toml" > "$WORK/serve.out" 2>"$WORK/serve.err" & PIDS+=($!)
+for _ in $(seq 100); do grep -q "serving https" "$WORK/serve.out" 2>/dev/null && break; sleep 0.2; done
+port=$(sed -n 's/.*serving https:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$WORK/serve.out" | head -1)
+T=$WORK/store/tls
+blob=$WORK/store/records/$id.age
+mkdir -p "$WORK/nginx/root" "$WORK/nginx/tmp"; ln -f "$blob" "$WORK/nginx/root/blob.age" 2>/dev/null || cp "$blob" "$WORK/nginx/root/blob.age"
+nport=$((port + 1))
+cat > "$WORK/nginx/nginx.conf" <<EOF
+user root;
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 256; }
+http {
+  access_log off; sendfile on; client_body_temp_path $WORK/nginx/tmp; proxy_temp_path $WORK/nginx/tmp;
+  fastcgi_temp_path $WORK/nginx/tmp; uwsgi_temp_path $WORK/nginx/tmp; scgi_temp_path $WORK/nginx/tmp;
+  server { listen 127.0.0.1:$nport ssl; ssl_protocols TLSv1.3;
+           ssl_certificate $T/server.pem; ssl_certificate_key $T/server.key; root $WORK/nginx/root; }
+}
+EOF
+nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+sleep 1
+CURL=(curl -sS --tlsv1.3 --cacert "$T/ca.pem" -o /dev/null -w '%{time_total} %{speed_download}\n')
+AUTH=(--cert "$T/admin.pem" --key "$T/admin.key")
+sc=(); nc=()
+for _ in $(seq "$RUNS"); do
+  sc+=("$("${CURL[@]}" "${AUTH[@]}" "https://127.0.0.1:$port/v1/checkpoints/$id/archive" | awk '{print $2}')")
+  nc+=("$("${CURL[@]}" "https://localhost:$nport/blob.age" --resolve "localhost:$nport:127.0.0.1" | awk '{print $2}')")
+done
+s=$(printf "%s\n" "${sc[@]}" | median); n=$(printf "%s\n" "${nc[@]}" | median)
+printf "%-34s %12s\n" contender "MiB/s"
+printf "%-34s %12.0f\n" "ckvault serve (re-hashes, audits)" "$(awk -v b="$s" 'BEGIN{print b/1048576}')"
+printf "%-34s %12.0f\n" "nginx (sendfile, TLS 1.3)" "$(awk -v b="$n" 'BEGIN{print b/1048576}')"
+echo "single stream ratio ckvault/nginx: $(ratio "$s" "$n")"
+before=$(grep -c '"action":"download"' "$WORK/store/audit.log" || true)
+rss0=$(awk '/VmHWM/{print $2}' /proc/"$(pgrep -f "serve --config $WORK/serve.toml" | head -1)"/status)
+start=$(date +%s%N); fails=0; cpids=()
+for i in $(seq 32); do
+  "${CURL[@]}" "${AUTH[@]}" "https://127.0.0.1:$port/v1/checkpoints/$id/archive" > "$WORK/c$i.out" 2>&1 & cpids+=($!)
+done
+for p in "${cpids[@]}"; do wait "$p" || fails=$((fails + 1)); done
+secs=$(awk -v a="$start" -v b="$(date +%s%N)" 'BEGIN{print (b-a)/1e9}')
+after=$(grep -c '"action":"download"' "$WORK/store/audit.log" || true)
+rss1=$(awk '/VmHWM/{print $2}' /proc/"$(pgrep -f "serve --config $WORK/serve.toml" | head -1)"/status)
+echo "32 concurrent downloads: $fails errors, $((after - before)) audited, $(ls -l "$blob" | awk '{print $5}') bytes each, ${secs}s, aggregate $(awk -v s="$secs" -v b="$(stat -c %s "$blob")" 'BEGIN{printf "%.0f", 32*b/s/1048576}') MiB/s, server peak RSS $((rss0 / 1024)) -> $((rss1 / 1024)) MiB"
+"$CK" audit verify --store "$WORK/store" | head -1
+fi
+
+# ---------------------------------------------------------------------------------- 4
+if want 4; then
+echo; echo "== 4. CRI proxy on real containerd ($CALLS interleaved calls per method, one HTTP/2 connection each)"
+rm -rf "$WORK/ctrd"; tests/harness/containerd.sh start "$WORK/ctrd" >/dev/null
+"$CK" proxy --listen "$WORK/ctrd/proxy.sock" --runtime "$WORK/ctrd/containerd.sock" --store "$WORK/store" -r "$R" >/dev/null 2>&1 & PIDS+=($!)
+for _ in $(seq 50); do [ -S "$WORK/ctrd/proxy.sock" ] && break; sleep 0.1; done
+"$EX/cri_bench" "$WORK/ctrd/containerd.sock" "$WORK/ctrd/proxy.sock" "$CALLS"
+fi
+
+# ---------------------------------------------------------------------------------- 5
+if want 5; then
+echo; echo "== 5. listing $LIST_N records through the API"
+rm -rf "$WORK/list-store"
+# The template: a small archive (N copies must fit on disk); listing reads manifests only.
+head -c 4096 /dev/urandom > "$WORK/small.bin"; tar cf "$WORK/small.tar" -C "$WORK" small.bin
+tid=$("$CK" seal "$WORK/small.tar" --store "$WORK/list-store" -r "$R" --namespace team-0 --pod p --container c | awk -F'"' '/"id"/{print $4; exit}')
+"$EX/gen_records" "$WORK/list-store" "$((LIST_N - 1))" "$tid" >/dev/null
+printf '[store]\npath = "%s"\n[server]\nlisten = "127.0.0.1:0"\n' "$WORK/list-store" > "$WORK/list.toml"
+T=$WORK/list-store/tls; AUTH=(--cert "$T/admin.pem" --key "$T/admin.key")
+"$CK" serve --config "$WORK/list.toml" > "$WORK/list.out" 2>&1 & PIDS+=($!)
+for _ in $(seq 100); do grep -q "serving https" "$WORK/list.out" 2>/dev/null && break; sleep 0.2; done
+lport=$(sed -n 's/.*serving https:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$WORK/list.out" | head -1)
+lt=()
+for _ in $(seq 5); do
+  lt+=("$(curl -sS --cacert "$T/ca.pem" "${AUTH[@]}" -o "$WORK/list.json" -w '%{time_total}' "https://127.0.0.1:$lport/v1/checkpoints?limit=$LIST_N")")
+done
+echo "GET /v1/checkpoints?limit=$LIST_N: $(python3 -c "import json;print(len(json.load(open('$WORK/list.json'))['items']))") items, median $(printf "%s\n" "${lt[@]}" | median) s (first $(echo "${lt[0]}") s)"
+fi

@@ -89,7 +89,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         checkpointer = checkpointer.with_policies(p);
     }
     let proxy = Arc::new(proxy::Proxy::new(checkpointer, receipts));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread: forwarding is I/O-bound and a call hops between several tasks (the
+    // kubelet's connection, the handler, the runtime's connection); on one thread those
+    // hops are plain wake-ups, not cross-core hand-offs. Sealing runs on the blocking pool.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let uploader = capture.uploader;

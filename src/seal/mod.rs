@@ -76,7 +76,7 @@ impl SealOptions {
             recipients,
             claimed: ClaimedIdentity::default(),
             source,
-            zstd_level: 1,
+            zstd_level: -1,
             zstd_threads: threads,
             limits: Limits::default(),
             node: host_name(),

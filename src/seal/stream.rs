@@ -2,8 +2,10 @@
 //! SHA-256 -> out. Memory is bounded by a fixed number of fixed-size buffers, whatever
 //! the input size.
 //!
-//! A reader thread reads and hashes the input; the calling thread feeds zstd (whose own
-//! worker threads compress), encrypts the compressed bytes and hashes what it writes.
+//! Three stages run at once: a reader thread reads and hashes the input; the calling
+//! thread feeds zstd (whose own worker threads compress); a writer thread encrypts the
+//! compressed bytes, hashes and writes them. Hashing and encryption thus overlap with
+//! compression instead of queueing behind it (docs/performance.md).
 
 use std::io::{self, BufWriter, Read, Write};
 use std::sync::mpsc;
@@ -70,7 +72,7 @@ pub enum StreamError {
 
 /// Seals `input` into `output` in one pass. `progress` is called with the input bytes
 /// consumed so far. The output is flushed but not fsynced (the store does that).
-pub fn seal_stream<R: Read + Send, W: Write>(
+pub fn seal_stream<R: Read + Send, W: Write + Send>(
     input: R,
     output: W,
     recipients: &[Recipient],
@@ -93,11 +95,23 @@ pub fn seal_stream<R: Read + Send, W: Write>(
 
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || read_and_hash(input, full_tx, empty_rx));
-        let written = (|| -> Result<_, StreamError> {
-            let encrypted = match compression {
+        let (out_tx, out_rx) = mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
+        let writer = scope.spawn(move || -> io::Result<_> {
+            let mut encrypted = encrypted;
+            for chunk in out_rx.iter() {
+                encrypted.write_all(&chunk)?;
+            }
+            let hashed_out = encrypted.finish()?;
+            let (sealed, buffered) = hashed_out.finish()?;
+            let out = buffered.into_inner().map_err(|e| e.into_error())?;
+            Ok((sealed, out))
+        });
+        let fed = (|| -> Result<(), StreamError> {
+            let sink = ChannelWriter::new(out_tx);
+            let sink = match compression {
                 Compression::Zstd { level, threads } => {
                     let mut z =
-                        zstd::stream::Encoder::new(encrypted, level).map_err(StreamError::Write)?;
+                        zstd::stream::Encoder::new(sink, level).map_err(StreamError::Write)?;
                     if threads > 0 {
                         z.multithread(threads).map_err(StreamError::Write)?;
                     }
@@ -109,26 +123,70 @@ pub fn seal_stream<R: Read + Send, W: Write>(
                     z.finish().map_err(StreamError::Write)?
                 }
                 Compression::None => {
-                    let mut e = encrypted;
-                    pump(&full_rx, &empty_tx, &mut e, progress)?;
-                    e
+                    let mut sink = sink;
+                    pump(&full_rx, &empty_tx, &mut sink, progress)?;
+                    sink
                 }
             };
-            let hashed_out = encrypted.finish().map_err(StreamError::Write)?;
-            let (sealed, buffered) = hashed_out.finish().map_err(StreamError::Write)?;
-            let out = buffered
-                .into_inner()
-                .map_err(|e| StreamError::Write(e.into_error()))?;
-            Ok((sealed, out))
+            sink.close().map_err(StreamError::Write)
         })();
-        // Unblock the reader if we stopped early, then collect its result.
+        // Unblock the reader if we stopped early, then collect both ends' results. A
+        // writer failure (disk full) is the cause of a broken channel: report it first.
         drop(full_rx);
         drop(empty_tx);
         let plaintext = reader.join().map_err(|_| StreamError::ReaderPanicked)?;
-        let (sealed, out) = written?;
+        let written = writer.join().map_err(|_| StreamError::ReaderPanicked)?;
+        let (sealed, out) = written.map_err(StreamError::Write)?;
+        fed?;
         let plaintext = plaintext.map_err(StreamError::Read)?;
         Ok((SealDigests { plaintext, sealed }, out))
     })
+}
+
+/// Collects written bytes into 1 MiB chunks for the writer thread.
+struct ChannelWriter {
+    tx: mpsc::SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn new(tx: mpsc::SyncSender<Vec<u8>>) -> Self {
+        Self {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .send(full)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the writer stopped"))
+    }
+
+    /// Sends what is buffered; dropping the sender then ends the writer's input.
+    fn close(mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = CHUNK - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn pump<W: Write>(

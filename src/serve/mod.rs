@@ -237,6 +237,13 @@ pub async fn run(
             reload(&state, tokens_path.as_deref(), policy_dir.as_deref());
         }
     });
+    // Parse every manifest once now, so the first listing is as fast as the next ones.
+    if let Store::Local(local) = &prepared.state.store {
+        let local = local.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = local.list_shared();
+        });
+    }
     let stop = Arc::new(tokio::sync::Notify::new());
     let mut lease = None;
     if let (Some((uploader, refresh, holder)), Store::Bucket(bucket)) =

@@ -83,7 +83,7 @@ impl Store {
         match self {
             Self::Local(l) => {
                 let l = l.clone();
-                blocking(move || Ok(l.list()?.0.into_iter().map(Arc::new).collect())).await
+                blocking(move || Ok(l.list_shared()?.0)).await
             }
             Self::Bucket(b) => Ok(b.index.list()),
         }

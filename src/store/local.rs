@@ -10,9 +10,11 @@
 //!   audit.log     hash-chained audit events; audit.log.head.json / audit.log.heads: signed heads
 //! ```
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::StoreError;
@@ -28,6 +30,19 @@ const ORPHAN_AGE: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    /// Parsed manifests by ID for [`LocalStore::list_shared`]. A published manifest never
+    /// changes (records are only ever deleted), so an entry stays valid while its file
+    /// exists; every listing re-reads the directory and drops entries of deleted records.
+    cache: std::sync::Arc<std::sync::Mutex<ListCache>>,
+}
+
+/// What [`LocalStore::list_shared`] remembers between listings.
+#[derive(Debug, Default)]
+struct ListCache {
+    manifests: HashMap<RecordId, Arc<Manifest>>,
+    /// records/'s modification time and the IDs read at that time: any publication or
+    /// deletion changes the directory's mtime, so an unchanged mtime means the same IDs.
+    ids: Option<(SystemTime, Vec<RecordId>)>,
 }
 
 impl LocalStore {
@@ -35,6 +50,7 @@ impl LocalStore {
     pub fn open_or_init(root: &Path) -> Result<Self, StoreError> {
         let store = Self {
             root: root.to_path_buf(),
+            cache: Arc::default(),
         };
         for dir in [
             root,
@@ -63,6 +79,7 @@ impl LocalStore {
         }
         let store = Self {
             root: root.to_path_buf(),
+            cache: Arc::default(),
         };
         // Finish what a crash interrupted (a deletion half done, temporary files); a
         // read-only store is still readable.
@@ -236,6 +253,55 @@ impl LocalStore {
             total += entry.metadata().map(|m| m.len()).unwrap_or(0);
         }
         Ok(total)
+    }
+
+    /// [`LocalStore::list`] for a long-running server: manifests already parsed are taken
+    /// from memory, so listing 100k records costs a directory read, not 100k file parses.
+    pub fn list_shared(&self) -> Result<(Vec<Arc<Manifest>>, Vec<StoreError>), StoreError> {
+        let dir = self.records_dir();
+        let mtime = fs::metadata(&dir)
+            .and_then(|m| m.modified())
+            .map_err(|e| StoreError::io(&dir, e))?;
+        let mut guard = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = &mut *guard;
+        let ids = match &cache.ids {
+            // A directory changed in the last second could change again within the same
+            // timestamp: re-read it then.
+            Some((t, ids))
+                if *t == mtime
+                    && mtime.elapsed().unwrap_or(Duration::ZERO) > Duration::from_secs(1) =>
+            {
+                ids.clone()
+            }
+            _ => {
+                let ids = self.ids()?;
+                cache.ids = Some((mtime, ids.clone()));
+                ids
+            }
+        };
+        if cache.manifests.len() > ids.len() {
+            let live: HashSet<&RecordId> = ids.iter().collect();
+            cache.manifests.retain(|id, _| live.contains(id));
+        }
+        let cache = &mut cache.manifests;
+        let mut manifests = Vec::with_capacity(ids.len());
+        let mut broken = Vec::new();
+        for id in ids {
+            if let Some(m) = cache.get(&id) {
+                manifests.push(m.clone());
+                continue;
+            }
+            match self.manifest(&id) {
+                Ok(m) => {
+                    let m = Arc::new(m);
+                    cache.insert(id, m.clone());
+                    manifests.push(m);
+                }
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => broken.push(e),
+            }
+        }
+        Ok((manifests, broken))
     }
 
     /// Every readable manifest, oldest first, plus the records whose manifest is unreadable.
