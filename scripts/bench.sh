@@ -15,6 +15,8 @@
 #                file); then 32 concurrent downloads: errors and audit events
 #   4. cri       CRI proxy vs direct on real containerd: p50 latency added, throughput
 #   5. list      GET /v1/checkpoints of N records
+#   6. load      64 concurrent download loops plus seals into the same store, for
+#                BENCH_LOAD_SECS (60; 10 with --small): errors, downloads, server peak RSS
 # BENCH_ONLY="4 5" runs only those sections (3 needs 1's checkpoint; it makes it if missing).
 # Needs root (CRIU, containerd), age, zstd, openssl, curl, nginx (installed if missing).
 set -euo pipefail
@@ -112,7 +114,7 @@ if want 3; then
 echo; echo "== 3. download over TLS 1.3 on loopback"
 rm -rf "$WORK/store"
 big=$(checkpoint "${SEAL_SIZES[0]}" none)
-id=$("$CK" seal "$big" --store "$WORK/store" -r "$R" | awk -F'"' '/"id"/{print $4; exit}')
+id=$("$CK" seal "$big" --store "$WORK/store" -r "$R" | awk -F'"' '/"id"/ && !x {print $4; x=1}')
 cat > "$WORK/serve.toml" <<EOF
 [store]
 path = "$WORK/store"
@@ -182,7 +184,7 @@ echo; echo "== 5. listing $LIST_N records through the API"
 rm -rf "$WORK/list-store"
 # The template: a small archive (N copies must fit on disk); listing reads manifests only.
 head -c 4096 /dev/urandom > "$WORK/small.bin"; tar cf "$WORK/small.tar" -C "$WORK" small.bin
-tid=$("$CK" seal "$WORK/small.tar" --store "$WORK/list-store" -r "$R" --namespace team-0 --pod p --container c | awk -F'"' '/"id"/{print $4; exit}')
+tid=$("$CK" seal "$WORK/small.tar" --store "$WORK/list-store" -r "$R" --namespace team-0 --pod p --container c | awk -F'"' '/"id"/ && !x {print $4; x=1}')
 "$EX/gen_records" "$WORK/list-store" "$((LIST_N - 1))" "$tid" >/dev/null
 printf '[store]\npath = "%s"\n[server]\nlisten = "127.0.0.1:0"\n' "$WORK/list-store" > "$WORK/list.toml"
 T=$WORK/list-store/tls; AUTH=(--cert "$T/admin.pem" --key "$T/admin.key")
@@ -194,4 +196,35 @@ for _ in $(seq 5); do
   lt+=("$(curl -sS --cacert "$T/ca.pem" "${AUTH[@]}" -o "$WORK/list.json" -w '%{time_total}' "https://127.0.0.1:$lport/v1/checkpoints?limit=$LIST_N")")
 done
 echo "GET /v1/checkpoints?limit=$LIST_N: $(python3 -c "import json;print(len(json.load(open('$WORK/list.json'))['items']))") items, median $(printf "%s\n" "${lt[@]}" | median) s (first $(echo "${lt[0]}") s)"
+fi
+
+# ---------------------------------------------------------------------------------- 6
+if want 6; then
+LOAD_SECS=${BENCH_LOAD_SECS:-$([ $SMALL = 1 ] && echo 10 || echo 60)}
+echo; echo "== 6. load: 64 concurrent download loops + sealing, ${LOAD_SECS}s"
+rm -rf "$WORK/load" && mkdir -p "$WORK/load"
+small=$(checkpoint 64 none)
+lid=$("$CK" seal "$small" --store "$WORK/load/store" -r "$R" | awk -F'"' '/"id"/ && !x {print $4; x=1}')
+printf '[store]\npath = "%s"\n[server]\nlisten = "127.0.0.1:0"\n' "$WORK/load/store" > "$WORK/load/serve.toml"
+"$CK" serve --config "$WORK/load/serve.toml" > "$WORK/load/serve.out" 2>&1 & spid=$!; PIDS+=($spid)
+for _ in $(seq 100); do grep -q "serving https" "$WORK/load/serve.out" 2>/dev/null && break; sleep 0.2; done
+lport=$(sed -n 's/.*serving https:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$WORK/load/serve.out" | head -1)
+T=$WORK/load/store/tls
+end=$(( $(date +%s) + LOAD_SECS ))
+worker() { local ok=0 bad=0
+  while [ "$(date +%s)" -lt "$end" ]; do
+    if curl -sS --fail --tlsv1.3 --max-time 120 --cacert "$T/ca.pem" --cert "$T/admin.pem" --key "$T/admin.key" \
+         -o /dev/null "https://127.0.0.1:$lport/v1/checkpoints/$lid/archive" 2>>"$WORK/load/curl.err"; then ok=$((ok+1)); else bad=$((bad+1)); fi
+  done; echo "$ok $bad" > "$WORK/load/w$1"; }
+wpids=(); for i in $(seq 64); do worker "$i" & wpids+=($!); done
+seals=0; sealfail=0
+while [ "$(date +%s)" -lt "$end" ]; do
+  if "$CK" seal "$small" --store "$WORK/load/store" -r "$R" >/dev/null 2>>"$WORK/load/seal.err"; then seals=$((seals+1)); else sealfail=$((sealfail+1)); fi
+done
+for p in "${wpids[@]}"; do wait "$p" || true; done
+ok=$(cat "$WORK"/load/w* | awk '{s+=$1} END {print s}'); bad=$(cat "$WORK"/load/w* | awk '{s+=$2} END {print s}')
+audited=$(grep -c '"action":"download"' "$WORK/load/store/audit.log" || true)
+rss=$(awk '/VmHWM/{print int($2/1024)}' /proc/$spid/status)
+echo "downloads ok $ok, failed $bad, audited $audited; seals ok $seals, failed $sealfail; server peak RSS ${rss} MiB"
+"$CK" audit verify --store "$WORK/load/store" | head -1
 fi

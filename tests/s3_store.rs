@@ -413,9 +413,11 @@ fn wrong_credentials_are_a_clear_error_and_lose_nothing() {
     let toml = sw
         .store_toml("creds", "", &spool)
         .replace(p(&sw.credentials_file()), p(&bad));
+    // A spool that holds one sealed record at most: while the store refuses us, the second
+    // capture is refused rather than piling up.
     fs::write(
         &config,
-        format!("{toml}[seal]\nrecipients = [\"{recipient}\"]\n"),
+        format!("{toml}spool_max = \"1KiB\"\n[seal]\nrecipients = [\"{recipient}\"]\n"),
     )
     .unwrap();
 
@@ -446,6 +448,11 @@ fn wrong_credentials_are_a_clear_error_and_lose_nothing() {
         1,
         "{spooled:?}"
     );
+    let out = ckvault(&["seal", "--config", p(&config), p(&archive)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a full spool refuses");
+    assert!(err.contains("spool") && err.contains("spool_max"), "{err}");
+    assert!(archive.exists(), "the refused archive is left alone");
 
     // With the right credentials the same spool drains.
     let good = dir.path().join("good.toml");

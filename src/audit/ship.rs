@@ -179,16 +179,23 @@ pub async fn verify_bucket(s3: &S3Store) -> Result<Vec<SourceVerified>, String> 
     sources.dedup();
     let mut out = Vec::new();
     for source in sources {
+        // The head first, then the segments: a shipper writes a segment before the head
+        // that names it, so every segment a head names is listed after it, even while the
+        // source keeps shipping.
+        let head = signed(s3, &source, "head.json").await?;
+        let keys = s3
+            .list(&format!("audit/{source}/"))
+            .await
+            .map_err(|e| e.to_string())?;
         let mut firsts: Vec<(u64, String)> = keys
             .iter()
             .filter_map(|k| {
-                let rest = k.strip_prefix(&format!("{source}/"))?;
-                let n = rest.strip_suffix(".jsonl")?;
-                Some((n.parse().ok()?, rest.to_owned()))
+                let n = k.strip_suffix(".jsonl")?;
+                Some((n.parse().ok()?, k.clone()))
             })
             .collect();
         firsts.sort();
-        out.push(verify_source(s3, &source, &firsts).await?);
+        out.push(verify_source(s3, &source, &firsts, &head).await?);
     }
     Ok(out)
 }
@@ -218,6 +225,7 @@ async fn verify_source(
     s3: &S3Store,
     source: &str,
     segments: &[(u64, String)],
+    head: &SegmentSig,
 ) -> Result<SourceVerified, String> {
     let mut prev = GENESIS.to_owned();
     let mut seq = 0u64;
@@ -258,7 +266,6 @@ async fn verify_source(
             return Err(format!("{key}: ends at {seq}, signature says {}", sig.last));
         }
     }
-    let head = signed(s3, source, "head.json").await?;
     if head.last > seq {
         return Err(format!(
             "{source}: the signed head names event {}, but segments end at {seq} (truncated)",
