@@ -30,9 +30,15 @@ fi
 WORK=${BENCH_DIR:-/var/tmp/ckvault-bench}
 mkdir -p "$WORK"; chmod 700 "$WORK"
 command -v nginx >/dev/null || apt-get install -y -q nginx >/dev/null
-cargo build --release --quiet --bin ckvault --example cri_bench --example gen_records
-CK=$PWD/target/release/ckvault
-EX=$PWD/target/release/examples
+# BENCH_PROFILE=debug (CI) reuses the test build: the script is exercised, the figures
+# mean nothing. The default is a release build, as figures need.
+if [ "${BENCH_PROFILE:-release}" = debug ]; then
+  cargo build --quiet --bin ckvault --example cri_bench --example gen_records; PROFILE_DIR=debug
+else
+  cargo build --release --quiet --bin ckvault --example cri_bench --example gen_records; PROFILE_DIR=release
+fi
+CK=$PWD/target/$PROFILE_DIR/ckvault
+EX=$PWD/target/$PROFILE_DIR/examples
 [ -f "$WORK/key.txt" ] || age-keygen -o "$WORK/key.txt" 2>/dev/null
 R=$(age-keygen -y "$WORK/key.txt")
 PIDS=()
