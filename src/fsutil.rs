@@ -172,6 +172,11 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 
 /// Writes `bytes` to `dest` atomically via a temporary file in `tmp_dir`.
 pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    staged(tmp_dir, dest, bytes)?.commit(dest)
+}
+
+/// Writes `bytes` to a fresh temporary file in `tmp_dir` named after `dest`.
+fn staged(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<AtomicFile> {
     use std::io::Write;
     let name = dest
         .file_name()
@@ -180,20 +185,12 @@ pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()>
     tmp_name.push(format!(".{}.tmp", std::process::id()));
     let mut file = AtomicFile::create(tmp_dir.join(tmp_name))?;
     file.file()?.write_all(bytes)?;
-    file.commit(dest)
+    Ok(file)
 }
 
 /// Like [`write_atomic`], but replaces `dest` if it exists.
 pub fn replace_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let name = dest
-        .file_name()
-        .ok_or_else(|| io::Error::other("destination has no file name"))?;
-    let mut tmp_name = name.to_os_string();
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let mut file = AtomicFile::create(tmp_dir.join(tmp_name))?;
-    file.file()?.write_all(bytes)?;
-    file.commit_replace(dest)
+    staged(tmp_dir, dest, bytes)?.commit_replace(dest)
 }
 
 #[cfg(test)]
