@@ -17,64 +17,9 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn ck(args: &[&str]) -> std::process::Output {
-    Command::new(support::ckvault_bin())
-        .args(args)
-        .output()
-        .expect("run ckvault")
-}
-
-fn spawn(args: &[&str]) -> Child {
-    Command::new(support::ckvault_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ckvault")
-}
-
-fn kill_after(mut child: Child, delay: Duration) -> bool {
-    let deadline = Instant::now() + delay;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return false; // finished before the kill point
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let _ = child.kill(); // SIGKILL
-    let _ = child.wait();
-    true
-}
-
-/// Time of one uninterrupted run of `args`.
-fn timed(args: &[&str]) -> Duration {
-    let t = Instant::now();
-    let out = ck(args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    t.elapsed()
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    let Some(&first) = needle.first() else {
-        return true;
-    };
-    hay.iter()
-        .enumerate()
-        .filter(|(_, b)| **b == first)
-        .any(|(i, _)| hay[i..].starts_with(needle))
-}
+use support::crash::{ck, contains, kill_after, p, spawn, timed};
 
 /// Files of the store outside staging/ (blobs, manifests, tmp, audit, holds, keys).
 fn store_files(store: &Path) -> Vec<PathBuf> {

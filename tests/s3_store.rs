@@ -9,10 +9,8 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -124,7 +122,7 @@ impl Node {
 
 /// `ckvault serve --config` on a free port.
 struct Server {
-    _proc: Proc,
+    _proc: support::serve::Serve,
     port: u16,
     tls: PathBuf,
     config: PathBuf,
@@ -142,32 +140,10 @@ impl Server {
             ),
         )
         .unwrap();
-        let mut child = Command::new(support::ckvault_bin())
-            .args(["serve", "--config", p(&config)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(dir.join("server.err")).unwrap())
-            .spawn()
-            .expect("spawn ckvault serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(first)) = lines.next() {
-                let _ = tx.send(first);
-            }
-            for _ in lines {}
-        });
-        let first = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("server start line");
-        let port = first
-            .strip_prefix("ckvault: serving https://127.0.0.1:")
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        let serve = support::serve::Serve::start(&config, &dir.join("server.err"));
+        let port = serve.port;
         Server {
-            _proc: Proc(child),
+            _proc: serve,
             port,
             tls: spool.join("tls"),
             config,

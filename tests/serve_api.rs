@@ -13,10 +13,9 @@
 mod support;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{OnceLock, mpsc};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -151,66 +150,7 @@ fn issuer_from_pem(ca_pem: &str, key: rcgen::KeyPair) -> rcgen::Issuer<'static, 
     rcgen::Issuer::new(params, key)
 }
 
-/// A server process; killed (and reaped) when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    /// Starts `ckvault serve --config CONFIG` and learns its port from the first stdout line.
-    fn start(config: &Path, log: &Path) -> Server {
-        let stderr = fs::File::create(log).expect("create server log");
-        let mut child = Command::new(support::ckvault_bin())
-            .args(["serve", "--config", p(config)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn ckvault serve");
-        let stdout = child.stdout.take().expect("stdout pipe");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(first)) = lines.next() {
-                let _ = tx.send(first);
-            }
-            for _ in lines {} // keep draining: the server prints more lines
-        });
-        let first = rx.recv_timeout(Duration::from_secs(60));
-        let port = first.as_deref().ok().and_then(|line| {
-            let rest = line.strip_prefix("ckvault: serving https://127.0.0.1:")?;
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        });
-        match port {
-            Some(port) => Server { child, port },
-            None => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!(
-                    "ckvault serve did not announce its port (first line {first:?}, {status:?}); stderr:\n{}",
-                    fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on the pid of our own child process, which we have not reaped.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", self.child.id());
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::serve::Serve as Server;
 
 /// How a request authenticates.
 enum Auth<'a> {

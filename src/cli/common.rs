@@ -165,6 +165,74 @@ pub fn capture_store(
     }
 }
 
+/// Everything a capturing command (`watch`, `proxy`) needs before it starts: where it
+/// seals, how, the policies that apply afterwards and the uploader of a spool.
+pub struct Capture {
+    /// The local store, or the spool with a bucket.
+    pub store: crate::store::LocalStore,
+    /// How archives are sealed (recipients, node, spool limit, source kind).
+    pub opts: crate::seal::SealOptions,
+    /// Retention and the other policies, applied after each seal. None with a bucket:
+    /// retention is the server's business there.
+    pub policies: Option<Arc<PolicySet>>,
+    /// With a bucket: the uploader of the spool.
+    pub uploader: Option<crate::store::s3::upload::Uploader>,
+}
+
+/// The command-line recipients and store of a capturing command.
+pub struct CaptureFlags<'a> {
+    /// `-r`.
+    pub recipients: &'a [String],
+    /// `--recipients-file`.
+    pub recipients_files: &'a [PathBuf],
+    /// `--store DIR`.
+    pub store: Option<PathBuf>,
+}
+
+/// Sets up capture for `source_kind` ("watch", "cri-proxy"), then seals what an earlier
+/// run left in staging (recovered, never dropped).
+pub fn capture_setup(
+    config: &crate::config::Config,
+    flags: CaptureFlags<'_>,
+    source_kind: &str,
+) -> anyhow::Result<Capture> {
+    let setup = seal_setup(
+        &config.seal.recipients,
+        flags.recipients,
+        flags.recipients_files,
+        config.policy.dir.as_deref(),
+    )?;
+    let cs = capture_store(config, flags.store)?;
+    let mut opts = crate::seal::SealOptions::new(
+        setup.recipients,
+        crate::manifest::Source {
+            kind: source_kind.into(),
+            path: None,
+        },
+    );
+    opts.recipient_policy = setup.recipient_policy;
+    opts.node = Some(crate::seal::node_name(config));
+    opts.spool_max = cs.spool_max;
+    let recovered = crate::capture::staging::recover(&cs.store, &opts)?;
+    for m in &recovered.sealed {
+        println!("recovered {} from staging", m.id);
+    }
+    for (p, e) in &recovered.failed {
+        eprintln!("ckvault: cannot seal {} left in staging: {e}", p.display());
+    }
+    let policies = if cs.uploader.is_none() {
+        setup.policies
+    } else {
+        None
+    };
+    Ok(Capture {
+        store: cs.store,
+        opts,
+        policies,
+        uploader: cs.uploader,
+    })
+}
+
 /// Arguments of `ckvault upload`.
 #[derive(Debug, clap::Args)]
 pub struct UploadArgs {

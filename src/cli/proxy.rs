@@ -8,10 +8,8 @@ use anyhow::Context;
 
 use crate::capture::checkpoint::Checkpointer;
 use crate::capture::cri::RuntimeClient;
-use crate::capture::{proxy, staging};
+use crate::capture::proxy;
 use crate::config::{Config, KubeletLocation};
-use crate::manifest::Source;
-use crate::seal::SealOptions;
 
 /// Arguments of `ckvault proxy`.
 #[derive(Debug, clap::Args)]
@@ -58,34 +56,21 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .or_else(|| config.cri.upstream.clone())
         .context("name the runtime socket with --runtime or [cri] upstream")?;
     let receipts = !args.no_receipts && config.cri.kubelet_location == KubeletLocation::Receipt;
-    let setup = super::common::seal_setup(
-        &config.seal.recipients,
-        &args.recipients,
-        &args.recipients_file,
-        config.policy.dir.as_deref(),
-    )?;
-    let policies = setup.policies.clone();
-    let capture = super::common::capture_store(&config, args.store.clone())?;
-    let store = capture.store.clone();
-    let mut opts = SealOptions::new(
-        setup.recipients,
-        Source {
-            kind: "cri-proxy".into(),
-            path: None,
+    let capture = super::common::capture_setup(
+        &config,
+        super::common::CaptureFlags {
+            recipients: &args.recipients,
+            recipients_files: &args.recipients_file,
+            store: args.store.clone(),
         },
+        "cri-proxy",
+    )?;
+    let mut checkpointer = Checkpointer::new(
+        RuntimeClient::new(&upstream),
+        capture.store.clone(),
+        capture.opts.clone(),
     );
-    opts.recipient_policy = setup.recipient_policy;
-    opts.node = Some(crate::seal::node_name(&config));
-    opts.spool_max = capture.spool_max;
-    let recovered = staging::recover(&store, &opts)?;
-    for m in &recovered.sealed {
-        println!("recovered {} from staging", m.id);
-    }
-    let mut checkpointer = Checkpointer::new(RuntimeClient::new(&upstream), store, opts);
-    // With a bucket the store is a spool: retention is the server's business there.
-    if let Some(p) = policies
-        && capture.uploader.is_none()
-    {
+    if let Some(p) = capture.policies.clone() {
         checkpointer = checkpointer.with_policies(p);
     }
     let proxy = Arc::new(proxy::Proxy::new(checkpointer, receipts));

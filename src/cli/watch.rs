@@ -4,11 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::capture::{staging, watch};
+use crate::capture::watch;
 use crate::config::Config;
 use crate::inspect::escape_control;
-use crate::manifest::Source;
-use crate::seal::SealOptions;
 
 /// Arguments of `ckvault watch`.
 #[derive(Debug, clap::Args)]
@@ -54,38 +52,21 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         }
         None => config.watch.settle,
     };
-    let setup = super::common::seal_setup(
-        &config.seal.recipients,
-        &args.recipients,
-        &args.recipients_file,
-        config.policy.dir.as_deref(),
-    )?;
-    let policies = setup.policies.clone();
-    let capture = super::common::capture_store(&config, args.store.clone())?;
-    let store = capture.store.clone();
-    let mut opts = SealOptions::new(
-        setup.recipients,
-        Source {
-            kind: "watch".into(),
-            path: None,
+    let capture = super::common::capture_setup(
+        &config,
+        super::common::CaptureFlags {
+            recipients: &args.recipients,
+            recipients_files: &args.recipients_file,
+            store: args.store.clone(),
         },
-    );
-    opts.recipient_policy = setup.recipient_policy;
-    opts.node = Some(crate::seal::node_name(&config));
-    opts.spool_max = capture.spool_max;
-    // With a bucket the store is a spool: an uploader drains it; retention is the
-    // server's business there.
+        "watch",
+    )?;
+    let (store, opts, policies) = (&capture.store, &capture.opts, &capture.policies);
+    // With a bucket the store is a spool: an uploader drains it.
     let uploading = match capture.uploader.clone() {
         Some(u) => Some(crate::store::s3::upload::spawn_thread(u)?),
         None => None,
     };
-    let recovered = staging::recover(&store, &opts)?;
-    for m in &recovered.sealed {
-        println!("recovered {} from staging", m.id);
-    }
-    for (p, e) in &recovered.failed {
-        eprintln!("ckvault: cannot seal {} left in staging: {e}", p.display());
-    }
     let wopts = watch::WatchOptions {
         dir: dir.clone(),
         settle,
@@ -97,7 +78,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         store.root().display()
     );
     let mut failures = 0u32;
-    watch::run(&store, &opts, &wopts, &mut |name, outcome| {
+    watch::run(store, opts, &wopts, &mut |name, outcome| {
         let name = escape_control(name);
         match outcome {
             watch::Outcome::Sealed(m) => {
@@ -110,7 +91,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
                 if let Some((wake, _)) = &uploading {
                     wake.notify_one();
                 } else if let Some(p) = &policies {
-                    p.enforce_after_seal(&store);
+                    p.enforce_after_seal(store);
                 }
             }
             watch::Outcome::Ignored(why) => eprintln!("ckvault: ignoring {name}: {why}"),

@@ -226,4 +226,6 @@ pub fn age_keypair(dir: &Path) -> (PathBuf, String) {
 }
 
 pub mod containerd;
+pub mod crash;
 pub mod seaweed;
+pub mod serve;

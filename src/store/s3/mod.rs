@@ -236,6 +236,9 @@ impl S3Store {
                 .map_err(|e| self.err("PutObject", key, e))?;
             return Ok(());
         }
+        // A multipart upload of this key that an earlier, killed run left open holds its
+        // parts (billed, invisible) until aborted; the key is this record's, so abort it.
+        self.abort_stale_uploads(key).await;
         // At most 10,000 parts.
         let part = PART_SIZE.max(size.div_ceil(9_000));
         let mut req = self
@@ -272,6 +275,59 @@ impl S3Store {
                 .await;
         }
         result
+    }
+
+    /// Aborts the unfinished multipart uploads of exactly `key`; returns how many. Best
+    /// effort: a store that cannot list them is left to its own lifecycle rules, and a
+    /// connection problem shows up in the upload that follows.
+    pub async fn abort_stale_uploads(&self, key: &str) -> usize {
+        let Ok(listed) = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .send()
+            .await
+        else {
+            return 0;
+        };
+        let mut aborted = 0;
+        for upload in listed.uploads() {
+            let (Some(k), Some(upload_id)) = (upload.key(), upload.upload_id()) else {
+                continue;
+            };
+            if k != key {
+                continue;
+            }
+            let done = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .send()
+                .await;
+            aborted += usize::from(done.is_ok());
+        }
+        aborted
+    }
+
+    /// The keys of the unfinished multipart uploads under `rel` (relative to the prefix).
+    pub async fn open_uploads(&self, rel: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = self.key(rel);
+        let listed = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .send()
+            .await
+            .map_err(|e| self.err("ListMultipartUploads", &prefix, e))?;
+        Ok(listed
+            .uploads()
+            .iter()
+            .filter_map(|u| u.key().map(str::to_owned))
+            .collect())
     }
 
     async fn put_parts(
