@@ -15,14 +15,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
 secs=${1:?usage: scripts/fuzz.sh SECONDS [TARGET...]}
 shift
 if [ $# -eq 0 ]; then
-  set -- $(ls fuzz_targets | sed -n 's/\.rs$//p')
+  for f in fuzz_targets/*.rs; do
+    t=${f#fuzz_targets/}
+    set -- "$@" "${t%.rs}"
+  done
 fi
 export RUSTC_BOOTSTRAP=1
 build=${FUZZ_BUILD:-}   # several flags, split on purpose below
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
+one=()
+[ $# -eq 1 ] && one=("$1")   # cargo fuzz build takes one target, or builds them all
 # shellcheck disable=SC2086
-cargo fuzz build $build "$@" >"$scratch/build.log" 2>&1 || { cat "$scratch/build.log"; exit 1; }
+cargo fuzz build $build "${one[@]}" >"$scratch/build.log" 2>&1 || { cat "$scratch/build.log"; exit 1; }
 rows=()
 status=0
 for t in "$@"; do
@@ -38,9 +43,9 @@ for t in "$@"; do
     echo "FUZZ FINDING in $t: input saved under fuzz/artifacts/$t/"
   fi
   execs=$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$log" | tail -1)
-  rows+=("$(printf '| %-16s | %5s | %12s | %8s |' "$t" "$secs" "${execs:-?}" "$findings")")
+  rows+=("$(printf '| %-16s | %7s | %12s | %8s |' "$t" "$secs" "${execs:-?}" "$findings")")
 done
-printf '| %-16s | %5s | %12s | %8s |\n' target seconds executions findings
-printf '|%s|%s|%s|%s|\n' ------------------ ------- -------------- ----------
+printf '| %-16s | %7s | %12s | %8s |\n' target seconds executions findings
+printf '|%s|%s|%s|%s|\n' ------------------ --------- -------------- ----------
 printf '%s\n' "${rows[@]}"
 exit $status
