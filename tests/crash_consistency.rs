@@ -19,7 +19,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::crash::{ck, contains, kill_after, p, spawn, timed};
+use support::contains;
+use support::crash::{ck, kill_after, p, spawn, timed};
 
 /// Files of the store outside staging/ (blobs, manifests, tmp, audit, holds, keys).
 fn store_files(store: &Path) -> Vec<PathBuf> {

@@ -21,7 +21,8 @@ use std::fs;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use support::crash::{assert_ok, ck, contains, kill_after, p, spawn, timed};
+use support::contains;
+use support::crash::{assert_ok, ck, kill_after, p, spawn, timed};
 use support::seaweed::{self, Seaweed};
 use tokio::io::AsyncReadExt;
 

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::contains;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -29,10 +31,6 @@ fn tar_list(archive: &Path) -> Vec<(String, u64)> {
             (f[5..].join(" "), size)
         })
         .collect()
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[test]

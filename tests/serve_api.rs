@@ -12,6 +12,8 @@
 
 mod support;
 
+use support::{contains, tar_with};
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -50,36 +52,6 @@ fn p(path: &Path) -> &str {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// A minimal ustar archive with the given (name, typeflag, data) members.
-fn tar_with(members: &[(&str, u8, &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, flag, data) in members {
-        let mut h = [0u8; 512];
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        h[100..107].copy_from_slice(b"0000644");
-        h[108..115].copy_from_slice(b"0000000");
-        h[116..123].copy_from_slice(b"0000000");
-        let size = format!("{:011o}", data.len());
-        h[124..135].copy_from_slice(size.as_bytes());
-        h[136..147].copy_from_slice(b"00000000000");
-        h[156] = *flag;
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|&b| b as u32).sum();
-        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-        out.extend_from_slice(&h);
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-    }
-    out.resize(out.len() + 1024, 0);
-    out
 }
 
 fn seal(archive: &Path, store: &Path, extra: &[&str]) -> Value {

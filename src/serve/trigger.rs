@@ -43,6 +43,17 @@ pub fn parse_timeout(query: Option<&str>) -> Result<Option<u64>, String> {
     }
 }
 
+/// Records `ev` as an error, then answers with `err`: every failed trigger is audited.
+async fn fail(
+    state: &Arc<AppState>,
+    mut ev: crate::audit::EventInput,
+    err: ApiError,
+) -> Result<Response, ApiError> {
+    ev.outcome = "error".into();
+    record(state, ev).await?;
+    Err(err)
+}
+
 /// `POST /checkpoint/{namespace}/{pod}/{container}`.
 pub async fn checkpoint(
     State(state): State<Arc<AppState>>,
@@ -70,22 +81,17 @@ pub async fn checkpoint(
     let not_found = |msg: String| ApiError::new(StatusCode::NOT_FOUND, "not-found", msg);
     let timeout = match parse_timeout(query.as_deref()) {
         Ok(t) => t,
-        Err(msg) => {
-            ev.outcome = "error".into();
-            record(&state, ev).await?;
-            return Err(not_found(msg));
-        }
+        Err(msg) => return fail(&state, ev, not_found(msg)).await,
     };
     let Some(checkpointer) = state.checkpointer.clone() else {
-        ev.outcome = "error".into();
-        record(&state, ev).await?;
-        return Err(ApiError::new(
+        let err = ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "not-implemented",
             format!(
                 "checkpointing of {namespace}/{pod}/{container} failed (no runtime configured: set [cri] upstream)"
             ),
-        ));
+        );
+        return fail(&state, ev, err).await;
     };
     let failed = |e: &dyn std::fmt::Display| {
         ApiError::new(
@@ -116,16 +122,10 @@ pub async fn checkpoint(
         .await
     {
         Ok(r) => r,
-        Err(e) => {
-            ev.outcome = "error".into();
-            record(&state, ev).await?;
-            return Err(failed(&e));
-        }
+        Err(e) => return fail(&state, ev, failed(&e)).await,
     };
     let Some(sandbox) = sandboxes.items.first() else {
-        ev.outcome = "error".into();
-        record(&state, ev).await?;
-        return Err(not_found("pod does not exist".into()));
+        return fail(&state, ev, not_found("pod does not exist".into())).await;
     };
     let containers: ListContainersResponse = match runtime
         .unary(
@@ -149,16 +149,11 @@ pub async fn checkpoint(
         .await
     {
         Ok(r) => r,
-        Err(e) => {
-            ev.outcome = "error".into();
-            record(&state, ev).await?;
-            return Err(failed(&e));
-        }
+        Err(e) => return fail(&state, ev, failed(&e)).await,
     };
     let Some(target) = containers.containers.first() else {
-        ev.outcome = "error".into();
-        record(&state, ev).await?;
-        return Err(not_found(format!("container {container} does not exist")));
+        let err = not_found(format!("container {container} does not exist"));
+        return fail(&state, ev, err).await;
     };
     let deadline = RUNTIME_REQUEST_TIMEOUT.max(Duration::from_secs(timeout.unwrap_or(0)));
     match checkpointer
@@ -183,16 +178,15 @@ pub async fn checkpoint(
             .into_response())
         }
         Err(e) => {
-            ev.outcome = "error".into();
             ev.detail = Some(format!("{pod}/{container}: {e}"));
-            record(&state, ev).await?;
-            Err(match e {
+            let err = match e {
                 CheckpointError::Runtime(s) => failed(&format_args!(
                     "rpc error: code = {} desc = {}",
                     s.code, s.message
                 )),
                 other => failed(&other),
-            })
+            };
+            fail(&state, ev, err).await
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Helpers of the crash-consistency tests: run `ckvault`, SIGKILL it at a chosen moment,
-//! and look for plaintext in what it left.
+//! Helpers of the crash-consistency tests: run `ckvault` and SIGKILL it at a chosen moment
+//! (`support::contains` looks for plaintext in what it left).
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -53,11 +53,6 @@ pub fn timed(args: &[&str]) -> Duration {
         String::from_utf8_lossy(&out.stderr)
     );
     t.elapsed()
-}
-
-/// Whether `needle` occurs in `hay`.
-pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// Asserts that `out` succeeded, showing its output otherwise.

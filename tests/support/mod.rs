@@ -225,6 +225,37 @@ pub fn age_keypair(dir: &Path) -> (PathBuf, String) {
     (identity, recipient)
 }
 
+/// Whether `needle` occurs in `hay` (memmem: fast enough for whole sealed blobs).
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(hay, needle).is_some()
+}
+
+/// A minimal ustar archive with the given (name, typeflag, data) members, for hostile input.
+pub fn tar_with(members: &[(&str, u8, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, flag, data) in members {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..107].copy_from_slice(b"0000644");
+        h[108..115].copy_from_slice(b"0000000");
+        h[116..123].copy_from_slice(b"0000000");
+        let size = format!("{:011o}", data.len());
+        h[124..135].copy_from_slice(size.as_bytes());
+        h[136..147].copy_from_slice(b"00000000000");
+        h[156] = *flag;
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
 pub mod containerd;
 pub mod crash;
 pub mod seaweed;
