@@ -179,30 +179,48 @@ pub struct Capture {
     pub uploader: Option<crate::store::s3::upload::Uploader>,
 }
 
-/// The command-line recipients and store of a capturing command.
-pub struct CaptureFlags<'a> {
-    /// `-r`.
-    pub recipients: &'a [String],
-    /// `--recipients-file`.
-    pub recipients_files: &'a [PathBuf],
-    /// `--store DIR`.
+/// The options every capturing command (`watch`, `proxy`) takes.
+#[derive(Debug, clap::Args)]
+pub struct CaptureArgs {
+    /// Configuration file ([store], [seal] recipients, [policy] dir, and the command's
+    /// own section: [watch] or [cri]).
+    #[arg(long, short = 'c', value_name = "FILE", env = "CKVAULT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The store directory (default [store] path).
+    #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// Recipient (age1... or SSH public key); repeatable.
+    #[arg(long = "recipient", short = 'r', value_name = "R")]
+    pub recipients: Vec<String>,
+    /// File of recipients, one per line.
+    #[arg(long, value_name = "F")]
+    pub recipients_file: Vec<PathBuf>,
+}
+
+impl CaptureArgs {
+    /// The configuration file, or the embedded defaults without one.
+    pub fn config(&self) -> anyhow::Result<crate::config::Config> {
+        Ok(match &self.config {
+            Some(p) => crate::config::Config::load(p)?,
+            None => crate::config::Config::default(),
+        })
+    }
 }
 
 /// Sets up capture for `source_kind` ("watch", "cri-proxy"), then seals what an earlier
 /// run left in staging (recovered, never dropped).
 pub fn capture_setup(
     config: &crate::config::Config,
-    flags: CaptureFlags<'_>,
+    args: &CaptureArgs,
     source_kind: &str,
 ) -> anyhow::Result<Capture> {
     let setup = seal_setup(
         &config.seal.recipients,
-        flags.recipients,
-        flags.recipients_files,
+        &args.recipients,
+        &args.recipients_file,
         config.policy.dir.as_deref(),
     )?;
-    let cs = capture_store(config, flags.store)?;
+    let cs = capture_store(config, args.store.clone())?;
     let mut opts = crate::seal::SealOptions::new(
         setup.recipients,
         crate::manifest::Source {

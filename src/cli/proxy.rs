@@ -9,14 +9,13 @@ use anyhow::Context;
 use crate::capture::checkpoint::Checkpointer;
 use crate::capture::cri::RuntimeClient;
 use crate::capture::proxy;
-use crate::config::{Config, KubeletLocation};
+use crate::config::KubeletLocation;
 
 /// Arguments of `ckvault proxy`.
 #[derive(Debug, clap::Args)]
 pub struct ProxyArgs {
-    /// Configuration file ([store], [seal] recipients, [cri] listen/upstream/kubelet_location).
-    #[arg(long, short = 'c', value_name = "FILE", env = "CKVAULT_CONFIG")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    capture: super::common::CaptureArgs,
     /// The socket kubelet connects to (its --container-runtime-endpoint=unix://PATH);
     /// default [cri] listen, /run/ckvault/cri.sock.
     #[arg(long, value_name = "SOCK")]
@@ -25,15 +24,6 @@ pub struct ProxyArgs {
     /// /var/run/crio/crio.sock); default [cri] upstream.
     #[arg(long, value_name = "SOCK")]
     runtime: Option<PathBuf>,
-    /// The store directory (default [store] path).
-    #[arg(long, value_name = "DIR")]
-    store: Option<PathBuf>,
-    /// Recipient (age1... or SSH public key); repeatable.
-    #[arg(long = "recipient", short = 'r', value_name = "R")]
-    recipients: Vec<String>,
-    /// File of recipients, one per line.
-    #[arg(long, value_name = "F")]
-    recipients_file: Vec<PathBuf>,
     /// Leave nothing at the kubelet's requested location (default [cri] kubelet_location,
     /// `receipt`: a JSON receipt, 0600).
     #[arg(long)]
@@ -42,10 +32,7 @@ pub struct ProxyArgs {
 
 /// Runs `ckvault proxy`.
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
-    let config = match &args.config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
+    let config = args.capture.config()?;
     let listen = args
         .listen
         .clone()
@@ -56,15 +43,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .or_else(|| config.cri.upstream.clone())
         .context("name the runtime socket with --runtime or [cri] upstream")?;
     let receipts = !args.no_receipts && config.cri.kubelet_location == KubeletLocation::Receipt;
-    let capture = super::common::capture_setup(
-        &config,
-        super::common::CaptureFlags {
-            recipients: &args.recipients,
-            recipients_files: &args.recipients_file,
-            store: args.store.clone(),
-        },
-        "cri-proxy",
-    )?;
+    let capture = super::common::capture_setup(&config, &args.capture, "cri-proxy")?;
     let mut checkpointer = Checkpointer::new(
         RuntimeClient::new(&upstream),
         capture.store.clone(),

@@ -5,27 +5,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::capture::watch;
-use crate::config::Config;
 use crate::inspect::escape_control;
 
 /// Arguments of `ckvault watch`.
 #[derive(Debug, clap::Args)]
 pub struct WatchArgs {
-    /// Configuration file ([store], [seal] recipients, [watch] dir/settle).
-    #[arg(long, short = 'c', value_name = "FILE", env = "CKVAULT_CONFIG")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    capture: super::common::CaptureArgs,
     /// The kubelet checkpoint directory (default [watch] dir, /var/lib/kubelet/checkpoints).
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// The store directory (default [store] path).
-    #[arg(long, value_name = "DIR")]
-    store: Option<PathBuf>,
-    /// Recipient (age1... or SSH public key); repeatable.
-    #[arg(long = "recipient", short = 'r', value_name = "R")]
-    recipients: Vec<String>,
-    /// File of recipients, one per line.
-    #[arg(long, value_name = "F")]
-    recipients_file: Vec<PathBuf>,
     /// Seconds a file must be quiet after its last write before it is captured
     /// (default [watch] settle, 2 s).
     #[arg(long, value_name = "SECONDS")]
@@ -37,10 +26,7 @@ pub struct WatchArgs {
 
 /// Runs `ckvault watch`.
 pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let config = match &args.config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
+    let config = args.capture.config()?;
     let dir = args.dir.clone().unwrap_or_else(|| config.watch.dir.clone());
     let settle = match args.settle {
         Some(s) => {
@@ -52,15 +38,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         }
         None => config.watch.settle,
     };
-    let capture = super::common::capture_setup(
-        &config,
-        super::common::CaptureFlags {
-            recipients: &args.recipients,
-            recipients_files: &args.recipients_file,
-            store: args.store.clone(),
-        },
-        "watch",
-    )?;
+    let capture = super::common::capture_setup(&config, &args.capture, "watch")?;
     let (store, opts, policies) = (&capture.store, &capture.opts, &capture.policies);
     // With a bucket the store is a spool: an uploader drains it.
     let uploading = match capture.uploader.clone() {
