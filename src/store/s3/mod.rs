@@ -265,69 +265,59 @@ impl S3Store {
         };
         let result = self.put_parts(key, path, size, part, &upload_id).await;
         if result.is_err() {
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
+            self.abort_upload(key, &upload_id).await;
         }
         result
     }
 
-    /// Aborts the unfinished multipart uploads of exactly `key`; returns how many. Best
-    /// effort: a store that cannot list them is left to its own lifecycle rules, and a
-    /// connection problem shows up in the upload that follows.
-    pub async fn abort_stale_uploads(&self, key: &str) -> usize {
-        let Ok(listed) = self
+    /// Aborts one multipart upload; best effort (a failure leaves it to the bucket's
+    /// lifecycle rules, and the next upload of the key aborts it again).
+    async fn abort_upload(&self, key: &str, upload_id: &str) {
+        let _ = self
             .client
-            .list_multipart_uploads()
+            .abort_multipart_upload()
             .bucket(&self.bucket)
-            .prefix(key)
+            .key(key)
+            .upload_id(upload_id)
             .send()
-            .await
-        else {
-            return 0;
-        };
-        let mut aborted = 0;
-        for upload in listed.uploads() {
-            let (Some(k), Some(upload_id)) = (upload.key(), upload.upload_id()) else {
-                continue;
-            };
-            if k != key {
-                continue;
-            }
-            let done = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .send()
-                .await;
-            aborted += usize::from(done.is_ok());
-        }
-        aborted
+            .await;
     }
 
-    /// The keys of the unfinished multipart uploads under `rel` (relative to the prefix).
-    pub async fn open_uploads(&self, rel: &str) -> Result<Vec<String>, StoreError> {
-        let prefix = self.key(rel);
+    /// Aborts the unfinished multipart uploads of exactly `key`, which a killed run left
+    /// behind. Best effort: a store that cannot list them is left to its own lifecycle
+    /// rules, and a connection problem shows up in the upload that follows.
+    async fn abort_stale_uploads(&self, key: &str) {
+        let Ok(open) = self.uploads(key).await else {
+            return;
+        };
+        for (k, upload_id) in open {
+            if k == key {
+                self.abort_upload(key, &upload_id).await;
+            }
+        }
+    }
+
+    /// The unfinished multipart uploads (key, upload ID) under the full key `prefix`.
+    async fn uploads(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         let listed = self
             .client
             .list_multipart_uploads()
             .bucket(&self.bucket)
-            .prefix(&prefix)
+            .prefix(prefix)
             .send()
             .await
-            .map_err(|e| self.err("ListMultipartUploads", &prefix, e))?;
+            .map_err(|e| self.err("ListMultipartUploads", prefix, e))?;
         Ok(listed
             .uploads()
             .iter()
-            .filter_map(|u| u.key().map(str::to_owned))
+            .filter_map(|u| Some((u.key()?.to_owned(), u.upload_id()?.to_owned())))
             .collect())
+    }
+
+    /// The keys of the unfinished multipart uploads under `rel` (relative to the prefix).
+    pub async fn open_uploads(&self, rel: &str) -> Result<Vec<String>, StoreError> {
+        let open = self.uploads(&self.key(rel)).await?;
+        Ok(open.into_iter().map(|(key, _)| key).collect())
     }
 
     async fn put_parts(
