@@ -43,9 +43,9 @@ impl Client {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         if let Some(ca) = &opts.cacert {
-            for c in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("reading {}", ca.display()))?
-            {
+            let pem = crate::fsutil::read_regular(ca)
+                .with_context(|| format!("reading {}", ca.display()))?;
+            for c in CertificateDer::pem_slice_iter(&pem) {
                 roots.add(c?)?;
             }
         } else {
@@ -58,10 +58,14 @@ impl Client {
             .with_root_certificates(roots);
         let tls = match (&opts.cert, &opts.key) {
             (Some(cert), Some(key)) => {
-                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                    .with_context(|| format!("reading {}", cert.display()))?
-                    .collect::<Result<_, _>>()?;
-                let key = PrivateKeyDer::from_pem_file(key)
+                let cert_pem = crate::fsutil::read_regular(cert)
+                    .with_context(|| format!("reading {}", cert.display()))?;
+                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("reading {}", cert.display()))?;
+                let key_pem = crate::fsutil::read_regular(key)
+                    .with_context(|| format!("reading {}", key.display()))?;
+                let key = PrivateKeyDer::from_pem_slice(&key_pem)
                     .with_context(|| format!("reading {}", key.display()))?;
                 builder.with_client_auth_cert(chain, key)?
             }
@@ -70,7 +74,7 @@ impl Client {
         };
         let token = match &opts.token_file {
             Some(f) => Some(
-                std::fs::read_to_string(f)
+                crate::fsutil::read_regular_to_string(f)
                     .with_context(|| format!("reading {}", f.display()))?
                     .trim()
                     .to_owned(),

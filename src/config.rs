@@ -299,6 +299,33 @@ pub struct ServerConfig {
     /// Also accept TLS 1.2 (default: TLS 1.3 only).
     #[serde(default)]
     pub allow_tls12: bool,
+    /// Time for the TLS handshake (default 10s).
+    #[serde(
+        default = "default_handshake_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub handshake_timeout: std::time::Duration,
+    /// Time for an HTTP/1.1 request head (default 10s).
+    #[serde(default = "default_header_timeout", deserialize_with = "de_duration")]
+    pub header_timeout: std::time::Duration,
+    /// Idle connections are closed after this (default 60s).
+    #[serde(default = "default_idle_timeout", deserialize_with = "de_duration")]
+    pub idle_timeout: std::time::Duration,
+    /// Connections open at once (default 512).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl ServerConfig {
+    /// The connection limits this section sets.
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            handshake_timeout: self.handshake_timeout,
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -310,8 +337,47 @@ impl Default for ServerConfig {
             client_ca: None,
             tokens: None,
             allow_tls12: false,
+            handshake_timeout: default_handshake_timeout(),
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
         }
     }
+}
+
+/// How long a connection may take and how many may be open (`[server]` keys
+/// `handshake_timeout`, `header_timeout`, `idle_timeout`, `max_connections`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Time for the TLS handshake.
+    pub handshake_timeout: std::time::Duration,
+    /// Time for an HTTP/1.1 request head, from the connection's start or the end of the
+    /// previous response.
+    pub header_timeout: std::time::Duration,
+    /// A connection with no request in progress and no bytes moving is closed after this;
+    /// it covers an HTTP/2 connection that never sends its preface.
+    pub idle_timeout: std::time::Duration,
+    /// Connections open at once; more are closed at once and counted.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ServerConfig::default().limits()
+    }
+}
+
+fn default_handshake_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+fn default_header_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+fn default_idle_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+fn default_max_connections() -> usize {
+    512
 }
 
 fn default_listen() -> SocketAddr {
@@ -376,10 +442,11 @@ pub enum ConfigError {
 impl Config {
     /// Loads `path`, resolving relative paths against its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text =
+            crate::fsutil::read_regular_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
         let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.display().to_string(),
             message: e.to_string(),

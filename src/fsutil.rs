@@ -1,6 +1,8 @@
 //! Careful file-system primitives: private directories, files created exclusively without
-//! following symlinks, and atomic publication (write to a temporary name, fsync, rename,
-//! fsync the directory). Everything that touches plaintext or sealed records uses these.
+//! following symlinks, inputs opened only if they are regular files (a FIFO or a device
+//! named as input is refused instead of hanging or reading forever), and atomic
+//! publication (write to a temporary name, fsync, rename, fsync the directory). Everything
+//! that touches plaintext or sealed records uses these.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
@@ -66,6 +68,76 @@ pub fn open_nofollow(path: &Path) -> io::Result<File> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
+}
+
+/// Opens a file the user named as input (archive, recipients, identity, key, policy,
+/// token, manifest), following symlinks, refusing anything but a regular file.
+///
+/// The open itself never blocks: it uses `O_NONBLOCK` (a FIFO without a writer would
+/// otherwise hang `open`), then `fstat`s the opened file and refuses a FIFO, socket or
+/// device with an [`io::ErrorKind::InvalidInput`] error saying what it is, and finally
+/// clears `O_NONBLOCK` so reads of the regular file behave normally.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    open_regular_flags(path, 0)
+}
+
+/// [`open_regular`] that also refuses a final symlink (`O_NOFOLLOW`), for inputs the store
+/// or a capture path hands over.
+pub fn open_regular_nofollow(path: &Path) -> io::Result<File> {
+    open_regular_flags(path, libc::O_NOFOLLOW)
+}
+
+fn open_regular_flags(path: &Path, extra: libc::c_int) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | extra)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "not a regular file ({}): ckvault reads its inputs only from regular files",
+                describe_type(kind)
+            ),
+        ));
+    }
+    let flags = rustix::fs::fcntl_getfl(&file)?;
+    rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)?;
+    Ok(file)
+}
+
+/// Reads a whole input file that must be a regular file (see [`open_regular`]).
+pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_regular(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Reads a whole input file that must be a regular file (see [`open_regular`]) as UTF-8.
+pub fn read_regular_to_string(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    open_regular(path)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+fn describe_type(kind: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
 }
 
 /// fsyncs a directory so that renames and unlinks inside it are durable.
@@ -240,6 +312,38 @@ mod tests {
             use std::io::Write;
             self.write_all(b"partial").unwrap();
         }
+    }
+
+    #[test]
+    fn open_regular_refuses_fifos_and_devices_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        for path in [fifo.as_path(), Path::new("/dev/null"), dir.path()] {
+            let e = open_regular(path).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{}", path.display());
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+        }
+        assert!(
+            open_regular(&fifo)
+                .unwrap_err()
+                .to_string()
+                .contains("a FIFO")
+        );
+        let file = dir.path().join("f");
+        fs::write(&file, b"data").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let opened = open_regular(&link).unwrap();
+        let flags = rustix::fs::fcntl_getfl(&opened).unwrap();
+        assert!(!flags.contains(rustix::fs::OFlags::NONBLOCK));
+        assert_eq!(read_regular(&file).unwrap(), b"data");
+        assert!(open_regular_nofollow(&link).is_err());
+        open_regular_nofollow(&file).unwrap();
     }
 
     #[test]

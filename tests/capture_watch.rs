@@ -61,7 +61,20 @@ fn a_sweep_seals_checkpoints_recovers_staging_and_ignores_the_rest() {
     fs::write(dir.join(name), &input).unwrap();
     std::os::unix::fs::symlink("/etc/hostname", dir.join("checkpoint-evil.tar")).unwrap();
     fs::write(dir.join("notes.tar"), b"not a checkpoint").unwrap();
-    // A plaintext left in staging by a crashed run.
+    // A plaintext left in staging by a crashed run (of a store made by an earlier sweep:
+    // ckvault makes a store only in an absent or empty directory).
+    let empty = tmp.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    let made = Command::new(support::ckvault_bin())
+        .args(["watch", "--once", "--dir", empty.to_str().unwrap()])
+        .args(["--store", store.to_str().unwrap(), "-r", &recipient])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let staging = store.join("staging");
     fs::create_dir_all(&staging).unwrap();
     fs::write(staging.join("01LEFTOVER.tar"), &input).unwrap();

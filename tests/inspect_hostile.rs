@@ -182,6 +182,7 @@ fn accepted_variants() {
     // PAX path and an agreeing PAX size; GNU long name; ustar prefix; base-256 size.
     let long = format!("checkpoint/{}.img", "x".repeat(150));
     let mut t = Tar::new();
+    t.file("spec.dump", &spec_dump(Layout::CriO, &id()));
     t.pax(&[
         ("path", long.as_bytes()),
         ("size", b"3"),
@@ -785,6 +786,32 @@ fn not_a_checkpoint() {
     rejected(&t.finish(), "not-a-checkpoint");
     rejected(&[0u8; 1024], "not-a-checkpoint");
     rejected(&[], "missing-end-marker");
+}
+
+#[test]
+fn criu_pages_without_a_description_or_index_are_not_a_checkpoint() {
+    // Memory pages alone, in checkpoint/ or not: nothing says what this is.
+    let mut t = Tar::new();
+    t.dir("checkpoint/")
+        .file("checkpoint/pages-1.img", &[7u8; 4096]);
+    let e = rejected(&t.finish(), "not-a-checkpoint");
+    assert!(e.to_string().contains("inventory.img"), "{e}");
+    let mut t = Tar::new();
+    t.file("pages-1.img", &[7u8; 4096]);
+    rejected(&t.finish(), "not-a-checkpoint");
+    // Other CRIU images without inventory.img or pstree.img, a rootfs diff, text files.
+    let mut t = Tar::new();
+    t.file("checkpoint/pagemap-1.img", b"x")
+        .file("checkpoint/core-1.img", &core_img("sh"))
+        .file("rootfs-diff.tar", b"")
+        .file("notes.txt", b"not a checkpoint\n");
+    rejected(&t.finish(), "not-a-checkpoint");
+    // CRIU's index alone is a checkpoint (a raw CRIU dump, no engine metadata).
+    let mut t = Tar::new();
+    t.file("checkpoint/inventory.img", b"")
+        .file("checkpoint/pages-1.img", &[7u8; 4096]);
+    let i = accepted(&t.finish(), &Limits::default());
+    assert_eq!(i.summary.memory_pages_bytes, 4096);
 }
 
 // ---------------------------------------------------------------- CRIU images

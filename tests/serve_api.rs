@@ -60,68 +60,7 @@ fn seal(archive: &Path, store: &Path, extra: &[&str]) -> Value {
     serde_json::from_str(&ok(&ckvault(&args))).expect("seal prints manifest JSON")
 }
 
-/// A client certificate (PEM file, key file) for `cn`/`org`, issued by `issuer`.
-fn client_cert(
-    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
-    dir: &Path,
-    cn: &str,
-    org: Option<&str>,
-    validity: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
-) -> (PathBuf, PathBuf) {
-    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    if let Some(o) = org {
-        params.distinguished_name.push(DnType::OrganizationName, o);
-    }
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    if let Some((not_before, not_after)) = validity {
-        params.not_before = not_before;
-        params.not_after = not_after;
-    }
-    let cert = params.signed_by(&key, issuer).unwrap();
-    let (cert_path, key_path) = (dir.join(format!("{cn}.pem")), dir.join(format!("{cn}.key")));
-    fs::write(&cert_path, cert.pem()).unwrap();
-    fs::write(&key_path, key.serialize_pem()).unwrap();
-    (cert_path, key_path)
-}
-
-/// The issuer for an existing CA certificate (PEM) and its key. (What
-/// `rcgen::Issuer::from_ca_cert_pem` does, which needs rcgen's `x509-parser` feature that
-/// ckvault does not enable: subject name byte for byte, key identifier, key usages.)
-fn issuer_from_pem(ca_pem: &str, key: rcgen::KeyPair) -> rcgen::Issuer<'static, rcgen::KeyPair> {
-    use rcgen::{CertificateParams, DnType, DnValue, KeyIdMethod, KeyUsagePurpose};
-    use x509_parser::asn1_rs::Tag;
-    use x509_parser::extensions::ParsedExtension;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()).expect("CA PEM");
-    let cert = pem.parse_x509().expect("CA certificate");
-    assert!(cert.is_ca(), "not a CA certificate");
-    let mut params = CertificateParams::default();
-    for attr in cert.subject().iter_attributes() {
-        let oid: Vec<u64> = attr.attr_type().iter().expect("small OID arcs").collect();
-        let ty = match oid.as_slice() {
-            [2, 5, 4, 3] => DnType::CommonName,
-            [2, 5, 4, 10] => DnType::OrganizationName,
-            _ => DnType::CustomDnType(oid),
-        };
-        let text = attr.as_str().expect("a string attribute").to_owned();
-        let value = match attr.attr_value().tag() {
-            Tag::PrintableString => DnValue::PrintableString(text.try_into().unwrap()),
-            Tag::Utf8String => DnValue::Utf8String(text),
-            other => panic!("CA subject attribute of type {other:?}"),
-        };
-        params.distinguished_name.push(ty, value);
-    }
-    for ext in cert.extensions() {
-        if let ParsedExtension::SubjectKeyIdentifier(ki) = ext.parsed_extension() {
-            params.key_identifier_method = KeyIdMethod::PreSpecified(ki.0.to_vec());
-        }
-    }
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    rcgen::Issuer::new(params, key)
-}
-
+use support::pki::{client_cert, issuer_from_pem};
 use support::serve::Serve as Server;
 
 /// How a request authenticates.
@@ -570,7 +509,7 @@ fn curl_with_admin_certificate_downloads_a_real_checkpoint_and_everything_is_aud
     );
 
     // alice (CN=alice, O=responders, issued with the generated CA key) may download
-    // forensics records, but not team-b's.
+    // forensics records, but not team-b's, whose records she is not even told exist (404).
     let (cert, key) = v.issue("alice", Some("responders"), None);
     let alice = Auth::Cert(&cert, &key);
     let small = v.small_id();
@@ -579,11 +518,11 @@ fn curl_with_admin_certificate_downloads_a_real_checkpoint_and_everything_is_aud
         &format!("/v1/checkpoints/{small}/archive?purpose=curiosity"),
         &[],
     );
-    assert_eq!(r.status, 403, "{}", r.describe());
-    assert_eq!(r.json()["error"], "forbidden");
+    assert_eq!(r.status, 404, "{}", r.describe());
+    assert_eq!(r.json()["error"], "not-found");
     assert!(!contains(&r.body, b"age-encryption.org"), "{}", r.text());
     let r = v.curl(&alice, &format!("/v1/checkpoints/{small}"), &[]);
-    assert_eq!(r.status, 403, "{}", r.describe());
+    assert_eq!(r.status, 404, "{}", r.describe());
     let r = v.curl(&alice, &format!("/v1/checkpoints/{id}/archive"), &[]);
     assert_eq!(r.status, 200, "{}", r.describe());
     assert_eq!(sha256_hex(&r.body), sealed_sha);
@@ -798,7 +737,7 @@ fn authentication_matrix_refuses_strangers_and_audits_every_http_refusal() {
         v.real["sealed"]["sha256"].as_str().unwrap()
     );
     let r = v.curl(&alice, &format!("/v1/checkpoints/{}", v.small_id()), &[]);
-    assert_eq!(r.status, 403, "{}", r.describe());
+    assert_eq!(r.status, 404, "{}", r.describe());
     // alice may not read the audit log (the auditor grant is user:auditor only).
     let r = v.curl(&alice, "/v1/audit", &[]);
     assert_eq!(r.status, 200);
@@ -1168,7 +1107,7 @@ fn legal_holds_block_deletion_until_released_with_a_reason() {
         &format!("{hold}?reason=mine"),
         &["-X", "DELETE"],
     );
-    assert_eq!(r.status, 403, "{}", r.describe());
+    assert_eq!(r.status, 404, "{}", r.describe());
     let r = v.curl(
         &Auth::Token(&v.alice_token),
         &format!("/v1/checkpoints/{}", v.real_id()),
@@ -1353,7 +1292,7 @@ fn fetch_downloads_resumes_verifies_and_opens_a_real_checkpoint() {
         p(&v.dir().join("nope.age")),
     ]);
     assert!(!r.status.success());
-    assert!(String::from_utf8_lossy(&r.stderr).contains("403"));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("404"));
     assert!(!v.dir().join("nope.age").exists());
 
     v.audit_verify();

@@ -3,17 +3,25 @@
 //!
 //! Each event is one JSON line carrying `prev` (the previous event's hash) and `hash`
 //! (SHA-256 of its own canonical JSON without `hash`). After every append the head (event
-//! count + last hash) is signed with the vault key into `audit.head.json`, and appended to
-//! `audit.heads`, so [`verify`] catches an edited event, a removed event, a truncated tail
-//! and two different heads for the same size. Appends take an exclusive lock on the file, so
-//! the CLI and the server can share one log. A caller that cannot append must refuse the
-//! action it wanted to record ([`AuditLog::append`] returns the error).
+//! count + last hash) is signed with the vault key into `audit.log.heads` and
+//! `audit.log.head.json`, so [`verify`] catches an edited event, a removed event, a
+//! truncated tail and two different heads for the same size. Appends take an exclusive lock
+//! on the file, so the CLI and the server can share one log. A caller that cannot append
+//! must refuse the action it wanted to record ([`AuditLog::append`] returns the error).
+//!
+//! Appends are all or nothing: an event counts once the signed head naming it is in
+//! place (`head.json` renamed). A failed append (a full disk) cuts what it wrote; what a
+//! crash or a failed cut left behind (a torn line, an event no head confirms) is cut at the
+//! next append, which first records an `audit-repair` event saying what was cut ([`tail`]).
+//! Every field an event takes from a request is bounded before anything is written
+//! ([`EventInput::bounded`]), so no input can make a line the log cannot read back.
 
 pub mod ship;
+mod tail;
 pub mod verify;
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -26,8 +34,11 @@ use crate::manifest::SigningKey;
 
 /// Hash standing in for "no previous event".
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-/// Longest event line accepted (details are truncated to fit well below this).
+/// Longest event line written: the fields of an event are cut to fit well below this.
 pub const MAX_EVENT_BYTES: usize = 64 << 10;
+/// Longest line a reader accepts (logs written before fields were bounded may hold longer
+/// lines than [`MAX_EVENT_BYTES`]; they still read back and verify).
+pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// What happened, by whom, to what.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +71,76 @@ pub struct EventInput {
     /// Free text (error messages, rule names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Fields whose value was cut to its bound before the event was written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub truncated: Vec<String>,
+}
+
+/// Bounds (bytes) of the fields an event may take from a request or an archive.
+const BOUNDS: [(&str, usize); 8] = [
+    ("actor", 256),
+    ("action", 64),
+    ("outcome", 16),
+    ("record", 128),
+    ("namespace", 256),
+    ("purpose", 1024),
+    ("remote", 128),
+    ("detail", 4096),
+];
+/// Most groups kept, and the longest group name.
+const MAX_GROUPS: usize = 16;
+const MAX_GROUP_BYTES: usize = 128;
+
+impl EventInput {
+    /// The event with every field cut to its bound (at a character boundary, marked with
+    /// `...`) and the names of the cut fields in `truncated`. Even all of a field's bytes
+    /// escaped six-fold by JSON (`\u0001`), the line stays under [`MAX_EVENT_BYTES`].
+    pub fn bounded(mut self) -> Self {
+        let mut cut = std::mem::take(&mut self.truncated);
+        cut.retain(|name| BOUNDS.iter().any(|(n, _)| n == name) || name == "groups");
+        for (name, max) in BOUNDS {
+            let field = match name {
+                "actor" => Some(&mut self.actor),
+                "action" => Some(&mut self.action),
+                "outcome" => Some(&mut self.outcome),
+                "record" => self.record.as_mut(),
+                "namespace" => self.namespace.as_mut(),
+                "purpose" => self.purpose.as_mut(),
+                "remote" => self.remote.as_mut(),
+                _ => self.detail.as_mut(),
+            };
+            if let Some(value) = field
+                && cut_to(value, max)
+                && !cut.iter().any(|c| c == name)
+            {
+                cut.push(name.to_owned());
+            }
+        }
+        let mut groups_cut = self.groups.len() > MAX_GROUPS;
+        self.groups.truncate(MAX_GROUPS);
+        for g in &mut self.groups {
+            groups_cut |= cut_to(g, MAX_GROUP_BYTES);
+        }
+        if groups_cut && !cut.iter().any(|c| c == "groups") {
+            cut.push("groups".to_owned());
+        }
+        self.truncated = cut;
+        self
+    }
+}
+
+/// Cuts `s` to at most `max` bytes (plus the `...` marker); true if it was cut.
+fn cut_to(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
+    }
+    let mut at = max;
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    s.truncate(at);
+    s.push_str("...");
+    true
 }
 
 /// One event as stored.
@@ -118,8 +199,20 @@ pub enum AuditError {
 pub struct AuditLog {
     path: PathBuf,
     key: SigningKey,
-    lock: Mutex<()>,
+    lock: Mutex<State>,
 }
+
+/// What this process remembers between appends.
+#[derive(Default)]
+struct State {
+    /// The last append failed (health reports it until an append or a probe succeeds).
+    failing: Option<String>,
+    /// A repair whose cut is done but whose `audit-repair` event could not be written yet.
+    unrecorded_repair: Option<String>,
+}
+
+/// Room an append needs on the log's file system (event, heads line, head.json copy).
+const APPEND_ROOM: u64 = 4 * MAX_EVENT_BYTES as u64;
 
 impl AuditLog {
     /// Opens (creating if needed, 0600) the log at `path`, signing heads with `key`.
@@ -127,15 +220,40 @@ impl AuditLog {
         let log = Self {
             path: path.to_path_buf(),
             key,
-            lock: Mutex::new(()),
+            lock: Mutex::new(State::default()),
         };
         log.open_file().map_err(|e| log.unwritable(e))?;
         Ok(log)
     }
 
-    /// True if the log can be opened for appending right now (for health checks).
-    pub fn writable(&self) -> bool {
-        self.open_file().is_ok()
+    /// Whether an append can succeed now, for health checks: the log opens, its tail is
+    /// whole (a torn tail is repaired here, with its `audit-repair` event) and its file
+    /// system has room for an event. `Err` says why not.
+    pub fn health(&self) -> Result<(), String> {
+        let mut state = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let result = (|| {
+            let mut file = self.open_file().map_err(|e| self.unwritable(e))?;
+            file.lock().map_err(|e| self.unwritable(e))?;
+            let tail = tail::inspect(&self.path, &mut file)?;
+            if tail.cut.is_some() || state.unrecorded_repair.is_some() {
+                self.repair(&mut file, &mut state, tail)?;
+            }
+            let room = free_bytes(&self.path).map_err(|e| self.unwritable(e))?;
+            if room < APPEND_ROOM {
+                return Err(self.unwritable(io::Error::from_raw_os_error(libc::ENOSPC)));
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                state.failing = None;
+                Ok(())
+            }
+            Err(e) => {
+                state.failing = Some(e.to_string());
+                Err(e.to_string())
+            }
+        }
     }
 
     /// The log's path.
@@ -151,6 +269,12 @@ impl AuditLog {
     /// Path of the history of signed heads.
     pub fn heads_path(&self) -> PathBuf {
         sibling(&self.path, ".heads")
+    }
+
+    /// The latest signed head (size and hash), as `ckvault audit verify --expect-head`
+    /// takes it; `None` before the first event.
+    pub fn head(&self) -> Option<SignedHead> {
+        latest_head(&self.path)
     }
 
     fn unwritable(&self, source: io::Error) -> AuditError {
@@ -171,90 +295,148 @@ impl AuditLog {
     }
 
     /// Appends one event durably (fsynced) and re-signs the head. Any error means the event
-    /// is not recorded and the caller must not perform the action.
-    pub fn append(&self, mut input: EventInput) -> Result<AuditEvent, AuditError> {
-        truncate_field(&mut input.detail, 4096);
-        truncate_field(&mut input.purpose, 1024);
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut file = self.open_file().map_err(|e| self.unwritable(e))?;
-        file.lock().map_err(|e| self.unwritable(e))?;
-        let (seq, prev) = self.last(&mut file)?;
+    /// is not recorded (what was written of it is cut again) and the caller must not
+    /// perform the action. Fields are bounded first ([`EventInput::bounded`]).
+    pub fn append(&self, input: EventInput) -> Result<AuditEvent, AuditError> {
+        let input = input.bounded();
+        let mut state = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let result = (|| {
+            let mut file = self.open_file().map_err(|e| self.unwritable(e))?;
+            file.lock().map_err(|e| self.unwritable(e))?;
+            let mut tail = tail::inspect(&self.path, &mut file)?;
+            if tail.cut.is_some() || state.unrecorded_repair.is_some() {
+                tail = self.repair(&mut file, &mut state, tail)?;
+            }
+            self.write_event(&mut file, &tail, input)
+        })();
+        state.failing = result.as_ref().err().map(ToString::to_string);
+        result
+    }
+
+    /// Cuts what an interrupted append left (see [`tail`]) and records that it did.
+    fn repair(
+        &self,
+        file: &mut File,
+        state: &mut State,
+        tail: tail::Tail,
+    ) -> Result<tail::Tail, AuditError> {
+        let mut tail = tail;
+        if let Some(cut) = tail.cut.take() {
+            tail::cut(&self.path, file, &self.heads_path(), &cut)?;
+            state.unrecorded_repair = Some(cut.describe());
+        }
+        let Some(detail) = state.unrecorded_repair.clone() else {
+            return Ok(tail);
+        };
+        let event = self.write_event(
+            file,
+            &tail,
+            EventInput {
+                actor: "system".into(),
+                action: "audit-repair".into(),
+                outcome: "ok".into(),
+                detail: Some(detail),
+                ..Default::default()
+            }
+            .bounded(),
+        )?;
+        state.unrecorded_repair = None;
+        Ok(tail::Tail {
+            len: tail.len + event_line_len(&event),
+            seq: event.seq,
+            hash: event.hash,
+            heads_len: None,
+            cut: None,
+        })
+    }
+
+    /// Writes one event after `tail` and signs the new head; on any error cuts the log and
+    /// the heads history back to where they were, so nothing of the event remains.
+    fn write_event(
+        &self,
+        file: &mut File,
+        tail: &tail::Tail,
+        input: EventInput,
+    ) -> Result<AuditEvent, AuditError> {
         let mut event = AuditEvent {
-            seq: seq + 1,
+            seq: tail.seq + 1,
             time: crate::seal::now_rfc3339(),
             input,
-            prev,
+            prev: tail.hash.clone(),
             hash: String::new(),
         };
-        event.hash = event_hash(&event);
-        let mut line =
-            serde_json::to_vec(&event).map_err(|e| self.unwritable(io::Error::other(e)))?;
-        line.push(b'\n');
-        file.write_all(&line).map_err(|e| self.unwritable(e))?;
-        file.sync_data().map_err(|e| self.unwritable(e))?;
-        self.sign_head(event.seq, &event.hash)?;
+        let line = loop {
+            event.hash = event_hash(&event);
+            let mut line =
+                serde_json::to_vec(&event).map_err(|e| self.unwritable(io::Error::other(e)))?;
+            line.push(b'\n');
+            if line.len() <= MAX_EVENT_BYTES {
+                break line;
+            }
+            // Bounded fields cannot get here; halve the free text rather than refuse.
+            let free = [&mut event.input.detail, &mut event.input.purpose];
+            let Some(longest) = free.into_iter().flatten().max_by_key(|s| s.len()) else {
+                return Err(self.unwritable(io::Error::other("event too large")));
+            };
+            let half = longest.len() / 2;
+            cut_to(longest, half);
+        };
+        let heads = self.heads_path();
+        let heads_len = tail
+            .heads_len
+            .or_else(|| std::fs::metadata(&heads).ok().map(|m| m.len()));
+        let written = (|| {
+            file.write_all(&line)?;
+            file.sync_data()?;
+            self.sign_head(event.seq, &event.hash)
+        })();
+        if let Err(e) = written {
+            // Best effort: what cannot be cut now is cut by the next append.
+            let _ = file.set_len(tail.len).and_then(|()| file.sync_data());
+            if let Some(len) = heads_len
+                && let Ok(h) = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(&heads)
+            {
+                let _ = h.set_len(len).and_then(|()| h.sync_data());
+            }
+            return Err(self.unwritable(e));
+        }
         Ok(event)
     }
 
-    /// Reads the last event's sequence number and hash (0 and [`GENESIS`] when empty).
-    fn last(&self, file: &mut File) -> Result<(u64, String), AuditError> {
-        let len = file
-            .seek(SeekFrom::End(0))
-            .map_err(|e| self.unwritable(e))?;
-        if len == 0 {
-            return Ok((0, GENESIS.to_owned()));
-        }
-        let back = len.min(2 * MAX_EVENT_BYTES as u64);
-        file.seek(SeekFrom::Start(len - back))
-            .map_err(|e| self.unwritable(e))?;
-        let mut tail = Vec::with_capacity(back as usize);
-        Read::by_ref(file)
-            .take(back)
-            .read_to_end(&mut tail)
-            .map_err(|e| self.unwritable(e))?;
-        let damaged = |why: &str| AuditError::Damaged {
-            path: self.path.display().to_string(),
-            why: why.to_owned(),
-        };
-        let body = tail
-            .strip_suffix(b"\n")
-            .ok_or_else(|| damaged("the last event is incomplete (no newline)"))?;
-        let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let last_line = body.get(start..).unwrap_or_default();
-        let event: AuditEvent = serde_json::from_slice(last_line)
-            .map_err(|e| damaged(&format!("the last event does not parse: {e}")))?;
-        Ok((event.seq, event.hash))
-    }
-
-    fn sign_head(&self, size: u64, hash: &str) -> Result<(), AuditError> {
+    /// Appends the signed head to the history, then publishes it as `head.json` (the
+    /// append's commit point).
+    fn sign_head(&self, size: u64, hash: &str) -> io::Result<()> {
         let head = sign_head(&self.key, size, hash);
-        let mut line =
-            serde_json::to_vec(&head).map_err(|e| self.unwritable(io::Error::other(e)))?;
+        let mut line = serde_json::to_vec(&head).map_err(io::Error::other)?;
         line.push(b'\n');
-        let heads = self.heads_path();
         let mut f = OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&heads)
-            .map_err(|e| self.unwritable(e))?;
-        f.write_all(&line).map_err(|e| self.unwritable(e))?;
-        f.sync_data().map_err(|e| self.unwritable(e))?;
+            .open(self.heads_path())?;
+        f.write_all(&line)?;
+        f.sync_data()?;
         let dir = self
             .path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let head_path = self.head_path();
-        let tmp = dir.join(format!(".audit-head.{}.tmp", std::process::id()));
+        // Only the holder of the log's lock writes this name, so it cannot collide.
+        let tmp = dir.join(".audit-head.tmp");
         let _ = std::fs::remove_file(&tmp);
-        let mut af = fsutil::AtomicFile::create(tmp).map_err(|e| self.unwritable(e))?;
-        af.file()
-            .and_then(|f| f.write_all(&line))
-            .map_err(|e| self.unwritable(e))?;
-        af.sync().map_err(|e| self.unwritable(e))?;
-        std::fs::rename(af.tmp_path(), &head_path).map_err(|e| self.unwritable(e))?;
+        let mut af = fsutil::AtomicFile::create(tmp)?;
+        af.file()?.write_all(&line)?;
+        af.sync()?;
+        std::fs::rename(af.tmp_path(), self.head_path())?;
+        // The rename is the commit point; make it survive a power loss like the event.
+        // Past the rename the event counts, so a failure here cannot undo it any more.
+        if let Err(e) = fsutil::fsync_dir(dir) {
+            eprintln!("ckvault: audit: fsync of {} failed: {e}", dir.display());
+        }
         Ok(())
     }
 
@@ -268,6 +450,25 @@ impl AuditLog {
     }
 }
 
+fn event_line_len(event: &AuditEvent) -> u64 {
+    serde_json::to_vec(event).map_or(0, |v| v.len() as u64 + 1)
+}
+
+/// Bytes available to this user on the file system holding `path`.
+fn free_bytes(path: &Path) -> io::Result<u64> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let st = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The latest signed head of the log at `log` (its `.head.json`), if there is one.
+pub fn latest_head(log: &Path) -> Option<SignedHead> {
+    tail::read_head(&sibling(log, ".head.json"))
+}
+
 /// Reads events from a log file (see [`AuditLog::read`]).
 pub fn read_events(
     path: &Path,
@@ -278,12 +479,29 @@ pub fn read_events(
         path: path.display().to_string(),
         why,
     };
-    let file = fsutil::open_nofollow(path).map_err(|e| damaged(e.to_string()))?;
+    let file = fsutil::open_regular_nofollow(path).map_err(|e| damaged(e.to_string()))?;
+    let mut reader = BufReader::new(file);
     let mut out = Vec::new();
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| damaged(e.to_string()))?;
+    let mut line = Vec::new();
+    for n in 1.. {
+        line.clear();
+        let read = io::Read::by_ref(&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| damaged(e.to_string()))?;
+        if read == 0 {
+            break;
+        }
+        if line.len() > MAX_LINE_BYTES {
+            return Err(damaged(format!(
+                "line {n} is longer than {MAX_LINE_BYTES} bytes"
+            )));
+        }
+        if line.last() != Some(&b'\n') {
+            break; // a line being written, or a torn tail the next append cuts
+        }
         let event: AuditEvent =
-            serde_json::from_str(&line).map_err(|e| damaged(format!("line {}: {e}", n + 1)))?;
+            serde_json::from_slice(&line).map_err(|e| damaged(format!("line {n}: {e}")))?;
         if keep(&event) {
             out.push(event);
             if out.len() >= limit {
@@ -298,19 +516,6 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_os_string();
     name.push(suffix);
     PathBuf::from(name)
-}
-
-fn truncate_field(field: &mut Option<String>, max: usize) {
-    if let Some(s) = field
-        && s.len() > max
-    {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str("...");
-    }
 }
 
 /// SHA-256 (hex) of an event's canonical JSON with `hash` removed.

@@ -83,7 +83,10 @@ pub async fn ship(s3: &S3Store, spool: &LocalStore, source: &str) -> Result<u64,
     }
     let key = spool.signing_key()?;
     let mut total = 0;
-    while let Some((body, events)) = read_segment(&log, state.offset)? {
+    // Only events a signed head confirms: an append in progress (or one a crash
+    // interrupted, which the next append cuts) must not leave the node.
+    let confirmed = super::latest_head(&log).map_or(u64::MAX, |h| h.size);
+    while let Some((body, events)) = read_segment(&log, state.offset, confirmed)? {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             break;
         };
@@ -126,9 +129,14 @@ pub async fn ship(s3: &S3Store, spool: &LocalStore, source: &str) -> Result<u64,
 /// A segment's bytes and the events they hold.
 type Segment = (Vec<u8>, Vec<AuditEvent>);
 
-/// Reads whole lines from `offset`, up to [`SEGMENT_BYTES`]; `None` when there is none.
-fn read_segment(log: &std::path::Path, offset: u64) -> Result<Option<Segment>, StoreError> {
-    let mut f = match crate::fsutil::open_nofollow(log) {
+/// Reads whole lines from `offset`, up to [`SEGMENT_BYTES`] and event `confirmed`; `None`
+/// when there is none.
+fn read_segment(
+    log: &std::path::Path,
+    offset: u64,
+    confirmed: u64,
+) -> Result<Option<Segment>, StoreError> {
+    let mut f = match crate::fsutil::open_regular_nofollow(log) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(StoreError::io(log, e)),
@@ -149,6 +157,9 @@ fn read_segment(log: &std::path::Path, offset: u64) -> Result<Option<Segment>, S
         }
         let event: AuditEvent = serde_json::from_slice(&line)
             .map_err(|e| StoreError::Config(format!("{}: unreadable event: {e}", log.display())))?;
+        if event.seq > confirmed {
+            break;
+        }
         body.extend_from_slice(&line);
         events.push(event);
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use super::{AuditEvent, GENESIS, MAX_EVENT_BYTES, SignedHead, event_hash, head_message};
+use super::{AuditEvent, GENESIS, MAX_LINE_BYTES, SignedHead, event_hash, head_message};
 use crate::fsutil;
 use crate::manifest::VerifyingKey;
 
@@ -21,6 +21,46 @@ pub struct Verified {
     pub signed_size: u64,
     /// Signed heads checked from the history.
     pub heads_checked: u64,
+    /// Bytes of an incomplete last line (an interrupted append; the next append cuts it
+    /// and records that it did).
+    pub torn_bytes: u64,
+}
+
+/// A head a verifier saw earlier (`SIZE:HASH`, as `ckvault audit verify` prints it): the
+/// log must still hold event SIZE with that hash, so a rollback of the whole log (tail and
+/// head files together) below it is caught.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedHead {
+    /// Events the log held.
+    pub size: u64,
+    /// Hash of event `size`.
+    pub hash: String,
+}
+
+impl std::str::FromStr for ExpectedHead {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (size, hash) = s
+            .split_once(':')
+            .ok_or_else(|| "expected SIZE:HASH (as `ckvault audit verify` prints it)".to_owned())?;
+        let size = size
+            .parse()
+            .map_err(|_| format!("{size:?} is not an event count"))?;
+        let ok = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+        if !ok {
+            return Err("HASH must be 64 hex digits".into());
+        }
+        Ok(Self {
+            size,
+            hash: hash.to_ascii_lowercase(),
+        })
+    }
+}
+
+impl std::fmt::Display for ExpectedHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.size, self.hash)
+    }
 }
 
 /// Why a log failed verification.
@@ -85,6 +125,30 @@ pub enum VerifyError {
         /// Hash in the log.
         found: String,
     },
+    /// The log no longer reaches a head a verifier saw earlier: it was rolled back.
+    #[error(
+        "the log holds {events} events but held {expected} before (expected head {expected}:{hash}): rolled back"
+    )]
+    RolledBack {
+        /// Events found.
+        events: u64,
+        /// Size of the expected head.
+        expected: u64,
+        /// Its hash.
+        hash: String,
+    },
+    /// Event `size` is not the one a verifier saw earlier.
+    #[error(
+        "event {size} has hash {found} but the expected head names {expected}: the log was rewritten"
+    )]
+    NotExpectedHead {
+        /// Size of the expected head.
+        size: u64,
+        /// Hash expected.
+        expected: String,
+        /// Hash found.
+        found: String,
+    },
     /// Two validly signed heads disagree about one size.
     #[error(
         "two signed heads for size {size} name different hashes {a} and {b} (the log was forked)"
@@ -101,6 +165,15 @@ pub enum VerifyError {
 
 /// Verifies the log at `log` with its `*.head.json` and `*.heads` siblings.
 pub fn verify(log: &Path, key: &VerifyingKey) -> Result<Verified, VerifyError> {
+    verify_expecting(log, key, None)
+}
+
+/// [`verify`], and the log must still reach `expect`, a head seen earlier.
+pub fn verify_expecting(
+    log: &Path,
+    key: &VerifyingKey,
+    expect: Option<&ExpectedHead>,
+) -> Result<Verified, VerifyError> {
     let sibling = |suffix: &str| {
         let mut s = log.as_os_str().to_os_string();
         s.push(suffix);
@@ -109,10 +182,20 @@ pub fn verify(log: &Path, key: &VerifyingKey) -> Result<Verified, VerifyError> {
     // Heads first: the history maps size -> hash, every entry signed.
     let mut signed_at: HashMap<u64, String> = HashMap::new();
     let mut heads_checked = 0;
-    if let Ok(file) = fsutil::open_nofollow(&sibling(".heads")) {
-        for (n, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(|e| VerifyError::Read(e.to_string()))?;
-            let head = parse_head(&line, n as u64 + 1)?;
+    if let Ok(file) = fsutil::open_regular_nofollow(&sibling(".heads")) {
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        for n in 1.. {
+            line.clear();
+            let read = (&mut reader)
+                .take(64 << 10)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| VerifyError::Read(e.to_string()))?;
+            if read == 0 || (line.last() != Some(&b'\n') && read < 64 << 10) {
+                break; // the end, or a line torn by an interrupted append
+            }
+            let text = String::from_utf8_lossy(&line);
+            let head = parse_head(text.trim_end(), n)?;
             check_head_sig(&head, key)?;
             heads_checked += 1;
             if let Some(previous) = signed_at.get(&head.size) {
@@ -128,7 +211,7 @@ pub fn verify(log: &Path, key: &VerifyingKey) -> Result<Verified, VerifyError> {
             }
         }
     }
-    let latest = match std::fs::read_to_string(sibling(".head.json")) {
+    let latest = match fsutil::read_regular_to_string(&sibling(".head.json")) {
         Ok(text) => {
             let head = parse_head(text.trim_end(), 1)?;
             check_head_sig(&head, key)?;
@@ -148,23 +231,29 @@ pub fn verify(log: &Path, key: &VerifyingKey) -> Result<Verified, VerifyError> {
     };
     let max_signed = signed_at.keys().copied().max().unwrap_or(0);
 
-    let file = fsutil::open_nofollow(log)
+    let file = fsutil::open_regular_nofollow(log)
         .map_err(|e| VerifyError::Read(format!("{}: {e}", log.display())))?;
     let mut reader = BufReader::new(file);
     let mut prev = GENESIS.to_owned();
     let mut seq = 0u64;
     let mut line_no = 0u64;
     let mut buf = Vec::new();
+    let mut torn_bytes = 0;
     loop {
         buf.clear();
         let n = (&mut reader)
-            .take(MAX_EVENT_BYTES as u64 + 1)
+            .take(MAX_LINE_BYTES as u64 + 1)
             .read_until(b'\n', &mut buf)
             .map_err(|e| VerifyError::Read(e.to_string()))?;
         if n == 0 {
             break;
         }
         line_no += 1;
+        if buf.last() != Some(&b'\n') && n <= MAX_LINE_BYTES {
+            // The end of the file without a newline: an interrupted append.
+            torn_bytes = n as u64;
+            break;
+        }
         let event: AuditEvent =
             serde_json::from_slice(&buf).map_err(|e| VerifyError::Malformed {
                 line: line_no,
@@ -184,6 +273,16 @@ pub fn verify(log: &Path, key: &VerifyingKey) -> Result<Verified, VerifyError> {
         }
         seq = event.seq;
         prev = event.hash;
+        if let Some(e) = expect
+            && e.size == seq
+            && e.hash != prev
+        {
+            return Err(VerifyError::NotExpectedHead {
+                size: seq,
+                expected: e.hash.clone(),
+                found: prev,
+            });
+        }
         if let Some(signed) = signed_at.get(&seq)
             && *signed != prev
         {
@@ -200,11 +299,21 @@ pub fn verify(log: &Path, key: &VerifyingKey) -> Result<Verified, VerifyError> {
             signed: max_signed,
         });
     }
+    if let Some(e) = expect
+        && seq < e.size
+    {
+        return Err(VerifyError::RolledBack {
+            events: seq,
+            expected: e.size,
+            hash: e.hash.clone(),
+        });
+    }
     Ok(Verified {
         events: seq,
         head_hash: prev,
         signed_size: latest.map_or(0, |h| h.size),
         heads_checked,
+        torn_bytes,
     })
 }
 

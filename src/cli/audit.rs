@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::{Format, StoreArg, output};
-use crate::audit::{self, verify::verify};
+use crate::audit::{self, verify::verify_expecting};
 use crate::inspect::escape_control;
 use crate::manifest::VerifyingKey;
 use crate::store::LocalStore;
@@ -25,6 +25,11 @@ pub enum AuditCommand {
         /// Vault public key (SPKI PEM) kept out of band; default: the store's keys/signing.pub.
         #[arg(long, value_name = "PEM")]
         public_key: Option<PathBuf>,
+        /// A head seen earlier (`SIZE:HASH`, printed by `audit verify` and by the server's
+        /// /healthz and /metrics): the log must still hold that event, so a rollback of the
+        /// whole log (tail and head files together) below it fails.
+        #[arg(long, value_name = "SIZE:HASH")]
+        expect_head: Option<audit::verify::ExpectedHead>,
     },
     /// Print audit events, oldest first.
     Show {
@@ -82,10 +87,15 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             file,
             store,
             public_key,
+            expect_head,
         } => {
             if let Some(cfg) = &store.config {
                 let config = crate::config::Config::load(cfg)?;
                 if config.store.kind == crate::config::StoreKind::S3 && file.is_none() {
+                    anyhow::ensure!(
+                        expect_head.is_none(),
+                        "--expect-head pins a local log; in a bucket the shipped heads anchor each source's log"
+                    );
                     return verify_bucket(&config);
                 }
             }
@@ -98,7 +108,7 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             };
             let key = match public_key {
                 Some(p) => {
-                    let pem = std::fs::read_to_string(&p)
+                    let pem = crate::fsutil::read_regular_to_string(&p)
                         .with_context(|| format!("cannot read {}", p.display()))?;
                     VerifyingKey::from_pem(&pem, &p)?
                 }
@@ -108,11 +118,23 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 Some(f) => f,
                 None => LocalStore::open(&store.store)?.audit_path(),
             };
-            match verify(&log, &key) {
+            match verify_expecting(&log, &key, expect_head.as_ref()) {
                 Ok(v) => {
                     println!(
-                        "OK audit log: {} events, head {} (signed size {}, {} signed heads checked)",
-                        v.events, v.head_hash, v.signed_size, v.heads_checked
+                        "OK audit log: {} events, head {}:{} (signed size {}, {} signed heads checked{})",
+                        v.events,
+                        v.events,
+                        v.head_hash,
+                        v.signed_size,
+                        v.heads_checked,
+                        if v.torn_bytes > 0 {
+                            format!(
+                                "; {} bytes of an interrupted append at the end, cut by the next append",
+                                v.torn_bytes
+                            )
+                        } else {
+                            String::new()
+                        }
                     );
                     Ok(ExitCode::SUCCESS)
                 }

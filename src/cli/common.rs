@@ -272,7 +272,7 @@ pub fn upload(args: UploadArgs) -> anyhow::Result<std::process::ExitCode> {
     );
     if args.status {
         let path = config.store.spool.join("upload-status.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        let text = crate::fsutil::read_regular_to_string(&path).map_err(|e| {
             anyhow::anyhow!("{}: {e} (no uploader has run here yet)", path.display())
         })?;
         print!("{text}");

@@ -21,7 +21,7 @@ pub struct InspectArgs {
 
 /// Runs `ckvault inspect`.
 pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
-    let file = fsutil::open_nofollow(&args.archive)
+    let file = fsutil::open_regular_nofollow(&args.archive)
         .with_context(|| format!("cannot open {}", args.archive.display()))?;
     match inspect::inspect_seekable(file, &Limits::default()) {
         Ok(found) => {

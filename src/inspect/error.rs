@@ -315,9 +315,10 @@ pub enum InspectError {
         /// Where it came from.
         second_source: &'static str,
     },
-    /// A tar without config.dump, spec.dump and checkpoint/.
+    /// A tar without config.dump, spec.dump, checkpoint/inventory.img and
+    /// checkpoint/pstree.img.
     #[error(
-        "this tar archive has no config.dump, spec.dump or checkpoint/ directory: it is not a container checkpoint"
+        "this tar archive has no config.dump, spec.dump, checkpoint/inventory.img or checkpoint/pstree.img: it is not a container checkpoint"
     )]
     NotACheckpoint,
     /// A CRIU image we read is larger than the limit.

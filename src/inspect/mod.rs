@@ -13,6 +13,12 @@
 //! parsing in [`criu`]. Every rejection is an [`InspectError`] with a stable
 //! [`InspectError::code`]. Only `config.dump`, `spec.dump`, `checkpoint/pstree.img` and
 //! `checkpoint/core-<pid>.img` are ever read, each under a size cap.
+//!
+//! A well-formed tar is a checkpoint only if it holds what every engine (CRI-O, containerd,
+//! Podman) writes: a container description (`config.dump` or `spec.dump`) or CRIU's own
+//! index of the dump (`checkpoint/inventory.img` or `checkpoint/pstree.img`). Anything
+//! else (a tar of text files, a lone `checkpoint/pages-1.img`) is rejected as
+//! `not-a-checkpoint` rather than reported with an empty identity.
 
 pub mod criu;
 mod error;
@@ -184,7 +190,8 @@ struct Found {
     comms: BTreeMap<u32, String>,
     spec: Option<identity::SpecDump>,
     config: Option<identity::ConfigDump>,
-    has_checkpoint_dir: bool,
+    /// `checkpoint/inventory.img` or `checkpoint/pstree.img` was seen.
+    has_criu_index: bool,
 }
 
 /// The pid of `checkpoint/core-<pid>.img`, if the name has that shape.
@@ -220,9 +227,6 @@ fn run<I: Input>(
     while let Some(entry) = tar.next_entry()? {
         let s = &mut f.summary;
         s.member_count = s.member_count.saturating_add(1);
-        if entry.path == "checkpoint" || entry.path.starts_with("checkpoint/") {
-            f.has_checkpoint_dir = true;
-        }
         if entry.kind == Kind::Dir {
             continue;
         }
@@ -233,6 +237,9 @@ fn run<I: Input>(
                 name: entry.path.clone(),
                 size: entry.size,
             });
+            if image == "inventory.img" || image == "pstree.img" {
+                f.has_criu_index = true;
+            }
             if is_pages(image) {
                 s.memory_pages_bytes = s.memory_pages_bytes.saturating_add(entry.size);
             } else if image == "pstree.img" {
@@ -264,7 +271,7 @@ fn run<I: Input>(
             }
         }
     }
-    if f.config.is_none() && f.spec.is_none() && !f.has_checkpoint_dir {
+    if f.config.is_none() && f.spec.is_none() && !f.has_criu_index {
         return Err(InspectError::NotACheckpoint);
     }
     let identity = identity::resolve(f.spec.as_ref(), f.config.as_ref(), limits)?;

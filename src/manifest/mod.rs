@@ -190,4 +190,10 @@ pub enum ManifestError {
     /// The signature is malformed.
     #[error("manifest signature is malformed: {0}")]
     MalformedSignature(String),
+    /// A validly signed manifest filed under another record's ID.
+    #[error("the manifest is the signed manifest of record {names}, filed under another ID")]
+    Misfiled {
+        /// The record the manifest describes.
+        names: String,
+    },
 }

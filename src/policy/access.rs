@@ -113,6 +113,20 @@ struct Grant {
     actions: Vec<Action>,
 }
 
+impl Grant {
+    fn names(&self, who: &Principal) -> bool {
+        self.subjects.iter().any(|s| who.is(s))
+    }
+
+    /// A record without a namespace is only covered by `*`.
+    fn covers(&self, namespace: Option<&str>) -> bool {
+        self.namespaces.iter().any(|p| match namespace {
+            Some(ns) => glob::matches(p, ns),
+            None => p == "*",
+        })
+    }
+}
+
 /// The loaded access policy.
 #[derive(Debug, Clone, Default)]
 pub struct AccessPolicy {
@@ -151,7 +165,7 @@ impl AccessPolicy {
     /// Loads `access.toml` from `dir` (other files are for other policies).
     pub fn load_dir(dir: &Path) -> Result<Self, Vec<PolicyError>> {
         let path = dir.join("access.toml");
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        let text = crate::fsutil::read_regular_to_string(&path).map_err(|e| {
             vec![PolicyError {
                 file: path.display().to_string(),
                 line: 0,
@@ -249,14 +263,24 @@ impl AccessPolicy {
     /// True if `who` may do `action` on `namespace` (a record without a namespace is only
     /// reachable through a `*` grant).
     pub fn allows(&self, who: &Principal, action: Action, namespace: Option<&str>) -> bool {
-        self.grants.iter().any(|g| {
-            g.actions.contains(&action)
-                && g.subjects.iter().any(|s| who.is(s))
-                && g.namespaces.iter().any(|p| match namespace {
-                    Some(ns) => glob::matches(p, ns),
-                    None => p == "*",
-                })
-        })
+        self.grants
+            .iter()
+            .any(|g| g.actions.contains(&action) && g.names(who) && g.covers(namespace))
+    }
+
+    /// True if `who` may do `action` somewhere (in some namespace).
+    pub fn grants_any(&self, who: &Principal, action: Action) -> bool {
+        self.grants
+            .iter()
+            .any(|g| g.actions.contains(&action) && g.names(who))
+    }
+
+    /// True if `who` may do anything at all in `namespace`: such a caller may learn that a
+    /// record exists there (a 403 rather than a 404).
+    pub fn sees(&self, who: &Principal, namespace: Option<&str>) -> bool {
+        self.grants
+            .iter()
+            .any(|g| g.names(who) && g.covers(namespace))
     }
 
     /// Number of grants.

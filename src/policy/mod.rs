@@ -86,7 +86,7 @@ pub struct PolicySet {
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, PolicyError> {
-    match std::fs::read_to_string(path) {
+    match crate::fsutil::read_regular_to_string(path) {
         Ok(t) => Ok(Some(t)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(PolicyError {

@@ -80,7 +80,7 @@ impl Identities {
             why,
         };
         let mut bytes = Vec::new();
-        crate::fsutil::open_nofollow(path)
+        crate::fsutil::open_regular_nofollow(path)
             .map_err(|e| err(e.to_string()))?
             .take(1 << 20)
             .read_to_end(&mut bytes)

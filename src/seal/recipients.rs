@@ -146,7 +146,7 @@ impl Recipient {
             source,
         };
         let mut text = String::new();
-        std::fs::File::open(path)
+        crate::fsutil::open_regular(path)
             .map_err(file_err)?
             .take(1 << 20)
             .read_to_string(&mut text)

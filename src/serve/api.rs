@@ -1,7 +1,11 @@
 //! The HTTP API (JSON, versioned under `/v1`; see `openapi/ckvault-v1.json`). Every
 //! request is authenticated (client certificate or bearer token), authorized against the
 //! access policy (deny by default) and recorded in the audit log *before* anything is
-//! served: a request the audit log cannot record is refused (503).
+//! served: a request the audit log cannot record is refused (503). Requests no handler
+//! records (405, unparsable paths or queries, unknown endpoints) are recorded by
+//! [`audit_every_request`] with their true outcome; only `/healthz` and `/metrics`, which
+//! carry no record data and must answer while the log cannot be written, are not.
+//! Error bodies never carry paths or internal messages (the server's log does).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -48,6 +52,10 @@ pub fn router(state: Shared) -> Router {
             count_requests,
         ))
         .fallback(unknown)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit_every_request,
+        ))
         .with_state(state)
 }
 
@@ -75,8 +83,14 @@ impl ApiError {
             format!("no record {id} that you may see"),
         )
     }
+    /// A 500 whose cause is logged, not shown (it may name paths or internals).
     fn internal(e: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        eprintln!("ckvault: internal error: {e}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the server's log has the cause",
+        )
     }
 }
 
@@ -105,11 +119,14 @@ impl From<StoreError> for ApiError {
             StoreError::Locked { .. } => {
                 Self::new(StatusCode::CONFLICT, "object-locked", e.to_string())
             }
-            StoreError::Unreachable { .. } | StoreError::Credentials { .. } => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store-unavailable",
-                e.to_string(),
-            ),
+            StoreError::Unreachable { .. } | StoreError::Credentials { .. } => {
+                eprintln!("ckvault: store unavailable: {e}");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    "the record store cannot be reached; try again later",
+                )
+            }
             other => Self::internal(other),
         }
     }
@@ -190,20 +207,97 @@ pub fn parse_bearer(value: &str) -> Option<&str> {
     ok.then_some(token)
 }
 
-/// Appends an audit event; an audit failure refuses the request (fail closed).
+tokio::task_local! {
+    /// Set once a handler has recorded the request (see [`audit_every_request`]).
+    static AUDITED: std::cell::Cell<bool>;
+}
+
+/// Appends an audit event; an audit failure refuses the request (fail closed). The cause
+/// goes to the server's log (once per change of health), not to the client.
 pub(crate) async fn record(state: &Shared, event: EventInput) -> Result<(), ApiError> {
+    let _ = AUDITED.try_with(|a| a.set(true));
     let st = state.clone();
     let result = tokio::task::spawn_blocking(move || st.audit.append(event))
         .await
         .map_err(ApiError::internal)?;
-    result.map(|_| ()).map_err(|e| {
-        state.metrics.audit_failures.fetch_add(1, Ordering::Relaxed);
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit-unavailable",
-            e.to_string(),
-        )
-    })
+    match result {
+        Ok(_) => {
+            state.metrics.note_health("audit", None);
+            Ok(())
+        }
+        Err(e) => {
+            state.metrics.audit_failures.fetch_add(1, Ordering::Relaxed);
+            state.metrics.note_health("audit", Some(&e.to_string()));
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit-unavailable",
+                "the audit log cannot record this request, so it is refused; try again later",
+            ))
+        }
+    }
+}
+
+/// Records every request that reached the HTTP layer and that no handler recorded (a
+/// 405, a path or query that does not parse, an unknown endpoint), with its true outcome:
+/// `ok` for 2xx/3xx, `denied` for 4xx, `error` for 5xx. If that record cannot be written
+/// the answer becomes 503 (no handler acted on such a request, so nothing was served).
+async fn audit_every_request(
+    State(state): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    if path == "/healthz" || path == "/metrics" {
+        return next.run(req).await;
+    }
+    let shown = format!(
+        "{} {}",
+        req.method(),
+        req.uri().path_and_query().map_or("", |p| p.as_str())
+    );
+    let conn = req.extensions().get::<ConnInfo>().cloned();
+    let token_principal = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_bearer)
+        .and_then(|t| state.tokens().authenticate(t));
+    let (resp, audited) = AUDITED
+        .scope(std::cell::Cell::new(false), async {
+            let resp = next.run(req).await;
+            (resp, AUDITED.with(std::cell::Cell::get))
+        })
+        .await;
+    if audited {
+        return resp;
+    }
+    let status = resp.status();
+    let principal = conn
+        .as_ref()
+        .and_then(|c| c.cert_identity.clone())
+        .or(token_principal);
+    let event = EventInput {
+        actor: principal
+            .as_ref()
+            .map_or_else(|| "anonymous".to_owned(), Principal::actor),
+        groups: principal.map(|p| p.groups).unwrap_or_default(),
+        action: "request".into(),
+        outcome: if status.is_server_error() {
+            "error"
+        } else if status.is_client_error() {
+            "denied"
+        } else {
+            "ok"
+        }
+        .into(),
+        remote: conn.map(|c| c.peer.to_string()),
+        detail: Some(format!("{shown} -> {}", status.as_u16())),
+        ..Default::default()
+    };
+    match record(&state, event).await {
+        Ok(()) => resp,
+        Err(e) => e.into_response(),
+    }
 }
 
 pub(crate) fn event(caller: &Caller, action: &str, outcome: &str) -> EventInput {
@@ -251,15 +345,20 @@ async fn authorized_manifest(
             return Err(e);
         }
     };
-    if !state
-        .policy()
-        .allows(&caller.principal, action, manifest.namespace.as_deref())
-    {
+    let policy = state.policy();
+    if !policy.allows(&caller.principal, action, manifest.namespace.as_deref()) {
         state.metrics.denied.fetch_add(1, Ordering::Relaxed);
         let mut ev = event(caller, action.as_str(), "denied");
         ev.record = Some(manifest.id.to_string());
         ev.namespace = manifest.namespace.clone();
         record(state, ev).await?;
+        // Whether a record exists is only told to callers who may see its namespace.
+        if !policy
+            .access
+            .sees(&caller.principal, manifest.namespace.as_deref())
+        {
+            return Err(ApiError::not_found(manifest.id.as_str()));
+        }
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -306,9 +405,20 @@ async fn unknown(
     ))
 }
 
+/// Health for probes (unauthenticated, not audited: it must answer when the log cannot be
+/// written). Says which part is down, never why (the server's log says why), and the audit
+/// head a verifier can pin (`ckvault audit verify --expect-head`).
 async fn healthz(State(state): State<Shared>) -> Response {
+    let store = state.store.health().await;
     let st = state.clone();
-    let ok = st.store.health().await.is_ok() && st.audit.writable();
+    let audit = tokio::task::spawn_blocking(move || st.audit.health())
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    state.metrics.note_health("store", store.as_ref().err());
+    state.metrics.note_health("audit", audit.as_ref().err());
+    let ok = store.is_ok() && audit.is_ok();
+    let word = |r: &Result<(), String>| if r.is_ok() { "ok" } else { "unavailable" };
+    let head = state.audit.head().map(|h| format!("{}:{}", h.size, h.hash));
     let status = if ok {
         StatusCode::OK
     } else {
@@ -316,7 +426,12 @@ async fn healthz(State(state): State<Shared>) -> Response {
     };
     (
         status,
-        Json(serde_json::json!({"status": if ok {"ok"} else {"degraded"}})),
+        Json(serde_json::json!({
+            "status": if ok {"ok"} else {"degraded"},
+            "store": word(&store),
+            "audit": word(&audit),
+            "audit_head": head,
+        })),
     )
         .into_response()
 }
@@ -325,7 +440,9 @@ async fn metrics(State(state): State<Shared>) -> Response {
     let records = state.store.count().await.unwrap_or(0);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(records),
+        state
+            .metrics
+            .render(records, state.audit.head().map(|h| (h.size, h.hash))),
     )
         .into_response()
 }
@@ -388,8 +505,23 @@ async fn list(
         }
         None => None,
     };
-    let manifests = state.store.list().await?;
     let policy = state.policy();
+    if !policy.access.grants_any(&caller.principal, Action::List) {
+        state.metrics.denied.fetch_add(1, Ordering::Relaxed);
+        let mut ev = event(&caller, "list", "denied");
+        ev.namespace = q.namespace.clone();
+        ev.detail = Some("no list grant in any namespace".into());
+        record(&state, ev).await?;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} may not list records in any namespace",
+                caller.principal.actor()
+            ),
+        ));
+    }
+    let manifests = state.store.list().await?;
     let eq = |want: &Option<String>, have: &Option<String>| want.is_none() || want == have;
     let limit = q.limit.unwrap_or(10_000).min(100_000);
     let items: Vec<ListItem> = manifests
@@ -467,13 +599,9 @@ async fn download(
 ) -> Result<Response, ApiError> {
     let manifest = authorized_manifest(&state, &caller, &id, Action::Download).await?;
     // Serve only records whose manifest still verifies.
-    state.store.verify_manifest(&manifest).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "integrity",
-            e.to_string(),
-        )
-    })?;
+    if let Err(e) = state.store.verify_manifest(&manifest).await {
+        return Err(integrity_refusal(&state, &caller, &manifest, &e.to_string()).await);
+    }
     let len = manifest.sealed.size;
     let etag = format!("\"sha256-{}\"", manifest.sealed.sha256);
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
@@ -486,6 +614,14 @@ async fn download(
     } else {
         RangeDecision::Full
     };
+    // A range cannot be checked against the digest on its own: serve it only from a blob
+    // whose every byte matched since it last changed.
+    let identity = state.store.blob_identity(&manifest.id).await?;
+    if let RangeDecision::Partial { .. } = decision
+        && let Err(why) = ensure_verified(&state, &manifest, identity.as_deref()).await?
+    {
+        return Err(integrity_refusal(&state, &caller, &manifest, &why).await);
+    }
     let purpose = q.purpose.or_else(|| {
         headers
             .get("ckvault-purpose")
@@ -537,12 +673,47 @@ async fn download(
         }
     };
     let reader = state.store.blob(&manifest.id, start, count).await?;
-    let body = super::stream::blob_body(
-        reader,
-        (status == StatusCode::OK).then(|| manifest.sealed.sha256.clone()),
-    )
-    .await
-    .map_err(ApiError::internal)?;
+    let verify = (status == StatusCode::OK).then(|| {
+        let (on_ok, on_bad) = (state.clone(), state.clone());
+        let (id_ok, id_bad) = (manifest.id.clone(), manifest.id.clone());
+        let audit_event = {
+            let mut ev = event(&caller, "download", "error");
+            ev.record = Some(manifest.id.to_string());
+            ev.namespace = manifest.namespace.clone();
+            ev.detail = Some(
+                "the blob's bytes did not match the signed digest: the download was cut off before its end"
+                    .into(),
+            );
+            ev
+        };
+        super::stream::Verify {
+            sha256: manifest.sealed.sha256.clone(),
+            on_verified: Box::new(move || {
+                if let Some(identity) = identity {
+                    on_ok
+                        .verified_blobs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id_ok, identity);
+                }
+            }),
+            on_mismatch: Box::new(move || {
+                on_bad
+                    .verified_blobs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id_bad);
+                on_bad.metrics.integrity_failures.fetch_add(1, Ordering::Relaxed);
+                eprintln!("ckvault: integrity: blob of {id_bad} does not match its manifest; download cut off");
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = on_bad.audit.append(audit_event) {
+                        eprintln!("ckvault: could not record the integrity failure: {e}");
+                    }
+                });
+            }),
+        }
+    });
+    let body = super::stream::blob_body(reader, verify);
     state.metrics.downloads.fetch_add(1, Ordering::Relaxed);
     state
         .metrics
@@ -553,6 +724,91 @@ async fn download(
         .header(header::CONTENT_LENGTH, count)
         .body(body)
         .map_err(ApiError::internal)
+}
+
+/// Hashes the whole blob unless it was verified since it last changed (same identity);
+/// `Ok(Err(why))` if its bytes do not match the manifest.
+async fn ensure_verified(
+    state: &Shared,
+    manifest: &Manifest,
+    identity: Option<&str>,
+) -> Result<Result<(), String>, ApiError> {
+    let known = state
+        .verified_blobs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&manifest.id)
+        .is_some_and(|v| Some(v.as_str()) == identity);
+    if known {
+        return Ok(Ok(()));
+    }
+    let mut reader = state
+        .store
+        .blob(&manifest.id, 0, manifest.sealed.size)
+        .await?;
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut total = 0u64;
+    loop {
+        use tokio::io::AsyncReadExt;
+        let n = reader.read(&mut buf).await.map_err(ApiError::internal)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        sha2::Digest::update(&mut hasher, buf.get(..n).unwrap_or_default());
+    }
+    let got = hex::encode(sha2::Digest::finalize(hasher));
+    if got != manifest.sealed.sha256 || total != manifest.sealed.size {
+        state
+            .verified_blobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&manifest.id);
+        return Ok(Err(format!(
+            "the blob's bytes ({total} bytes, sha256 {got}) do not match the signed manifest"
+        )));
+    }
+    // Remember it only if it did not change while it was read.
+    if let Some(before) = identity
+        && state.store.blob_identity(&manifest.id).await?.as_deref() == Some(before)
+    {
+        state
+            .verified_blobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(manifest.id.clone(), before.to_owned());
+    }
+    Ok(Ok(()))
+}
+
+/// Records and answers a record that failed an integrity check (nothing is served).
+async fn integrity_refusal(
+    state: &Shared,
+    caller: &Caller,
+    manifest: &Manifest,
+    why: &str,
+) -> ApiError {
+    state
+        .metrics
+        .integrity_failures
+        .fetch_add(1, Ordering::Relaxed);
+    eprintln!("ckvault: integrity: record {}: {why}", manifest.id);
+    let mut ev = event(caller, "download", "error");
+    ev.record = Some(manifest.id.to_string());
+    ev.namespace = manifest.namespace.clone();
+    ev.detail = Some(format!("integrity: {why}"));
+    if let Err(e) = record(state, ev).await {
+        return e;
+    }
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "integrity",
+        format!(
+            "record {} failed its integrity check and is not served; an operator must run `ckvault verify {}`",
+            manifest.id, manifest.id
+        ),
+    )
 }
 
 /// Query or body carrying a reason.

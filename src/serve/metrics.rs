@@ -1,4 +1,5 @@
-//! Counters exposed at `/metrics` in the Prometheus text format.
+//! Counters exposed at `/metrics` in the Prometheus text format, and the server's health
+//! transitions (logged once per change).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -21,6 +22,17 @@ pub struct Metrics {
     pub deletions: AtomicU64,
     /// Records deleted by retention.
     pub retention_deletions: AtomicU64,
+    /// TLS handshakes that failed (refused client certificate, protocol error, timeout).
+    pub tls_handshake_failures: AtomicU64,
+    /// Connections closed at once because `max_connections` were open.
+    pub connections_refused: AtomicU64,
+    /// Connections closed for idling (no request head in time, or no traffic).
+    pub connections_timed_out: AtomicU64,
+    /// Connections open now.
+    pub connections_open: AtomicU64,
+    /// Downloads cut off because the blob's bytes did not match the signed digest.
+    pub integrity_failures: AtomicU64,
+    health: Mutex<BTreeMap<&'static str, bool>>,
 }
 
 impl Metrics {
@@ -30,8 +42,20 @@ impl Metrics {
         *map.entry((route.to_owned(), status)).or_default() += 1;
     }
 
-    /// Renders every metric; `records` is the current record count.
-    pub fn render(&self, records: u64) -> String {
+    /// Notes the health of one part; a change is logged (once, not on every probe).
+    pub fn note_health(&self, part: &'static str, error: Option<&String>) {
+        let mut map = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let was_ok = map.insert(part, error.is_none()).unwrap_or(true);
+        match error {
+            Some(e) if was_ok => eprintln!("ckvault: health: {part} unavailable: {e}"),
+            None if !was_ok => eprintln!("ckvault: health: {part} ok again"),
+            _ => {}
+        }
+    }
+
+    /// Renders every metric; `records` is the current record count, `head` the audit log's
+    /// latest signed head (size, hash).
+    pub fn render(&self, records: u64, head: Option<(u64, String)>) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -76,6 +100,26 @@ impl Metrics {
                 "Records deleted by retention.",
                 &self.retention_deletions,
             ),
+            (
+                "ckvault_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out (refused client certificates among them).",
+                &self.tls_handshake_failures,
+            ),
+            (
+                "ckvault_connections_refused_total",
+                "Connections closed at once because max_connections were open.",
+                &self.connections_refused,
+            ),
+            (
+                "ckvault_connections_timed_out_total",
+                "Connections closed for idling (request head or traffic too slow).",
+                &self.connections_timed_out,
+            ),
+            (
+                "ckvault_integrity_failures_total",
+                "Downloads cut off because the blob did not match its signed digest.",
+                &self.integrity_failures,
+            ),
         ] {
             let _ = writeln!(
                 out,
@@ -87,6 +131,17 @@ impl Metrics {
             out,
             "# HELP ckvault_records Records in the store.\n# TYPE ckvault_records gauge\nckvault_records {records}"
         );
+        let _ = writeln!(
+            out,
+            "# HELP ckvault_connections_open Connections open now.\n# TYPE ckvault_connections_open gauge\nckvault_connections_open {}",
+            self.connections_open.load(Ordering::Relaxed)
+        );
+        if let Some((size, hash)) = head {
+            let _ = writeln!(
+                out,
+                "# HELP ckvault_audit_head Latest signed audit head (pin it: ckvault audit verify --expect-head SIZE:HASH).\n# TYPE ckvault_audit_head gauge\nckvault_audit_head{{size=\"{size}\",hash=\"{hash}\"}} {size}"
+            );
+        }
         out
     }
 }

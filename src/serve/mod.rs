@@ -27,10 +27,14 @@ pub struct AppState {
     pub audit: AuditLog,
     policy: RwLock<Arc<PolicySet>>,
     tokens: RwLock<Arc<TokenFile>>,
-    /// Counters.
-    pub metrics: metrics::Metrics,
+    /// Counters (shared with the accept loop).
+    pub metrics: Arc<metrics::Metrics>,
     /// Checkpoints through the runtime, when `[capture] runtime_endpoint` is set.
     pub checkpointer: Option<crate::capture::checkpoint::Checkpointer>,
+    /// Blobs whose every byte matched their signed digest, with the identity the blob had
+    /// then ([`crate::store::Store::blob_identity`]): a range is served only from these.
+    pub verified_blobs:
+        std::sync::Mutex<std::collections::HashMap<crate::manifest::RecordId, String>>,
 }
 
 impl AppState {
@@ -41,8 +45,9 @@ impl AppState {
             audit,
             policy: RwLock::new(Arc::new(policy)),
             tokens: RwLock::new(Arc::new(tokens)),
-            metrics: metrics::Metrics::default(),
+            metrics: Arc::default(),
             checkpointer: None,
+            verified_blobs: Default::default(),
         }
     }
 
@@ -83,6 +88,8 @@ pub struct Prepared {
     pub generated: Option<pki::GeneratedPki>,
     /// Where to listen.
     pub listen: std::net::SocketAddr,
+    /// Connection limits.
+    pub limits: crate::config::ConnectionLimits,
     /// Token file path (reloaded on SIGHUP).
     pub tokens_path: Option<PathBuf>,
     /// Policy directory (reloaded on SIGHUP).
@@ -209,6 +216,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         tls: Arc::new(tls),
         generated,
         listen: config.server.listen,
+        limits: config.server.limits(),
         tokens_path,
         policy_dir: config.policy.dir.clone(),
         bucket,
@@ -338,7 +346,15 @@ pub async fn run(
             _ = term.recv() => {},
         }
     };
-    tls::serve(listener, prepared.tls, app, shutdown).await;
+    tls::serve(
+        listener,
+        prepared.tls,
+        app,
+        prepared.limits,
+        prepared.state.metrics.clone(),
+        shutdown,
+    )
+    .await;
     stop.notify_waiters();
     Ok(())
 }

@@ -1,22 +1,30 @@
 //! TLS termination with our own accept loop (tokio-rustls + hyper), so that the verified
 //! client certificate of each connection reaches the handlers as a [`ConnInfo`] request
-//! extension (identity = subject CN, groups = subject O, as Kubernetes does).
+//! extension (identity = subject CN, groups = subject O, as Kubernetes does). The loop
+//! also owns the connection limits: handshake, request-head and idle timeouts and a cap on
+//! open connections ([`ConnectionLimits`]), counted in [`Metrics`].
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
+use super::metrics::Metrics;
+use crate::config::ConnectionLimits;
 use crate::policy::Principal;
 
 /// What the handlers learn about the connection.
@@ -120,14 +128,22 @@ pub fn principal_from_cert(der: &[u8]) -> Option<Principal> {
     })
 }
 
-/// Accepts TLS connections until `shutdown` resolves, serving `app` on each.
+/// Accepts TLS connections until `shutdown` resolves, serving `app` on each within
+/// `limits`: at most `max_connections` open (more are closed at once), a handshake within
+/// `handshake_timeout`, an HTTP/1.1 request head within `header_timeout`, and a connection
+/// with no request in progress and no bytes moving closed after `idle_timeout`. Every
+/// refusal is counted in `metrics` and logged (at most every few seconds per kind).
 pub async fn serve(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     app: Router,
+    limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(config);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let refusals = Arc::new(RefusalLog::default());
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -141,14 +157,45 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let n = metrics.connections_refused.fetch_add(1, Ordering::Relaxed) + 1;
+            refusals.log(&REFUSED, || {
+                format!(
+                    "refused a connection from {peer}: max_connections ({}) are open ({n} refused so far)",
+                    limits.max_connections
+                )
+            });
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let metrics = metrics.clone();
+        let refusals = refusals.clone();
         tokio::spawn(async move {
+            let _slot = slot;
+            metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+            let _open = OnDrop(|| {
+                metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+            });
             let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
-                    _ => return, // handshake failed or timed out: nothing to serve
+                    outcome => {
+                        let n = metrics
+                            .tls_handshake_failures
+                            .fetch_add(1, Ordering::Relaxed)
+                            + 1;
+                        let why = match outcome {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => format!("no handshake within {:?}", limits.handshake_timeout),
+                        };
+                        refusals.log(&HANDSHAKE, || {
+                            format!("TLS handshake from {peer} failed: {why} ({n} so far)")
+                        });
+                        return;
+                    }
                 };
             let cert_identity = tls
                 .get_ref()
@@ -160,16 +207,194 @@ pub async fn serve(
                 peer,
                 cert_identity,
             };
-            let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let activity = Arc::new(Activity::new());
+            let service = {
+                let activity = activity.clone();
+                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());
                     let mut app = app.clone();
-                    async move { app.call(req).await }
-                },
-            );
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+                    let busy = activity.begin();
+                    async move {
+                        let resp = app.call(req).await;
+                        drop(busy);
+                        resp
+                    }
+                })
+            };
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            builder.http2().timer(TokioTimer::new());
+            let io = TokioIo::new(Tracked {
+                inner: tls,
+                activity: activity.clone(),
+            });
+            let conn = builder.serve_connection(io, service);
+            tokio::pin!(conn);
+            let tick =
+                (limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+            let timed_out = loop {
+                tokio::select! {
+                    result = &mut conn => {
+                        break result.err().and_then(|e| {
+                            e.downcast_ref::<hyper::Error>()
+                                .filter(|h| h.is_timeout())
+                                .map(|_| "no request head within header_timeout")
+                        });
+                    }
+                    _ = tokio::time::sleep(tick) => {
+                        if activity.idle_for() >= limits.idle_timeout {
+                            break Some("idle longer than idle_timeout");
+                        }
+                    }
+                }
+            };
+            if let Some(why) = timed_out {
+                let n = metrics
+                    .connections_timed_out
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                refusals.log(&TIMED_OUT, || {
+                    format!("closed the connection from {peer}: {why} ({n} so far)")
+                });
+            }
         });
+    }
+}
+
+/// Runs a closure when dropped.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+/// When a connection last moved bytes, and how many of its requests are being handled.
+struct Activity {
+    start: std::time::Instant,
+    last_ms: AtomicU64,
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long nothing happened (zero while a request is being handled).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Marks a request in progress until the returned guard is dropped.
+    fn begin(self: &Arc<Self>) -> impl Drop + Send + use<> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let me = self.clone();
+        OnDrop(move || {
+            me.in_flight.fetch_sub(1, Ordering::Relaxed);
+            me.touch();
+        })
+    }
+}
+
+/// A connection's stream, noting every byte moved in its [`Activity`].
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Kinds of refusal, each logged at most once per [`RefusalLog::EVERY`].
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+static HANDSHAKE: AtomicU64 = AtomicU64::new(0);
+static TIMED_OUT: AtomicU64 = AtomicU64::new(0);
+
+/// Logs refusals without letting a flood of them flood the log.
+#[derive(Default)]
+struct RefusalLog {
+    start: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl RefusalLog {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    /// Logs `message()` unless this kind was logged less than [`Self::EVERY`] ago (the
+    /// counters in /metrics keep the exact numbers).
+    fn log(&self, last: &AtomicU64, message: impl FnOnce() -> String) {
+        let start = self.start.get_or_init(std::time::Instant::now);
+        let now = start.elapsed().as_millis() as u64 + 1;
+        let prev = last.load(Ordering::Relaxed);
+        if (prev == 0 || now.saturating_sub(prev) >= Self::EVERY.as_millis() as u64)
+            && last
+                .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            eprintln!("ckvault: {}", message());
+        }
     }
 }

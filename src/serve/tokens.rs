@@ -76,7 +76,7 @@ pub enum TokenError {
 impl TokenFile {
     /// Loads a token file (a missing file is an empty one).
     pub fn load(path: &Path) -> Result<Self, TokenError> {
-        match std::fs::read_to_string(path) {
+        match crate::fsutil::read_regular_to_string(path) {
             Ok(text) => toml::from_str(&text).map_err(|e| TokenError::Parse {
                 path: path.display().to_string(),
                 message: e.to_string(),

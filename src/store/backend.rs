@@ -184,6 +184,37 @@ impl Store {
         }
     }
 
+    /// What identifies the current bytes of a record's blob, to tell whether it changed
+    /// since it was last verified: device, inode, size, modification and change times of
+    /// the file (the change time cannot be set back by anyone editing it). `None` for a
+    /// bucket, where no such promise is available here: every range is verified first.
+    pub async fn blob_identity(&self, id: &RecordId) -> Result<Option<String>, StoreError> {
+        match self {
+            Self::Local(l) => {
+                use std::os::unix::fs::MetadataExt;
+                let path = l.blob_path(id);
+                let m = match std::fs::symlink_metadata(&path) {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(StoreError::NotFound(id.clone()));
+                    }
+                    Err(e) => return Err(StoreError::io(&path, e)),
+                };
+                Ok(Some(format!(
+                    "{}:{}:{}:{}.{}:{}.{}",
+                    m.dev(),
+                    m.ino(),
+                    m.size(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec()
+                )))
+            }
+            Self::Bucket(_) => Ok(None),
+        }
+    }
+
     /// `count` bytes of a record's blob from `start`.
     pub async fn blob(
         &self,

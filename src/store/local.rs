@@ -7,51 +7,180 @@
 //!   records/      <ID>.age (sealed blob) and <ID>.json (signed manifest), 0600
 //!   tmp/          blobs and manifests being written (removed on failure and at start)
 //!   staging/      plaintext archives waiting to be sealed (capture uses it)
+//!   holds/        <ID>.json legal holds
 //!   audit.log     hash-chained audit events; audit.log.head.json / audit.log.heads: signed heads
 //! ```
+//!
+//! A directory is a store when it holds `store.json`. A store is created only in an absent
+//! or empty directory: anything else is refused before anything in it is touched (no
+//! chmod, no mkdir, no file), and the directories and modes above are only ever set up
+//! inside a recognised store. At start, [`LocalStore::recover`] removes from tmp/ only
+//! files whose names have the exact shapes the store itself writes there
+//! ([`tmp_file_owner`]), and only once their writer process is gone.
+//!
+//! Manifests are handed out verified: [`LocalStore::manifest`], [`LocalStore::list`] and
+//! [`LocalStore::list_shared`] check each manifest's Ed25519 signature with the store's
+//! key (and that it names the record it is filed as). A manifest that fails is
+//! [`StoreError::Tampered`] and is left out of listings (returned among the broken ones).
+//! Verifications are cached by the manifest file's identity (device, inode, size, mtime,
+//! ctime), so an unchanged file is checked once and an edited one is checked again.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use super::StoreError;
 use crate::fsutil::{self, AtomicFile};
 use crate::manifest::sign::KeyError;
-use crate::manifest::{Manifest, RecordId, SigningKey, VerifyingKey};
+use crate::manifest::{Manifest, ManifestError, RecordId, SigningKey, VerifyingKey};
 
 const MARKER: &str = "{\"format\":\"ckvault-local-store\",\"version\":1}\n";
+/// The file that makes a directory a store.
+const MARKER_NAME: &str = "store.json";
 /// A blob without a manifest older than this is debris of a crash and is removed at open.
 const ORPHAN_AGE: Duration = Duration::from_secs(600);
+/// Suffixes (after `<ID>.<PID>.`) of the per-record temporary files the store writes into
+/// tmp/: blobs and manifests being written ([`LocalStore::begin`], [`PendingRecord::commit`]),
+/// holds being placed ([`LocalStore::set_hold`]), manifests being deleted
+/// ([`LocalStore::delete`]).
+const RECORD_TMP_SUFFIXES: [&str; 4] = [
+    "age.partial",
+    "json.partial",
+    "hold.partial",
+    "json.deleting",
+];
+/// Files written through tmp/ with [`fsutil::write_atomic`] / [`fsutil::replace_atomic`],
+/// whose temporary names are `<NAME>.<PID>.tmp`: the marker and keys (here), the audit
+/// shipping state (`audit::ship`) and the uploader's status (`store::s3::upload`).
+const ATOMIC_TMP_NAMES: [&str; 5] = [
+    MARKER_NAME,
+    "signing.key",
+    "signing.pub",
+    "audit.shipped.json",
+    "upload-status.json",
+];
 
 /// A vault directory on local disk.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
-    /// Parsed manifests by ID for [`LocalStore::list_shared`]. A published manifest never
-    /// changes (records are only ever deleted), so an entry stays valid while its file
-    /// exists; every listing re-reads the directory and drops entries of deleted records.
-    cache: std::sync::Arc<std::sync::Mutex<ListCache>>,
+    /// Verified manifests by ID, with the identity of the file they were read from. A
+    /// published manifest never changes (records are only ever deleted), so an entry stays
+    /// valid while its file is the same file; an edited file has another identity and is
+    /// verified again. [`LocalStore::list_shared`] drops entries of deleted records.
+    cache: Arc<Mutex<ListCache>>,
+    /// The key manifests are verified with, derived once.
+    key: Arc<OnceLock<VerifyingKey>>,
 }
 
-/// What [`LocalStore::list_shared`] remembers between listings.
+/// What the store remembers between reads of its manifests.
 #[derive(Debug, Default)]
 struct ListCache {
-    manifests: HashMap<RecordId, Arc<Manifest>>,
+    manifests: HashMap<RecordId, (FileId, Arc<Manifest>)>,
     /// records/'s modification time and the IDs read at that time: any publication or
     /// deletion changes the directory's mtime, so an unchanged mtime means the same IDs.
     ids: Option<(SystemTime, Vec<RecordId>)>,
 }
 
+/// The identity of a file's current content: an edit in place changes the size, mtime or
+/// ctime; a replacement changes the inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    fn of(meta: &fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// Whether `root` holds a store marker (a regular file, not a symlink).
+fn is_store(root: &Path) -> bool {
+    fs::symlink_metadata(root.join(MARKER_NAME)).is_ok_and(|m| m.file_type().is_file())
+}
+
+/// The PID that owns a file in tmp/, if its name has one of the exact shapes the store
+/// writes there, and for `<ID>.<PID>.json.deleting` the record whose deletion it is.
+/// Any other name is not the store's and is never touched.
+fn tmp_file_owner(name: &str) -> Option<(u32, Option<RecordId>)> {
+    let pid = |digits: &str| {
+        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| digits.parse::<u32>().ok())
+            .flatten()
+    };
+    if let Some(rest) = name.strip_suffix(".tmp") {
+        let (file, digits) = rest.rsplit_once('.')?;
+        return ATOMIC_TMP_NAMES
+            .contains(&file)
+            .then(|| pid(digits).map(|p| (p, None)))
+            .flatten();
+    }
+    let (id, rest) = name.split_once('.')?;
+    let (digits, suffix) = rest.split_once('.')?;
+    if !RECORD_TMP_SUFFIXES.contains(&suffix) {
+        return None;
+    }
+    let id = id.parse::<RecordId>().ok()?;
+    let deleting = (suffix == "json.deleting").then(|| id.clone());
+    Some((pid(digits)?, deleting))
+}
+
 impl LocalStore {
-    /// Opens the store at `root`, creating it (and a new signing key) if it does not exist.
-    pub fn open_or_init(root: &Path) -> Result<Self, StoreError> {
-        let store = Self {
+    fn at(root: &Path) -> Self {
+        Self {
             root: root.to_path_buf(),
             cache: Arc::default(),
+            key: Arc::default(),
+        }
+    }
+
+    /// Opens the store at `root`, creating it (and a new signing key) if `root` does not
+    /// exist or is an empty directory. An existing directory that is neither a store nor
+    /// empty is refused ([`StoreError::NotAStore`]) and left exactly as it was.
+    pub fn open_or_init(root: &Path) -> Result<Self, StoreError> {
+        let store = Self::at(root);
+        let fresh = match fs::symlink_metadata(root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(StoreError::io(root, e)),
+            Ok(meta) if !meta.file_type().is_dir() => {
+                return Err(StoreError::io(
+                    root,
+                    std::io::Error::other(
+                        "exists but is not a directory (symlinks are refused): pass a new or \
+                         empty directory for the store",
+                    ),
+                ));
+            }
+            Ok(_) if is_store(root) => false,
+            Ok(_) => {
+                let mut entries = fs::read_dir(root).map_err(|e| StoreError::io(root, e))?;
+                if entries.next().is_some() {
+                    return Err(StoreError::NotAStore(root.display().to_string()));
+                }
+                true
+            }
         };
+        if fresh {
+            // The marker first: from here on the directory is recognised as a store, so a
+            // crash before the layout is complete is finished by the next open.
+            fsutil::ensure_private_dir(root).map_err(|e| StoreError::io(root, e))?;
+            store.write_marker()?;
+        }
         for dir in [
             root,
             &store.keys_dir(),
@@ -60,11 +189,6 @@ impl LocalStore {
         ] {
             fsutil::ensure_private_dir(dir).map_err(|e| StoreError::io(dir, e))?;
         }
-        let marker = root.join("store.json");
-        if !marker.exists() {
-            fsutil::write_atomic(&store.tmp_dir(), &marker, MARKER.as_bytes())
-                .map_err(|e| StoreError::io(&marker, e))?;
-        }
         if !store.key_path().exists() {
             store.create_key()?;
         }
@@ -72,15 +196,26 @@ impl LocalStore {
         Ok(store)
     }
 
+    fn write_marker(&self) -> Result<(), StoreError> {
+        let marker = self.root.join(MARKER_NAME);
+        let mut file = match fsutil::create_private_file(&marker) {
+            Ok(f) => f,
+            // Another process is creating the same store.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(StoreError::io(&marker, e)),
+        };
+        std::io::Write::write_all(&mut file, MARKER.as_bytes())
+            .and_then(|()| file.sync_all())
+            .and_then(|()| fsutil::fsync_dir(&self.root))
+            .map_err(|e| StoreError::io(&marker, e))
+    }
+
     /// Opens an existing store (read-mostly commands: ls, show, export, verify).
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        if !root.join("store.json").is_file() {
+        if !is_store(root) {
             return Err(StoreError::Missing(root.display().to_string()));
         }
-        let store = Self {
-            root: root.to_path_buf(),
-            cache: Arc::default(),
-        };
+        let store = Self::at(root);
         // Finish what a crash interrupted (a deletion half done, temporary files); a
         // read-only store is still readable.
         let _ = store.recover();
@@ -92,11 +227,20 @@ impl LocalStore {
         &self.root
     }
 
-    /// Private staging directory for plaintext archives awaiting sealing (0700).
-    pub fn staging_dir(&self) -> Result<PathBuf, StoreError> {
-        let dir = self.root.join("staging");
+    /// A private (0700) subdirectory of the store, created if missing; refused unless the
+    /// root is still a store.
+    fn private_subdir(&self, name: &str) -> Result<PathBuf, StoreError> {
+        if !is_store(&self.root) {
+            return Err(StoreError::NotAStore(self.root.display().to_string()));
+        }
+        let dir = self.root.join(name);
         fsutil::ensure_private_dir(&dir).map_err(|e| StoreError::io(&dir, e))?;
         Ok(dir)
+    }
+
+    /// Private staging directory for plaintext archives awaiting sealing (0700).
+    pub fn staging_dir(&self) -> Result<PathBuf, StoreError> {
+        self.private_subdir("staging")
     }
 
     fn keys_dir(&self) -> PathBuf {
@@ -153,11 +297,25 @@ impl LocalStore {
         Ok(SigningKey::from_pem(&pem, &path)?)
     }
 
-    /// Loads the vault's public key.
+    /// Loads the vault's public key from keys/signing.pub (what verifiers are handed).
     pub fn verifying_key(&self) -> Result<VerifyingKey, StoreError> {
         let path = self.public_key_path();
         let pem = read_small(&path, 64 << 10)?;
         Ok(VerifyingKey::from_pem(&pem, &path)?)
+    }
+
+    /// The key this store verifies its manifests with: derived from the signing key (a
+    /// copy of a store without its private key uses keys/signing.pub), loaded once.
+    fn manifest_key(&self) -> Result<&VerifyingKey, StoreError> {
+        if let Some(key) = self.key.get() {
+            return Ok(key);
+        }
+        let key = if self.key_path().exists() {
+            self.signing_key()?.verifying_key()
+        } else {
+            self.verifying_key()?
+        };
+        Ok(self.key.get_or_init(|| key))
     }
 
     /// Path of a record's blob.
@@ -183,19 +341,54 @@ impl LocalStore {
         })
     }
 
-    /// Reads and parses one manifest (signature not checked: see [`Self::verify_manifest`]).
+    /// Reads one manifest and checks it: signed by this store's key and filed under its
+    /// own ID. A manifest that fails is [`StoreError::Tampered`].
     pub fn manifest(&self, id: &RecordId) -> Result<Manifest, StoreError> {
+        self.manifest_shared(id).map(Arc::unwrap_or_clone)
+    }
+
+    /// [`Self::manifest`], shared with the cache.
+    fn manifest_shared(&self, id: &RecordId) -> Result<Arc<Manifest>, StoreError> {
+        let (file, meta) = self.open_manifest(id)?;
+        let file_id = FileId::of(&meta);
+        if let Some(m) = self.cached(id, file_id) {
+            return Ok(m);
+        }
+        let manifest = self.parse_manifest(id, file)?;
+        self.check(id, &manifest)?;
+        let manifest = Arc::new(manifest);
+        self.lock()
+            .manifests
+            .insert(id.clone(), (file_id, manifest.clone()));
+        Ok(manifest)
+    }
+
+    /// Reads and parses one manifest WITHOUT checking its signature: only for
+    /// `ckvault verify`, which reports which check fails (and may verify with another key).
+    pub(crate) fn manifest_unverified(&self, id: &RecordId) -> Result<Manifest, StoreError> {
+        let (file, _) = self.open_manifest(id)?;
+        self.parse_manifest(id, file)
+    }
+
+    fn open_manifest(&self, id: &RecordId) -> Result<(File, fs::Metadata), StoreError> {
         let path = self.manifest_path(id);
-        let mut file = match fsutil::open_nofollow(&path) {
+        let file = match fsutil::open_nofollow(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StoreError::NotFound(id.clone()));
             }
             Err(e) => return Err(StoreError::io(&path, e)),
         };
+        // The identity is taken before the bytes are read: an edit after this point
+        // changes it, so what is cached is never newer than the identity it is cached by.
+        let meta = file.metadata().map_err(|e| StoreError::io(&path, e))?;
+        Ok((file, meta))
+    }
+
+    fn parse_manifest(&self, id: &RecordId, file: File) -> Result<Manifest, StoreError> {
+        let path = self.manifest_path(id);
         let mut bytes = Vec::new();
-        file.by_ref()
-            .take(crate::manifest::MAX_MANIFEST_BYTES as u64 + 1)
+        file.take(crate::manifest::MAX_MANIFEST_BYTES as u64 + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| StoreError::io(&path, e))?;
         Manifest::from_json(&bytes).map_err(|source| StoreError::Manifest {
@@ -204,13 +397,40 @@ impl LocalStore {
         })
     }
 
-    /// Checks a manifest's signature with this store's public key.
+    /// Checks that `manifest`, filed as record `id`, is signed by this store's key and
+    /// names `id`.
+    fn check(&self, id: &RecordId, manifest: &Manifest) -> Result<(), StoreError> {
+        let tampered = |why| StoreError::Tampered {
+            id: id.clone(),
+            why,
+        };
+        self.manifest_key()?.verify(manifest).map_err(tampered)?;
+        if manifest.id != *id {
+            return Err(tampered(ManifestError::Misfiled {
+                names: manifest.id.to_string(),
+            }));
+        }
+        Ok(())
+    }
+
+    fn cached(&self, id: &RecordId, file_id: FileId) -> Option<Arc<Manifest>> {
+        match self.lock().manifests.get(id) {
+            Some((seen, m)) if *seen == file_id => Some(m.clone()),
+            _ => None,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ListCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks a manifest's signature with this store's key.
     pub fn verify_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
-        self.verifying_key()?
+        self.manifest_key()?
             .verify(manifest)
-            .map_err(|source| StoreError::Manifest {
-                id: manifest.id.to_string(),
-                source,
+            .map_err(|why| StoreError::Tampered {
+                id: manifest.id.clone(),
+                why,
             })
     }
 
@@ -255,61 +475,52 @@ impl LocalStore {
         Ok(total)
     }
 
-    /// [`LocalStore::list`] for a long-running server: manifests already parsed are taken
-    /// from memory, so listing 100k records costs a directory read, not 100k file parses.
+    /// [`LocalStore::list`] for a long-running server: manifests already verified are
+    /// taken from memory, so listing 100k records costs a directory read and a stat per
+    /// record, not 100k file parses and signature checks.
     pub fn list_shared(&self) -> Result<(Vec<Arc<Manifest>>, Vec<StoreError>), StoreError> {
         let dir = self.records_dir();
         let mtime = fs::metadata(&dir)
             .and_then(|m| m.modified())
             .map_err(|e| StoreError::io(&dir, e))?;
-        let mut guard = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let cache = &mut *guard;
-        let ids = match &cache.ids {
-            // A directory changed in the last second could change again within the same
-            // timestamp: re-read it then.
-            Some((t, ids))
-                if *t == mtime
-                    && mtime.elapsed().unwrap_or(Duration::ZERO) > Duration::from_secs(1) =>
-            {
-                ids.clone()
+        let ids = {
+            let mut cache = self.lock();
+            let ids = match &cache.ids {
+                // A directory changed in the last second could change again within the
+                // same timestamp: re-read it then.
+                Some((t, ids))
+                    if *t == mtime
+                        && mtime.elapsed().unwrap_or(Duration::ZERO) > Duration::from_secs(1) =>
+                {
+                    ids.clone()
+                }
+                _ => {
+                    let ids = self.ids()?;
+                    cache.ids = Some((mtime, ids.clone()));
+                    ids
+                }
+            };
+            if cache.manifests.len() > ids.len() {
+                let live: HashSet<&RecordId> = ids.iter().collect();
+                cache.manifests.retain(|id, _| live.contains(id));
             }
-            _ => {
-                let ids = self.ids()?;
-                cache.ids = Some((mtime, ids.clone()));
-                ids
-            }
+            ids
         };
-        if cache.manifests.len() > ids.len() {
-            let live: HashSet<&RecordId> = ids.iter().collect();
-            cache.manifests.retain(|id, _| live.contains(id));
-        }
-        let cache = &mut cache.manifests;
+        self.collect(ids)
+    }
+
+    /// The verified manifests of `ids` and the errors of those that are not.
+    fn collect(
+        &self,
+        ids: Vec<RecordId>,
+    ) -> Result<(Vec<Arc<Manifest>>, Vec<StoreError>), StoreError> {
         let mut manifests = Vec::with_capacity(ids.len());
         let mut broken = Vec::new();
         for id in ids {
-            if let Some(m) = cache.get(&id) {
-                manifests.push(m.clone());
-                continue;
-            }
-            match self.manifest(&id) {
-                Ok(m) => {
-                    let m = Arc::new(m);
-                    cache.insert(id, m.clone());
-                    manifests.push(m);
-                }
-                Err(StoreError::NotFound(_)) => {}
-                Err(e) => broken.push(e),
-            }
-        }
-        Ok((manifests, broken))
-    }
-
-    /// Every readable manifest, oldest first, plus the records whose manifest is unreadable.
-    pub fn list(&self) -> Result<(Vec<Manifest>, Vec<StoreError>), StoreError> {
-        let mut manifests = Vec::new();
-        let mut broken = Vec::new();
-        for id in self.ids()? {
-            match self.manifest(&id) {
+            let hit = fs::symlink_metadata(self.manifest_path(&id))
+                .ok()
+                .and_then(|meta| self.cached(&id, FileId::of(&meta)));
+            match hit.map_or_else(|| self.manifest_shared(&id), Ok) {
                 Ok(m) => manifests.push(m),
                 Err(StoreError::NotFound(_)) => {} // deleted meanwhile
                 Err(e) => broken.push(e),
@@ -318,30 +529,37 @@ impl LocalStore {
         Ok((manifests, broken))
     }
 
+    /// Every manifest that verifies, oldest first, plus the errors of the records whose
+    /// manifest is unreadable or fails verification.
+    pub fn list(&self) -> Result<(Vec<Manifest>, Vec<StoreError>), StoreError> {
+        let (manifests, broken) = self.collect(self.ids()?)?;
+        Ok((
+            manifests.into_iter().map(Arc::unwrap_or_clone).collect(),
+            broken,
+        ))
+    }
+
     /// Cleans debris of interrupted writes: temporary files of dead processes, and blobs
-    /// whose manifest never got published (older than ten minutes).
+    /// whose manifest never got published (older than ten minutes). Only files with the
+    /// names the store gives them are touched (see [`tmp_file_owner`]).
     pub fn recover(&self) -> Result<(), StoreError> {
         let tmp = self.tmp_dir();
         for entry in fs::read_dir(&tmp).map_err(|e| StoreError::io(&tmp, e))? {
             let entry = entry.map_err(|e| StoreError::io(&tmp, e))?;
-            let name = entry.file_name();
-            let owner_alive = name
-                .to_str()
-                .and_then(|n| n.split('.').nth(1))
-                .and_then(|pid| pid.parse::<u32>().ok())
-                .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-            if !owner_alive {
-                // A deletion that was interrupted after hiding the manifest: finish it.
-                if let Some(id) = name
-                    .to_str()
-                    .filter(|n| n.ends_with(".json.deleting"))
-                    .and_then(|n| n.split('.').next())
-                    .and_then(|n| n.parse::<RecordId>().ok())
-                {
-                    let _ = fs::remove_file(self.blob_path(&id));
-                }
-                let _ = fs::remove_file(entry.path());
+            let Some((pid, deleting)) = entry.file_name().to_str().and_then(tmp_file_owner) else {
+                continue;
+            };
+            if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
             }
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            // A deletion that was interrupted after hiding the manifest: finish it.
+            if let Some(id) = deleting {
+                let _ = fs::remove_file(self.blob_path(&id));
+            }
+            let _ = fs::remove_file(entry.path());
         }
         let records = self.records_dir();
         let now = SystemTime::now();
@@ -412,8 +630,7 @@ impl LocalStore {
     /// Places (or replaces) a legal hold on an existing record.
     pub fn set_hold(&self, id: &RecordId, hold: &LegalHold) -> Result<(), StoreError> {
         self.manifest(id)?;
-        let dir = self.holds_dir();
-        fsutil::ensure_private_dir(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        let dir = self.private_subdir("holds")?;
         let path = self.hold_path(id);
         let bytes = serde_json::to_vec_pretty(hold)
             .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?;
@@ -472,6 +689,7 @@ impl LocalStore {
         }
         fsutil::fsync_dir(&records).map_err(|e| StoreError::io(&records, e))?;
         let _ = fs::remove_file(&moved);
+        self.lock().manifests.remove(id);
         Ok(())
     }
 }
@@ -542,4 +760,226 @@ fn read_small(path: &Path, limit: u64) -> Result<String, StoreError> {
         .read_to_string(&mut text)
         .map_err(|e| StoreError::io(path, e))?;
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::Summary;
+    use crate::manifest::{
+        InspectionRecord, InspectionStatus, Plaintext, SCHEMA_V1, Sealed, Source,
+    };
+
+    /// Publishes a signed record in `store` and returns its ID.
+    fn publish(store: &LocalStore, namespace: &str) -> RecordId {
+        let id = RecordId::generate();
+        let mut m = Manifest {
+            schema: SCHEMA_V1.into(),
+            id: id.clone(),
+            namespace: Some(namespace.into()),
+            pod: Some("web".into()),
+            container: Some("app".into()),
+            container_id: None,
+            image: None,
+            engine: None,
+            runtime: None,
+            checkpointed_at: None,
+            sealed_at: "2026-11-28T00:00:00Z".into(),
+            node: None,
+            source: Source {
+                kind: "cli".into(),
+                path: None,
+            },
+            plaintext: Plaintext {
+                sha256: "00".repeat(32),
+                size: 10,
+                format: "tar".into(),
+            },
+            sealed: Sealed {
+                sha256: "11".repeat(32),
+                size: 4,
+                compression: "zstd".into(),
+                encryption: "age-v1".into(),
+                recipients: vec![],
+                blob: format!("{id}.age"),
+            },
+            inspection: InspectionRecord {
+                status: InspectionStatus::Ok,
+                code: None,
+                reason: None,
+                archive_identity: None,
+                criu_images: vec![],
+                processes: vec![],
+            },
+            summary: Summary::default(),
+            signature: None,
+        };
+        store.signing_key().unwrap().sign(&mut m).unwrap();
+        let mut rec = store.begin(&id).unwrap();
+        std::io::Write::write_all(rec.blob_file().unwrap(), b"blob").unwrap();
+        rec.commit(&m).unwrap();
+        id
+    }
+
+    #[test]
+    fn an_edited_manifest_is_refused_and_unlisted_until_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_init(&dir.path().join("s")).unwrap();
+        let id = publish(&store, "team-a");
+        let other = publish(&store, "team-b");
+        // Verified and cached.
+        assert_eq!(
+            store.manifest(&id).unwrap().namespace.as_deref(),
+            Some("team-a")
+        );
+        assert_eq!(store.list_shared().unwrap().0.len(), 2);
+
+        let path = store.manifest_path(&id);
+        let original = fs::read(&path).unwrap();
+        let edited = String::from_utf8(original.clone())
+            .unwrap()
+            .replace("\"team-a\"", "\"team-b\"");
+        assert_ne!(edited.as_bytes(), &original[..]);
+        // Same size, edited in place: the cache must notice.
+        fs::write(&path, &edited).unwrap();
+        let err = store.manifest(&id).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Tampered { id: bad, .. } if *bad == id),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("ckvault verify"), "{err}");
+        // A fresh store handle (a new process) refuses it too.
+        let fresh = LocalStore::open(store.root()).unwrap();
+        assert!(matches!(
+            fresh.manifest(&id),
+            Err(StoreError::Tampered { .. })
+        ));
+        for (listed, broken) in [
+            {
+                let (m, b) = store.list().unwrap();
+                (m.into_iter().map(|m| m.id).collect::<Vec<_>>(), b)
+            },
+            {
+                let (m, b) = store.list_shared().unwrap();
+                (m.iter().map(|m| m.id.clone()).collect(), b)
+            },
+        ] {
+            assert_eq!(listed, vec![other.clone()]);
+            assert_eq!(broken.len(), 1);
+            assert!(matches!(&broken[0], StoreError::Tampered { .. }));
+        }
+        // The unverified read still sees it (for `ckvault verify`).
+        assert_eq!(
+            store.manifest_unverified(&id).unwrap().namespace.as_deref(),
+            Some("team-b")
+        );
+
+        // A validly signed manifest of another record filed under this ID.
+        fs::copy(store.manifest_path(&other), &path).unwrap();
+        assert!(matches!(
+            store.manifest(&id),
+            Err(StoreError::Tampered {
+                why: ManifestError::Misfiled { .. },
+                ..
+            })
+        ));
+
+        // Restored bytes verify again.
+        fs::write(&path, &original).unwrap();
+        assert_eq!(
+            store.manifest(&id).unwrap().namespace.as_deref(),
+            Some("team-a")
+        );
+        let (listed, broken) = store.list_shared().unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(broken.is_empty(), "{broken:?}");
+    }
+
+    #[test]
+    fn recover_leaves_files_the_store_did_not_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_init(&dir.path().join("s")).unwrap();
+        let tmp = store.tmp_dir();
+        let id = RecordId::generate();
+        // No process has this PID (above any pid_max).
+        let dead = 4_294_967_000u32;
+        let live = std::process::id();
+        let foreign = [
+            "notes.txt".to_owned(),
+            "x.123.y".to_owned(),
+            "a.1.b.c".to_owned(),
+            format!("{id}.{dead}.age.partial.bak"),
+            format!("{id}.{dead}.tar.partial"),
+            format!("NOTANID.{dead}.age.partial"),
+            format!("{id}.12x.age.partial"),
+            format!("{id}..age.partial"),
+            format!("other.json.{dead}.tmp"),
+            "store.json.abc.tmp".to_owned(),
+            format!("signing.key.{dead}.tmp.old"),
+        ];
+        let ours_dead = [
+            format!("{id}.{dead}.age.partial"),
+            format!("{id}.{dead}.json.partial"),
+            format!("{id}.{dead}.hold.partial"),
+            format!("store.json.{dead}.tmp"),
+            format!("signing.key.{dead}.tmp"),
+            format!("upload-status.json.{dead}.tmp"),
+            format!("audit.shipped.json.{dead}.tmp"),
+        ];
+        let ours_live = [
+            format!("{id}.{live}.age.partial"),
+            format!("signing.pub.{live}.tmp"),
+        ];
+        for name in foreign.iter().chain(&ours_dead).chain(&ours_live) {
+            fs::write(tmp.join(name), b"x").unwrap();
+        }
+        // A directory and a symlink with names the store would use are not its files.
+        let dir_name = format!("{}.{dead}.age.partial", RecordId::generate());
+        fs::create_dir(tmp.join(&dir_name)).unwrap();
+        let link_name = format!("{}.{dead}.json.partial", RecordId::generate());
+        std::os::unix::fs::symlink("/etc/hostname", tmp.join(&link_name)).unwrap();
+
+        store.recover().unwrap();
+        LocalStore::open(store.root()).unwrap();
+        LocalStore::open_or_init(store.root()).unwrap();
+
+        for name in foreign
+            .iter()
+            .chain(&ours_live)
+            .chain([&dir_name, &link_name])
+        {
+            assert!(
+                fs::symlink_metadata(tmp.join(name)).is_ok(),
+                "recover() removed {name}, which it did not write (or whose writer lives)"
+            );
+        }
+        for name in &ours_dead {
+            assert!(!tmp.join(name).exists(), "recover() left debris {name}");
+        }
+    }
+
+    #[test]
+    fn an_interrupted_deletion_is_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_init(&dir.path().join("s")).unwrap();
+        let id = publish(&store, "team-a");
+        let moved = store
+            .tmp_dir()
+            .join(format!("{id}.4294967000.json.deleting"));
+        fs::rename(store.manifest_path(&id), &moved).unwrap();
+        store.recover().unwrap();
+        assert!(!moved.exists());
+        assert!(!store.blob_path(&id).exists());
+    }
+
+    #[test]
+    fn subdirectories_are_made_only_inside_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_or_init(&dir.path().join("s")).unwrap();
+        store.staging_dir().unwrap();
+        fs::remove_file(store.root().join(MARKER_NAME)).unwrap();
+        fs::remove_dir(store.root().join("staging")).unwrap();
+        assert!(matches!(store.staging_dir(), Err(StoreError::NotAStore(_))));
+        assert!(!store.root().join("staging").exists());
+    }
 }

@@ -42,6 +42,24 @@ pub enum StoreError {
         /// What is wrong.
         source: ManifestError,
     },
+    /// A record's manifest fails verification with the store's key (edited, signed by
+    /// another vault, or filed under another ID): it is not listed, shown or served.
+    #[error(
+        "record {id} is not trusted: {why}; it is left out of listings and not served \
+         (check it with `ckvault verify {id}`)"
+    )]
+    Tampered {
+        /// The record.
+        id: RecordId,
+        /// Which check failed.
+        why: ManifestError,
+    },
+    /// A directory given as a store exists, holds files, and is not a store.
+    #[error(
+        "{0} exists and is not a ckvault store (no store.json): pass a new or empty directory \
+         for the store; nothing in {0} was changed"
+    )]
+    NotAStore(String),
     /// The record is under legal hold.
     #[error("record {id} is under legal hold ({reason}); release the hold first")]
     Held {

@@ -175,9 +175,12 @@ fn harness_version() -> u64 {
     h.finish()
 }
 
-/// The `ckvault` binary built for this test run.
+/// The `ckvault` binary built for this test run, or `CKVAULT_TEST_BIN` when set (to show
+/// that a test fails against an older build: `CKVAULT_TEST_BIN=/old/ckvault cargo test`).
 pub fn ckvault_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ckvault"))
+    std::env::var_os("CKVAULT_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ckvault")))
 }
 
 /// A fresh age X25519 identity written by `age-keygen -o` into `dir` (as `identity.txt`,
@@ -258,5 +261,6 @@ pub fn tar_with(members: &[(&str, u8, &[u8])]) -> Vec<u8> {
 
 pub mod containerd;
 pub mod crash;
+pub mod pki;
 pub mod seaweed;
 pub mod serve;

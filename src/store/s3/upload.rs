@@ -2,7 +2,9 @@
 //! only sealed blobs and signed manifests, never plaintext) go to the bucket, blob first,
 //! then the manifest; the spool copy is removed only once the bucket has both. An
 //! unreachable store means retries with capped exponential backoff, never a lost record;
-//! a full spool makes capture refuse new checkpoints ([`check_spool`]). Progress and health
+//! a full spool makes capture refuse new checkpoints ([`check_spool`]). A record whose
+//! manifest is unreadable or fails verification is not uploaded and stays in the spool
+//! (reported as the uploader's error) without holding up the others. Progress and health
 //! are in `SPOOL/upload-status.json`.
 //!
 //! Uploads are idempotent: keys derive from the record ID, and a record whose manifest is
@@ -160,15 +162,22 @@ impl Uploader {
         Ok(outcome)
     }
 
-    /// Uploads everything in the spool now; stops at the first failure.
+    /// Uploads everything in the spool now; stops at the first failure, except that a
+    /// record whose manifest is unreadable or fails verification stays in the spool
+    /// without holding up the others (the first such error is returned at the end).
     pub async fn drain(&self) -> Result<usize, StoreError> {
         self.s3
             .publish_key(&self.node, &self.spool.verifying_key()?)
             .await?;
         let mut n = 0;
+        let mut damaged = None;
         for id in self.spool.ids()? {
             match self.upload_one(&id).await {
                 Ok(_) | Err(StoreError::NotFound(_)) => n += 1,
+                Err(e @ (StoreError::Tampered { .. } | StoreError::Manifest { .. })) => {
+                    damaged.get_or_insert(e);
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
             self.update(|s| {
@@ -177,7 +186,10 @@ impl Uploader {
             });
         }
         crate::audit::ship::ship(&self.s3, &self.spool, &self.node).await?;
-        Ok(n)
+        match damaged {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
     }
 
     fn update(&self, f: impl FnOnce(&mut Status)) {

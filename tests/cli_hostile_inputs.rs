@@ -1,0 +1,398 @@
+//! The `ckvault` binary against hostile paths and files (issue 13): a `--store` that is
+//! someone else's directory, a manifest edited on disk, FIFOs named as inputs, and tars
+//! that are not checkpoints at all. Every command runs under a timeout, so a hang fails
+//! the test instead of blocking it.
+
+mod support;
+
+use support::tar_with;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+
+/// Runs ckvault with `args`, killing it (and failing the test) after `limit`.
+fn ckvault_within(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(support::ckvault_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ckvault");
+    let start = Instant::now();
+    while child.try_wait().expect("wait for ckvault").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ckvault {args:?} still running after {limit:?}: it hangs");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect ckvault output")
+}
+
+fn ckvault(args: &[&str]) -> Output {
+    ckvault_within(args, Duration::from_secs(60))
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "ckvault failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 test path")
+}
+
+/// A small archive that inspects as a checkpoint (config.dump only).
+fn archive(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, tar_with(&[("config.dump", b'0', b"{}")])).unwrap();
+    path
+}
+
+fn seal(archive: &Path, store: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["seal", s(archive), "--store", s(store)];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&ok(&ckvault(&args))).expect("seal prints manifest JSON")
+}
+
+/// Everything observable about a directory tree: each entry's mode, owner, size, mtime
+/// and content (files) or target (symlinks), the root included.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u32, u32, u64, SystemTime, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).unwrap();
+        let content = if m.is_file() {
+            fs::read(&p).unwrap()
+        } else if m.is_symlink() {
+            fs::read_link(&p)
+                .unwrap()
+                .into_os_string()
+                .into_encoded_bytes()
+        } else {
+            Vec::new()
+        };
+        if m.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+        out.insert(
+            p.strip_prefix(root).unwrap().to_path_buf(),
+            (m.mode(), m.uid(), m.size(), m.modified().unwrap(), content),
+        );
+    }
+    out
+}
+
+// ------------------------------------------------------------------ A: --store DIR
+
+#[test]
+fn a_store_is_made_only_in_a_new_or_empty_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, recipient) = support::age_keypair(dir.path());
+    let input = archive(dir.path(), "in.tar");
+
+    // (a) Somebody's directory: a file, and a tmp/ with files of its own.
+    let victim = dir.path().join("home");
+    fs::create_dir_all(victim.join("tmp")).unwrap();
+    fs::write(victim.join("important.txt"), b"keep me\n").unwrap();
+    fs::write(victim.join("tmp/notes.txt"), b"notes\n").unwrap();
+    fs::write(victim.join("tmp/x.123.y"), b"not a ckvault file\n").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(victim.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    let before = snapshot(&victim);
+    for args in [
+        vec!["seal", s(&input), "--store", s(&victim), "-r", &recipient],
+        vec![
+            "watch",
+            "--once",
+            "--dir",
+            s(dir.path()),
+            "--store",
+            s(&victim),
+            "-r",
+            &recipient,
+        ],
+    ] {
+        let out = ckvault(&args);
+        assert!(!out.status.success(), "{args:?} accepted a foreign --store");
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!(
+                "{} exists and is not a ckvault store (no store.json)",
+                victim.display()
+            )) && err.contains("new or empty directory"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            snapshot(&victim),
+            before,
+            "{args:?} changed the foreign directory"
+        );
+    }
+    assert!(input.exists());
+
+    // (b) An empty directory becomes a store.
+    let empty = dir.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    fs::set_permissions(&empty, fs::Permissions::from_mode(0o755)).unwrap();
+    let first = seal(&input, &empty, &["-r", &recipient]);
+    assert!(empty.join("store.json").is_file());
+    assert_eq!(fs::metadata(&empty).unwrap().mode() & 0o777, 0o700);
+    for sub in ["keys", "records", "tmp"] {
+        assert_eq!(
+            fs::metadata(empty.join(sub)).unwrap().mode() & 0o777,
+            0o700,
+            "{sub}"
+        );
+    }
+
+    // (c) An existing store opens (and an absent directory is created).
+    let second = seal(&input, &empty, &["-r", &recipient]);
+    let listed: Value = serde_json::from_str(&ok(&ckvault(&[
+        "ls",
+        "--store",
+        s(&empty),
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            first["id"].as_str().unwrap(),
+            second["id"].as_str().unwrap()
+        ]
+    );
+    let absent = dir.path().join("new/store");
+    seal(&input, &absent, &["-r", &recipient]);
+    assert!(absent.join("store.json").is_file());
+}
+
+// ------------------------------------------------------------------ B: edited manifests
+
+#[test]
+fn an_edited_manifest_is_neither_listed_nor_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, recipient) = support::age_keypair(dir.path());
+    let input = archive(dir.path(), "in.tar");
+    let store = dir.path().join("store");
+    let edited = seal(&input, &store, &["-r", &recipient, "--namespace", "team-a"]);
+    let kept = seal(&input, &store, &["-r", &recipient, "--namespace", "team-b"]);
+    let (edited, kept) = (edited["id"].as_str().unwrap(), kept["id"].as_str().unwrap());
+    let path = store.join("records").join(format!("{edited}.json"));
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"namespace\": \"team-a\""), "{text}");
+    fs::write(
+        &path,
+        text.replace("\"namespace\": \"team-a\"", "\"namespace\": \"team-b\""),
+    )
+    .unwrap();
+
+    // ls: only the intact record, a warning naming the other, a failing exit status.
+    let out = ckvault(&["ls", "--store", s(&store), "--format", "json"]);
+    assert!(!out.status.success());
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [kept]);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("record {edited} is not trusted"))
+            && err.contains(&format!("ckvault verify {edited}")),
+        "{err}"
+    );
+    let table = ckvault(&["ls", "--store", s(&store)]);
+    assert!(!String::from_utf8_lossy(&table.stdout).contains(edited));
+
+    // show, export and open refuse it with the same message.
+    let out_file = dir.path().join("out");
+    for args in [
+        vec!["show", edited, "--store", s(&store)],
+        vec!["export", edited, "--store", s(&store), "-o", s(&out_file)],
+        vec![
+            "open",
+            edited,
+            "--store",
+            s(&store),
+            "-i",
+            s(&identity),
+            "-o",
+            s(&out_file),
+        ],
+    ] {
+        let out = ckvault(&args);
+        assert!(
+            !out.status.success(),
+            "{args:?} accepted an edited manifest"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed something");
+        let err = stderr(&out);
+        assert!(
+            err.contains("signature does not verify")
+                && err.contains(&format!("ckvault verify {edited}")),
+            "{args:?}: {err}"
+        );
+        assert!(!out_file.exists());
+    }
+    // verify still says which check failed.
+    let out = ckvault(&["verify", edited, "--store", s(&store)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("signature"));
+
+    // The original bytes verify again.
+    fs::write(&path, &text).unwrap();
+    ok(&ckvault(&["show", edited, "--store", s(&store)]));
+    ok(&ckvault(&["ls", "--store", s(&store)]));
+}
+
+// ------------------------------------------------------------------ C: FIFOs as inputs
+
+fn mkfifo(path: &Path) {
+    let out = Command::new("mkfifo")
+        .arg(path)
+        .output()
+        .expect("run mkfifo");
+    assert!(out.status.success(), "mkfifo {}", path.display());
+}
+
+#[test]
+fn a_fifo_named_as_input_is_refused_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, recipient) = support::age_keypair(dir.path());
+    let input = archive(dir.path(), "in.tar");
+    let store = dir.path().join("store");
+    let id = seal(&input, &store, &["-r", &recipient])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    let policies = dir.path().join("policies");
+    fs::create_dir(&policies).unwrap();
+    mkfifo(&policies.join("retention.toml"));
+    let out_file = dir.path().join("out.tar");
+
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["inspect", s(&fifo)],
+        vec!["seal", s(&fifo), "--store", s(&store), "-r", &recipient],
+        vec![
+            "seal",
+            s(&input),
+            "--store",
+            s(&store),
+            "--recipients-file",
+            s(&fifo),
+        ],
+        vec![
+            "open",
+            &id,
+            "--store",
+            s(&store),
+            "-i",
+            s(&fifo),
+            "-o",
+            s(&out_file),
+        ],
+        vec![
+            "seal",
+            s(&input),
+            "--store",
+            s(&store),
+            "-r",
+            &recipient,
+            "--policies",
+            s(&policies),
+        ],
+    ];
+    for args in cases {
+        let out = ckvault_within(&args, Duration::from_secs(5));
+        assert!(!out.status.success(), "{args:?} succeeded on a FIFO");
+        let err = stderr(&out);
+        assert!(
+            err.contains("not a regular file (a FIFO)"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!out_file.exists());
+    // Nothing was sealed from the failed runs.
+    let listed: Value = serde_json::from_str(&ok(&ckvault(&[
+        "ls",
+        "--store",
+        s(&store),
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+}
+
+// ------------------------------------------------------------------ D: not a checkpoint
+
+#[test]
+fn a_tar_that_is_not_a_checkpoint_is_rejected_and_still_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, recipient) = support::age_keypair(dir.path());
+    let store = dir.path().join("store");
+    let cases = [
+        (
+            "pages-only",
+            tar_with(&[
+                ("checkpoint/", b'5', b""),
+                ("checkpoint/pages-1.img", b'0', &[7u8; 4096]),
+            ]),
+        ),
+        (
+            "text-files",
+            tar_with(&[("README", b'0', b"hello\n"), ("notes.txt", b'0', b"x\n")]),
+        ),
+    ];
+    for (name, bytes) in cases {
+        let path = dir.path().join(format!("{name}.tar"));
+        fs::write(&path, &bytes).unwrap();
+        let out = ckvault(&["inspect", s(&path)]);
+        assert_eq!(out.status.code(), Some(3), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains("not-a-checkpoint"), "{name}");
+        let out = ckvault(&["inspect", s(&path), "--format", "json"]);
+        assert_eq!(out.status.code(), Some(3), "{name}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["code"], "not-a-checkpoint", "{name}");
+
+        let m = seal(
+            &path,
+            &store,
+            &["-r", &recipient, "--namespace", "forensics"],
+        );
+        assert_eq!(m["inspection"]["status"], "rejected", "{name}");
+        assert_eq!(m["inspection"]["code"], "not-a-checkpoint", "{name}");
+        assert_eq!(m["namespace"], "forensics");
+    }
+}
