@@ -242,27 +242,111 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     fs::remove_file(from)
 }
 
-/// Writes `bytes` to `dest` atomically via a temporary file in `tmp_dir`.
+/// Writes `bytes` to `dest` atomically via a temporary file `NAME.PID.tmp` in `tmp_dir`
+/// (any directory: a leftover of a crash there is nobody's to clean).
 pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
-    staged(tmp_dir, dest, bytes)?.commit(dest)
+    staged(tmp_dir, dest, bytes, &std::process::id().to_string())?.commit(dest)
 }
 
-/// Writes `bytes` to a fresh temporary file in `tmp_dir` named after `dest`.
-fn staged(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<AtomicFile> {
+/// Like [`write_atomic`], but replaces `dest` if it exists.
+pub fn replace_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    staged(tmp_dir, dest, bytes, &std::process::id().to_string())?.commit_replace(dest)
+}
+
+/// [`write_atomic`] through a store's `tmp/`: the temporary name carries this process's
+/// owner token ([`owner_token`]), so the store's recovery knows whether its writer lives.
+pub fn write_atomic_owned(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    staged(tmp_dir, dest, bytes, &owner_token(tmp_dir)?)?.commit(dest)
+}
+
+/// [`replace_atomic`] through a store's `tmp/` (see [`write_atomic_owned`]).
+pub fn replace_atomic_owned(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    staged(tmp_dir, dest, bytes, &owner_token(tmp_dir)?)?.commit_replace(dest)
+}
+
+/// Writes `bytes` to a fresh temporary file `NAME.TAG.tmp` in `tmp_dir`.
+fn staged(tmp_dir: &Path, dest: &Path, bytes: &[u8], tag: &str) -> io::Result<AtomicFile> {
     use std::io::Write;
     let name = dest
         .file_name()
         .ok_or_else(|| io::Error::other("destination has no file name"))?;
     let mut tmp_name = name.to_os_string();
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    tmp_name.push(format!(".{tag}.tmp"));
     let mut file = AtomicFile::create(tmp_dir.join(tmp_name))?;
     file.file()?.write_all(bytes)?;
     Ok(file)
 }
 
-/// Like [`write_atomic`], but replaces `dest` if it exists.
-pub fn replace_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
-    staged(tmp_dir, dest, bytes)?.commit_replace(dest)
+/// This process's token for the temporary files it writes into `lock_dir` (a store's
+/// `tmp/`): temporary names carry it, and `lock_dir/owner.TOKEN.lock` stays locked
+/// (`flock`) for as long as the process lives. Whether the writer of a temporary file is
+/// alive is then [`owner_alive`], a question the kernel answers the same way in every PID
+/// namespace (a PID does not: another container's process can have any PID, or ours).
+pub fn owner_token(lock_dir: &Path) -> io::Result<String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static TOKEN: OnceLock<String> = OnceLock::new();
+    static HELD: Mutex<Option<HashMap<PathBuf, File>>> = Mutex::new(None);
+    let token = match TOKEN.get() {
+        Some(t) => t.clone(),
+        None => {
+            let mut raw = [0u8; 8];
+            getrandom::fill(&mut raw).map_err(|e| io::Error::other(e.to_string()))?;
+            let t = format!("o{}", hex::encode(raw));
+            TOKEN.get_or_init(|| t).clone()
+        }
+    };
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    let held = held.get_or_insert_with(HashMap::new);
+    let lock_path = lock_dir.join(format!("owner.{token}.lock"));
+    if !held.contains_key(lock_dir) || !lock_path.exists() {
+        // Locked before it gets its name, so nobody can ever see it unlocked while we live.
+        let fresh = lock_dir.join(format!(".owner.{token}.lock.new"));
+        let _ = fs::remove_file(&fresh);
+        let file = create_private_file(&fresh)?;
+        file.lock()?;
+        fs::rename(&fresh, &lock_path)?;
+        held.insert(lock_dir.to_path_buf(), file);
+    }
+    Ok(token)
+}
+
+/// Whether the process that named a temporary file in `lock_dir` with `token` is alive:
+/// its lock file is still locked. Tokens of digits only are PIDs (names written before
+/// owner tokens): alive if that PID exists here. No lock file means no live owner.
+pub fn owner_alive(lock_dir: &Path, token: &str) -> bool {
+    if !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit()) {
+        return Path::new(&format!("/proc/{token}")).exists();
+    }
+    let lock_path = lock_dir.join(format!("owner.{token}.lock"));
+    match open_nofollow(&lock_path) {
+        Ok(f) => match f.try_lock() {
+            Ok(()) => false,
+            Err(fs::TryLockError::WouldBlock) => true,
+            Err(fs::TryLockError::Error(_)) => true, // cannot tell: keep its files
+        },
+        Err(_) => false,
+    }
+}
+
+/// Removes the lock files in `lock_dir` whose owners are gone (after their temporary
+/// files were dealt with).
+pub fn remove_dead_owners(lock_dir: &Path) {
+    let Ok(entries) = fs::read_dir(lock_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let ours = (name.starts_with("owner.") && name.ends_with(".lock"))
+            || (name.starts_with(".owner.") && name.ends_with(".lock.new"));
+        if ours
+            && let Ok(f) = open_nofollow(&entry.path())
+            && f.try_lock().is_ok()
+        {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 #[cfg(test)]

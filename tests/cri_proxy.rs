@@ -481,10 +481,12 @@ fn the_trigger_api_checkpoints_by_name_with_kubelet_status_codes() {
     std::fs::write(
         &config,
         format!(
-            "[store]\npath = \"serve-store\"\n[server]\nlisten = \"127.0.0.1:0\"\ntokens = \"tokens.toml\"\n[seal]\nrecipients = [\"{recipient}\"]\n[policy]\ndir = \"policies\"\n[cri]\nupstream = \"runtime.sock\"\n"
+            "[store]\npath = \"serve-store\"\n[server]\nlisten = \"127.0.0.1:0\"\ntokens = \"tokens.toml\"\n[seal]\nrecipients = [\"{recipient}\"]\n[policy]\ndir = \"policies\"\n[cri]\nupstream = \"runtime.sock\"\n[audit]\npath = \"audit/ckvault.log\"\n"
         ),
     )
     .unwrap();
+    // One log for the store, at [audit] path: the trigger's seals go there too.
+    std::fs::create_dir(s.dir.join("audit")).unwrap();
     let mut child = Command::new(support::ckvault_bin())
         .args(["serve", "--config", config.to_str().unwrap()])
         .stdout(Stdio::piped())
@@ -569,14 +571,18 @@ fn the_trigger_api_checkpoints_by_name_with_kubelet_status_codes() {
     assert_eq!(code, "403");
     let (code, _) = curl(&["-X", "POST"], "/checkpoint/forensics/web-7d4/app");
     assert_eq!(code, "401");
-    // every attempt is in the audit log, which verifies
+    // every attempt, and the seal, is in the one audit log, which verifies
     let store = s.dir.join("serve-store");
+    assert!(
+        !store.join("audit.log").exists(),
+        "a second log beside [audit] path"
+    );
     let out = Command::new(support::ckvault_bin())
         .args([
             "audit",
             "show",
-            "--store",
-            store.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
             "--format",
             "json",
         ])
@@ -608,8 +614,15 @@ fn the_trigger_api_checkpoints_by_name_with_kubelet_status_codes() {
         3,
         "{outcomes:?}"
     );
+    let seals = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "seal" && e["outcome"] == "ok")
+        .count();
+    assert_eq!(seals, 1, "the trigger's seal is in the configured log");
     let out = Command::new(support::ckvault_bin())
-        .args(["audit", "verify", "--store", store.to_str().unwrap()])
+        .args(["audit", "verify", "--config", config.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(

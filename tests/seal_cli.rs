@@ -41,12 +41,18 @@ fn seal(archive: &Path, store: &Path, extra: &[&str]) -> Value {
 }
 
 /// Files in the store's records/ and tmp/ directories.
+/// Records and temporary files of a store (not the owner lock files in tmp/, which hold
+/// no data: a process's token, removed by the next recovery once it has exited).
 fn store_files(store: &Path) -> Vec<String> {
     let mut names = Vec::new();
     for sub in ["records", "tmp"] {
         if let Ok(rd) = fs::read_dir(store.join(sub)) {
             for e in rd.flatten() {
-                names.push(format!("{sub}/{}", e.file_name().to_string_lossy()));
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("owner.") && name.ends_with(".lock") {
+                    continue;
+                }
+                names.push(format!("{sub}/{name}"));
             }
         }
     }

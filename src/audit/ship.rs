@@ -120,7 +120,7 @@ pub async fn ship(s3: &S3Store, spool: &LocalStore, source: &str) -> Result<u64,
         state.hash = sig.last_hash;
         total += events.len() as u64;
         let json = serde_json::to_vec(&state).map_err(|e| StoreError::Config(e.to_string()))?;
-        crate::fsutil::replace_atomic(&spool.root().join("tmp"), &state_path, &json)
+        crate::fsutil::replace_atomic_owned(&spool.root().join("tmp"), &state_path, &json)
             .map_err(|e| StoreError::io(&state_path, e))?;
     }
     Ok(total)

@@ -1,7 +1,10 @@
 //! The private staging directory (`<store>/staging`, 0700): the only place plaintext
 //! checkpoint bytes may live, and only until sealed. Files are created 0600 with
-//! O_EXCL|O_NOFOLLOW. At start, whatever a crash left there is sealed (flagged with source
-//! `staging-recovery`) and removed: recovered, never dropped.
+//! O_EXCL|O_NOFOLLOW and named `ID.OWNER.tar`, OWNER being the creating process's owner
+//! token ([`crate::fsutil::owner_token`]). At start, whatever a dead process left there is
+//! sealed (flagged with source `staging-recovery`) and removed: recovered, never dropped.
+//! Files of live processes (another front-end on the same store, in any PID namespace,
+//! with a capture in progress) are left to them.
 
 use std::path::PathBuf;
 
@@ -13,7 +16,7 @@ use crate::store::{LocalStore, StoreError};
 /// A fresh, empty, private staging file for one archive.
 pub fn create(store: &LocalStore) -> Result<(PathBuf, std::fs::File), StoreError> {
     let dir = store.staging_dir()?;
-    let path = dir.join(format!("{}.tar", RecordId::generate()));
+    let path = dir.join(format!("{}.{}.tar", RecordId::generate(), store.owner()?));
     let file = fsutil::create_private_file(&path).map_err(|e| StoreError::Io {
         path: path.display().to_string(),
         source: e,
@@ -46,6 +49,18 @@ pub fn recover(store: &LocalStore, opts: &SealOptions) -> Result<Recovered, Stor
         };
         if !meta.file_type().is_file() {
             let _ = std::fs::remove_file(&path); // nothing but regular files belongs here
+            continue;
+        }
+        // `ID.OWNER.tar`: another process's capture in progress is not ours to seal.
+        let owner = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".tar"))
+            .and_then(|n| n.split_once('.'))
+            .map(|(_, owner)| owner.to_owned());
+        if let Some(owner) = owner
+            && crate::fsutil::owner_alive(&store.root().join("tmp"), &owner)
+        {
             continue;
         }
         let Ok(file) = fsutil::open_nofollow(&path) else {

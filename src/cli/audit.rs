@@ -99,12 +99,16 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     return verify_bucket(&config);
                 }
             }
-            let store = super::StoreArg {
-                store: match &store.config {
-                    Some(cfg) => crate::config::Config::load(cfg)?.store.path,
-                    None => store.store,
-                },
-                config: None,
+            // The log of `--store`, or of `--config` (its [audit] path; with a bucket, the
+            // spool's log, when a FILE is named or to check it before it is shipped).
+            let local = || -> anyhow::Result<LocalStore> {
+                Ok(match &store.config {
+                    Some(cfg) => {
+                        let c = crate::config::Config::load(cfg)?;
+                        LocalStore::open(c.store.local_dir())?.with_audit_path(c.audit.path)
+                    }
+                    None => LocalStore::open(&store.store)?,
+                })
             };
             let key = match public_key {
                 Some(p) => {
@@ -112,11 +116,11 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                         .with_context(|| format!("cannot read {}", p.display()))?;
                     VerifyingKey::from_pem(&pem, &p)?
                 }
-                None => LocalStore::open(&store.store)?.verifying_key()?,
+                None => local()?.verifying_key()?,
             };
             let log = match file {
                 Some(f) => f,
-                None => LocalStore::open(&store.store)?.audit_path(),
+                None => local()?.audit_path(),
             };
             match verify_expecting(&log, &key, expect_head.as_ref()) {
                 Ok(v) => {
@@ -150,7 +154,7 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             limit,
             format,
         } => {
-            let st = LocalStore::open(&store.local_dir("audit show")?)?;
+            let st = store.open_local("audit show")?;
             let events = audit::read_events(
                 &st.audit_path(),
                 &|e| {

@@ -102,12 +102,16 @@ pub fn open_store(arg: &super::StoreArg, index: bool) -> anyhow::Result<Opened> 
     };
     if config.store.kind == crate::config::StoreKind::Local {
         return Ok(Opened {
-            store: Store::Local(crate::store::LocalStore::open(&config.store.path)?),
+            store: Store::Local(
+                crate::store::LocalStore::open(&config.store.path)?
+                    .with_audit_path(config.audit.path.clone()),
+            ),
             rt,
             ship_as: None,
         });
     }
-    let spool = crate::store::LocalStore::open_or_init(&config.store.spool)?;
+    let spool = crate::store::LocalStore::open_or_init(&config.store.spool)?
+        .with_audit_path(config.audit.path.clone());
     let s3 = s3::S3Store::new(&config.store)?;
     rt.block_on(s3.check())?;
     let bucket = crate::store::backend::Bucket {
@@ -145,7 +149,8 @@ pub fn capture_store(
         StoreKind::Local => Ok(CaptureStore {
             store: crate::store::LocalStore::open_or_init(
                 &dir.unwrap_or_else(|| config.store.path.clone()),
-            )?,
+            )?
+            .with_audit_path(config.audit.path.clone()),
             uploader: None,
             spool_max: None,
         }),
@@ -154,7 +159,8 @@ pub fn capture_store(
                 dir.is_none(),
                 "--store does not apply with [store] kind = \"s3\" (the spool is [store] spool)"
             );
-            let spool = crate::store::LocalStore::open_or_init(&config.store.spool)?;
+            let spool = crate::store::LocalStore::open_or_init(&config.store.spool)?
+                .with_audit_path(config.audit.path.clone());
             let uploader = crate::store::s3::upload::Uploader::new(config, spool.clone())?;
             Ok(CaptureStore {
                 store: spool,

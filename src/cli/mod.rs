@@ -128,6 +128,16 @@ impl StoreArg {
         );
         Ok(config.store.path)
     }
+
+    /// Opens the local store of `--store` or `--config` (with that file's `[audit] path`);
+    /// a bucket configuration is refused as in [`Self::local_dir`].
+    pub fn open_local(&self, what: &str) -> anyhow::Result<crate::store::LocalStore> {
+        let audit = match &self.config {
+            Some(cfg) => crate::config::Config::load(cfg)?.audit.path,
+            None => None,
+        };
+        Ok(crate::store::LocalStore::open(&self.local_dir(what)?)?.with_audit_path(audit))
+    }
 }
 
 /// Runs the parsed command line.

@@ -12,7 +12,6 @@ use crate::fsutil;
 use crate::inspect::escape_control;
 use crate::manifest::{Manifest, RecordId, VerifyingKey};
 use crate::seal::digest::HashingReader;
-use crate::store::LocalStore;
 
 /// Arguments of `ckvault ls`.
 #[derive(Debug, clap::Args)]
@@ -133,7 +132,7 @@ pub fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `ckvault export`.
 pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let store = LocalStore::open(&args.store.local_dir("export")?)?;
+    let store = args.store.open_local("export")?;
     let manifest = store.manifest(&args.id)?; // signature checked
     store.audit_log()?.append(crate::audit::EventInput {
         actor: crate::seal::local_actor(),
@@ -220,7 +219,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let store = LocalStore::open(&args.store.local_dir("verify")?)?;
+    let store = args.store.open_local("verify")?;
     let key = match &args.public_key {
         Some(p) => key_from(p)?,
         None => store.verifying_key()?,

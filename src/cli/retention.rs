@@ -13,7 +13,7 @@ use crate::manifest::RecordId;
 use crate::policy::enforce;
 use crate::policy::selector::Target;
 use crate::seal::local_actor;
-use crate::store::{LegalHold, LocalStore};
+use crate::store::LegalHold;
 
 /// Arguments of `ckvault hold` / `ckvault release`.
 #[derive(Debug, clap::Args)]
@@ -180,7 +180,7 @@ pub fn retention(cmd: RetentionCommand) -> anyhow::Result<ExitCode> {
         RetentionCommand::Plan(a) => (a, false),
         RetentionCommand::Apply(a) => (a, true),
     };
-    let store = LocalStore::open(&args.store.local_dir("retention")?)?;
+    let store = args.store.open_local("retention")?;
     let set = load_policies(&args.policies)?;
     let now = enforce::now_unix();
     let deletions = if apply {

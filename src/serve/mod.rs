@@ -106,7 +106,8 @@ pub struct Prepared {
 /// Opens everything the configuration names, generating default credentials if no
 /// certificate is configured.
 pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
-    let local = LocalStore::open_or_init(config.store.local_dir())?;
+    let local = LocalStore::open_or_init(config.store.local_dir())?
+        .with_audit_path(config.audit.path.clone());
     let (store, bucket) = match config.store.kind {
         crate::config::StoreKind::Local => (Store::Local(local.clone()), None),
         crate::config::StoreKind::S3 => {
@@ -128,10 +129,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         }
     };
     let store_local = local;
-    let audit = match &config.audit.path {
-        Some(p) => AuditLog::open(p, store_local.signing_key()?)?,
-        None => store_local.audit_log()?,
-    };
+    let audit = store_local.audit_log()?;
     let mut generated = None;
     let (cert, key, client_ca, tokens_path) = match (&config.server.cert, &config.server.key) {
         (Some(c), Some(k)) => (

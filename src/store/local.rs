@@ -53,8 +53,8 @@ const RECORD_TMP_SUFFIXES: [&str; 4] = [
     "hold.partial",
     "json.deleting",
 ];
-/// Files written through tmp/ with [`fsutil::write_atomic`] / [`fsutil::replace_atomic`],
-/// whose temporary names are `<NAME>.<PID>.tmp`: the marker and keys (here), the audit
+/// Files written through tmp/ with [`fsutil::write_atomic_owned`] / [`fsutil::replace_atomic_owned`],
+/// whose temporary names are `<NAME>.<OWNER>.tmp`: the marker and keys (here), the audit
 /// shipping state (`audit::ship`) and the uploader's status (`store::s3::upload`).
 const ATOMIC_TMP_NAMES: [&str; 5] = [
     MARKER_NAME,
@@ -75,6 +75,8 @@ pub struct LocalStore {
     cache: Arc<Mutex<ListCache>>,
     /// The key manifests are verified with, derived once.
     key: Arc<OnceLock<VerifyingKey>>,
+    /// The audit log, when `[audit] path` names one other than `<store>/audit.log`.
+    audit: Option<PathBuf>,
 }
 
 /// What the store remembers between reads of its manifests.
@@ -117,27 +119,31 @@ fn is_store(root: &Path) -> bool {
 /// The PID that owns a file in tmp/, if its name has one of the exact shapes the store
 /// writes there, and for `<ID>.<PID>.json.deleting` the record whose deletion it is.
 /// Any other name is not the store's and is never touched.
-fn tmp_file_owner(name: &str) -> Option<(u32, Option<RecordId>)> {
-    let pid = |digits: &str| {
-        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| digits.parse::<u32>().ok())
-            .flatten()
+fn tmp_file_owner(name: &str) -> Option<(String, Option<RecordId>)> {
+    // An owner token (`o` and 16 hex digits, see [`fsutil::owner_token`]), or a PID in
+    // names written before tokens.
+    let owner = |t: &str| {
+        let token = t
+            .strip_prefix('o')
+            .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        let pid = !t.is_empty() && t.len() <= 10 && t.bytes().all(|b| b.is_ascii_digit());
+        (token || pid).then(|| t.to_owned())
     };
     if let Some(rest) = name.strip_suffix(".tmp") {
-        let (file, digits) = rest.rsplit_once('.')?;
+        let (file, token) = rest.rsplit_once('.')?;
         return ATOMIC_TMP_NAMES
             .contains(&file)
-            .then(|| pid(digits).map(|p| (p, None)))
+            .then(|| owner(token).map(|o| (o, None)))
             .flatten();
     }
     let (id, rest) = name.split_once('.')?;
-    let (digits, suffix) = rest.split_once('.')?;
+    let (token, suffix) = rest.split_once('.')?;
     if !RECORD_TMP_SUFFIXES.contains(&suffix) {
         return None;
     }
     let id = id.parse::<RecordId>().ok()?;
     let deleting = (suffix == "json.deleting").then(|| id.clone());
-    Some((pid(digits)?, deleting))
+    Some((owner(token)?, deleting))
 }
 
 impl LocalStore {
@@ -146,7 +152,17 @@ impl LocalStore {
             root: root.to_path_buf(),
             cache: Arc::default(),
             key: Arc::default(),
+            audit: None,
         }
+    }
+
+    /// The same store with its audit log at `path` (`[audit] path`) instead of
+    /// `<store>/audit.log`: every event about this store, whoever writes it (seals,
+    /// downloads, retention, uploads), goes to that one log, and that log is what is
+    /// shipped to a bucket.
+    pub fn with_audit_path(mut self, path: Option<PathBuf>) -> Self {
+        self.audit = path;
+        self
     }
 
     /// Opens the store at `root`, creating it (and a new signing key) if `root` does not
@@ -170,9 +186,15 @@ impl LocalStore {
             Ok(_) => {
                 let mut entries = fs::read_dir(root).map_err(|e| StoreError::io(root, e))?;
                 if entries.next().is_some() {
-                    return Err(StoreError::NotAStore(root.display().to_string()));
+                    // Another process may have made it a store since we looked: the marker
+                    // is the first thing in a new store.
+                    if !is_store(root) {
+                        return Err(StoreError::NotAStore(root.display().to_string()));
+                    }
+                    false
+                } else {
+                    true
                 }
-                true
             }
         };
         if fresh {
@@ -181,6 +203,12 @@ impl LocalStore {
             fsutil::ensure_private_dir(root).map_err(|e| StoreError::io(root, e))?;
             store.write_marker()?;
         }
+        // Several processes may open a new store at the same instant (a DaemonSet's proxy,
+        // watcher and server): the layout and the one signing key are made under an
+        // exclusive lock on the marker, by whoever comes first; the others find them.
+        let marker = root.join(MARKER_NAME);
+        let lock = fsutil::open_nofollow(&marker).map_err(|e| StoreError::io(&marker, e))?;
+        lock.lock().map_err(|e| StoreError::io(&marker, e))?;
         for dir in [
             root,
             &store.keys_dir(),
@@ -191,7 +219,14 @@ impl LocalStore {
         }
         if !store.key_path().exists() {
             store.create_key()?;
+        } else if !store.public_key_path().exists() {
+            // A crash between the two writes of create_key.
+            let pem = store.signing_key()?.verifying_key().to_pem()?;
+            let path = store.public_key_path();
+            fsutil::write_atomic_owned(&store.tmp_dir(), &path, pem.as_bytes())
+                .map_err(|e| StoreError::io(&path, e))?;
         }
+        drop(lock);
         store.recover()?;
         Ok(store)
     }
@@ -243,6 +278,12 @@ impl LocalStore {
         self.private_subdir("staging")
     }
 
+    /// This process's owner token for temporary files in tmp/ ([`fsutil::owner_token`]).
+    pub(crate) fn owner(&self) -> Result<String, StoreError> {
+        let tmp = self.tmp_dir();
+        fsutil::owner_token(&tmp).map_err(|e| StoreError::io(&tmp, e))
+    }
+
     fn keys_dir(&self) -> PathBuf {
         self.root.join("keys")
     }
@@ -257,7 +298,9 @@ impl LocalStore {
     }
     /// Path of the store's audit log (hash-chained JSON lines, see [`crate::audit`]).
     pub fn audit_path(&self) -> PathBuf {
-        self.root.join("audit.log")
+        self.audit
+            .clone()
+            .unwrap_or_else(|| self.root.join("audit.log"))
     }
 
     /// Opens the store's audit log, signing heads with the vault key.
@@ -283,9 +326,9 @@ impl LocalStore {
         };
         let pem = key.to_pem()?;
         let pub_pem = key.verifying_key().to_pem()?;
-        fsutil::write_atomic(&tmp, &self.key_path(), pem.as_bytes())
+        fsutil::write_atomic_owned(&tmp, &self.key_path(), pem.as_bytes())
             .map_err(|e| kio(&self.key_path(), e))?;
-        fsutil::write_atomic(&tmp, &self.public_key_path(), pub_pem.as_bytes())
+        fsutil::write_atomic_owned(&tmp, &self.public_key_path(), pub_pem.as_bytes())
             .map_err(|e| kio(&self.public_key_path(), e))?;
         Ok(())
     }
@@ -332,7 +375,7 @@ impl LocalStore {
     pub fn begin(&self, id: &RecordId) -> Result<PendingRecord, StoreError> {
         let tmp = self
             .tmp_dir()
-            .join(format!("{id}.{}.age.partial", std::process::id()));
+            .join(format!("{id}.{}.age.partial", self.owner()?));
         let blob = AtomicFile::create(tmp.clone()).map_err(|e| StoreError::io(&tmp, e))?;
         Ok(PendingRecord {
             store: self.clone(),
@@ -546,13 +589,14 @@ impl LocalStore {
         let tmp = self.tmp_dir();
         for entry in fs::read_dir(&tmp).map_err(|e| StoreError::io(&tmp, e))? {
             let entry = entry.map_err(|e| StoreError::io(&tmp, e))?;
-            let Some((pid, deleting)) = entry.file_name().to_str().and_then(tmp_file_owner) else {
+            let Some((owner, deleting)) = entry.file_name().to_str().and_then(tmp_file_owner)
+            else {
                 continue;
             };
             if !entry.file_type().is_ok_and(|t| t.is_file()) {
                 continue;
             }
-            if Path::new(&format!("/proc/{pid}")).exists() {
+            if fsutil::owner_alive(&tmp, &owner) {
                 continue;
             }
             // A deletion that was interrupted after hiding the manifest: finish it.
@@ -561,6 +605,7 @@ impl LocalStore {
             }
             let _ = fs::remove_file(entry.path());
         }
+        fsutil::remove_dead_owners(&tmp);
         let records = self.records_dir();
         let now = SystemTime::now();
         for entry in fs::read_dir(&records).map_err(|e| StoreError::io(&records, e))? {
@@ -636,7 +681,7 @@ impl LocalStore {
             .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?;
         let tmp = self
             .tmp_dir()
-            .join(format!("{id}.{}.hold.partial", std::process::id()));
+            .join(format!("{id}.{}.hold.partial", self.owner()?));
         let mut f = AtomicFile::create(tmp).map_err(|e| StoreError::io(&path, e))?;
         std::io::Write::write_all(f.file().map_err(|e| StoreError::io(&path, e))?, &bytes)
             .map_err(|e| StoreError::io(&path, e))?;
@@ -671,7 +716,7 @@ impl LocalStore {
         let manifest = self.manifest_path(id);
         let moved = self
             .tmp_dir()
-            .join(format!("{id}.{}.json.deleting", std::process::id()));
+            .join(format!("{id}.{}.json.deleting", self.owner()?));
         fs::rename(&manifest, &moved).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 StoreError::NotFound(id.clone())
@@ -732,7 +777,7 @@ impl PendingRecord {
             })?;
         let mtmp = store
             .tmp_dir()
-            .join(format!("{}.{}.json.partial", self.id, std::process::id()));
+            .join(format!("{}.{}.json.partial", self.id, store.owner()?));
         let mut mfile = AtomicFile::create(mtmp.clone()).map_err(|e| StoreError::io(&mtmp, e))?;
         {
             use std::io::Write;
@@ -903,7 +948,7 @@ mod tests {
         let id = RecordId::generate();
         // No process has this PID (above any pid_max).
         let dead = 4_294_967_000u32;
-        let live = std::process::id();
+        let live = store.owner().unwrap();
         let foreign = [
             "notes.txt".to_owned(),
             "x.123.y".to_owned(),

@@ -10,6 +10,12 @@
 //! Uploads are idempotent: keys derive from the record ID, and a record whose manifest is
 //! already in the bucket with the same sealed digest is only removed from the spool, so a
 //! crash anywhere in between yields each record exactly once.
+//!
+//! One uploader at a time per spool: a drain (uploads, then audit shipping) holds an
+//! exclusive `flock` on `SPOOL/uploader.lock`. Several processes may share a spool (a
+//! watcher, a proxy, one-shot `seal --config` runs, in any PID namespace): a long-running
+//! uploader that finds the lock taken leaves the records to its holder and looks again at
+//! its next rescan; a one-shot drain waits for the lock, then uploads what is left.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -162,10 +168,44 @@ impl Uploader {
         Ok(outcome)
     }
 
-    /// Uploads everything in the spool now; stops at the first failure, except that a
-    /// record whose manifest is unreadable or fails verification stays in the spool
-    /// without holding up the others (the first such error is returned at the end).
+    /// Uploads everything in the spool now (waiting for another process's drain of the
+    /// same spool to finish first); stops at the first failure, except that a record whose
+    /// manifest is unreadable or fails verification stays in the spool without holding up
+    /// the others (the first such error is returned at the end).
     pub async fn drain(&self) -> Result<usize, StoreError> {
+        let path = self.spool.root().join("uploader.lock");
+        let lock = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || {
+                let f = lock_file(&path)?;
+                f.lock()?;
+                Ok::<_, std::io::Error>(f)
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Config(format!("uploader lock task: {e}")))?
+        .map_err(|e| StoreError::io(&path, e))?;
+        let n = self.drain_locked().await;
+        drop(lock);
+        n
+    }
+
+    /// [`Self::drain`] unless another process is draining this spool now (`None` then:
+    /// its holder uploads what is there).
+    pub async fn try_drain(&self) -> Result<Option<usize>, StoreError> {
+        let path = self.spool.root().join("uploader.lock");
+        let lock = lock_file(&path).map_err(|e| StoreError::io(&path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(&path, e)),
+        }
+        let n = self.drain_locked().await;
+        drop(lock);
+        n.map(Some)
+    }
+
+    async fn drain_locked(&self) -> Result<usize, StoreError> {
         self.s3
             .publish_key(&self.node, &self.spool.verifying_key()?)
             .await?;
@@ -212,7 +252,7 @@ impl Uploader {
         if let Ok(json) = serde_json::to_vec_pretty(&status) {
             let path = self.spool.root().join("upload-status.json");
             let tmp = self.spool.root().join("tmp");
-            let _ = crate::fsutil::replace_atomic(&tmp, &path, &json);
+            let _ = crate::fsutil::replace_atomic_owned(&tmp, &path, &json);
         }
     }
 
@@ -221,9 +261,10 @@ impl Uploader {
     pub async fn run(self, stop: Arc<Notify>) {
         let mut backoff = Duration::from_secs(1);
         loop {
-            let result = self.drain().await;
+            let result = self.try_drain().await;
             let wait = match result {
-                Ok(_) => {
+                Ok(None) => RESCAN, // another process is draining this spool
+                Ok(Some(_)) => {
                     if self.status().state != "ok" {
                         eprintln!("ckvault: uploads to s3://{} resumed", self.s3.bucket());
                     }
@@ -260,6 +301,19 @@ impl Uploader {
             }
         }
     }
+}
+
+/// Opens (creating, 0600) a lock file without following a symlink.
+fn lock_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
 }
 
 /// Runs an uploader on its own thread and runtime (for the synchronous watcher); returns
