@@ -394,3 +394,124 @@ fn every_front_end_writes_the_one_configured_audit_log() {
     let out = run(&["audit", "verify", "--config", c]);
     assert!(out.starts_with("OK audit log"), "{out}");
 }
+
+#[test]
+fn serve_seals_what_a_crash_left_in_staging_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_identity, recipient) = support::age_keypair(dir);
+    let store = dir.join("store");
+    let tar = dir.join("first.tar");
+    fs::write(&tar, support::tar_with(&[("notes.txt", b'0', b"x\n")])).unwrap();
+    ok(&Command::new(support::ckvault_bin())
+        .args(["seal", p(&tar), "--store", p(&store), "-r", &recipient])
+        .output()
+        .unwrap());
+    // A capture whose process died: its owner token has no live lock.
+    let staging = store.join("staging");
+    fs::create_dir_all(&staging).unwrap();
+    let left = staging.join("01ARZ3NDEKTSV4RRFFQ69G5FAV.o00000000deadbeef.tar");
+    fs::write(&left, support::tar_with(&[("notes.txt", b'0', b"left\n")])).unwrap();
+    let config = dir.join("ckvault.toml");
+    fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"store\"\n[server]\nlisten = \"127.0.0.1:0\"\n[seal]\nrecipients = [\"{recipient}\"]\n[cri]\nupstream = \"no-runtime.sock\"\n"
+        ),
+    )
+    .unwrap();
+    let server = support::serve::Serve::start(&config, &dir.join("serve.log"));
+    server.kill();
+    assert!(!left.exists(), "the leftover was not sealed");
+    let out = ok(&Command::new(support::ckvault_bin())
+        .args(["ls", "--store", p(&store), "--format", "json"])
+        .output()
+        .unwrap());
+    let records: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(records.len(), 2, "{out}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["source"]["kind"] == "staging-recovery"),
+        "{out}"
+    );
+}
+
+#[test]
+fn retention_plan_and_apply_work_on_a_bucket_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(weed) = support::seaweed::Seaweed::start(&tmp.path().join("weed")) else {
+        return;
+    };
+    weed.create_bucket("ret");
+    let (_identity, recipient) = support::age_keypair(tmp.path());
+    let config = tmp.path().join("node.toml");
+    fs::write(
+        &config,
+        format!(
+            "{}\n[node]\nname = \"node-r\"\n[seal]\nrecipients = [\"{recipient}\"]\n",
+            weed.store_toml("ret", "r", &tmp.path().join("spool"))
+        ),
+    )
+    .unwrap();
+    let policies = tmp.path().join("policies");
+    fs::create_dir(&policies).unwrap();
+    fs::write(
+        policies.join("retention.toml"),
+        "version = 1\n[[rule]]\nname = \"keep-one\"\nkeep_last = 1\nmin_keep = 1\n",
+    )
+    .unwrap();
+    let c = p(&config);
+    let run = |args: &[&str]| {
+        ok(&Command::new(support::ckvault_bin())
+            .args(args)
+            .output()
+            .unwrap())
+    };
+    for i in 0..3 {
+        let a = tmp.path().join(format!("r{i}.tar"));
+        fs::write(&a, support::tar_with(&[("notes.txt", b'0', b"r\n")])).unwrap();
+        run(&[
+            "seal",
+            p(&a),
+            "--config",
+            c,
+            "--namespace",
+            "shop",
+            "--pod",
+            "api-0",
+            "--container",
+            "api",
+        ]);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let plan: Vec<Value> = serde_json::from_str(&run(&[
+        "retention",
+        "plan",
+        "--config",
+        c,
+        "--policies",
+        p(&policies),
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(plan.len(), 2, "{plan:#?}");
+    let applied: Vec<Value> = serde_json::from_str(&run(&[
+        "retention",
+        "apply",
+        "--config",
+        c,
+        "--policies",
+        p(&policies),
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(applied.len(), 2, "{applied:#?}");
+    let left: Vec<Value> =
+        serde_json::from_str(&run(&["ls", "--config", c, "--format", "json"])).unwrap();
+    assert_eq!(left.len(), 1, "{left:#?}");
+    let out = run(&["audit", "verify", "--config", c]);
+    assert!(out.contains("OK 1 sources"), "{out}");
+}

@@ -63,7 +63,12 @@ impl Checkpointer {
         self
     }
 
-    /// The runtime client.
+    /// How it seals (recipients, node, spool limit).
+    pub fn options(&self) -> &SealOptions {
+        &self.opts
+    }
+
+    /// The runtime it asks.
     pub fn runtime(&self) -> &RuntimeClient {
         &self.runtime
     }

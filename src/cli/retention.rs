@@ -180,13 +180,41 @@ pub fn retention(cmd: RetentionCommand) -> anyhow::Result<ExitCode> {
         RetentionCommand::Plan(a) => (a, false),
         RetentionCommand::Apply(a) => (a, true),
     };
-    let store = args.store.open_local("retention")?;
     let set = load_policies(&args.policies)?;
+    let opened = super::common::open_store(&args.store, true)?;
     let now = enforce::now_unix();
+    let store = &opened.store;
     let deletions = if apply {
-        enforce::apply(&store, &set, now, None, &local_actor()).context("applying retention")?
+        // With a bucket, only one process applies retention at a time (servers take the
+        // same lease on their timer).
+        if let crate::store::Store::Bucket(b) = store {
+            let holder = format!("{}:{}", local_actor(), std::process::id());
+            let lease = crate::store::s3::lease::Lease::retention(
+                b.s3.clone(),
+                holder,
+                crate::serve::RETENTION_INTERVAL * 3,
+            );
+            anyhow::ensure!(
+                opened.rt.block_on(lease.acquire())?,
+                "another replica or command is applying retention to s3://{} now; try again in a few minutes",
+                b.s3.bucket()
+            );
+        }
+        let audit = store.local().audit_log()?;
+        let result = opened.rt.block_on(enforce::apply_store(
+            store,
+            &audit,
+            &set,
+            now,
+            None,
+            &local_actor(),
+        ));
+        opened.ship_audit()?;
+        result.context("applying retention")?
     } else {
-        enforce::plan(&store, &set, now, None)?
+        opened
+            .rt
+            .block_on(enforce::plan_store(store, &set, now, None))?
     };
     match args.format {
         Format::Json => output::print_json(&deletions)?,

@@ -78,12 +78,7 @@ pub async fn apply_store(
     live_pods: Option<&HashSet<(String, String)>>,
     actor: &str,
 ) -> Result<Vec<Deletion>, StoreError> {
-    let manifests = store.list().await?;
-    let mut infos = Vec::with_capacity(manifests.len());
-    for m in &manifests {
-        infos.push(info(m, store.is_held(&m.id).await?, set));
-    }
-    let planned = set.retention.plan(&infos, now, live_pods);
+    let planned = plan_store(store, set, now, live_pods).await?;
     let mut done = Vec::new();
     for d in planned {
         let Ok(id) = d.id.parse::<RecordId>() else {
@@ -105,7 +100,23 @@ pub async fn apply_store(
     Ok(done)
 }
 
-/// What retention would delete now.
+/// What retention would delete now from any [`Store`] (local or bucket).
+pub async fn plan_store(
+    store: &Store,
+    set: &PolicySet,
+    now: i64,
+    live_pods: Option<&HashSet<(String, String)>>,
+) -> Result<Vec<Deletion>, StoreError> {
+    let manifests = store.list().await?;
+    let mut infos = Vec::with_capacity(manifests.len());
+    for m in &manifests {
+        infos.push(info(m, store.is_held(&m.id).await?, set));
+    }
+    Ok(set.retention.plan(&infos, now, live_pods))
+}
+
+/// What retention would delete now (a local store, synchronously: capture applies
+/// retention after each seal on its own thread).
 pub fn plan(
     store: &LocalStore,
     set: &PolicySet,

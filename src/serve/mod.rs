@@ -200,6 +200,10 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         );
         opts.recipient_policy = set.recipients.clone().map(Arc::new);
         opts.node = Some(crate::seal::node_name(config));
+        // A spool at its limit refuses the trigger before the runtime is asked.
+        if config.store.kind == crate::config::StoreKind::S3 {
+            opts.spool_max = crate::policy::units::parse_size(&config.store.spool_max);
+        }
         crate::capture::checkpoint::Checkpointer::new(
             crate::capture::cri::RuntimeClient::new(sock),
             store_local.clone(),
@@ -207,6 +211,17 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         )
         .with_policies(Arc::new(set.clone()))
     });
+    // What a crash left in staging (a trigger in flight, or another front-end's capture
+    // on this store) is sealed now, as the other capturing front-ends do at start.
+    if let Some(c) = &checkpointer {
+        let recovered = crate::capture::staging::recover(&store_local, c.options())?;
+        for m in &recovered.sealed {
+            eprintln!("ckvault: recovered {} from staging", m.id);
+        }
+        for (p, e) in &recovered.failed {
+            eprintln!("ckvault: cannot seal {} left in staging: {e}", p.display());
+        }
+    }
     let mut state = AppState::new(store, audit, set, tokens);
     state.checkpointer = checkpointer;
     Ok(Prepared {
