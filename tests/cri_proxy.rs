@@ -766,7 +766,10 @@ fn a_full_staging_directory_fails_the_call_and_leaves_no_plaintext() {
         .status()
         .is_ok_and(|st| st.success());
     if !mounted {
-        eprintln!("*** SKIPPED staging-full test: cannot mount a tmpfs here (needs root) ***");
+        support::cannot_run(
+            support::REQUIRE_ENV,
+            "staging-full test: cannot mount a tmpfs here (needs root)",
+        );
         return;
     }
     struct Umount(PathBuf);

@@ -486,7 +486,10 @@ fn disk_full_in_the_store_leaves_no_partial_record() {
         .map(|s| s.success())
         .unwrap_or(false);
     if !mounted {
-        eprintln!("*** SKIPPED disk_full test: cannot mount a tmpfs here (needs root) ***");
+        support::cannot_run(
+            support::REQUIRE_ENV,
+            "disk_full test: cannot mount a tmpfs here (needs root)",
+        );
         return;
     }
     struct Unmount(PathBuf);

