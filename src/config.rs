@@ -463,7 +463,7 @@ impl Config {
                 message: "[store] kind = \"s3\" needs bucket = \"...\"".into(),
             });
         }
-        if crate::policy::units::parse_size(&config.store.spool_max).is_none() {
+        if crate::units::parse_size(&config.store.spool_max).is_none() {
             return Err(ConfigError::Invalid {
                 path: path.display().to_string(),
                 message: format!(

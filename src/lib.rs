@@ -1,17 +1,32 @@
 //! ckvault: seal, inspect, keep and serve Kubernetes container checkpoints.
 //!
 //! A container checkpoint archive holds every memory page of a container. ckvault takes
-//! such an archive the moment it exists and turns it into a *sealed record*:
+//! such an archive the moment it exists and turns it into a *sealed record*. The modules,
+//! from the top floor down; each uses only modules on the floors below it (no import
+//! circles):
 //!
+//! * [`cli`]: the `ckvault` commands, thin adapters over the layers below.
+//! * [`vault`]: the use-case layer for custody (hold, release, delete with every kind of
+//!   hold, audited first), shared by the CLI and the API.
+//! * [`serve`]: the HTTPS API (own TLS accept loop, connection limits, every request
+//!   authenticated, authorized and audited before anything is served) and the
+//!   kubelet-compatible trigger API.
+//! * [`capture`]: the CRI proxy, the checkpoint call, the directory watcher, private
+//!   staging.
 //! * [`seal`]: one streaming pass: SHA-256 of the input, zstd, age encryption to the
-//!   configured recipients, SHA-256 of the stored bytes; nothing buffered whole.
-//! * [`inspect`]: reads the archive without unpacking it (identity, image, CRIU process
-//!   tree, sizes), treating every byte as hostile.
-//! * [`manifest`]: the versioned record schema, canonical JSON and its Ed25519 signature.
-//! * [`store`]: where sealed records live (a private local directory today).
-//!
-//! Data flows capture -> seal -> store -> policy -> serve; each module uses only the
-//! modules below it.
+//!   recipients policy names, SHA-256 of the stored bytes, a signed manifest, the audit
+//!   event; and `open`, the verified reverse.
+//! * [`policy`]: access grants, per-namespace recipients, retention (plan, then apply, over
+//!   either store), legal holds by selector.
+//! * [`store`]: where sealed records live: a local directory ([`store::LocalStore`]) or an
+//!   S3 bucket with a local spool, its uploader and the shipping of audit segments.
+//! * [`audit`]: the append-only, hash-chained, fail-closed audit log and its verifier.
+//! * [`client`]: `ckvault fetch`'s HTTPS client.
+//! * [`manifest`], [`config`], [`recipient`], [`node`]: the record schema and its
+//!   signature, the configuration file, age/SSH recipients, the clock and node names.
+//! * [`inspect`], [`units`], [`fsutil`]: the ground floor: the hostile-input archive
+//!   reader, byte sizes, careful file-system primitives (private files, atomic writes,
+//!   owner locks for files shared between processes).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -23,7 +38,11 @@ pub mod config;
 pub mod fsutil;
 pub mod inspect;
 pub mod manifest;
+pub mod node;
 pub mod policy;
+pub mod recipient;
 pub mod seal;
 pub mod serve;
 pub mod store;
+pub mod units;
+pub mod vault;

@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = HoldsPolicy::parse(p, text);
     let _ = RecipientsPolicy::parse(p, text);
     let _ = RetentionPolicy::parse(p, text);
-    let _ = ckvault::policy::units::parse_size(text);
+    let _ = ckvault::units::parse_size(text);
     let _ = ckvault::config::parse_duration(text);
     let _ = toml::from_str::<ckvault::config::Config>(text);
 });

@@ -12,11 +12,10 @@
 //! Appends are all or nothing: an event counts once the signed head naming it is in
 //! place (`head.json` renamed). A failed append (a full disk) cuts what it wrote; what a
 //! crash or a failed cut left behind (a torn line, an event no head confirms) is cut at the
-//! next append, which first records an `audit-repair` event saying what was cut ([`tail`]).
+//! next append, which first records an `audit-repair` event saying what was cut (`tail`).
 //! Every field an event takes from a request is bounded before anything is written
 //! ([`EventInput::bounded`]), so no input can make a line the log cannot read back.
 
-pub mod ship;
 mod tail;
 pub mod verify;
 
@@ -360,7 +359,7 @@ impl AuditLog {
     ) -> Result<AuditEvent, AuditError> {
         let mut event = AuditEvent {
             seq: tail.seq + 1,
-            time: crate::seal::now_rfc3339(),
+            time: crate::node::now_rfc3339(),
             input,
             prev: tail.hash.clone(),
             hash: String::new(),
@@ -537,7 +536,7 @@ fn sign_head(key: &SigningKey, size: u64, hash: &str) -> SignedHead {
     SignedHead {
         size,
         hash: hash.to_owned(),
-        time: crate::seal::now_rfc3339(),
+        time: crate::node::now_rfc3339(),
         key_id: key.verifying_key().key_id(),
         sig: key.sign_bytes(&head_message(size, hash)),
     }

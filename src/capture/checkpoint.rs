@@ -14,8 +14,9 @@ use super::cri::{
 };
 use super::staging;
 use crate::manifest::{Manifest, Source};
-use crate::seal::{self, ClaimedIdentity, SealOptions};
+use crate::seal::ClaimedIdentity;
 use crate::store::LocalStore;
+use crate::vault::intake::Intake;
 
 /// Why a checkpoint did not become a record.
 #[derive(Debug, thiserror::Error)]
@@ -39,33 +40,24 @@ pub enum CheckpointError {
 #[derive(Clone)]
 pub struct Checkpointer {
     runtime: RuntimeClient,
-    store: LocalStore,
-    opts: SealOptions,
+    intake: Intake,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
-    policies: Option<Arc<crate::policy::PolicySet>>,
 }
 
 impl Checkpointer {
-    /// A checkpointer for `runtime`, sealing into `store` with `opts` (recipients, actor).
-    pub fn new(runtime: RuntimeClient, store: LocalStore, opts: SealOptions) -> Self {
+    /// A checkpointer for `runtime`, sealing through `intake` (store, recipients, node, and
+    /// what follows a seal).
+    pub fn new(runtime: RuntimeClient, intake: Intake) -> Self {
         Self {
             runtime,
-            store,
-            opts,
+            intake,
             locks: Arc::default(),
-            policies: None,
         }
     }
 
-    /// Applies these policies' retention after every seal.
-    pub fn with_policies(mut self, policies: Arc<crate::policy::PolicySet>) -> Self {
-        self.policies = Some(policies);
-        self
-    }
-
-    /// How it seals (recipients, node, spool limit).
-    pub fn options(&self) -> &SealOptions {
-        &self.opts
+    /// Where and how it seals.
+    pub fn intake(&self) -> &Intake {
+        &self.intake
     }
 
     /// The runtime it asks.
@@ -73,9 +65,9 @@ impl Checkpointer {
         &self.runtime
     }
 
-    /// The store.
+    /// The store it seals into.
     pub fn store(&self) -> &LocalStore {
-        &self.store
+        self.intake.store()
     }
 
     /// Checkpoints `container_id` within `deadline` and seals the result. `source` says who
@@ -116,10 +108,9 @@ impl Checkpointer {
             map.entry(container_id.to_owned()).or_default().clone()
         };
         let _serial = lock.lock().await;
-        if let Some(max) = self.opts.spool_max {
-            crate::store::s3::upload::check_spool(&self.store, max)
-                .map_err(CheckpointError::SpoolFull)?;
-        }
+        self.intake
+            .check_room()
+            .map_err(CheckpointError::SpoolFull)?;
         let status: ContainerStatusResponse = self
             .runtime
             .unary(
@@ -137,8 +128,8 @@ impl Checkpointer {
             pod: labels.get(LABEL_POD).cloned(),
             container: labels.get(LABEL_CONTAINER).cloned(),
         };
-        let (staged, file) =
-            staging::create(&self.store).map_err(|e| CheckpointError::Seal(e.to_string()))?;
+        let (staged, file) = staging::create(self.intake.store())
+            .map_err(|e| CheckpointError::Seal(e.to_string()))?;
         drop(file); // the runtime opens the path itself (O_RDWR|O_CREAT, no O_TRUNC)
         let result: Result<CheckpointContainerResponse, GrpcStatus> = self
             .runtime
@@ -165,27 +156,23 @@ impl Checkpointer {
             }
             return Err(e.into());
         }
-        let mut opts = self.opts.clone();
+        let mut opts = self.intake.options().clone();
         opts.claimed = claimed;
         opts.actor = actor.to_owned();
         opts.source = Source {
             kind: source.to_owned(),
             path: requested_location.map(str::to_owned),
         };
-        let store = self.store.clone();
+        let intake = self.intake.clone();
         let path = staged.clone();
         let sealed = tokio::task::spawn_blocking(move || {
             let file = crate::fsutil::open_nofollow(&path).map_err(|e| e.to_string())?;
-            seal::seal_file(&store, file, &opts, &|_| {}).map_err(|e| e.to_string())
+            intake.seal(file, &opts, &|_| {}).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| CheckpointError::Seal(e.to_string()))?
         .map_err(CheckpointError::Seal)?;
         let _ = std::fs::remove_file(&staged);
-        if let Some(p) = self.policies.clone() {
-            let store = self.store.clone();
-            let _ = tokio::task::spawn_blocking(move || p.enforce_after_seal(&store)).await;
-        }
         Ok(sealed)
     }
 
@@ -193,8 +180,8 @@ impl Checkpointer {
     /// minutes): once it holds bytes that stop changing, it is sealed (source
     /// `cri-late-write`) and removed; an empty file is removed at the end.
     fn sweep_late(&self, staged: std::path::PathBuf, deadline: Duration, actor: String) {
-        let store = self.store.clone();
-        let mut opts = self.opts.clone();
+        let intake = self.intake.clone();
+        let mut opts = self.intake.options().clone();
         opts.actor = actor;
         opts.source = Source {
             kind: "cri-late-write".into(),
@@ -212,7 +199,7 @@ impl Checkpointer {
                 let now = (meta.len(), meta.modified().ok());
                 if meta.len() > 0 && last == Some(now) {
                     if let Ok(file) = crate::fsutil::open_nofollow(&staged)
-                        && seal::seal_file(&store, file, &opts, &|_| {}).is_ok()
+                        && intake.seal(file, &opts, &|_| {}).is_ok()
                     {
                         let _ = std::fs::remove_file(&staged);
                     }

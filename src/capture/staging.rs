@@ -10,8 +10,9 @@ use std::path::PathBuf;
 
 use crate::fsutil;
 use crate::manifest::{Manifest, RecordId, Source};
-use crate::seal::{self, SealError, SealOptions};
+use crate::seal::SealError;
 use crate::store::{LocalStore, StoreError};
+use crate::vault::intake::Intake;
 
 /// A fresh, empty, private staging file for one archive.
 pub fn create(store: &LocalStore) -> Result<(PathBuf, std::fs::File), StoreError> {
@@ -33,8 +34,10 @@ pub struct Recovered {
     pub failed: Vec<(PathBuf, SealError)>,
 }
 
-/// Seals every file left in staging by an earlier run, then removes it.
-pub fn recover(store: &LocalStore, opts: &SealOptions) -> Result<Recovered, StoreError> {
+/// Seals every file a dead process left in staging (through `intake`, so it is uploaded
+/// or retention applies as after any seal), then removes it.
+pub fn recover(intake: &Intake) -> Result<Recovered, StoreError> {
+    let store = intake.store();
     let dir = store.staging_dir()?;
     let mut sealed = Vec::new();
     let mut failed = Vec::new();
@@ -66,12 +69,12 @@ pub fn recover(store: &LocalStore, opts: &SealOptions) -> Result<Recovered, Stor
         let Ok(file) = fsutil::open_nofollow(&path) else {
             continue;
         };
-        let mut o = opts.clone();
+        let mut o = intake.options().clone();
         o.source = Source {
             kind: "staging-recovery".into(),
             path: Some(path.display().to_string()),
         };
-        match seal::seal_file(store, file, &o, &|_| {}) {
+        match intake.seal(file, &o, &|_| {}) {
             Ok(m) => {
                 let _ = std::fs::remove_file(&path);
                 sealed.push(m);

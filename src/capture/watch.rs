@@ -18,8 +18,7 @@ use inotify::{Inotify, WatchMask};
 use super::receipt::{self, Receipt};
 use crate::fsutil;
 use crate::manifest::{Manifest, Source};
-use crate::seal::{self, SealOptions};
-use crate::store::LocalStore;
+use crate::vault::intake::Intake;
 
 /// What happened to one candidate file.
 #[derive(Debug)]
@@ -42,13 +41,7 @@ pub fn is_candidate(name: &str) -> bool {
 }
 
 /// Captures one file of the watched directory if it is complete.
-pub fn capture(
-    store: &LocalStore,
-    dir: &Path,
-    name: &str,
-    opts: &SealOptions,
-    settle: Duration,
-) -> Outcome {
+pub fn capture(intake: &Intake, dir: &Path, name: &str, settle: Duration) -> Outcome {
     if !is_candidate(name) {
         return Outcome::Ignored("not a checkpoint archive name".into());
     }
@@ -78,17 +71,12 @@ pub fn capture(
     if (fmeta.dev(), fmeta.ino()) != (lmeta.dev(), lmeta.ino()) || !fmeta.is_file() {
         return Outcome::NotSettled; // replaced between stat and open: look again
     }
-    if let Some(max) = opts.spool_max
-        && let Err(e) = crate::store::s3::upload::check_spool(store, max)
-    {
-        return Outcome::Failed(e.to_string());
-    }
-    let mut o = opts.clone();
+    let mut o = intake.options().clone();
     o.source = Source {
         kind: "watch".into(),
         path: Some(path.display().to_string()),
     };
-    let manifest = match seal::seal_file(store, file, &o, &|_| {}) {
+    let manifest = match intake.seal(file, &o, &|_| {}) {
         Ok(m) => m,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
@@ -131,8 +119,7 @@ pub struct WatchOptions {
 /// Runs the watcher; `report` is told about each capture. Returns only with `once`, or on
 /// an inotify error.
 pub fn run(
-    store: &LocalStore,
-    seal_opts: &SealOptions,
+    intake: &Intake,
     opts: &WatchOptions,
     report: &mut dyn FnMut(&str, &Outcome),
 ) -> std::io::Result<()> {
@@ -199,7 +186,7 @@ pub fn run(
             .map(|(n, _)| n.clone())
             .collect();
         for name in due {
-            let outcome = capture(store, &opts.dir, &name, seal_opts, opts.settle);
+            let outcome = capture(intake, &opts.dir, &name, opts.settle);
             match &outcome {
                 Outcome::NotSettled => {
                     pending.insert(name.clone(), Instant::now());

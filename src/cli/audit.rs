@@ -54,7 +54,7 @@ fn verify_bucket(config: &crate::config::Config) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(s3.check())?;
-    match rt.block_on(audit::ship::verify_bucket(&s3)) {
+    match rt.block_on(crate::store::s3::ship::verify_bucket(&s3)) {
         Ok(sources) => {
             for s in &sources {
                 println!(

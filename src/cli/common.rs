@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::policy::PolicySet;
 use crate::policy::recipients::RecipientsPolicy;
 use crate::seal::{Recipient, SealError};
+use crate::vault::intake::{After, Intake};
 
 /// Who records are sealed to, and the policies that apply after sealing.
 pub struct SealSetup {
@@ -75,7 +76,7 @@ impl Opened {
         if let (crate::store::Store::Bucket(b), Some(node)) = (&self.store, &self.ship_as) {
             self.rt.block_on(async {
                 b.s3.publish_key(node, &b.spool.verifying_key()?).await?;
-                crate::audit::ship::ship(&b.s3, &b.spool, node).await
+                crate::store::s3::ship::ship(&b.s3, &b.spool, node).await
             })?;
         }
         Ok(())
@@ -125,7 +126,7 @@ pub fn open_store(arg: &super::StoreArg, index: bool) -> anyhow::Result<Opened> 
     Ok(Opened {
         store: Store::Bucket(Arc::new(bucket)),
         rt,
-        ship_as: Some(crate::seal::node_name(&config)),
+        ship_as: Some(crate::node::node_name(&config)),
     })
 }
 
@@ -165,23 +166,18 @@ pub fn capture_store(
             Ok(CaptureStore {
                 store: spool,
                 uploader: Some(uploader),
-                spool_max: crate::policy::units::parse_size(&config.store.spool_max),
+                spool_max: crate::units::parse_size(&config.store.spool_max),
             })
         }
     }
 }
 
-/// Everything a capturing command (`watch`, `proxy`) needs before it starts: where it
-/// seals, how, the policies that apply afterwards and the uploader of a spool.
+/// Everything a capturing command (`watch`, `proxy`) needs before it starts: where and
+/// how it seals and what follows a seal ([`Intake`]), and the uploader of a spool.
 pub struct Capture {
-    /// The local store, or the spool with a bucket.
-    pub store: crate::store::LocalStore,
-    /// How archives are sealed (recipients, node, spool limit, source kind).
-    pub opts: crate::seal::SealOptions,
-    /// Retention and the other policies, applied after each seal. None with a bucket:
-    /// retention is the server's business there.
-    pub policies: Option<Arc<PolicySet>>,
-    /// With a bucket: the uploader of the spool.
+    /// Sealing, then upload (bucket) or retention (local store).
+    pub intake: Intake,
+    /// With a bucket: the uploader of the spool (whose waker the intake rings).
     pub uploader: Option<crate::store::s3::upload::Uploader>,
 }
 
@@ -235,24 +231,23 @@ pub fn capture_setup(
         },
     );
     opts.recipient_policy = setup.recipient_policy;
-    opts.node = Some(crate::seal::node_name(config));
+    opts.node = Some(crate::node::node_name(config));
     opts.spool_max = cs.spool_max;
-    let recovered = crate::capture::staging::recover(&cs.store, &opts)?;
+    // With a bucket the spool's uploader takes each record; retention is the servers'.
+    let after = match &cs.uploader {
+        Some(u) => After::Upload(Some(u.waker())),
+        None => After::Retention(setup.policies),
+    };
+    let intake = Intake::new(cs.store, opts, after);
+    let recovered = crate::capture::staging::recover(&intake)?;
     for m in &recovered.sealed {
         println!("recovered {} from staging", m.id);
     }
     for (p, e) in &recovered.failed {
         eprintln!("ckvault: cannot seal {} left in staging: {e}", p.display());
     }
-    let policies = if cs.uploader.is_none() {
-        setup.policies
-    } else {
-        None
-    };
     Ok(Capture {
-        store: cs.store,
-        opts,
-        policies,
+        intake,
         uploader: cs.uploader,
     })
 }

@@ -106,7 +106,7 @@ pub struct StoreArg {
         default_value = "ckvault-data"
     )]
     pub store: PathBuf,
-    /// A configuration file whose [store] names the store instead (local or S3 bucket).
+    /// A configuration file whose `[store]` names the store instead (local or S3 bucket).
     #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "store")]
     pub config: Option<PathBuf>,
 }

@@ -42,7 +42,7 @@ pub fn run(args: OpenArgs) -> anyhow::Result<ExitCode> {
         let store = LocalStore::open(dir)?;
         let manifest = store.manifest(&id)?; // signature checked
         store.audit_log()?.append(crate::audit::EventInput {
-            actor: crate::seal::local_actor(),
+            actor: crate::node::local_actor(),
             action: "open".into(),
             outcome: "ok".into(),
             record: Some(id.to_string()),

@@ -135,7 +135,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let store = args.store.open_local("export")?;
     let manifest = store.manifest(&args.id)?; // signature checked
     store.audit_log()?.append(crate::audit::EventInput {
-        actor: crate::seal::local_actor(),
+        actor: crate::node::local_actor(),
         action: "export".into(),
         outcome: "ok".into(),
         record: Some(args.id.to_string()),

@@ -1,19 +1,20 @@
 //! `ckvault hold`, `release`, `delete` and `retention plan|apply`: changing what a store
-//! keeps. Every change is recorded in the store's audit log before it is made.
+//! keeps, local or bucket. Every change is recorded in the store's audit log before it is
+//! made. Hold, release and delete go through [`crate::vault::Custody`], as the API's do;
+//! retention through [`crate::policy::enforce`], as the server's timer does.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use super::common::load_policies;
 use super::{Format, StoreArg, output};
 use crate::audit::EventInput;
 use crate::manifest::RecordId;
+use crate::node::local_actor;
 use crate::policy::enforce;
-use crate::policy::selector::Target;
-use crate::seal::local_actor;
-use crate::store::LegalHold;
+use crate::vault::Custody;
 
 /// Arguments of `ckvault hold` / `ckvault release`.
 #[derive(Debug, clap::Args)]
@@ -64,63 +65,36 @@ pub struct RetentionArgs {
     format: Format,
 }
 
-fn audit(
-    opened: &super::common::Opened,
-    action: &str,
-    id: &RecordId,
-    namespace: Option<String>,
-    reason: &str,
-) -> anyhow::Result<()> {
-    opened.store.local().audit_log()?.append(EventInput {
+/// Custody of the opened store, acting as this command's user.
+fn custody(opened: &super::common::Opened) -> anyhow::Result<(Custody, EventInput)> {
+    let audit = std::sync::Arc::new(opened.store.local().audit_log()?);
+    let who = EventInput {
         actor: local_actor(),
-        action: action.into(),
-        outcome: "ok".into(),
-        record: Some(id.to_string()),
-        namespace,
-        purpose: Some(reason.to_owned()),
         ..Default::default()
-    })?;
-    Ok(())
+    };
+    Ok((Custody::new(opened.store.clone(), audit), who))
 }
 
 /// Runs `ckvault hold`.
 pub fn hold(args: HoldArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(!args.reason.trim().is_empty(), "--reason must say why");
     let opened = super::common::open_store(&args.store, false)?;
-    let (rt, store) = (&opened.rt, &opened.store);
-    let m = rt.block_on(store.manifest(&args.id))?;
-    audit(&opened, "hold", &args.id, m.namespace.clone(), &args.reason)?;
-    rt.block_on(store.set_hold(
-        &args.id,
-        &LegalHold {
-            reason: args.reason.clone(),
-            by: local_actor(),
-            at: crate::seal::now_rfc3339(),
-        },
-    ))?;
+    let m = opened.rt.block_on(opened.store.manifest(&args.id))?;
+    let (custody, who) = custody(&opened)?;
+    let result = opened.rt.block_on(custody.hold(&who, &m, &args.reason));
     opened.ship_audit()?;
+    result?;
     println!("held {} ({})", args.id, args.reason);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `ckvault release`.
 pub fn release(args: HoldArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(!args.reason.trim().is_empty(), "--reason must say why");
     let opened = super::common::open_store(&args.store, false)?;
-    let (rt, store) = (&opened.rt, &opened.store);
-    let m = rt.block_on(store.manifest(&args.id))?;
-    if rt.block_on(store.hold(&args.id))?.is_none() {
-        bail!("record {} is not under a per-record hold", args.id);
-    }
-    audit(
-        &opened,
-        "release",
-        &args.id,
-        m.namespace.clone(),
-        &args.reason,
-    )?;
-    rt.block_on(store.release_hold(&args.id))?;
+    let m = opened.rt.block_on(opened.store.manifest(&args.id))?;
+    let (custody, who) = custody(&opened)?;
+    let result = opened.rt.block_on(custody.release(&who, &m, &args.reason));
     opened.ship_audit()?;
+    result?;
     println!("released {} ({})", args.id, args.reason);
     Ok(ExitCode::SUCCESS)
 }
@@ -128,46 +102,16 @@ pub fn release(args: HoldArgs) -> anyhow::Result<ExitCode> {
 /// Runs `ckvault delete`.
 pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     let opened = super::common::open_store(&args.store, false)?;
-    let (rt, store) = (&opened.rt, &opened.store);
-    let m = rt.block_on(store.manifest(&args.id))?;
-    if let Some(dir) = &args.policies {
-        let set = load_policies(dir)?;
-        if let Some(h) = set.holds.holding(Target {
-            namespace: m.namespace.as_deref(),
-            pod: m.pod.as_deref(),
-            container: m.container.as_deref(),
-        }) {
-            bail!(
-                "record {} is under legal hold {:?} ({}); it cannot be deleted",
-                args.id,
-                h.name,
-                h.reason
-            );
-        }
-    }
-    if let Some(h) = rt.block_on(store.hold(&args.id))? {
-        bail!(
-            "record {} is under legal hold ({}); release it first",
-            args.id,
-            h.reason
-        );
-    }
-    if let crate::store::Store::Bucket(b) = store
-        && let Some(until) = rt.block_on(b.s3.locked_until(&args.id))?
-    {
-        bail!(
-            "record {} is protected by S3 Object Lock ({until}); it cannot be deleted yet",
-            args.id
-        );
-    }
-    audit(
-        &opened,
-        "delete",
-        &args.id,
-        m.namespace.clone(),
-        &args.reason,
-    )?;
-    let result = rt.block_on(store.delete(&args.id));
+    let m = opened.rt.block_on(opened.store.manifest(&args.id))?;
+    let set = match &args.policies {
+        Some(dir) => Some(load_policies(dir)?),
+        None => None,
+    };
+    let (custody, who) = custody(&opened)?;
+    let result =
+        opened
+            .rt
+            .block_on(custody.delete(&who, &m, set.as_ref(), Some(args.reason.as_str())));
     opened.ship_audit()?;
     result?;
     println!("deleted {}", args.id);

@@ -8,8 +8,9 @@ use anyhow::Context;
 use super::{StoreArg, output};
 use crate::fsutil;
 use crate::manifest::Source;
-use crate::seal::{self, ClaimedIdentity, SealOptions};
+use crate::seal::{ClaimedIdentity, SealOptions};
 use crate::store::LocalStore;
+use crate::vault::intake::{After, Intake};
 
 /// Arguments of `ckvault seal`.
 #[derive(Debug, clap::Args)]
@@ -92,17 +93,22 @@ pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
     };
     opts.recipient_policy = setup.recipient_policy;
     if let Some(c) = &config {
-        opts.node = Some(crate::seal::node_name(c));
+        opts.node = Some(crate::node::node_name(c));
     }
-    if let Some(max) = capture.spool_max {
-        crate::store::s3::upload::check_spool(&store, max)?;
-    }
+    opts.spool_max = capture.spool_max;
     opts.zstd_level = args.level;
     if let Some(t) = args.threads {
         opts.zstd_threads = t;
     }
+    // As every capturing front-end: retention after a seal into a local store; into a
+    // spool, the upload follows below (this one-shot command drains it itself).
+    let after = match &capture.uploader {
+        Some(_) => After::Upload(None),
+        None => After::Retention(policies),
+    };
+    let intake = Intake::new(store, opts.clone(), after);
     let bar = output::progress(len, "sealing");
-    let manifest = seal::seal_file(&store, file, &opts, &|n| bar.set_position(n))?;
+    let manifest = intake.seal(file, &opts, &|n| bar.set_position(n))?;
     bar.finish_and_clear();
     if args.remove_input {
         std::fs::remove_file(&args.archive).with_context(|| {
@@ -120,21 +126,6 @@ pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
             .build()?;
         if let Err(e) = rt.block_on(u.drain()) {
             eprintln!("ckvault: sealed {}, upload pending: {e}", manifest.id);
-        }
-    } else if let Some(set) = &policies {
-        let deleted = crate::policy::enforce::apply(
-            &store,
-            set,
-            crate::policy::enforce::now_unix(),
-            None,
-            &opts.actor,
-        )
-        .context("sealed, but applying retention failed")?;
-        for d in deleted {
-            eprintln!(
-                "ckvault: retention deleted {} (rule {}, {})",
-                d.id, d.rule, d.reason
-            );
         }
     }
     output::print_json(&manifest)?;

@@ -39,9 +39,9 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         None => config.watch.settle,
     };
     let capture = super::common::capture_setup(&config, &args.capture, "watch")?;
-    let (store, opts, policies) = (&capture.store, &capture.opts, &capture.policies);
-    // With a bucket the store is a spool: an uploader drains it.
-    let uploading = match capture.uploader.clone() {
+    let store = capture.intake.store();
+    // With a bucket the store is a spool: an uploader drains it (woken by the intake).
+    let _uploading = match capture.uploader.clone() {
         Some(u) => Some(crate::store::s3::upload::spawn_thread(u)?),
         None => None,
     };
@@ -56,7 +56,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         store.root().display()
     );
     let mut failures = 0u32;
-    watch::run(store, opts, &wopts, &mut |name, outcome| {
+    watch::run(&capture.intake, &wopts, &mut |name, outcome| {
         let name = escape_control(name);
         match outcome {
             watch::Outcome::Sealed(m) => {
@@ -66,11 +66,6 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
                     m.namespace.as_deref().unwrap_or("?"),
                     m.inspection.code.as_deref().unwrap_or("ok")
                 );
-                if let Some((wake, _)) = &uploading {
-                    wake.notify_one();
-                } else if let Some(p) = &policies {
-                    p.enforce_after_seal(store);
-                }
             }
             watch::Outcome::Ignored(why) => eprintln!("ckvault: ignoring {name}: {why}"),
             watch::Outcome::Failed(why) => {

@@ -8,7 +8,6 @@ pub mod holds;
 pub mod recipients;
 pub mod retention;
 pub mod selector;
-pub mod units;
 
 pub use access::{AccessPolicy, Action, Principal};
 

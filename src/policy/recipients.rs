@@ -18,7 +18,7 @@ use toml::Spanned;
 
 use super::PolicyError;
 use super::selector::{Selector, SelectorShape, Target};
-use crate::seal::Recipient;
+use crate::recipient::Recipient;
 
 /// The loaded recipient rules.
 #[derive(Debug, Clone, Default)]

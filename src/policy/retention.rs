@@ -27,7 +27,7 @@ use toml::Spanned;
 
 use super::PolicyError;
 use super::selector::{Selector, SelectorShape, Target};
-use super::units::parse_size;
+use crate::units::parse_size;
 
 /// What `max_total_bytes` is counted over.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

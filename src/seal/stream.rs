@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use sha2::{Digest, Sha256};
 
 use super::digest::{HashingWriter, StreamDigest};
-use super::recipients::Recipient;
+use crate::recipient::Recipient;
 
 /// Size of one read buffer.
 const CHUNK: usize = 1 << 20;

@@ -3,7 +3,7 @@
 //! access policy (deny by default) and recorded in the audit log *before* anything is
 //! served: a request the audit log cannot record is refused (503). Requests no handler
 //! records (405, unparsable paths or queries, unknown endpoints) are recorded by
-//! [`audit_every_request`] with their true outcome; only `/healthz` and `/metrics`, which
+//! `request::audit_every_request` with their true outcome; only `/healthz` and `/metrics`, which
 //! carry no record data and must answer while the log cannot be written, are not.
 //! Error bodies never carry paths or internal messages (the server's log does).
 
@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
@@ -21,11 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::range::{self, RangeDecision};
-use super::tls::ConnInfo;
-use crate::audit::EventInput;
+use super::request::{ApiError, Caller, event, record};
 use crate::manifest::{Manifest, RecordId};
-use crate::policy::{Action, Principal};
-use crate::store::{LegalHold, StoreError};
+use crate::policy::Action;
+use crate::vault::CustodyError;
 
 type Shared = Arc<AppState>;
 
@@ -54,261 +53,9 @@ pub fn router(state: Shared) -> Router {
         .fallback(unknown)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            audit_every_request,
+            super::request::audit_every_request,
         ))
         .with_state(state)
-}
-
-/// An error answer: `{"error": CODE, "message": TEXT}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    /// An error with a status, a stable code and a message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-    fn not_found(id: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!("no record {id} that you may see"),
-        )
-    }
-    /// A 500 whose cause is logged, not shown (it may name paths or internals).
-    fn internal(e: impl std::fmt::Display) -> Self {
-        eprintln!("ckvault: internal error: {e}");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; the server's log has the cause",
-        )
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut resp = (
-            self.status,
-            Json(serde_json::json!({"error": self.code, "message": self.message})),
-        )
-            .into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"ckvault\""),
-            );
-        }
-        resp
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(id) => Self::not_found(id.as_str()),
-            StoreError::Held { .. } => Self::new(StatusCode::CONFLICT, "held", e.to_string()),
-            StoreError::Locked { .. } => {
-                Self::new(StatusCode::CONFLICT, "object-locked", e.to_string())
-            }
-            StoreError::Unreachable { .. } | StoreError::Credentials { .. } => {
-                eprintln!("ckvault: store unavailable: {e}");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store-unavailable",
-                    "the record store cannot be reached; try again later",
-                )
-            }
-            other => Self::internal(other),
-        }
-    }
-}
-
-/// The authenticated caller of a request.
-pub struct Caller {
-    /// Who.
-    pub principal: Principal,
-    /// From where.
-    pub remote: String,
-}
-
-impl FromRequestParts<Shared> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
-        let conn = parts.extensions.get::<ConnInfo>().cloned();
-        let remote = conn
-            .as_ref()
-            .map(|c| c.peer.to_string())
-            .unwrap_or_default();
-        if let Some(p) = conn.and_then(|c| c.cert_identity) {
-            return Ok(Caller {
-                principal: p,
-                remote,
-            });
-        }
-        let bearer = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_bearer);
-        let found = bearer.and_then(|t| state.tokens().authenticate(t));
-        match found {
-            Some(principal) => Ok(Caller { principal, remote }),
-            None => {
-                state.metrics.denied.fetch_add(1, Ordering::Relaxed);
-                let detail = if bearer.is_some() {
-                    "invalid token"
-                } else {
-                    "no credentials"
-                };
-                record(
-                    state,
-                    EventInput {
-                        actor: "anonymous".into(),
-                        action: "authenticate".into(),
-                        outcome: "denied".into(),
-                        remote: Some(remote),
-                        detail: Some(format!("{detail}: {} {}", parts.method, parts.uri.path())),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-                Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
-                    "present a client certificate signed by the configured CA, or Authorization: Bearer <token>",
-                ))
-            }
-        }
-    }
-}
-
-/// Parses `Bearer TOKEN` (RFC 6750, case-insensitive scheme, one space or more).
-pub fn parse_bearer(value: &str) -> Option<&str> {
-    let (scheme, rest) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let token = rest.trim();
-    let ok = !token.is_empty()
-        && token.len() <= 512
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b));
-    ok.then_some(token)
-}
-
-tokio::task_local! {
-    /// Set once a handler has recorded the request (see [`audit_every_request`]).
-    static AUDITED: std::cell::Cell<bool>;
-}
-
-/// Appends an audit event; an audit failure refuses the request (fail closed). The cause
-/// goes to the server's log (once per change of health), not to the client.
-pub(crate) async fn record(state: &Shared, event: EventInput) -> Result<(), ApiError> {
-    let _ = AUDITED.try_with(|a| a.set(true));
-    let st = state.clone();
-    let result = tokio::task::spawn_blocking(move || st.audit.append(event))
-        .await
-        .map_err(ApiError::internal)?;
-    match result {
-        Ok(_) => {
-            state.metrics.note_health("audit", None);
-            Ok(())
-        }
-        Err(e) => {
-            state.metrics.audit_failures.fetch_add(1, Ordering::Relaxed);
-            state.metrics.note_health("audit", Some(&e.to_string()));
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit-unavailable",
-                "the audit log cannot record this request, so it is refused; try again later",
-            ))
-        }
-    }
-}
-
-/// Records every request that reached the HTTP layer and that no handler recorded (a
-/// 405, a path or query that does not parse, an unknown endpoint), with its true outcome:
-/// `ok` for 2xx/3xx, `denied` for 4xx, `error` for 5xx. If that record cannot be written
-/// the answer becomes 503 (no handler acted on such a request, so nothing was served).
-async fn audit_every_request(
-    State(state): State<Shared>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let path = req.uri().path();
-    if path == "/healthz" || path == "/metrics" {
-        return next.run(req).await;
-    }
-    let shown = format!(
-        "{} {}",
-        req.method(),
-        req.uri().path_and_query().map_or("", |p| p.as_str())
-    );
-    let conn = req.extensions().get::<ConnInfo>().cloned();
-    let token_principal = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_bearer)
-        .and_then(|t| state.tokens().authenticate(t));
-    let (resp, audited) = AUDITED
-        .scope(std::cell::Cell::new(false), async {
-            let resp = next.run(req).await;
-            (resp, AUDITED.with(std::cell::Cell::get))
-        })
-        .await;
-    if audited {
-        return resp;
-    }
-    let status = resp.status();
-    let principal = conn
-        .as_ref()
-        .and_then(|c| c.cert_identity.clone())
-        .or(token_principal);
-    let event = EventInput {
-        actor: principal
-            .as_ref()
-            .map_or_else(|| "anonymous".to_owned(), Principal::actor),
-        groups: principal.map(|p| p.groups).unwrap_or_default(),
-        action: "request".into(),
-        outcome: if status.is_server_error() {
-            "error"
-        } else if status.is_client_error() {
-            "denied"
-        } else {
-            "ok"
-        }
-        .into(),
-        remote: conn.map(|c| c.peer.to_string()),
-        detail: Some(format!("{shown} -> {}", status.as_u16())),
-        ..Default::default()
-    };
-    match record(&state, event).await {
-        Ok(()) => resp,
-        Err(e) => e.into_response(),
-    }
-}
-
-pub(crate) fn event(caller: &Caller, action: &str, outcome: &str) -> EventInput {
-    EventInput {
-        actor: caller.principal.actor(),
-        groups: caller.principal.groups.clone(),
-        action: action.into(),
-        outcome: outcome.into(),
-        remote: Some(caller.remote.clone()),
-        ..Default::default()
-    }
 }
 
 /// Loads a record's manifest and checks that `caller` may do `action` on it (403 and an
@@ -824,41 +571,16 @@ async fn delete(
     Query(q): Query<ReasonQuery>,
 ) -> Result<Response, ApiError> {
     let manifest = authorized_manifest(&state, &caller, &id, Action::Delete).await?;
-    let selector_hold = state
-        .policy()
-        .holds
-        .holding(crate::policy::selector::Target {
-            namespace: manifest.namespace.as_deref(),
-            pod: manifest.pod.as_deref(),
-            container: manifest.container.as_deref(),
-        })
-        .map(|h| LegalHold {
-            reason: format!("{}: {}", h.name, h.reason),
-            by: "policy".into(),
-            at: String::new(),
-        });
-    let record_hold = state.store.hold(&manifest.id).await?;
-    if let Some(hold) = record_hold.or(selector_hold) {
-        let mut ev = event(&caller, "delete", "denied");
-        ev.record = Some(manifest.id.to_string());
-        ev.namespace = manifest.namespace.clone();
-        ev.detail = Some(format!("under legal hold: {}", hold.reason));
-        record(&state, ev).await?;
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "held",
-            format!(
-                "record {id} is under legal hold ({}); release it first",
-                hold.reason
-            ),
-        ));
-    }
-    let mut ev = event(&caller, "delete", "ok");
-    ev.record = Some(manifest.id.to_string());
-    ev.namespace = manifest.namespace.clone();
-    ev.purpose = q.reason;
-    record(&state, ev).await?;
-    state.store.delete(&manifest.id).await?;
+    let result = state
+        .custody
+        .delete(
+            &event(&caller, "delete", "ok"),
+            &manifest,
+            Some(&state.policy()),
+            q.reason.as_deref(),
+        )
+        .await;
+    custody_done(&state, result)?;
     state.metrics.deletions.fetch_add(1, Ordering::Relaxed);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -883,17 +605,11 @@ async fn hold(
         ));
     };
     let manifest = authorized_manifest(&state, &caller, &id, Action::Hold).await?;
-    let mut ev = event(&caller, "hold", "ok");
-    ev.record = Some(manifest.id.to_string());
-    ev.namespace = manifest.namespace.clone();
-    ev.purpose = Some(reason.clone());
-    record(&state, ev).await?;
-    let hold = LegalHold {
-        reason,
-        by: caller.principal.actor(),
-        at: crate::seal::now_rfc3339(),
-    };
-    state.store.set_hold(&manifest.id, &hold).await?;
+    let result = state
+        .custody
+        .hold(&event(&caller, "hold", "ok"), &manifest, &reason)
+        .await;
+    let hold = custody_done(&state, result)?;
     Ok(Json(hold).into_response())
 }
 
@@ -912,13 +628,35 @@ async fn release(
         ));
     };
     let manifest = authorized_manifest(&state, &caller, &id, Action::Hold).await?;
-    let mut ev = event(&caller, "release", "ok");
-    ev.record = Some(manifest.id.to_string());
-    ev.namespace = manifest.namespace.clone();
-    ev.purpose = Some(reason);
-    record(&state, ev).await?;
-    let existed = state.store.release_hold(&manifest.id).await?;
-    Ok(Json(serde_json::json!({"released": existed})).into_response())
+    let result = state
+        .custody
+        .release(&event(&caller, "release", "ok"), &manifest, &reason)
+        .await;
+    match custody_done(&state, result) {
+        Ok(()) => Ok(Json(serde_json::json!({"released": true})).into_response()),
+        Err(e) if e.code() == "not-held" => {
+            Ok(Json(serde_json::json!({"released": false})).into_response())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Translates the outcome of a custody action (already recorded in the audit log by
+/// [`crate::vault::Custody`]) into the answer.
+fn custody_done<T>(state: &Shared, result: Result<T, CustodyError>) -> Result<T, ApiError> {
+    super::request::mark_audited();
+    result.map_err(|e| match e {
+        CustodyError::Held { .. } => ApiError::new(StatusCode::CONFLICT, "held", e.to_string()),
+        CustodyError::Locked { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "object-locked", e.to_string())
+        }
+        CustodyError::NotHeld(_) => ApiError::new(StatusCode::CONFLICT, "not-held", e.to_string()),
+        CustodyError::NoReason => {
+            ApiError::new(StatusCode::BAD_REQUEST, "reason-required", e.to_string())
+        }
+        CustodyError::Audit(a) => super::request::audit_unavailable(state, &a),
+        CustodyError::Store(s) => ApiError::from(s),
+    })
 }
 
 /// Audits a hold or release refused for want of a reason.

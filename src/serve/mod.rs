@@ -5,6 +5,7 @@ pub mod api;
 pub mod metrics;
 pub mod pki;
 pub mod range;
+pub mod request;
 pub mod stream;
 pub mod tls;
 pub mod tokens;
@@ -17,6 +18,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::policy::{AccessPolicy, PolicySet};
 use crate::store::{LocalStore, Store};
+use crate::vault::intake::{After, Intake};
 use tokens::TokenFile;
 
 /// Everything the handlers share.
@@ -24,7 +26,9 @@ pub struct AppState {
     /// The record store.
     pub store: Store,
     /// The audit log every request is written to before it is served.
-    pub audit: AuditLog,
+    pub audit: Arc<AuditLog>,
+    /// Hold, release and delete, shared with the CLI.
+    pub custody: crate::vault::Custody,
     policy: RwLock<Arc<PolicySet>>,
     tokens: RwLock<Arc<TokenFile>>,
     /// Counters (shared with the accept loop).
@@ -40,7 +44,9 @@ pub struct AppState {
 impl AppState {
     /// Assembles the state.
     pub fn new(store: Store, audit: AuditLog, policy: PolicySet, tokens: TokenFile) -> Self {
+        let audit = Arc::new(audit);
         Self {
+            custody: crate::vault::Custody::new(store.clone(), audit.clone()),
             store,
             audit,
             policy: RwLock::new(Arc::new(policy)),
@@ -123,7 +129,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
                 Some((
                     uploader,
                     config.store.index_refresh,
-                    format!("{}:{}", crate::seal::node_name(config), std::process::id()),
+                    format!("{}:{}", crate::node::node_name(config), std::process::id()),
                 )),
             )
         }
@@ -199,22 +205,26 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             },
         );
         opts.recipient_policy = set.recipients.clone().map(Arc::new);
-        opts.node = Some(crate::seal::node_name(config));
+        opts.node = Some(crate::node::node_name(config));
         // A spool at its limit refuses the trigger before the runtime is asked.
         if config.store.kind == crate::config::StoreKind::S3 {
-            opts.spool_max = crate::policy::units::parse_size(&config.store.spool_max);
+            opts.spool_max = crate::units::parse_size(&config.store.spool_max);
         }
+        // As every capturing front-end: with a bucket the uploader takes the record, with a
+        // local store retention applies.
+        let after = match &bucket {
+            Some((uploader, _, _)) => After::Upload(Some(uploader.waker())),
+            None => After::Retention(Some(Arc::new(set.clone()))),
+        };
         crate::capture::checkpoint::Checkpointer::new(
             crate::capture::cri::RuntimeClient::new(sock),
-            store_local.clone(),
-            opts,
+            Intake::new(store_local.clone(), opts, after),
         )
-        .with_policies(Arc::new(set.clone()))
     });
     // What a crash left in staging (a trigger in flight, or another front-end's capture
     // on this store) is sealed now, as the other capturing front-ends do at start.
     if let Some(c) = &checkpointer {
-        let recovered = crate::capture::staging::recover(&store_local, c.options())?;
+        let recovered = crate::capture::staging::recover(c.intake())?;
         for m in &recovered.sealed {
             eprintln!("ckvault: recovered {} from staging", m.id);
         }

@@ -120,7 +120,7 @@ impl TokenFile {
             name: name.to_owned(),
             groups: groups.to_vec(),
             sha256: hash(&token),
-            created: crate::seal::now_rfc3339(),
+            created: crate::node::now_rfc3339(),
         });
         Ok(token)
     }

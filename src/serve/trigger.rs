@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::api::{ApiError, Caller, event, record};
+use super::request::{ApiError, Caller, event, record};
 use crate::capture::checkpoint::CheckpointError;
 use crate::capture::cri::*;
 use crate::policy::Action;

@@ -16,7 +16,7 @@
 //! chmod, no mkdir, no file), and the directories and modes above are only ever set up
 //! inside a recognised store. At start, [`LocalStore::recover`] removes from tmp/ only
 //! files whose names have the exact shapes the store itself writes there
-//! ([`tmp_file_owner`]), and only once their writer process is gone.
+//! (`tmp_file_owner`), and only once their writer process is gone.
 //!
 //! Manifests are handed out verified: [`LocalStore::manifest`], [`LocalStore::list`] and
 //! [`LocalStore::list_shared`] check each manifest's Ed25519 signature with the store's
@@ -55,7 +55,7 @@ const RECORD_TMP_SUFFIXES: [&str; 4] = [
 ];
 /// Files written through tmp/ with [`fsutil::write_atomic_owned`] / [`fsutil::replace_atomic_owned`],
 /// whose temporary names are `<NAME>.<OWNER>.tmp`: the marker and keys (here), the audit
-/// shipping state (`audit::ship`) and the uploader's status (`store::s3::upload`).
+/// shipping state (`store::s3::ship`) and the uploader's status (`store::s3::upload`).
 const ATOMIC_TMP_NAMES: [&str; 5] = [
     MARKER_NAME,
     "signing.key",
@@ -584,7 +584,7 @@ impl LocalStore {
 
     /// Cleans debris of interrupted writes: temporary files of dead processes, and blobs
     /// whose manifest never got published (older than ten minutes). Only files with the
-    /// names the store gives them are touched (see [`tmp_file_owner`]).
+    /// names the store gives them are touched (see `tmp_file_owner`).
     pub fn recover(&self) -> Result<(), StoreError> {
         let tmp = self.tmp_dir();
         for entry in fs::read_dir(&tmp).map_err(|e| StoreError::io(&tmp, e))? {

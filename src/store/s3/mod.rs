@@ -16,6 +16,7 @@
 pub mod client;
 pub mod index;
 pub mod lease;
+pub mod ship;
 pub mod upload;
 
 use std::collections::HashMap;

@@ -84,7 +84,7 @@ pub struct Uploader {
 impl Uploader {
     /// The uploader of `config` (`[store] kind = "s3"`).
     pub fn new(config: &Config, spool: LocalStore) -> Result<Self, StoreError> {
-        let node = crate::seal::node_name(config);
+        let node = crate::node::node_name(config);
         if !super::valid_node_name(&node) {
             return Err(StoreError::Config(format!(
                 "node name {node:?} cannot name objects: set [node] name (letters, digits, \
@@ -222,10 +222,10 @@ impl Uploader {
             }
             self.update(|s| {
                 s.uploaded += 1;
-                s.last_upload = Some(crate::seal::now_rfc3339());
+                s.last_upload = Some(crate::node::now_rfc3339());
             });
         }
-        crate::audit::ship::ship(&self.s3, &self.spool, &self.node).await?;
+        crate::store::s3::ship::ship(&self.s3, &self.spool, &self.node).await?;
         match damaged {
             Some(e) => Err(e),
             None => Ok(n),
@@ -246,7 +246,7 @@ impl Uploader {
         self.update(|s| {
             s.pending = pending;
             s.pending_bytes = pending_bytes;
-            s.updated = crate::seal::now_rfc3339();
+            s.updated = crate::node::now_rfc3339();
         });
         let status = self.status();
         if let Ok(json) = serde_json::to_vec_pretty(&status) {

@@ -16,7 +16,7 @@ use std::io::{BufRead, Read, Seek, SeekFrom};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{AuditEvent, GENESIS, event_hash};
+use crate::audit::{AuditEvent, GENESIS, event_hash};
 use crate::manifest::sign::canonical_json;
 use crate::store::s3::S3Store;
 use crate::store::{LocalStore, StoreError};
@@ -109,7 +109,7 @@ pub async fn ship(s3: &S3Store, spool: &LocalStore, source: &str) -> Result<u64,
     let mut total = 0;
     // Only events a signed head confirms: an append in progress (or one a crash
     // interrupted, which the next append cuts) must not leave the node.
-    let confirmed = super::latest_head(&log).map_or(u64::MAX, |h| h.size);
+    let confirmed = crate::audit::latest_head(&log).map_or(u64::MAX, |h| h.size);
     while let Some((body, events)) = read_segment(&log, state.offset, confirmed)? {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             break;

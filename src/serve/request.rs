@@ -1,0 +1,287 @@
+//! What every request goes through before and after its handler: the caller's identity
+//! ([`Caller`]: verified client certificate or bearer token, an audited 401 otherwise), the
+//! audit record that must be written before anything is served (`record`, fail closed),
+//! the catch-all record of requests no handler recorded (`audit_every_request`), and the
+//! error answer ([`ApiError`]), whose body never carries paths or internal messages.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, State};
+use axum::http::{HeaderValue, StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::tls::ConnInfo;
+use crate::audit::EventInput;
+use crate::policy::Principal;
+use crate::store::StoreError;
+
+type Shared = Arc<AppState>;
+
+/// An error answer: `{"error": CODE, "message": TEXT}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    pub(super) message: String,
+}
+
+impl ApiError {
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// An error with a status, a stable code and a message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub(super) fn not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no record {id} that you may see"),
+        )
+    }
+    /// A 500 whose cause is logged, not shown (it may name paths or internals).
+    pub(super) fn internal(e: impl std::fmt::Display) -> Self {
+        eprintln!("ckvault: internal error: {e}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the server's log has the cause",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            Json(serde_json::json!({"error": self.code, "message": self.message})),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ckvault\""),
+            );
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => Self::not_found(id.as_str()),
+            StoreError::Held { .. } => Self::new(StatusCode::CONFLICT, "held", e.to_string()),
+            StoreError::Locked { .. } => {
+                Self::new(StatusCode::CONFLICT, "object-locked", e.to_string())
+            }
+            StoreError::Unreachable { .. } | StoreError::Credentials { .. } => {
+                eprintln!("ckvault: store unavailable: {e}");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    "the record store cannot be reached; try again later",
+                )
+            }
+            other => Self::internal(other),
+        }
+    }
+}
+
+/// The authenticated caller of a request.
+pub struct Caller {
+    /// Who.
+    pub principal: Principal,
+    /// From where.
+    pub remote: String,
+}
+
+impl FromRequestParts<Shared> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let conn = parts.extensions.get::<ConnInfo>().cloned();
+        let remote = conn
+            .as_ref()
+            .map(|c| c.peer.to_string())
+            .unwrap_or_default();
+        if let Some(p) = conn.and_then(|c| c.cert_identity) {
+            return Ok(Caller {
+                principal: p,
+                remote,
+            });
+        }
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_bearer);
+        let found = bearer.and_then(|t| state.tokens().authenticate(t));
+        match found {
+            Some(principal) => Ok(Caller { principal, remote }),
+            None => {
+                state.metrics.denied.fetch_add(1, Ordering::Relaxed);
+                let detail = if bearer.is_some() {
+                    "invalid token"
+                } else {
+                    "no credentials"
+                };
+                record(
+                    state,
+                    EventInput {
+                        actor: "anonymous".into(),
+                        action: "authenticate".into(),
+                        outcome: "denied".into(),
+                        remote: Some(remote),
+                        detail: Some(format!("{detail}: {} {}", parts.method, parts.uri.path())),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "present a client certificate signed by the configured CA, or Authorization: Bearer <token>",
+                ))
+            }
+        }
+    }
+}
+
+/// Parses `Bearer TOKEN` (RFC 6750, case-insensitive scheme, one space or more).
+pub fn parse_bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim();
+    let ok = !token.is_empty()
+        && token.len() <= 512
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b));
+    ok.then_some(token)
+}
+
+tokio::task_local! {
+    /// Set once a handler has recorded the request (see [`audit_every_request`]).
+    static AUDITED: std::cell::Cell<bool>;
+}
+
+/// Appends an audit event; an audit failure refuses the request (fail closed). The cause
+/// goes to the server's log (once per change of health), not to the client.
+pub(crate) async fn record(state: &Shared, event: EventInput) -> Result<(), ApiError> {
+    let _ = AUDITED.try_with(|a| a.set(true));
+    let st = state.clone();
+    let result = tokio::task::spawn_blocking(move || st.audit.append(event))
+        .await
+        .map_err(ApiError::internal)?;
+    match result {
+        Ok(_) => {
+            state.metrics.note_health("audit", None);
+            Ok(())
+        }
+        Err(e) => Err(audit_unavailable(state, &e)),
+    }
+}
+
+/// The answer to a request the audit log could not record (503, the cause logged).
+pub(super) fn audit_unavailable(state: &Shared, e: &crate::audit::AuditError) -> ApiError {
+    state.metrics.audit_failures.fetch_add(1, Ordering::Relaxed);
+    state.metrics.note_health("audit", Some(&e.to_string()));
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit-unavailable",
+        "the audit log cannot record this request, so it is refused; try again later",
+    )
+}
+
+/// Notes that the request was recorded by a lower layer (so [`audit_every_request`] does
+/// not record it again).
+pub(super) fn mark_audited() {
+    let _ = AUDITED.try_with(|a| a.set(true));
+}
+
+/// Records every request that reached the HTTP layer and that no handler recorded (a
+/// 405, a path or query that does not parse, an unknown endpoint), with its true outcome:
+/// `ok` for 2xx/3xx, `denied` for 4xx, `error` for 5xx. If that record cannot be written
+/// the answer becomes 503 (no handler acted on such a request, so nothing was served).
+pub(super) async fn audit_every_request(
+    State(state): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    if path == "/healthz" || path == "/metrics" {
+        return next.run(req).await;
+    }
+    let shown = format!(
+        "{} {}",
+        req.method(),
+        req.uri().path_and_query().map_or("", |p| p.as_str())
+    );
+    let conn = req.extensions().get::<ConnInfo>().cloned();
+    let token_principal = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_bearer)
+        .and_then(|t| state.tokens().authenticate(t));
+    let (resp, audited) = AUDITED
+        .scope(std::cell::Cell::new(false), async {
+            let resp = next.run(req).await;
+            (resp, AUDITED.with(std::cell::Cell::get))
+        })
+        .await;
+    if audited {
+        return resp;
+    }
+    let status = resp.status();
+    let principal = conn
+        .as_ref()
+        .and_then(|c| c.cert_identity.clone())
+        .or(token_principal);
+    let event = EventInput {
+        actor: principal
+            .as_ref()
+            .map_or_else(|| "anonymous".to_owned(), Principal::actor),
+        groups: principal.map(|p| p.groups).unwrap_or_default(),
+        action: "request".into(),
+        outcome: if status.is_server_error() {
+            "error"
+        } else if status.is_client_error() {
+            "denied"
+        } else {
+            "ok"
+        }
+        .into(),
+        remote: conn.map(|c| c.peer.to_string()),
+        detail: Some(format!("{shown} -> {}", status.as_u16())),
+        ..Default::default()
+    };
+    match record(&state, event).await {
+        Ok(()) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+pub(crate) fn event(caller: &Caller, action: &str, outcome: &str) -> EventInput {
+    EventInput {
+        actor: caller.principal.actor(),
+        groups: caller.principal.groups.clone(),
+        action: action.into(),
+        outcome: outcome.into(),
+        remote: Some(caller.remote.clone()),
+        ..Default::default()
+    }
+}
