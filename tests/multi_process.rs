@@ -163,7 +163,7 @@ fn can_unshare() -> bool {
 
 #[test]
 fn a_process_in_another_pid_namespace_does_not_take_a_seal_in_progress() {
-    let Some(archive) = support::real_checkpoint(256, "shop", "api-0", "api", "none") else {
+    let Some(archive) = support::real_checkpoint(1024, "shop", "api-0", "api", "none") else {
         return;
     };
     if !can_unshare() {
@@ -204,7 +204,7 @@ fn a_process_in_another_pid_namespace_does_not_take_a_seal_in_progress() {
         .to_owned();
     let manifest: Value = serde_json::from_str(&ok(&out)).unwrap();
     eprintln!(
-        "sealed a 256 MiB checkpoint in {took:?} while a neighbour in another PID namespace opened the store {opens} times"
+        "sealed a 1 GiB checkpoint in {took:?} while a neighbour in another PID namespace opened the store {opens} times"
     );
     assert!(
         opens.parse::<u64>().unwrap_or(0) >= 3,
