@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::{ckvault, ok};
+
 use support::{contains, tar_with};
 
 use std::fs;
@@ -11,23 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-
-fn ckvault(args: &[&str]) -> Output {
-    Command::new(support::ckvault_bin())
-        .args(args)
-        .output()
-        .expect("run ckvault")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "ckvault failed: {}\nstdout: {}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn seal(archive: &Path, store: &Path, extra: &[&str]) -> Value {
     let mut args = vec![

@@ -10,36 +10,16 @@
 
 mod support;
 
+use support::{ckvault, ok, p};
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::serve::Serve;
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 path")
-}
-
-fn ckvault(args: &[&str]) -> Output {
-    Command::new(support::ckvault_bin())
-        .args(args)
-        .output()
-        .expect("run ckvault")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "ckvault failed ({}): {}\nstdout: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 const ACCESS_TOML: &str = r#"version = 1
 [[grant]]

@@ -198,6 +198,32 @@ fn harness_version() -> u64 {
     h.finish()
 }
 
+/// Runs the `ckvault` under test ([`ckvault_bin`]) with `args`.
+pub fn ckvault(args: &[&str]) -> std::process::Output {
+    Command::new(ckvault_bin())
+        .args(args)
+        .output()
+        .expect("run ckvault")
+}
+
+/// The stdout of a run that must have succeeded; panics with its status, stderr and
+/// stdout otherwise.
+pub fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "ckvault failed ({}): {}\nstdout: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A path as `&str` (the tests make only UTF-8 paths).
+pub fn p(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
 /// The `ckvault` binary built for this test run, or `CKVAULT_TEST_BIN` when set (to show
 /// that a test fails against an older build: `CKVAULT_TEST_BIN=/old/ckvault cargo test`).
 pub fn ckvault_bin() -> PathBuf {
