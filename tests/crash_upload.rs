@@ -103,9 +103,13 @@ fn sigkill_during_s3_upload_shows_no_partial_record_and_loses_nothing() {
     let s3 = ckvault::store::s3::S3Store::new(&sw.store_config(BUCKET, PREFIX)).unwrap();
     let rt = seaweed::runtime();
 
-    // One uninterrupted upload of one record sets the time scale of the kill points.
+    // Uninterrupted uploads of one record set the time scale of the kill points: the
+    // faster of two (the first also pays for publishing the node key, and a loaded
+    // machine can slow either), so the kill points do not all land after the end.
     assert_ok(&ck(&seal), "seal");
-    let full = timed(&upload);
+    let first = timed(&upload);
+    assert_ok(&ck(&seal), "seal");
+    let full = first.min(timed(&upload));
     println!(
         "crash upload: one record ({} MiB sealed) uploads in {full:?}",
         {
@@ -115,7 +119,7 @@ fn sigkill_during_s3_upload_shows_no_partial_record_and_loses_nothing() {
         }
     );
     let mut sealed: BTreeSet<String> = bucket_ids(&s3, &rt);
-    assert_eq!(sealed.len(), 1, "the first record went up");
+    assert_eq!(sealed.len(), 2, "the first records went up");
 
     let mut killed = 0;
     let t0 = std::time::Instant::now();

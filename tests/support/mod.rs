@@ -310,6 +310,7 @@ pub fn tar_with(members: &[(&str, u8, &[u8])]) -> Vec<u8> {
 
 pub mod containerd;
 pub mod crash;
+pub mod moto;
 pub mod pki;
 pub mod seaweed;
 pub mod serve;

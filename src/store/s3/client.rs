@@ -154,7 +154,19 @@ where
             let code = s.err().code().unwrap_or("").to_owned();
             let msg = s.err().message().unwrap_or("").to_owned();
             let text = if code.is_empty() {
-                format!("HTTP {status}")
+                // No error code parsed: say what the store did send (bounded, escaped).
+                let body = s
+                    .raw()
+                    .body()
+                    .bytes()
+                    .map(|b| String::from_utf8_lossy(b.get(..300).unwrap_or(b)).into_owned())
+                    .unwrap_or_default();
+                let body: String = body.chars().flat_map(char::escape_default).collect();
+                if body.is_empty() {
+                    format!("HTTP {status}")
+                } else {
+                    format!("HTTP {status}: {body}")
+                }
             } else {
                 format!("{code}: {msg} (HTTP {status})")
             };

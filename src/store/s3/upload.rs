@@ -123,7 +123,12 @@ impl Uploader {
         } else {
             let blob_key = self.s3.blob_key(id);
             self.s3
-                .put_file(&blob_key, &self.spool.blob_path(id), manifest.sealed.size)
+                .put_file(
+                    &blob_key,
+                    &self.spool.blob_path(id),
+                    manifest.sealed.size,
+                    &manifest.sealed.sha256,
+                )
                 .await?;
             match self.s3.head_size(&blob_key).await? {
                 Some(n) if n == manifest.sealed.size => {}
