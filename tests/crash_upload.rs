@@ -202,6 +202,33 @@ fn sigkill_during_s3_upload_shows_no_partial_record_and_loses_nothing() {
     });
     let open = rt.block_on(s3.open_uploads("blobs/")).unwrap();
     assert!(open.is_empty(), "multipart uploads left open: {open:?}");
+    // A run killed between a blob and its manifest must not make the next run write the
+    // blob again: one version of every blob and manifest (a versioned, Object Lock bucket
+    // keeps every version, undeletable under COMPLIANCE).
+    let versions = rt
+        .block_on(
+            s3.client()
+                .list_object_versions()
+                .bucket(BUCKET)
+                .prefix(PREFIX)
+                .send(),
+        )
+        .unwrap();
+    let mut per_key = std::collections::BTreeMap::<String, usize>::new();
+    for v in versions.versions() {
+        *per_key
+            .entry(v.key().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    let doubled: Vec<_> = per_key
+        .iter()
+        .filter(|(k, n)| (k.contains("/blobs/") || k.contains("/manifests/")) && **n > 1)
+        .collect();
+    assert!(
+        per_key.keys().any(|k| k.contains("/blobs/")),
+        "no blob versions listed: {per_key:?}"
+    );
+    assert!(doubled.is_empty(), "objects written twice: {doubled:?}");
     assert_ok(
         &ck(&["audit", "verify", "--store", p(&spool)]),
         "spool audit chain",

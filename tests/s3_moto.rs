@@ -145,3 +145,77 @@ fn object_lock_uploads_carry_checksums_and_land_retained_once() {
         keys.len()
     );
 }
+
+#[test]
+fn a_blob_already_in_the_bucket_is_not_written_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(moto) = support::moto::Moto::start(&tmp.path().join("moto")) else {
+        return;
+    };
+    let s3 = ckvault::store::s3::S3Store::new(&moto.store_config("again", "k")).unwrap();
+    let rt = support::seaweed::runtime();
+    rt.block_on(
+        s3.client()
+            .create_bucket()
+            .bucket("again")
+            .object_lock_enabled_for_bucket(true)
+            .send(),
+    )
+    .unwrap();
+    let (_identity, recipient) = support::age_keypair(tmp.path());
+    let spool = tmp.path().join("spool");
+    let tail = format!(
+        "object_lock = \"governance\"\nlock_days = 1\n[node]\nname = \"node-m\"\n[seal]\nrecipients = [\"{recipient}\"]\n"
+    );
+    let good = tmp.path().join("node.toml");
+    fs::write(
+        &good,
+        format!("{}{tail}", moto.store_toml("again", "k", &spool)),
+    )
+    .unwrap();
+    // The same spool, the store away: the record waits there.
+    let away = tmp.path().join("away.toml");
+    fs::write(
+        &away,
+        format!("{}{tail}", moto.store_toml("again", "k", &spool))
+            .replace(&moto.endpoint(), "http://127.0.0.1:9"),
+    )
+    .unwrap();
+    let tar = tmp.path().join("a.tar");
+    fs::write(&tar, support::tar_with(&[("notes.txt", b'0', b"again\n")])).unwrap();
+    let m: Value =
+        serde_json::from_str(&ok(&ckvault(&["seal", p(&tar), "--config", p(&away)]))).unwrap();
+    let id = m["id"].as_str().unwrap();
+    // A run that died after the blob and before the manifest: the blob is there.
+    let blob = spool.join("records").join(format!("{id}.age"));
+    rt.block_on(s3.put_file(
+        &format!("k/blobs/{id}.age"),
+        &blob,
+        m["sealed"]["size"].as_u64().unwrap(),
+        m["sealed"]["sha256"].as_str().unwrap(),
+    ))
+    .unwrap();
+    ok(&ckvault(&["upload", "--config", p(&good)]));
+    let versions = rt
+        .block_on(
+            s3.client()
+                .list_object_versions()
+                .bucket("again")
+                .prefix("k/")
+                .send(),
+        )
+        .unwrap();
+    let count = |key: &str| {
+        versions
+            .versions()
+            .iter()
+            .filter(|v| v.key() == Some(key))
+            .count()
+    };
+    assert_eq!(count(&format!("k/manifests/{id}.json")), 1);
+    assert_eq!(
+        count(&format!("k/blobs/{id}.age")),
+        1,
+        "the blob was written a second time"
+    );
+}

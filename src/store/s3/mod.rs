@@ -598,6 +598,42 @@ impl S3Store {
     }
 
     /// Size of an object, `None` if absent.
+    /// Whether `key` already holds the object of `size` bytes and SHA-256 `sha256` (hex):
+    /// its size matches and, when the store reports a whole-object SHA-256 checksum, so
+    /// does that (a multipart object reports a checksum of its parts' checksums, which says
+    /// nothing here: its size then decides; keys derive from record IDs, so only this
+    /// record's upload can have written it).
+    pub async fn holds(&self, key: &str, size: u64, sha256: &str) -> Result<bool, StoreError> {
+        let head = match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                return match self.err("HeadObject", key, e) {
+                    StoreError::S3 {
+                        kind: Kind::NotFound,
+                        ..
+                    } => Ok(false),
+                    e => Err(e),
+                };
+            }
+        };
+        if head.content_length().unwrap_or(-1) != size as i64 {
+            return Ok(false);
+        }
+        Ok(match head.checksum_sha256() {
+            Some(c) if !c.contains('-') => hex_to_b64(sha256).as_deref() == Some(c),
+            _ => true,
+        })
+    }
+
+    /// The size of `key`, or `None` if there is no such object.
     pub async fn head_size(&self, key: &str) -> Result<Option<u64>, StoreError> {
         match self
             .client

@@ -122,14 +122,22 @@ impl Uploader {
             Outcome::AlreadyThere
         } else {
             let blob_key = self.s3.blob_key(id);
-            self.s3
-                .put_file(
-                    &blob_key,
-                    &self.spool.blob_path(id),
-                    manifest.sealed.size,
-                    &manifest.sealed.sha256,
-                )
-                .await?;
+            // A run that died between the blob and the manifest left the blob there: never
+            // write a second version of it (under Object Lock it could never be removed).
+            if !self
+                .s3
+                .holds(&blob_key, manifest.sealed.size, &manifest.sealed.sha256)
+                .await?
+            {
+                self.s3
+                    .put_file(
+                        &blob_key,
+                        &self.spool.blob_path(id),
+                        manifest.sealed.size,
+                        &manifest.sealed.sha256,
+                    )
+                    .await?;
+            }
             match self.s3.head_size(&blob_key).await? {
                 Some(n) if n == manifest.sealed.size => {}
                 other => {
