@@ -277,6 +277,18 @@ fn staged(tmp_dir: &Path, dest: &Path, bytes: &[u8], tag: &str) -> io::Result<At
     Ok(file)
 }
 
+/// Opens (creating, 0600) a lock file for `flock`, without following a symlink.
+pub fn open_lock_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
 /// This process's token for the temporary files it writes into `lock_dir` (a store's
 /// `tmp/`): temporary names carry it, and `lock_dir/owner.TOKEN.lock` stays locked
 /// (`flock`) for as long as the process lives. Whether the writer of a temporary file is

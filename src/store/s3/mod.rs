@@ -40,6 +40,20 @@ use crate::manifest::{Manifest, RecordId, VerifyingKey};
 /// Objects larger than this go up as multipart uploads, in parts of at least this size.
 pub const PART_SIZE: u64 = 16 << 20;
 
+/// Waits for an exclusive `flock` on the lock file at `path` (on the blocking pool) and
+/// returns the locked file: the lock is held until it is dropped.
+pub(crate) async fn lock_exclusive(path: &Path) -> Result<std::fs::File, StoreError> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let f = crate::fsutil::open_lock_file(&owned)?;
+        f.lock()?;
+        Ok::<_, std::io::Error>(f)
+    })
+    .await
+    .map_err(|e| StoreError::Config(format!("lock task for {}: {e}", path.display())))?
+    .map_err(|e| StoreError::io(path, e))
+}
+
 /// Base64 of the bytes a hex string spells (what `x-amz-checksum-sha256` carries).
 fn hex_to_b64(hex_digest: &str) -> Option<String> {
     let raw = hex::decode(hex_digest).ok().filter(|r| r.len() == 32)?;

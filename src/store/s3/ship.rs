@@ -77,25 +77,7 @@ fn shipped_path(spool: &LocalStore) -> std::path::PathBuf {
 /// overlapping segments and a verifier would then report a removed segment that never was.
 pub async fn ship(s3: &S3Store, spool: &LocalStore, source: &str) -> Result<u64, StoreError> {
     let lock_path = spool.root().join("audit.ship.lock");
-    let _lock = tokio::task::spawn_blocking({
-        let path = lock_path.clone();
-        move || {
-            use std::os::unix::fs::OpenOptionsExt;
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&path)?;
-            f.lock()?;
-            Ok::<_, std::io::Error>(f)
-        }
-    })
-    .await
-    .map_err(|e| StoreError::Config(format!("audit shipping lock task: {e}")))?
-    .map_err(|e| StoreError::io(&lock_path, e))?;
+    let _lock = super::lock_exclusive(&lock_path).await?;
     let log = spool.audit_path();
     let state_path = shipped_path(spool);
     let mut state: Shipped = std::fs::read(&state_path)

@@ -187,17 +187,7 @@ impl Uploader {
     /// the others (the first such error is returned at the end).
     pub async fn drain(&self) -> Result<usize, StoreError> {
         let path = self.spool.root().join("uploader.lock");
-        let lock = tokio::task::spawn_blocking({
-            let path = path.clone();
-            move || {
-                let f = lock_file(&path)?;
-                f.lock()?;
-                Ok::<_, std::io::Error>(f)
-            }
-        })
-        .await
-        .map_err(|e| StoreError::Config(format!("uploader lock task: {e}")))?
-        .map_err(|e| StoreError::io(&path, e))?;
+        let lock = super::lock_exclusive(&path).await?;
         let n = self.drain_locked().await;
         drop(lock);
         n
@@ -207,7 +197,7 @@ impl Uploader {
     /// its holder uploads what is there).
     pub async fn try_drain(&self) -> Result<Option<usize>, StoreError> {
         let path = self.spool.root().join("uploader.lock");
-        let lock = lock_file(&path).map_err(|e| StoreError::io(&path, e))?;
+        let lock = crate::fsutil::open_lock_file(&path).map_err(|e| StoreError::io(&path, e))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
@@ -314,19 +304,6 @@ impl Uploader {
             }
         }
     }
-}
-
-/// Opens (creating, 0600) a lock file without following a symlink.
-fn lock_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
 }
 
 /// Runs an uploader on its own thread and runtime (for the synchronous watcher); returns
