@@ -186,6 +186,11 @@ fn a_blob_already_in_the_bucket_is_not_written_again() {
     let m: Value =
         serde_json::from_str(&ok(&ckvault(&["seal", p(&tar), "--config", p(&away)]))).unwrap();
     let id = m["id"].as_str().unwrap();
+    // Before any uploader ran here, the status says so and what waits (it used to fail).
+    let status: Value =
+        serde_json::from_str(&ok(&ckvault(&["upload", "--status", "--config", p(&away)]))).unwrap();
+    assert_eq!(status["state"], "not-started", "{status}");
+    assert_eq!(status["pending"], 1, "{status}");
     // A run that died after the blob and before the manifest: the blob is there.
     let blob = spool.join("records").join(format!("{id}.age"));
     rt.block_on(s3.put_file(
@@ -218,4 +223,40 @@ fn a_blob_already_in_the_bucket_is_not_written_again() {
         1,
         "the blob was written a second time"
     );
+    // A long-running uploader's first drain is not a "resumption".
+    let watch_dir = tmp.path().join("checkpoints");
+    fs::create_dir(&watch_dir).unwrap();
+    let watch_cfg = tmp.path().join("watch.toml");
+    fs::write(
+        &watch_cfg,
+        format!(
+            "{}{tail}[watch]\ndir = \"{}\"\n",
+            moto.store_toml("again", "k", &spool),
+            p(&watch_dir)
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("watch.log");
+    let mut child = std::process::Command::new(support::ckvault_bin())
+        .args(["watch", "--config", p(&watch_cfg)])
+        .stderr(fs::File::create(&log).unwrap())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status_file = spool.join("upload-status.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !status_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the uploader never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("resumed"), "{text}");
+    let status: Value =
+        serde_json::from_str(&ok(&ckvault(&["upload", "--status", "--config", p(&good)]))).unwrap();
+    assert_eq!(status["state"], "ok", "{status}");
 }

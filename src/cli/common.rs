@@ -272,11 +272,9 @@ pub fn upload(args: UploadArgs) -> anyhow::Result<std::process::ExitCode> {
         args.config.display()
     );
     if args.status {
-        let path = config.store.spool.join("upload-status.json");
-        let text = crate::fsutil::read_regular_to_string(&path).map_err(|e| {
-            anyhow::anyhow!("{}: {e} (no uploader has run here yet)", path.display())
-        })?;
-        print!("{text}");
+        let spool = crate::store::LocalStore::open(&config.store.spool)?;
+        let status = crate::store::s3::upload::Status::read(&spool)?;
+        println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(std::process::ExitCode::SUCCESS);
     }
     let cs = capture_store(&config, None)?;

@@ -35,9 +35,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const RESCAN: Duration = Duration::from_secs(2);
 
 /// The uploader's health, as written to `upload-status.json`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Status {
-    /// `ok`, `retrying` (store unreachable), `refused` (credentials or permissions).
+    /// `ok`, `retrying` (store unreachable), `refused` (credentials or permissions), or
+    /// `not-started` (no uploader has run on this spool yet; [`Status::now`]).
     pub state: String,
     /// Records waiting in the spool.
     pub pending: u64,
@@ -51,6 +53,27 @@ pub struct Status {
     pub last_upload: Option<String>,
     /// When this status was written.
     pub updated: String,
+}
+
+impl Status {
+    /// What `SPOOL/upload-status.json` says, or, before any uploader has written it, the
+    /// spool as it is now (`not-started`, with what waits in it).
+    pub fn read(spool: &LocalStore) -> Result<Self, StoreError> {
+        let path = spool.root().join("upload-status.json");
+        match crate::fsutil::read_regular_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                StoreError::Config(format!("{}: not an upload status: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
+                state: "not-started".into(),
+                pending: spool.ids()?.len() as u64,
+                pending_bytes: spool.bytes()?,
+                updated: crate::node::now_rfc3339(),
+                ..Self::default()
+            }),
+            Err(e) => Err(StoreError::io(&path, e)),
+        }
+    }
 }
 
 /// Refuses new captures while the spool is at its limit.
@@ -268,7 +291,8 @@ impl Uploader {
             let wait = match result {
                 Ok(None) => RESCAN, // another process is draining this spool
                 Ok(Some(_)) => {
-                    if self.status().state != "ok" {
+                    // "Resumed" only after a failure, not on the first drain.
+                    if matches!(self.status().state.as_str(), "retrying" | "refused") {
                         eprintln!("ckvault: uploads to s3://{} resumed", self.s3.bucket());
                     }
                     self.update(|s| {
