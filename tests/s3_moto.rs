@@ -191,6 +191,10 @@ fn a_blob_already_in_the_bucket_is_not_written_again() {
         serde_json::from_str(&ok(&ckvault(&["upload", "--status", "--config", p(&away)]))).unwrap();
     assert_eq!(status["state"], "not-started", "{status}");
     assert_eq!(status["pending"], 1, "{status}");
+    // Nothing of this node is in the bucket yet: verification must not say "OK".
+    let out = ckvault(&["audit", "verify", "--config", p(&good)]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success() && text.contains("PENDING"), "{text}");
     // A run that died after the blob and before the manifest: the blob is there.
     let blob = spool.join("records").join(format!("{id}.age"));
     rt.block_on(s3.put_file(
@@ -201,6 +205,8 @@ fn a_blob_already_in_the_bucket_is_not_written_again() {
     ))
     .unwrap();
     ok(&ckvault(&["upload", "--config", p(&good)]));
+    let out = ok(&ckvault(&["audit", "verify", "--config", p(&good)]));
+    assert!(out.contains("OK 1 sources"), "{out}");
     let versions = rt
         .block_on(
             s3.client()

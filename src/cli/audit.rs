@@ -66,6 +66,25 @@ fn verify_bucket(config: &crate::config::Config) -> anyhow::Result<ExitCode> {
                     s.head
                 );
             }
+            // What this node logged but has not shipped yet is not in the bucket: say so
+            // (an "OK" over a bucket missing this node's events would not be true).
+            let node = crate::node::node_name(config);
+            let local = crate::audit::latest_head(
+                &crate::store::LocalStore::at_config(config).audit_path(),
+            )
+            .map_or(0, |h| h.size);
+            let shipped = sources
+                .iter()
+                .find(|s| s.source == node)
+                .map_or(0, |s| s.events);
+            if local > shipped {
+                println!(
+                    "PENDING audit of {}: {} of its {local} events are not in the bucket yet (its uploader ships them; `ckvault upload --config` does it now)",
+                    escape_control(&node),
+                    local - shipped
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             println!("OK {} sources", sources.len());
             Ok(ExitCode::SUCCESS)
         }

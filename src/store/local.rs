@@ -156,6 +156,12 @@ impl LocalStore {
         }
     }
 
+    /// The store (or spool) `config` names, with its `[audit] path`, without opening or
+    /// creating anything (for paths only).
+    pub fn at_config(config: &crate::config::Config) -> Self {
+        Self::at(config.store.local_dir()).with_audit_path(config.audit.path.clone())
+    }
+
     /// The same store with its audit log at `path` (`[audit] path`) instead of
     /// `<store>/audit.log`: every event about this store, whoever writes it (seals,
     /// downloads, retention, uploads), goes to that one log, and that log is what is
