@@ -266,3 +266,58 @@ fn a_blob_already_in_the_bucket_is_not_written_again() {
         serde_json::from_str(&ok(&ckvault(&["upload", "--status", "--config", p(&good)]))).unwrap();
     assert_eq!(status["state"], "ok", "{status}");
 }
+
+/// A bucket without Object Lock: a hold still binds ckvault, and the answer says the store
+/// does not enforce it, on both servers (each names the missing configuration its way).
+#[test]
+fn a_hold_on_a_bucket_without_object_lock_says_so_on_both_servers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(moto) = support::moto::Moto::start(&tmp.path().join("moto")) else {
+        return;
+    };
+    let Some(weed) = support::seaweed::Seaweed::start(&tmp.path().join("weed")) else {
+        return;
+    };
+    let rt = support::seaweed::runtime();
+    let (_identity, recipient) = support::age_keypair(tmp.path());
+    let stores = [
+        (
+            "moto",
+            moto.store_config("plain", "k"),
+            moto.store_toml("plain", "k", &tmp.path().join("spool-moto")),
+        ),
+        (
+            "seaweedfs",
+            weed.store_config("plain", "k"),
+            weed.store_toml("plain", "k", &tmp.path().join("spool-weed")),
+        ),
+    ];
+    for (name, cfg, toml) in stores {
+        let s3 = ckvault::store::s3::S3Store::new(&cfg).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        while rt
+            .block_on(s3.client().create_bucket().bucket("plain").send())
+            .is_err()
+        {
+            assert!(std::time::Instant::now() < deadline, "{name}: no bucket");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        let config = tmp.path().join(format!("{name}.toml"));
+        fs::write(
+            &config,
+            format!("{toml}[node]\nname = \"node-h\"\n[seal]\nrecipients = [\"{recipient}\"]\n"),
+        )
+        .unwrap();
+        let tar = tmp.path().join(format!("{name}.tar"));
+        fs::write(&tar, support::tar_with(&[("notes.txt", b'0', b"hold\n")])).unwrap();
+        let m: Value =
+            serde_json::from_str(&ok(&ckvault(&["seal", p(&tar), "--config", p(&config)])))
+                .unwrap();
+        let id = m["id"].as_str().unwrap();
+        let out = ckvault(&["hold", id, "--config", p(&config), "--reason", "case 9"]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("{name}: {stderr}");
+        assert!(out.status.success(), "{name}: {stderr}");
+        assert!(stderr.contains("no Object Lock"), "{name}: {stderr}");
+    }
+}

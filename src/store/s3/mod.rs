@@ -868,9 +868,18 @@ impl S3Store {
                 match self.err("PutObjectLegalHold", &key, e) {
                     // Object Lock not enabled on this bucket: the hold record still binds
                     // ckvault, but the store itself does not enforce it.
-                    StoreError::S3 {
+                    // Refused: because the bucket has no Object Lock (then the hold record
+                    // still binds ckvault, but the store does not enforce it), or for another
+                    // reason, which is an error. The bucket's own configuration tells.
+                    e @ StoreError::S3 {
                         kind: Kind::Other, ..
-                    } => return Ok(false),
+                    } => {
+                        return if self.object_lock_enabled().await? == Some(false) {
+                            Ok(false)
+                        } else {
+                            Err(e)
+                        };
+                    }
                     StoreError::S3 {
                         kind: Kind::NotFound,
                         ..
@@ -882,6 +891,34 @@ impl S3Store {
             }
         }
         Ok(true)
+    }
+
+    /// Whether the bucket has Object Lock enabled: `Some(false)` when the store says it
+    /// has no Object Lock configuration, `None` when it cannot tell.
+    async fn object_lock_enabled(&self) -> Result<Option<bool>, StoreError> {
+        match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(
+                out.object_lock_configuration()
+                    .and_then(|c| c.object_lock_enabled())
+                    .is_some_and(|e| e.as_str() == "Enabled"),
+            )),
+            Err(e) => match self.err("GetObjectLockConfiguration", &self.bucket, e) {
+                StoreError::S3 { kind, detail, .. }
+                    if kind == Kind::NotFound
+                        || detail.contains("ObjectLockConfigurationNotFound") =>
+                {
+                    Ok(Some(false))
+                }
+                StoreError::S3 { .. } => Ok(None),
+                e => Err(e),
+            },
+        }
     }
 
     /// When the record's Object Lock retention ends, if it is still locked.
