@@ -165,6 +165,19 @@ async fn healthz(State(state): State<Shared>) -> Response {
     state.metrics.note_health("audit", audit.as_ref().err());
     let ok = store.is_ok() && audit.is_ok();
     let word = |r: &Result<(), String>| if r.is_ok() { "ok" } else { "unavailable" };
+    // With a bucket: whether this replica's uploads (its audit segments, trigger seals) go
+    // through. Failing uploads do not stop reads (200), but the status is not "ok".
+    let uploads = state.uploader.as_ref().map(|u| {
+        let s = u.status().state;
+        if s.is_empty() {
+            "starting".to_owned()
+        } else {
+            s
+        }
+    });
+    let uploads_ok = uploads
+        .as_deref()
+        .is_none_or(|s| s == "ok" || s == "starting");
     let head = state.audit.head().map(|h| format!("{}:{}", h.size, h.hash));
     let status = if ok {
         StatusCode::OK
@@ -174,9 +187,10 @@ async fn healthz(State(state): State<Shared>) -> Response {
     (
         status,
         Json(serde_json::json!({
-            "status": if ok {"ok"} else {"degraded"},
+            "status": if ok && uploads_ok {"ok"} else {"degraded"},
             "store": word(&store),
             "audit": word(&audit),
+            "uploads": uploads,
             "audit_head": head,
         })),
     )

@@ -35,6 +35,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Checkpoints through the runtime, when `[capture] runtime_endpoint` is set.
     pub checkpointer: Option<crate::capture::checkpoint::Checkpointer>,
+    /// With a bucket: this replica's uploader (its state is part of `/healthz`).
+    pub uploader: Option<crate::store::s3::upload::Uploader>,
     /// Blobs whose every byte matched their signed digest, with the identity the blob had
     /// then ([`crate::store::Store::blob_identity`]): a range is served only from these.
     pub verified_blobs:
@@ -53,6 +55,7 @@ impl AppState {
             tokens: RwLock::new(Arc::new(tokens)),
             metrics: Arc::default(),
             checkpointer: None,
+            uploader: None,
             verified_blobs: Default::default(),
         }
     }
@@ -234,6 +237,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     }
     let mut state = AppState::new(store, audit, set, tokens);
     state.checkpointer = checkpointer;
+    state.uploader = bucket.as_ref().map(|(u, _, _)| u.clone());
     Ok(Prepared {
         state: Arc::new(state),
         tls: Arc::new(tls),

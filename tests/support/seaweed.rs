@@ -15,8 +15,10 @@ use ckvault::store::s3::S3Store;
 
 /// The access key of the identity the server knows.
 pub const ACCESS_KEY: &str = "ckvaulttest";
-/// Its secret.
+/// Its secret (and the read-only identity's).
 pub const SECRET_KEY: &str = "ckvault-test-secret-0123456789";
+/// An identity that may read and list, not write.
+pub const RO_ACCESS_KEY: &str = "ckvaultreader";
 
 /// A running SeaweedFS.
 pub struct Seaweed {
@@ -64,7 +66,16 @@ impl Seaweed {
             "name": "ckvault",
             "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]
+        }, {
+            "name": "reader",
+            "credentials": [{"accessKey": RO_ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Read", "List"]
         }]});
+        std::fs::write(
+            dir.join("credentials-ro"),
+            format!("[default]\naws_access_key_id = {RO_ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"),
+        )
+        .unwrap();
         std::fs::write(dir.join("s3.json"), identities.to_string()).unwrap();
         std::fs::write(
             dir.join("credentials"),
@@ -116,6 +127,11 @@ impl Seaweed {
     /// The S3 endpoint URL.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.base)
+    }
+
+    /// The credentials file of the read-only identity.
+    pub fn credentials_ro_file(&self) -> PathBuf {
+        self.dir.join("credentials-ro")
     }
 
     /// The credentials file (AWS INI format) for the identity.
