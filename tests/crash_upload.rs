@@ -205,21 +205,7 @@ fn sigkill_during_s3_upload_shows_no_partial_record_and_loses_nothing() {
     // A run killed between a blob and its manifest must not make the next run write the
     // blob again: one version of every blob and manifest (a versioned, Object Lock bucket
     // keeps every version, undeletable under COMPLIANCE).
-    let versions = rt
-        .block_on(
-            s3.client()
-                .list_object_versions()
-                .bucket(BUCKET)
-                .prefix(PREFIX)
-                .send(),
-        )
-        .unwrap();
-    let mut per_key = std::collections::BTreeMap::<String, usize>::new();
-    for v in versions.versions() {
-        *per_key
-            .entry(v.key().unwrap_or_default().to_owned())
-            .or_default() += 1;
-    }
+    let per_key = seaweed::versions_per_key(&s3, &rt, BUCKET, PREFIX);
     let doubled: Vec<_> = per_key
         .iter()
         .filter(|(k, n)| (k.contains("/blobs/") || k.contains("/manifests/")) && **n > 1)

@@ -256,21 +256,7 @@ fn six_concurrent_seals_on_one_spool_land_once_each() {
     // Every record once in the bucket, one version of each object; the spool empty.
     let s3 = ckvault::store::s3::S3Store::new(&weed.store_config("shared", "k")).unwrap();
     let rt = support::seaweed::runtime();
-    let versions = rt
-        .block_on(
-            s3.client()
-                .list_object_versions()
-                .bucket("shared")
-                .prefix("k/")
-                .send(),
-        )
-        .unwrap();
-    let mut per_key = std::collections::BTreeMap::<String, usize>::new();
-    for v in versions.versions() {
-        *per_key
-            .entry(v.key().unwrap_or_default().to_owned())
-            .or_default() += 1;
-    }
+    let per_key = support::seaweed::versions_per_key(&s3, &rt, "shared", "k/");
     for id in &ids {
         for key in [
             format!("k/blobs/{id}.age"),

@@ -41,12 +41,14 @@ fn healthz_says_uploads_are_refused_when_the_bucket_takes_no_writes() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let h = loop {
         let h = health();
-        if h["uploads"] == "refused" {
+        // The index's first refresh (reads) and the uploader's first drain race at start:
+        // wait for both to have happened.
+        if h["uploads"] == "refused" && h["store"] == "ok" {
             break h;
         }
         assert!(
             Instant::now() < deadline,
-            "uploads never reported refused: {h}"
+            "never reads ok with uploads refused: {h}"
         );
         std::thread::sleep(Duration::from_millis(300));
     };

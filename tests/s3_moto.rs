@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::fs;
 
 use serde_json::Value;
@@ -73,21 +72,7 @@ fn object_lock_uploads_carry_checksums_and_land_retained_once() {
     assert!(left.is_empty(), "records left in the spool: {left:?}");
 
     // Every record object and audit segment: one version, GOVERNANCE retention ahead.
-    let versions = rt
-        .block_on(
-            s3.client()
-                .list_object_versions()
-                .bucket("locked")
-                .prefix("k/")
-                .send(),
-        )
-        .unwrap();
-    let mut per_key = BTreeMap::<String, usize>::new();
-    for v in versions.versions() {
-        *per_key
-            .entry(v.key().unwrap_or_default().to_owned())
-            .or_default() += 1;
-    }
+    let per_key = support::seaweed::versions_per_key(&s3, &rt, "locked", "k/");
     let mut keys: Vec<String> = ids
         .iter()
         .flat_map(|id| {
@@ -207,22 +192,8 @@ fn a_blob_already_in_the_bucket_is_not_written_again() {
     ok(&ckvault(&["upload", "--config", p(&good)]));
     let out = ok(&ckvault(&["audit", "verify", "--config", p(&good)]));
     assert!(out.contains("OK 1 sources"), "{out}");
-    let versions = rt
-        .block_on(
-            s3.client()
-                .list_object_versions()
-                .bucket("again")
-                .prefix("k/")
-                .send(),
-        )
-        .unwrap();
-    let count = |key: &str| {
-        versions
-            .versions()
-            .iter()
-            .filter(|v| v.key() == Some(key))
-            .count()
-    };
+    let per_key = support::seaweed::versions_per_key(&s3, &rt, "again", "k/");
+    let count = |key: &str| per_key.get(key).copied().unwrap_or(0);
     assert_eq!(count(&format!("k/manifests/{id}.json")), 1);
     assert_eq!(
         count(&format!("k/blobs/{id}.age")),

@@ -254,3 +254,28 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// How many versions of each key under `prefix` the bucket holds (any S3 server).
+pub fn versions_per_key(
+    s3: &S3Store,
+    rt: &tokio::runtime::Runtime,
+    bucket: &str,
+    prefix: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let versions = rt
+        .block_on(
+            s3.client()
+                .list_object_versions()
+                .bucket(bucket)
+                .prefix(prefix)
+                .send(),
+        )
+        .expect("ListObjectVersions");
+    let mut per_key = std::collections::BTreeMap::new();
+    for v in versions.versions() {
+        *per_key
+            .entry(v.key().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    per_key
+}

@@ -186,6 +186,28 @@ impl S3Store {
         }
     }
 
+    /// The outcome of an SDK call on `key`, with "no such object" as `None`.
+    fn found<T, E>(
+        &self,
+        op: &str,
+        key: &str,
+        r: Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+    ) -> Result<Option<T>, StoreError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => match self.err(op, key, e) {
+                StoreError::S3 {
+                    kind: Kind::NotFound,
+                    ..
+                } => Ok(None),
+                e => Err(e),
+            },
+        }
+    }
+
     /// Checks that the bucket is reachable with our credentials.
     pub async fn check(&self) -> Result<(), StoreError> {
         self.client
@@ -562,24 +584,15 @@ impl S3Store {
         key: &str,
         max: usize,
     ) -> Result<Option<(Vec<u8>, Option<String>)>, StoreError> {
-        let out = match self
+        let r = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => {
-                return match self.err("GetObject", key, e) {
-                    StoreError::S3 {
-                        kind: Kind::NotFound,
-                        ..
-                    } => Ok(None),
-                    e => Err(e),
-                };
-            }
+            .await;
+        let Some(out) = self.found("GetObject", key, r)? else {
+            return Ok(None);
         };
         let etag = out.e_tag().map(str::to_owned);
         if out.content_length().unwrap_or(0) as u64 > max as u64 {
@@ -618,25 +631,16 @@ impl S3Store {
     /// nothing here: its size then decides; keys derive from record IDs, so only this
     /// record's upload can have written it).
     pub async fn holds(&self, key: &str, size: u64, sha256: &str) -> Result<bool, StoreError> {
-        let head = match self
+        let r = self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(key)
             .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
             .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => {
-                return match self.err("HeadObject", key, e) {
-                    StoreError::S3 {
-                        kind: Kind::NotFound,
-                        ..
-                    } => Ok(false),
-                    e => Err(e),
-                };
-            }
+            .await;
+        let Some(head) = self.found("HeadObject", key, r)? else {
+            return Ok(false);
         };
         if head.content_length().unwrap_or(-1) != size as i64 {
             return Ok(false);
@@ -649,23 +653,16 @@ impl S3Store {
 
     /// The size of `key`, or `None` if there is no such object.
     pub async fn head_size(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        match self
+        let r = self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
-            .await
-        {
-            Ok(o) => Ok(Some(o.content_length().unwrap_or(0).max(0) as u64)),
-            Err(e) => match self.err("HeadObject", key, e) {
-                StoreError::S3 {
-                    kind: Kind::NotFound,
-                    ..
-                } => Ok(None),
-                e => Err(e),
-            },
-        }
+            .await;
+        Ok(self
+            .found("HeadObject", key, r)?
+            .map(|o| o.content_length().unwrap_or(0).max(0) as u64))
     }
 
     /// Every key under `rel` (relative to the prefix), with `rel` stripped.
@@ -924,25 +921,16 @@ impl S3Store {
     /// When the record's Object Lock retention ends, if it is still locked.
     pub async fn locked_until(&self, id: &RecordId) -> Result<Option<String>, StoreError> {
         let key = self.manifest_key(id);
-        let out = match self
+        let r = self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(&key)
             .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => {
-                return match self.err("HeadObject", &key, e) {
-                    StoreError::S3 {
-                        kind: Kind::NotFound,
-                        ..
-                    } => Err(StoreError::NotFound(id.clone())),
-                    e => Err(e),
-                };
-            }
-        };
+            .await;
+        let out = self
+            .found("HeadObject", &key, r)?
+            .ok_or_else(|| StoreError::NotFound(id.clone()))?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         Ok(out
             .object_lock_retain_until_date()
