@@ -188,6 +188,11 @@ pub struct StoreConfig {
     /// Days of Object Lock retention (default 30) when `object_lock` is set.
     #[serde(default = "default_lock_days")]
     pub lock_days: u32,
+    /// How long one request to the store may take before it is abandoned and retried
+    /// (default `60s`; one request carries at most a 16 MiB part): a frozen store then
+    /// reads as unreachable instead of hanging the uploader.
+    #[serde(default = "default_store_timeout", deserialize_with = "de_duration")]
+    pub timeout: std::time::Duration,
     /// How often a server re-reads the bucket's manifests into its index (default `15s`).
     #[serde(default = "default_index_refresh", deserialize_with = "de_duration")]
     pub index_refresh: std::time::Duration,
@@ -236,6 +241,7 @@ impl Default for StoreConfig {
             object_lock: None,
             lock_days: default_lock_days(),
             index_refresh: default_index_refresh(),
+            timeout: default_store_timeout(),
             trusted_keys: None,
         }
     }
@@ -264,6 +270,10 @@ fn default_spool_max() -> String {
 fn default_lock_days() -> u32 {
     30
 }
+fn default_store_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+
 fn default_index_refresh() -> std::time::Duration {
     std::time::Duration::from_secs(15)
 }

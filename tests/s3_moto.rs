@@ -1,8 +1,8 @@
 //! The S3 store against moto's S3 server, which follows AWS's rules where SeaweedFS is
-//! lenient: with `[store] object_lock`, every write must carry a checksum
-//! (`x-amz-checksum-*` or `Content-MD5`). Records small enough for one PUT, records large
-//! enough for a multipart upload, manifests and audit segments must all land, each object
-//! version under the configured retention, one version per object.
+//! lenient (tests/s3_conformance.rs runs the Object Lock suite on both): a blob already in
+//! the bucket is not written again, legal holds on a bucket without Object Lock, and
+//! credentials from the AWS SDK's default chain (web identity through moto's STS, static
+//! keys, and the error naming every way when there are none).
 
 mod support;
 
@@ -10,126 +10,6 @@ use std::fs;
 
 use serde_json::Value;
 use support::{ckvault, ok, p};
-
-#[test]
-fn object_lock_uploads_carry_checksums_and_land_retained_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(moto) = support::moto::Moto::start(&tmp.path().join("moto")) else {
-        return;
-    };
-    let s3 = ckvault::store::s3::S3Store::new(&moto.store_config("locked", "k")).unwrap();
-    let rt = support::seaweed::runtime();
-    rt.block_on(
-        s3.client()
-            .create_bucket()
-            .bucket("locked")
-            .object_lock_enabled_for_bucket(true)
-            .send(),
-    )
-    .unwrap();
-    let (_identity, recipient) = support::age_keypair(tmp.path());
-    let config = tmp.path().join("node.toml");
-    fs::write(
-        &config,
-        format!(
-            "{}object_lock = \"governance\"\nlock_days = 1\n[node]\nname = \"node-m\"\n[seal]\nrecipients = [\"{recipient}\"]\n",
-            moto.store_toml("locked", "k", &tmp.path().join("spool"))
-        ),
-    )
-    .unwrap();
-    let small = tmp.path().join("small.tar");
-    fs::write(
-        &small,
-        support::tar_with(&[("notes.txt", b'0', b"small\n")]),
-    )
-    .unwrap();
-    // Incompressible, so the sealed blob is over one part (16 MiB): a multipart upload.
-    let mut data = vec![0u8; 20 << 20];
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    for b in data.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
-    let big = tmp.path().join("big.tar");
-    fs::write(&big, support::tar_with(&[("rootfs-diff.tar", b'0', &data)])).unwrap();
-    let mut ids = Vec::new();
-    for archive in [&small, &big] {
-        let out = ckvault(&["seal", p(archive), "--config", p(&config)]);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            !stderr.contains("upload pending"),
-            "the upload was refused: {stderr}\nmoto:\n{}",
-            moto.log_tail()
-        );
-        let m: Value = serde_json::from_str(&ok(&out)).unwrap();
-        ids.push(m["id"].as_str().unwrap().to_owned());
-    }
-    let left: Vec<_> = fs::read_dir(tmp.path().join("spool/records"))
-        .unwrap()
-        .collect();
-    assert!(left.is_empty(), "records left in the spool: {left:?}");
-
-    // Every record object and audit segment: one version, GOVERNANCE retention ahead.
-    let per_key = support::seaweed::versions_per_key(&s3, &rt, "locked", "k/");
-    let mut keys: Vec<String> = ids
-        .iter()
-        .flat_map(|id| {
-            [
-                format!("k/blobs/{id}.age"),
-                format!("k/manifests/{id}.json"),
-            ]
-        })
-        .collect();
-    keys.extend(
-        per_key
-            .keys()
-            .filter(|k| k.starts_with("k/audit/") && !k.ends_with("/head.json"))
-            .cloned(),
-    );
-    assert!(
-        keys.iter().any(|k| k.ends_with(".jsonl")),
-        "no audit segment shipped: {per_key:#?}"
-    );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    for key in &keys {
-        assert_eq!(per_key.get(key), Some(&1), "{key}: {per_key:#?}");
-        // HEAD (moto's server answers GET ?retention with the object itself).
-        let h = rt
-            .block_on(s3.client().head_object().bucket("locked").key(key).send())
-            .unwrap_or_else(|e| panic!("{key}: {e:?}"));
-        assert_eq!(
-            h.object_lock_mode().map(|m| m.as_str()),
-            Some("GOVERNANCE"),
-            "{key}: {h:?}"
-        );
-        let until = h.object_lock_retain_until_date().map_or(0, |d| d.secs());
-        assert!(
-            until > now + 3600,
-            "{key}: retained until {until}, now {now}"
-        );
-    }
-    let out = ok(&ckvault(&[
-        "ls",
-        "--config",
-        p(&config),
-        "--format",
-        "json",
-    ]));
-    let listed: Vec<Value> = serde_json::from_str(&out).unwrap();
-    assert_eq!(listed.len(), 2, "{out}");
-    let out = ok(&ckvault(&["audit", "verify", "--config", p(&config)]));
-    assert!(out.contains("OK 1 sources"), "{out}");
-    eprintln!(
-        "moto with object_lock = governance: {} records ({} objects checked), one version each, retention GOVERNANCE",
-        ids.len(),
-        keys.len()
-    );
-}
 
 #[test]
 fn a_blob_already_in_the_bucket_is_not_written_again() {
@@ -290,5 +170,119 @@ fn a_hold_on_a_bucket_without_object_lock_says_so_on_both_servers() {
         eprintln!("{name}: {stderr}");
         assert!(out.status.success(), "{name}: {stderr}");
         assert!(stderr.contains("no Object Lock"), "{name}: {stderr}");
+    }
+}
+
+/// Runs ckvault with no AWS settings from this process's environment: only `env`.
+fn ckvault_env(
+    args: &[&str],
+    home: &std::path::Path,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(support::ckvault_bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("HOME", home)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn credentials_come_from_web_identity_as_in_a_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(moto) = support::moto::Moto::start(&tmp.path().join("moto")) else {
+        return;
+    };
+    let rt = support::seaweed::runtime();
+    let s3 = ckvault::store::s3::S3Store::new(&moto.store_config("irsa", "k")).unwrap();
+    rt.block_on(s3.client().create_bucket().bucket("irsa").send())
+        .unwrap();
+    let (_identity, recipient) = support::age_keypair(tmp.path());
+    // No credentials_file: the SDK's default chain decides.
+    let store = moto
+        .store_toml("irsa", "k", &tmp.path().join("spool"))
+        .lines()
+        .filter(|l| !l.starts_with("credentials_file"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = tmp.path().join("node.toml");
+    fs::write(
+        &config,
+        format!("{store}\n[node]\nname = \"node-w\"\n[seal]\nrecipients = [\"{recipient}\"]\n"),
+    )
+    .unwrap();
+    let home = tmp.path().join("home");
+    fs::create_dir_all(&home).unwrap();
+    let token = tmp.path().join("token");
+    fs::write(
+        &token,
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6Y2t2YXVsdDpub2RlIn0.c2ln",
+    )
+    .unwrap();
+    let endpoint = moto.endpoint();
+    let web_identity = [
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", p(&token)),
+        (
+            "AWS_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/ckvault-node",
+        ),
+        ("AWS_ROLE_SESSION_NAME", "ckvault-test"),
+        ("AWS_ENDPOINT_URL_STS", endpoint.as_str()),
+    ];
+    let statics = [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ];
+    for (how, env) in [
+        ("web identity", &web_identity[..]),
+        ("static keys", &statics[..]),
+    ] {
+        let a = tmp.path().join(format!("{how}.tar"));
+        fs::write(
+            &a,
+            support::tar_with(&[("notes.txt", b'0', how.as_bytes())]),
+        )
+        .unwrap();
+        let out = ckvault_env(&["seal", p(&a), "--config", p(&config)], &home, env);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success() && !err.contains("upload pending"),
+            "{how}: {err}\nmoto:\n{}",
+            moto.log_tail()
+        );
+        let m: Value = serde_json::from_str(&ok(&out)).unwrap();
+        let key = format!("k/manifests/{}.json", m["id"].as_str().unwrap());
+        assert!(
+            rt.block_on(s3.head_size(&key)).unwrap().is_some(),
+            "{how}: {key} not in the bucket"
+        );
+    }
+    // The same web identity with STS away: no credentials (so STS was what gave them).
+    let mut no_sts = web_identity;
+    no_sts[3] = ("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:9");
+    let out = ckvault_env(&["ls", "--config", p(&config)], &home, &no_sts);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no S3 credentials could be obtained"),
+        "{err}"
+    );
+    // Nothing provided: the error names the ways to provide credentials.
+    let out = ckvault_env(&["ls", "--config", p(&config)], &home, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for way in [
+        "credentials_file",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "EKS Pod Identity",
+        "instance metadata",
+    ] {
+        assert!(err.contains(way), "{way} not named: {err}");
     }
 }

@@ -284,7 +284,26 @@ pub fn upload(args: UploadArgs) -> anyhow::Result<std::process::ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let n = rt.block_on(uploader.drain())?;
-    println!("uploaded {n} record(s) from {}", cs.store.root().display());
-    Ok(std::process::ExitCode::SUCCESS)
+    let d = rt.block_on(uploader.drain()).map_err(|e| match e {
+        crate::store::StoreError::Unreachable { .. } => {
+            anyhow::anyhow!("{e}; the sealed records wait in the spool")
+        }
+        e => e.into(),
+    })?;
+    println!(
+        "uploaded {} record(s) from {}",
+        d.uploaded,
+        cs.store.root().display()
+    );
+    if d.stuck.is_empty() {
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    for (id, why) in &d.stuck {
+        eprintln!("ckvault: record {id} stays in the spool: {why}");
+    }
+    eprintln!(
+        "ckvault: {} record(s) stuck; the others went up",
+        d.stuck.len()
+    );
+    Ok(std::process::ExitCode::FAILURE)
 }

@@ -124,8 +124,16 @@ pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        if let Err(e) = rt.block_on(u.drain()) {
-            eprintln!("ckvault: sealed {}, upload pending: {e}", manifest.id);
+        match rt.block_on(u.drain()) {
+            Err(e) => eprintln!(
+                "ckvault: sealed {}, upload pending (it waits in the spool): {e}",
+                manifest.id
+            ),
+            Ok(d) => {
+                for (id, why) in &d.stuck {
+                    eprintln!("ckvault: record {id} stays in the spool: {why}");
+                }
+            }
         }
     }
     output::print_json(&manifest)?;

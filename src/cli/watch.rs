@@ -81,7 +81,13 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             .enable_all()
             .build()?;
         match rt.block_on(u.drain()) {
-            Ok(n) => println!("uploaded {n} record(s)"),
+            Ok(d) => {
+                println!("uploaded {} record(s)", d.uploaded);
+                for (id, why) in &d.stuck {
+                    failures += 1;
+                    eprintln!("ckvault: record {id} stays in the spool: {why}");
+                }
+            }
             Err(e) => {
                 failures += 1;
                 eprintln!("ckvault: upload: {e} (the records stay in the spool)");

@@ -167,12 +167,13 @@ async fn healthz(State(state): State<Shared>) -> Response {
     let word = |r: &Result<(), String>| if r.is_ok() { "ok" } else { "unavailable" };
     // With a bucket: whether this replica's uploads (its audit segments, trigger seals) go
     // through. Failing uploads do not stop reads (200), but the status is not "ok".
-    let uploads = state.uploader.as_ref().map(|u| {
-        let s = u.status().state;
-        if s.is_empty() {
+    let upload_status = state.uploader.as_ref().map(|u| u.status());
+    let uploads_stuck = upload_status.as_ref().map(|s| s.stuck.len());
+    let uploads = upload_status.map(|s| {
+        if s.state.is_empty() {
             "starting".to_owned()
         } else {
-            s
+            s.state
         }
     });
     let uploads_ok = uploads
@@ -191,6 +192,7 @@ async fn healthz(State(state): State<Shared>) -> Response {
             "store": word(&store),
             "audit": word(&audit),
             "uploads": uploads,
+            "uploads_stuck": uploads_stuck,
             "audit_head": head,
         })),
     )

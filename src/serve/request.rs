@@ -85,7 +85,9 @@ impl From<StoreError> for ApiError {
             StoreError::Locked { .. } => {
                 Self::new(StatusCode::CONFLICT, "object-locked", e.to_string())
             }
-            StoreError::Unreachable { .. } | StoreError::Credentials { .. } => {
+            StoreError::Unreachable { .. }
+            | StoreError::Credentials { .. }
+            | StoreError::NoCredentials { .. } => {
                 eprintln!("ckvault: store unavailable: {e}");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -79,13 +79,31 @@ pub enum StoreError {
     Config(String),
     /// The object store could not be reached.
     #[error(
-        "cannot reach the object store at {endpoint} ({detail}); sealed records wait in the \
-         spool and go up when it is back"
+        "cannot reach the object store at {endpoint} ({detail}); check [store] endpoint, the \
+         network, and that the store is up"
     )]
     Unreachable {
         /// The endpoint.
         endpoint: String,
         /// What failed.
+        detail: String,
+    },
+    /// No S3 credentials could be found or obtained.
+    #[error("no S3 credentials could be obtained ({detail}); {help}", help = s3::client::CREDENTIALS_HELP)]
+    NoCredentials {
+        /// What the credential providers said.
+        detail: String,
+    },
+    /// Another object is already at a record's key: ckvault never writes over it.
+    #[error(
+        "another object is already at s3 key {key} ({detail}); ckvault does not write over \
+         it (on a versioned bucket that would leave a second version): remove or move that \
+         object, the record waits in the spool until then"
+    )]
+    Conflict {
+        /// The key.
+        key: String,
+        /// How the object there differs.
         detail: String,
     },
     /// The object store refused our credentials.

@@ -312,5 +312,6 @@ pub mod containerd;
 pub mod crash;
 pub mod moto;
 pub mod pki;
+pub mod s3server;
 pub mod seaweed;
 pub mod serve;

@@ -62,6 +62,16 @@ impl Moto {
         Some(moto)
     }
 
+    /// The server's process ID (to freeze it with SIGSTOP).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The credentials file.
+    pub fn credentials_file(&self) -> PathBuf {
+        self.dir.join("credentials")
+    }
+
     /// The endpoint URL.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

@@ -124,6 +124,11 @@ impl Seaweed {
         self.child = Some(child);
     }
 
+    /// The server's process ID (to freeze it with SIGSTOP).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     /// The S3 endpoint URL.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.base)

@@ -1,12 +1,16 @@
-//! Connecting to an S3-compatible object store: credentials (environment or an AWS-style
-//! credentials file), the rustls HTTP client, and turning SDK errors into [`StoreError`]s
-//! that tell an operator what to fix.
+//! Connecting to an S3-compatible object store: credentials (the AWS SDK's profile
+//! provider on `credentials_file`, else its default chain), the rustls HTTP client, and
+//! turning SDK errors into [`StoreError`]s that tell an operator what to fix.
 
-use std::path::Path;
 use std::time::Duration;
 
+use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_config::profile::ProfileFileCredentialsProvider;
+use aws_config::provider_config::ProviderConfig;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider, future};
+use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
 use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
     retry::RetryConfig, timeout::TimeoutConfig,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -17,7 +21,6 @@ use crate::store::StoreError;
 
 /// Builds an S3 client for `[store]`.
 pub fn connect(cfg: &StoreConfig) -> Result<aws_sdk_s3::Client, StoreError> {
-    let creds = credentials(cfg)?;
     let mut trust = tls::TrustStore::default();
     if let Some(ca) = &cfg.ca_file {
         let pem = std::fs::read(ca).map_err(|e| StoreError::io(ca, e))?;
@@ -33,6 +36,7 @@ pub fn connect(cfg: &StoreConfig) -> Result<aws_sdk_s3::Client, StoreError> {
         ))
         .tls_context(context)
         .build_https();
+    let creds = credentials(cfg, http.clone())?;
     let mut b = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(cfg.region.clone()))
@@ -47,7 +51,8 @@ pub fn connect(cfg: &StoreConfig) -> Result<aws_sdk_s3::Client, StoreError> {
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(5))
-                .read_timeout(Duration::from_secs(60))
+                .read_timeout(cfg.timeout)
+                .operation_attempt_timeout(cfg.timeout)
                 .build(),
         );
     if let Some(ep) = cfg.endpoint.as_deref().filter(|e| !e.is_empty()) {
@@ -56,72 +61,71 @@ pub fn connect(cfg: &StoreConfig) -> Result<aws_sdk_s3::Client, StoreError> {
     Ok(aws_sdk_s3::Client::from_conf(b.build()))
 }
 
-/// Credentials from `credentials_file` when set, else the environment.
-fn credentials(cfg: &StoreConfig) -> Result<Credentials, StoreError> {
+/// Where credentials come from: with `credentials_file`, the AWS SDK's profile provider
+/// on that file (static keys, a session token, or a role to assume; `profile` picks the
+/// section); otherwise the SDK's default chain, in its order: environment, shared profile
+/// (`AWS_PROFILE`, `~/.aws`), web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` +
+/// `AWS_ROLE_ARN`: IRSA), the container endpoint (EKS Pod Identity, ECS), instance
+/// metadata. STS and the metadata endpoints are reached over ckvault's own HTTP client.
+fn credentials(
+    cfg: &StoreConfig,
+    http: aws_sdk_s3::config::SharedHttpClient,
+) -> Result<SharedCredentialsProvider, StoreError> {
+    let provider = ProviderConfig::default()
+        .with_http_client(http)
+        .with_region(Some(Region::new(cfg.region.clone())))
+        .with_behavior_version(Some(BehaviorVersion::latest()));
     if let Some(path) = &cfg.credentials_file {
-        let profile = cfg.profile.as_deref().unwrap_or("default");
-        return from_file(path, profile);
+        // Read it now, so a missing or unreadable file is a clear error at start.
+        std::fs::metadata(path).map_err(|e| StoreError::io(path, e))?;
+        let files = EnvConfigFiles::builder()
+            .with_file(EnvConfigFileKind::Credentials, path)
+            .build();
+        let p = ProfileFileCredentialsProvider::builder()
+            .configure(&provider)
+            .profile_files(files)
+            .profile_name(cfg.profile.as_deref().unwrap_or("default"))
+            .build();
+        return Ok(SharedCredentialsProvider::new(p));
     }
-    let ak = std::env::var("AWS_ACCESS_KEY_ID")
-        .ok()
-        .filter(|s| !s.is_empty());
-    let sk = std::env::var("AWS_SECRET_ACCESS_KEY")
-        .ok()
-        .filter(|s| !s.is_empty());
-    match (ak, sk) {
-        (Some(ak), Some(sk)) => Ok(Credentials::new(
-            ak,
-            sk,
-            std::env::var("AWS_SESSION_TOKEN")
-                .ok()
-                .filter(|s| !s.is_empty()),
-            None,
-            "environment",
-        )),
-        _ => Err(StoreError::Config(
-            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or \
-             [store] credentials_file"
-                .into(),
-        )),
+    Ok(SharedCredentialsProvider::new(LazyChain {
+        provider,
+        chain: tokio::sync::OnceCell::new(),
+    }))
+}
+
+/// The SDK's default credentials chain, built (asynchronously) at its first use.
+#[derive(Debug)]
+struct LazyChain {
+    provider: ProviderConfig,
+    chain: tokio::sync::OnceCell<DefaultCredentialsChain>,
+}
+
+impl ProvideCredentials for LazyChain {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(async move {
+            let chain = self
+                .chain
+                .get_or_init(|| {
+                    DefaultCredentialsChain::builder()
+                        .configure(self.provider.clone())
+                        .build()
+                })
+                .await;
+            chain.provide_credentials().await
+        })
     }
 }
 
-/// Reads `[profile]` of an AWS-style INI credentials file.
-pub fn from_file(path: &Path, profile: &str) -> Result<Credentials, StoreError> {
-    let text = std::fs::read_to_string(path).map_err(|e| StoreError::io(path, e))?;
-    let (mut ak, mut sk, mut token) = (None, None, None);
-    let mut in_profile = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            let name = name.trim();
-            in_profile = name == profile || name == format!("profile {profile}");
-            continue;
-        }
-        if !in_profile {
-            continue;
-        }
-        if let Some((k, v)) = line.split_once('=') {
-            let v = v.trim().to_owned();
-            match k.trim() {
-                "aws_access_key_id" => ak = Some(v),
-                "aws_secret_access_key" => sk = Some(v),
-                "aws_session_token" => token = Some(v),
-                _ => {}
-            }
-        }
-    }
-    match (ak, sk) {
-        (Some(ak), Some(sk)) => Ok(Credentials::new(ak, sk, token, None, "credentials-file")),
-        _ => Err(StoreError::Config(format!(
-            "{}: profile [{profile}] lacks aws_access_key_id / aws_secret_access_key",
-            path.display()
-        ))),
-    }
-}
+/// What to say when no credentials could be found or obtained.
+pub const CREDENTIALS_HELP: &str = "provide S3 credentials by one of: [store] \
+     credentials_file (and profile); AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and \
+     AWS_SESSION_TOKEN); a shared profile (AWS_PROFILE, ~/.aws/credentials); web identity \
+     (AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, as IRSA sets them); the container \
+     credentials endpoint (EKS Pod Identity, ECS); or instance metadata";
 
 /// What kind of failure an SDK error is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +134,8 @@ pub enum Kind {
     Unreachable,
     /// The store refused our identity.
     Credentials,
+    /// No credentials could be found or obtained (nothing configured, or STS refused).
+    NoCredentials,
     /// Access denied for this object (Object Lock, policy).
     Denied,
     /// No such key.
@@ -145,6 +151,9 @@ pub fn classify<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) ->
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    if from_credentials(err) {
+        return (Kind::NoCredentials, chain(err));
+    }
     match err {
         SdkError::DispatchFailure(_) => (Kind::Unreachable, chain(err)),
         SdkError::TimeoutError(_) => (Kind::Unreachable, "timed out".into()),
@@ -190,6 +199,18 @@ where
     }
 }
 
+/// Whether the failure came from obtaining credentials (before any request was sent).
+fn from_credentials(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.is::<aws_credential_types::provider::error::CredentialsError>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
 fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut src = e.source();
@@ -212,21 +233,32 @@ mod tests {
         let path = dir.path().join("credentials");
         std::fs::write(
             &path,
-            "# comment\n[default]\naws_access_key_id = AK1\naws_secret_access_key = SK1\n\n[profile ops]\naws_access_key_id=AK2\naws_secret_access_key=SK2\naws_session_token=T2\n[empty]\n",
+            "# comment\n[default]\naws_access_key_id = AK1\naws_secret_access_key = SK1\n\n[ops]\naws_access_key_id=AK2\naws_secret_access_key=SK2\naws_session_token=T2\n[empty]\n",
         )
         .unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .unwrap();
+        let http = aws_smithy_http_client::Builder::new().build_http();
         let get = |profile: &str| {
-            let c = from_file(&path, profile).unwrap();
-            rt.block_on(c.provide_credentials()).unwrap()
+            let cfg = StoreConfig {
+                credentials_file: Some(path.clone()),
+                profile: Some(profile.into()),
+                ..StoreConfig::default()
+            };
+            let c = credentials(&cfg, http.clone()).unwrap();
+            rt.block_on(c.provide_credentials())
         };
-        let d = get("default");
+        let d = get("default").unwrap();
         assert_eq!((d.access_key_id(), d.secret_access_key()), ("AK1", "SK1"));
-        let o = get("ops");
+        let o = get("ops").unwrap();
         assert_eq!((o.access_key_id(), o.session_token()), ("AK2", Some("T2")));
-        let e = from_file(&path, "empty").unwrap_err().to_string();
-        assert!(e.contains("[empty]"), "{e}");
+        assert!(get("empty").is_err(), "a profile without keys");
+        let missing = StoreConfig {
+            credentials_file: Some(dir.path().join("nope")),
+            ..StoreConfig::default()
+        };
+        assert!(credentials(&missing, http.clone()).is_err());
     }
 }

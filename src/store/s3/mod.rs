@@ -60,6 +60,18 @@ fn hex_to_b64(hex_digest: &str) -> Option<String> {
     Some(base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
+/// What a key holds, compared with the object ckvault means to put there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holds {
+    /// No object.
+    Nothing,
+    /// That very object (an earlier try put it there).
+    Same,
+    /// Another object (how it differs): never written over, since on a versioned bucket
+    /// that leaves a second version, perhaps one Object Lock keeps forever.
+    Other(String),
+}
+
 /// A bucket (and prefix) holding ckvault records.
 #[derive(Clone)]
 pub struct S3Store {
@@ -177,6 +189,7 @@ impl S3Store {
                 endpoint: self.endpoint.clone(),
                 detail,
             },
+            Kind::NoCredentials => StoreError::NoCredentials { detail },
             _ => StoreError::S3 {
                 op: op.to_owned(),
                 key: key.to_owned(),
@@ -624,13 +637,11 @@ impl S3Store {
         Ok(Some((buf, etag)))
     }
 
-    /// Size of an object, `None` if absent.
-    /// Whether `key` already holds the object of `size` bytes and SHA-256 `sha256` (hex):
-    /// its size matches and, when the store reports a whole-object SHA-256 checksum, so
-    /// does that (a multipart object reports a checksum of its parts' checksums, which says
-    /// nothing here: its size then decides; keys derive from record IDs, so only this
-    /// record's upload can have written it).
-    pub async fn holds(&self, key: &str, size: u64, sha256: &str) -> Result<bool, StoreError> {
+    /// What `key` holds compared with the object of `size` bytes and SHA-256 `sha256`
+    /// (hex): nothing, that object (its size matches and, when the store reports a
+    /// whole-object SHA-256 checksum, so does that; a multipart object reports a checksum
+    /// of its parts' checksums, which says nothing here), or another object.
+    pub async fn holds(&self, key: &str, size: u64, sha256: &str) -> Result<Holds, StoreError> {
         let r = self
             .client
             .head_object()
@@ -640,14 +651,17 @@ impl S3Store {
             .send()
             .await;
         let Some(head) = self.found("HeadObject", key, r)? else {
-            return Ok(false);
+            return Ok(Holds::Nothing);
         };
-        if head.content_length().unwrap_or(-1) != size as i64 {
-            return Ok(false);
+        let len = head.content_length().unwrap_or(-1);
+        if len != size as i64 {
+            return Ok(Holds::Other(format!("{len} bytes, expected {size}")));
         }
         Ok(match head.checksum_sha256() {
-            Some(c) if !c.contains('-') => hex_to_b64(sha256).as_deref() == Some(c),
-            _ => true,
+            Some(c) if !c.contains('-') && hex_to_b64(sha256).as_deref() != Some(c) => {
+                Holds::Other(format!("SHA-256 {c} (base64), expected {sha256} (hex)"))
+            }
+            _ => Holds::Same,
         })
     }
 

@@ -2,10 +2,12 @@
 //! only sealed blobs and signed manifests, never plaintext) go to the bucket, blob first,
 //! then the manifest; the spool copy is removed only once the bucket has both. An
 //! unreachable store means retries with capped exponential backoff, never a lost record;
-//! a full spool makes capture refuse new checkpoints ([`check_spool`]). A record whose
-//! manifest is unreadable or fails verification is not uploaded and stays in the spool
-//! (reported as the uploader's error) without holding up the others. Progress and health
-//! are in `SPOOL/upload-status.json`.
+//! a full spool makes capture refuse new checkpoints ([`check_spool`]). A record the store
+//! refuses on its own (another object already at its key, a policy denying its keys, a
+//! damaged manifest) is *stuck*: it stays in the spool, is retried on its own backoff
+//! (2 s doubling to 10 min) and never holds up the records behind it; only a store-wide
+//! failure (unreachable, credentials) stops a drain. Progress, health and the stuck
+//! records are in `SPOOL/upload-status.json`.
 //!
 //! Uploads are idempotent: keys derive from the record ID, and a record whose manifest is
 //! already in the bucket with the same sealed digest is only removed from the spool, so a
@@ -17,8 +19,9 @@
 //! uploader that finds the lock taken leaves the records to its holder and looks again at
 //! its next rescan; a one-shot drain waits for the lock, then uploads what is left.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -33,13 +36,68 @@ use crate::store::{LocalStore, StoreError};
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often the spool is rescanned when nothing wakes the uploader.
 const RESCAN: Duration = Duration::from_secs(2);
+/// First and longest wait before a stuck record is tried again.
+const STUCK_FIRST: Duration = Duration::from_secs(2);
+const STUCK_MAX: Duration = Duration::from_secs(600);
+
+/// A record the store refused on its own, as reported in the status.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Stuck {
+    /// The record ID.
+    pub record: String,
+    /// Why it did not go up (the store's answer).
+    pub error: String,
+    /// How many times it was tried.
+    pub attempts: u32,
+    /// When it was first refused (RFC 3339).
+    pub since: String,
+    /// When it will be tried next (RFC 3339).
+    pub next_attempt: String,
+}
+
+/// What one drain did.
+#[derive(Debug, Clone, Default)]
+pub struct Drained {
+    /// Records that went up (or were already there).
+    pub uploaded: usize,
+    /// Records refused on their own, with why; they stay in the spool.
+    pub stuck: Vec<(RecordId, String)>,
+    /// How many of those were refused as access denied.
+    pub denied: usize,
+}
+
+/// Whether an error concerns the store as a whole (stop the drain, back off) rather than
+/// one record (mark it stuck, go on with the others).
+fn store_wide(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Unreachable { .. }
+            | StoreError::Credentials { .. }
+            | StoreError::NoCredentials { .. }
+            | StoreError::Audit(_)
+            | StoreError::Io { .. }
+            | StoreError::Key(_)
+            | StoreError::Missing(_)
+    )
+}
+
+#[derive(Debug, Clone)]
+struct StuckEntry {
+    error: String,
+    attempts: u32,
+    since: String,
+    next: Instant,
+    wait: Duration,
+}
 
 /// The uploader's health, as written to `upload-status.json`.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct Status {
-    /// `ok`, `retrying` (store unreachable), `refused` (credentials or permissions), or
-    /// `not-started` (no uploader has run on this spool yet; [`Status::now`]).
+    /// `ok`, `retrying` (store unreachable), `refused` (credentials, or every record
+    /// denied), `stuck` (some records refused on their own, the others go up), or
+    /// `not-started` (no uploader has run on this spool yet; [`Status::read`]).
     pub state: String,
     /// Records waiting in the spool.
     pub pending: u64,
@@ -53,6 +111,8 @@ pub struct Status {
     pub last_upload: Option<String>,
     /// When this status was written.
     pub updated: String,
+    /// Records the store refused on their own; they stay in the spool and are retried.
+    pub stuck: Vec<Stuck>,
 }
 
 impl Status {
@@ -101,6 +161,7 @@ pub struct Uploader {
     spool: LocalStore,
     node: String,
     status: Arc<Mutex<Status>>,
+    stuck: Arc<Mutex<BTreeMap<RecordId, StuckEntry>>>,
     wake: Arc<Notify>,
 }
 
@@ -119,6 +180,7 @@ impl Uploader {
             spool,
             node,
             status: Arc::default(),
+            stuck: Arc::default(),
             wake: Arc::new(Notify::new()),
         })
     }
@@ -141,41 +203,68 @@ impl Uploader {
             Err(StoreError::NotFound(_)) => None,
             Err(e) => return Err(e),
         };
-        let outcome = if remote.is_some_and(|r| r.sealed.sha256 == manifest.sealed.sha256) {
-            Outcome::AlreadyThere
-        } else {
-            let blob_key = self.s3.blob_key(id);
-            // A run that died between the blob and the manifest left the blob there: never
-            // write a second version of it (under Object Lock it could never be removed).
-            if !self
-                .s3
-                .holds(&blob_key, manifest.sealed.size, &manifest.sealed.sha256)
-                .await?
-            {
-                self.s3
-                    .put_file(
-                        &blob_key,
-                        &self.spool.blob_path(id),
-                        manifest.sealed.size,
-                        &manifest.sealed.sha256,
-                    )
-                    .await?;
+        let outcome = match remote {
+            Some(r) if r.sealed.sha256 == manifest.sealed.sha256 => Outcome::AlreadyThere,
+            Some(r) => {
+                return Err(StoreError::Conflict {
+                    key: self.s3.manifest_key(id),
+                    detail: format!(
+                        "a manifest of a sealed blob with SHA-256 {}, this record's is {}",
+                        crate::inspect::escape_control(
+                            &r.sealed.sha256.chars().take(80).collect::<String>()
+                        ),
+                        manifest.sealed.sha256
+                    ),
+                });
             }
-            match self.s3.head_size(&blob_key).await? {
-                Some(n) if n == manifest.sealed.size => {}
-                other => {
-                    return Err(StoreError::Config(format!(
-                        "{blob_key}: the store reports {other:?} bytes after upload, expected {}",
-                        manifest.sealed.size
-                    )));
+            None => {
+                let blob_key = self.s3.blob_key(id);
+                // A run that died between the blob and the manifest left the blob there:
+                // never write a second version of it (under Object Lock it could never be
+                // removed), nor over anybody else's object.
+                match self
+                    .s3
+                    .holds(&blob_key, manifest.sealed.size, &manifest.sealed.sha256)
+                    .await?
+                {
+                    super::Holds::Same => {}
+                    super::Holds::Other(detail) => {
+                        return Err(StoreError::Conflict {
+                            key: blob_key,
+                            detail,
+                        });
+                    }
+                    super::Holds::Nothing => {
+                        self.s3
+                            .put_file(
+                                &blob_key,
+                                &self.spool.blob_path(id),
+                                manifest.sealed.size,
+                                &manifest.sealed.sha256,
+                            )
+                            .await?;
+                        match self.s3.head_size(&blob_key).await? {
+                            Some(n) if n == manifest.sealed.size => {}
+                            other => {
+                                return Err(StoreError::Conflict {
+                                    key: blob_key,
+                                    detail: format!(
+                                        "the store reports {other:?} bytes after the upload, \
+                                         expected {}",
+                                        manifest.sealed.size
+                                    ),
+                                });
+                            }
+                        }
+                    }
                 }
+                let bytes = std::fs::read(self.spool.manifest_path(id))
+                    .map_err(|e| StoreError::io(&self.spool.manifest_path(id), e))?;
+                self.s3
+                    .put_bytes(&self.s3.manifest_key(id), bytes, false, true)
+                    .await?;
+                Outcome::Uploaded
             }
-            let bytes = std::fs::read(self.spool.manifest_path(id))
-                .map_err(|e| StoreError::io(&self.spool.manifest_path(id), e))?;
-            self.s3
-                .put_bytes(&self.s3.manifest_key(id), bytes, false, true)
-                .await?;
-            Outcome::Uploaded
         };
         // The upload is recorded before the spool copy goes: an audit failure keeps it.
         self.spool
@@ -205,20 +294,20 @@ impl Uploader {
     }
 
     /// Uploads everything in the spool now (waiting for another process's drain of the
-    /// same spool to finish first); stops at the first failure, except that a record whose
-    /// manifest is unreadable or fails verification stays in the spool without holding up
-    /// the others (the first such error is returned at the end).
-    pub async fn drain(&self) -> Result<usize, StoreError> {
+    /// same spool to finish first). A store-wide failure (unreachable, credentials) stops
+    /// it with that error; a record refused on its own is reported in [`Drained::stuck`]
+    /// and the others go on. Every record is tried, whatever its backoff.
+    pub async fn drain(&self) -> Result<Drained, StoreError> {
         let path = self.spool.root().join("uploader.lock");
         let lock = super::lock_exclusive(&path).await?;
-        let n = self.drain_locked().await;
+        let n = self.drain_locked(true).await;
         drop(lock);
         n
     }
 
     /// [`Self::drain`] unless another process is draining this spool now (`None` then:
-    /// its holder uploads what is there).
-    pub async fn try_drain(&self) -> Result<Option<usize>, StoreError> {
+    /// its holder uploads what is there); stuck records wait for their backoff.
+    pub async fn try_drain(&self) -> Result<Option<Drained>, StoreError> {
         let path = self.spool.root().join("uploader.lock");
         let lock = crate::fsutil::open_lock_file(&path).map_err(|e| StoreError::io(&path, e))?;
         match lock.try_lock() {
@@ -226,36 +315,124 @@ impl Uploader {
             Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
             Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(&path, e)),
         }
-        let n = self.drain_locked().await;
+        let n = self.drain_locked(false).await;
         drop(lock);
         n.map(Some)
     }
 
-    async fn drain_locked(&self) -> Result<usize, StoreError> {
+    async fn drain_locked(&self, every: bool) -> Result<Drained, StoreError> {
         self.s3
             .publish_key(&self.node, &self.spool.verifying_key()?)
             .await?;
-        let mut n = 0;
-        let mut damaged = None;
-        for id in self.spool.ids()? {
-            match self.upload_one(&id).await {
-                Ok(_) | Err(StoreError::NotFound(_)) => n += 1,
-                Err(e @ (StoreError::Tampered { .. } | StoreError::Manifest { .. })) => {
-                    damaged.get_or_insert(e);
-                    continue;
+        let mut out = Drained::default();
+        let ids = self.spool.ids()?;
+        self.forget_gone(&ids);
+        for id in ids {
+            let due = self
+                .stuck
+                .lock()
+                .map(|m| m.get(&id).is_none_or(|e| every || e.next <= Instant::now()))
+                .unwrap_or(true);
+            if !due {
+                if let Some(e) = self.stuck.lock().ok().and_then(|m| m.get(&id).cloned()) {
+                    out.stuck.push((id, e.error));
                 }
-                Err(e) => return Err(e),
+                continue;
             }
-            self.update(|s| {
-                s.uploaded += 1;
-                s.last_upload = Some(crate::node::now_rfc3339());
-            });
+            match self.upload_one(&id).await {
+                Ok(_) | Err(StoreError::NotFound(_)) => {
+                    out.uploaded += 1;
+                    let was = self.stuck.lock().ok().and_then(|mut m| m.remove(&id));
+                    if was.is_some() {
+                        eprintln!("ckvault: record {id} went up after being stuck");
+                    }
+                    self.update(|s| {
+                        s.uploaded += 1;
+                        s.last_upload = Some(crate::node::now_rfc3339());
+                    });
+                }
+                Err(e) if store_wide(&e) => return Err(e),
+                Err(e) => {
+                    if matches!(
+                        e,
+                        StoreError::S3 {
+                            kind: super::client::Kind::Denied,
+                            ..
+                        }
+                    ) {
+                        out.denied += 1;
+                    }
+                    let msg = e.to_string();
+                    self.note_stuck(&id, &msg);
+                    out.stuck.push((id, msg));
+                }
+            }
         }
         crate::store::s3::ship::ship(&self.s3, &self.spool, &self.node).await?;
-        match damaged {
-            Some(e) => Err(e),
-            None => Ok(n),
+        Ok(out)
+    }
+
+    /// Records a refusal of `id`: its next try backs off (2 s doubling to 10 min); said
+    /// once per record and reason, not at every try.
+    fn note_stuck(&self, id: &RecordId, msg: &str) {
+        let Ok(mut m) = self.stuck.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        match m.get_mut(id) {
+            Some(e) => {
+                if e.error != msg {
+                    eprintln!("ckvault: record {id} stays in the spool: {msg}");
+                    e.error = msg.to_owned();
+                }
+                e.attempts += 1;
+                e.wait = (e.wait * 2).min(STUCK_MAX);
+                e.next = now + e.wait;
+            }
+            None => {
+                eprintln!("ckvault: record {id} stays in the spool: {msg}");
+                m.insert(
+                    id.clone(),
+                    StuckEntry {
+                        error: msg.to_owned(),
+                        attempts: 1,
+                        since: crate::node::now_rfc3339(),
+                        next: now + STUCK_FIRST,
+                        wait: STUCK_FIRST,
+                    },
+                );
+            }
         }
+    }
+
+    /// Drops the stuck entries of records no longer in the spool (deleted, or uploaded by
+    /// another process).
+    fn forget_gone(&self, ids: &[RecordId]) {
+        if let Ok(mut m) = self.stuck.lock() {
+            m.retain(|id, _| ids.contains(id));
+        }
+    }
+
+    /// The stuck records as the status reports them.
+    fn stuck_report(&self) -> Vec<Stuck> {
+        let now = Instant::now();
+        let wall = std::time::SystemTime::now();
+        self.stuck
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(id, e)| Stuck {
+                        record: id.to_string(),
+                        error: e.error.clone(),
+                        attempts: e.attempts,
+                        since: e.since.clone(),
+                        next_attempt: crate::node::rfc3339(
+                            wall + e.next.saturating_duration_since(now),
+                        ),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn update(&self, f: impl FnOnce(&mut Status)) {
@@ -269,10 +446,12 @@ impl Uploader {
             self.spool.ids().map_or(0, |v| v.len() as u64),
             self.spool.bytes().unwrap_or(0),
         );
+        let stuck = self.stuck_report();
         self.update(|s| {
             s.pending = pending;
             s.pending_bytes = pending_bytes;
             s.updated = crate::node::now_rfc3339();
+            s.stuck = stuck;
         });
         let status = self.status();
         if let Ok(json) = serde_json::to_vec_pretty(&status) {
@@ -290,26 +469,32 @@ impl Uploader {
             let result = self.try_drain().await;
             let wait = match result {
                 Ok(None) => RESCAN, // another process is draining this spool
-                Ok(Some(_)) => {
+                Ok(Some(d)) => {
                     // "Resumed" only after a failure, not on the first drain.
                     if matches!(self.status().state.as_str(), "retrying" | "refused") {
                         eprintln!("ckvault: uploads to s3://{} resumed", self.s3.bucket());
                     }
+                    let state = state_of(&d, self.spool.ids().map_or(0, |v| v.len()));
                     self.update(|s| {
-                        s.state = "ok".into();
-                        s.last_error = None;
+                        s.state = state.into();
+                        s.last_error = d.stuck.first().map(|(id, e)| format!("record {id}: {e}"));
                     });
                     backoff = Duration::from_secs(1);
                     RESCAN
                 }
                 Err(e) => {
                     let state = match e {
-                        StoreError::Credentials { .. } | StoreError::S3 { .. } => "refused",
+                        StoreError::Credentials { .. }
+                        | StoreError::NoCredentials { .. }
+                        | StoreError::S3 { .. } => "refused",
                         _ => "retrying",
                     };
                     let msg = e.to_string();
                     if self.status().last_error.as_deref() != Some(&msg) {
-                        eprintln!("ckvault: upload: {msg} (retrying with backoff)");
+                        eprintln!(
+                            "ckvault: upload: {msg} (sealed records wait in the spool; \
+                             retrying with backoff)"
+                        );
                     }
                     self.update(|s| {
                         s.state = state.into();
@@ -327,6 +512,18 @@ impl Uploader {
                 () = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+/// The state a drain leaves: `ok`; `refused` when every record in the spool was refused
+/// as denied (a bucket that takes no writes from us); `stuck` when some were refused.
+fn state_of(d: &Drained, in_spool: usize) -> &'static str {
+    if d.stuck.is_empty() {
+        "ok"
+    } else if d.uploaded == 0 && d.denied == d.stuck.len() && d.stuck.len() >= in_spool {
+        "refused"
+    } else {
+        "stuck"
     }
 }
 
