@@ -2,7 +2,9 @@
 //! every call is forwarded to the real runtime as an opaque HTTP/2 stream (headers, body
 //! frames and trailers untouched, so unary, server-streaming and unknown methods all
 //! pass), except `/runtime.v1.RuntimeService/CheckpointContainer`, which is decoded and
-//! turned into a sealed record ([`super::checkpoint`]). Where the kubelet asked for the
+//! turned into a sealed record ([`super::checkpoint`]). Each client connection goes
+//! through [`super::h2fix`] first, so clients that send the socket path as `:authority`
+//! (grpcio) are served as the runtime serves them. Where the kubelet asked for the
 //! archive, a receipt is left instead of the plaintext.
 
 use std::convert::Infallible;
@@ -22,6 +24,7 @@ use super::checkpoint::{CheckpointError, Checkpointer};
 use super::cri::{
     self, CHECKPOINT_CONTAINER, CheckpointContainerRequest, CheckpointContainerResponse,
 };
+use super::h2fix::AuthorityFix;
 use super::receipt::Receipt;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -267,7 +270,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| proxy.clone().handle(req));
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(AuthorityFix::new(stream)), service)
                 .await;
         });
     }
