@@ -37,8 +37,9 @@ if [ "${BENCH_PROFILE:-release}" = debug ]; then
 else
   cargo build --release --quiet --bin ckvault --example cri_bench --example gen_records; PROFILE_DIR=release
 fi
-CK=$PWD/target/$PROFILE_DIR/ckvault
-EX=$PWD/target/$PROFILE_DIR/examples
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+CK=$TARGET/$PROFILE_DIR/ckvault
+EX=$TARGET/$PROFILE_DIR/examples
 [ -f "$WORK/key.txt" ] || age-keygen -o "$WORK/key.txt" 2>/dev/null
 R=$(age-keygen -y "$WORK/key.txt")
 PIDS=()

@@ -63,6 +63,11 @@ pub struct CriConfig {
     /// What to leave at the kubelet's requested location: `receipt` or `none`.
     #[serde(default)]
     pub kubelet_location: KubeletLocation,
+    /// The private staging directory the runtime writes checkpoints into (0700, created if
+    /// missing; default `<store>/staging`). On a node it must be on the filesystem the
+    /// runtime writes to and visible at the same path in the runtime's mount namespace.
+    #[serde(default)]
+    pub staging: Option<PathBuf>,
 }
 
 impl Default for CriConfig {
@@ -71,6 +76,7 @@ impl Default for CriConfig {
             listen: default_cri_listen(),
             upstream: None,
             kubelet_location: KubeletLocation::Receipt,
+            staging: None,
         }
     }
 }

@@ -1,7 +1,9 @@
-//! One checkpoint, from runtime call to sealed record: serialize per container, ask the
-//! runtime (CheckpointContainer) to write into a fresh private staging file, seal it with
-//! the identity the runtime reports for the container (cross-checked against the archive),
-//! remove the plaintext. Shared by the CRI proxy and the trigger API.
+//! One checkpoint, from runtime call to sealed record: serialize per container, register
+//! the call's intent and ask the runtime (CheckpointContainer) to write into a fresh
+//! private staging file, seal it with the identity the runtime reports for the container
+//! (cross-checked against the archive), remove the plaintext. A call that leaves nothing
+//! to seal is a `capture-abandoned` audit event, not a record. Shared by the CRI proxy and
+//! the trigger API.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -128,7 +130,17 @@ impl Checkpointer {
             pod: labels.get(LABEL_POD).cloned(),
             container: labels.get(LABEL_CONTAINER).cloned(),
         };
-        let (staged, file) = staging::create(self.intake.store())
+        let intent = staging::Intent {
+            namespace: claimed.namespace.clone(),
+            pod: claimed.pod.clone(),
+            container: claimed.container.clone(),
+            container_id: container_id.to_owned(),
+            requested_location: requested_location.map(str::to_owned),
+            source: source.to_owned(),
+            actor: actor.to_owned(),
+            started: crate::node::now_rfc3339(),
+        };
+        let (staged, file) = staging::create(self.intake.store(), intent)
             .map_err(|e| CheckpointError::Seal(e.to_string()))?;
         drop(file); // the runtime opens the path itself (O_RDWR|O_CREAT, no O_TRUNC)
         let result: Result<CheckpointContainerResponse, GrpcStatus> = self
@@ -137,24 +149,31 @@ impl Checkpointer {
                 "CheckpointContainer",
                 &CheckpointContainerRequest {
                     container_id: container_id.to_owned(),
-                    location: staged.display().to_string(),
+                    location: staged.archive.display().to_string(),
                     timeout: deadline.as_secs() as i64,
                 },
                 deadline,
             )
             .await;
         if let Err(e) = result {
-            let empty = std::fs::metadata(&staged).is_ok_and(|m| m.len() == 0);
+            let empty = std::fs::metadata(&staged.archive).is_ok_and(|m| m.len() == 0);
             // CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE: the runtime may still be writing.
             let may_still_write = matches!(e.code, 1 | 4 | 14);
             if empty && !may_still_write {
-                let _ = std::fs::remove_file(&staged);
+                self.abandon(&staged, &format!("the runtime refused: {}", e.message));
             } else {
                 // Keep watching the staging file and seal whatever lands there, so no
                 // plaintext outlives the call.
-                self.sweep_late(staged, deadline, actor.to_owned());
+                self.sweep_late(staged, deadline, e.code == 14);
             }
             return Err(e.into());
+        }
+        if std::fs::metadata(&staged.archive).is_ok_and(|m| m.len() == 0) {
+            self.abandon(&staged, "the runtime reported success and wrote nothing");
+            return Err(CheckpointError::Runtime(GrpcStatus {
+                code: 13,
+                message: "the runtime reported success but wrote no archive".into(),
+            }));
         }
         let mut opts = self.intake.options().clone();
         opts.claimed = claimed;
@@ -164,7 +183,7 @@ impl Checkpointer {
             path: requested_location.map(str::to_owned),
         };
         let intake = self.intake.clone();
-        let path = staged.clone();
+        let path = staged.archive.clone();
         let sealed = tokio::task::spawn_blocking(move || {
             let file = crate::fsutil::open_nofollow(&path).map_err(|e| e.to_string())?;
             intake.seal(file, &opts, &|_| {}).map_err(|e| e.to_string())
@@ -172,43 +191,58 @@ impl Checkpointer {
         .await
         .map_err(|e| CheckpointError::Seal(e.to_string()))?
         .map_err(CheckpointError::Seal)?;
-        let _ = std::fs::remove_file(&staged);
+        staged.remove();
         Ok(sealed)
     }
 
+    /// A capture that left nothing to seal: a `capture-abandoned` audit event, and its
+    /// staging files go.
+    fn abandon(&self, staged: &staging::Staged, why: &str) {
+        if let Err(e) = staging::abandoned(self.intake.store(), &staged.intent, why) {
+            eprintln!("ckvault: cannot record an abandoned capture: {e}");
+        }
+        staged.remove();
+    }
+
     /// After a failed call, polls the staging file for up to ten deadlines (at most ten
-    /// minutes): once it holds bytes that stop changing, it is sealed (source
-    /// `cri-late-write`) and removed; an empty file is removed at the end.
-    fn sweep_late(&self, staged: std::path::PathBuf, deadline: Duration, actor: String) {
-        let intake = self.intake.clone();
+    /// minutes; 5 s when the runtime went away, `gone`): once it holds bytes that stop
+    /// changing, it is sealed (source `cri-late-write`) and removed; a file still empty at
+    /// the end is a `capture-abandoned` event.
+    fn sweep_late(&self, staged: staging::Staged, deadline: Duration, gone: bool) {
+        let me = self.clone();
         let mut opts = self.intake.options().clone();
-        opts.actor = actor;
+        opts.actor = staged.intent.actor.clone();
+        opts.claimed = staged.intent.claimed();
         opts.source = Source {
             kind: "cri-late-write".into(),
-            path: None,
+            path: staged.intent.requested_location.clone(),
         };
-        let window = (deadline * 10).clamp(Duration::from_secs(5), Duration::from_secs(600));
+        let window = if gone {
+            Duration::from_secs(5)
+        } else {
+            (deadline * 10).clamp(Duration::from_secs(5), Duration::from_secs(600))
+        };
         tokio::task::spawn_blocking(move || {
             let start = std::time::Instant::now();
             let mut last = None;
             while start.elapsed() < window {
                 std::thread::sleep(Duration::from_millis(500));
-                let Ok(meta) = std::fs::symlink_metadata(&staged) else {
+                let Ok(meta) = std::fs::symlink_metadata(&staged.archive) else {
                     return; // gone
                 };
                 let now = (meta.len(), meta.modified().ok());
                 if meta.len() > 0 && last == Some(now) {
-                    if let Ok(file) = crate::fsutil::open_nofollow(&staged)
-                        && intake.seal(file, &opts, &|_| {}).is_ok()
+                    if let Ok(file) = crate::fsutil::open_nofollow(&staged.archive)
+                        && me.intake.seal(file, &opts, &|_| {}).is_ok()
                     {
-                        let _ = std::fs::remove_file(&staged);
+                        staged.remove();
                     }
                     return;
                 }
                 last = Some(now);
             }
-            if std::fs::metadata(&staged).is_ok_and(|m| m.len() == 0) {
-                let _ = std::fs::remove_file(&staged);
+            if std::fs::metadata(&staged.archive).is_ok_and(|m| m.len() == 0) {
+                me.abandon(&staged, "the call failed and the runtime wrote nothing");
             }
         });
     }

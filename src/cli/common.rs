@@ -151,7 +151,8 @@ pub fn capture_store(
             store: crate::store::LocalStore::open_or_init(
                 &dir.unwrap_or_else(|| config.store.path.clone()),
             )?
-            .with_audit_path(config.audit.path.clone()),
+            .with_audit_path(config.audit.path.clone())
+            .with_staging(config.cri.staging.clone()),
             uploader: None,
             spool_max: None,
         }),
@@ -161,7 +162,8 @@ pub fn capture_store(
                 "--store does not apply with [store] kind = \"s3\" (the spool is [store] spool)"
             );
             let spool = crate::store::LocalStore::open_or_init(&config.store.spool)?
-                .with_audit_path(config.audit.path.clone());
+                .with_audit_path(config.audit.path.clone())
+                .with_staging(config.cri.staging.clone());
             let uploader = crate::store::s3::upload::Uploader::new(config, spool.clone())?;
             Ok(CaptureStore {
                 store: spool,
@@ -242,6 +244,12 @@ pub fn capture_setup(
     let recovered = crate::capture::staging::recover(&intake)?;
     for m in &recovered.sealed {
         println!("recovered {} from staging", m.id);
+    }
+    if recovered.abandoned > 0 {
+        eprintln!(
+            "ckvault: {} capture(s) in staging had left nothing to seal (audited as capture-abandoned)",
+            recovered.abandoned
+        );
     }
     for (p, e) in &recovered.failed {
         eprintln!("ckvault: cannot seal {} left in staging: {e}", p.display());

@@ -116,7 +116,8 @@ pub struct Prepared {
 /// certificate is configured.
 pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let local = LocalStore::open_or_init(config.store.local_dir())?
-        .with_audit_path(config.audit.path.clone());
+        .with_audit_path(config.audit.path.clone())
+        .with_staging(config.cri.staging.clone());
     let (store, bucket) = match config.store.kind {
         crate::config::StoreKind::Local => (Store::Local(local.clone()), None),
         crate::config::StoreKind::S3 => {
@@ -230,6 +231,12 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         let recovered = crate::capture::staging::recover(c.intake())?;
         for m in &recovered.sealed {
             eprintln!("ckvault: recovered {} from staging", m.id);
+        }
+        if recovered.abandoned > 0 {
+            eprintln!(
+                "ckvault: {} capture(s) in staging had left nothing to seal (audited as capture-abandoned)",
+                recovered.abandoned
+            );
         }
         for (p, e) in &recovered.failed {
             eprintln!("ckvault: cannot seal {} left in staging: {e}", p.display());

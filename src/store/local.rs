@@ -77,6 +77,8 @@ pub struct LocalStore {
     key: Arc<OnceLock<VerifyingKey>>,
     /// The audit log, when `[audit] path` names one other than `<store>/audit.log`.
     audit: Option<PathBuf>,
+    /// The staging directory, when `[cri] staging` names one other than `<store>/staging`.
+    staging: Option<PathBuf>,
 }
 
 /// What the store remembers between reads of its manifests.
@@ -153,6 +155,7 @@ impl LocalStore {
             cache: Arc::default(),
             key: Arc::default(),
             audit: None,
+            staging: None,
         }
     }
 
@@ -169,6 +172,19 @@ impl LocalStore {
     pub fn with_audit_path(mut self, path: Option<PathBuf>) -> Self {
         self.audit = path;
         self
+    }
+
+    /// The same store with its plaintext staging in `dir` (`[cri] staging`: on the
+    /// filesystem the runtime writes to) instead of `<store>/staging`.
+    pub fn with_staging(mut self, dir: Option<PathBuf>) -> Self {
+        self.staging = dir;
+        self
+    }
+
+    /// Whether staging is the store's own `<store>/staging` (nothing but ckvault's files
+    /// there) rather than a configured directory.
+    pub fn staging_is_own(&self) -> bool {
+        self.staging.is_none()
     }
 
     /// Opens the store at `root`, creating it (and a new signing key) if `root` does not
@@ -279,9 +295,16 @@ impl LocalStore {
         Ok(dir)
     }
 
-    /// Private staging directory for plaintext archives awaiting sealing (0700).
+    /// Private staging directory for plaintext archives awaiting sealing (0700; created
+    /// if missing; a symlink or another user's directory is refused).
     pub fn staging_dir(&self) -> Result<PathBuf, StoreError> {
-        self.private_subdir("staging")
+        match &self.staging {
+            Some(dir) => {
+                fsutil::ensure_private_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+                Ok(dir.clone())
+            }
+            None => self.private_subdir("staging"),
+        }
     }
 
     /// This process's owner token for temporary files in tmp/ ([`fsutil::owner_token`]).

@@ -312,6 +312,7 @@ pub mod containerd;
 pub mod crash;
 pub mod moto;
 pub mod pki;
+pub mod realcri;
 pub mod s3server;
 pub mod seaweed;
 pub mod serve;
