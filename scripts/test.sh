@@ -22,7 +22,7 @@ CKVAULT_SKIP_LOG=$(mktemp)
 export CKVAULT_SKIP_LOG
 trap 'rm -f "$CKVAULT_SKIP_LOG"' EXIT
 
-cargo test --all-targets "$@"
+cargo test --all-targets --no-fail-fast "$@"
 # --all-targets leaves out doctests; run them too.
 cargo test --doc "$@"
 

@@ -68,6 +68,23 @@ pub struct CriConfig {
     /// runtime writes to and visible at the same path in the runtime's mount namespace.
     #[serde(default)]
     pub staging: Option<PathBuf>,
+    /// `file` (default): the runtime writes the archive into a private file in staging,
+    /// sealed once the call returns. `fifo`: it writes into a private named pipe and
+    /// ckvault seals while it writes, so no plaintext reaches ckvault's disk (a runtime
+    /// that cannot write to a pipe gets files again, with a warning).
+    #[serde(default)]
+    pub staging_mode: StagingMode,
+}
+
+/// `[cri] staging_mode`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StagingMode {
+    /// A private file, sealed after the runtime's call returns.
+    #[default]
+    File,
+    /// A private named pipe, sealed while the runtime writes.
+    Fifo,
 }
 
 impl Default for CriConfig {
@@ -77,6 +94,7 @@ impl Default for CriConfig {
             upstream: None,
             kubelet_location: KubeletLocation::Receipt,
             staging: None,
+            staging_mode: StagingMode::File,
         }
     }
 }

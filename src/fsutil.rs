@@ -62,6 +62,65 @@ pub fn create_private_file(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Creates a named pipe at `path` (0600; fails if anything exists there) and checks that
+/// what is there now is that pipe, ours.
+pub fn create_private_fifo(path: &Path) -> io::Result<()> {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        0,
+    )?;
+    let meta = fs::symlink_metadata(path)?;
+    use std::os::unix::fs::FileTypeExt;
+    if !meta.file_type().is_fifo() || meta.uid() != current_uid() {
+        return Err(io::Error::other(format!(
+            "{} is not the pipe just made",
+            path.display()
+        )));
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+}
+
+/// Opens the read end of the named pipe at `path`, blocking until a writer opens it, and
+/// asks for a pipe buffer of `size` bytes (best effort).
+pub fn open_fifo_reader(path: &Path, size: usize) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let _ = rustix::pipe::fcntl_setpipe_size(&f, size);
+    Ok(f)
+}
+
+/// Unblocks a reader waiting in [`open_fifo_reader`] when no writer will ever come: opens
+/// the write end without blocking and closes it (the reader then sees an empty stream).
+pub fn release_fifo_reader(path: &Path) {
+    let _ = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path);
+}
+
+/// Reads a leftover named pipe to its end on a thread of its own, discarding the bytes: a
+/// writer still holding it (a runtime whose reader died) is released instead of blocking
+/// forever. Returns at once; a pipe without writers ends immediately.
+pub fn drain_fifo(path: &Path) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let flags = rustix::fs::fcntl_getfl(&f)?;
+    rustix::fs::fcntl_setfl(&f, flags - rustix::fs::OFlags::NONBLOCK)?;
+    std::thread::Builder::new()
+        .name("ckvault-drain".into())
+        .spawn(move || {
+            let _ = io::copy(&mut f, &mut io::sink());
+        })?;
+    Ok(())
+}
+
 /// Opens an existing file for reading without following a final symlink.
 pub fn open_nofollow(path: &Path) -> io::Result<File> {
     OpenOptions::new()

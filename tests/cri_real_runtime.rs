@@ -72,13 +72,17 @@ struct Setup {
 
 impl Setup {
     fn new(rt: &RealCri, name: &str) -> Setup {
+        Self::with_mode(rt, name, "file")
+    }
+
+    fn with_mode(rt: &RealCri, name: &str, mode: &str) -> Setup {
         let dir = rt.dir(name);
         let (identity, recipient) = support::age_keypair(&dir);
         let config = dir.join("ckvault.toml");
         std::fs::write(
             &config,
             format!(
-                "[store]\npath = \"{d}/store\"\n[seal]\nrecipients = [\"{recipient}\"]\n[cri]\nupstream = \"{s}\"\nstaging = \"{d}/staging\"\nlisten = \"{d}/cri.sock\"\n",
+                "[store]\npath = \"{d}/store\"\n[seal]\nrecipients = [\"{recipient}\"]\n[cri]\nupstream = \"{s}\"\nstaging = \"{d}/staging\"\nstaging_mode = \"{mode}\"\nlisten = \"{d}/cri.sock\"\n",
                 d = dir.display(),
                 s = rt.socket.display()
             ),
@@ -277,13 +281,57 @@ fn a_stock_grpc_client_through_the_proxy_gets_what_the_runtime_answers() {
     assert_eq!(ask(&s.listen).runtime_name, "containerd");
 }
 
+/// Bytes a process wrote to storage (`/proc/PID/io` write_bytes).
+fn write_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn checkpoints_through_the_proxy_become_sealed_records_with_receipts() {
+    checkpoints("file");
+}
+
+#[test]
+fn checkpoints_through_the_proxy_in_fifo_mode_put_no_plaintext_on_disk() {
+    checkpoints("fifo");
+}
+
+fn checkpoints(mode: &str) {
     let Some(rt) = RealCri::start(32, "shop", "api-0", "api") else {
         return;
     };
-    let s = Setup::new(&rt, "ckpt");
-    let _proxy = s.proxy();
+    let s = Setup::with_mode(&rt, &format!("ckpt-{mode}"), mode);
+    let proxy = s.proxy();
+    let pid = proxy.0.id();
+    // Watch staging while the runtime writes: the largest regular file seen there is the
+    // plaintext ckvault's staging held on disk.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop2, staging_dir) = (stop.clone(), s.dir.join("staging"));
+    let watcher = std::thread::spawn(move || {
+        let mut max = 0u64;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            for e in std::fs::read_dir(&staging_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if let Ok(m) = e.path().symlink_metadata()
+                    && m.file_type().is_file()
+                    && e.file_name().to_string_lossy().ends_with(".tar")
+                {
+                    max = max.max(m.len());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        max
+    });
+    let written_before = write_bytes(pid);
     let kubelet = s.dir.join("kubelet");
     std::fs::create_dir_all(&kubelet).unwrap();
     let location = kubelet.join("checkpoint-api-0_shop-api-2026-12-02T00:00:00Z.tar");
@@ -293,9 +341,30 @@ fn checkpoints_through_the_proxy_become_sealed_records_with_receipts() {
     };
     let r = rt.grpcio(&s.listen, &call(&location));
     assert_eq!(r[0]["code"], "OK", "{r:?}");
+    let written = write_bytes(pid) - written_before;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let staged_max = watcher.join().unwrap();
     let records = s.records();
     assert_eq!(records.len(), 1, "{records:?}");
     let m = &records[0];
+    let plain = m["plaintext"]["size"].as_u64().unwrap();
+    let sealed = m["sealed"]["size"].as_u64().unwrap();
+    eprintln!(
+        "staging_mode = {mode}: archive {plain} bytes, sealed {sealed}; plaintext in ckvault's \
+         staging at most {staged_max} bytes; the proxy wrote {written} bytes to storage"
+    );
+    if mode == "fifo" {
+        assert_eq!(staged_max, 0, "plaintext in staging in fifo mode");
+        assert!(
+            written < plain / 2,
+            "the proxy wrote {written} bytes for a {plain}-byte archive"
+        );
+    } else {
+        assert!(
+            staged_max > plain / 2,
+            "file mode staged {staged_max} bytes"
+        );
+    }
     assert_eq!(
         (&m["namespace"], &m["pod"], &m["container"]),
         (&json!("shop"), &json!("api-0"), &json!("api"))
@@ -459,10 +528,19 @@ fn the_trigger_api_checkpoints_a_real_container_by_name() {
 
 #[test]
 fn a_proxy_killed_mid_checkpoint_leaves_no_record_of_nothing() {
+    proxy_killed("file");
+}
+
+#[test]
+fn a_proxy_killed_mid_checkpoint_in_fifo_mode_leaves_the_runtime_unblocked() {
+    proxy_killed("fifo");
+}
+
+fn proxy_killed(mode: &str) {
     let Some(rt) = RealCri::start(256, "shop", "api-0", "api") else {
         return;
     };
-    let s = Setup::new(&rt, "killproxy");
+    let s = Setup::with_mode(&rt, &format!("killproxy-{mode}"), mode);
     let proxy = s.proxy();
     let location = s.dir.join("checkpoint-k.tar");
     let calls = json!([{"method": format!("{RUNTIME}/CheckpointContainer"),
@@ -504,8 +582,20 @@ fn a_proxy_killed_mid_checkpoint_leaves_no_record_of_nothing() {
     wait_until("staging dealt with", Duration::from_secs(30), || {
         s.staging().is_empty()
     });
+    // The runtime is not left blocked on the capture: the next one goes through.
+    let again = s.dir.join("checkpoint-again.tar");
+    let r = rt.grpcio(
+        &s.listen,
+        &json!([{"method": format!("{RUNTIME}/CheckpointContainer"),
+                 "request": checkpoint_request(&rt.container_id, &again), "timeout": 60}]),
+    );
+    assert_eq!(r[0]["code"], "OK", "{mode}: {r:?}");
     drop(proxy);
-    let records = s.records();
+    let records: Vec<Value> = s
+        .records()
+        .into_iter()
+        .filter(|m| m["source"]["kind"] != "cri-proxy")
+        .collect();
     let abandoned: Vec<Value> = s
         .audit()
         .into_iter()

@@ -434,33 +434,55 @@ fn frozen_mid_multipart(kind: &str) {
         &recipient,
         true,
     );
-    let a = archive(tmp.path(), "big.tar", 96 << 20, 7);
-    let id = sealed_id(&ckvault(&["seal", p(&a), "--config", p(&dead)]));
+    // The freeze must land while a request is in flight: on a fast loopback a whole
+    // upload can slip between two polls, so up to three records are tried, each checked,
+    // until one upload was caught (and failed) by the freeze.
     let watcher = Watcher::start(&live, &tmp.path().join("watched"));
-    wait_until("a multipart upload open", Duration::from_secs(60), || {
-        !open_uploads(&s3, &rt, "k/blobs/").is_empty()
-    });
-    server.freeze_for(Duration::from_secs(8));
-    wait_until(
-        "the record uploaded after the freeze",
-        Duration::from_secs(120),
-        || manifest_there(&s3, &rt, &id),
-    );
-    let log = watcher.stderr();
-    assert!(
-        log.contains("retrying"),
-        "{kind}: no failed upload while frozen:\n{log}"
-    );
-    let per_key = support::seaweed::versions_per_key(&s3, &rt, "frozen", "k/");
-    for key in [
-        format!("k/blobs/{id}.age"),
-        format!("k/manifests/{id}.json"),
-    ] {
-        assert_eq!(per_key.get(&key), Some(&1), "{kind} {key}: {per_key:#?}");
+    let mut caught = false;
+    for attempt in 0..3u64 {
+        let a = archive(
+            tmp.path(),
+            &format!("big{attempt}.tar"),
+            96 << 20,
+            7 + attempt,
+        );
+        let id = sealed_id(&ckvault(&["seal", p(&a), "--config", p(&dead)]));
+        fs::remove_file(&a).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while open_uploads(&s3, &rt, "k/blobs/").is_empty() && !manifest_there(&s3, &rt, &id) {
+            assert!(
+                Instant::now() < deadline,
+                "{kind}: no multipart upload opened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let before = watcher.stderr().matches("retrying").count();
+        server.freeze_for(Duration::from_secs(8));
+        wait_until(
+            "the record uploaded after the freeze",
+            Duration::from_secs(120),
+            || manifest_there(&s3, &rt, &id),
+        );
+        let per_key = support::seaweed::versions_per_key(&s3, &rt, "frozen", "k/");
+        for key in [
+            format!("k/blobs/{id}.age"),
+            format!("k/manifests/{id}.json"),
+        ] {
+            assert_eq!(per_key.get(&key), Some(&1), "{kind} {key}: {per_key:#?}");
+        }
+        assert!(
+            open_uploads(&s3, &rt, "k/").is_empty(),
+            "{kind}: a multipart upload was left open"
+        );
+        if watcher.stderr().matches("retrying").count() > before {
+            caught = true;
+            break;
+        }
     }
     assert!(
-        open_uploads(&s3, &rt, "k/").is_empty(),
-        "{kind}: a multipart upload was left open"
+        caught,
+        "{kind}: no upload was caught by the freeze in 3 tries:\n{}",
+        watcher.stderr()
     );
     eprintln!("{kind}: frozen 8 s mid-multipart, timeout 2 s: one version each, nothing open");
 }

@@ -37,6 +37,29 @@ pub enum CheckpointError {
     Seal(String),
 }
 
+/// How a capture through a pipe ended, when not with a record.
+enum FifoOutcome {
+    /// The runtime cannot write into a pipe (it wrote nothing): retry with a file.
+    Refused(GrpcStatus),
+    /// Any other failure, for the caller.
+    Failed(CheckpointError),
+}
+
+/// Counts the bytes read through it.
+struct CountingReader<R> {
+    inner: R,
+    n: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: std::io::Read> std::io::Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// Serializes checkpoints per container (runtimes fail concurrent checkpoints of one
 /// container) and runs them.
 #[derive(Clone)]
@@ -44,6 +67,9 @@ pub struct Checkpointer {
     runtime: RuntimeClient,
     intake: Intake,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Whether to hand the runtime a named pipe (`[cri] staging_mode = "fifo"`); cleared
+    /// for the rest of the process when the runtime cannot write to one.
+    fifo: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Checkpointer {
@@ -54,7 +80,17 @@ impl Checkpointer {
             runtime,
             intake,
             locks: Arc::default(),
+            fifo: Arc::default(),
         }
+    }
+
+    /// The same checkpointer with `[cri] staging_mode` applied.
+    pub fn with_staging_mode(self, mode: crate::config::StagingMode) -> Self {
+        self.fifo.store(
+            mode == crate::config::StagingMode::Fifo,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self
     }
 
     /// Where and how it seals.
@@ -140,6 +176,31 @@ impl Checkpointer {
             actor: actor.to_owned(),
             started: crate::node::now_rfc3339(),
         };
+        let mut opts = self.intake.options().clone();
+        opts.claimed = claimed;
+        opts.actor = actor.to_owned();
+        opts.source = Source {
+            kind: source.to_owned(),
+            path: requested_location.map(str::to_owned),
+        };
+        if self.fifo.load(std::sync::atomic::Ordering::Relaxed) {
+            match self
+                .run_fifo(container_id, deadline, intent.clone(), &opts)
+                .await
+            {
+                Err(FifoOutcome::Refused(status)) => {
+                    eprintln!(
+                        "ckvault: WARNING: the runtime cannot write its checkpoint into a pipe \
+                         ({}); falling back to staging files (plaintext on disk until sealed) \
+                         for the rest of this process",
+                        status.message
+                    );
+                    self.fifo.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(FifoOutcome::Failed(e)) => return Err(e),
+                Ok(m) => return Ok(m),
+            }
+        }
         let (staged, file) = staging::create(self.intake.store(), intent)
             .map_err(|e| CheckpointError::Seal(e.to_string()))?;
         drop(file); // the runtime opens the path itself (O_RDWR|O_CREAT, no O_TRUNC)
@@ -175,13 +236,6 @@ impl Checkpointer {
                 message: "the runtime reported success but wrote no archive".into(),
             }));
         }
-        let mut opts = self.intake.options().clone();
-        opts.claimed = claimed;
-        opts.actor = actor.to_owned();
-        opts.source = Source {
-            kind: source.to_owned(),
-            path: requested_location.map(str::to_owned),
-        };
         let intake = self.intake.clone();
         let path = staged.archive.clone();
         let sealed = tokio::task::spawn_blocking(move || {
@@ -193,6 +247,102 @@ impl Checkpointer {
         .map_err(CheckpointError::Seal)?;
         staged.remove();
         Ok(sealed)
+    }
+
+    /// The runtime writes into a private named pipe while ckvault seals from it: no
+    /// plaintext on disk. The pipe is always read to its end (the runtime never blocks on
+    /// it); a runtime that refuses the pipe without writing to it is `Refused`, and the
+    /// caller retries with a file.
+    async fn run_fifo(
+        &self,
+        container_id: &str,
+        deadline: Duration,
+        intent: staging::Intent,
+        opts: &crate::seal::SealOptions,
+    ) -> Result<Manifest, FifoOutcome> {
+        let staged = staging::create_fifo(self.intake.store(), intent)
+            .map_err(|e| FifoOutcome::Failed(CheckpointError::Seal(e.to_string())))?;
+        let intake = self.intake.clone();
+        let path = staged.archive.clone();
+        let o = opts.clone();
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = read.clone();
+        let sealer = tokio::task::spawn_blocking(move || {
+            let pipe = crate::fsutil::open_fifo_reader(&path, 1 << 20)
+                .map_err(crate::seal::SealError::Input)?;
+            intake.seal_reader(
+                CountingReader {
+                    inner: pipe,
+                    n: counted,
+                },
+                &o,
+            )
+        });
+        let result: Result<CheckpointContainerResponse, GrpcStatus> = self
+            .runtime
+            .unary(
+                "CheckpointContainer",
+                &CheckpointContainerRequest {
+                    container_id: container_id.to_owned(),
+                    location: staged.archive.display().to_string(),
+                    timeout: deadline.as_secs() as i64,
+                },
+                deadline,
+            )
+            .await;
+        // The runtime has closed the pipe (or never opened it): release a reader still
+        // waiting for a writer, then take the sealing pass's result.
+        // (Until it has finished: a release before the reader opened the pipe finds no
+        // reader and does nothing.)
+        while !sealer.is_finished() {
+            crate::fsutil::release_fifo_reader(&staged.archive);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let sealed = sealer
+            .await
+            .map_err(|e| FifoOutcome::Failed(CheckpointError::Seal(e.to_string())))?;
+        let wrote = read.load(std::sync::atomic::Ordering::Relaxed);
+        match (result, sealed) {
+            (Ok(_), Ok(m)) => {
+                staged.remove();
+                Ok(m)
+            }
+            (Err(e), sealed) => {
+                let named_pipe = e.message.contains(&staged.archive.display().to_string())
+                    || e.message.contains("pipe");
+                match sealed {
+                    Ok(m) => eprintln!(
+                        "ckvault: the runtime failed ({}) after writing {wrote} bytes; they are \
+                         sealed as {}",
+                        e.message, m.id
+                    ),
+                    Err(_) => self.abandon(
+                        &staged,
+                        &format!("the runtime failed and wrote nothing: {}", e.message),
+                    ),
+                }
+                staged.remove();
+                if wrote == 0 && named_pipe && !matches!(e.code, 1 | 4 | 14) {
+                    return Err(FifoOutcome::Refused(e));
+                }
+                Err(FifoOutcome::Failed(e.into()))
+            }
+            (Ok(_), Err(crate::seal::SealError::Empty)) => {
+                self.abandon(&staged, "the runtime reported success and wrote nothing");
+                Err(FifoOutcome::Failed(CheckpointError::Runtime(GrpcStatus {
+                    code: 13,
+                    message: "the runtime reported success but wrote no archive".into(),
+                })))
+            }
+            (Ok(_), Err(e)) => {
+                // The stream was read to its end and nothing stays in plaintext anywhere;
+                // the archive is lost, and said so.
+                self.abandon(&staged, &format!("sealing from the pipe failed: {e}"));
+                Err(FifoOutcome::Failed(CheckpointError::Seal(format!(
+                    "{e} (staging_mode = fifo: the archive was never on disk and is lost)"
+                ))))
+            }
+        }
     }
 
     /// A capture that left nothing to seal: a `capture-abandoned` audit event, and its

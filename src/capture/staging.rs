@@ -1,6 +1,8 @@
 //! The private staging directory (`<store>/staging`, or `[cri] staging`; 0700): the only
 //! place plaintext checkpoint bytes may live, and only until sealed. Each capture gets a
-//! fresh `ID.OWNER.tar` (0600, O_EXCL|O_NOFOLLOW, a new record ID: never a reused name),
+//! fresh `ID.OWNER.tar` (0600, O_EXCL|O_NOFOLLOW, a new record ID: never a reused name;
+//! with `[cri] staging_mode = "fifo"` a named pipe `ID.OWNER.fifo` instead, so nothing
+//! lands on disk),
 //! OWNER being the creating process's owner token ([`crate::fsutil::owner_token`]), and
 //! beside it `ID.OWNER.json`, the call's [`Intent`] (who asked, for which container, where
 //! the caller wanted it, when), written first.
@@ -123,6 +125,32 @@ pub fn create(store: &LocalStore, intent: Intent) -> Result<(Staged, std::fs::Fi
     ))
 }
 
+/// Registers a capture whose archive the runtime writes into a named pipe: its intent,
+/// then a fresh private FIFO (`ID.OWNER.fifo`).
+pub fn create_fifo(store: &LocalStore, intent: Intent) -> Result<Staged, StoreError> {
+    let dir = store.staging_dir()?;
+    let stem = format!("{}.{}", RecordId::generate(), store.owner()?);
+    let intent_path = dir.join(format!("{stem}.json"));
+    let archive = dir.join(format!("{stem}.fifo"));
+    let json = serde_json::to_vec_pretty(&intent).map_err(|e| StoreError::Config(e.to_string()))?;
+    {
+        use std::io::Write;
+        let mut f = fsutil::create_private_file(&intent_path)
+            .map_err(|e| StoreError::io(&intent_path, e))?;
+        f.write_all(&json)
+            .map_err(|e| StoreError::io(&intent_path, e))?;
+    }
+    if let Err(e) = fsutil::create_private_fifo(&archive) {
+        let _ = std::fs::remove_file(&intent_path);
+        return Err(StoreError::io(&archive, e));
+    }
+    Ok(Staged {
+        archive,
+        intent_path,
+        intent,
+    })
+}
+
 /// Records in the audit log that a capture produced nothing to seal, and why.
 pub fn abandoned(store: &LocalStore, intent: &Intent, why: &str) -> Result<(), StoreError> {
     store
@@ -156,10 +184,14 @@ pub struct Recovered {
 
 /// `ID.OWNER.tar` / `ID.OWNER.json`: the stem and owner of one of ckvault's names.
 fn ours(name: &str) -> Option<(&str, &str, bool)> {
-    let (stem, archive) = match (name.strip_suffix(".tar"), name.strip_suffix(".json")) {
-        (Some(s), _) => (s, true),
-        (_, Some(s)) => (s, false),
-        _ => return None,
+    let (stem, archive) = if let Some(s) = name.strip_suffix(".tar") {
+        (s, true)
+    } else if let Some(s) = name.strip_suffix(".fifo") {
+        (s, true)
+    } else if let Some(s) = name.strip_suffix(".json") {
+        (s, false)
+    } else {
+        return None;
     };
     let (id, owner) = stem.split_once('.')?;
     id.parse::<RecordId>().ok()?;
@@ -229,6 +261,28 @@ pub fn recover(intake: &Intake) -> Result<Recovered, StoreError> {
         let archive = dir.join(format!("{stem}.tar"));
         let intent_path = dir.join(format!("{stem}.json"));
         let intent = read_intent(&intent_path);
+        // A pipe held nothing on disk: what the runtime wrote into it went with the process
+        // that read it.
+        let fifo = dir.join(format!("{stem}.fifo"));
+        if std::fs::symlink_metadata(&fifo).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_fifo()
+        }) {
+            // A runtime may still hold the pipe, blocked on a write nobody reads: release
+            // it (the bytes are discarded; the stream's start went with the dead reader).
+            let _ = fsutil::drain_fifo(&fifo);
+            let i = intent.clone().unwrap_or_default();
+            abandoned(
+                store,
+                &i,
+                "the capturing process ended while the runtime wrote into its pipe (nothing \
+                 of it was on disk)",
+            )?;
+            let _ = std::fs::remove_file(&fifo);
+            let _ = std::fs::remove_file(&intent_path);
+            out.abandoned += 1;
+            continue;
+        }
         let meta = std::fs::symlink_metadata(&archive).ok();
         if meta.as_ref().is_some_and(|m| !m.file_type().is_file()) {
             continue; // not a file ckvault made: leave it alone

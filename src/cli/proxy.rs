@@ -44,7 +44,8 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .context("name the runtime socket with --runtime or [cri] upstream")?;
     let receipts = !args.no_receipts && config.cri.kubelet_location == KubeletLocation::Receipt;
     let capture = super::common::capture_setup(&config, &args.capture, "cri-proxy")?;
-    let checkpointer = Checkpointer::new(RuntimeClient::new(&upstream), capture.intake.clone());
+    let checkpointer = Checkpointer::new(RuntimeClient::new(&upstream), capture.intake.clone())
+        .with_staging_mode(config.cri.staging_mode);
     let proxy = Arc::new(proxy::Proxy::new(checkpointer, receipts));
     // One thread: forwarding is I/O-bound and a call hops between several tasks (the
     // kubelet's connection, the handler, the runtime's connection); on one thread those

@@ -2,8 +2,10 @@
 //!
 //! [`seal_file`] inspects the archive (seeking, milliseconds), then streams it once through
 //! [`stream::seal_stream`] into a pending record of the store, builds and signs the
-//! manifest and publishes both atomically. Sealing never depends on inspection: a hostile
-//! archive is sealed all the same and flagged `inspection.status = "rejected"`.
+//! manifest and publishes both atomically. [`seal_reader`] does the same from a stream
+//! (a named pipe the runtime writes into), inspecting a bounded tee of the sealing pass.
+//! Sealing never depends on inspection: a hostile archive is sealed all the same and
+//! flagged `inspection.status = "rejected"`.
 //! [`open`] is the way back: decrypt, decompress and verify.
 
 pub mod digest;
@@ -12,7 +14,7 @@ pub mod stream;
 
 use crate::node::{host_name, local_actor, now_rfc3339};
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
 use crate::audit::EventInput;
@@ -98,6 +100,9 @@ pub enum SealError {
     /// The input is not a regular file.
     #[error("{0} is not a regular file")]
     NotAFile(String),
+    /// The stream ended before its first byte: nothing to seal.
+    #[error("the archive stream was empty: nothing to seal")]
+    Empty,
     /// Reading the input failed.
     #[error("cannot read the archive: {0}")]
     Input(std::io::Error),
@@ -163,7 +168,7 @@ pub fn seal_file(
         }
     };
     let id = RecordId::generate();
-    let signing_key = store.signing_key()?;
+    store.signing_key()?;
     let mut pending = store.begin(&id)?;
     let (digests, _) = stream::seal_stream(
         &file,
@@ -184,10 +189,37 @@ pub fn seal_file(
             ),
         );
     }
+    publish(
+        store,
+        opts,
+        id,
+        pending,
+        &checked,
+        format,
+        compression,
+        &recipients,
+        digests,
+    )
+}
+
+/// Builds, signs and publishes the manifest of a streamed blob (audit first: a record
+/// nobody could account for is not published).
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    store: &LocalStore,
+    opts: &SealOptions,
+    id: RecordId,
+    pending: crate::store::PendingRecord,
+    checked: &Checked,
+    format: ArchiveFormat,
+    compression: Compression,
+    recipients: &[Recipient],
+    digests: stream::SealDigests,
+) -> Result<Manifest, SealError> {
     let mut manifest = assemble(
         id,
         opts,
-        &checked,
+        checked,
         Plaintext {
             sha256: digests.plaintext.sha256,
             size: digests.plaintext.size,
@@ -202,7 +234,7 @@ pub fn seal_file(
             blob: pending.blob_name(),
         },
     );
-    signing_key.sign(&mut manifest)?;
+    signing_key_sign(store, &mut manifest)?;
     // Fail closed: a record nobody could account for is not published.
     let audit = store.audit_log()?;
     let event = |outcome: &str, detail: Option<String>| EventInput {
@@ -222,6 +254,176 @@ pub fn seal_file(
         return Err(e.into());
     }
     Ok(manifest)
+}
+
+fn signing_key_sign(store: &LocalStore, manifest: &mut Manifest) -> Result<(), SealError> {
+    store.signing_key()?.sign(manifest)?;
+    Ok(())
+}
+
+/// Seals an archive arriving as a stream (a named pipe the runtime writes into), in one
+/// pass: the bytes are hashed, compressed and encrypted as they come, and a bounded tee of
+/// the same pass feeds the inspector, so nothing is ever on disk in plaintext. The
+/// recipients follow from the caller's claimed identity (the runtime's), known before the
+/// first byte. An empty stream is not a record ([`SealError::Empty`]). The stream is
+/// always read to its end, even when sealing fails, so the writer never blocks.
+pub fn seal_reader<R: std::io::Read + Send>(
+    store: &LocalStore,
+    reader: R,
+    opts: &SealOptions,
+    progress: &dyn Fn(u64),
+) -> Result<Manifest, SealError> {
+    let mut reader = reader;
+    let drain = |r: &mut dyn std::io::Read| {
+        let _ = std::io::copy(r, &mut std::io::sink());
+    };
+    if opts.recipients.is_empty() && opts.recipient_policy.is_none() {
+        drain(&mut reader);
+        return Err(SealError::NoRecipients);
+    }
+    let mut head = [0u8; 4];
+    let mut got = 0;
+    while got < head.len() {
+        match reader.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(SealError::Input(e)),
+        }
+    }
+    if got == 0 {
+        return Err(SealError::Empty);
+    }
+    let head = head.get(..got).unwrap_or_default().to_vec();
+    let format = ArchiveFormat::sniff(&head);
+    let mut input = std::io::Cursor::new(head).chain(reader);
+    let who = Identity {
+        namespace: opts.claimed.namespace.clone(),
+        pod: opts.claimed.pod.clone(),
+        container: opts.claimed.container.clone(),
+        ..Identity::default()
+    };
+    let recipients: Vec<Recipient> = match &opts.recipient_policy {
+        Some(policy) => match policy.for_target(Target {
+            namespace: who.namespace.as_deref(),
+            pod: who.pod.as_deref(),
+            container: who.container.as_deref(),
+        }) {
+            Ok(r) => r.to_vec(),
+            Err(e) => {
+                drain(&mut input);
+                return Err(e.into());
+            }
+        },
+        None => opts.recipients.clone(),
+    };
+    let compression = if format.is_compressed() {
+        Compression::None
+    } else {
+        Compression::Zstd {
+            level: opts.zstd_level,
+            threads: opts.zstd_threads,
+        }
+    };
+    let id = RecordId::generate();
+    let mut pending = match store.signing_key().and_then(|_| store.begin(&id)) {
+        Ok(p) => p,
+        Err(e) => {
+            drain(&mut input);
+            return Err(e.into());
+        }
+    };
+    let blob = match pending.blob_file() {
+        Ok(b) => b,
+        Err(e) => {
+            drain(&mut input);
+            return Err(e.into());
+        }
+    };
+    let limits = opts.limits.clone();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
+    let (digests, inspected) = std::thread::scope(|scope| {
+        let inspector =
+            scope.spawn(move || inspect::inspect_reader(ChannelReader::new(rx), &limits));
+        let tee = Tee {
+            inner: &mut input,
+            tx: Some(tx),
+        };
+        let sealed = stream::seal_stream(tee, blob, &recipients, compression, None, progress);
+        if sealed.is_err() {
+            drain(&mut input);
+        }
+        let inspected = inspector.join().unwrap_or_else(|_| {
+            Err(InspectError::Io(std::io::Error::other(
+                "inspector panicked",
+            )))
+        });
+        (sealed, inspected)
+    });
+    let (digests, _) = digests?;
+    let checked = build_inspection_record(inspected, &opts.claimed);
+    publish(
+        store,
+        opts,
+        id,
+        pending,
+        &checked,
+        format,
+        compression,
+        &recipients,
+        digests,
+    )
+}
+
+/// Reads through to `inner` and hands a copy of every chunk to the inspector; when the
+/// inspector stops taking them, sealing goes on alone.
+struct Tee<'a, R: std::io::Read> {
+    inner: &'a mut R,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+}
+
+impl<R: std::io::Read> std::io::Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            self.tx = None;
+        } else if let Some(tx) = &self.tx
+            && tx.send(buf.get(..n).unwrap_or_default().to_vec()).is_err()
+        {
+            self.tx = None;
+        }
+        Ok(n)
+    }
+}
+
+/// The inspector's side of the tee.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    cur: std::io::Cursor<Vec<u8>>,
+}
+
+impl ChannelReader {
+    fn new(rx: std::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        Self {
+            rx,
+            cur: std::io::Cursor::new(Vec::new()),
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = self.cur.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            match self.rx.recv() {
+                Ok(chunk) => self.cur = std::io::Cursor::new(chunk),
+                Err(_) => return Ok(0),
+            }
+        }
+    }
 }
 
 /// Outcome of inspection plus the cross-check against the claimed identity, together with

@@ -224,6 +224,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             crate::capture::cri::RuntimeClient::new(sock),
             Intake::new(store_local.clone(), opts, after),
         )
+        .with_staging_mode(config.cri.staging_mode)
     });
     // What a crash left in staging (a trigger in flight, or another front-end's capture
     // on this store) is sealed now, as the other capturing front-ends do at start.

@@ -69,6 +69,18 @@ impl Intake {
         Ok(manifest)
     }
 
+    /// Seals the archive arriving on `reader` (a named pipe the runtime writes into; see
+    /// [`seal::seal_reader`]), then dispatches the record.
+    pub fn seal_reader<R: std::io::Read + Send>(
+        &self,
+        reader: R,
+        opts: &SealOptions,
+    ) -> Result<Manifest, SealError> {
+        let manifest = seal::seal_reader(&self.store, reader, opts, &|_| {})?;
+        self.dispatch();
+        Ok(manifest)
+    }
+
     fn dispatch(&self) {
         match &self.after {
             After::Upload(Some(wake)) => wake.notify_one(),
