@@ -83,6 +83,18 @@ impl FakeRuntime {
                 if !self.labels.contains_key(&r.container_id) {
                     return Ok(grpc_error(5, "container not found: checkpointing failed"));
                 }
+                // A runtime that insists on a regular file (refuses a named pipe).
+                if r.container_id == "picky"
+                    && !std::fs::metadata(&r.location).is_ok_and(|m| m.is_file())
+                {
+                    return Ok(grpc_error(
+                        2,
+                        &format!(
+                            "cannot write checkpoint to {}: not a regular file",
+                            r.location
+                        ),
+                    ));
+                }
                 // Real runtimes fail a second concurrent checkpoint of one container.
                 use std::sync::atomic::Ordering::SeqCst;
                 if self.in_flight.fetch_add(1, SeqCst) > 0 {
@@ -273,6 +285,7 @@ fn setup(archive: &Path) -> Setup {
             ("c1".to_owned(), labels("forensics", "web-7d4", "app")),
             ("c2".to_owned(), labels("payments", "web-7d4", "app")),
             ("slow".to_owned(), labels("forensics", "slow-pod", "app")),
+            ("picky".to_owned(), labels("forensics", "picky-pod", "app")),
         ]),
         asked_locations: Mutex::default(),
         in_flight: Default::default(),
@@ -801,4 +814,70 @@ fn a_full_staging_directory_fails_the_call_and_leaves_no_plaintext() {
         assert_eq!(r["source"]["kind"], "cri-late-write", "{r:#}");
         assert_eq!(r["inspection"]["status"], "rejected", "{r:#}");
     }
+}
+
+#[test]
+fn fifo_staging_falls_back_to_files_loudly_when_the_runtime_refuses_a_pipe() {
+    let Some(archive) = support::real_checkpoint(8, "forensics", "picky-pod", "app", "none") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_identity, recipient) = support::age_keypair(dir);
+    let fake = Arc::new(FakeRuntime {
+        archive: std::fs::read(&archive).unwrap(),
+        labels: HashMap::from([("picky".to_owned(), labels("forensics", "picky-pod", "app"))]),
+        asked_locations: Mutex::default(),
+        in_flight: Default::default(),
+    });
+    let runtime_sock = dir.join("runtime.sock");
+    start_fake(&runtime_sock, fake.clone());
+    let config = dir.join("ckvault.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{d}/store\"\n[seal]\nrecipients = [\"{recipient}\"]\n[cri]\nupstream = \"{d}/runtime.sock\"\nlisten = \"{d}/ckvault.sock\"\nstaging_mode = \"fifo\"\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("proxy.log")).unwrap();
+    let child = Command::new(support::ckvault_bin())
+        .args(["proxy", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _proxy = Kill(child);
+    let sock = dir.join("ckvault.sock");
+    let t0 = Instant::now();
+    while !sock.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no proxy socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let client = RuntimeClient::new(&sock);
+    for _ in 0..2 {
+        let r: Result<CheckpointContainerResponse, _> = block(client.unary(
+            "CheckpointContainer",
+            &CheckpointContainerRequest {
+                container_id: "picky".into(),
+                location: String::new(),
+                timeout: 30,
+            },
+            T,
+        ));
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let asked = fake.asked_locations.lock().unwrap().clone();
+    let kinds: Vec<&str> = asked
+        .iter()
+        .map(|l| l.rsplit('.').next().unwrap_or(""))
+        .collect();
+    assert_eq!(kinds, ["fifo", "tar", "tar"], "{asked:?}");
+    let records = store_records(&dir.join("store"));
+    assert_eq!(records.len(), 2, "{records:?}");
+    let log = std::fs::read_to_string(dir.join("proxy.log")).unwrap();
+    assert_eq!(log.matches("WARNING").count(), 1, "{log}");
+    assert!(log.contains("falling back to staging files"), "{log}");
+    assert!(staging_files(&dir.join("store")).is_empty());
 }
