@@ -17,6 +17,9 @@
 #   5. list      GET /v1/checkpoints of N records
 #   6. load      64 concurrent download loops plus seals into the same store, for
 #                BENCH_LOAD_SECS (60; 10 with --small): errors, downloads, server peak RSS
+#   7. capture   the kubelet's CheckpointContainer through ckvault proxy (checkpoint + seal +
+#                receipt) vs the direct call, on containerd 2.1 + runc + CRIU 4.2, a
+#                BENCH_CAPTURE_MIB (512; 64 with --small) MiB container; staging file and fifo
 # BENCH_ONLY="4 5" runs only those sections (3 needs 1's checkpoint; it makes it if missing).
 # Needs root (CRIU, containerd), age, zstd, openssl, curl, nginx (installed if missing).
 set -euo pipefail
@@ -234,4 +237,44 @@ audited=$(grep -c '"action":"download"' "$WORK/load/store/audit.log" || true)
 rss=$(awk '/VmHWM/{print int($2/1024)}' /proc/$spid/status)
 echo "downloads ok $ok, failed $bad, audited $audited; seals ok $seals, failed $sealfail; server peak RSS ${rss} MiB"
 "$CK" audit verify --store "$WORK/load/store" | head -1
+fi
+
+# ---------------------------------------------------------------------------------- 7
+if want 7; then
+CAP_MIB=${BENCH_CAPTURE_MIB:-$([ $SMALL = 1 ] && echo 64 || echo 512)}
+echo; echo "== 7. capture: CheckpointContainer of a ${CAP_MIB} MiB container on containerd 2.1, direct vs through ckvault proxy"
+CACHE=/var/tmp/ckvault-real-cri/cache; BINDS=/var/tmp/ckvault-real-cri/binds
+# The runtime is shared with the tests (tests/support/realcri.rs): take their lock.
+mkdir -p "$BINDS"; exec 9>/var/tmp/ckvault-real-cri/test.lock; flock 9
+env=$(CTD_BINDS=$BINDS ROOT_SEED="${CKVAULT_CKPT_CACHE:-/var/tmp/ckvault-ckpt}/root" \
+  bash tests/harness/real-cri-runtime.sh start "$CACHE" "$CAP_MIB" bench bench-pod app 2>/dev/null)
+CRI_SOCKET=$(sed -n 's/^CRI_SOCKET=//p' <<<"$env"); CID=$(sed -n 's/^CONTAINER_ID=//p' <<<"$env")
+PYC="$CACHE/venv/bin/python $CACHE/py/cri.py"
+C=$BINDS/bench-capture; rm -rf "$C"; mkdir -p "$C/kubelet"
+for mode in file fifo; do
+  printf '[store]\npath = "%s"\n[seal]\nrecipients = ["%s"]\n[cri]\nupstream = "%s"\nlisten = "%s"\nstaging = "%s"\nstaging_mode = "%s"\n' \
+    "$WORK/capture-$mode" "$R" "$CRI_SOCKET" "$C/$mode.sock" "$C/staging-$mode" "$mode" > "$C/$mode.toml"
+  rm -rf "$WORK/capture-$mode"
+  "$CK" proxy --config "$C/$mode.toml" >/dev/null 2>"$C/$mode.log" & PIDS+=($!)
+done
+for _ in $(seq 100); do [ -S "$C/file.sock" ] && [ -S "$C/fifo.sock" ] && break; sleep 0.1; done
+call() { # call SOCKET LOCATION -> seconds
+  local t0 t1; rm -f "$2"; t0=$(date +%s.%N)
+  $PYC "$1" checkpoint "$CID" "$2" 300 >/dev/null
+  t1=$(date +%s.%N); rm -f "$2"; awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}'
+}
+declare -A CW=()
+for run in $(seq "$RUNS"); do
+  CW[direct]+="$(call "$CRI_SOCKET" "$C/direct.tar") "
+  for mode in file fifo; do CW[$mode]+="$(call "$C/$mode.sock" "$C/kubelet/checkpoint-bench-pod_bench-app-$run.tar") "; done
+done
+printf "%-26s %8s %8s\n" contender "wall s" "ratio"
+d=$(tr ' ' '\n' <<<"${CW[direct]}" | grep . | median)
+printf "%-26s %8.2f %8s\n" "direct (containerd)" "$d" "1.00"
+for mode in file fifo; do
+  w=$(tr ' ' '\n' <<<"${CW[$mode]}" | grep . | median)
+  printf "%-26s %8.2f %8s\n" "proxy, staging_mode=$mode" "$w" "$(ratio "$w" "$d")"
+done
+exec 9>&-
+echo "records sealed: file $(ls "$WORK/capture-file/records" | grep -c '.json$'), fifo $(ls "$WORK/capture-fifo/records" | grep -c '.json$') (each run: checkpoint + seal + receipt)"
 fi

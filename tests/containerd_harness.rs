@@ -63,9 +63,8 @@ async fn real_containerd_runs_a_labelled_pod_and_refuses_checkpoint() {
     let client = cri::RuntimeClient::new(&ctrd.socket);
 
     let version: VersionResponse = client
-        .unary(
-            "Version",
-            &VersionRequest {
+        .version(
+            VersionRequest {
                 version: "v1".into(),
             },
             T,
@@ -80,7 +79,7 @@ async fn real_containerd_runs_a_labelled_pod_and_refuses_checkpoint() {
     );
 
     let list: ListContainersResponse = client
-        .unary("ListContainers", &by_namespace("ckv-harness"), T)
+        .list_containers(by_namespace("ckv-harness"), T)
         .await
         .expect("ListContainers");
     assert_eq!(list.containers.len(), 1, "{list:?}");
@@ -105,16 +104,15 @@ async fn real_containerd_runs_a_labelled_pod_and_refuses_checkpoint() {
 
     // Another namespace's selector finds nothing.
     let none: ListContainersResponse = client
-        .unary("ListContainers", &by_namespace("elsewhere"), T)
+        .list_containers(by_namespace("elsewhere"), T)
         .await
         .expect("ListContainers elsewhere");
     assert!(none.containers.is_empty(), "{none:?}");
 
     // The sandbox is READY and carries the pod labels too.
     let pods: ListPodSandboxResponse = client
-        .unary(
-            "ListPodSandbox",
-            &ListPodSandboxRequest {
+        .list_pod_sandbox(
+            ListPodSandboxRequest {
                 filter: Some(PodSandboxFilter {
                     id: sandbox_id.clone(),
                     ..Default::default()

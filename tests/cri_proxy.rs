@@ -315,17 +315,34 @@ fn calls_pass_through_untouched_including_streams_and_unknown_methods() {
         return;
     };
     let s = setup(&archive);
-    let v: VersionResponse =
-        block(s.client.unary("Version", &VersionRequest::default(), T)).unwrap();
+    let v: VersionResponse = block(s.client.version(VersionRequest::default(), T)).unwrap();
     assert_eq!(v.runtime_name, "ckvault-test-runtime");
-    let err = block(s.client.unary::<_, VersionResponse>(
-        "NoSuchMethod",
-        &VersionRequest::default(),
-        T,
-    ))
-    .unwrap_err();
-    assert_eq!(err.code, 12, "{err}");
-    assert!(err.message.contains("NoSuchMethod"), "{err}");
+    // an unknown method, raw through the proxy: the runtime's UNIMPLEMENTED comes back
+    let (status, message) = block(async {
+        let mut sender = s.client.connect().await.unwrap();
+        let req = Request::post("http://localhost/runtime.v1.RuntimeService/NoSuchMethod")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(
+                Full::new(Bytes::from_static(&[0, 0, 0, 0, 0]))
+                    .map_err(|n| match n {})
+                    .boxed(),
+            )
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let headers = resp.headers().clone();
+        let collected = resp.into_body().collect().await.unwrap();
+        let t = collected.trailers().cloned().unwrap_or_default();
+        let get = |k: &str| {
+            t.get(k)
+                .or_else(|| headers.get(k))
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        (get("grpc-status"), get("grpc-message"))
+    });
+    assert_eq!(status, "12", "{message}");
+    assert!(message.contains("NoSuchMethod"), "{message}");
     // server streaming, read raw through the proxy
     let frames = block(async {
         let mut sender = s.client.connect().await.unwrap();
@@ -361,9 +378,8 @@ fn checkpoints_are_sealed_from_staging_and_the_kubelet_gets_a_receipt() {
     let location = s
         .dir
         .join("kubelet/checkpoint-web-7d4_forensics-app-2026-11-28T10:00:00Z.tar");
-    let _: CheckpointContainerResponse = block(s.client.unary(
-        "CheckpointContainer",
-        &CheckpointContainerRequest {
+    let _: CheckpointContainerResponse = block(s.client.checkpoint_container(
+        CheckpointContainerRequest {
             container_id: "c1".into(),
             location: location.display().to_string(),
             timeout: 30,
@@ -444,9 +460,8 @@ fn runtime_errors_pass_back_unchanged_and_mismatches_are_flagged() {
     assert!(store_records(&s.store).is_empty());
 
     // The runtime says c2 belongs to "payments"; the archive says "forensics".
-    let _: CheckpointContainerResponse = block(s.client.unary(
-        "CheckpointContainer",
-        &CheckpointContainerRequest {
+    let _: CheckpointContainerResponse = block(s.client.checkpoint_container(
+        CheckpointContainerRequest {
             container_id: "c2".into(),
             location: location.display().to_string(),
             timeout: 30,
@@ -661,9 +676,8 @@ fn checkpoint_call(
     location: &Path,
     t: Duration,
 ) -> Result<CheckpointContainerResponse, GrpcStatus> {
-    block(client.unary(
-        "CheckpointContainer",
-        &CheckpointContainerRequest {
+    block(client.checkpoint_container(
+        CheckpointContainerRequest {
             container_id: id.into(),
             location: location.display().to_string(),
             timeout: t.as_secs() as i64,
@@ -857,9 +871,8 @@ fn fifo_staging_falls_back_to_files_loudly_when_the_runtime_refuses_a_pipe() {
     }
     let client = RuntimeClient::new(&sock);
     for _ in 0..2 {
-        let r: Result<CheckpointContainerResponse, _> = block(client.unary(
-            "CheckpointContainer",
-            &CheckpointContainerRequest {
+        let r: Result<CheckpointContainerResponse, _> = block(client.checkpoint_container(
+            CheckpointContainerRequest {
                 container_id: "picky".into(),
                 location: String::new(),
                 timeout: 30,

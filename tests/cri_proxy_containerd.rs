@@ -144,12 +144,12 @@ fn proxied_calls_to_real_containerd_match_direct_calls() {
         );
     }
     // The listing through the proxy really shows the running container.
-    let listed: cri::ListContainersResponse = block(RuntimeClient::new(&proxy_sock).unary(
-        "ListContainers",
-        &cri::ListContainersRequest::default(),
-        Duration::from_secs(10),
-    ))
-    .unwrap();
+    let listed: cri::ListContainersResponse =
+        block(RuntimeClient::new(&proxy_sock).list_containers(
+            cri::ListContainersRequest::default(),
+            Duration::from_secs(10),
+        ))
+        .unwrap();
     assert!(
         listed
             .containers

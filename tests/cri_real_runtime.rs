@@ -268,9 +268,8 @@ fn a_stock_grpc_client_through_the_proxy_gets_what_the_runtime_answers() {
     let tokio = support::seaweed::runtime();
     let ask = |sock: &Path| -> VersionResponse {
         tokio
-            .block_on(RuntimeClient::new(sock).unary(
-                "Version",
-                &VersionRequest {
+            .block_on(RuntimeClient::new(sock).version(
+                VersionRequest {
                     version: "v1".into(),
                 },
                 Duration::from_secs(10),

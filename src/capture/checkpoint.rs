@@ -151,9 +151,8 @@ impl Checkpointer {
             .map_err(CheckpointError::SpoolFull)?;
         let status: ContainerStatusResponse = self
             .runtime
-            .unary(
-                "ContainerStatus",
-                &ContainerStatusRequest {
+            .container_status(
+                ContainerStatusRequest {
                     container_id: container_id.to_owned(),
                     verbose: false,
                 },
@@ -206,9 +205,8 @@ impl Checkpointer {
         drop(file); // the runtime opens the path itself (O_RDWR|O_CREAT, no O_TRUNC)
         let result: Result<CheckpointContainerResponse, GrpcStatus> = self
             .runtime
-            .unary(
-                "CheckpointContainer",
-                &CheckpointContainerRequest {
+            .checkpoint_container(
+                CheckpointContainerRequest {
                     container_id: container_id.to_owned(),
                     location: staged.archive.display().to_string(),
                     timeout: deadline.as_secs() as i64,
@@ -280,9 +278,8 @@ impl Checkpointer {
         });
         let result: Result<CheckpointContainerResponse, GrpcStatus> = self
             .runtime
-            .unary(
-                "CheckpointContainer",
-                &CheckpointContainerRequest {
+            .checkpoint_container(
+                CheckpointContainerRequest {
                     container_id: container_id.to_owned(),
                     location: staged.archive.display().to_string(),
                     timeout: deadline.as_secs() as i64,

@@ -400,9 +400,8 @@ async fn live_pods(
 ) -> Option<std::collections::HashSet<(String, String)>> {
     use crate::capture::cri::*;
     let resp: ListPodSandboxResponse = runtime
-        .unary(
-            "ListPodSandbox",
-            &ListPodSandboxRequest::default(),
+        .list_pod_sandbox(
+            ListPodSandboxRequest::default(),
             std::time::Duration::from_secs(10),
         )
         .await

@@ -103,9 +103,8 @@ pub async fn checkpoint(
     let runtime = checkpointer.runtime().clone();
     let short = Duration::from_secs(30);
     let sandboxes: ListPodSandboxResponse = match runtime
-        .unary(
-            "ListPodSandbox",
-            &ListPodSandboxRequest {
+        .list_pod_sandbox(
+            ListPodSandboxRequest {
                 filter: Some(PodSandboxFilter {
                     state: Some(PodSandboxStateValue {
                         state: SANDBOX_READY,
@@ -128,9 +127,8 @@ pub async fn checkpoint(
         return fail(&state, ev, not_found("pod does not exist".into())).await;
     };
     let containers: ListContainersResponse = match runtime
-        .unary(
-            "ListContainers",
-            &ListContainersRequest {
+        .list_containers(
+            ListContainersRequest {
                 filter: Some(ContainerFilter {
                     state: Some(ContainerStateValue {
                         state: CONTAINER_RUNNING,

@@ -298,8 +298,8 @@ impl Containerd {
     /// blocking the calling thread; usable inside and outside a tokio runtime.
     pub fn cri<Req, Resp>(&self, method: &str, req: &Req) -> Result<Resp, GrpcStatus>
     where
-        Req: prost::Message + Sync,
-        Resp: prost::Message + Default + Send,
+        Req: prost::Message + Clone + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
     {
         let client = self.client();
         block_on(|| async move { client.unary::<Req, Resp>(method, req, CALL_TIMEOUT).await })
@@ -469,8 +469,8 @@ impl Containerd {
     /// A CRI call that must succeed.
     fn must<Req, Resp>(&self, method: &str, req: &Req) -> Resp
     where
-        Req: prost::Message + Sync,
-        Resp: prost::Message + Default + Send,
+        Req: prost::Message + Clone + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
     {
         self.cri(method, req).unwrap_or_else(|e| {
             panic!(
