@@ -18,7 +18,9 @@ fuzz_target!(|data: &[u8]| {
     let path = dir.path().join("audit.log");
     let key = PEM.with(|pem| SigningKey::from_pem(pem, std::path::Path::new("k")).expect("key"));
     let vk = key.verifying_key();
-    let Ok(log) = AuditLog::open(&path, key) else { return };
+    let Ok(log) = AuditLog::open(&path, key) else {
+        return;
+    };
     // Events are separated by 0xfe; fields within an event by 0xff. A field starting with
     // 0xfd instead tears the log: its bytes are appended raw, with no newline.
     for chunk in data.split(|b| *b == 0xfe).take(8) {
@@ -28,8 +30,15 @@ fuzz_target!(|data: &[u8]| {
             .collect();
         if chunk.first() == Some(&0xfd) {
             use std::io::Write;
-            let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&path) else { return };
-            let torn: Vec<u8> = chunk.iter().skip(1).copied().filter(|b| *b != b'\n').collect();
+            let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&path) else {
+                return;
+            };
+            let torn: Vec<u8> = chunk
+                .iter()
+                .skip(1)
+                .copied()
+                .filter(|b| *b != b'\n')
+                .collect();
             let _ = f.write_all(&torn);
             continue;
         }
@@ -57,7 +66,11 @@ fuzz_target!(|data: &[u8]| {
     .expect("the next append works");
     let text = std::fs::read(&path).expect("log");
     for line in text.split(|b| *b == b'\n') {
-        assert!(line.len() < MAX_EVENT_BYTES, "a line of {} bytes", line.len());
+        assert!(
+            line.len() < MAX_EVENT_BYTES,
+            "a line of {} bytes",
+            line.len()
+        );
     }
     let v = verify(&path, &vk).expect("the log verifies");
     let events = ckvault::audit::read_events(&path, &|_| true, usize::MAX).expect("reads");

@@ -1,8 +1,9 @@
-//! Fuzz target: the CRIU image parsers (pstree and core) on arbitrary bytes. They must
-//! never panic, and what they accept must respect their own bounds.
+//! Fuzz target: the CRIU image parsers (pstree, core and pagemap) on arbitrary bytes. They
+//! must never panic, and what they accept must respect their own bounds.
 #![no_main]
 
 use ckvault::inspect::criu::{MAX_COMM_BYTES, parse_core_comm, parse_pstree};
+use ckvault::inspect::memory::parse_pagemap;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,5 +17,17 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Some(comm)) = parse_core_comm(data) {
         // Lossy UTF-8 may grow each invalid byte to 3 bytes.
         assert!(comm.len() <= MAX_COMM_BYTES * 3);
+    }
+    if let Ok((_, ranges)) = parse_pagemap(data) {
+        for r in ranges {
+            assert_eq!(r.vaddr % 4096, 0, "unaligned range accepted");
+            assert!(r.pages > 0);
+            assert!(
+                r.pages
+                    .checked_mul(4096)
+                    .and_then(|b| b.checked_add(r.vaddr))
+                    .is_some()
+            );
+        }
     }
 });

@@ -1,12 +1,14 @@
 //! Fuzz target: the archive inspector on arbitrary bytes, differentially. The streaming
 //! and the seekable API must agree on whether an archive is accepted (and, when both
-//! accept, on everything they found); an accepted archive must render.
+//! accept, on everything they found); an accepted archive must render. The memory search
+//! runs on the same bytes.
 #![no_main]
 
 use std::io::Cursor;
 use std::time::Duration;
 
-use ckvault::inspect::{Limits, inspect_reader, inspect_seekable, render_table};
+use ckvault::inspect::memory::{Pattern, Search};
+use ckvault::inspect::{Limits, inspect_reader, inspect_seekable, memsearch_reader, render_table};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,6 +18,17 @@ fuzz_target!(|data: &[u8]| {
         deadline: Duration::from_secs(20),
         ..Limits::default()
     };
+    // The memory search walks the same archive and parses pagemaps: it must never panic
+    // and never report more than it was asked for.
+    let search = Search {
+        pattern: Pattern::Literal(b"ab".to_vec()),
+        pid: None,
+        context: 4,
+        max_matches: 8,
+    };
+    if let Ok(found) = memsearch_reader(data, &limits, &search) {
+        assert!(found.matches.len() <= 8);
+    }
     let streamed = inspect_reader(data, &limits);
     let seeked = inspect_seekable(Cursor::new(data), &limits);
     match (&streamed, &seeked) {

@@ -7,7 +7,10 @@
 use std::path::Path;
 
 use ckvault::manifest::{Manifest, SigningKey};
-use ckvault::policy::{access::AccessPolicy, holds::HoldsPolicy, recipients::RecipientsPolicy, retention::RetentionPolicy};
+use ckvault::policy::{
+    access::AccessPolicy, holds::HoldsPolicy, recipients::RecipientsPolicy,
+    retention::RetentionPolicy,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,6 +5,7 @@ mod audit;
 mod common;
 mod fetch;
 mod inspect;
+mod memsearch;
 mod open;
 mod output;
 mod proxy;
@@ -51,6 +52,9 @@ pub enum Command {
     /// Describe a checkpoint archive without unpacking it (identity, image, CRIU process
     /// tree, memory size). Exits with status 3 when the archive is rejected as unsafe.
     Inspect(inspect::InspectArgs),
+    /// Search a checkpoint's memory (an archive, or a sealed record decrypted in memory):
+    /// every match with its pid, virtual address and context; nothing is written to disk.
+    Memsearch(memsearch::MemsearchArgs),
     /// List the records of a store, oldest first.
     Ls(records::LsArgs),
     /// Print one record's manifest (JSON).
@@ -145,6 +149,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Seal(a) => seal::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Memsearch(a) => memsearch::run(a),
         Command::Ls(a) => records::ls(a),
         Command::Show(a) => records::show(a),
         Command::Export(a) => records::export(a),

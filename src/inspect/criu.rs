@@ -163,6 +163,23 @@ fn entries(img: &[u8], magic: u32) -> Result<Vec<&[u8]>, CriuError> {
     Ok(out)
 }
 
+/// The entries of an image with `magic` (both magics checked).
+pub(crate) fn entries_of(img: &[u8], magic: u32) -> Result<Vec<&[u8]>, CriuError> {
+    entries(img, magic)
+}
+
+/// The varint fields of one message, in order (other wire types are skipped).
+pub(crate) fn varint_fields(msg: &[u8]) -> Result<Vec<(u32, u64)>, CriuError> {
+    let mut pb = Pb { buf: msg };
+    let mut out = Vec::new();
+    while let Some((field, value)) = pb.next()? {
+        if let Value::Varint(v) = value {
+            out.push((field, v));
+        }
+    }
+    Ok(out)
+}
+
 /// Parses `pstree.img` into processes (in image order, without command names).
 pub fn parse_pstree(img: &[u8], max_processes: usize) -> Result<Vec<Process>, CriuError> {
     let mut out = Vec::new();

@@ -43,6 +43,8 @@ pub use render::render_table;
 use input::{Codec, Deadline, Input, SeekInput, StreamInput};
 use tar::{Kind, TarReader};
 
+pub mod memory;
+
 /// Caps that bound the work and memory one inspection may cost. Every field is public;
 /// start from [`Limits::default`] and change what you need.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +126,83 @@ pub fn inspect_reader<R: Read>(mut reader: R, limits: &Limits) -> Result<Inspect
         limits,
         deadline,
     )
+}
+
+/// Searches the memory of an archive in a seekable reader (see [`memory`]).
+pub fn memsearch_seekable<R: Read + Seek>(
+    mut reader: R,
+    limits: &Limits,
+    search: &memory::Search,
+) -> Result<memory::Found, InspectError> {
+    let deadline = Deadline::start(limits.deadline);
+    let start = reader.stream_position()?;
+    let end = reader.seek(SeekFrom::End(0))?;
+    let len = end.saturating_sub(start);
+    reader.seek(SeekFrom::Start(start))?;
+    let mut head = [0u8; 4];
+    let got = read_head(&mut reader, &mut head)?;
+    reader.seek(SeekFrom::Start(start))?;
+    match ArchiveFormat::sniff(head.get(..got).unwrap_or_default()) {
+        ArchiveFormat::Tar => {
+            let mut tar = TarReader::new(SeekInput::new(reader, start, len, deadline), limits);
+            memory::search(&mut tar, limits, search)
+        }
+        format => memsearch_stream(reader, format, limits, deadline, search),
+    }
+}
+
+/// Searches the memory of an archive arriving as a stream (a decrypted record).
+pub fn memsearch_reader<R: Read>(
+    mut reader: R,
+    limits: &Limits,
+    search: &memory::Search,
+) -> Result<memory::Found, InspectError> {
+    let deadline = Deadline::start(limits.deadline);
+    let mut head = [0u8; 4];
+    let got = read_head(&mut reader, &mut head)?;
+    let head = head.get(..got).unwrap_or_default();
+    let format = ArchiveFormat::sniff(head);
+    memsearch_stream(
+        Cursor::new(head.to_vec()).chain(reader),
+        format,
+        limits,
+        deadline,
+        search,
+    )
+}
+
+fn memsearch_stream<R: Read>(
+    reader: R,
+    format: ArchiveFormat,
+    limits: &Limits,
+    deadline: Deadline,
+    search: &memory::Search,
+) -> Result<memory::Found, InspectError> {
+    let max = limits.max_decompressed_bytes;
+    match format {
+        ArchiveFormat::Tar => {
+            let mut tar = TarReader::new(
+                StreamInput::new(reader, Codec::Plain, max, deadline),
+                limits,
+            );
+            memory::search(&mut tar, limits, search)
+        }
+        ArchiveFormat::TarGzip => {
+            let gz = flate2::read::MultiGzDecoder::new(reader);
+            let mut tar = TarReader::new(StreamInput::new(gz, Codec::Gzip, max, deadline), limits);
+            memory::search(&mut tar, limits, search)
+        }
+        ArchiveFormat::TarZstd => {
+            let zstd_err = |e: std::io::Error| InspectError::Decompress {
+                format: "zstd",
+                detail: e.to_string(),
+            };
+            let mut dec = zstd::stream::read::Decoder::new(reader).map_err(zstd_err)?;
+            dec.window_log_max(27).map_err(zstd_err)?;
+            let mut tar = TarReader::new(StreamInput::new(dec, Codec::Zstd, max, deadline), limits);
+            memory::search(&mut tar, limits, search)
+        }
+    }
 }
 
 /// Reads up to `buf.len()` bytes (fewer only at the end of the stream).

@@ -122,6 +122,32 @@ impl<'l, I: Input> TarReader<'l, I> {
         Ok(buf)
     }
 
+    /// Reads the next bytes of the current member's data into `buf` (as many as fit and are
+    /// left); 0 at the end of the member. A stream that ends early is truncated.
+    pub(crate) fn read_chunk(&mut self, buf: &mut [u8], what: &str) -> Result<usize, InspectError> {
+        let want = usize::try_from(self.data_left)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let Some(dst) = buf.get_mut(..want) else {
+            return Ok(0);
+        };
+        if want == 0 {
+            return Ok(0);
+        }
+        let start = self.input.offset();
+        let got = self.input.read_full(dst)?;
+        if got != want {
+            return Err(InspectError::Truncated {
+                what: what.to_owned(),
+                offset: start,
+                needed: self.data_left,
+            });
+        }
+        self.data_left -= got as u64;
+        self.input.check_deadline()?;
+        Ok(got)
+    }
+
     /// Skips whatever is left of the current member.
     fn skip_rest(&mut self) -> Result<(), InspectError> {
         let n = self.data_left.saturating_add(self.pad);

@@ -1,5 +1,6 @@
 //! The use-case layer: [`intake`] takes archives in (seal, then upload or retention) for
-//! every capturing front-end; [`Custody`] is what is done to a kept record: place and
+//! every capturing front-end; [`analyse`] reads a sealed record for a responder (memory
+//! search) without plaintext on disk; [`Custody`] is what is done to a kept record: place and
 //! release a legal hold, delete, with every kind of hold considered (a per-record hold, a `holds.toml` selector
 //! hold, S3 Object Lock), each action recorded in the audit log *before* it is performed
 //! (fail closed) and each refusal recorded too. The CLI (`ckvault hold|release|delete`) and
@@ -9,6 +10,7 @@
 //! [`EventInput`] carrying actor, groups and remote address) and gets a typed
 //! [`CustodyError`] to translate.
 
+pub mod analyse;
 pub mod intake;
 
 use std::sync::Arc;

@@ -31,7 +31,17 @@ pub struct RealCri {
     pub container_id: String,
     /// Host PID of the runtime namespace's init.
     pub ns_pid: u32,
+    dirs: std::sync::Mutex<Vec<PathBuf>>,
     _lock: std::fs::File,
+}
+
+impl Drop for RealCri {
+    fn drop(&mut self) {
+        // The test's directories under BINDS go with it (the lock is released after).
+        for d in self.dirs.lock().map(|d| d.clone()).unwrap_or_default() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 fn run_script(args: &[&str]) -> Output {
@@ -75,6 +85,7 @@ impl RealCri {
                 socket: socket.into(),
                 container_id,
                 ns_pid: pid.parse().unwrap_or(0),
+                dirs: std::sync::Mutex::default(),
                 _lock: lock,
             }),
             _ => {
@@ -96,6 +107,9 @@ impl RealCri {
         let d = Path::new(BINDS).join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
+        if let Ok(mut dirs) = self.dirs.lock() {
+            dirs.push(d.clone());
+        }
         d
     }
 

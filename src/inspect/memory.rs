@@ -1,0 +1,409 @@
+//! Searching a checkpoint's memory without unpacking it: one streaming pass over the
+//! archive, where each process's `checkpoint/pagemap-<pid>.img` (read whole, bounded) maps
+//! the pages stored in `checkpoint/pages-<id>.img` to virtual addresses, and the pages are
+//! scanned as they stream by, with every match reported with its pid, virtual address and
+//! context bytes. Nothing is written anywhere.
+//!
+//! Pagemap image: `IMG_COMMON_MAGIC`, `PAGEMAP_MAGIC` (0x56084025), a `PagemapHead
+//! { pages_id = 1 }` entry, then `PagemapEntry { vaddr = 1; nr_pages = 2; in_parent = 3;
+//! flags = 4; nr_pages (u64) = 5 }` entries (CRIU 4.2 writes the count in field 5 and 0 in
+//! field 2; earlier versions field 2 only). Entries flagged `PE_PRESENT` (4) have their pages
+//! in the pages image, in pagemap order. Checked against real images of both harnesses:
+//! the present pages add up to the pages image's size.
+
+use std::collections::BTreeMap;
+
+use super::InspectError;
+use super::criu::{CriuError, entries_of, varint_fields};
+use super::input::Input;
+use super::tar::{Kind, TarReader};
+
+/// Magic of `pagemap-<pid>.img`.
+pub const PAGEMAP_MAGIC: u32 = 0x5608_4025;
+/// `PE_PRESENT`: the entry's pages are in the pages image.
+const PE_PRESENT: u64 = 4;
+const PAGE: u64 = 4096;
+/// Longest literal needle, and longest regex match reported whole.
+pub const MAX_MATCH: usize = 4096;
+/// Most context bytes on each side of a match.
+pub const MAX_CONTEXT: usize = 4096;
+/// Bytes searched at a time (plus the overlap that catches matches across windows).
+const WINDOW: usize = 1 << 20;
+/// Most pagemap ranges per process, and most bytes of all pagemaps together.
+const MAX_RANGES: usize = 1 << 20;
+const MAX_PAGEMAP_BYTES: u64 = 64 << 20;
+
+/// What to look for.
+#[derive(Debug, Clone)]
+pub enum Pattern {
+    /// These exact bytes.
+    Literal(Vec<u8>),
+    /// A regular expression over bytes (Unicode off for `.` matching any byte is up to
+    /// the caller's pattern).
+    Regex(regex::bytes::Regex),
+}
+
+/// A search request.
+#[derive(Debug, Clone)]
+pub struct Search {
+    /// The pattern.
+    pub pattern: Pattern,
+    /// Only this process (its pid in the checkpoint).
+    pub pid: Option<u32>,
+    /// Context bytes on each side (at most [`MAX_CONTEXT`]).
+    pub context: usize,
+    /// Stop after this many matches.
+    pub max_matches: usize,
+}
+
+/// One match.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Match {
+    /// The process (pid in the checkpoint).
+    pub pid: u32,
+    /// Virtual address of the match's first byte.
+    pub address: u64,
+    /// The matched bytes.
+    #[serde(skip)]
+    pub matched: Vec<u8>,
+    /// Context: up to `context` bytes before, the match, up to `context` bytes after
+    /// (within the same run of contiguous pages).
+    #[serde(skip)]
+    pub context: Vec<u8>,
+    /// Where the match starts within `context`.
+    #[serde(skip)]
+    pub context_offset: usize,
+}
+
+/// What a search found.
+#[derive(Debug, Clone, Default)]
+pub struct Found {
+    /// The matches, in archive order.
+    pub matches: Vec<Match>,
+    /// Whether `max_matches` stopped the search.
+    pub truncated: bool,
+    /// Bytes of memory pages scanned, per pid.
+    pub scanned: BTreeMap<u32, u64>,
+}
+
+/// A run of present pages: virtual address and page count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    /// Virtual address of the first page.
+    pub vaddr: u64,
+    /// Pages.
+    pub pages: u64,
+}
+
+/// Parses a pagemap image: its pages image ID and the runs of pages present there.
+pub fn parse_pagemap(img: &[u8]) -> Result<(u64, Vec<Range>), CriuError> {
+    let ents = entries_of(img, PAGEMAP_MAGIC)?;
+    let mut it = ents.into_iter();
+    let head = it
+        .next()
+        .ok_or_else(|| CriuError::Malformed("no pagemap head".into()))?;
+    let pages_id = varint_fields(head)?
+        .into_iter()
+        .find(|(f, _)| *f == 1)
+        .map(|(_, v)| v)
+        .ok_or_else(|| CriuError::Malformed("pagemap head without pages_id".into()))?;
+    let mut ranges = Vec::new();
+    for e in it {
+        let (mut vaddr, mut n2, mut n5, mut flags, mut in_parent) = (None, 0, None, None, 0);
+        for (f, v) in varint_fields(e)? {
+            match f {
+                1 => vaddr = Some(v),
+                2 => n2 = v,
+                3 => in_parent = v,
+                4 => flags = Some(v),
+                5 => n5 = Some(v),
+                _ => {}
+            }
+        }
+        let vaddr =
+            vaddr.ok_or_else(|| CriuError::Malformed("pagemap entry without vaddr".into()))?;
+        let pages = n5.unwrap_or(n2);
+        let present = match flags {
+            Some(f) => f & PE_PRESENT != 0,
+            None => in_parent == 0,
+        };
+        if !present || pages == 0 {
+            continue;
+        }
+        if vaddr % PAGE != 0
+            || pages
+                .checked_mul(PAGE)
+                .and_then(|b| b.checked_add(vaddr))
+                .is_none()
+        {
+            return Err(CriuError::Malformed(format!(
+                "pagemap entry {vaddr:#x} + {pages} pages is not a valid range"
+            )));
+        }
+        if ranges.len() >= MAX_RANGES {
+            return Err(CriuError::Malformed(format!(
+                "more than {MAX_RANGES} pagemap entries"
+            )));
+        }
+        ranges.push(Range { vaddr, pages });
+    }
+    Ok((pages_id, ranges))
+}
+
+fn digits(name: &str, prefix: &str) -> Option<u64> {
+    let d = name.strip_prefix(prefix)?.strip_suffix(".img")?;
+    if d.is_empty() || d.len() > 10 || !d.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    d.parse().ok()
+}
+
+/// Streams the archive's members, searching every pages image whose pagemap came before
+/// it (both runtimes write `pagemap-*` before `pages-*`, in name order).
+pub(crate) fn search<I: Input>(
+    tar: &mut TarReader<'_, I>,
+    limits: &super::Limits,
+    search: &Search,
+) -> Result<Found, InspectError> {
+    let mut maps: BTreeMap<u64, (u32, Vec<Range>)> = BTreeMap::new();
+    let mut pagemap_bytes = 0u64;
+    let mut found = Found::default();
+    let mut saw_pages_first = None;
+    while let Some(entry) = tar.next_entry()? {
+        if entry.kind == Kind::Dir {
+            continue;
+        }
+        let Some(image) = entry.path.strip_prefix("checkpoint/") else {
+            continue;
+        };
+        if let Some(pid) = digits(image, "pagemap-") {
+            pagemap_bytes = pagemap_bytes.saturating_add(entry.size);
+            if entry.size > limits.max_criu_image_bytes.max(16 << 20)
+                || pagemap_bytes > MAX_PAGEMAP_BYTES
+            {
+                return Err(InspectError::CriuImageTooLarge {
+                    member: entry.path.clone(),
+                    size: entry.size,
+                    limit: limits.max_criu_image_bytes.max(16 << 20),
+                });
+            }
+            let data = tar.read_data(&entry.path)?;
+            let (id, ranges) = parse_pagemap(&data).map_err(|e| InspectError::CriuMalformed {
+                member: entry.path.clone(),
+                reason: e.to_string(),
+            })?;
+            let pid = u32::try_from(pid).map_err(|_| InspectError::CriuMalformed {
+                member: entry.path.clone(),
+                reason: "pid does not fit 32 bits".into(),
+            })?;
+            maps.insert(id, (pid, ranges));
+        } else if let Some(id) = digits(image, "pages-") {
+            let Some((pid, ranges)) = maps.get(&id).cloned() else {
+                saw_pages_first.get_or_insert(entry.path.clone());
+                continue;
+            };
+            if search.pid.is_some_and(|p| p != pid) {
+                continue;
+            }
+            let declared: u64 = ranges.iter().map(|r| r.pages.saturating_mul(PAGE)).sum();
+            if declared != entry.size {
+                return Err(InspectError::CriuMalformed {
+                    member: entry.path.clone(),
+                    reason: format!(
+                        "its pagemap declares {declared} bytes of pages, the image holds {}",
+                        entry.size
+                    ),
+                });
+            }
+            scan_pages(tar, &entry.path, pid, &ranges, search, &mut found)?;
+            if found.truncated {
+                break;
+            }
+        }
+    }
+    if let Some(p) = saw_pages_first
+        && found.scanned.is_empty()
+    {
+        return Err(InspectError::CriuMalformed {
+            member: p,
+            reason: "a pages image comes before its pagemap (not a layout CRI-O, containerd or \
+                     Podman write)"
+                .into(),
+        });
+    }
+    Ok(found)
+}
+
+/// Scans one pages image range by range.
+fn scan_pages<I: Input>(
+    tar: &mut TarReader<'_, I>,
+    what: &str,
+    pid: u32,
+    ranges: &[Range],
+    search: &Search,
+    found: &mut Found,
+) -> Result<(), InspectError> {
+    let ctx = search.context.min(MAX_CONTEXT);
+    let overlap = MAX_MATCH + ctx;
+    let mut chunk = vec![0u8; WINDOW];
+    for r in ranges {
+        let len = r.pages * PAGE;
+        // buf holds the range's bytes from offset `base`.
+        let mut buf: Vec<u8> = Vec::with_capacity(WINDOW + overlap + ctx);
+        let mut base = 0u64;
+        let mut read = 0u64;
+        let mut next_report = 0u64; // matches starting before this were reported
+        while next_report < len {
+            // Fill up to next_report + WINDOW + overlap (or the range's end).
+            let want_to = (next_report + WINDOW as u64 + overlap as u64).min(len);
+            while read < want_to {
+                let n = usize::try_from((want_to - read).min(WINDOW as u64)).unwrap_or(WINDOW);
+                let got = tar.read_chunk(chunk.get_mut(..n).unwrap_or_default(), what)?;
+                if got == 0 {
+                    return Err(InspectError::Truncated {
+                        what: what.to_owned(),
+                        offset: read,
+                        needed: len - read,
+                    });
+                }
+                buf.extend_from_slice(chunk.get(..got).unwrap_or_default());
+                read += got as u64;
+            }
+            let report_to = if read == len {
+                len
+            } else {
+                next_report + WINDOW as u64
+            };
+            let from = usize::try_from(next_report - base).unwrap_or(0);
+            for (s, e) in find_all(&search.pattern, &buf, from) {
+                let abs = base + s as u64;
+                if abs >= report_to {
+                    break;
+                }
+                if found.matches.len() >= search.max_matches {
+                    found.truncated = true;
+                    return Ok(());
+                }
+                let c0 = s.saturating_sub(ctx);
+                let c1 = (e + ctx).min(buf.len());
+                found.matches.push(Match {
+                    pid,
+                    address: r.vaddr + abs,
+                    matched: buf.get(s..e).unwrap_or_default().to_vec(),
+                    context: buf.get(c0..c1).unwrap_or_default().to_vec(),
+                    context_offset: s - c0,
+                });
+            }
+            *found.scanned.entry(pid).or_default() += report_to - next_report;
+            next_report = report_to;
+            // Keep `ctx` bytes before the next window for context.
+            let keep_from = next_report.saturating_sub(ctx as u64).max(base);
+            let drop = usize::try_from(keep_from - base)
+                .unwrap_or(0)
+                .min(buf.len());
+            buf.drain(..drop);
+            base = keep_from;
+        }
+    }
+    Ok(())
+}
+
+/// Every match in `hay` starting at or after `from`: (start, end), non-overlapping, in
+/// order; a regex match is cut at [`MAX_MATCH`] bytes.
+fn find_all(p: &Pattern, hay: &[u8], from: usize) -> Vec<(usize, usize)> {
+    let Some(h) = hay.get(from..) else {
+        return Vec::new();
+    };
+    match p {
+        Pattern::Literal(needle) if needle.is_empty() => Vec::new(),
+        Pattern::Literal(needle) => memchr::memmem::find_iter(h, needle)
+            .map(|s| (from + s, from + s + needle.len()))
+            .collect(),
+        Pattern::Regex(re) => re
+            .find_iter(h)
+            .filter(|m| m.end() > m.start())
+            .map(|m| {
+                (
+                    from + m.start(),
+                    from + m.start() + (m.end() - m.start()).min(MAX_MATCH),
+                )
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(fields: &[(u8, u64)]) -> Vec<u8> {
+        let mut m = Vec::new();
+        for (f, v) in fields {
+            m.push(f << 3);
+            let mut v = *v;
+            while v >= 0x80 {
+                m.push((v as u8) | 0x80);
+                v >>= 7;
+            }
+            m.push(v as u8);
+        }
+        let mut out = (m.len() as u32).to_le_bytes().to_vec();
+        out.extend(m);
+        out
+    }
+
+    fn image(ents: &[Vec<u8>]) -> Vec<u8> {
+        let mut b = super::super::criu::IMG_COMMON_MAGIC.to_le_bytes().to_vec();
+        b.extend(PAGEMAP_MAGIC.to_le_bytes());
+        for e in ents {
+            b.extend(e);
+        }
+        b
+    }
+
+    #[test]
+    fn pagemaps_of_both_criu_versions() {
+        let img = image(&[
+            entry(&[(1, 1)]),
+            entry(&[(1, 0x400000), (2, 2), (4, 4)]), // CRIU 4.1: count in 2
+            entry(&[(1, 0x500000), (2, 0), (4, 6), (5, 3)]), // CRIU 4.2: count in 5
+            entry(&[(1, 0x600000), (2, 9), (4, 1)]), // lazy, not present
+        ]);
+        let (id, ranges) = parse_pagemap(&img).unwrap();
+        assert_eq!(id, 1);
+        assert_eq!(
+            ranges,
+            [
+                Range {
+                    vaddr: 0x400000,
+                    pages: 2
+                },
+                Range {
+                    vaddr: 0x500000,
+                    pages: 3
+                }
+            ]
+        );
+        for bad in [
+            image(&[]),
+            image(&[entry(&[(1, 1)]), entry(&[(1, 0x400001), (2, 1), (4, 4)])]),
+            image(&[
+                entry(&[(1, 1)]),
+                entry(&[(1, u64::MAX - 4095), (2, 2), (4, 4)]),
+            ]),
+            image(&[entry(&[(1, 1)]), entry(&[(2, 1), (4, 4)])]),
+        ] {
+            assert!(parse_pagemap(&bad).is_err());
+        }
+    }
+
+    #[test]
+    fn matches_across_windows_are_found_once() {
+        let p = Pattern::Literal(b"needle".to_vec());
+        let mut hay = vec![0u8; 100];
+        hay[10..16].copy_from_slice(b"needle");
+        hay[40..46].copy_from_slice(b"needle");
+        assert_eq!(find_all(&p, &hay, 0), [(10, 16), (40, 46)]);
+        assert_eq!(find_all(&p, &hay, 11), [(40, 46)]);
+    }
+}

@@ -1,0 +1,132 @@
+//! Analysing a sealed record without plaintext on disk: the blob is read from the store
+//! (local or bucket), decrypted and decompressed on one thread into an in-memory OS pipe,
+//! and the analysis reads the other end as a stream; both digests of the manifest are
+//! checked at the end, and results of a record whose bytes do not match are withheld.
+//! Every analysis is an audited read of the record (action, purpose), recorded before any
+//! byte is read (fail closed).
+
+use std::io::Read;
+
+use crate::audit::EventInput;
+use crate::inspect::memory::{Found, Search};
+use crate::inspect::{InspectError, Limits};
+use crate::manifest::{Manifest, RecordId};
+use crate::seal::open::{Identities, OpenError, open_stream};
+use crate::store::{Store, StoreError};
+
+/// Why an analysis gave no result.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyseError {
+    /// The store refused (no such record, unreadable, unreachable).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit log refused the event: nothing was read.
+    #[error("the audit log refused the event, so nothing was read: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    /// Decryption or decompression failed (wrong key, damaged blob).
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The archive inside is refused as hostile or malformed.
+    #[error(transparent)]
+    Inspect(#[from] InspectError),
+    /// The bytes read are not those the manifest describes.
+    #[error(
+        "record {id}: the {which} digest does not match the manifest ({got}, expected \
+         {want}); no result is given from bytes that are not the record's"
+    )]
+    Digest {
+        /// The record.
+        id: RecordId,
+        /// `sealed` or `plaintext`.
+        which: &'static str,
+        /// What was read.
+        got: String,
+        /// What the manifest says.
+        want: String,
+    },
+    /// The pipe or the decrypting thread failed.
+    #[error("analysis pipeline: {0}")]
+    Pipeline(String),
+}
+
+/// Who reads, and why, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    /// The actor (`cli:USER@HOST`).
+    pub actor: String,
+    /// The stated purpose.
+    pub purpose: Option<String>,
+}
+
+/// Searches the memory of record `id` of `store` (see [`crate::inspect::memory`]).
+pub fn memsearch_record(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    id: &RecordId,
+    identities: Identities,
+    search: &Search,
+    limits: &Limits,
+    who: &Reader,
+) -> Result<(Manifest, Found), AnalyseError> {
+    let manifest = rt.block_on(store.manifest(id))?;
+    store.local().audit_log()?.append(EventInput {
+        actor: who.actor.clone(),
+        action: "memsearch".into(),
+        outcome: "ok".into(),
+        record: Some(id.to_string()),
+        namespace: manifest.namespace.clone(),
+        purpose: who.purpose.clone(),
+        ..Default::default()
+    })?;
+    let blob = rt.block_on(store.blob(id, 0, manifest.sealed.size))?;
+    let blob = tokio_util::io::SyncIoBridge::new_with_handle(blob, rt.handle().clone());
+    let found = read_record(blob, &manifest, identities, |r| {
+        crate::inspect::memsearch_reader(r, limits, search)
+    })?;
+    Ok((manifest, found))
+}
+
+/// Decrypts `blob` into a pipe whose other end `analyse` reads; then checks both digests.
+fn read_record<B, T>(
+    blob: B,
+    manifest: &Manifest,
+    identities: Identities,
+    analyse: impl FnOnce(&mut std::io::PipeReader) -> Result<T, InspectError>,
+) -> Result<T, AnalyseError>
+where
+    B: Read + Send,
+{
+    let (mut rx, tx) = std::io::pipe().map_err(|e| AnalyseError::Pipeline(e.to_string()))?;
+    let compression = manifest.sealed.compression.clone();
+    std::thread::scope(|scope| {
+        // The writer is dropped as soon as the stream is written, so the reader sees its end.
+        let opener = scope.spawn(move || {
+            open_stream(blob, &identities, &compression, tx).map(|(sealed, plain, w)| {
+                drop(w);
+                (sealed, plain)
+            })
+        });
+        let result = analyse(&mut rx);
+        // Read to the end whatever the analysis left, so the opener finishes.
+        let _ = std::io::copy(&mut rx, &mut std::io::sink());
+        drop(rx);
+        let opened = opener
+            .join()
+            .map_err(|_| AnalyseError::Pipeline("the decrypting thread panicked".into()))?;
+        let (sealed, plain) = opened?;
+        for (which, got, want) in [
+            ("sealed", sealed.sha256, &manifest.sealed.sha256),
+            ("plaintext", plain.sha256, &manifest.plaintext.sha256),
+        ] {
+            if &got != want {
+                return Err(AnalyseError::Digest {
+                    id: manifest.id.clone(),
+                    which,
+                    got,
+                    want: want.clone(),
+                });
+            }
+        }
+        Ok(result?)
+    })
+}

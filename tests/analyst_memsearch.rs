@@ -1,0 +1,270 @@
+//! `ckvault memsearch` on sealed records, against the reference tool and the raw pages:
+//! - REAL Podman checkpoints (none, gzip, zstd) sealed, then searched through the record
+//!   (decrypted in memory): the same matches at the same addresses as `checkpointctl 1.3
+//!   memparse --pid 1 --search S` on the plaintext archive (installed into the Debian 13
+//!   root the checkpoint harness keeps);
+//! - a REAL containerd 2.1 checkpoint (CRIU 4.2, which records page counts in a field
+//!   checkpointctl 1.3 does not read: it finds nothing there): as many matches as the raw
+//!   pages image holds, each address holding the needle;
+//! - under `strace -f -e trace=openat,creat`, no file is created outside the store (its
+//!   audit log), and the search is in the audit log with its purpose.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use support::{ckvault, ok, p};
+
+const NEEDLE: &str = "Host: shop.internal";
+
+fn ckpt_root() -> PathBuf {
+    Path::new(
+        &std::env::var("CKVAULT_CKPT_CACHE").unwrap_or_else(|_| "/var/tmp/ckvault-ckpt".into()),
+    )
+    .join("root")
+}
+
+/// checkpointctl in the harness's Debian 13 root (it needs that root's glibc).
+fn checkpointctl() -> Option<PathBuf> {
+    let root = ckpt_root();
+    if !root.join("usr/bin/checkpointctl").exists() {
+        let out = Command::new("chroot")
+            .arg(&root)
+            .args(["sh", "-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q checkpointctl || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q checkpointctl)"])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            support::cannot_run(
+                support::REQUIRE_ENV,
+                &format!(
+                    "cannot install checkpointctl in {}: {}",
+                    root.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            );
+            return None;
+        }
+    }
+    Some(root)
+}
+
+/// Addresses checkpointctl reports for `needle` in pid 1 of `archive`.
+fn checkpointctl_addresses(root: &Path, archive: &Path, needle: &str) -> Vec<u64> {
+    let dir = root.join(format!("tmp/ckvault-cc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = archive.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::copy(archive, dir.join(&name)).unwrap();
+    let inside = format!("/tmp/ckvault-cc-{}/{name}", std::process::id());
+    let out = Command::new("chroot")
+        .arg(root)
+        .args([
+            "checkpointctl",
+            "memparse",
+            &inside,
+            "--pid",
+            "1",
+            "--search",
+            needle,
+        ])
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut addrs: Vec<u64> = text
+        .lines()
+        .filter_map(|l| {
+            let cell = l.strip_prefix("| ")?.split_whitespace().next()?;
+            (cell.len() == 16).then(|| u64::from_str_radix(cell, 16).ok())?
+        })
+        .collect();
+    addrs.sort();
+    addrs
+}
+
+/// Seals `archive` and searches its record; returns (addresses, the JSON answer).
+fn search_record(dir: &Path, archive: &Path, needle: &str) -> (Vec<u64>, Value) {
+    let (identity, recipient) = support::age_keypair(dir);
+    let store = dir.join("store");
+    let m: Value = serde_json::from_str(&ok(&ckvault(&[
+        "seal",
+        p(archive),
+        "--store",
+        p(&store),
+        "-r",
+        &recipient,
+    ])))
+    .unwrap();
+    let id = m["id"].as_str().unwrap().to_owned();
+    let out = ok(&ckvault(&[
+        "memsearch",
+        &id,
+        "--store",
+        p(&store),
+        "-i",
+        p(&identity),
+        "--pid",
+        "1",
+        "--string",
+        needle,
+        "--max-matches",
+        "1000000",
+        "--purpose",
+        "incident 7",
+        "--format",
+        "json",
+    ]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let mut addrs: Vec<u64> = v["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            u64::from_str_radix(m["address"].as_str().unwrap().trim_start_matches("0x"), 16)
+                .unwrap()
+        })
+        .collect();
+    addrs.sort();
+    (addrs, v)
+}
+
+#[test]
+fn memsearch_on_sealed_records_matches_checkpointctl_on_the_plaintext() {
+    let Some(root) = checkpointctl() else {
+        return;
+    };
+    for compress in ["none", "gzip", "zstd"] {
+        let Some(archive) = support::real_checkpoint(16, "shop", "api-0", "api", compress) else {
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let (ours, v) = search_record(tmp.path(), &archive, NEEDLE);
+        let theirs = checkpointctl_addresses(&root, &archive, NEEDLE);
+        assert!(
+            !theirs.is_empty(),
+            "{compress}: checkpointctl found nothing"
+        );
+        assert_eq!(ours, theirs, "{compress}: addresses differ");
+        assert!(
+            v["matches"][0]["context"]
+                .as_str()
+                .unwrap()
+                .contains(NEEDLE)
+        );
+        eprintln!(
+            "{compress}: {} matches, same addresses as checkpointctl 1.3",
+            ours.len()
+        );
+    }
+}
+
+#[test]
+fn memsearch_reads_criu_4_2_pagemaps_of_containerd_archives() {
+    let Some(rt) = support::realcri::RealCri::start(16, "shop", "api-0", "api") else {
+        return;
+    };
+    let dir = rt.dir("memsearch");
+    let archive = dir.join("ck.tar");
+    let out = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/harness/real-cri-runtime.sh"
+        ))
+        .args(["checkpoint", support::realcri::CACHE])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (ours, _) = search_record(tmp.path(), &archive, NEEDLE);
+    // The raw pages image: as many occurrences as matches reported.
+    let pages = Command::new("tar")
+        .arg("xOf")
+        .arg(&archive)
+        .arg("checkpoint/pages-1.img")
+        .output()
+        .unwrap()
+        .stdout;
+    let raw = memchr::memmem::find_iter(&pages, NEEDLE.as_bytes()).count();
+    assert!(raw > 0);
+    // A raw occurrence may straddle two runs of pages that are not contiguous in memory:
+    // not a match in the process's memory. At most one per run boundary.
+    assert!(
+        ours.len() <= raw && raw - ours.len() <= 64,
+        "{} matches vs {raw} occurrences in pages-1.img",
+        ours.len()
+    );
+    std::fs::remove_file(&archive).unwrap();
+    eprintln!("containerd 2.1 / CRIU 4.2: {raw} matches (checkpointctl 1.3 finds none there)");
+}
+
+#[test]
+fn memsearch_of_a_record_creates_no_file_and_is_audited() {
+    let Some(archive) = support::real_checkpoint(16, "shop", "api-0", "api", "none") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (identity, recipient) = support::age_keypair(tmp.path());
+    let store = tmp.path().join("store");
+    let m: Value = serde_json::from_str(&ok(&ckvault(&[
+        "seal",
+        p(&archive),
+        "--store",
+        p(&store),
+        "-r",
+        &recipient,
+    ])))
+    .unwrap();
+    let id = m["id"].as_str().unwrap();
+    let log = tmp.path().join("strace.log");
+    let out = Command::new("strace")
+        .args(["-f", "-e", "trace=openat,creat", "-o"])
+        .arg(&log)
+        .arg(support::ckvault_bin())
+        .args(["memsearch", id, "--store", p(&store), "-i", p(&identity)])
+        .args([
+            "--string",
+            NEEDLE,
+            "--purpose",
+            "case 12",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = std::fs::read_to_string(&log).unwrap();
+    let created: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.contains("O_CREAT") || l.contains("creat("))
+        .filter(|l| !l.contains(p(&store)))
+        .collect();
+    assert!(
+        created.is_empty(),
+        "files created outside the store: {created:#?}"
+    );
+    let audit: Vec<Value> = serde_json::from_str(&ok(&ckvault(&[
+        "audit",
+        "show",
+        "--store",
+        p(&store),
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "memsearch" && e["purpose"] == "case 12" && e["record"] == id),
+        "{audit:#?}"
+    );
+}
