@@ -268,3 +268,90 @@ fn memsearch_of_a_record_creates_no_file_and_is_audited() {
         "{audit:#?}"
     );
 }
+
+/// A pagemap image declaring `pages` present pages at 0x400000 (CRIU 4.1 layout).
+fn pagemap(pages: u64) -> Vec<u8> {
+    let mut img = 0x5456_4319u32.to_le_bytes().to_vec();
+    img.extend(0x5608_4025u32.to_le_bytes());
+    img.extend([2, 0, 0, 0, 0x08, 0x01]); // head: pages_id = 1
+    let mut e = vec![0x08, 0x80, 0x80, 0x80, 0x02, 0x10]; // vaddr 0x400000, nr_pages:
+    let mut v = pages;
+    while v >= 0x80 {
+        e.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    e.push(v as u8);
+    e.extend([0x20, 0x04]); // flags PE_PRESENT
+    img.extend((e.len() as u32).to_le_bytes());
+    img.extend(e);
+    img
+}
+
+#[test]
+fn hostile_pagemaps_are_refused_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let page = vec![b'x'; 4096];
+    for (what, map, pages, want) in [
+        (
+            "pages past the image",
+            pagemap(3),
+            page.clone(),
+            "declares 12288 bytes",
+        ),
+        (
+            "a lying huge count",
+            pagemap(u64::MAX / 8192),
+            page.clone(),
+            "declares",
+        ),
+        (
+            "an overflowing range",
+            pagemap(u64::MAX / 4096),
+            page.clone(),
+            "not a valid range",
+        ),
+        (
+            "garbage",
+            b"\x19CVT%@\x08V\xff\xff\xff\xff".to_vec(),
+            page.clone(),
+            "runs past the end",
+        ),
+    ] {
+        let archive = tmp.path().join("hostile.tar");
+        std::fs::write(
+            &archive,
+            support::tar_with(&[
+                ("checkpoint/pagemap-1.img", b'0', &map),
+                ("checkpoint/pages-1.img", b'0', &pages),
+            ]),
+        )
+        .unwrap();
+        let out = ckvault(&["memsearch", p(&archive), "--string", "xx"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: accepted");
+        assert!(err.contains(want), "{what}: {err}");
+    }
+    // A well-formed one is searched: 4095 overlapping-free matches of "x" in one page.
+    let archive = tmp.path().join("ok.tar");
+    std::fs::write(
+        &archive,
+        support::tar_with(&[
+            ("checkpoint/pagemap-1.img", b'0', &pagemap(1)),
+            ("checkpoint/pages-1.img", b'0', &page),
+        ]),
+    )
+    .unwrap();
+    let out = ok(&ckvault(&[
+        "memsearch",
+        p(&archive),
+        "--string",
+        "xx",
+        "--format",
+        "json",
+        "--max-matches",
+        "10000",
+    ]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["matches"].as_array().unwrap().len(), 2048);
+    assert_eq!(v["matches"][0]["address"], "0x400000");
+}

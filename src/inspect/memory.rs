@@ -205,7 +205,9 @@ pub(crate) fn search<I: Input>(
             if search.pid.is_some_and(|p| p != pid) {
                 continue;
             }
-            let declared: u64 = ranges.iter().map(|r| r.pages.saturating_mul(PAGE)).sum();
+            let declared = ranges
+                .iter()
+                .fold(0u64, |a, r| a.saturating_add(r.pages.saturating_mul(PAGE)));
             if declared != entry.size {
                 return Err(InspectError::CriuMalformed {
                     member: entry.path.clone(),
