@@ -20,6 +20,10 @@
 #   7. capture   the kubelet's CheckpointContainer through ckvault proxy (checkpoint + seal +
 #                receipt) vs the direct call, on containerd 2.1 + runc + CRIU 4.2, a
 #                BENCH_CAPTURE_MIB (512; 64 with --small) MiB container; staging file and fifo
+#   8. memsearch ckvault memsearch on a sealed BENCH_MEMSEARCH_MIB (1024; 64 with --small)
+#                MiB record (decrypted in memory) vs checkpointctl 1.3 memparse on the
+#                plaintext archive (in the checkpoint harness's Debian 13 root): time,
+#                matches, same addresses, files created outside the store
 # BENCH_ONLY="4 5" runs only those sections (3 needs 1's checkpoint; it makes it if missing).
 # Needs root (CRIU, containerd), age, zstd, openssl, curl, nginx (installed if missing).
 set -euo pipefail
@@ -277,4 +281,39 @@ for mode in file fifo; do
 done
 exec 9>&-
 echo "records sealed: file $(ls "$WORK/capture-file/records" | grep -c '.json$'), fifo $(ls "$WORK/capture-fifo/records" | grep -c '.json$') (each run: checkpoint + seal + receipt)"
+fi
+
+# ---------------------------------------------------------------------------------- 8
+if want 8; then
+MS_MIB=${BENCH_MEMSEARCH_MIB:-$([ $SMALL = 1 ] && echo 64 || echo 1024)}
+NEEDLE="status=503 dur_ms=899"
+echo; echo "== 8. memsearch: \"$NEEDLE\" in a ${MS_MIB} MiB checkpoint, sealed record vs checkpointctl on the plaintext"
+ROOT=${CKVAULT_CKPT_CACHE:-/var/tmp/ckvault-ckpt}/root
+[ -x "$ROOT/usr/bin/checkpointctl" ] || chroot "$ROOT" sh -c 'DEBIAN_FRONTEND=noninteractive apt-get install -y -q checkpointctl >/dev/null 2>&1 || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q checkpointctl >/dev/null)'
+in=$(checkpoint "$MS_MIB" none)
+rm -rf "$WORK/ms-store"
+mid=$("$CK" seal "$in" --store "$WORK/ms-store" -r "$R" | awk -F'"' '/"id"/ && !x {print $4; x=1}')
+mkdir -p "$ROOT/tmp/ckvault-bench" && cp "$in" "$ROOT/tmp/ckvault-bench/ck.tar"
+declare -A MW=()
+for run in $(seq "$RUNS"); do
+  t0=$(date +%s.%N)
+  "$CK" memsearch "$mid" --store "$WORK/ms-store" -i "$WORK/key.txt" --pid 1 --string "$NEEDLE" \
+    --max-matches 100000000 --format json > "$WORK/ms-ours.json"
+  t1=$(date +%s.%N)
+  chroot "$ROOT" checkpointctl memparse /tmp/ckvault-bench/ck.tar --pid 1 --search "$NEEDLE" > "$WORK/ms-theirs.txt" 2>&1 || true
+  t2=$(date +%s.%N)
+  MW[ours]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}') "; MW[theirs]+="$(awk -v a="$t1" -v b="$t2" 'BEGIN{print b-a}') "
+done
+rm -rf "$ROOT/tmp/ckvault-bench"
+ours=$(grep -o '"address": *"0x[0-9a-f]*"' "$WORK/ms-ours.json" | sed 's/.*"0x//; s/"//' | awk '{printf "%016s\n", $1}' | tr ' ' 0 | sort)
+theirs=$(grep -o '^| [0-9a-f]\{16\} ' "$WORK/ms-theirs.txt" | awk '{print $2}' | sort)
+same=$([ "$ours" = "$theirs" ] && echo yes || echo NO)
+wo=$(tr ' ' '\n' <<<"${MW[ours]}" | grep . | median); wt=$(tr ' ' '\n' <<<"${MW[theirs]}" | grep . | median)
+strace -f -e trace=openat,creat -o "$WORK/ms-strace.txt" "$CK" memsearch "$mid" --store "$WORK/ms-store" \
+  -i "$WORK/key.txt" --pid 1 --string "$NEEDLE" --format json >/dev/null 2>&1 || true
+created=$(grep -E 'O_CREAT|creat\(' "$WORK/ms-strace.txt" | grep -vc "$WORK/ms-store" || true)
+printf "%-42s %8s %9s\n" contender "wall s" matches
+printf "%-42s %8.2f %9s\n" "ckvault memsearch (sealed record)" "$wo" "$(grep -c . <<<"$ours")"
+printf "%-42s %8.2f %9s\n" "checkpointctl memparse (plaintext archive)" "$wt" "$(grep -c . <<<"$theirs")"
+echo "ratio $(ratio "$wo" "$wt"); same addresses: $same; files created outside the store: $created"
 fi

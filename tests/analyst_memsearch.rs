@@ -355,3 +355,142 @@ fn hostile_pagemaps_are_refused_with_a_clear_error() {
     assert_eq!(v["matches"].as_array().unwrap().len(), 2048);
     assert_eq!(v["matches"][0]["address"], "0x400000");
 }
+
+/// checkpointctl's process tree (cmdline, environment) for `archive`, as JSON.
+fn checkpointctl_tree(root: &Path, archive: &Path) -> Value {
+    let dir = root.join(format!("tmp/ckvault-cc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = archive.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::copy(archive, dir.join(&name)).unwrap();
+    let inside = format!("/tmp/ckvault-cc-{}/{name}", std::process::id());
+    let out = Command::new("chroot")
+        .arg(root)
+        .args([
+            "checkpointctl",
+            "inspect",
+            &inside,
+            "--ps-tree-cmd",
+            "--ps-tree-env",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "checkpointctl: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    v[0]["process_tree"].clone()
+}
+
+/// Seals `archive` and deep-inspects its record.
+fn deep_record(dir: &Path, archive: &Path, show_values: bool) -> (String, Value, PathBuf) {
+    let (identity, recipient) = support::age_keypair(dir);
+    let store = dir.join("store");
+    let m: Value = serde_json::from_str(&ok(&ckvault(&[
+        "seal",
+        p(archive),
+        "--store",
+        p(&store),
+        "-r",
+        &recipient,
+    ])))
+    .unwrap();
+    let id = m["id"].as_str().unwrap().to_owned();
+    let mut args = vec![
+        "inspect",
+        &id,
+        "--deep",
+        "--store",
+        p(&store),
+        "-i",
+        p(&identity),
+        "--format",
+        "json",
+    ];
+    if show_values {
+        args.push("--show-env-values");
+    }
+    let v: Value = serde_json::from_str(&ok(&ckvault(&args))).unwrap();
+    (id.clone(), v, store)
+}
+
+#[test]
+fn deep_inspection_of_records_agrees_with_checkpointctl_and_keeps_secrets_out_of_manifests() {
+    let Some(root) = checkpointctl() else {
+        return;
+    };
+    for compress in ["none", "gzip", "zstd"] {
+        let Some(archive) = support::real_checkpoint(16, "shop", "api-0", "api", compress) else {
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let (id, v, store) = deep_record(tmp.path(), &archive, true);
+        let theirs = checkpointctl_tree(&root, &archive);
+        let ours = &v["processes"]["1"];
+        let cmdline: Vec<&str> = ours["cmdline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            format!("{} ", cmdline.join(" ")),
+            theirs["cmdline"].as_str().unwrap(),
+            "{compress}: command line"
+        );
+        assert_eq!(
+            ours["env"], theirs["environment_variables"],
+            "{compress}: environment"
+        );
+        assert!(ours["memory"]["bytes"].as_u64().unwrap() >= 16 << 20);
+        // The manifest (readable by any read-manifest holder) has neither arguments nor
+        // environment values.
+        let manifest = ok(&ckvault(&["show", &id, "--store", p(&store)]));
+        for secret in [cmdline[2], "/usr/local/sbin:/usr/local/bin"] {
+            assert!(
+                !manifest.contains(secret),
+                "{compress}: {secret} in the manifest"
+            );
+        }
+        // Without --show-env-values, values are redacted.
+        let tmp2 = tempfile::tempdir().unwrap();
+        let (_, v2, _) = deep_record(tmp2.path(), &archive, false);
+        assert_eq!(v2["processes"]["1"]["env"]["PATH"], "<redacted>");
+        eprintln!("{compress}: cmdline and environment equal checkpointctl 1.3's");
+    }
+}
+
+#[test]
+fn deep_inspection_reads_the_command_line_of_containerd_archives() {
+    let Some(rt) = support::realcri::RealCri::start(16, "shop", "api-0", "api") else {
+        return;
+    };
+    let dir = rt.dir("deep");
+    let archive = dir.join("ck.tar");
+    let out = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/harness/real-cri-runtime.sh"
+        ))
+        .args(["checkpoint", support::realcri::CACHE])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, v, _) = deep_record(tmp.path(), &archive, true);
+    // The command the harness started (checkpointctl 1.3 prints blanks here).
+    assert_eq!(
+        v["processes"]["1"]["cmdline"],
+        serde_json::json!(["/bin/memhog", "16"])
+    );
+    assert_eq!(v["processes"]["1"]["env"]["PATH"], "/bin");
+}

@@ -1,9 +1,9 @@
-//! Fuzz target: the CRIU image parsers (pstree, core and pagemap) on arbitrary bytes. They
+//! Fuzz target: the CRIU image parsers (pstree, core, mm and pagemap) on arbitrary bytes. They
 //! must never panic, and what they accept must respect their own bounds.
 #![no_main]
 
 use ckvault::inspect::criu::{MAX_COMM_BYTES, parse_core_comm, parse_pstree};
-use ckvault::inspect::memory::parse_pagemap;
+use ckvault::inspect::memory::{MAX_AREA, parse_mm, parse_pagemap};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,6 +17,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Some(comm)) = parse_core_comm(data) {
         // Lossy UTF-8 may grow each invalid byte to 3 bytes.
         assert!(comm.len() <= MAX_COMM_BYTES * 3);
+    }
+    if let Ok((areas, _)) = parse_mm(data) {
+        for (s, e) in areas {
+            assert!(s <= e && e - s <= MAX_AREA, "an unbounded area accepted");
+        }
     }
     if let Ok((_, ranges)) = parse_pagemap(data) {
         for r in ranges {

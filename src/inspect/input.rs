@@ -52,6 +52,24 @@ pub(crate) trait Input {
     fn check_deadline(&self) -> Result<(), InspectError>;
 }
 
+impl<T: Input + ?Sized> Input for Box<T> {
+    fn read_full(&mut self, buf: &mut [u8]) -> Result<usize, InspectError> {
+        (**self).read_full(buf)
+    }
+    fn skip(&mut self, n: u64, what: &str) -> Result<(), InspectError> {
+        (**self).skip(n, what)
+    }
+    fn offset(&self) -> u64 {
+        (**self).offset()
+    }
+    fn remaining(&self) -> Option<u64> {
+        (**self).remaining()
+    }
+    fn check_deadline(&self) -> Result<(), InspectError> {
+        (**self).check_deadline()
+    }
+}
+
 /// A plain tar in a seekable reader, inspected from the reader's position at the call.
 pub(crate) struct SeekInput<R> {
     inner: R,

@@ -409,3 +409,187 @@ mod tests {
         assert_eq!(find_all(&p, &hay, 11), [(40, 46)]);
     }
 }
+
+/// Magic of `mm-<pid>.img`.
+pub const MM_MAGIC: u32 = 0x5749_2820;
+/// Most bytes of one process's argument or environment area read.
+pub const MAX_AREA: u64 = 1 << 20;
+
+/// The argument and environment areas of a process, from `mm-<pid>.img`: `MmEntry {
+/// mm_arg_start = 8; mm_arg_end = 9; mm_env_start = 10; mm_env_end = 11 }`.
+/// Areas longer than [`MAX_AREA`] are cut to it (the `bool` says so).
+pub fn parse_mm(img: &[u8]) -> Result<([(u64, u64); 2], bool), CriuError> {
+    let ents = entries_of(img, MM_MAGIC)?;
+    let first = ents
+        .first()
+        .ok_or_else(|| CriuError::Malformed("empty mm image".into()))?;
+    let mut v = [0u64; 4];
+    for (f, x) in varint_fields(first)? {
+        if (8..=11).contains(&f) {
+            v[(f - 8) as usize] = x;
+        }
+    }
+    let area = |s: u64, e: u64| -> Result<(u64, u64), CriuError> {
+        if e < s {
+            return Err(CriuError::Malformed(format!(
+                "area {s:#x}..{e:#x} ends before it starts"
+            )));
+        }
+        Ok((s, e.min(s.saturating_add(MAX_AREA))))
+    };
+    let cut = v[1] - v[0] > MAX_AREA || v[3].saturating_sub(v[2]) > MAX_AREA;
+    Ok(([area(v[0], v[1])?, area(v[2], v[3])?], cut))
+}
+
+/// What a process's memory says about it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessMemory {
+    /// Its command line as the kernel kept it (argv), read from its memory.
+    pub cmdline: Vec<String>,
+    /// Its environment (NAME, value), read from its memory.
+    pub env: Vec<(String, String)>,
+    /// Bytes of memory pages in the checkpoint.
+    pub memory_bytes: u64,
+    /// Whether an area was longer than [`MAX_AREA`] and cut.
+    pub truncated: bool,
+}
+
+/// One wanted area being filled: virtual start, bytes.
+struct Area {
+    start: u64,
+    buf: Vec<u8>,
+}
+
+/// Reads each process's argv and environment areas out of its pages, in one pass.
+pub(crate) fn deep<I: Input>(
+    tar: &mut TarReader<'_, I>,
+    limits: &super::Limits,
+) -> Result<BTreeMap<u32, ProcessMemory>, InspectError> {
+    let mut areas: BTreeMap<u32, [Area; 2]> = BTreeMap::new();
+    let mut cut: BTreeMap<u32, bool> = BTreeMap::new();
+    let mut maps: BTreeMap<u64, (u32, Vec<Range>)> = BTreeMap::new();
+    let mut out: BTreeMap<u32, ProcessMemory> = BTreeMap::new();
+    let mut area_bytes = 0u64;
+    let cap = limits.max_criu_image_bytes.max(16 << 20);
+    while let Some(entry) = tar.next_entry()? {
+        if entry.kind == Kind::Dir {
+            continue;
+        }
+        let Some(image) = entry.path.strip_prefix("checkpoint/") else {
+            continue;
+        };
+        let malformed = |reason: String| InspectError::CriuMalformed {
+            member: entry.path.clone(),
+            reason,
+        };
+        let pid_of =
+            |n: u64| u32::try_from(n).map_err(|_| malformed("pid does not fit 32 bits".into()));
+        if let Some(pid) = digits(image, "mm-") {
+            let pid = pid_of(pid)?;
+            if entry.size > cap {
+                return Err(InspectError::CriuImageTooLarge {
+                    member: entry.path.clone(),
+                    size: entry.size,
+                    limit: cap,
+                });
+            }
+            let data = tar.read_data(&entry.path)?;
+            let ([(a0, a1), (e0, e1)], was_cut) =
+                parse_mm(&data).map_err(|e| malformed(e.to_string()))?;
+            area_bytes = area_bytes.saturating_add(a1 - a0).saturating_add(e1 - e0);
+            if area_bytes > 64 << 20 {
+                return Err(malformed(
+                    "argument and environment areas over 64 MiB in all".into(),
+                ));
+            }
+            let len = |s: u64, e: u64| usize::try_from(e - s).unwrap_or(0);
+            areas.insert(
+                pid,
+                [
+                    Area {
+                        start: a0,
+                        buf: vec![0; len(a0, a1)],
+                    },
+                    Area {
+                        start: e0,
+                        buf: vec![0; len(e0, e1)],
+                    },
+                ],
+            );
+            cut.insert(pid, was_cut);
+        } else if let Some(pid) = digits(image, "pagemap-") {
+            let pid = pid_of(pid)?;
+            if entry.size > cap {
+                return Err(InspectError::CriuImageTooLarge {
+                    member: entry.path.clone(),
+                    size: entry.size,
+                    limit: cap,
+                });
+            }
+            let data = tar.read_data(&entry.path)?;
+            let (id, ranges) = parse_pagemap(&data).map_err(|e| malformed(e.to_string()))?;
+            maps.insert(id, (pid, ranges));
+        } else if let Some(id) = digits(image, "pages-") {
+            let Some((pid, ranges)) = maps.get(&id).cloned() else {
+                continue;
+            };
+            let declared = ranges
+                .iter()
+                .fold(0u64, |a, r| a.saturating_add(r.pages.saturating_mul(PAGE)));
+            if declared != entry.size {
+                return Err(malformed(format!(
+                    "its pagemap declares {declared} bytes of pages, the image holds {}",
+                    entry.size
+                )));
+            }
+            out.entry(pid).or_default().memory_bytes = declared;
+            let mut chunk = vec![0u8; WINDOW];
+            for r in &ranges {
+                let mut va = r.vaddr;
+                let end = r.vaddr + r.pages * PAGE;
+                while va < end {
+                    let n = usize::try_from((end - va).min(WINDOW as u64)).unwrap_or(WINDOW);
+                    let got =
+                        tar.read_chunk(chunk.get_mut(..n).unwrap_or_default(), &entry.path)?;
+                    if got == 0 {
+                        return Err(malformed("the pages image ends early".into()));
+                    }
+                    if let Some(want) = areas.get_mut(&pid) {
+                        for a in want.iter_mut() {
+                            let (s, e) = (a.start, a.start + a.buf.len() as u64);
+                            let (cs, ce) = (va, va + got as u64);
+                            let (from, to) = (s.max(cs), e.min(ce));
+                            if from < to {
+                                let dst = (from - s) as usize..(to - s) as usize;
+                                let src = (from - cs) as usize..(to - cs) as usize;
+                                if let (Some(d), Some(c)) = (a.buf.get_mut(dst), chunk.get(src)) {
+                                    d.copy_from_slice(c);
+                                }
+                            }
+                        }
+                    }
+                    va += got as u64;
+                }
+            }
+        }
+    }
+    for (pid, [args, env]) in areas {
+        let p = out.entry(pid).or_default();
+        let strings = |b: &[u8]| -> Vec<String> {
+            b.split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        };
+        p.cmdline = strings(&args.buf);
+        p.env = strings(&env.buf)
+            .into_iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (kv, String::new()),
+            })
+            .collect();
+        p.truncated = cut.get(&pid).copied().unwrap_or(false);
+    }
+    Ok(out)
+}

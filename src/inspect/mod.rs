@@ -128,12 +128,11 @@ pub fn inspect_reader<R: Read>(mut reader: R, limits: &Limits) -> Result<Inspect
     )
 }
 
-/// Searches the memory of an archive in a seekable reader (see [`memory`]).
-pub fn memsearch_seekable<R: Read + Seek>(
+/// A tar reader over an archive in a seekable reader (any format), from its position.
+fn seekable_tar<'a, R: Read + Seek + 'a>(
     mut reader: R,
-    limits: &Limits,
-    search: &memory::Search,
-) -> Result<memory::Found, InspectError> {
+    limits: &'a Limits,
+) -> Result<TarReader<'a, Box<dyn Input + 'a>>, InspectError> {
     let deadline = Deadline::start(limits.deadline);
     let start = reader.stream_position()?;
     let end = reader.seek(SeekFrom::End(0))?;
@@ -143,55 +142,47 @@ pub fn memsearch_seekable<R: Read + Seek>(
     let got = read_head(&mut reader, &mut head)?;
     reader.seek(SeekFrom::Start(start))?;
     match ArchiveFormat::sniff(head.get(..got).unwrap_or_default()) {
-        ArchiveFormat::Tar => {
-            let mut tar = TarReader::new(SeekInput::new(reader, start, len, deadline), limits);
-            memory::search(&mut tar, limits, search)
-        }
-        format => memsearch_stream(reader, format, limits, deadline, search),
+        ArchiveFormat::Tar => Ok(TarReader::new(
+            Box::new(SeekInput::new(reader, start, len, deadline)),
+            limits,
+        )),
+        format => stream_tar(reader, format, limits, deadline),
     }
 }
 
-/// Searches the memory of an archive arriving as a stream (a decrypted record).
-pub fn memsearch_reader<R: Read>(
+/// A tar reader over an archive arriving as a stream (any format).
+fn reader_tar<'a, R: Read + 'a>(
     mut reader: R,
-    limits: &Limits,
-    search: &memory::Search,
-) -> Result<memory::Found, InspectError> {
+    limits: &'a Limits,
+) -> Result<TarReader<'a, Box<dyn Input + 'a>>, InspectError> {
     let deadline = Deadline::start(limits.deadline);
     let mut head = [0u8; 4];
     let got = read_head(&mut reader, &mut head)?;
     let head = head.get(..got).unwrap_or_default();
     let format = ArchiveFormat::sniff(head);
-    memsearch_stream(
+    stream_tar(
         Cursor::new(head.to_vec()).chain(reader),
         format,
         limits,
         deadline,
-        search,
     )
 }
 
-fn memsearch_stream<R: Read>(
+fn stream_tar<'a, R: Read + 'a>(
     reader: R,
     format: ArchiveFormat,
-    limits: &Limits,
+    limits: &'a Limits,
     deadline: Deadline,
-    search: &memory::Search,
-) -> Result<memory::Found, InspectError> {
+) -> Result<TarReader<'a, Box<dyn Input + 'a>>, InspectError> {
     let max = limits.max_decompressed_bytes;
-    match format {
-        ArchiveFormat::Tar => {
-            let mut tar = TarReader::new(
-                StreamInput::new(reader, Codec::Plain, max, deadline),
-                limits,
-            );
-            memory::search(&mut tar, limits, search)
-        }
-        ArchiveFormat::TarGzip => {
-            let gz = flate2::read::MultiGzDecoder::new(reader);
-            let mut tar = TarReader::new(StreamInput::new(gz, Codec::Gzip, max, deadline), limits);
-            memory::search(&mut tar, limits, search)
-        }
+    let input: Box<dyn Input + 'a> = match format {
+        ArchiveFormat::Tar => Box::new(StreamInput::new(reader, Codec::Plain, max, deadline)),
+        ArchiveFormat::TarGzip => Box::new(StreamInput::new(
+            flate2::read::MultiGzDecoder::new(reader),
+            Codec::Gzip,
+            max,
+            deadline,
+        )),
         ArchiveFormat::TarZstd => {
             let zstd_err = |e: std::io::Error| InspectError::Decompress {
                 format: "zstd",
@@ -199,10 +190,45 @@ fn memsearch_stream<R: Read>(
             };
             let mut dec = zstd::stream::read::Decoder::new(reader).map_err(zstd_err)?;
             dec.window_log_max(27).map_err(zstd_err)?;
-            let mut tar = TarReader::new(StreamInput::new(dec, Codec::Zstd, max, deadline), limits);
-            memory::search(&mut tar, limits, search)
+            Box::new(StreamInput::new(dec, Codec::Zstd, max, deadline))
         }
-    }
+    };
+    Ok(TarReader::new(input, limits))
+}
+
+/// Searches the memory of an archive in a seekable reader (see [`memory`]).
+pub fn memsearch_seekable<R: Read + Seek>(
+    reader: R,
+    limits: &Limits,
+    search: &memory::Search,
+) -> Result<memory::Found, InspectError> {
+    memory::search(&mut seekable_tar(reader, limits)?, limits, search)
+}
+
+/// Searches the memory of an archive arriving as a stream (a decrypted record).
+pub fn memsearch_reader<R: Read>(
+    reader: R,
+    limits: &Limits,
+    search: &memory::Search,
+) -> Result<memory::Found, InspectError> {
+    memory::search(&mut reader_tar(reader, limits)?, limits, search)
+}
+
+/// Each process's command line, environment and memory size, read from its memory
+/// (see [`memory::deep`]), from an archive in a seekable reader.
+pub fn deep_seekable<R: Read + Seek>(
+    reader: R,
+    limits: &Limits,
+) -> Result<BTreeMap<u32, memory::ProcessMemory>, InspectError> {
+    memory::deep(&mut seekable_tar(reader, limits)?, limits)
+}
+
+/// The same from a stream (a decrypted record).
+pub fn deep_reader<R: Read>(
+    reader: R,
+    limits: &Limits,
+) -> Result<BTreeMap<u32, memory::ProcessMemory>, InspectError> {
+    memory::deep(&mut reader_tar(reader, limits)?, limits)
 }
 
 /// Reads up to `buf.len()` bytes (fewer only at the end of the stream).

@@ -1,4 +1,5 @@
-//! Analysing a sealed record without plaintext on disk: the blob is read from the store
+//! Analysing a sealed record without plaintext on disk (memory search, and the deep view:
+//! command lines and environments read from memory): the blob is read from the store
 //! (local or bucket), decrypted and decompressed on one thread into an in-memory OS pipe,
 //! and the analysis reads the other end as a stream; both digests of the manifest are
 //! checked at the end, and results of a record whose bytes do not match are withheld.
@@ -84,6 +85,40 @@ pub fn memsearch_record(
         crate::inspect::memsearch_reader(r, limits, search)
     })?;
     Ok((manifest, found))
+}
+
+/// Each process's command line, environment and memory size, read from the memory of
+/// record `id` (see [`crate::inspect::memory::deep`]); an audited read (`inspect-deep`).
+pub fn deep_record(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    id: &RecordId,
+    identities: Identities,
+    limits: &Limits,
+    who: &Reader,
+) -> Result<
+    (
+        Manifest,
+        std::collections::BTreeMap<u32, crate::inspect::memory::ProcessMemory>,
+    ),
+    AnalyseError,
+> {
+    let manifest = rt.block_on(store.manifest(id))?;
+    store.local().audit_log()?.append(EventInput {
+        actor: who.actor.clone(),
+        action: "inspect-deep".into(),
+        outcome: "ok".into(),
+        record: Some(id.to_string()),
+        namespace: manifest.namespace.clone(),
+        purpose: who.purpose.clone(),
+        ..Default::default()
+    })?;
+    let blob = rt.block_on(store.blob(id, 0, manifest.sealed.size))?;
+    let blob = tokio_util::io::SyncIoBridge::new_with_handle(blob, rt.handle().clone());
+    let deep = read_record(blob, &manifest, identities, |r| {
+        crate::inspect::deep_reader(r, limits)
+    })?;
+    Ok((manifest, deep))
 }
 
 /// Decrypts `blob` into a pipe whose other end `analyse` reads; then checks both digests.
