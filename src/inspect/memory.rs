@@ -437,8 +437,10 @@ pub fn parse_mm(img: &[u8]) -> Result<([(u64, u64); 2], bool), CriuError> {
         }
         Ok((s, e.min(s.saturating_add(MAX_AREA))))
     };
-    let cut = v[1] - v[0] > MAX_AREA || v[3].saturating_sub(v[2]) > MAX_AREA;
-    Ok(([area(v[0], v[1])?, area(v[2], v[3])?], cut))
+    let areas = [area(v[0], v[1])?, area(v[2], v[3])?];
+    // (Both areas are checked to end after they start before their lengths are taken.)
+    let cut = v[1] - v[0] > MAX_AREA || v[3] - v[2] > MAX_AREA;
+    Ok((areas, cut))
 }
 
 /// What a process's memory says about it.
@@ -592,4 +594,19 @@ pub(crate) fn deep<I: Input>(
         p.truncated = cut.get(&pid).copied().unwrap_or(false);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod mm_tests {
+    use super::*;
+
+    #[test]
+    fn fuzz_found_mm_images_do_not_panic() {
+        let crash = [
+            0x19, 0x43, 0x56, 0x54, 0x20, 0x28, 0x49, 0x57, 0x0a, 0x00, 0x00, 0x00, 0x08, 0x01,
+            0x50, 0x00, 0xa8, 0xfe, 0x57, 0x08, 0x40, 0x25,
+        ];
+        let _ = parse_mm(&crash);
+        let _ = parse_pagemap(&crash);
+    }
 }
