@@ -7,7 +7,10 @@
 //!   checkpointctl 1.3 does not read: it finds nothing there): as many matches as the raw
 //!   pages image holds, each address holding the needle;
 //! - under `strace -f -e trace=openat,creat`, no file is created outside the store (its
-//!   audit log), and the search is in the audit log with its purpose.
+//!   audit log), and the search is in the audit log with its purpose; nor by `inspect --deep`;
+//! - `inspect --deep` of those records: open files, sockets, mounts and dump statistics equal
+//!   checkpointctl 1.3's `inspect --all` field by field, and the root filesystem changes
+//!   list what the harness dropped and deleted.
 
 mod support;
 
@@ -252,6 +255,40 @@ fn memsearch_of_a_record_creates_no_file_and_is_audited() {
         created.is_empty(),
         "files created outside the store: {created:#?}"
     );
+    // The deep view of the record, the same way.
+    let out = Command::new("strace")
+        .args(["-f", "-e", "trace=openat,creat", "-o"])
+        .arg(&log)
+        .arg(support::ckvault_bin())
+        .args([
+            "inspect",
+            id,
+            "--deep",
+            "--store",
+            p(&store),
+            "-i",
+            p(&identity),
+        ])
+        .args(["--purpose", "case 12", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(deep["processes"]["1"]["files"][3]["path"], "/etc/hostname");
+    let trace = std::fs::read_to_string(&log).unwrap();
+    let created: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.contains("O_CREAT") || l.contains("creat("))
+        .filter(|l| !l.contains(p(&store)))
+        .collect();
+    assert!(
+        created.is_empty(),
+        "inspect --deep created files outside the store: {created:#?}"
+    );
     let audit: Vec<Value> = serde_json::from_str(&ok(&ckvault(&[
         "audit",
         "show",
@@ -356,8 +393,8 @@ fn hostile_pagemaps_are_refused_with_a_clear_error() {
     assert_eq!(v["matches"][0]["address"], "0x400000");
 }
 
-/// checkpointctl's process tree (cmdline, environment) for `archive`, as JSON.
-fn checkpointctl_tree(root: &Path, archive: &Path) -> Value {
+/// checkpointctl's `inspect --all` of `archive`, as JSON.
+fn checkpointctl_all(root: &Path, archive: &Path) -> Value {
     let dir = root.join(format!("tmp/ckvault-cc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let name = archive.file_name().unwrap().to_string_lossy().into_owned();
@@ -369,8 +406,7 @@ fn checkpointctl_tree(root: &Path, archive: &Path) -> Value {
             "checkpointctl",
             "inspect",
             &inside,
-            "--ps-tree-cmd",
-            "--ps-tree-env",
+            "--all",
             "--format",
             "json",
         ])
@@ -383,7 +419,102 @@ fn checkpointctl_tree(root: &Path, archive: &Path) -> Value {
             String::from_utf8_lossy(&out.stderr)
         )
     });
-    v[0]["process_tree"].clone()
+    v[0].clone()
+}
+
+/// Open files, sockets, mounts and dump statistics of pid 1: ours against checkpointctl's
+/// `inspect --all`, field by field; and the root filesystem changes the harness made.
+fn same_as_checkpointctl(what: &str, ours: &Value, all: &Value, podman_scene: bool) {
+    let files: Vec<(String, String, String)> = ours["processes"]["1"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let (fd, kind) = match &f["fd"] {
+                Value::Number(n) => (
+                    format!("{} {n}", f["type"].as_str().unwrap()),
+                    f["type"].as_str().unwrap().to_owned(),
+                ),
+                // checkpointctl leaves the type of cwd and root blank.
+                other => (other.as_str().unwrap().to_owned(), String::new()),
+            };
+            (fd, kind, f["path"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let theirs: Vec<(String, String, String)> = all["file_descriptors"][0]["open_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let s = |k: &str| f[k].as_str().unwrap().to_owned();
+            (s("fd"), s("type"), s("path"))
+        })
+        .collect();
+    assert_eq!(files, theirs, "{what}: open files");
+    assert_eq!(ours["mounts"], all["mounts"], "{what}: mounts");
+    assert_eq!(
+        ours["statistics"], all["statistics"],
+        "{what}: dump statistics"
+    );
+    assert!(ours["statistics"]["pages_written"].as_u64().unwrap() > 0);
+    if !podman_scene {
+        return;
+    }
+    assert!(
+        files.iter().any(|f| f.2 == "/etc/hostname") && files.len() >= 7,
+        "{what}: memhog's scene (fd 3 /etc/hostname, fd 4 a unix socket, cwd, root): {files:?}"
+    );
+    let sockets: Vec<(String, String)> = ours["processes"]["1"]["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["family"].as_str().unwrap().to_owned(),
+                s["source"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let theirs: Vec<(String, String)> = all["sockets"][0]["open_sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["data"]["type"].as_str().unwrap().to_owned(),
+                s["data"]["address"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(sockets, theirs, "{what}: sockets");
+    assert_eq!(sockets, [("UNIX".into(), "\0ckvault-memhog".into())]);
+    assert_eq!(ours["processes"]["1"]["sockets"][0]["state"], "LISTEN");
+    let changes = ours["rootfs_changes"].as_array().unwrap();
+    let dropped = changes
+        .iter()
+        .find(|c| c["path"] == "tmp/dropped.sh")
+        .unwrap_or_else(|| panic!("{what}: no tmp/dropped.sh in {changes:#?}"));
+    assert_eq!(
+        (
+            &dropped["change"],
+            &dropped["type"],
+            &dropped["size"],
+            &dropped["mode"]
+        ),
+        (
+            &Value::from("added-or-changed"),
+            &Value::from("file"),
+            &Value::from(24),
+            &Value::from("0755")
+        ),
+        "{what}"
+    );
+    assert!(
+        changes
+            .iter()
+            .any(|c| c["path"] == "bin/cat" && c["change"] == "deleted"),
+        "{what}: the deleted /bin/cat: {changes:#?}"
+    );
 }
 
 /// Seals `archive` and deep-inspects its record.
@@ -429,7 +560,8 @@ fn deep_inspection_of_records_agrees_with_checkpointctl_and_keeps_secrets_out_of
         };
         let tmp = tempfile::tempdir().unwrap();
         let (id, v, store) = deep_record(tmp.path(), &archive, true);
-        let theirs = checkpointctl_tree(&root, &archive);
+        let all = checkpointctl_all(&root, &archive);
+        let theirs = &all["process_tree"];
         let ours = &v["processes"]["1"];
         let cmdline: Vec<&str> = ours["cmdline"]
             .as_array()
@@ -447,6 +579,7 @@ fn deep_inspection_of_records_agrees_with_checkpointctl_and_keeps_secrets_out_of
             "{compress}: environment"
         );
         assert!(ours["memory"]["bytes"].as_u64().unwrap() >= 16 << 20);
+        same_as_checkpointctl(compress, &v, &all, true);
         // The manifest (readable by any read-manifest holder) has neither arguments nor
         // environment values.
         let manifest = ok(&ckvault(&["show", &id, "--store", p(&store)]));
@@ -493,4 +626,39 @@ fn deep_inspection_reads_the_command_line_of_containerd_archives() {
         serde_json::json!(["/bin/memhog", "16"])
     );
     assert_eq!(v["processes"]["1"]["env"]["PATH"], "/bin");
+    // containerd's layout (gzipped rootfs-diff.tar): files, mounts and statistics equal
+    // checkpointctl's.
+    if let Some(root) = checkpointctl() {
+        same_as_checkpointctl("containerd", &v, &checkpointctl_all(&root, &archive), false);
+    }
+    assert!(
+        v["rootfs_changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["path"] == "etc/resolv.conf"),
+        "{:#?}",
+        v["rootfs_changes"]
+    );
+    let files = v["processes"]["1"]["files"].as_array().unwrap();
+    assert!(
+        files.iter().any(|f| f["fd"] == "cwd") && files.iter().any(|f| f["fd"] == "root"),
+        "{files:#?}"
+    );
+    assert!(
+        v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["destination"] == "/proc"),
+        "{:#?}",
+        v["mounts"]
+    );
+    eprintln!(
+        "containerd 2.1 deep view: {} files, {} mounts, statistics {}, {} rootfs changes",
+        files.len(),
+        v["mounts"].as_array().unwrap().len(),
+        v["statistics"],
+        v["rootfs_changes"].as_array().unwrap().len()
+    );
 }

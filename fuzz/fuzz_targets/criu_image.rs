@@ -1,8 +1,12 @@
-//! Fuzz target: the CRIU image parsers (pstree, core, mm and pagemap) on arbitrary bytes. They
-//! must never panic, and what they accept must respect their own bounds.
+//! Fuzz target: the CRIU image parsers (pstree, core, mm, pagemap, ids, fs, fdinfo, files and
+//! stats) on arbitrary bytes. They must never panic, and what they accept must respect their
+//! own bounds.
 #![no_main]
 
-use ckvault::inspect::criu::{MAX_COMM_BYTES, parse_core_comm, parse_pstree};
+use ckvault::inspect::criu::{
+    FileDetail, MAX_COMM_BYTES, MAX_NAME_BYTES, parse_core_comm, parse_fdinfo, parse_files,
+    parse_files_id, parse_fs, parse_pstree, parse_stats,
+};
 use ckvault::inspect::memory::{MAX_AREA, parse_mm, parse_pagemap};
 use libfuzzer_sys::fuzz_target;
 
@@ -33,6 +37,25 @@ fuzz_target!(|data: &[u8]| {
                     .and_then(|b| b.checked_add(r.vaddr))
                     .is_some()
             );
+        }
+    }
+    let _ = parse_files_id(data);
+    let _ = parse_fs(data);
+    let _ = parse_stats(data);
+    if let Ok(fds) = parse_fdinfo(data, 64) {
+        assert!(fds.len() <= 64);
+    }
+    if let Ok(files) = parse_files(data, 64) {
+        assert!(files.len() <= 64);
+        for f in files {
+            match f.detail {
+                FileDetail::Reg(name) => assert!(name.len() <= MAX_NAME_BYTES),
+                FileDetail::Socket(s) => {
+                    assert!(s.name.len() <= MAX_NAME_BYTES);
+                    assert!(s.src_addr.len() <= 4 && s.dst_addr.len() <= 4);
+                }
+                _ => {}
+            }
         }
     }
 });

@@ -1,6 +1,7 @@
-//! `ckvault inspect`: describe an archive without unpacking it; with `--deep`, also each
-//! process's command line, environment and memory size read from its memory, for an
-//! archive or a sealed record (decrypted in memory, audited).
+//! `ckvault inspect`: describe an archive without unpacking it; with `--deep`, the deep view
+//! (per process command line, environment, files, sockets, memory; mounts, annotations,
+//! dump statistics, root filesystem changes), for an archive or a sealed record (decrypted
+//! in memory, audited).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,7 @@ use anyhow::Context;
 
 use super::{Format, StoreArg, output};
 use crate::fsutil;
-use crate::inspect::memory::ProcessMemory;
+use crate::inspect::deep::DeepView;
 use crate::inspect::{self, Limits};
 use crate::manifest::RecordId;
 
@@ -19,7 +20,8 @@ pub struct InspectArgs {
     /// The checkpoint archive (.tar, .tar.gz or .tar.zst; never unpacked), or with --deep
     /// a record ID of --store/--config.
     pub archive: String,
-    /// Also read each process's command line, environment and memory size from its memory.
+    /// Also show each process's command line, environment, open files, sockets and memory
+    /// size, and the container's mounts, annotations, dump statistics and file changes.
     #[arg(long)]
     deep: bool,
     /// Show environment values (they hold secrets: `<redacted>` by default).
@@ -38,68 +40,17 @@ pub struct InspectArgs {
     format: Format,
 }
 
-fn deep_json(
-    processes: &std::collections::BTreeMap<u32, ProcessMemory>,
+/// The deep JSON: `inspection` (what `inspect` shows) next to the deep view's fields.
+fn deep_document(
+    head: serde_json::Map<String, serde_json::Value>,
+    view: &DeepView,
     show_values: bool,
 ) -> serde_json::Value {
-    processes
-        .iter()
-        .map(|(pid, p)| {
-            let env: serde_json::Map<String, serde_json::Value> = p
-                .env
-                .iter()
-                .map(|(k, v)| {
-                    let v = if show_values {
-                        v.as_str()
-                    } else {
-                        "<redacted>"
-                    };
-                    (k.clone(), serde_json::Value::from(v))
-                })
-                .collect();
-            (
-                pid.to_string(),
-                serde_json::json!({
-                    "cmdline": p.cmdline,
-                    "env": env,
-                    "memory": {"bytes": p.memory_bytes},
-                    "truncated": p.truncated,
-                }),
-            )
-        })
-        .collect::<serde_json::Map<_, _>>()
-        .into()
-}
-
-fn deep_table(processes: &std::collections::BTreeMap<u32, ProcessMemory>, show_values: bool) {
-    for (pid, p) in processes {
-        let esc = |s: &str| inspect::escape_control(s).into_owned();
-        println!(
-            "process {pid}: {} bytes of memory{}",
-            p.memory_bytes,
-            if p.truncated {
-                " (areas cut at 1 MiB)"
-            } else {
-                ""
-            }
-        );
-        println!(
-            "  cmdline: {}",
-            p.cmdline
-                .iter()
-                .map(|a| esc(a))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        for (k, v) in &p.env {
-            let v = if show_values {
-                esc(v)
-            } else {
-                "<redacted>".into()
-            };
-            println!("  env {}={v}", esc(k));
-        }
+    let mut out = head;
+    if let serde_json::Value::Object(deep) = view.to_json(show_values) {
+        out.extend(deep);
     }
+    out.into()
 }
 
 /// Runs `ckvault inspect`.
@@ -133,14 +84,17 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         )?;
         opened.ship_audit()?;
         match args.format {
-            Format::Json => output::print_json(&serde_json::json!({
-                "record": m.id.to_string(),
-                "namespace": m.namespace,
-                "pod": m.pod,
-                "container": m.container,
-                "inspection": m.inspection,
-                "processes": deep_json(&deep, args.show_env_values),
-            }))?,
+            Format::Json => {
+                let head = serde_json::json!({
+                    "record": m.id.to_string(),
+                    "namespace": m.namespace,
+                    "pod": m.pod,
+                    "container": m.container,
+                    "inspection": m.inspection,
+                });
+                let head = head.as_object().cloned().unwrap_or_default();
+                output::print_json(&deep_document(head, &deep, args.show_env_values))?
+            }
             Format::Table => {
                 println!(
                     "record {} ({}/{}/{})",
@@ -149,39 +103,41 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
                     m.pod.as_deref().unwrap_or("?"),
                     m.container.as_deref().unwrap_or("?")
                 );
-                deep_table(&deep, args.show_env_values);
+                print!("{}", deep.render_table(args.show_env_values));
             }
         }
         return Ok(ExitCode::SUCCESS);
     }
     let file = fsutil::open_regular_nofollow(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    match inspect::inspect_seekable(&file, &Limits::default()) {
-        Ok(found) => {
-            let deep = if args.deep {
-                let limits = Limits {
-                    deadline: std::time::Duration::from_secs(3600),
-                    ..Limits::default()
-                };
-                use std::io::Seek;
-                let mut f = &file;
-                f.seek(std::io::SeekFrom::Start(0))?;
-                Some(inspect::deep_seekable(f, &limits)?)
-            } else {
-                None
-            };
+    let result = inspect::inspect_seekable(&file, &Limits::default()).and_then(|found| {
+        if !args.deep {
+            return Ok((found, None));
+        }
+        let limits = Limits {
+            deadline: std::time::Duration::from_secs(3600),
+            ..Limits::default()
+        };
+        use std::io::Seek;
+        let mut f = &file;
+        f.seek(std::io::SeekFrom::Start(0))?;
+        Ok((found, Some(inspect::deep_seekable(f, &limits)?)))
+    });
+    match result {
+        Ok((found, deep)) => {
             match args.format {
-                Format::Json => {
-                    let mut v = serde_json::to_value(&found)?;
-                    if let (Some(d), Some(o)) = (&deep, v.as_object_mut()) {
-                        o.insert("memory".into(), deep_json(d, args.show_env_values));
+                Format::Json => match &deep {
+                    Some(d) => {
+                        let mut head = serde_json::Map::new();
+                        head.insert("inspection".into(), serde_json::to_value(&found)?);
+                        output::print_json(&deep_document(head, d, args.show_env_values))?
                     }
-                    output::print_json(&v)?
-                }
+                    None => output::print_json(&serde_json::to_value(&found)?)?,
+                },
                 Format::Table => {
                     print!("{}", inspect::render_table(&found));
                     if let Some(d) = &deep {
-                        deep_table(d, args.show_env_values);
+                        print!("{}", d.render_table(args.show_env_values));
                     }
                 }
             }

@@ -126,6 +126,12 @@ fn u32_of(v: u64, what: &str) -> Result<u32, CriuError> {
 
 /// Splits an image into its entries after checking both magics.
 fn entries(img: &[u8], magic: u32) -> Result<Vec<&[u8]>, CriuError> {
+    entries_after(img, IMG_COMMON_MAGIC, magic)
+}
+
+/// Splits an image whose first word is `first` (`IMG_COMMON_MAGIC`, or
+/// `IMG_SERVICE_MAGIC` for CRIU's service images such as `stats-dump`).
+fn entries_after(img: &[u8], first: u32, magic: u32) -> Result<Vec<&[u8]>, CriuError> {
     let word = |at: usize| -> Option<u32> {
         let b = img.get(at..at.checked_add(4)?)?;
         Some(u32::from_le_bytes([
@@ -135,7 +141,7 @@ fn entries(img: &[u8], magic: u32) -> Result<Vec<&[u8]>, CriuError> {
             *b.get(3)?,
         ]))
     };
-    if word(0) != Some(IMG_COMMON_MAGIC) {
+    if word(0) != Some(first) {
         return Err(bad("missing the CRIU image magic"));
     }
     if word(4) != Some(magic) {
@@ -261,6 +267,364 @@ pub fn parse_core_comm(img: &[u8]) -> Result<Option<String>, CriuError> {
     Ok(comm)
 }
 
+/// Magic of `ids-<pid>.img` (`TaskKobjIdsEntry { files_id = 2 }`).
+pub const IDS_MAGIC: u32 = 0x5443_2030;
+/// Magic of `fdinfo-<files_id>.img` (`FdinfoEntry { id = 1; flags = 2; type = 3; fd = 4 }`).
+pub const FDINFO_MAGIC: u32 = 0x5621_3732;
+/// Magic of `files.img` (`FileEntry { type = 1; id = 2; reg = 3; isk = 4; psk = 6;
+/// nlsk = 7; usk = 16; pipe = 18 }`).
+pub const FILES_MAGIC: u32 = 0x5630_3138;
+/// Magic of `fs-<pid>.img` (`FsEntry { cwd_id = 1; root_id = 2 }`).
+pub const FS_MAGIC: u32 = 0x5140_3912;
+/// First word of CRIU's service images (`stats-dump`, `inventory.img`).
+pub const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
+/// Magic of `stats-dump` (`StatsEntry { dump = 1 }`).
+pub const STATS_MAGIC: u32 = 0x5709_3306;
+/// Longest path or socket name taken from an image (the kernel's PATH_MAX).
+pub const MAX_NAME_BYTES: usize = 4096;
+
+/// The name CRIU gives an fd type (`fd_types` in `images/fdinfo.proto`).
+pub fn fd_type_name(t: u32) -> String {
+    const NAMES: [&str; 20] = [
+        "UND",
+        "REG",
+        "PIPE",
+        "FIFO",
+        "INETSK",
+        "UNIXSK",
+        "EVENTFD",
+        "EVENTPOLL",
+        "INOTIFY",
+        "SIGNALFD",
+        "PACKETSK",
+        "TTY",
+        "FANOTIFY",
+        "NETLINKSK",
+        "NS",
+        "TUNF",
+        "EXT",
+        "TIMERFD",
+        "MEMFD",
+        "BPFMAP",
+    ];
+    match t {
+        65534 => "CTL_TTY".into(),
+        65535 => "AUTOFS_PIPE".into(),
+        _ => NAMES
+            .get(t as usize)
+            .map_or_else(|| format!("TYPE{t}"), |n| (*n).to_owned()),
+    }
+}
+
+/// The one entry of a single-entry image.
+fn only_entry<'a>(
+    img: &'a [u8],
+    magic: u32,
+    what: &str,
+) -> Result<Vec<(u32, Value<'a>)>, CriuError> {
+    let ents = entries(img, magic)?;
+    let first = ents
+        .first()
+        .ok_or_else(|| bad(format!("empty {what} image")))?;
+    fields(first)
+}
+
+/// Every field of one message, in order.
+fn fields(msg: &[u8]) -> Result<Vec<(u32, Value<'_>)>, CriuError> {
+    let mut pb = Pb { buf: msg };
+    let mut out = Vec::new();
+    while let Some(f) = pb.next()? {
+        out.push(f);
+    }
+    Ok(out)
+}
+
+fn varint_of(fields: &[(u32, Value<'_>)], n: u32) -> Option<u64> {
+    fields.iter().rev().find_map(|(f, v)| match v {
+        Value::Varint(x) if *f == n => Some(*x),
+        _ => None,
+    })
+}
+
+fn bytes_of<'a>(fields: &[(u32, Value<'a>)], n: u32) -> Option<&'a [u8]> {
+    fields.iter().rev().find_map(|(f, v)| match v {
+        Value::Bytes(b) if *f == n => Some(*b),
+        _ => None,
+    })
+}
+
+fn req_u32(fields: &[(u32, Value<'_>)], n: u32, what: &str) -> Result<u32, CriuError> {
+    let v = varint_of(fields, n).ok_or_else(|| bad(format!("{what} is missing")))?;
+    u32_of(v, what)
+}
+
+fn opt_u32(fields: &[(u32, Value<'_>)], n: u32, what: &str) -> Result<u32, CriuError> {
+    varint_of(fields, n).map_or(Ok(0), |v| u32_of(v, what))
+}
+
+fn name_of(fields: &[(u32, Value<'_>)], n: u32, what: &str) -> Result<Vec<u8>, CriuError> {
+    let b = bytes_of(fields, n).unwrap_or_default();
+    if b.len() > MAX_NAME_BYTES {
+        return Err(bad(format!(
+            "{what} of {} bytes (at most {MAX_NAME_BYTES})",
+            b.len()
+        )));
+    }
+    Ok(b.to_vec())
+}
+
+/// A process's `files_id` from `ids-<pid>.img`: which `fdinfo-<id>.img` holds its fds.
+pub fn parse_files_id(img: &[u8]) -> Result<u32, CriuError> {
+    req_u32(&only_entry(img, IDS_MAGIC, "ids")?, 2, "files_id")
+}
+
+/// A process's working directory and root: the file ids in `fs-<pid>.img`.
+pub fn parse_fs(img: &[u8]) -> Result<(u32, u32), CriuError> {
+    let f = only_entry(img, FS_MAGIC, "fs")?;
+    Ok((req_u32(&f, 1, "cwd_id")?, req_u32(&f, 2, "root_id")?))
+}
+
+/// One open descriptor of `fdinfo-<id>.img`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdInfo {
+    /// The descriptor number.
+    pub fd: u32,
+    /// The file's id in `files.img`.
+    pub id: u32,
+    /// Its type (see [`fd_type_name`]).
+    pub kind: u32,
+}
+
+/// The descriptors of `fdinfo-<id>.img`, in image order (at most `max`).
+pub fn parse_fdinfo(img: &[u8], max: usize) -> Result<Vec<FdInfo>, CriuError> {
+    let ents = entries(img, FDINFO_MAGIC)?;
+    if ents.len() > max {
+        return Err(bad(format!("more than {max} descriptors")));
+    }
+    ents.into_iter()
+        .map(|e| {
+            let f = fields(e)?;
+            Ok(FdInfo {
+                id: req_u32(&f, 1, "fdinfo id")?,
+                kind: req_u32(&f, 3, "fdinfo type")?,
+                fd: req_u32(&f, 4, "fd")?,
+            })
+        })
+        .collect()
+}
+
+/// Socket options CRIU keeps (`SkOptsEntry { so_sndbuf = 1; so_rcvbuf = 2 }`).
+fn buffers(opts: Option<&[u8]>) -> Result<(u32, u32), CriuError> {
+    let Some(opts) = opts else {
+        return Ok((0, 0));
+    };
+    let f = fields(opts)?;
+    Ok((opt_u32(&f, 1, "so_sndbuf")?, opt_u32(&f, 2, "so_rcvbuf")?))
+}
+
+/// A socket as CRIU recorded it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SocketImage {
+    /// Inode number.
+    pub ino: u32,
+    /// Address family (`AF_*`), 0 when the image does not say.
+    pub family: u32,
+    /// Socket type (`SOCK_*`).
+    pub sk_type: u32,
+    /// Protocol (`IPPROTO_*`, or the netlink/packet protocol).
+    pub protocol: u32,
+    /// Kernel socket state (TCP states; unix sockets use the same numbers).
+    pub state: u32,
+    /// Local address: IPv4/IPv6 words as CRIU stores them, or a unix name's bytes.
+    pub src_addr: Vec<u32>,
+    /// Local port.
+    pub src_port: u32,
+    /// Peer address words.
+    pub dst_addr: Vec<u32>,
+    /// Peer port.
+    pub dst_port: u32,
+    /// A unix socket's name (abstract names start with a NUL byte).
+    pub name: Vec<u8>,
+    /// A unix socket's peer inode.
+    pub peer: u32,
+    /// SO_SNDBUF.
+    pub send_buffer: u32,
+    /// SO_RCVBUF.
+    pub receive_buffer: u32,
+}
+
+/// What `files.img` says about one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileDetail {
+    /// A regular file or directory, by path.
+    Reg(Vec<u8>),
+    /// A pipe, by pipe id (the inode).
+    Pipe(u32),
+    /// A socket (`INETSK`, `UNIXSK`, `PACKETSK`, `NETLINKSK`).
+    Socket(SocketImage),
+    /// Anything else.
+    Other,
+}
+
+/// One entry of `files.img`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileImage {
+    /// Its type (see [`fd_type_name`]).
+    pub kind: u32,
+    /// Its id, as fdinfo and fs images name it.
+    pub id: u32,
+    /// What is known of it.
+    pub detail: FileDetail,
+}
+
+/// Repeated uint32 words (packed or not).
+fn words(fields: &[(u32, Value<'_>)], n: u32, what: &str) -> Result<Vec<u32>, CriuError> {
+    let mut out = Vec::new();
+    for (f, v) in fields {
+        if *f != n {
+            continue;
+        }
+        match v {
+            Value::Varint(x) => out.push(u32_of(*x, what)?),
+            Value::Bytes(packed) => {
+                let mut inner = Pb { buf: packed };
+                while !inner.buf.is_empty() {
+                    out.push(u32_of(inner.varint()?, what)?);
+                }
+            }
+            Value::Fixed => return Err(bad(format!("{what} has the wrong wire type"))),
+        }
+        if out.len() > 4 {
+            return Err(bad(format!("{what} has more than 4 words")));
+        }
+    }
+    Ok(out)
+}
+
+fn socket_of(kind: u32, body: &[u8]) -> Result<SocketImage, CriuError> {
+    let f = fields(body)?;
+    let mut s = SocketImage::default();
+    match kind {
+        // InetSkEntry
+        4 => {
+            s.ino = opt_u32(&f, 2, "ino")?;
+            s.family = opt_u32(&f, 3, "family")?;
+            s.sk_type = opt_u32(&f, 4, "type")?;
+            s.protocol = opt_u32(&f, 5, "proto")?;
+            s.state = opt_u32(&f, 6, "state")?;
+            s.src_port = opt_u32(&f, 7, "src_port")?;
+            s.dst_port = opt_u32(&f, 8, "dst_port")?;
+            s.src_addr = words(&f, 11, "src_addr")?;
+            s.dst_addr = words(&f, 12, "dst_addr")?;
+            (s.send_buffer, s.receive_buffer) = buffers(bytes_of(&f, 14))?;
+        }
+        // UnixSkEntry
+        5 => {
+            s.family = 1;
+            s.ino = opt_u32(&f, 2, "ino")?;
+            s.sk_type = opt_u32(&f, 3, "type")?;
+            s.state = opt_u32(&f, 4, "state")?;
+            s.peer = opt_u32(&f, 8, "peer")?;
+            s.name = name_of(&f, 11, "unix socket name")?;
+            (s.send_buffer, s.receive_buffer) = buffers(bytes_of(&f, 10))?;
+        }
+        // PacketSockEntry
+        10 => {
+            s.family = 17;
+            s.sk_type = opt_u32(&f, 2, "type")?;
+            s.protocol = opt_u32(&f, 3, "protocol")?;
+            (s.send_buffer, s.receive_buffer) = buffers(bytes_of(&f, 7))?;
+        }
+        // NetlinkSkEntry
+        _ => {
+            s.family = 16;
+            s.ino = opt_u32(&f, 2, "ino")?;
+            s.protocol = opt_u32(&f, 3, "protocol")?;
+            s.state = opt_u32(&f, 4, "state")?;
+            (s.send_buffer, s.receive_buffer) = buffers(bytes_of(&f, 12))?;
+        }
+    }
+    Ok(s)
+}
+
+/// The entries of `files.img` (at most `max`).
+pub fn parse_files(img: &[u8], max: usize) -> Result<Vec<FileImage>, CriuError> {
+    let ents = entries(img, FILES_MAGIC)?;
+    if ents.len() > max {
+        return Err(bad(format!("more than {max} files")));
+    }
+    ents.into_iter()
+        .map(|e| {
+            let f = fields(e)?;
+            let kind = req_u32(&f, 1, "file type")?;
+            let id = req_u32(&f, 2, "file id")?;
+            let sub = |n: u32| bytes_of(&f, n);
+            let detail = match kind {
+                1 => match sub(3) {
+                    Some(reg) => FileDetail::Reg(name_of(&fields(reg)?, 6, "file name")?),
+                    None => FileDetail::Other,
+                },
+                2 => match sub(18) {
+                    Some(p) => FileDetail::Pipe(opt_u32(&fields(p)?, 2, "pipe_id")?),
+                    None => FileDetail::Other,
+                },
+                4 | 5 | 10 | 13 => {
+                    let field = match kind {
+                        4 => 4,
+                        5 => 16,
+                        10 => 6,
+                        _ => 7,
+                    };
+                    match sub(field) {
+                        Some(body) => FileDetail::Socket(socket_of(kind, body)?),
+                        None => FileDetail::Other,
+                    }
+                }
+                _ => FileDetail::Other,
+            };
+            Ok(FileImage { kind, id, detail })
+        })
+        .collect()
+}
+
+/// CRIU's dump statistics (`DumpStatsEntry`): times in microseconds, page counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DumpStatistics {
+    /// Time to freeze the tasks.
+    pub freezing_time: u64,
+    /// Time the tasks stayed frozen.
+    pub frozen_time: u64,
+    /// Time to dump memory.
+    pub memdump_time: u64,
+    /// Time to write memory out.
+    pub memwrite_time: u64,
+    /// Pages scanned.
+    pub pages_scanned: u64,
+    /// Pages written.
+    pub pages_written: u64,
+}
+
+/// The dump statistics of `stats-dump`, if it has a dump entry.
+pub fn parse_stats(img: &[u8]) -> Result<Option<DumpStatistics>, CriuError> {
+    let ents = entries_after(img, IMG_SERVICE_MAGIC, STATS_MAGIC)?;
+    let Some(first) = ents.first() else {
+        return Ok(None);
+    };
+    let Some(dump) = bytes_of(&fields(first)?, 1) else {
+        return Ok(None);
+    };
+    let f = fields(dump)?;
+    let v = |n: u32| varint_of(&f, n).unwrap_or(0);
+    Ok(Some(DumpStatistics {
+        freezing_time: v(1),
+        frozen_time: v(2),
+        memdump_time: v(3),
+        memwrite_time: v(4),
+        pages_scanned: v(5),
+        pages_written: v(7),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,5 +666,152 @@ mod tests {
         }
         assert!(parse_pstree(&[1, 2, 3], 10).is_err());
         assert!(parse_core_comm(&head).is_err());
+    }
+
+    /// Protobuf helpers for hand-made images.
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn vfield(n: u32, v: u64, out: &mut Vec<u8>) {
+        varint(u64::from(n) << 3, out);
+        varint(v, out);
+    }
+    fn bfield(n: u32, b: &[u8], out: &mut Vec<u8>) {
+        varint((u64::from(n) << 3) | 2, out);
+        varint(b.len() as u64, out);
+        out.extend_from_slice(b);
+    }
+    fn image(first: u32, magic: u32, entries: &[Vec<u8>]) -> Vec<u8> {
+        let mut img = first.to_le_bytes().to_vec();
+        img.extend_from_slice(&magic.to_le_bytes());
+        for e in entries {
+            img.extend_from_slice(&(e.len() as u32).to_le_bytes());
+            img.extend_from_slice(e);
+        }
+        img
+    }
+    fn file_entry(kind: u64, id: u64, sub_field: u32, sub: &[u8]) -> Vec<u8> {
+        let mut e = Vec::new();
+        vfield(1, kind, &mut e);
+        vfield(2, id, &mut e);
+        bfield(sub_field, sub, &mut e);
+        e
+    }
+
+    #[test]
+    fn files_fdinfo_and_stats_parse() {
+        let mut reg = Vec::new();
+        bfield(6, b"/etc/hostname", &mut reg);
+        let mut unix = Vec::new();
+        vfield(2, 77, &mut unix);
+        vfield(3, 1, &mut unix);
+        vfield(4, 10, &mut unix);
+        vfield(8, 0, &mut unix);
+        bfield(11, b"\0sock", &mut unix);
+        let mut opts = Vec::new();
+        vfield(1, 4096, &mut opts);
+        vfield(2, 8192, &mut opts);
+        bfield(10, &opts, &mut unix);
+        let mut inet = Vec::new();
+        vfield(3, 2, &mut inet);
+        vfield(4, 1, &mut inet);
+        vfield(5, 6, &mut inet);
+        vfield(6, 10, &mut inet);
+        vfield(7, 8080, &mut inet);
+        vfield(11, 0x0100_007f, &mut inet);
+        let img = image(
+            IMG_COMMON_MAGIC,
+            FILES_MAGIC,
+            &[
+                file_entry(1, 3, 3, &reg),
+                file_entry(5, 4, 16, &unix),
+                file_entry(4, 5, 4, &inet),
+            ],
+        );
+        let files = parse_files(&img, 10).unwrap();
+        assert_eq!(files[0].detail, FileDetail::Reg(b"/etc/hostname".to_vec()));
+        let FileDetail::Socket(u) = &files[1].detail else {
+            panic!("{:?}", files[1]);
+        };
+        assert_eq!(
+            (u.ino, u.state, u.name.as_slice()),
+            (77, 10, &b"\0sock"[..])
+        );
+        assert_eq!((u.send_buffer, u.receive_buffer), (4096, 8192));
+        let FileDetail::Socket(i) = &files[2].detail else {
+            panic!("{:?}", files[2]);
+        };
+        assert_eq!(
+            (i.family, i.src_port, i.src_addr.clone()),
+            (2, 8080, vec![0x0100_007f])
+        );
+        assert!(parse_files(&img, 2).is_err(), "more files than allowed");
+
+        let mut fd = Vec::new();
+        vfield(1, 3, &mut fd);
+        vfield(3, 1, &mut fd);
+        vfield(4, 7, &mut fd);
+        let fds = parse_fdinfo(&image(IMG_COMMON_MAGIC, FDINFO_MAGIC, &[fd]), 4).unwrap();
+        assert_eq!(
+            fds,
+            vec![FdInfo {
+                fd: 7,
+                id: 3,
+                kind: 1
+            }]
+        );
+
+        let mut dump = Vec::new();
+        for (n, v) in [(1, 10), (2, 20), (3, 30), (4, 40), (5, 50), (7, 70)] {
+            vfield(n, v, &mut dump);
+        }
+        let mut entry = Vec::new();
+        bfield(1, &dump, &mut entry);
+        let stats = parse_stats(&image(IMG_SERVICE_MAGIC, STATS_MAGIC, &[entry]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((stats.frozen_time, stats.pages_written), (20, 70));
+    }
+
+    #[test]
+    fn hostile_files_and_fdinfo_are_refused() {
+        // A path longer than PATH_MAX.
+        let mut reg = Vec::new();
+        bfield(6, &vec![b'a'; MAX_NAME_BYTES + 1], &mut reg);
+        let img = image(IMG_COMMON_MAGIC, FILES_MAGIC, &[file_entry(1, 1, 3, &reg)]);
+        assert!(parse_files(&img, 10).is_err());
+        // An address of five words.
+        let mut inet = Vec::new();
+        for _ in 0..5 {
+            vfield(11, 1, &mut inet);
+        }
+        let img = image(IMG_COMMON_MAGIC, FILES_MAGIC, &[file_entry(4, 1, 4, &inet)]);
+        assert!(parse_files(&img, 10).is_err());
+        // A sub-message whose length runs past its entry.
+        let mut e = Vec::new();
+        vfield(1, 1, &mut e);
+        vfield(2, 1, &mut e);
+        e.extend_from_slice(&[(3 << 3) | 2, 0x7f, 0x32]);
+        assert!(parse_files(&image(IMG_COMMON_MAGIC, FILES_MAGIC, &[e]), 10).is_err());
+        // A file id over 32 bits.
+        let mut e = Vec::new();
+        vfield(1, 1, &mut e);
+        vfield(2, 1 << 40, &mut e);
+        assert!(parse_files(&image(IMG_COMMON_MAGIC, FILES_MAGIC, &[e]), 10).is_err());
+        // fdinfo without an fd number, and more fds than allowed.
+        let mut fd = Vec::new();
+        vfield(1, 3, &mut fd);
+        vfield(3, 1, &mut fd);
+        assert!(parse_fdinfo(&image(IMG_COMMON_MAGIC, FDINFO_MAGIC, &[fd.clone()]), 4).is_err());
+        vfield(4, 1, &mut fd);
+        let many = vec![fd; 5];
+        assert!(parse_fdinfo(&image(IMG_COMMON_MAGIC, FDINFO_MAGIC, &many), 4).is_err());
+        // Stats with the common magic in place of the service magic; an empty fs image.
+        assert!(parse_stats(&image(IMG_COMMON_MAGIC, STATS_MAGIC, &[])).is_err());
+        assert!(parse_fs(&image(IMG_COMMON_MAGIC, FS_MAGIC, &[])).is_err());
     }
 }

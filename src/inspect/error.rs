@@ -345,6 +345,23 @@ pub enum InspectError {
         /// The limit.
         limit: usize,
     },
+    /// A tar archive inside the archive (`rootfs-diff.tar`) broke a rule; offsets are
+    /// within that inner archive.
+    #[error("in {member}: {source}")]
+    Nested {
+        /// The member holding the inner archive.
+        member: String,
+        /// What was wrong inside it.
+        source: Box<InspectError>,
+    },
+    /// A JSON list member (`deleted.files`) that is not what it should be.
+    #[error("{member} is malformed: {reason}")]
+    ListMalformed {
+        /// The member.
+        member: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl InspectError {
@@ -387,6 +404,8 @@ impl InspectError {
             Self::CriuImageTooLarge { .. } => "criu-image-too-large",
             Self::CriuMalformed { .. } => "criu-malformed",
             Self::TooManyProcesses { .. } => "too-many-processes",
+            Self::Nested { source, .. } => source.code(),
+            Self::ListMalformed { .. } => "list-malformed",
         }
     }
 }

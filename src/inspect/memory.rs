@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use super::InspectError;
 use super::criu::{CriuError, entries_of, varint_fields};
 use super::input::Input;
-use super::tar::{Kind, TarReader};
+use super::tar::{Entry, Kind, TarReader};
 
 /// Magic of `pagemap-<pid>.img`.
 pub const PAGEMAP_MAGIC: u32 = 0x5608_4025;
@@ -150,7 +150,7 @@ pub fn parse_pagemap(img: &[u8]) -> Result<(u64, Vec<Range>), CriuError> {
     Ok((pages_id, ranges))
 }
 
-fn digits(name: &str, prefix: &str) -> Option<u64> {
+pub(crate) fn digits(name: &str, prefix: &str) -> Option<u64> {
     let d = name.strip_prefix(prefix)?.strip_suffix(".img")?;
     if d.is_empty() || d.len() > 10 || !d.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -462,23 +462,33 @@ struct Area {
     buf: Vec<u8>,
 }
 
-/// Reads each process's argv and environment areas out of its pages, in one pass.
-pub(crate) fn deep<I: Input>(
-    tar: &mut TarReader<'_, I>,
-    limits: &super::Limits,
-) -> Result<BTreeMap<u32, ProcessMemory>, InspectError> {
-    let mut areas: BTreeMap<u32, [Area; 2]> = BTreeMap::new();
-    let mut cut: BTreeMap<u32, bool> = BTreeMap::new();
-    let mut maps: BTreeMap<u64, (u32, Vec<Range>)> = BTreeMap::new();
-    let mut out: BTreeMap<u32, ProcessMemory> = BTreeMap::new();
-    let mut area_bytes = 0u64;
-    let cap = limits.max_criu_image_bytes.max(16 << 20);
-    while let Some(entry) = tar.next_entry()? {
-        if entry.kind == Kind::Dir {
-            continue;
+/// Collects each process's argument and environment areas and its memory size while the
+/// archive streams by: `mm-<pid>.img` says where the areas are, `pagemap-<pid>.img` maps
+/// the pages of `pages-<id>.img`, whose bytes are copied into the areas as they pass.
+#[derive(Default)]
+pub(crate) struct Areas {
+    areas: BTreeMap<u32, [Area; 2]>,
+    cut: BTreeMap<u32, bool>,
+    maps: BTreeMap<u64, (u32, Vec<Range>)>,
+    out: BTreeMap<u32, ProcessMemory>,
+    area_bytes: u64,
+}
+
+impl Areas {
+    /// Takes `entry` if it is an mm, pagemap or pages image (reading its data); returns
+    /// whether it did.
+    pub(crate) fn offer<I: Input>(
+        &mut self,
+        tar: &mut TarReader<'_, I>,
+        entry: &Entry,
+        limits: &super::Limits,
+    ) -> Result<bool, InspectError> {
+        let cap = limits.max_criu_image_bytes.max(16 << 20);
+        if entry.kind != Kind::File {
+            return Ok(false);
         }
         let Some(image) = entry.path.strip_prefix("checkpoint/") else {
-            continue;
+            return Ok(false);
         };
         let malformed = |reason: String| InspectError::CriuMalformed {
             member: entry.path.clone(),
@@ -486,26 +496,30 @@ pub(crate) fn deep<I: Input>(
         };
         let pid_of =
             |n: u64| u32::try_from(n).map_err(|_| malformed("pid does not fit 32 bits".into()));
+        let too_large = || InspectError::CriuImageTooLarge {
+            member: entry.path.clone(),
+            size: entry.size,
+            limit: cap,
+        };
         if let Some(pid) = digits(image, "mm-") {
             let pid = pid_of(pid)?;
             if entry.size > cap {
-                return Err(InspectError::CriuImageTooLarge {
-                    member: entry.path.clone(),
-                    size: entry.size,
-                    limit: cap,
-                });
+                return Err(too_large());
             }
             let data = tar.read_data(&entry.path)?;
             let ([(a0, a1), (e0, e1)], was_cut) =
                 parse_mm(&data).map_err(|e| malformed(e.to_string()))?;
-            area_bytes = area_bytes.saturating_add(a1 - a0).saturating_add(e1 - e0);
-            if area_bytes > 64 << 20 {
+            self.area_bytes = self
+                .area_bytes
+                .saturating_add(a1 - a0)
+                .saturating_add(e1 - e0);
+            if self.area_bytes > 64 << 20 {
                 return Err(malformed(
                     "argument and environment areas over 64 MiB in all".into(),
                 ));
             }
             let len = |s: u64, e: u64| usize::try_from(e - s).unwrap_or(0);
-            areas.insert(
+            self.areas.insert(
                 pid,
                 [
                     Area {
@@ -518,22 +532,18 @@ pub(crate) fn deep<I: Input>(
                     },
                 ],
             );
-            cut.insert(pid, was_cut);
+            self.cut.insert(pid, was_cut);
         } else if let Some(pid) = digits(image, "pagemap-") {
             let pid = pid_of(pid)?;
             if entry.size > cap {
-                return Err(InspectError::CriuImageTooLarge {
-                    member: entry.path.clone(),
-                    size: entry.size,
-                    limit: cap,
-                });
+                return Err(too_large());
             }
             let data = tar.read_data(&entry.path)?;
             let (id, ranges) = parse_pagemap(&data).map_err(|e| malformed(e.to_string()))?;
-            maps.insert(id, (pid, ranges));
+            self.maps.insert(id, (pid, ranges));
         } else if let Some(id) = digits(image, "pages-") {
-            let Some((pid, ranges)) = maps.get(&id).cloned() else {
-                continue;
+            let Some((pid, ranges)) = self.maps.get(&id).cloned() else {
+                return Ok(false);
             };
             let declared = ranges
                 .iter()
@@ -544,7 +554,7 @@ pub(crate) fn deep<I: Input>(
                     entry.size
                 )));
             }
-            out.entry(pid).or_default().memory_bytes = declared;
+            self.out.entry(pid).or_default().memory_bytes = declared;
             let mut chunk = vec![0u8; WINDOW];
             for r in &ranges {
                 let mut va = r.vaddr;
@@ -556,7 +566,7 @@ pub(crate) fn deep<I: Input>(
                     if got == 0 {
                         return Err(malformed("the pages image ends early".into()));
                     }
-                    if let Some(want) = areas.get_mut(&pid) {
+                    if let Some(want) = self.areas.get_mut(&pid) {
                         for a in want.iter_mut() {
                             let (s, e) = (a.start, a.start + a.buf.len() as u64);
                             let (cs, ce) = (va, va + got as u64);
@@ -573,27 +583,35 @@ pub(crate) fn deep<I: Input>(
                     va += got as u64;
                 }
             }
+        } else {
+            return Ok(false);
         }
+        Ok(true)
     }
-    for (pid, [args, env]) in areas {
-        let p = out.entry(pid).or_default();
-        let strings = |b: &[u8]| -> Vec<String> {
-            b.split(|&c| c == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        };
-        p.cmdline = strings(&args.buf);
-        p.env = strings(&env.buf)
-            .into_iter()
-            .map(|kv| match kv.split_once('=') {
-                Some((k, v)) => (k.to_owned(), v.to_owned()),
-                None => (kv, String::new()),
-            })
-            .collect();
-        p.truncated = cut.get(&pid).copied().unwrap_or(false);
+
+    /// What was found, by pid.
+    pub(crate) fn finish(self) -> BTreeMap<u32, ProcessMemory> {
+        let mut out = self.out;
+        for (pid, [args, env]) in self.areas {
+            let p = out.entry(pid).or_default();
+            let strings = |b: &[u8]| -> Vec<String> {
+                b.split(|&c| c == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect()
+            };
+            p.cmdline = strings(&args.buf);
+            p.env = strings(&env.buf)
+                .into_iter()
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) => (k.to_owned(), v.to_owned()),
+                    None => (kv, String::new()),
+                })
+                .collect();
+            p.truncated = self.cut.get(&pid).copied().unwrap_or(false);
+        }
+        out
     }
-    Ok(out)
 }
 
 #[cfg(test)]

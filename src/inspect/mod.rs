@@ -21,6 +21,7 @@
 //! `not-a-checkpoint` rather than reported with an empty identity.
 
 pub mod criu;
+pub mod deep;
 mod error;
 mod escape;
 mod identity;
@@ -214,21 +215,19 @@ pub fn memsearch_reader<R: Read>(
     memory::search(&mut reader_tar(reader, limits)?, limits, search)
 }
 
-/// Each process's command line, environment and memory size, read from its memory
-/// (see [`memory::deep`]), from an archive in a seekable reader.
+/// The deep view (see [`deep`]: per process command line, environment, open files and
+/// sockets; mounts, annotations, dump statistics, root filesystem changes), from an
+/// archive in a seekable reader.
 pub fn deep_seekable<R: Read + Seek>(
     reader: R,
     limits: &Limits,
-) -> Result<BTreeMap<u32, memory::ProcessMemory>, InspectError> {
-    memory::deep(&mut seekable_tar(reader, limits)?, limits)
+) -> Result<deep::DeepView, InspectError> {
+    deep::read(&mut seekable_tar(reader, limits)?, limits)
 }
 
 /// The same from a stream (a decrypted record).
-pub fn deep_reader<R: Read>(
-    reader: R,
-    limits: &Limits,
-) -> Result<BTreeMap<u32, memory::ProcessMemory>, InspectError> {
-    memory::deep(&mut reader_tar(reader, limits)?, limits)
+pub fn deep_reader<R: Read>(reader: R, limits: &Limits) -> Result<deep::DeepView, InspectError> {
+    deep::read(&mut reader_tar(reader, limits)?, limits)
 }
 
 /// Reads up to `buf.len()` bytes (fewer only at the end of the stream).

@@ -43,6 +43,31 @@ pub(crate) enum Kind {
     File,
     /// A directory.
     Dir,
+    /// A symbolic link (only from a [`TarReader::listing`] reader).
+    Symlink,
+    /// A hard link to an earlier member (only from a listing reader).
+    HardLink,
+    /// A character device (only from a listing reader).
+    CharDevice,
+    /// A block device (only from a listing reader).
+    BlockDevice,
+    /// A FIFO (only from a listing reader).
+    Fifo,
+}
+
+impl Kind {
+    /// The name shown to users.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Dir => "dir",
+            Self::Symlink => "symlink",
+            Self::HardLink => "hardlink",
+            Self::CharDevice => "char-device",
+            Self::BlockDevice => "block-device",
+            Self::Fifo => "fifo",
+        }
+    }
 }
 
 /// One accepted member.
@@ -54,6 +79,10 @@ pub(crate) struct Entry {
     pub kind: Kind,
     /// Data size in bytes.
     pub size: u64,
+    /// Permission bits (and set-id/sticky) from the header, `mode & 0o7777`.
+    pub mode: u32,
+    /// A link's target (listing readers only), as the header gives it.
+    pub link: Option<String>,
 }
 
 /// Extension headers seen since the last member.
@@ -78,6 +107,9 @@ pub(crate) struct TarReader<'l, I> {
     path_bytes: u64,
     seen: HashSet<String>,
     done: bool,
+    /// Links and special files are listed rather than refused (a nested tar whose
+    /// members are reported, never extracted: `rootfs-diff.tar`).
+    listing: bool,
 }
 
 fn padding(size: u64) -> u64 {
@@ -96,6 +128,17 @@ impl<'l, I: Input> TarReader<'l, I> {
             path_bytes: 0,
             seen: HashSet::new(),
             done: false,
+            listing: false,
+        }
+    }
+
+    /// A reader that lists links, devices and FIFOs (with their kind and target) instead
+    /// of refusing them; every other rule is the same. For tars that are described,
+    /// never extracted.
+    pub(crate) fn listing(input: I, limits: &'l Limits) -> Self {
+        Self {
+            listing: true,
+            ..Self::new(input, limits)
         }
     }
 
@@ -329,6 +372,11 @@ impl<'l, I: Input> TarReader<'l, I> {
             0 if raw_path.ends_with('/') => Kind::Dir,
             0 => Kind::File,
             b'5' => Kind::Dir,
+            b'1' if self.listing => Kind::HardLink,
+            b'2' if self.listing => Kind::Symlink,
+            b'3' if self.listing => Kind::CharDevice,
+            b'4' if self.listing => Kind::BlockDevice,
+            b'6' if self.listing => Kind::Fifo,
             b'1' | b'2' => {
                 let kind = if typeflag == b'1' {
                     "hard link"
@@ -395,7 +443,22 @@ impl<'l, I: Input> TarReader<'l, I> {
         self.check_fits(size, offset, &format!("member {path:?}"))?;
         self.data_left = size;
         self.pad = padding(size);
-        Ok(Entry { path, kind, size })
+        let mode = parse_octal(field(block, 100, 8)).map_or(0, |m| (m & 0o7777) as u32);
+        let link = match kind {
+            Kind::Symlink | Kind::HardLink => Some(match (pax.linkpath, pending.long_link) {
+                (Some(l), _) => l,
+                (None, Some(long)) => String::from_utf8_lossy(&long).into_owned(),
+                (None, None) => String::from_utf8_lossy(cstr(field(block, 157, 100))).into_owned(),
+            }),
+            _ => None,
+        };
+        Ok(Entry {
+            path,
+            kind,
+            size,
+            mode,
+            link,
+        })
     }
 }
 

@@ -69,26 +69,15 @@ pub fn memsearch_record(
     limits: &Limits,
     who: &Reader,
 ) -> Result<(Manifest, Found), AnalyseError> {
-    let manifest = rt.block_on(store.manifest(id))?;
-    store.local().audit_log()?.append(EventInput {
-        actor: who.actor.clone(),
-        action: "memsearch".into(),
-        outcome: "ok".into(),
-        record: Some(id.to_string()),
-        namespace: manifest.namespace.clone(),
-        purpose: who.purpose.clone(),
-        ..Default::default()
-    })?;
-    let blob = rt.block_on(store.blob(id, 0, manifest.sealed.size))?;
-    let blob = tokio_util::io::SyncIoBridge::new_with_handle(blob, rt.handle().clone());
+    let (manifest, blob) = audited_read(rt, store, id, "memsearch", who)?;
     let found = read_record(blob, &manifest, identities, |r| {
         crate::inspect::memsearch_reader(r, limits, search)
     })?;
     Ok((manifest, found))
 }
 
-/// Each process's command line, environment and memory size, read from the memory of
-/// record `id` (see [`crate::inspect::memory::deep`]); an audited read (`inspect-deep`).
+/// The deep view of record `id` (see [`crate::inspect::deep`]), decrypted and parsed in
+/// memory; an audited read (`inspect-deep`).
 pub fn deep_record(
     rt: &tokio::runtime::Runtime,
     store: &Store,
@@ -96,17 +85,27 @@ pub fn deep_record(
     identities: Identities,
     limits: &Limits,
     who: &Reader,
-) -> Result<
-    (
-        Manifest,
-        std::collections::BTreeMap<u32, crate::inspect::memory::ProcessMemory>,
-    ),
-    AnalyseError,
-> {
+) -> Result<(Manifest, crate::inspect::deep::DeepView), AnalyseError> {
+    let (manifest, blob) = audited_read(rt, store, id, "inspect-deep", who)?;
+    let deep = read_record(blob, &manifest, identities, |r| {
+        crate::inspect::deep_reader(r, limits)
+    })?;
+    Ok((manifest, deep))
+}
+
+/// The record's verified manifest and a blocking reader of its blob, once the read is in
+/// the audit log as `action` (fail closed: no event, no byte).
+fn audited_read(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    id: &RecordId,
+    action: &str,
+    who: &Reader,
+) -> Result<(Manifest, impl Read + Send), AnalyseError> {
     let manifest = rt.block_on(store.manifest(id))?;
     store.local().audit_log()?.append(EventInput {
         actor: who.actor.clone(),
-        action: "inspect-deep".into(),
+        action: action.into(),
         outcome: "ok".into(),
         record: Some(id.to_string()),
         namespace: manifest.namespace.clone(),
@@ -115,10 +114,7 @@ pub fn deep_record(
     })?;
     let blob = rt.block_on(store.blob(id, 0, manifest.sealed.size))?;
     let blob = tokio_util::io::SyncIoBridge::new_with_handle(blob, rt.handle().clone());
-    let deep = read_record(blob, &manifest, identities, |r| {
-        crate::inspect::deep_reader(r, limits)
-    })?;
-    Ok((manifest, deep))
+    Ok((manifest, blob))
 }
 
 /// Decrypts `blob` into a pipe whose other end `analyse` reads; then checks both digests.

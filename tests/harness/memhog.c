@@ -22,15 +22,30 @@
  * on stdout (which lands in the container log). A test that finds the marker in a file
  * therefore found memory pages. Nothing secret is printed.
  *
+ * Before it says it is ready it also sets up what a responder looks for besides memory
+ * (the analyst tests compare ckvault's deep view with checkpointctl's on it):
+ *   - /etc/hostname held open read-only (an open file);
+ *   - a unix stream socket listening on the abstract name "@ckvault-memhog" (no file, so
+ *     nothing in the rootfs diff). No TCP socket: since Linux 6.16 getsockopt(SO_PASSCRED)
+ *     on an inet socket fails with EOPNOTSUPP and CRIU 4.1 (Debian 13) then refuses to
+ *     dump it ("Can't get 1:16 opt"), so no container with one can be checkpointed here;
+ *   - /tmp/dropped.sh written (0755) and /bin/cat removed (the container's disk changes:
+ *     rootfs-diff.tar and deleted.files).
+ * A step the sandbox refuses is reported on stderr and skipped.
+ *
  * When every page is written it prints "ready <MEM_MIB> MiB" and then sleeps forever.
  * Build: gcc -O2 -static -o memhog memhog.c
  */
 #define _GNU_SOURCE
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define PAGE 4096u
@@ -159,6 +174,22 @@ static char *decode_marker(const char *hex) {
     return m;
 }
 
+/* What a responder looks for besides memory: see the header. */
+static void scene(void) {
+    if (open("/etc/hostname", O_RDONLY) < 0) perror("memhog: open /etc/hostname");
+    int u = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un un = {.sun_family = AF_UNIX};
+    static const char name[] = "\0ckvault-memhog";
+    memcpy(un.sun_path, name, sizeof name - 1);
+    socklen_t ulen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + sizeof name - 1);
+    if (u < 0 || bind(u, (struct sockaddr *)&un, ulen) < 0 || listen(u, 8) < 0)
+        perror("memhog: unix listen @ckvault-memhog");
+    int f = open("/tmp/dropped.sh", O_WRONLY | O_CREAT | O_TRUNC, 0755);
+    if (f < 0 || write(f, "#!/bin/sh\necho dropped\n", 24) != 24) perror("memhog: write /tmp/dropped.sh");
+    if (f >= 0) close(f);
+    if (unlink("/bin/cat") < 0) perror("memhog: unlink /bin/cat");
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || argc > 3) {
         fprintf(stderr, "usage: memhog MEM_MIB [MARKER_HEX]\n");
@@ -201,6 +232,7 @@ int main(int argc, char **argv) {
                 memcpy(mem + i * PAGE + 64, marker, mlen);
         /* The decoded string itself also stays live on the malloc heap. */
     }
+    scene();
     printf("ready %lu MiB\n", mib);
     fflush(stdout);
     for (;;) sleep(3600);
