@@ -3,6 +3,7 @@
 
 mod audit;
 mod common;
+mod diff;
 mod fetch;
 mod inspect;
 mod memsearch;
@@ -55,6 +56,10 @@ pub enum Command {
     /// Search a checkpoint's memory (an archive, or a sealed record decrypted in memory):
     /// every match with its pid, virtual address and context; nothing is written to disk.
     Memsearch(memsearch::MemsearchArgs),
+    /// Compare two checkpoints of one container (archives or records): identity, processes,
+    /// environment names, memory sizes, open files, sockets, mounts and root filesystem
+    /// changes side by side. Environment values are never shown.
+    Diff(diff::DiffArgs),
     /// List the records of a store, oldest first.
     Ls(records::LsArgs),
     /// Print one record's manifest (JSON).
@@ -150,6 +155,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Seal(a) => seal::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Memsearch(a) => memsearch::run(a),
+        Command::Diff(a) => diff::run(a),
         Command::Ls(a) => records::ls(a),
         Command::Show(a) => records::show(a),
         Command::Export(a) => records::export(a),

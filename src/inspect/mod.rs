@@ -22,6 +22,7 @@
 
 pub mod criu;
 pub mod deep;
+pub mod diff;
 mod error;
 mod escape;
 mod identity;

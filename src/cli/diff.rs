@@ -1,0 +1,110 @@
+//! `ckvault diff A B`: two checkpoints of one container side by side (identity, processes,
+//! environment names, memory sizes, files, sockets, mounts, root filesystem changes). Each
+//! side is an archive file or a record of --store/--config (decrypted in memory, an audited
+//! read). The comparison itself is `inspect::diff`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::{Format, StoreArg, output};
+use crate::fsutil;
+use crate::inspect::diff::{self, Side};
+use crate::inspect::{self, Limits};
+use crate::manifest::RecordId;
+
+/// Arguments of `ckvault diff`.
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// The earlier capture: an archive file, or a record ID of --store/--config.
+    pub a: String,
+    /// The later capture: an archive file, or a record ID.
+    pub b: String,
+    #[command(flatten)]
+    store: StoreArg,
+    /// Your age identity file or unencrypted SSH private key (for records).
+    #[arg(long, short = 'i', value_name = "KEYFILE")]
+    identity: Option<PathBuf>,
+    /// Why you read these records (recorded in the audit log).
+    #[arg(long)]
+    purpose: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+fn limits() -> Limits {
+    Limits {
+        deadline: std::time::Duration::from_secs(3600),
+        ..Limits::default()
+    }
+}
+
+fn load(arg: &str, args: &DiffArgs) -> anyhow::Result<Side> {
+    let path = Path::new(arg);
+    if !path.exists()
+        && let Ok(id) = arg.parse::<RecordId>()
+    {
+        let key = args
+            .identity
+            .as_ref()
+            .context("a record is encrypted: give your identity with -i KEYFILE")?;
+        let identities = crate::seal::open::Identities::from_file(key)?;
+        let opened = super::common::open_store(&args.store, false)?;
+        let who = crate::vault::analyse::Reader {
+            actor: crate::node::local_actor(),
+            purpose: args.purpose.clone(),
+        };
+        let (m, view) = crate::vault::analyse::deep_record(
+            &opened.rt,
+            &opened.store,
+            &id,
+            identities,
+            &limits(),
+            &who,
+        )?;
+        opened.ship_audit()?;
+        let identity = vec![
+            ("namespace", m.namespace.clone()),
+            ("pod", m.pod.clone()),
+            ("container", m.container.clone()),
+            ("container_id", m.container_id.clone()),
+            ("image", m.image.clone()),
+            ("engine", m.engine.clone()),
+            ("runtime", m.runtime.clone()),
+            ("checkpointed_at", m.checkpointed_at.clone()),
+        ];
+        return Ok(Side {
+            source: m.id.to_string(),
+            identity,
+            view,
+        });
+    }
+    let file = fsutil::open_regular_nofollow(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let found = inspect::inspect_seekable(&file, &Limits::default())
+        .with_context(|| format!("{}: archive rejected", path.display()))?;
+    use std::io::Seek;
+    let mut f = &file;
+    f.seek(std::io::SeekFrom::Start(0))?;
+    let view = inspect::deep_seekable(f, &limits())
+        .with_context(|| format!("{}: archive rejected", path.display()))?;
+    Ok(Side {
+        source: path.display().to_string(),
+        identity: diff::identity_fields(&found.identity),
+        view,
+    })
+}
+
+/// Runs `ckvault diff`.
+pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
+    let a = load(&args.a, &args)?;
+    let b = load(&args.b, &args)?;
+    let doc = diff::compare(&a, &b);
+    match args.format {
+        Format::Json => output::print_json(&doc)?,
+        Format::Table => print!("{}", diff::render_table(&doc)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
