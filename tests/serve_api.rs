@@ -1242,6 +1242,61 @@ fn fetch_downloads_resumes_verifies_and_opens_a_real_checkpoint() {
     assert!(fs::read(&out2).unwrap() == blob, "resumed blob differs");
     assert!(!v.dir().join("resumed.age.partial").exists());
 
+    // The fetched sealed file is analysed as it is (decrypted in memory, both digests of
+    // the manifest fetched beside it checked): memory search, deep view, diff.
+    let found: Value = serde_json::from_str(&ok(&ckvault(&[
+        "memsearch",
+        p(&out),
+        "-i",
+        p(&v.identity),
+        "--string",
+        support::MARKER,
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert!(
+        !found["matches"].as_array().unwrap().is_empty(),
+        "{found:#}"
+    );
+    assert_eq!(found["record"], id.as_str());
+    let deep: Value = serde_json::from_str(&ok(&ckvault(&[
+        "inspect",
+        p(&out),
+        "--deep",
+        "-i",
+        p(&v.identity),
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(deep["record"], id.as_str());
+    assert!(
+        deep["processes"]["1"]["cmdline"][0] == "/bin/memhog",
+        "{deep:#}"
+    );
+    let same: Value = serde_json::from_str(&ok(&ckvault(&[
+        "diff",
+        p(&out),
+        p(&out2),
+        "-i",
+        p(&v.identity),
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(same["identity"], serde_json::json!([]), "{same:#}");
+    // Without its manifest, a sealed file is not analysed (nothing to check it against).
+    let lone = v.dir().join("lone.age");
+    fs::copy(&out, &lone).unwrap();
+    let r = ckvault(&["memsearch", p(&lone), "-i", p(&v.identity), "--string", "x"]);
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("needs its manifest beside it"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+
     // A damaged partial file is caught by the digest and discarded.
     let out3 = v.dir().join("damaged.age");
     let mut bad = blob[..half].to_vec();

@@ -1,7 +1,7 @@
 //! `ckvault diff A B`: two checkpoints of one container side by side (identity, processes,
 //! environment names, memory sizes, files, sockets, mounts, root filesystem changes). Each
-//! side is an archive file or a record of --store/--config (decrypted in memory, an audited
-//! read). The comparison itself is `inspect::diff`.
+//! side is an archive file, a record of --store/--config (decrypted in memory, an audited
+//! read) or a sealed record file fetched from a server. The comparison is `inspect::diff`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,9 +17,10 @@ use crate::manifest::RecordId;
 /// Arguments of `ckvault diff`.
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {
-    /// The earlier capture: an archive file, or a record ID of --store/--config.
+    /// The earlier capture: an archive file, a record ID of --store/--config, or a sealed
+    /// record file as `ckvault fetch` writes it.
     pub a: String,
-    /// The later capture: an archive file, or a record ID.
+    /// The later capture (the same kinds).
     pub b: String,
     #[command(flatten)]
     store: StoreArg,
@@ -39,6 +40,19 @@ fn limits() -> Limits {
         deadline: std::time::Duration::from_secs(3600),
         ..Limits::default()
     }
+}
+
+fn manifest_identity(m: &crate::manifest::Manifest) -> Vec<(&'static str, Option<String>)> {
+    vec![
+        ("namespace", m.namespace.clone()),
+        ("pod", m.pod.clone()),
+        ("container", m.container.clone()),
+        ("container_id", m.container_id.clone()),
+        ("image", m.image.clone()),
+        ("engine", m.engine.clone()),
+        ("runtime", m.runtime.clone()),
+        ("checkpointed_at", m.checkpointed_at.clone()),
+    ]
 }
 
 fn load(arg: &str, args: &DiffArgs) -> anyhow::Result<Side> {
@@ -65,19 +79,25 @@ fn load(arg: &str, args: &DiffArgs) -> anyhow::Result<Side> {
             &who,
         )?;
         opened.ship_audit()?;
-        let identity = vec![
-            ("namespace", m.namespace.clone()),
-            ("pod", m.pod.clone()),
-            ("container", m.container.clone()),
-            ("container_id", m.container_id.clone()),
-            ("image", m.image.clone()),
-            ("engine", m.engine.clone()),
-            ("runtime", m.runtime.clone()),
-            ("checkpointed_at", m.checkpointed_at.clone()),
-        ];
+        let identity = manifest_identity(&m);
         return Ok(Side {
             source: m.id.to_string(),
             identity,
+            view,
+        });
+    }
+    if let Some((m, blob)) = crate::vault::analyse::sealed_file(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+    {
+        let key = args
+            .identity
+            .as_ref()
+            .context("a sealed record file: give your identity with -i KEYFILE")?;
+        let identities = crate::seal::open::Identities::from_file(key)?;
+        let view = crate::vault::analyse::deep_sealed(&m, blob, identities, &limits())?;
+        return Ok(Side {
+            source: path.display().to_string(),
+            identity: manifest_identity(&m),
             view,
         });
     }

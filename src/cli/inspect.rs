@@ -12,13 +12,14 @@ use super::{Format, StoreArg, output};
 use crate::fsutil;
 use crate::inspect::deep::DeepView;
 use crate::inspect::{self, Limits};
-use crate::manifest::RecordId;
+use crate::manifest::{Manifest, RecordId};
 
 /// Arguments of `ckvault inspect`.
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
     /// The checkpoint archive (.tar, .tar.gz or .tar.zst; never unpacked), or with --deep
-    /// a record ID of --store/--config.
+    /// a record ID of --store/--config or a sealed record file as `ckvault fetch` writes it
+    /// (its manifest beside it).
     pub archive: String,
     /// Also show each process's command line, environment, open files, sockets and memory
     /// size, and the container's mounts, annotations, dump statistics and file changes.
@@ -53,6 +54,49 @@ fn deep_document(
     out.into()
 }
 
+fn deep_limits() -> Limits {
+    Limits {
+        deadline: std::time::Duration::from_secs(3600),
+        ..Limits::default()
+    }
+}
+
+/// Prints the deep view of a record (of a store, or a fetched sealed file).
+fn print_record(args: &InspectArgs, m: &Manifest, deep: &DeepView) -> anyhow::Result<()> {
+    match args.format {
+        Format::Json => {
+            let head = serde_json::json!({
+                "record": m.id.to_string(),
+                "namespace": m.namespace,
+                "pod": m.pod,
+                "container": m.container,
+                "inspection": m.inspection,
+            });
+            let head = head.as_object().cloned().unwrap_or_default();
+            output::print_json(&deep_document(head, deep, args.show_env_values))?
+        }
+        Format::Table => {
+            println!(
+                "record {} ({}/{}/{})",
+                m.id,
+                m.namespace.as_deref().unwrap_or("?"),
+                m.pod.as_deref().unwrap_or("?"),
+                m.container.as_deref().unwrap_or("?")
+            );
+            print!("{}", deep.render_table(args.show_env_values));
+        }
+    }
+    Ok(())
+}
+
+fn identities(args: &InspectArgs) -> anyhow::Result<crate::seal::open::Identities> {
+    let key = args
+        .identity
+        .as_ref()
+        .context("a record is encrypted: give your identity with -i KEYFILE")?;
+    Ok(crate::seal::open::Identities::from_file(key)?)
+}
+
 /// Runs `ckvault inspect`.
 pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let path = PathBuf::from(&args.archive);
@@ -60,52 +104,31 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         && !path.exists()
         && let Ok(id) = args.archive.parse::<RecordId>()
     {
-        let key = args
-            .identity
-            .as_ref()
-            .context("a record is encrypted: give your identity with -i KEYFILE")?;
-        let identities = crate::seal::open::Identities::from_file(key)?;
+        let identities = identities(&args)?;
         let opened = super::common::open_store(&args.store, false)?;
         let who = crate::vault::analyse::Reader {
             actor: crate::node::local_actor(),
             purpose: args.purpose.clone(),
-        };
-        let limits = Limits {
-            deadline: std::time::Duration::from_secs(3600),
-            ..Limits::default()
         };
         let (m, deep) = crate::vault::analyse::deep_record(
             &opened.rt,
             &opened.store,
             &id,
             identities,
-            &limits,
+            &deep_limits(),
             &who,
         )?;
         opened.ship_audit()?;
-        match args.format {
-            Format::Json => {
-                let head = serde_json::json!({
-                    "record": m.id.to_string(),
-                    "namespace": m.namespace,
-                    "pod": m.pod,
-                    "container": m.container,
-                    "inspection": m.inspection,
-                });
-                let head = head.as_object().cloned().unwrap_or_default();
-                output::print_json(&deep_document(head, &deep, args.show_env_values))?
-            }
-            Format::Table => {
-                println!(
-                    "record {} ({}/{}/{})",
-                    m.id,
-                    m.namespace.as_deref().unwrap_or("?"),
-                    m.pod.as_deref().unwrap_or("?"),
-                    m.container.as_deref().unwrap_or("?")
-                );
-                print!("{}", deep.render_table(args.show_env_values));
-            }
-        }
+        print_record(&args, &m, &deep)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.deep
+        && let Some((m, blob)) = crate::vault::analyse::sealed_file(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?
+    {
+        let deep =
+            crate::vault::analyse::deep_sealed(&m, blob, identities(&args)?, &deep_limits())?;
+        print_record(&args, &m, &deep)?;
         return Ok(ExitCode::SUCCESS);
     }
     let file = fsutil::open_regular_nofollow(&path)
@@ -114,10 +137,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         if !args.deep {
             return Ok((found, None));
         }
-        let limits = Limits {
-            deadline: std::time::Duration::from_secs(3600),
-            ..Limits::default()
-        };
+        let limits = deep_limits();
         use std::io::Seek;
         let mut f = &file;
         f.seek(std::io::SeekFrom::Start(0))?;

@@ -1,5 +1,6 @@
-//! `ckvault memsearch`: search a checkpoint's memory, in an archive or in a sealed record
-//! (decrypted in memory, audited), without unpacking anything.
+//! `ckvault memsearch`: search a checkpoint's memory, in an archive, in a record of a store
+//! (decrypted in memory, audited) or in a sealed record file fetched from a server (the
+//! download audited there; decrypted in memory here), without unpacking anything.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +18,9 @@ use crate::vault::analyse::{Reader, memsearch_record};
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["string", "regex"])))]
 pub struct MemsearchArgs {
-    /// A record ID (with --store or --config, and --identity) or a checkpoint archive file.
+    /// A record ID (with --store or --config, and --identity), a sealed record file as
+    /// `ckvault fetch` writes it (with its manifest beside it, and --identity), or a
+    /// checkpoint archive file.
     target: String,
     #[command(flatten)]
     store: StoreArg,
@@ -119,13 +122,28 @@ pub fn run(args: MemsearchArgs) -> anyhow::Result<ExitCode> {
             (Some(m.id.to_string()), found)
         }
         _ => {
-            let file = crate::fsutil::open_regular_nofollow(&as_file).with_context(|| {
+            let sealed = crate::vault::analyse::sealed_file(&as_file).with_context(|| {
                 format!(
                     "{:?} is neither a record ID nor a readable archive",
                     args.target
                 )
             })?;
-            (None, inspect::memsearch_seekable(file, &limits, &search)?)
+            match sealed {
+                Some((m, blob)) => {
+                    let key = args.identity.as_ref().context(
+                        "this file is a sealed record: give your identity with -i KEYFILE",
+                    )?;
+                    let identities = Identities::from_file(key)?;
+                    let found = crate::vault::analyse::memsearch_sealed(
+                        &m, blob, identities, &search, &limits,
+                    )?;
+                    (Some(m.id.to_string()), found)
+                }
+                None => {
+                    let file = crate::fsutil::open_regular_nofollow(&as_file)?;
+                    (None, inspect::memsearch_seekable(file, &limits, &search)?)
+                }
+            }
         }
     };
     let shown = |m: &Match| {

@@ -187,9 +187,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 
 /// Where `export` puts the manifest for a blob written to `blob`.
 pub fn manifest_path_for(blob: &Path) -> PathBuf {
-    let mut name = blob.as_os_str().to_os_string();
-    name.push(".manifest.json");
-    PathBuf::from(name)
+    crate::manifest::path_beside(blob)
 }
 
 /// Runs `ckvault verify`.

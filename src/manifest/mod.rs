@@ -197,3 +197,11 @@ pub enum ManifestError {
         names: String,
     },
 }
+
+/// Where a manifest sits beside a sealed blob file (`BLOB.manifest.json`), as `ckvault
+/// fetch` and `ckvault export` write it.
+pub fn path_beside(blob: &std::path::Path) -> std::path::PathBuf {
+    let mut name = blob.as_os_str().to_os_string();
+    name.push(".manifest.json");
+    std::path::PathBuf::from(name)
+}

@@ -1,12 +1,13 @@
-//! Analysing a sealed record without plaintext on disk (memory search, and the deep view:
-//! command lines and environments read from memory): the blob is read from the store
-//! (local or bucket), decrypted and decompressed on one thread into an in-memory OS pipe,
-//! and the analysis reads the other end as a stream; both digests of the manifest are
-//! checked at the end, and results of a record whose bytes do not match are withheld.
-//! Every analysis is an audited read of the record (action, purpose), recorded before any
-//! byte is read (fail closed).
+//! Analysing a sealed record without plaintext on disk (memory search, the deep view), from
+//! a store (local or bucket) or from a sealed file fetched from a server (its manifest beside
+//! it): the blob is decrypted and decompressed on one thread into an in-memory OS pipe, and
+//! the analysis reads the other end as a stream; both digests of the manifest are checked at
+//! the end, and results of a record whose bytes do not match are withheld. Every analysis of
+//! a store's record is an audited read (action, purpose), recorded before any byte is read
+//! (fail closed); a fetched file's read was audited by the server that served it.
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 
 use crate::audit::EventInput;
 use crate::inspect::memory::{Found, Search};
@@ -48,6 +49,85 @@ pub enum AnalyseError {
     /// The pipe or the decrypting thread failed.
     #[error("analysis pipeline: {0}")]
     Pipeline(String),
+    /// A sealed blob file without a readable manifest beside it.
+    #[error(
+        "{blob}: a sealed record needs its manifest beside it ({manifest}, as `ckvault fetch` \
+         writes it) to be checked: {reason}"
+    )]
+    NoManifest {
+        /// The blob file.
+        blob: String,
+        /// Where the manifest was looked for.
+        manifest: String,
+        /// Why it could not be used.
+        reason: String,
+    },
+}
+
+/// The first line of every age-encrypted file.
+const AGE_HEADER: &[u8] = b"age-encryption.org/v1\n";
+
+/// A sealed blob file (as `ckvault fetch` writes it, the server having audited the
+/// download) with its manifest read from beside it; `None` when `path` is not an
+/// age-encrypted file (a plaintext archive). The manifest's signature is not checked here
+/// (`ckvault verify` does); both its digests are, by the analysis.
+pub fn sealed_file(path: &Path) -> Result<Option<(Manifest, std::fs::File)>, AnalyseError> {
+    let io = |e: std::io::Error| AnalyseError::Pipeline(format!("{}: {e}", path.display()));
+    let mut file = crate::fsutil::open_regular_nofollow(path).map_err(io)?;
+    let mut head = [0u8; AGE_HEADER.len()];
+    let mut got = 0;
+    while got < head.len() {
+        let n = file
+            .read(head.get_mut(got..).unwrap_or_default())
+            .map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    if head.get(..got) != Some(AGE_HEADER) {
+        return Ok(None);
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    let mpath = crate::manifest::path_beside(path);
+    let no_manifest = |reason: String| AnalyseError::NoManifest {
+        blob: path.display().to_string(),
+        manifest: mpath.display().to_string(),
+        reason,
+    };
+    let mut bytes = Vec::new();
+    crate::fsutil::open_regular_nofollow(&mpath)
+        .map_err(|e| no_manifest(e.to_string()))?
+        .take(crate::manifest::MAX_MANIFEST_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| no_manifest(e.to_string()))?;
+    let manifest = Manifest::from_json(&bytes).map_err(|e| no_manifest(e.to_string()))?;
+    Ok(Some((manifest, file)))
+}
+
+/// Searches the memory of a sealed blob file (see [`sealed_file`]).
+pub fn memsearch_sealed(
+    manifest: &Manifest,
+    blob: std::fs::File,
+    identities: Identities,
+    search: &Search,
+    limits: &Limits,
+) -> Result<Found, AnalyseError> {
+    read_record(blob, manifest, identities, |r| {
+        crate::inspect::memsearch_reader(r, limits, search)
+    })
+}
+
+/// The deep view of a sealed blob file (see [`sealed_file`]).
+pub fn deep_sealed(
+    manifest: &Manifest,
+    blob: std::fs::File,
+    identities: Identities,
+    limits: &Limits,
+) -> Result<crate::inspect::deep::DeepView, AnalyseError> {
+    read_record(blob, manifest, identities, |r| {
+        crate::inspect::deep_reader(r, limits)
+    })
 }
 
 /// Who reads, and why, for the audit log.
