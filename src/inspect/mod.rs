@@ -11,8 +11,12 @@
 //!
 //! The tar rules are documented in `tar.rs`, identity rules in `identity.rs`, CRIU image
 //! parsing in [`criu`]. Every rejection is an [`InspectError`] with a stable
-//! [`InspectError::code`]. Only `config.dump`, `spec.dump`, `checkpoint/pstree.img` and
-//! `checkpoint/core-<pid>.img` are ever read, each under a size cap.
+//! [`InspectError::code`]. Inspection reads only `config.dump`, `spec.dump`,
+//! `checkpoint/pstree.img` and `checkpoint/core-<pid>.img`, each under a size cap. The
+//! analyst's passes, run only on request, read more, under the same rules: [`deep`] (the
+//! small CRIU images, `stats-dump`, the nested `rootfs-diff.tar`, `deleted.files`, and the
+//! pages holding each process's arguments and environment) and [`memory`] (every page);
+//! [`diff`] compares two deep views.
 //!
 //! A well-formed tar is a checkpoint only if it holds what every engine (CRI-O, containerd,
 //! Podman) writes: a container description (`config.dump` or `spec.dump`) or CRIU's own
