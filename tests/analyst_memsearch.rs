@@ -517,6 +517,45 @@ fn same_as_checkpointctl(what: &str, ours: &Value, all: &Value, podman_scene: bo
     );
 }
 
+/// Sizes as checkpointctl prints them (`8.1 MiB`, `0 B`).
+fn human(b: u64) -> String {
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1024.0;
+    for unit in ["KiB", "MiB", "GiB"] {
+        if v < 1024.0 {
+            return format!("{v:.1} {unit}");
+        }
+        v /= 1024.0;
+    }
+    format!("{v:.1} TiB")
+}
+
+/// The memory size and shared memory size `checkpointctl memparse` shows for pid 1.
+fn checkpointctl_memparse_row(root: &Path, archive: &Path) -> [String; 2] {
+    let dir = root.join(format!("tmp/ckvault-mp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = archive.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::copy(archive, dir.join(&name)).unwrap();
+    let inside = format!("/tmp/ckvault-mp-{}/{name}", std::process::id());
+    let out = Command::new("chroot")
+        .arg(root)
+        .args(["checkpointctl", "memparse", &inside])
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row: Vec<String> = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("|   1 |"))
+        .unwrap_or_else(|| panic!("no pid 1 row in checkpointctl memparse: {text}"))
+        .split('|')
+        .map(|c| c.trim().to_owned())
+        .collect();
+    [row[3].clone(), row[4].clone()]
+}
+
 /// Seals `archive` and deep-inspects its record.
 fn deep_record(dir: &Path, archive: &Path, show_values: bool) -> (String, Value, PathBuf) {
     let (identity, recipient) = support::age_keypair(dir);
@@ -580,6 +619,19 @@ fn deep_inspection_of_records_agrees_with_checkpointctl_and_keeps_secrets_out_of
         );
         assert!(ours["memory"]["bytes"].as_u64().unwrap() >= 16 << 20);
         same_as_checkpointctl(compress, &v, &all, true);
+        // Memory and shared memory sizes as `checkpointctl memparse` prints them.
+        let sizes = checkpointctl_memparse_row(&root, &archive);
+        let mem = &ours["memory"];
+        assert_eq!(
+            sizes,
+            [
+                human(mem["bytes"].as_u64().unwrap()),
+                human(mem["shared_bytes"].as_u64().unwrap())
+            ],
+            "{compress}: memory sizes"
+        );
+        // memhog's 1 MiB shared mapping.
+        assert_eq!(mem["shared_bytes"], 1 << 20);
         // The manifest (readable by any read-manifest holder) has neither arguments nor
         // environment values.
         let manifest = ok(&ckvault(&["show", &id, "--store", p(&store)]));

@@ -75,17 +75,20 @@ fn real_checkpoint_has_pages_identity_and_marker() {
     assert_eq!(ann["io.kubernetes.pod.name"], "api-0");
     assert_eq!(ann["io.kubernetes.container.name"], "api");
 
-    // The marker is in the memory pages, and in no other member.
+    // The marker is in the process's memory pages, and in no other member (memhog's shared
+    // mapping has a pages image of its own, without it).
     let marker = support::MARKER.as_bytes();
+    let mut in_pages = 0;
     for name in &names {
         let p = dir.path().join(name);
         if !p.is_file() {
             continue;
         }
         let found = contains(&fs::read(&p).unwrap(), marker);
-        assert_eq!(found, is_pages(name), "marker in {name}: {found}");
+        assert!(!found || is_pages(name), "marker in {name}");
+        in_pages += usize::from(found);
     }
-    assert!(names.iter().any(|n| is_pages(n)));
+    assert_eq!(in_pages, 1, "the marker in one pages image");
 
     // A second request is served from the cache.
     let again = support::real_checkpoint(16, "shop", "api-0", "api", "none").unwrap();

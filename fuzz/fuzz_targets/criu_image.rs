@@ -7,7 +7,7 @@ use ckvault::inspect::criu::{
     FileDetail, MAX_COMM_BYTES, MAX_NAME_BYTES, parse_core_comm, parse_fdinfo, parse_files,
     parse_files_id, parse_fs, parse_pstree, parse_stats,
 };
-use ckvault::inspect::memory::{MAX_AREA, parse_mm, parse_pagemap};
+use ckvault::inspect::memory::{MAX_AREA, parse_mm, parse_mm_shared, parse_pagemap};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     }
+    let _ = parse_mm_shared(data);
     let _ = parse_files_id(data);
     let _ = parse_fs(data);
     let _ = parse_stats(data);

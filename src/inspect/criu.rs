@@ -174,6 +174,17 @@ pub(crate) fn entries_of(img: &[u8], magic: u32) -> Result<Vec<&[u8]>, CriuError
     entries(img, magic)
 }
 
+/// The length-delimited fields numbered `n` of one message (embedded messages), in order.
+pub(crate) fn submessages(msg: &[u8], n: u32) -> Result<Vec<&[u8]>, CriuError> {
+    Ok(fields(msg)?
+        .into_iter()
+        .filter_map(|(f, v)| match v {
+            Value::Bytes(b) if f == n => Some(b),
+            _ => None,
+        })
+        .collect())
+}
+
 /// The varint fields of one message, in order (other wire types are skipped).
 pub(crate) fn varint_fields(msg: &[u8]) -> Result<Vec<(u32, u64)>, CriuError> {
     let mut pb = Pb { buf: msg };

@@ -666,8 +666,9 @@ impl DeepView {
             let m = &p.memory;
             let _ = writeln!(
                 out,
-                "process {pid}: {} bytes of memory{}",
+                "process {pid}: {} bytes of memory, {} shared{}",
                 m.memory_bytes,
+                m.shared_bytes,
                 if m.truncated {
                     " (areas cut at 1 MiB)"
                 } else {
@@ -780,7 +781,7 @@ fn process_json(p: &DeepProcess, show_env_values: bool) -> Value {
     json!({
         "cmdline": p.memory.cmdline,
         "env": env,
-        "memory": {"bytes": p.memory.memory_bytes},
+        "memory": {"bytes": p.memory.memory_bytes, "shared_bytes": p.memory.shared_bytes},
         "truncated": p.memory.truncated,
         "files": p.files.iter().map(|f| json!({
             "fd": f.fd.to_json(), "type": f.kind, "path": f.path,

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use super::InspectError;
-use super::criu::{CriuError, entries_of, varint_fields};
+use super::criu::{CriuError, entries_of, submessages, varint_fields};
 use super::input::Input;
 use super::tar::{Entry, Kind, TarReader};
 
@@ -443,6 +443,39 @@ pub fn parse_mm(img: &[u8]) -> Result<([(u64, u64); 2], bool), CriuError> {
     Ok((areas, cut))
 }
 
+/// `MAP_SHARED` in a VMA's flags.
+const MAP_SHARED: u64 = 1;
+
+/// Bytes of a process's shared mappings (`MAP_SHARED` VMAs, as `checkpointctl memparse`
+/// counts them): `MmEntry { vmas = 14 }`, `VmaEntry { start = 1; end = 2; flags = 6 }`.
+pub fn parse_mm_shared(img: &[u8]) -> Result<u64, CriuError> {
+    let ents = entries_of(img, MM_MAGIC)?;
+    let first = ents
+        .first()
+        .ok_or_else(|| CriuError::Malformed("empty mm image".into()))?;
+    let mut total = 0u64;
+    for vma in submessages(first, 14)? {
+        let (mut start, mut end, mut flags) = (0, 0, 0);
+        for (f, x) in varint_fields(vma)? {
+            match f {
+                1 => start = x,
+                2 => end = x,
+                6 => flags = x,
+                _ => {}
+            }
+        }
+        if end < start {
+            return Err(CriuError::Malformed(format!(
+                "VMA {start:#x}..{end:#x} ends before it starts"
+            )));
+        }
+        if flags & MAP_SHARED != 0 {
+            total = total.saturating_add(end - start);
+        }
+    }
+    Ok(total)
+}
+
 /// What a process's memory says about it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessMemory {
@@ -452,6 +485,8 @@ pub struct ProcessMemory {
     pub env: Vec<(String, String)>,
     /// Bytes of memory pages in the checkpoint.
     pub memory_bytes: u64,
+    /// Bytes of its shared mappings (see [`parse_mm_shared`]).
+    pub shared_bytes: u64,
     /// Whether an area was longer than [`MAX_AREA`] and cut.
     pub truncated: bool,
 }
@@ -509,6 +544,8 @@ impl Areas {
             let data = tar.read_data(&entry.path)?;
             let ([(a0, a1), (e0, e1)], was_cut) =
                 parse_mm(&data).map_err(|e| malformed(e.to_string()))?;
+            self.out.entry(pid).or_default().shared_bytes =
+                parse_mm_shared(&data).map_err(|e| malformed(e.to_string()))?;
             self.area_bytes = self
                 .area_bytes
                 .saturating_add(a1 - a0)
@@ -626,5 +663,46 @@ mod mm_tests {
         ];
         let _ = parse_mm(&crash);
         let _ = parse_pagemap(&crash);
+        let _ = parse_mm_shared(&crash);
+    }
+
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn mm_with(vmas: &[(u64, u64, u64)]) -> Vec<u8> {
+        let mut entry = Vec::new();
+        for &(start, end, flags) in vmas {
+            let mut vma = Vec::new();
+            for (f, x) in [(1u64, start), (2, end), (6, flags)] {
+                varint(f << 3, &mut vma);
+                varint(x, &mut vma);
+            }
+            varint((14 << 3) | 2, &mut entry);
+            varint(vma.len() as u64, &mut entry);
+            entry.extend(vma);
+        }
+        let mut img = 0x5456_4319u32.to_le_bytes().to_vec();
+        img.extend(MM_MAGIC.to_le_bytes());
+        img.extend((entry.len() as u32).to_le_bytes());
+        img.extend(entry);
+        img
+    }
+
+    #[test]
+    fn shared_mappings_are_summed() {
+        // MAP_SHARED (1) counts; MAP_PRIVATE|MAP_ANONYMOUS (0x22) does not.
+        let img = mm_with(&[
+            (0x1000, 0x3000, 1),
+            (0x10000, 0x20000, 0x22),
+            (0x40000, 0x41000, 0x21),
+        ]);
+        assert_eq!(parse_mm_shared(&img).unwrap(), 0x3000);
+        assert_eq!(parse_mm_shared(&mm_with(&[])).unwrap(), 0);
+        assert!(parse_mm_shared(&mm_with(&[(0x3000, 0x1000, 1)])).is_err());
     }
 }

@@ -30,7 +30,9 @@
  *     on an inet socket fails with EOPNOTSUPP and CRIU 4.1 (Debian 13) then refuses to
  *     dump it ("Can't get 1:16 opt"), so no container with one can be checkpointed here;
  *   - /tmp/dropped.sh written (0755) and /bin/cat removed (the container's disk changes:
- *     rootfs-diff.tar and deleted.files).
+ *     rootfs-diff.tar and deleted.files);
+ *   - 1 MiB of shared anonymous memory (MAP_SHARED, its first page written): the shared
+ *     memory size; CRIU keeps its pages apart from the process's own.
  * A step the sandbox refuses is reported on stderr and skipped.
  *
  * When every page is written it prints "ready <MEM_MIB> MiB" and then sleeps forever.
@@ -188,6 +190,9 @@ static void scene(void) {
     if (f < 0 || write(f, "#!/bin/sh\necho dropped\n", 24) != 24) perror("memhog: write /tmp/dropped.sh");
     if (f >= 0) close(f);
     if (unlink("/bin/cat") < 0) perror("memhog: unlink /bin/cat");
+    unsigned char *sh = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (sh == MAP_FAILED) perror("memhog: mmap shared");
+    else memset(sh, 0x5a, 4096);
 }
 
 int main(int argc, char **argv) {
