@@ -3,8 +3,8 @@
 //! `tests/fixtures/inspect_regressions/` (crashes the fuzzer found, now fixed), and a few
 //! thousand deterministic mutations of the seeds (xorshift: byte flips, interesting
 //! values, header edits with the checksum fixed up so they get past it, truncation,
-//! duplicated and deleted slices) go through both `inspect_reader` and `inspect_seekable`;
-//! neither may panic, and both must agree on accepting.
+//! duplicated and deleted slices) go through both `inspect_reader` and `inspect_seekable`,
+//! and through both readers of the deep view; none may panic, and each pair must agree.
 //!
 //! `cargo test --test inspect_fuzz_smoke -- --ignored regenerate_seed_corpus` rewrites the
 //! synthetic seeds (the real-archive seed comes from `fuzz/tools/shrink_checkpoint.py`).
@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ckvault::inspect::criu::{parse_core_comm, parse_pstree};
-use ckvault::inspect::{Limits, inspect_reader, inspect_seekable, render_table};
+use ckvault::inspect::{
+    Limits, deep_reader, deep_seekable, inspect_reader, inspect_seekable, render_table,
+};
 use inspect_support::*;
 
 const SEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/inspect_archive");
@@ -68,6 +70,28 @@ fn check(data: &[u8], what: &str) -> bool {
         (Err(_), Err(_)) => true,
         _ => false,
     };
+    // The deep view walks the same bytes further (CRIU file images, the nested
+    // rootfs-diff.tar): it must not panic, the two readers must agree, and what it
+    // accepts must render without a raw escape character.
+    let da = deep_reader(data, &l);
+    let db = deep_seekable(Cursor::new(data), &l);
+    match (&da, &db) {
+        (Ok(x), Ok(y)) => {
+            assert_eq!(x, y, "{what}: deep views differ");
+            assert!(!x.render_table(true).contains('\u{1b}'));
+            let _ = x.to_json(true);
+        }
+        // (The seekable reader knows where the input ends and may report a truncation
+        // before the streaming one reaches the member that breaks another rule.)
+        (Err(x), Err(y)) => {
+            let _ = (x.to_string(), y.to_string());
+        }
+        _ => panic!(
+            "{what}: deep readers disagree: {:?} vs {:?}",
+            da.as_ref().map(|_| ()).map_err(|e| e.code()),
+            db.as_ref().map(|_| ()).map_err(|e| e.code())
+        ),
+    }
     if !agree {
         let path = format!("/tmp/inspect-disagree-{}.bin", data.len());
         let _ = std::fs::write(&path, data);
