@@ -1,11 +1,11 @@
-//! Fuzz target: the CRIU image parsers (pstree, core, mm, pagemap, ids, fs, fdinfo, files and
-//! stats) on arbitrary bytes. They must never panic, and what they accept must respect their
+//! Fuzz target: the CRIU image parsers (pstree, core, mm, pagemap, ids, fs, fdinfo, files,
+//! sk-queues and stats) on arbitrary bytes. They must never panic, and what they accept must respect their
 //! own bounds.
 #![no_main]
 
 use ckvault::inspect::criu::{
     FileDetail, MAX_COMM_BYTES, MAX_NAME_BYTES, parse_core_comm, parse_fdinfo, parse_files,
-    parse_files_id, parse_fs, parse_pstree, parse_stats,
+    parse_files_id, parse_fs, parse_pstree, parse_sk_queues, parse_stats,
 };
 use ckvault::inspect::memory::{MAX_AREA, parse_mm, parse_mm_shared, parse_pagemap};
 use libfuzzer_sys::fuzz_target;
@@ -43,6 +43,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse_files_id(data);
     let _ = parse_fs(data);
     let _ = parse_stats(data);
+    if let Ok(q) = parse_sk_queues(data, 64) {
+        assert!(q.len() <= 64);
+    }
     if let Ok(fds) = parse_fdinfo(data, 64) {
         assert!(fds.len() <= 64);
     }

@@ -291,6 +291,9 @@ pub const FS_MAGIC: u32 = 0x5140_3912;
 pub const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
 /// Magic of `stats-dump` (`StatsEntry { dump = 1 }`).
 pub const STATS_MAGIC: u32 = 0x5709_3306;
+/// Magic of `sk-queues.img` (`SkPacketEntry { id_for = 1; length = 2 }`, each entry followed
+/// by `length` bytes of the queued data).
+pub const SK_QUEUES_MAGIC: u32 = 0x5626_4026;
 /// Longest path or socket name taken from an image (the kernel's PATH_MAX).
 pub const MAX_NAME_BYTES: usize = 4096;
 
@@ -598,6 +601,43 @@ pub fn parse_files(img: &[u8], max: usize) -> Result<Vec<FileImage>, CriuError> 
         .collect()
 }
 
+/// The queued packets of `sk-queues.img`: (the socket's file id, bytes), at most `max`
+/// packets. The data itself is skipped, never kept.
+pub fn parse_sk_queues(img: &[u8], max: usize) -> Result<Vec<(u32, u32)>, CriuError> {
+    let word = |b: &[u8], at: usize| -> Option<u32> {
+        let w = b.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes([
+            *w.first()?,
+            *w.get(1)?,
+            *w.get(2)?,
+            *w.get(3)?,
+        ]))
+    };
+    if word(img, 0) != Some(IMG_COMMON_MAGIC) || word(img, 4) != Some(SK_QUEUES_MAGIC) {
+        return Err(bad("not an sk-queues image (magic)"));
+    }
+    let mut rest = img.get(8..).unwrap_or_default();
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        if out.len() >= max {
+            return Err(bad(format!("more than {max} queued packets")));
+        }
+        let len = word(rest, 0).ok_or_else(|| bad("entry length runs past the end"))? as usize;
+        let body = rest
+            .get(4..4usize.saturating_add(len))
+            .ok_or_else(|| bad(format!("entry of {len} bytes runs past the end")))?;
+        let f = fields(body)?;
+        let id = req_u32(&f, 1, "id_for")?;
+        let length = req_u32(&f, 2, "length")?;
+        let next = 4usize.saturating_add(len).saturating_add(length as usize);
+        rest = rest
+            .get(next..)
+            .ok_or_else(|| bad(format!("a packet of {length} bytes runs past the end")))?;
+        out.push((id, length));
+    }
+    Ok(out)
+}
+
 /// CRIU's dump statistics (`DumpStatsEntry`): times in microseconds, page counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DumpStatistics {
@@ -821,6 +861,19 @@ mod tests {
         vfield(4, 1, &mut fd);
         let many = vec![fd; 5];
         assert!(parse_fdinfo(&image(IMG_COMMON_MAGIC, FDINFO_MAGIC, &many), 4).is_err());
+        // Queued packets whose data runs past the image, too many, or no socket id.
+        let mut pkt = Vec::new();
+        vfield(1, 9, &mut pkt);
+        vfield(2, 100, &mut pkt);
+        let mut q = image(IMG_COMMON_MAGIC, SK_QUEUES_MAGIC, &[pkt.clone()]);
+        q.extend_from_slice(&[0u8; 99]);
+        assert!(parse_sk_queues(&q, 10).is_err());
+        q.push(0);
+        assert_eq!(parse_sk_queues(&q, 10).unwrap(), vec![(9, 100)]);
+        assert!(parse_sk_queues(&q, 0).is_err());
+        let mut no_id = Vec::new();
+        vfield(2, 0, &mut no_id);
+        assert!(parse_sk_queues(&image(IMG_COMMON_MAGIC, SK_QUEUES_MAGIC, &[no_id]), 10).is_err());
         // Stats with the common magic in place of the service magic; an empty fs image.
         assert!(parse_stats(&image(IMG_COMMON_MAGIC, STATS_MAGIC, &[])).is_err());
         assert!(parse_fs(&image(IMG_COMMON_MAGIC, FS_MAGIC, &[])).is_err());

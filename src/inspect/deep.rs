@@ -1,6 +1,7 @@
 //! The deep view of a checkpoint, read in one streaming pass with nothing written anywhere:
 //! per process its command line and environment (from its memory, see [`memory`]), open
-//! files (with cwd and root) and sockets (`ids-`, `fs-`, `fdinfo-<id>.img` and `files.img`);
+//! files (with cwd and root) and sockets (`ids-`, `fs-`, `fdinfo-<id>.img`, `files.img`, and
+//! `sk-queues.img` for the bytes queued on them);
 //! for the container its mounts and annotations (`spec.dump`), CRIU's dump statistics
 //! (`stats-dump`) and the files it added, changed or deleted (the nested `rootfs-diff.tar`,
 //! plain or gzip/zstd-compressed as containerd writes it, listed with the same hostile-input
@@ -104,6 +105,8 @@ pub struct Socket {
     pub send_buffer: u32,
     /// SO_RCVBUF.
     pub receive_buffer: u32,
+    /// Bytes waiting in its receive queue (`sk-queues.img`; unix sockets).
+    pub queued_bytes: u64,
 }
 
 /// What the deep view knows of one process.
@@ -189,6 +192,7 @@ struct Collected {
     fs: BTreeMap<u32, (u32, u32)>,
     fdinfo: BTreeMap<u32, Vec<criu::FdInfo>>,
     files: Vec<FileImage>,
+    queued: BTreeMap<u32, u64>,
     spec: Option<SpecDeep>,
     config_spec: Option<SpecDeep>,
 }
@@ -255,6 +259,14 @@ pub(crate) fn read<I: Input>(
             }
             "checkpoint/files.img" => {
                 got.files = criu::parse_files(&image(tar)?, MAX_FDS).map_err(malformed)?;
+            }
+            "checkpoint/sk-queues.img" => {
+                for (id, bytes) in
+                    criu::parse_sk_queues(&image(tar)?, MAX_FDS).map_err(malformed)?
+                {
+                    let q = got.queued.entry(id).or_default();
+                    *q = q.saturating_add(u64::from(bytes));
+                }
             }
             "stats-dump" | "checkpoint/stats-dump" => {
                 view.statistics = criu::parse_stats(&image(tar)?).map_err(malformed)?;
@@ -326,7 +338,9 @@ fn join(view: &mut DeepView, got: Collected, memory: BTreeMap<u32, ProcessMemory
                 ..
             }) = file
             {
-                p.sockets.push(socket(fd.fd, s));
+                let mut s = socket(fd.fd, s);
+                s.queued_bytes = got.queued.get(&fd.id).copied().unwrap_or(0);
+                p.sockets.push(s);
             }
         }
         if let Some(&(cwd, root)) = got.fs.get(&pid) {
@@ -467,6 +481,7 @@ fn socket(fd: u32, s: &SocketImage) -> Socket {
         peer: s.peer,
         send_buffer: s.send_buffer,
         receive_buffer: s.receive_buffer,
+        queued_bytes: 0,
     }
 }
 
@@ -708,8 +723,15 @@ impl DeepView {
                 };
                 let _ = writeln!(
                     out,
-                    "  socket fd {} {} {} {} {} {ends} sndbuf {} rcvbuf {}",
-                    s.fd, s.family, s.kind, s.protocol, s.state, s.send_buffer, s.receive_buffer
+                    "  socket fd {} {} {} {} {} {ends} sndbuf {} rcvbuf {} queued {}",
+                    s.fd,
+                    s.family,
+                    s.kind,
+                    s.protocol,
+                    s.state,
+                    s.send_buffer,
+                    s.receive_buffer,
+                    s.queued_bytes
                 );
             }
         }
@@ -791,6 +813,7 @@ fn process_json(p: &DeepProcess, show_env_values: bool) -> Value {
             "state": s.state, "source": s.source, "source_port": s.source_port,
             "destination": s.destination, "destination_port": s.destination_port,
             "peer": s.peer, "send_buffer": s.send_buffer, "receive_buffer": s.receive_buffer,
+            "queued_bytes": s.queued_bytes,
         })).collect::<Vec<_>>(),
     })
 }

@@ -32,7 +32,9 @@
  *   - /tmp/dropped.sh written (0755) and /bin/cat removed (the container's disk changes:
  *     rootfs-diff.tar and deleted.files);
  *   - 1 MiB of shared anonymous memory (MAP_SHARED, its first page written): the shared
- *     memory size; CRIU keeps its pages apart from the process's own.
+ *     memory size; CRIU keeps its pages apart from the process's own;
+ *   - a unix datagram socket pair with one 24-byte message sent and never read (a queue:
+ *     CRIU keeps it in sk-queues.img).
  * A step the sandbox refuses is reported on stderr and skipped.
  *
  * When every page is written it prints "ready <MEM_MIB> MiB" and then sleeps forever.
@@ -193,6 +195,9 @@ static void scene(void) {
     unsigned char *sh = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (sh == MAP_FAILED) perror("memhog: mmap shared");
     else memset(sh, 0x5a, 4096);
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_DGRAM, 0, pair) < 0 || send(pair[0], "ckvault-memhog-queued-24", 24, 0) != 24)
+        perror("memhog: queued datagram");
 }
 
 int main(int argc, char **argv) {
