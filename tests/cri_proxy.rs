@@ -47,6 +47,16 @@ type Body = BoxBody<Bytes, hyper::Error>;
 impl FakeRuntime {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         let path = req.uri().path().to_owned();
+        // Headers must arrive as the client sent them (a proxy that loses the client's HPACK
+        // state hands the runtime other headers).
+        if let Some(v) = req.headers().get("x-repeated")
+            && v != "leans-on-the-hpack-table"
+        {
+            return Ok(grpc_error(3, &format!("x-repeated arrived as {v:?}")));
+        }
+        if req.headers().contains_key("x-call") {
+            return Ok(grpc_error(3, "x-call belongs to an intercepted call"));
+        }
         let body = req
             .into_body()
             .collect()
@@ -893,4 +903,132 @@ fn fifo_staging_falls_back_to_files_loudly_when_the_runtime_refuses_a_pipe() {
     assert_eq!(log.matches("WARNING").count(), 1, "{log}");
     assert!(log.contains("falling back to staging files"), "{log}");
     assert!(staging_files(&dir.join("store")).is_empty());
+}
+
+/// One gRPC call on an existing HTTP/2 connection: (grpc-status, grpc-message, body).
+async fn raw_call(
+    sender: &mut hyper::client::conn::http2::SendRequest<BoxBody<Bytes, hyper::Error>>,
+    method: &str,
+    body: Bytes,
+) -> (String, String, Bytes) {
+    let req = Request::post(format!(
+        "http://localhost/runtime.v1.RuntimeService/{method}"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("x-repeated", "leans-on-the-hpack-table")
+    .body(Full::new(body).map_err(|n| match n {}).boxed())
+    .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let headers = resp.headers().clone();
+    let collected = resp.into_body().collect().await.unwrap();
+    let t = collected.trailers().cloned().unwrap_or_default();
+    let get = |k: &str| {
+        t.get(k)
+            .or_else(|| headers.get(k))
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    (
+        get("grpc-status"),
+        get("grpc-message"),
+        collected.to_bytes(),
+    )
+}
+
+#[test]
+fn one_connection_carries_calls_around_intercepted_checkpoints() {
+    // The proxy relays frames: intercepted CheckpointContainer streams are answered by
+    // ckvault on the client's connection, between the runtime's frames. On ONE connection:
+    // a stream open across a checkpoint, more intercepted request bytes than the HTTP/2
+    // connection window (65,535) so the credit must be given back, and calls after the
+    // interception whose headers the client's HPACK encoder indexes (re-encoded for the
+    // runtime, whose table missed the intercepted block).
+    let Some(archive) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let s = setup(&archive);
+    let loc = s.dir.join("kubelet/checkpoint-one-conn.tar");
+    block(async {
+        let mut sender = s.client.connect().await.unwrap();
+        let (st, msg, body) = raw_call(&mut sender, "Version", Bytes::from_static(&[0; 5])).await;
+        assert_eq!(st, "0", "{msg}");
+        let v: VersionResponse = cri::unframe(body, 1 << 20).unwrap();
+        assert_eq!(v.runtime_name, "ckvault-test-runtime");
+        // A server stream left open across what follows.
+        let mut events_sender = sender.clone();
+        let events = tokio::spawn(async move {
+            raw_call(
+                &mut events_sender,
+                "GetContainerEvents",
+                Bytes::from_static(&[0; 5]),
+            )
+            .await
+        });
+        // 7 x 900 KiB of intercepted request bytes (more than hyper's 5 MiB connection
+        // window, and grpc-go's 64 KiB): refused ("not found"), never stalled. Each carries
+        // a header of its own, which the client's HPACK encoder adds to its table.
+        for i in 0..7 {
+            let req = CheckpointContainerRequest {
+                container_id: format!("{i}{}", "x".repeat(900 << 10)),
+                location: String::new(),
+                timeout: 10,
+            };
+            let call =
+                Request::post("http://localhost/runtime.v1.RuntimeService/CheckpointContainer")
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .header("x-call", format!("intercepted-{i}"))
+                    .body(Full::new(cri::frame(&req)).map_err(|n| match n {}).boxed())
+                    .unwrap();
+            let mut s2 = sender.clone();
+            let answer = async move {
+                let resp = s2.send_request(call).await.unwrap();
+                let headers = resp.headers().clone();
+                let collected = resp.into_body().collect().await.unwrap();
+                let t = collected.trailers().cloned().unwrap_or_default();
+                let get = |k: &str| {
+                    t.get(k)
+                        .or_else(|| headers.get(k))
+                        .map(|v| v.to_str().unwrap().to_owned())
+                        .unwrap_or_default()
+                };
+                (get("grpc-status"), get("grpc-message"), ())
+            };
+            let (st, msg, ()) = tokio::time::timeout(Duration::from_secs(30), answer)
+                .await
+                .expect("an intercepted call stalled: flow-control credit not returned");
+            assert_ne!(st, "0", "call {i}: {msg}");
+            assert!(!st.is_empty(), "call {i}: no grpc-status");
+        }
+        // A real one, sealed, with a receipt.
+        let req = CheckpointContainerRequest {
+            container_id: "c1".into(),
+            location: loc.display().to_string(),
+            timeout: 60,
+        };
+        let (st, msg, body) = raw_call(&mut sender, "CheckpointContainer", cri::frame(&req)).await;
+        assert_eq!(st, "0", "{msg}");
+        let _: CheckpointContainerResponse = cri::unframe(body, 1 << 20).unwrap();
+        // Calls after the interception, whose headers hyper now sends as table indexes.
+        for _ in 0..3 {
+            let (st, msg, body) =
+                raw_call(&mut sender, "Version", Bytes::from_static(&[0; 5])).await;
+            assert_eq!(st, "0", "{msg}");
+            let v: VersionResponse = cri::unframe(body, 1 << 20).unwrap();
+            assert_eq!(v.runtime_name, "ckvault-test-runtime");
+            let (st, msg, _) = raw_call(
+                &mut sender,
+                "ListContainers",
+                cri::frame(&ListContainersRequest::default()),
+            )
+            .await;
+            assert_eq!(st, "0", "{msg}");
+        }
+        let (st, msg, frames) = events.await.unwrap();
+        assert_eq!(st, "0", "{msg}");
+        assert_eq!(frames.len(), 21);
+    });
+    assert!(loc.exists(), "no receipt");
+    assert_eq!(store_records(&s.store).len(), 1);
 }

@@ -1,39 +1,31 @@
 //! The CRI proxy: kubelet's `--container-runtime-endpoint` points at ckvault's unix socket;
-//! every call is forwarded to the real runtime as an opaque HTTP/2 stream (headers, body
-//! frames and trailers untouched, so unary, server-streaming and unknown methods all
-//! pass), except `/runtime.v1.RuntimeService/CheckpointContainer`, which is decoded and
-//! turned into a sealed record ([`super::checkpoint`]). Each client connection goes
-//! through [`super::h2fix`] first, so clients that send the socket path as `:authority`
-//! (grpcio) are served as the runtime serves them. Where the kubelet asked for the
+//! each client connection is relayed frame by frame to a connection of its own to the real
+//! runtime ([`super::relay`]: headers, bodies and trailers untouched, so unary,
+//! server-streaming and unknown methods all pass as the runtime answers them), except
+//! `/runtime.v1.RuntimeService/CheckpointContainer`, which is intercepted, decoded and
+//! turned into a sealed record ([`super::checkpoint`]). Where the kubelet asked for the
 //! archive, a receipt is left instead of the plaintext.
 
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full, Limited};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::Response;
 use tokio::net::UnixListener;
 
 use super::checkpoint::{CheckpointError, Checkpointer};
-use super::cri::{
-    self, CHECKPOINT_CONTAINER, CheckpointContainerRequest, CheckpointContainerResponse,
-};
-use super::h2fix::AuthorityFix;
+use super::cri::{self, CheckpointContainerRequest, CheckpointContainerResponse};
 use super::receipt::Receipt;
+use super::relay::{Answer, Intercepted};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
-type Sender = hyper::client::conn::http2::SendRequest<ProxyBody>;
 
 /// The proxy's state.
 pub struct Proxy {
     checkpointer: Checkpointer,
-    upstream: tokio::sync::Mutex<Option<Sender>>,
     /// Leave a receipt at the kubelet's requested location (else leave nothing there).
     pub receipts: bool,
 }
@@ -43,72 +35,19 @@ impl Proxy {
     pub fn new(checkpointer: Checkpointer, receipts: bool) -> Self {
         Self {
             checkpointer,
-            upstream: tokio::sync::Mutex::new(None),
             receipts,
         }
     }
 
-    async fn sender(&self) -> std::io::Result<Sender> {
-        let mut guard = self.upstream.lock().await;
-        if let Some(s) = guard.as_ref()
-            && !s.is_closed()
-        {
-            return Ok(s.clone());
-        }
-        let s = self.checkpointer.runtime().connect().await?;
-        *guard = Some(s.clone());
-        Ok(s)
-    }
-
-    async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, Infallible> {
-        if req.uri().path() == CHECKPOINT_CONTAINER {
-            return Ok(self.checkpoint(req).await);
-        }
-        Ok(self.forward(req).await)
-    }
-
-    /// Forwards a call untouched.
-    async fn forward(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let (mut parts, body) = req.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        match format!("http://localhost{path}").parse() {
-            Ok(uri) => parts.uri = uri,
-            Err(_) => return grpc_error(3, "bad request path"),
-        }
-        let req = Request::from_parts(parts, body.boxed());
-        let mut sender = match self.sender().await {
-            Ok(s) => s,
-            Err(e) => return grpc_error(14, &format!("ckvault cannot reach the runtime: {e}")),
-        };
-        match sender.send_request(req).await {
-            Ok(resp) => resp.map(|b| b.boxed()),
-            Err(e) => grpc_error(14, &format!("runtime connection failed: {e}")),
-        }
-    }
-
-    /// Intercepts CheckpointContainer.
-    async fn checkpoint(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let deadline = req
-            .headers()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
+    /// Answers an intercepted CheckpointContainer: checkpoint, seal, receipt.
+    pub async fn checkpoint(&self, call: Intercepted) -> Answer {
+        let deadline = call
+            .grpc_timeout
+            .as_deref()
             .and_then(parse_grpc_timeout)
             .unwrap_or(Duration::from_secs(120));
-        let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => return grpc_error(3, &format!("cannot read the request: {e}")),
-        };
-        let request: CheckpointContainerRequest = match cri::unframe(body, 1 << 20) {
-            Ok(r) => r,
-            Err(s) => return grpc_error(s.code, &s.message),
-        };
+        let request: CheckpointContainerRequest =
+            cri::unframe(call.body, 1 << 20).map_err(|s| (s.code, s.message))?;
         let location = (!request.location.is_empty()).then_some(request.location.as_str());
         match self
             .checkpointer
@@ -140,12 +79,12 @@ impl Proxy {
                         ),
                     }
                 }
-                grpc_ok(&CheckpointContainerResponse {})
+                Ok(cri::frame(&CheckpointContainerResponse {}))
             }
-            Err(CheckpointError::Runtime(status)) => grpc_error(status.code, &status.message),
-            Err(e @ CheckpointError::Seal(_)) => grpc_error(13, &e.to_string()),
+            Err(CheckpointError::Runtime(status)) => Err((status.code, status.message)),
+            Err(e @ CheckpointError::Seal(_)) => Err((13, e.to_string())),
             // RESOURCE_EXHAUSTED: nothing was taken; the kubelet may retry later.
-            Err(e @ CheckpointError::SpoolFull(_)) => grpc_error(8, &e.to_string()),
+            Err(e @ CheckpointError::SpoolFull(_)) => Err((8, e.to_string())),
         }
     }
 }
@@ -195,7 +134,7 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
-/// A trailers-only gRPC error answer.
+/// A trailers-only gRPC error answer (for HTTP/2 servers in the tests' runtime doubles).
 pub fn grpc_error(code: u32, message: &str) -> Response<ProxyBody> {
     let mut resp = Response::new(
         Empty::<Bytes>::new()
@@ -251,12 +190,21 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the proxy on `listener` until `shutdown` resolves.
+/// Serves the proxy on `listener` until `shutdown` resolves: each connection relayed to
+/// the runtime ([`super::relay`]).
 pub async fn serve(
     proxy: Arc<Proxy>,
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let upstream: Arc<Path> = proxy.checkpointer.runtime().socket().into();
+    let handler: super::relay::Handler = {
+        let proxy = proxy.clone();
+        Arc::new(move |call| {
+            let proxy = proxy.clone();
+            Box::pin(async move { proxy.checkpoint(call).await })
+        })
+    };
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -266,13 +214,9 @@ pub async fn serve(
                 Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
             },
         };
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| proxy.clone().handle(req));
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(AuthorityFix::new(stream)), service)
-                .await;
-        });
+        let upstream = upstream.clone();
+        let handler = handler.clone();
+        tokio::spawn(async move { super::relay::relay(stream, &upstream, handler).await });
     }
 }
 

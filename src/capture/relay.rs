@@ -1,0 +1,639 @@
+//! The CRI proxy's wire: each client connection is relayed to a connection of its own to
+//! the runtime as HTTP/2 *frames*, not terminated. Bytes from the runtime pass through
+//! untouched (only frame boundaries are followed); frames from the client pass through
+//! untouched too, except:
+//!
+//! - every client header block is decoded with the client's HPACK state (it must be, to
+//!   know each stream's `:path` and to keep that state);
+//! - a stream whose `:path` is `CheckpointContainer` is *intercepted*: its HEADERS, DATA,
+//!   WINDOW_UPDATE, PRIORITY and RST_STREAM frames never reach the runtime; the request is
+//!   handed to `on_checkpoint` and its answer written to the client as frames of our own,
+//!   header blocks as HPACK literals without indexing (the client's HPACK table stays as
+//!   the runtime's encoder left it), inserted only between the runtime's frames and never
+//!   inside one of its header blocks;
+//! - since the runtime's HPACK decoder never saw the intercepted block, every later client
+//!   header block is re-encoded as literals without indexing (leaning on no dynamic-table
+//!   state the runtime lacks);
+//! - connection flow control stays balanced: the client's DATA on an intercepted stream is
+//!   returned to it at once with WINDOW_UPDATEs of our own, and the connection
+//!   WINDOW_UPDATEs the client sends for DATA we wrote are not passed on to the runtime.
+//!
+//! So every request the runtime accepts is accepted (grpcio's socket-path `:authority`
+//! included: the runtime sees it as sent), unary, streaming and unknown methods alike, and a
+//! cheap call costs two socket hops and a frame-header walk, not an HTTP/2 termination.
+//!
+//! Bounded: a client frame over 1 MiB, a header block over 1 MiB, one that does not decode,
+//! or an intercepted request body over 1 MiB closes the connection.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+
+/// The HTTP/2 client connection preface.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Largest client frame payload, header block and intercepted body accepted.
+const MAX: usize = 1 << 20;
+/// Largest frame we emit (the HTTP/2 minimum of SETTINGS_MAX_FRAME_SIZE).
+const OUT_FRAME: usize = 16_384;
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const PRIORITY_FRAME: u8 = 0x2;
+const RST_STREAM: u8 = 0x3;
+const PUSH_PROMISE: u8 = 0x5;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+
+/// An intercepted call: what the client asked (the gRPC body, its `grpc-timeout`).
+#[derive(Debug, Clone)]
+pub struct Intercepted {
+    /// The request body (gRPC length-prefixed message).
+    pub body: Bytes,
+    /// The client's `grpc-timeout` header, if any.
+    pub grpc_timeout: Option<String>,
+}
+
+/// The answer to an intercepted call: `Ok(message bytes)` (a gRPC-framed response body)
+/// or `Err((grpc-status, message))`.
+pub type Answer = Result<Bytes, (u32, String)>;
+
+/// What the relay calls for an intercepted stream.
+pub type Handler =
+    Arc<dyn Fn(Intercepted) -> futures_util::future::BoxFuture<'static, Answer> + Send + Sync>;
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+fn frame_header(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream: u32) {
+    out.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+}
+
+/// An HPACK string literal (no Huffman coding).
+fn put_string(out: &mut Vec<u8>, s: &[u8]) {
+    put_int(out, 0x00, 7, s.len());
+    out.extend_from_slice(s);
+}
+
+/// An HPACK integer with an `n`-bit prefix under `first`'s high bits.
+fn put_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(first | v as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128 + 128) as u8);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+/// A header block as literals without indexing, as HEADERS + CONTINUATION frames.
+fn header_frames(out: &mut BytesMut, stream: u32, fields: &[(&[u8], &[u8])], end_stream: bool) {
+    let mut enc = Vec::new();
+    for (name, value) in fields {
+        enc.push(0x00); // literal header field without indexing, new name
+        put_string(&mut enc, name);
+        put_string(&mut enc, value);
+    }
+    let mut chunks = enc.chunks(OUT_FRAME).peekable();
+    let mut first = true;
+    loop {
+        let chunk = chunks.next().unwrap_or(&[]);
+        let last = chunks.peek().is_none();
+        let mut flags = if last { END_HEADERS } else { 0 };
+        if first && end_stream {
+            flags |= END_STREAM;
+        }
+        frame_header(
+            out,
+            chunk.len(),
+            if first { HEADERS } else { CONTINUATION },
+            flags,
+            stream,
+        );
+        out.extend_from_slice(chunk);
+        first = false;
+        if last {
+            return;
+        }
+    }
+}
+
+/// The frames answering an intercepted stream.
+fn answer_frames(stream: u32, answer: &Answer) -> (BytesMut, u64) {
+    let mut out = BytesMut::new();
+    let mut data = 0u64;
+    match answer {
+        Ok(body) => {
+            header_frames(
+                &mut out,
+                stream,
+                &[(b":status", b"200"), (b"content-type", b"application/grpc")],
+                false,
+            );
+            for chunk in body.chunks(OUT_FRAME) {
+                frame_header(&mut out, chunk.len(), DATA, 0, stream);
+                out.extend_from_slice(chunk);
+                data += chunk.len() as u64;
+            }
+            header_frames(&mut out, stream, &[(b"grpc-status", b"0")], true);
+        }
+        Err((code, message)) => {
+            let code = code.to_string();
+            let mut message = super::cri::percent_encode(message);
+            message.truncate(1024);
+            header_frames(
+                &mut out,
+                stream,
+                &[
+                    (b":status", b"200"),
+                    (b"content-type", b"application/grpc"),
+                    (b"grpc-status", code.as_bytes()),
+                    (b"grpc-message", message.as_bytes()),
+                ],
+                true,
+            );
+        }
+    }
+    (out, data)
+}
+
+fn window_update(out: &mut BytesMut, stream: u32, increment: u32) {
+    frame_header(out, 4, WINDOW_UPDATE, 0, stream);
+    out.extend_from_slice(&(increment & 0x7fff_ffff).to_be_bytes());
+}
+
+/// A client header block being gathered (HEADERS, then CONTINUATION frames).
+struct Block {
+    stream: u32,
+    end_stream: bool,
+    raw: BytesMut,
+    fragment: BytesMut,
+}
+
+/// An intercepted stream still receiving its request.
+struct Pending {
+    body: BytesMut,
+    grpc_timeout: Option<String>,
+}
+
+/// The client-to-runtime direction.
+struct Up {
+    preface_left: usize,
+    block: Option<Block>,
+    decoder: loona_hpack::Decoder<'static>,
+    rewriting: bool,
+    pending: HashMap<u32, Pending>,
+    /// Intercepted streams (answered by us): their stray frames are dropped.
+    ours: std::collections::HashSet<u32>,
+    /// DATA bytes we wrote to the client whose connection WINDOW_UPDATEs are not the
+    /// runtime's to receive.
+    owed: Arc<AtomicU64>,
+    inject: mpsc::UnboundedSender<Bytes>,
+    handler: Handler,
+}
+
+impl Up {
+    /// Walks the complete units of `inbuf`, appending what goes to the runtime to `out`.
+    fn process(&mut self, inbuf: &mut BytesMut, out: &mut BytesMut) -> io::Result<()> {
+        if self.preface_left > 0 {
+            let n = self.preface_left.min(inbuf.len());
+            let done = PREFACE.len() - self.preface_left;
+            if inbuf.get(..n) != PREFACE.get(done..done + n) {
+                return Err(bad("not an HTTP/2 connection preface"));
+            }
+            out.extend_from_slice(&inbuf.split_to(n));
+            self.preface_left -= n;
+        }
+        while self.preface_left == 0 && inbuf.len() >= 9 {
+            let len = (usize::from(inbuf[0]) << 16)
+                | (usize::from(inbuf[1]) << 8)
+                | usize::from(inbuf[2]);
+            if len > MAX {
+                return Err(bad(format!("HTTP/2 frame of {len} bytes")));
+            }
+            if inbuf.len() < 9 + len {
+                break;
+            }
+            let frame = inbuf.split_to(9 + len);
+            self.frame(frame, out)?;
+        }
+        Ok(())
+    }
+
+    fn frame(&mut self, frame: BytesMut, out: &mut BytesMut) -> io::Result<()> {
+        let (kind, flags) = (frame[3], frame[4]);
+        let stream = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
+        let payload = &frame[9..];
+        match (kind, self.block.as_mut()) {
+            (HEADERS, None) => {
+                let mut p = payload;
+                let mut pad = 0usize;
+                if flags & PADDED != 0 {
+                    pad = usize::from(*p.first().ok_or_else(|| bad("empty padded HEADERS"))?);
+                    p = &p[1..];
+                }
+                if flags & PRIORITY != 0 {
+                    p = p.get(5..).ok_or_else(|| bad("short HEADERS priority"))?;
+                }
+                let fragment = p
+                    .get(
+                        ..p.len()
+                            .checked_sub(pad)
+                            .ok_or_else(|| bad("HEADERS padding"))?,
+                    )
+                    .ok_or_else(|| bad("HEADERS padding"))?;
+                let block = Block {
+                    stream,
+                    end_stream: flags & END_STREAM != 0,
+                    fragment: BytesMut::from(fragment),
+                    raw: frame.clone(),
+                };
+                if flags & END_HEADERS != 0 {
+                    self.finish(block, out)
+                } else {
+                    self.block = Some(block);
+                    Ok(())
+                }
+            }
+            (CONTINUATION, Some(block)) if block.stream == stream => {
+                if block.fragment.len() + payload.len() > MAX {
+                    return Err(bad("HTTP/2 header block over 1 MiB"));
+                }
+                block.fragment.extend_from_slice(payload);
+                block.raw.extend_from_slice(&frame);
+                if flags & END_HEADERS != 0
+                    && let Some(block) = self.block.take()
+                {
+                    return self.finish(block, out);
+                }
+                Ok(())
+            }
+            (_, Some(_)) => Err(bad("HTTP/2 frame inside a header block")),
+            (CONTINUATION, None) => Err(bad("HTTP/2 CONTINUATION without HEADERS")),
+            (DATA, None) if self.ours.contains(&stream) => {
+                // Return the client's flow-control credit at once: the runtime never sees
+                // these bytes, so it would never return it.
+                let mut credit = BytesMut::new();
+                if !payload.is_empty() {
+                    window_update(&mut credit, 0, payload.len() as u32);
+                    window_update(&mut credit, stream, payload.len() as u32);
+                    let _ = self.inject.send(credit.freeze());
+                }
+                let mut p = payload;
+                if flags & PADDED != 0 {
+                    let pad = usize::from(*p.first().ok_or_else(|| bad("empty padded DATA"))?);
+                    p = p
+                        .get(
+                            1..p.len()
+                                .checked_sub(pad)
+                                .ok_or_else(|| bad("DATA padding"))?,
+                        )
+                        .ok_or_else(|| bad("DATA padding"))?;
+                }
+                if let Some(pending) = self.pending.get_mut(&stream) {
+                    if pending.body.len() + p.len() > MAX {
+                        return Err(bad("an intercepted request over 1 MiB"));
+                    }
+                    pending.body.extend_from_slice(p);
+                }
+                if flags & END_STREAM != 0 {
+                    self.dispatch(stream);
+                }
+                Ok(())
+            }
+            (WINDOW_UPDATE, None) if stream == 0 => {
+                let inc = payload
+                    .get(..4)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff)
+                    .ok_or_else(|| bad("short WINDOW_UPDATE"))?;
+                let owed = self.owed.load(Ordering::Relaxed);
+                if owed == 0 {
+                    out.extend_from_slice(&frame);
+                    return Ok(());
+                }
+                let take = owed.min(u64::from(inc));
+                self.owed.fetch_sub(take, Ordering::Relaxed);
+                let left = u64::from(inc) - take;
+                if left > 0 {
+                    window_update(out, 0, left as u32);
+                }
+                Ok(())
+            }
+            (WINDOW_UPDATE | PRIORITY_FRAME | RST_STREAM, None) if self.ours.contains(&stream) => {
+                if kind == RST_STREAM {
+                    // The client gave up on it; the capture itself goes on.
+                    self.pending.remove(&stream);
+                }
+                Ok(())
+            }
+            _ => {
+                out.extend_from_slice(&frame);
+                Ok(())
+            }
+        }
+    }
+
+    /// Decodes a complete header block (keeping the client's HPACK state); intercepts it,
+    /// or passes it on as it came or re-encoded.
+    fn finish(&mut self, block: Block, out: &mut BytesMut) -> io::Result<()> {
+        let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut size = 0usize;
+        self.decoder
+            .decode_with_cb(&block.fragment, |name, value| {
+                size += name.len() + value.len() + 32;
+                if size <= MAX {
+                    fields.push((name.into_owned(), value.into_owned()));
+                }
+            })
+            .map_err(|e| bad(format!("HPACK: {e:?}")))?;
+        if size > MAX {
+            return Err(bad("HTTP/2 header list over 1 MiB"));
+        }
+        let field = |n: &[u8]| {
+            fields
+                .iter()
+                .find(|(k, _)| k.as_slice() == n)
+                .map(|(_, v)| v.as_slice())
+        };
+        if self.ours.contains(&block.stream) {
+            // Trailers of an intercepted request (gRPC clients send none): dropped.
+            if block.end_stream {
+                self.dispatch(block.stream);
+            }
+            return Ok(());
+        }
+        if field(b":path") == Some(super::cri::CHECKPOINT_CONTAINER.as_bytes()) {
+            self.rewriting = true;
+            self.ours.insert(block.stream);
+            self.pending.insert(
+                block.stream,
+                Pending {
+                    body: BytesMut::new(),
+                    grpc_timeout: field(b"grpc-timeout")
+                        .map(|v| String::from_utf8_lossy(v).into_owned()),
+                },
+            );
+            if block.end_stream {
+                self.dispatch(block.stream);
+            }
+            return Ok(());
+        }
+        if !self.rewriting {
+            out.extend_from_slice(&block.raw);
+            return Ok(());
+        }
+        let refs: Vec<(&[u8], &[u8])> = fields
+            .iter()
+            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+            .collect();
+        header_frames(out, block.stream, &refs, block.end_stream);
+        Ok(())
+    }
+
+    /// The request of an intercepted stream is complete: answer it on a task of its own.
+    fn dispatch(&mut self, stream: u32) {
+        let Some(p) = self.pending.remove(&stream) else {
+            return;
+        };
+        let handler = self.handler.clone();
+        let inject = self.inject.clone();
+        let owed = self.owed.clone();
+        tokio::spawn(async move {
+            let answer = handler(Intercepted {
+                body: p.body.freeze(),
+                grpc_timeout: p.grpc_timeout,
+            })
+            .await;
+            let (frames, data) = answer_frames(stream, &answer);
+            owed.fetch_add(data, Ordering::Relaxed);
+            let _ = inject.send(frames.freeze());
+        });
+    }
+}
+
+async fn client_to_runtime(
+    mut client: OwnedReadHalf,
+    mut runtime: OwnedWriteHalf,
+    mut up: Up,
+) -> io::Result<()> {
+    let mut inbuf = BytesMut::with_capacity(64 << 10);
+    let mut out = BytesMut::with_capacity(64 << 10);
+    loop {
+        let n = client.read_buf(&mut inbuf).await?;
+        if n == 0 {
+            if !inbuf.is_empty() {
+                // An incomplete frame: the runtime reports it as such.
+                runtime.write_all(&inbuf).await?;
+            }
+            return runtime.shutdown().await;
+        }
+        up.process(&mut inbuf, &mut out)?;
+        if !out.is_empty() {
+            runtime.write_all(&out).await?;
+            out.clear();
+        }
+        if inbuf.capacity() - inbuf.len() < 16 << 10 {
+            inbuf.reserve(64 << 10);
+        }
+    }
+}
+
+/// Follows the runtime's frame boundaries to know where frames of our own may go.
+#[derive(Default)]
+struct Boundaries {
+    /// Bytes of the current frame's header seen so far (0..9).
+    head: [u8; 9],
+    head_len: usize,
+    /// Payload bytes of the current frame still to come.
+    payload_left: usize,
+    /// Inside a header block (HEADERS or PUSH_PROMISE without END_HEADERS, until the
+    /// CONTINUATION that ends it).
+    in_block: bool,
+}
+
+impl Boundaries {
+    fn walk(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(bytes.len());
+                self.payload_left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (9 - self.head_len).min(bytes.len());
+            self.head[self.head_len..self.head_len + n].copy_from_slice(&bytes[..n]);
+            self.head_len += n;
+            bytes = &bytes[n..];
+            if self.head_len == 9 {
+                let h = self.head;
+                self.payload_left =
+                    (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+                self.head_len = 0;
+                match h[3] {
+                    HEADERS | PUSH_PROMISE => self.in_block = h[4] & END_HEADERS == 0,
+                    CONTINUATION if h[4] & END_HEADERS != 0 => self.in_block = false,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.head_len == 0 && self.payload_left == 0 && !self.in_block
+    }
+}
+
+async fn runtime_to_client(
+    mut runtime: OwnedReadHalf,
+    mut client: OwnedWriteHalf,
+    mut inject: mpsc::UnboundedReceiver<Bytes>,
+) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut b = Boundaries::default();
+    let mut injecting = true;
+    loop {
+        tokio::select! {
+            biased;
+            frames = inject.recv(), if injecting && b.at_boundary() => match frames {
+                Some(f) => client.write_all(&f).await?,
+                // Nobody left to answer (the client's side is gone).
+                None => injecting = false,
+            },
+            n = runtime.read_buf(&mut buf) => {
+                if n? == 0 {
+                    // Answers still being made are lost with the connection; write what
+                    // is queued, then close.
+                    if b.at_boundary() {
+                        while let Ok(f) = inject.try_recv() {
+                            client.write_all(&f).await?;
+                        }
+                    }
+                    return client.shutdown().await;
+                }
+                b.walk(&buf);
+                client.write_all(&buf).await?;
+                buf.clear();
+                if b.at_boundary() {
+                    while let Ok(f) = inject.try_recv() {
+                        client.write_all(&f).await?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Relays one client connection to a fresh connection to the runtime at `upstream`,
+/// answering intercepted `CheckpointContainer` streams with `handler`.
+pub async fn relay(client: UnixStream, upstream: &std::path::Path, handler: Handler) {
+    let runtime = match UnixStream::connect(upstream).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "ckvault: proxy: cannot reach the runtime at {}: {e}",
+                upstream.display()
+            );
+            return;
+        }
+    };
+    let (cr, cw) = client.into_split();
+    let (rr, rw) = runtime.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut decoder = loona_hpack::Decoder::new();
+    decoder.set_max_allowed_table_size(64 << 10);
+    let up = Up {
+        preface_left: PREFACE.len(),
+        block: None,
+        decoder,
+        rewriting: false,
+        pending: HashMap::new(),
+        ours: std::collections::HashSet::new(),
+        owed: Arc::new(AtomicU64::new(0)),
+        inject: tx,
+        handler,
+    };
+    let upward = tokio::spawn(client_to_runtime(cr, rw, up));
+    let down = runtime_to_client(rr, cw, rx);
+    // The connection ends when the runtime's side does (the client closing its side
+    // makes the runtime close).
+    let _ = down.await;
+    upward.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boundaries_follow_frames_split_anywhere() {
+        let mut stream = BytesMut::new();
+        frame_header(&mut stream, 3, HEADERS, 0, 1); // a block left open
+        stream.extend_from_slice(b"abc");
+        frame_header(&mut stream, 2, CONTINUATION, END_HEADERS, 1);
+        stream.extend_from_slice(b"de");
+        frame_header(&mut stream, 4, DATA, 0, 1);
+        stream.extend_from_slice(b"wxyz");
+        for split in 0..stream.len() {
+            let mut b = Boundaries::default();
+            b.walk(&stream[..split]);
+            let mid = !b.at_boundary();
+            b.walk(&stream[split..]);
+            assert!(b.at_boundary(), "split at {split}");
+            // Between HEADERS and its CONTINUATION is not a boundary.
+            if split == 12 {
+                assert!(mid);
+            }
+        }
+    }
+
+    #[test]
+    fn answers_are_literal_header_blocks() {
+        let (frames, data) = answer_frames(3, &Ok(Bytes::from_static(b"\0\0\0\0\0")));
+        assert_eq!(data, 5);
+        let mut d = loona_hpack::Decoder::new();
+        let mut rest = &frames[..];
+        let mut seen = Vec::new();
+        while rest.len() >= 9 {
+            let len =
+                (usize::from(rest[0]) << 16) | (usize::from(rest[1]) << 8) | usize::from(rest[2]);
+            if rest[3] == HEADERS {
+                d.decode_with_cb(&rest[9..9 + len], |n, v| {
+                    seen.push(format!(
+                        "{}={}",
+                        String::from_utf8_lossy(&n),
+                        String::from_utf8_lossy(&v)
+                    ))
+                })
+                .unwrap();
+            }
+            rest = &rest[9 + len..];
+        }
+        assert_eq!(
+            seen,
+            [
+                ":status=200",
+                "content-type=application/grpc",
+                "grpc-status=0"
+            ]
+        );
+        // Literals without indexing leave the client's dynamic table empty: index 62 (the
+        // first dynamic entry) does not resolve.
+        assert!(d.decode(&[0xbe]).is_err());
+    }
+}
