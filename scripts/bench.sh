@@ -13,7 +13,8 @@
 #   2. inspect   ckvault inspect vs tar tvf (plain tar); vs zstd -dc | tar tv (.tar.zst)
 #   3. download  curl over TLS 1.3 from ckvault serve vs nginx (TLS 1.3, same cert, same
 #                file); then 32 concurrent downloads: errors and audit events
-#   4. cri       CRI proxy vs direct on real containerd: p50 latency added, throughput
+#   4. cri       CRI proxy (frames relayed) vs direct on real containerd 2.1: p50 latency
+#                added, throughput
 #   5. list      GET /v1/checkpoints of N records
 #   6. load      64 concurrent download loops plus seals into the same store, for
 #                BENCH_LOAD_SECS (60; 10 with --small): errors, downloads, server peak RSS
@@ -24,6 +25,8 @@
 #                MiB record (decrypted in memory) vs checkpointctl 1.3 memparse on the
 #                plaintext archive (in the checkpoint harness's Debian 13 root): time,
 #                matches, same addresses, files created outside the store
+#   9. watch     ckvault watch --once sealing a BENCH_WATCH_MIB (1024; 64 with --small) MiB
+#                checkpoint (the kubelet's directory) vs ckvault seal of the same file
 # BENCH_ONLY="4 5" runs only those sections (3 needs 1's checkpoint; it makes it if missing).
 # Needs root (CRIU, containerd), age, zstd, openssl, curl, nginx (installed if missing).
 set -euo pipefail
@@ -185,11 +188,18 @@ fi
 
 # ---------------------------------------------------------------------------------- 4
 if want 4; then
-echo; echo "== 4. CRI proxy on real containerd ($CALLS interleaved calls per method, one HTTP/2 connection each)"
-rm -rf "$WORK/ctrd"; tests/harness/containerd.sh start "$WORK/ctrd" >/dev/null
-"$CK" proxy --listen "$WORK/ctrd/proxy.sock" --runtime "$WORK/ctrd/containerd.sock" --store "$WORK/store" -r "$R" >/dev/null 2>&1 & PIDS+=($!)
-for _ in $(seq 50); do [ -S "$WORK/ctrd/proxy.sock" ] && break; sleep 0.1; done
-"$EX/cri_bench" "$WORK/ctrd/containerd.sock" "$WORK/ctrd/proxy.sock" "$CALLS"
+echo; echo "== 4. CRI proxy on real containerd 2.1 ($CALLS interleaved calls per method, one HTTP/2 connection each)"
+CACHE=/var/tmp/ckvault-real-cri/cache; BINDS=/var/tmp/ckvault-real-cri/binds
+# The runtime is shared with the tests (tests/support/realcri.rs): take their lock.
+mkdir -p "$BINDS"; exec 9>/var/tmp/ckvault-real-cri/test.lock; flock 9
+env=$(CTD_BINDS=$BINDS ROOT_SEED="${CKVAULT_CKPT_CACHE:-/var/tmp/ckvault-ckpt}/root" \
+  bash tests/harness/real-cri-runtime.sh start "$CACHE" 16 bench bench-pod app 2>/dev/null)
+CRI_SOCKET=$(sed -n 's/^CRI_SOCKET=//p' <<<"$env")
+P4=$BINDS/bench-proxy; rm -rf "$P4"; mkdir -p "$P4"
+"$CK" proxy --listen "$P4/proxy.sock" --runtime "$CRI_SOCKET" --store "$WORK/store" -r "$R" >/dev/null 2>"$P4/proxy.log" & PIDS+=($!)
+for _ in $(seq 50); do [ -S "$P4/proxy.sock" ] && break; sleep 0.1; done
+"$EX/cri_bench" "$CRI_SOCKET" "$P4/proxy.sock" "$CALLS"
+exec 9>&-
 fi
 
 # ---------------------------------------------------------------------------------- 5
@@ -316,4 +326,25 @@ printf "%-42s %8s %9s\n" contender "wall s" matches
 printf "%-42s %8.2f %9s\n" "ckvault memsearch (sealed record)" "$wo" "$(grep -c . <<<"$ours")"
 printf "%-42s %8.2f %9s\n" "checkpointctl memparse (plaintext archive)" "$wt" "$(grep -c . <<<"$theirs")"
 echo "ratio $(ratio "$wo" "$wt"); same addresses: $same; files created outside the store: $created"
+fi
+
+# ---------------------------------------------------------------------------------- 9
+if want 9; then
+W_MIB=${BENCH_WATCH_MIB:-$([ $SMALL = 1 ] && echo 64 || echo 1024)}
+echo; echo "== 9. watch: ckvault watch --once sealing a ${W_MIB} MiB checkpoint vs ckvault seal of the same bytes"
+src=$(checkpoint "$W_MIB" none)
+declare -A WT=()
+for run in $(seq "$RUNS"); do
+  d=$WORK/watch-dir; rm -rf "$d" "$WORK/watch-store" "$WORK/watch-seal-store"; mkdir -p "$d"
+  cp "$src" "$d/checkpoint-bench-pod_bench-app-$run.tar"; touch -d '-60 seconds' "$d/checkpoint-bench-pod_bench-app-$run.tar"
+  WT[watch]+="$(timed "$CK" watch --dir "$d" --once --settle 1 --store "$WORK/watch-store" -r "$R" | cut -d' ' -f1) "
+  WT[seal]+="$(timed "$CK" seal "$src" --store "$WORK/watch-seal-store" -r "$R" | cut -d' ' -f1) "
+  left=$(find "$d" -name 'checkpoint-*.tar' | wc -l); receipts=$(find "$d" -name '*.json' | wc -l)
+  [ "$left" = 0 ] && [ "$receipts" -ge 1 ] || echo "run $run: watch left $left archives, $receipts receipts"
+done
+ws=$(tr ' ' '\n' <<<"${WT[seal]}" | grep . | median); ww=$(tr ' ' '\n' <<<"${WT[watch]}" | grep . | median)
+printf "%-30s %8s %8s\n" contender "wall s" "ratio"
+printf "%-30s %8.2f %8s\n" "ckvault seal" "$ws" "1.00"
+printf "%-30s %8.2f %8s\n" "ckvault watch --once" "$ww" "$(ratio "$ww" "$ws")"
+echo "records: watch $(ls "$WORK/watch-store/records" | grep -c '.json$') (plaintext removed, receipt left), seal $(ls "$WORK/watch-seal-store/records" | grep -c '.json$')"
 fi

@@ -4,7 +4,7 @@
 //! untouched too, except:
 //!
 //! - every client header block is decoded with the client's HPACK state (it must be, to
-//!   know each stream's `:path` and to keep that state);
+//!   know each stream's `:path` and to keep that state; [`super::hpack`] does it cheaply);
 //! - a stream whose `:path` is `CheckpointContainer` is *intercepted*: its HEADERS, DATA,
 //!   WINDOW_UPDATE, PRIORITY and RST_STREAM frames never reach the runtime; the request is
 //!   handed to `on_checkpoint` and its answer written to the client as frames of our own,
@@ -196,7 +196,7 @@ struct Pending {
 struct Up {
     preface_left: usize,
     block: Option<Block>,
-    decoder: loona_hpack::Decoder<'static>,
+    decoder: super::hpack::Decoder,
     rewriting: bool,
     pending: HashMap<u32, Pending>,
     /// Intercepted streams (answered by us): their stray frames are dropped.
@@ -352,25 +352,29 @@ impl Up {
     /// Decodes a complete header block (keeping the client's HPACK state); intercepts it,
     /// or passes it on as it came or re-encoded.
     fn finish(&mut self, block: Block, out: &mut BytesMut) -> io::Result<()> {
+        // Only the fields of a block that will be re-encoded are kept; of the others, the
+        // two the relay needs (`:path`, `grpc-timeout`).
+        let keep = self.rewriting;
         let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut size = 0usize;
+        let mut checkpoint = false;
+        let mut grpc_timeout = None;
         self.decoder
-            .decode_with_cb(&block.fragment, |name, value| {
+            .decode(&block.fragment, |name, value| {
                 size += name.len() + value.len() + 32;
-                if size <= MAX {
-                    fields.push((name.into_owned(), value.into_owned()));
+                if name == b":path" {
+                    checkpoint = value == super::cri::CHECKPOINT_CONTAINER.as_bytes();
+                } else if name == b"grpc-timeout" {
+                    grpc_timeout = Some(String::from_utf8_lossy(value).into_owned());
+                }
+                if keep && size <= MAX {
+                    fields.push((name.to_vec(), value.to_vec()));
                 }
             })
-            .map_err(|e| bad(format!("HPACK: {e:?}")))?;
+            .map_err(|e| bad(format!("HPACK: {e}")))?;
         if size > MAX {
             return Err(bad("HTTP/2 header list over 1 MiB"));
         }
-        let field = |n: &[u8]| {
-            fields
-                .iter()
-                .find(|(k, _)| k.as_slice() == n)
-                .map(|(_, v)| v.as_slice())
-        };
         if self.ours.contains(&block.stream) {
             // Trailers of an intercepted request (gRPC clients send none): dropped.
             if block.end_stream {
@@ -378,15 +382,14 @@ impl Up {
             }
             return Ok(());
         }
-        if field(b":path") == Some(super::cri::CHECKPOINT_CONTAINER.as_bytes()) {
+        if checkpoint {
             self.rewriting = true;
             self.ours.insert(block.stream);
             self.pending.insert(
                 block.stream,
                 Pending {
                     body: BytesMut::new(),
-                    grpc_timeout: field(b"grpc-timeout")
-                        .map(|v| String::from_utf8_lossy(v).into_owned()),
+                    grpc_timeout,
                 },
             );
             if block.end_stream {
@@ -555,12 +558,10 @@ pub async fn relay(client: UnixStream, upstream: &std::path::Path, handler: Hand
     let (cr, cw) = client.into_split();
     let (rr, rw) = runtime.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut decoder = loona_hpack::Decoder::new();
-    decoder.set_max_allowed_table_size(64 << 10);
     let up = Up {
         preface_left: PREFACE.len(),
         block: None,
-        decoder,
+        decoder: super::hpack::Decoder::new(),
         rewriting: false,
         pending: HashMap::new(),
         ours: std::collections::HashSet::new(),
@@ -586,7 +587,7 @@ mod tests {
         let up = Up {
             preface_left: PREFACE.len(),
             block: None,
-            decoder: loona_hpack::Decoder::new(),
+            decoder: crate::capture::hpack::Decoder::new(),
             rewriting: false,
             pending: HashMap::new(),
             ours: std::collections::HashSet::new(),
