@@ -192,6 +192,9 @@ http {
   server { listen 127.0.0.1:$nport ssl; ssl_protocols TLSv1.3;
            ssl_certificate $T/server.pem; ssl_certificate_key $T/server.key;
            location = /blob.age { alias $blob; } }
+  server { listen 127.0.0.1:$((nport + 1)) ssl http2; ssl_protocols TLSv1.3;
+           ssl_certificate $T/server.pem; ssl_certificate_key $T/server.key;
+           location = /blob.age { alias $blob; } }
 }
 EOF
 nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' & PIDS+=($!)
@@ -213,18 +216,29 @@ checked() { # checked NAME CURL-ARGS... -> bytes/s of one download whose status,
   fi
   echo "$speed"
 }
-sc=(); nc=()
-for _ in $(seq "$RUNS"); do
-  sc+=("$(checked ck "${AUTH[@]}" "https://127.0.0.1:$port/v1/checkpoints/$id/archive")") || exit 1
-  nc+=("$(checked ng "https://localhost:$nport/blob.age" --resolve "localhost:$nport:127.0.0.1")") || exit 1
+# The same HTTP version from both (curl would pick HTTP/2 from ckvault by ALPN and HTTP/1.1
+# from an nginx without http2): HTTP/1.1 is the headline, HTTP/2 (nginx's http2 server)
+# the second line. The first ckvault download after its start hashes the blob; the later
+# ones are checked by the file identity it was verified with (SECURITY.md, "Downloads").
+printf "%-42s %8s  %s\n" contender "MiB/s" "runs, MiB/s (each: 200, $bsize bytes, sha256 checked)"
+# A verification is remembered for a blob that changed 2 s or more before it: let it settle.
+while [ $(( $(date +%s) - $(stat -c %Z "$blob") )) -lt 3 ]; do sleep 0.5; done
+first=$(checked ck --http1.1 "${AUTH[@]}" "https://127.0.0.1:$port/v1/checkpoints/$id/archive") || exit 1
+printf "%-42s %8.0f  %s\n" "ckvault first download (re-hashes)" "$(awk -v b="$first" 'BEGIN{print b/1048576}')" "HTTP/1.1, one run"
+for hv in 1.1 2; do
+  np=$([ $hv = 2 ] && echo $((nport + 1)) || echo "$nport")
+  sc=(); nc=()
+  for _ in $(seq "$RUNS"); do
+    sc+=("$(checked ck --http$hv "${AUTH[@]}" "https://127.0.0.1:$port/v1/checkpoints/$id/archive")") || exit 1
+    nc+=("$(checked ng --http$hv "https://localhost:$np/blob.age" --resolve "localhost:$np:127.0.0.1")") || exit 1
+  done
+  s=$(printf "%s\n" "${sc[@]}" | median); n=$(printf "%s\n" "${nc[@]}" | median)
+  printf "%-42s %8.0f  %s\n" "ckvault serve HTTP/$hv (verifies, audits)" "$(awk -v b="$s" 'BEGIN{print b/1048576}')" \
+    "$(printf "%s\n" "${sc[@]}" | awk '{printf "%.0f ", $1/1048576}')"
+  printf "%-42s %8.0f  %s\n" "nginx HTTP/$hv (sendfile, TLS 1.3)" "$(awk -v b="$n" 'BEGIN{print b/1048576}')" \
+    "$(printf "%s\n" "${nc[@]}" | awk '{printf "%.0f ", $1/1048576}')"
+  echo "single stream ratio ckvault/nginx, HTTP/$hv: $(ratio "$s" "$n")"
 done
-s=$(printf "%s\n" "${sc[@]}" | median); n=$(printf "%s\n" "${nc[@]}" | median)
-printf "%-34s %12s  %s\n" contender "MiB/s" "runs, MiB/s (each: 200, $bsize bytes, sha256 checked)"
-printf "%-34s %12.0f  %s\n" "ckvault serve (verifies, audits)" "$(awk -v b="$s" 'BEGIN{print b/1048576}')" \
-  "$(printf "%s\n" "${sc[@]}" | awk '{printf "%.0f ", $1/1048576}')"
-printf "%-34s %12.0f  %s\n" "nginx (sendfile, TLS 1.3)" "$(awk -v b="$n" 'BEGIN{print b/1048576}')" \
-  "$(printf "%s\n" "${nc[@]}" | awk '{printf "%.0f ", $1/1048576}')"
-echo "single stream ratio ckvault/nginx: $(ratio "$s" "$n")"
 before=$(grep -c '"action":"download"' "$WORK/store/audit.log" || true)
 rss0=$(awk '/VmHWM/{print $2}' /proc/"$(pgrep -f "serve --config $WORK/serve.toml" | head -1)"/status)
 start=$(date +%s%N); fails=0; cpids=()

@@ -22,7 +22,7 @@ use crate::store::backend::{BlobReader, FileIdentity};
 use tokio_util::io::ReaderStream;
 
 /// Bytes per chunk read from a local blob (and so per body frame handed to the connection).
-pub const FILE_CHUNK: usize = 1 << 20;
+pub const FILE_CHUNK: usize = 256 << 10;
 /// Bytes per chunk read from a bucket's blob.
 const CHUNK: usize = 256 << 10;
 
