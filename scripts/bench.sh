@@ -169,7 +169,7 @@ path = "$WORK/store"
 [server]
 listen = "127.0.0.1:0"
 EOF
-"$CK" serve --config "$WORK/serve.toml" > "$WORK/serve.out" 2>"$WORK/serve.err" & PIDS+=($!)
+"$CK" serve --config "$WORK/serve.toml" > "$WORK/serve.out" 2>"$WORK/serve.err" & PIDS+=($!); ckpid=$!
 for _ in $(seq 100); do grep -q "serving https" "$WORK/serve.out" 2>/dev/null && break; sleep 0.2; done
 port=$(sed -n 's/.*serving https:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$WORK/serve.out" | head -1)
 T=$WORK/store/tls
@@ -197,8 +197,12 @@ http {
            location = /blob.age { alias $blob; } }
 }
 EOF
-nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' & PIDS+=($!); ngpid=$!
 sleep 1
+# CPU milliseconds a server (and its children: nginx's worker) used so far: on a shared
+# machine the throughput of either varies with the load, its CPU per download much less.
+cpu_ms() { local t=0 p; for p in $1 $(pgrep -P "$1"); do t=$((t + $(awk '{print $14+$15}' /proc/"$p"/stat))); done
+           echo $((t * 1000 / $(getconf CLK_TCK))); }
 # Each timed download lands in memory (tmpfs: one kernel copy, the same for both) and is
 # checked after its clock stopped: HTTP 200, the blob's byte count and sha256. A refusal
 # or a cut-off stream also "downloads fast"; it must not count.
@@ -223,21 +227,26 @@ checked() { # checked NAME CURL-ARGS... -> bytes/s of one download whose status,
 printf "%-42s %8s  %s\n" contender "MiB/s" "runs, MiB/s (each: 200, $bsize bytes, sha256 checked)"
 # A verification is remembered for a blob that changed 2 s or more before it: let it settle.
 while [ $(( $(date +%s) - $(stat -c %Z "$blob") )) -lt 3 ]; do sleep 0.5; done
+c0=$(cpu_ms "$ckpid")
 first=$(checked ck --http1.1 "${AUTH[@]}" "https://127.0.0.1:$port/v1/checkpoints/$id/archive") || exit 1
-printf "%-42s %8.0f  %s\n" "ckvault first download (re-hashes)" "$(awk -v b="$first" 'BEGIN{print b/1048576}')" "HTTP/1.1, one run"
+printf "%-42s %8.0f  %s\n" "ckvault first download (re-hashes)" "$(awk -v b="$first" 'BEGIN{print b/1048576}')" \
+  "HTTP/1.1, one run, server CPU $(( $(cpu_ms "$ckpid") - c0 )) ms"
 for hv in 1.1 2; do
   np=$([ $hv = 2 ] && echo $((nport + 1)) || echo "$nport")
-  sc=(); nc=()
+  sc=(); nc=(); scpu=(); ncpu=()
   for _ in $(seq "$RUNS"); do
+    c0=$(cpu_ms "$ckpid")
     sc+=("$(checked ck --http$hv "${AUTH[@]}" "https://127.0.0.1:$port/v1/checkpoints/$id/archive")") || exit 1
+    c1=$(cpu_ms "$ckpid"); scpu+=($((c1 - c0))); c0=$(cpu_ms "$ngpid")
     nc+=("$(checked ng --http$hv "https://localhost:$np/blob.age" --resolve "localhost:$np:127.0.0.1")") || exit 1
+    c1=$(cpu_ms "$ngpid"); ncpu+=($((c1 - c0)))
   done
   s=$(printf "%s\n" "${sc[@]}" | median); n=$(printf "%s\n" "${nc[@]}" | median)
   printf "%-42s %8.0f  %s\n" "ckvault serve HTTP/$hv (verifies, audits)" "$(awk -v b="$s" 'BEGIN{print b/1048576}')" \
     "$(printf "%s\n" "${sc[@]}" | awk '{printf "%.0f ", $1/1048576}')"
   printf "%-42s %8.0f  %s\n" "nginx HTTP/$hv (sendfile, TLS 1.3)" "$(awk -v b="$n" 'BEGIN{print b/1048576}')" \
     "$(printf "%s\n" "${nc[@]}" | awk '{printf "%.0f ", $1/1048576}')"
-  echo "single stream ratio ckvault/nginx, HTTP/$hv: $(ratio "$s" "$n")"
+  echo "single stream ratio ckvault/nginx, HTTP/$hv: $(ratio "$s" "$n"); server CPU ms per download (median): ckvault $(printf "%s\n" "${scpu[@]}" | median), nginx $(printf "%s\n" "${ncpu[@]}" | median)"
 done
 before=$(grep -c '"action":"download"' "$WORK/store/audit.log" || true)
 rss0=$(awk '/VmHWM/{print $2}' /proc/"$(pgrep -f "serve --config $WORK/serve.toml" | head -1)"/status)
