@@ -666,6 +666,7 @@ async fn delete(
         )
         .await;
     custody_done(&state, result)?;
+    state.verified.forget(&manifest.id);
     state.metrics.deletions.fetch_add(1, Ordering::Relaxed);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
