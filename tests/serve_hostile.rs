@@ -488,6 +488,64 @@ fn a_changed_blob_is_never_delivered_whole_or_in_part() {
 }
 
 #[test]
+fn a_blob_changed_after_it_verified_is_cut_off_even_with_its_modification_time_put_back() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let Some(v) = setup("") else { return };
+    let url = format!("/v1/checkpoints/{}/archive?purpose=integrity", v.id);
+    // A verification is remembered only for a blob that last changed 2 s before it began.
+    let ctime = fs::metadata(v.blob_path()).unwrap().ctime();
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        <= ctime + 3
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The first download hashes every byte; the second is checked by the file's identity.
+    for (hashed, by_identity) in [(1, 0), (1, 1)] {
+        let r = v.curl(Auth::Admin, &url, &[]);
+        assert_eq!((r.exit, r.status), (0, 200), "{}", r.describe());
+        assert_eq!(sha256_hex(&r.body), v.sealed_sha);
+        assert_eq!(v.metric("ckvault_downloads_hashed_total"), hashed);
+        assert_eq!(
+            v.metric("ckvault_downloads_identity_checked_total"),
+            by_identity
+        );
+    }
+
+    // An insider flips one byte in place, same size, and puts the modification time back.
+    let meta = fs::metadata(v.blob_path()).unwrap();
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(v.blob_path())
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, meta.len() / 2).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x01], meta.len() / 2)
+        .unwrap();
+    file.set_modified(meta.modified().unwrap()).unwrap();
+    drop(file);
+    assert_eq!(fs::metadata(v.blob_path()).unwrap().mtime(), meta.mtime());
+
+    // The change time moved: the blob is hashed again and the download cut off.
+    for http in ["--http1.1", "--http2"] {
+        let r = v.curl(Auth::Admin, &url, &[http]);
+        assert_ne!(r.exit, 0, "{http}: must not end cleanly: {}", r.describe());
+        assert!(
+            (r.body.len() as u64) < meta.len(),
+            "{http}: {} bytes",
+            r.body.len()
+        );
+    }
+    assert_eq!(v.metric("ckvault_downloads_hashed_total"), 3);
+    assert_eq!(v.metric("ckvault_downloads_identity_checked_total"), 1);
+    assert!(v.metric("ckvault_integrity_failures_total") >= 2);
+    v.audit_verify();
+}
+
+#[test]
 fn an_edited_manifest_is_neither_listed_nor_served() {
     let Some(v) = setup("") else { return };
     let r = v.curl(Auth::Admin, "/v1/checkpoints", &[]);

@@ -22,8 +22,10 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::range::{self, RangeDecision};
 use super::request::{ApiError, Caller, event, record};
+use super::stream::{FILE_CHUNK, FileCheck, Verify, blob_body, file_body};
 use crate::manifest::{Manifest, RecordId};
 use crate::policy::Action;
+use crate::store::backend::FileIdentity;
 use crate::vault::CustodyError;
 
 type Shared = Arc<AppState>;
@@ -377,11 +379,24 @@ async fn download(
     } else {
         RangeDecision::Full
     };
+    // A local blob is opened once: its identity is taken from the open file, and the bytes
+    // served are that file's. `began` precedes the identity, as `remember` needs.
+    let began = std::time::SystemTime::now();
+    let local = state.store.open_blob_file(&manifest.id).await?;
+    if let Some((_, identity)) = &local
+        && identity.size != len
+    {
+        state.verified.forget(&manifest.id);
+        let why = format!(
+            "the blob has {} bytes, its signed manifest says {len}",
+            identity.size
+        );
+        return Err(integrity_refusal(&state, &caller, &manifest, &why).await);
+    }
     // A range cannot be checked against the digest on its own: serve it only from a blob
     // whose every byte matched since it last changed.
-    let identity = state.store.blob_identity(&manifest.id).await?;
     if let RangeDecision::Partial { .. } = decision
-        && let Err(why) = ensure_verified(&state, &manifest, identity.as_deref()).await?
+        && let Err(why) = ensure_verified(&state, &manifest, local.as_ref(), began).await?
     {
         return Err(integrity_refusal(&state, &caller, &manifest, &why).await);
     }
@@ -435,48 +450,77 @@ async fn download(
                 .unwrap_or_default());
         }
     };
-    let reader = state.store.blob(&manifest.id, start, count).await?;
-    let verify = (status == StatusCode::OK).then(|| {
-        let (on_ok, on_bad) = (state.clone(), state.clone());
-        let (id_ok, id_bad) = (manifest.id.clone(), manifest.id.clone());
-        let audit_event = {
-            let mut ev = event(&caller, "download", "error");
-            ev.record = Some(manifest.id.to_string());
-            ev.namespace = manifest.namespace.clone();
-            ev.detail = Some(
-                "the blob's bytes did not match the signed digest: the download was cut off before its end"
-                    .into(),
-            );
-            ev
-        };
-        super::stream::Verify {
-            sha256: manifest.sealed.sha256.clone(),
-            on_verified: Box::new(move || {
-                if let Some(identity) = identity {
-                    on_ok
-                        .verified_blobs
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(id_ok, identity);
+    let on_mismatch: Box<dyn FnOnce(&str) + Send> = {
+        let state = state.clone();
+        let id = manifest.id.clone();
+        let mut ev = event(&caller, "download", "error");
+        ev.record = Some(manifest.id.to_string());
+        ev.namespace = manifest.namespace.clone();
+        Box::new(move |why: &str| {
+            state.verified.forget(&id);
+            state
+                .metrics
+                .integrity_failures
+                .fetch_add(1, Ordering::Relaxed);
+            eprintln!("ckvault: integrity: blob of {id}: {why}; download cut off");
+            ev.detail = Some(format!(
+                "integrity: {why}; the download was cut off before its end"
+            ));
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = state.audit.append(ev) {
+                    eprintln!("ckvault: could not record the integrity failure: {e}");
                 }
-            }),
-            on_mismatch: Box::new(move || {
-                on_bad
-                    .verified_blobs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id_bad);
-                on_bad.metrics.integrity_failures.fetch_add(1, Ordering::Relaxed);
-                eprintln!("ckvault: integrity: blob of {id_bad} does not match its manifest; download cut off");
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = on_bad.audit.append(audit_event) {
-                        eprintln!("ckvault: could not record the integrity failure: {e}");
-                    }
-                });
-            }),
+            });
+        })
+    };
+    let body = match local {
+        Some((file, identity)) => {
+            // Every local download is checked: a full one is hashed unless its blob was
+            // verified since it last changed, in which case (as for a range) the file must
+            // keep the identity it was verified with until the last byte is read.
+            let check =
+                if status == StatusCode::OK && !state.verified.holds(&manifest.id, &identity) {
+                    FileCheck::Digest(manifest.sealed.sha256.clone())
+                } else {
+                    FileCheck::Unchanged
+                };
+            let counter = match check {
+                FileCheck::Digest(_) => &state.metrics.downloads_hashed,
+                FileCheck::Unchanged => &state.metrics.downloads_identity_checked,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            let on_verified: Box<dyn FnOnce() + Send> = match check {
+                FileCheck::Digest(_) => {
+                    let (state, id) = (state.clone(), manifest.id.clone());
+                    Box::new(move || state.verified.remember(&id, identity, began))
+                }
+                FileCheck::Unchanged => Box::new(|| {}),
+            };
+            let verify = Verify {
+                on_verified,
+                on_mismatch,
+            };
+            file_body(file, identity, start, count, check, verify)
         }
-    });
-    let body = super::stream::blob_body(reader, verify);
+        None => {
+            // A bucket's blob: every full download is re-hashed; a range was verified first.
+            let reader = state.store.blob(&manifest.id, start, count).await?;
+            if status == StatusCode::OK {
+                state
+                    .metrics
+                    .downloads_hashed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            let verify = (status == StatusCode::OK).then(|| {
+                let verify = Verify {
+                    on_verified: Box::new(|| {}),
+                    on_mismatch,
+                };
+                (manifest.sealed.sha256.clone(), verify)
+            });
+            blob_body(reader, verify)
+        }
+    };
     state.metrics.downloads.fetch_add(1, Ordering::Relaxed);
     state
         .metrics
@@ -490,21 +534,61 @@ async fn download(
 }
 
 /// Hashes the whole blob unless it was verified since it last changed (same identity);
-/// `Ok(Err(why))` if its bytes do not match the manifest.
+/// `Ok(Err(why))` if its bytes do not match the manifest. A bucket's blob (`local` is
+/// `None`) has no identity: it is hashed every time.
 async fn ensure_verified(
     state: &Shared,
     manifest: &Manifest,
-    identity: Option<&str>,
+    local: Option<&(std::fs::File, FileIdentity)>,
+    began: std::time::SystemTime,
 ) -> Result<Result<(), String>, ApiError> {
-    let known = state
-        .verified_blobs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&manifest.id)
-        .is_some_and(|v| Some(v.as_str()) == identity);
-    if known {
+    let Some((file, identity)) = local else {
+        return hash_bucket_blob(state, manifest).await;
+    };
+    if state.verified.holds(&manifest.id, identity) {
         return Ok(Ok(()));
     }
+    let file = file.try_clone().map_err(ApiError::internal)?;
+    let (identity, expected) = (*identity, manifest.sealed.sha256.clone());
+    let verdict = tokio::task::spawn_blocking(move || -> std::io::Result<Result<(), String>> {
+        use std::os::unix::fs::FileExt;
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        let mut buf = vec![0u8; FILE_CHUNK];
+        let mut offset = 0u64;
+        loop {
+            let n = file.read_at(&mut buf, offset)?;
+            let Some(read) = buf.get(..n).filter(|r| !r.is_empty()) else {
+                break;
+            };
+            sha2::Digest::update(&mut hasher, read);
+            offset += n as u64;
+        }
+        let got = hex::encode(sha2::Digest::finalize(hasher));
+        if FileIdentity::of(&file)? != identity {
+            return Ok(Err("the blob changed while it was being verified".into()));
+        }
+        if got != expected || offset != identity.size {
+            return Ok(Err(format!(
+                "the blob's bytes ({offset} bytes, sha256 {got}) do not match the signed manifest"
+            )));
+        }
+        Ok(Ok(()))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    match &verdict {
+        Ok(()) => state.verified.remember(&manifest.id, identity, began),
+        Err(_) => state.verified.forget(&manifest.id),
+    }
+    Ok(verdict)
+}
+
+/// Hashes a bucket's blob whole; `Ok(Err(why))` if it does not match the manifest.
+async fn hash_bucket_blob(
+    state: &Shared,
+    manifest: &Manifest,
+) -> Result<Result<(), String>, ApiError> {
     let mut reader = state
         .store
         .blob(&manifest.id, 0, manifest.sealed.size)
@@ -523,24 +607,9 @@ async fn ensure_verified(
     }
     let got = hex::encode(sha2::Digest::finalize(hasher));
     if got != manifest.sealed.sha256 || total != manifest.sealed.size {
-        state
-            .verified_blobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&manifest.id);
         return Ok(Err(format!(
             "the blob's bytes ({total} bytes, sha256 {got}) do not match the signed manifest"
         )));
-    }
-    // Remember it only if it did not change while it was read.
-    if let Some(before) = identity
-        && state.store.blob_identity(&manifest.id).await?.as_deref() == Some(before)
-    {
-        state
-            .verified_blobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(manifest.id.clone(), before.to_owned());
     }
     Ok(Ok(()))
 }
@@ -597,6 +666,7 @@ async fn delete(
         )
         .await;
     custody_done(&state, result)?;
+    state.verified.forget(&manifest.id);
     state.metrics.deletions.fetch_add(1, Ordering::Relaxed);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -32,6 +32,12 @@ pub struct Metrics {
     pub connections_open: AtomicU64,
     /// Downloads cut off because the blob's bytes did not match the signed digest.
     pub integrity_failures: AtomicU64,
+    /// Downloads whose bytes were hashed while they streamed (full downloads of a blob not
+    /// verified since it last changed, and every full download from a bucket).
+    pub downloads_hashed: AtomicU64,
+    /// Downloads checked by the identity of a local blob verified since it last changed
+    /// (full downloads of such a blob, and ranges).
+    pub downloads_identity_checked: AtomicU64,
     health: Mutex<BTreeMap<&'static str, bool>>,
 }
 
@@ -119,6 +125,16 @@ impl Metrics {
                 "ckvault_integrity_failures_total",
                 "Downloads cut off because the blob did not match its signed digest.",
                 &self.integrity_failures,
+            ),
+            (
+                "ckvault_downloads_hashed_total",
+                "Downloads whose bytes were hashed against the signed digest while they streamed.",
+                &self.downloads_hashed,
+            ),
+            (
+                "ckvault_downloads_identity_checked_total",
+                "Downloads of a local blob verified since it last changed, checked by its file identity.",
+                &self.downloads_identity_checked,
             ),
         ] {
             let _ = writeln!(

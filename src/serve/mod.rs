@@ -10,6 +10,7 @@ pub mod stream;
 pub mod tls;
 pub mod tokens;
 pub mod trigger;
+pub mod verified;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -37,10 +38,10 @@ pub struct AppState {
     pub checkpointer: Option<crate::capture::checkpoint::Checkpointer>,
     /// With a bucket: this replica's uploader (its state is part of `/healthz`).
     pub uploader: Option<crate::store::s3::upload::Uploader>,
-    /// Blobs whose every byte matched their signed digest, with the identity the blob had
-    /// then ([`crate::store::Store::blob_identity`]): a range is served only from these.
-    pub verified_blobs:
-        std::sync::Mutex<std::collections::HashMap<crate::manifest::RecordId, String>>,
+    /// Local blobs whose every byte matched their signed digest since they last changed:
+    /// a range is served only from these, and a full download of one is checked by its
+    /// file identity instead of being re-hashed.
+    pub verified: verified::VerifiedBlobs,
 }
 
 impl AppState {
@@ -56,7 +57,7 @@ impl AppState {
             metrics: Arc::default(),
             checkpointer: None,
             uploader: None,
-            verified_blobs: Default::default(),
+            verified: Default::default(),
         }
     }
 

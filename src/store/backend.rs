@@ -14,6 +14,51 @@ use crate::manifest::{Manifest, RecordId};
 /// A boxed reader over blob bytes.
 pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
 
+/// What identifies the current bytes of a local file, to tell whether it changed since it
+/// was last verified: device, inode, size, modification and change times. Every change
+/// made through the file system moves the change time (ctime) to the present, and nobody
+/// can set it back short of setting the system clock (SECURITY.md, "Downloads").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time (seconds, nanoseconds).
+    pub mtime: (i64, i64),
+    /// Change time (seconds, nanoseconds).
+    pub ctime: (i64, i64),
+}
+
+impl FileIdentity {
+    /// The identity of an open file (`fstat`).
+    pub fn of(file: &std::fs::File) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata()?;
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+
+    /// When the file last changed (its ctime).
+    pub fn changed_at(&self) -> std::time::SystemTime {
+        let (secs, nanos) = self.ctime;
+        let base = std::time::UNIX_EPOCH;
+        let nanos = std::time::Duration::from_nanos(nanos.clamp(0, 999_999_999) as u64);
+        if secs >= 0 {
+            base + std::time::Duration::from_secs(secs as u64) + nanos
+        } else {
+            base - std::time::Duration::from_secs(secs.unsigned_abs()) + nanos
+        }
+    }
+}
+
 /// A bucket-backed store: the bucket, the index of its manifests, and the local spool that
 /// holds this process's key, audit log and TLS material.
 pub struct Bucket {
@@ -184,32 +229,24 @@ impl Store {
         }
     }
 
-    /// What identifies the current bytes of a record's blob, to tell whether it changed
-    /// since it was last verified: device, inode, size, modification and change times of
-    /// the file (the change time cannot be set back by anyone editing it). `None` for a
-    /// bucket, where no such promise is available here: every range is verified first.
-    pub async fn blob_identity(&self, id: &RecordId) -> Result<Option<String>, StoreError> {
+    /// A local store's blob, opened for reading, with what identifies its current bytes
+    /// ([`FileIdentity`], taken from the open file so it describes what will be read).
+    /// `None` for a bucket, where no such promise is available here: every range is
+    /// verified first and every full download re-hashed.
+    pub async fn open_blob_file(
+        &self,
+        id: &RecordId,
+    ) -> Result<Option<(std::fs::File, FileIdentity)>, StoreError> {
         match self {
             Self::Local(l) => {
-                use std::os::unix::fs::MetadataExt;
-                let path = l.blob_path(id);
-                let m = match std::fs::symlink_metadata(&path) {
-                    Ok(m) => m,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        return Err(StoreError::NotFound(id.clone()));
-                    }
-                    Err(e) => return Err(StoreError::io(&path, e)),
-                };
-                Ok(Some(format!(
-                    "{}:{}:{}:{}.{}:{}.{}",
-                    m.dev(),
-                    m.ino(),
-                    m.size(),
-                    m.mtime(),
-                    m.mtime_nsec(),
-                    m.ctime(),
-                    m.ctime_nsec()
-                )))
+                let (l, id) = (l.clone(), id.clone());
+                blocking(move || {
+                    let file = l.open_blob(&id)?;
+                    let identity = FileIdentity::of(&file)
+                        .map_err(|e| StoreError::io(&l.blob_path(&id), e))?;
+                    Ok(Some((file, identity)))
+                })
+                .await
             }
             Self::Bucket(_) => Ok(None),
         }
