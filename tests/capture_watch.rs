@@ -277,3 +277,55 @@ fn the_watcher_takes_recipients_and_retention_from_the_policy_directory() {
             .ends_with(".ckvault-receipt.json")
     }));
 }
+
+#[test]
+fn a_one_off_sweep_with_the_default_settle_time_finishes() {
+    // `watch --once` with the default 2 s settle: an archive written a minute ago is sealed
+    // at once, one written just now once it has been quiet for 2 s; the sweep then exits
+    // (it used to restart every file's settle clock at each walk and never exit).
+    let Some(real) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_identity, recipient) = support::age_keypair(tmp.path());
+    let dir = tmp.path().join("kubelet");
+    fs::create_dir(&dir).unwrap();
+    let input = fs::read(&real).unwrap();
+    let old = dir.join("checkpoint-web-7d4_forensics-app-old.tar");
+    fs::write(&old, &input).unwrap();
+    let minute_ago = std::time::SystemTime::now() - Duration::from_secs(60);
+    fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(minute_ago)
+        .unwrap();
+    let fresh = dir.join("checkpoint-web-7d4_forensics-app-fresh.tar");
+    fs::write(&fresh, &input).unwrap();
+    let store = tmp.path().join("store");
+    let started = Instant::now();
+    let mut child = Command::new(support::ckvault_bin())
+        .args(["watch", "--once", "--dir", dir.to_str().unwrap()])
+        .args(["--store", store.to_str().unwrap(), "-r", &recipient])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("watch --once did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the fresh file was not left to settle"
+    );
+    assert!(!old.exists() && !fresh.exists(), "plaintext left behind");
+    assert_eq!(manifests(&store).len(), 2);
+}

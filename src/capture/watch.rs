@@ -126,8 +126,12 @@ pub fn run(
     let mut pending: HashMap<String, Instant> = HashMap::new();
     let mut inotify: Option<Inotify> = None;
     let mut buffer = vec![0u8; 64 << 10];
+    let mut walked = false;
     loop {
-        if inotify.is_none() && opts.dir.is_dir() {
+        // Walk at start and whenever the directory comes back; with `once`, only once (a
+        // walk must not restart the settle clock of what it already found).
+        if inotify.is_none() && opts.dir.is_dir() && !(opts.once && walked) {
+            walked = true;
             if !opts.once {
                 let ino = Inotify::init()?;
                 let mask = WatchMask::CLOSE_WRITE
@@ -151,7 +155,12 @@ pub fn run(
                 if let Some(name) = entry.file_name().to_str()
                     && is_candidate(name)
                 {
-                    pending.insert(name.to_owned(), Instant::now());
+                    // Due at once: `capture` itself waits until the file's last write is
+                    // `settle` old.
+                    let due = Instant::now()
+                        .checked_sub(opts.settle)
+                        .unwrap_or_else(Instant::now);
+                    pending.entry(name.to_owned()).or_insert(due);
                 }
             }
         }
