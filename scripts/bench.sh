@@ -276,9 +276,11 @@ env=$(CTD_BINDS=$BINDS ROOT_SEED="${CKVAULT_CKPT_CACHE:-/var/tmp/ckvault-ckpt}/r
   bash tests/harness/real-cri-runtime.sh start "$CACHE" 16 bench bench-pod app 2>/dev/null)
 CRI_SOCKET=$(sed -n 's/^CRI_SOCKET=//p' <<<"$env")
 P4=$BINDS/bench-proxy; rm -rf "$P4"; mkdir -p "$P4"
-"$CK" proxy --listen "$P4/proxy.sock" --runtime "$CRI_SOCKET" --store "$WORK/store" -r "$R" >/dev/null 2>"$P4/proxy.log" & PIDS+=($!)
+# (9>&-: the proxy must not inherit the lock, or the next section waits for it forever.)
+"$CK" proxy --listen "$P4/proxy.sock" --runtime "$CRI_SOCKET" --store "$WORK/store" -r "$R" >/dev/null 2>"$P4/proxy.log" 9>&- & P4PID=$!; PIDS+=($P4PID)
 for _ in $(seq 50); do [ -S "$P4/proxy.sock" ] && break; sleep 0.1; done
 "$EX/cri_bench" "$CRI_SOCKET" "$P4/proxy.sock" "$CALLS"
+kill "$P4PID" 2>/dev/null || true
 exec 9>&-
 fi
 
@@ -349,7 +351,7 @@ for mode in file fifo; do
   printf '[store]\npath = "%s"\n[seal]\nrecipients = ["%s"]\n[cri]\nupstream = "%s"\nlisten = "%s"\nstaging = "%s"\nstaging_mode = "%s"\n' \
     "$WORK/capture-$mode" "$R" "$CRI_SOCKET" "$C/$mode.sock" "$C/staging-$mode" "$mode" > "$C/$mode.toml"
   rm -rf "$WORK/capture-$mode"
-  "$CK" proxy --config "$C/$mode.toml" >/dev/null 2>"$C/$mode.log" & PIDS+=($!)
+  "$CK" proxy --config "$C/$mode.toml" >/dev/null 2>"$C/$mode.log" 9>&- & PIDS+=($!)
 done
 for _ in $(seq 100); do [ -S "$C/file.sock" ] && [ -S "$C/fifo.sock" ] && break; sleep 0.1; done
 call() { # call SOCKET LOCATION -> seconds
