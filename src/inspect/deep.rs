@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::criu::{self, DumpStatistics, FileDetail, FileImage, SocketImage};
 use super::escape::escape_control;
-use super::input::{Codec, Deadline, Input, StreamInput};
+use super::input::{Deadline, Input, decoded};
 use super::json::{StrictMap, parse_guarded};
 use super::memory::{Areas, ProcessMemory, digits};
 use super::tar::{Entry, Kind, TarReader};
@@ -547,25 +547,7 @@ fn nested_changes<I: Input>(
         failed: &failed,
     });
     let deadline = Deadline::start(limits.deadline);
-    let max = limits.max_decompressed_bytes;
-    let input: Box<dyn Input + '_> = match format {
-        ArchiveFormat::Tar => Box::new(StreamInput::new(bytes, Codec::Plain, max, deadline)),
-        ArchiveFormat::TarGzip => Box::new(StreamInput::new(
-            flate2::read::MultiGzDecoder::new(bytes),
-            Codec::Gzip,
-            max,
-            deadline,
-        )),
-        ArchiveFormat::TarZstd => {
-            let zstd_err = |e: std::io::Error| InspectError::Decompress {
-                format: "zstd",
-                detail: e.to_string(),
-            };
-            let mut dec = zstd::stream::read::Decoder::new(bytes).map_err(zstd_err)?;
-            dec.window_log_max(27).map_err(zstd_err)?;
-            Box::new(StreamInput::new(dec, Codec::Zstd, max, deadline))
-        }
-    };
+    let input = decoded(bytes, format, limits.max_decompressed_bytes, deadline)?;
     let mut inner = TarReader::listing(input, &inner_limits);
     while let Some(e) = inner.next_entry().map_err(wrap)? {
         if e.path.is_empty() {

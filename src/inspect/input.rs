@@ -288,3 +288,34 @@ impl<R: Read> Input for StreamInput<R> {
         self.deadline.check(self.offset)
     }
 }
+
+/// The tar bytes of `reader` as an [`Input`]: plain, or through the gzip or zstd
+/// decompressor that `format` names (zstd windows capped at 128 MiB, the output counted
+/// against `max_decompressed`).
+pub(crate) fn decoded<'a, R: Read + 'a>(
+    reader: R,
+    format: super::model::ArchiveFormat,
+    max_decompressed: u64,
+    deadline: Deadline,
+) -> Result<Box<dyn Input + 'a>, InspectError> {
+    use super::model::ArchiveFormat;
+    let max = max_decompressed;
+    Ok(match format {
+        ArchiveFormat::Tar => Box::new(StreamInput::new(reader, Codec::Plain, max, deadline)),
+        ArchiveFormat::TarGzip => Box::new(StreamInput::new(
+            flate2::read::MultiGzDecoder::new(reader),
+            Codec::Gzip,
+            max,
+            deadline,
+        )),
+        ArchiveFormat::TarZstd => {
+            let zstd_err = |e: std::io::Error| InspectError::Decompress {
+                format: "zstd",
+                detail: e.to_string(),
+            };
+            let mut dec = zstd::stream::read::Decoder::new(reader).map_err(zstd_err)?;
+            dec.window_log_max(27).map_err(zstd_err)?;
+            Box::new(StreamInput::new(dec, Codec::Zstd, max, deadline))
+        }
+    })
+}

@@ -180,25 +180,7 @@ fn stream_tar<'a, R: Read + 'a>(
     limits: &'a Limits,
     deadline: Deadline,
 ) -> Result<TarReader<'a, Box<dyn Input + 'a>>, InspectError> {
-    let max = limits.max_decompressed_bytes;
-    let input: Box<dyn Input + 'a> = match format {
-        ArchiveFormat::Tar => Box::new(StreamInput::new(reader, Codec::Plain, max, deadline)),
-        ArchiveFormat::TarGzip => Box::new(StreamInput::new(
-            flate2::read::MultiGzDecoder::new(reader),
-            Codec::Gzip,
-            max,
-            deadline,
-        )),
-        ArchiveFormat::TarZstd => {
-            let zstd_err = |e: std::io::Error| InspectError::Decompress {
-                format: "zstd",
-                detail: e.to_string(),
-            };
-            let mut dec = zstd::stream::read::Decoder::new(reader).map_err(zstd_err)?;
-            dec.window_log_max(27).map_err(zstd_err)?;
-            Box::new(StreamInput::new(dec, Codec::Zstd, max, deadline))
-        }
-    };
+    let input = input::decoded(reader, format, limits.max_decompressed_bytes, deadline)?;
     Ok(TarReader::new(input, limits))
 }
 
