@@ -217,6 +217,31 @@ fn memsearch_reads_criu_4_2_pagemaps_of_containerd_archives() {
     eprintln!("containerd 2.1 / CRIU 4.2: {raw} matches (checkpointctl 1.3 finds none there)");
 }
 
+/// Runs ckvault under `strace -f -e trace=openat,creat`; returns its stdout and the files
+/// it created outside `store`.
+fn under_strace(store: &Path, log: &Path, args: &[&str]) -> (Vec<u8>, Vec<String>) {
+    let out = Command::new("strace")
+        .args(["-f", "-e", "trace=openat,creat", "-o"])
+        .arg(log)
+        .arg(support::ckvault_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = std::fs::read_to_string(log).unwrap();
+    let created = trace
+        .lines()
+        .filter(|l| l.contains("O_CREAT") || l.contains("creat("))
+        .filter(|l| !l.contains(p(store)))
+        .map(str::to_owned)
+        .collect();
+    (out.stdout, created)
+}
+
 #[test]
 fn memsearch_of_a_record_creates_no_file_and_is_audited() {
     let Some(archive) = support::real_checkpoint(16, "shop", "api-0", "api", "none") else {
@@ -236,42 +261,33 @@ fn memsearch_of_a_record_creates_no_file_and_is_audited() {
     .unwrap();
     let id = m["id"].as_str().unwrap();
     let log = tmp.path().join("strace.log");
-    let out = Command::new("strace")
-        .args(["-f", "-e", "trace=openat,creat", "-o"])
-        .arg(&log)
-        .arg(support::ckvault_bin())
-        .args(["memsearch", id, "--store", p(&store), "-i", p(&identity)])
-        .args([
+    let (_, created) = under_strace(
+        &store,
+        &log,
+        &[
+            "memsearch",
+            id,
+            "--store",
+            p(&store),
+            "-i",
+            p(&identity),
             "--string",
             NEEDLE,
             "--purpose",
             "case 12",
             "--format",
             "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let trace = std::fs::read_to_string(&log).unwrap();
-    let created: Vec<&str> = trace
-        .lines()
-        .filter(|l| l.contains("O_CREAT") || l.contains("creat("))
-        .filter(|l| !l.contains(p(&store)))
-        .collect();
     assert!(
         created.is_empty(),
         "files created outside the store: {created:#?}"
     );
     // The deep view of the record, the same way.
-    let out = Command::new("strace")
-        .args(["-f", "-e", "trace=openat,creat", "-o"])
-        .arg(&log)
-        .arg(support::ckvault_bin())
-        .args([
+    let (stdout, created) = under_strace(
+        &store,
+        &log,
+        &[
             "inspect",
             id,
             "--deep",
@@ -279,23 +295,14 @@ fn memsearch_of_a_record_creates_no_file_and_is_audited() {
             p(&store),
             "-i",
             p(&identity),
-        ])
-        .args(["--purpose", "case 12", "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            "--purpose",
+            "case 12",
+            "--format",
+            "json",
+        ],
     );
-    let deep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let deep: Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(deep["processes"]["1"]["files"][3]["path"], "/etc/hostname");
-    let trace = std::fs::read_to_string(&log).unwrap();
-    let created: Vec<&str> = trace
-        .lines()
-        .filter(|l| l.contains("O_CREAT") || l.contains("creat("))
-        .filter(|l| !l.contains(p(&store)))
-        .collect();
     assert!(
         created.is_empty(),
         "inspect --deep created files outside the store: {created:#?}"

@@ -905,20 +905,26 @@ fn fifo_staging_falls_back_to_files_loudly_when_the_runtime_refuses_a_pipe() {
     assert!(staging_files(&dir.join("store")).is_empty());
 }
 
-/// One gRPC call on an existing HTTP/2 connection: (grpc-status, grpc-message, body).
+/// One gRPC call on an existing HTTP/2 connection, with `extra` headers:
+/// (grpc-status, grpc-message, body).
 async fn raw_call(
     sender: &mut hyper::client::conn::http2::SendRequest<BoxBody<Bytes, hyper::Error>>,
     method: &str,
     body: Bytes,
+    extra: &[(&str, String)],
 ) -> (String, String, Bytes) {
-    let req = Request::post(format!(
+    let mut req = Request::post(format!(
         "http://localhost/runtime.v1.RuntimeService/{method}"
     ))
     .header("content-type", "application/grpc")
     .header("te", "trailers")
-    .header("x-repeated", "leans-on-the-hpack-table")
-    .body(Full::new(body).map_err(|n| match n {}).boxed())
-    .unwrap();
+    .header("x-repeated", "leans-on-the-hpack-table");
+    for (name, value) in extra {
+        req = req.header(*name, value.as_str());
+    }
+    let req = req
+        .body(Full::new(body).map_err(|n| match n {}).boxed())
+        .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let headers = resp.headers().clone();
     let collected = resp.into_body().collect().await.unwrap();
@@ -951,7 +957,8 @@ fn one_connection_carries_calls_around_intercepted_checkpoints() {
     let loc = s.dir.join("kubelet/checkpoint-one-conn.tar");
     block(async {
         let mut sender = s.client.connect().await.unwrap();
-        let (st, msg, body) = raw_call(&mut sender, "Version", Bytes::from_static(&[0; 5])).await;
+        let (st, msg, body) =
+            raw_call(&mut sender, "Version", Bytes::from_static(&[0; 5]), &[]).await;
         assert_eq!(st, "0", "{msg}");
         let v: VersionResponse = cri::unframe(body, 1 << 20).unwrap();
         assert_eq!(v.runtime_name, "ckvault-test-runtime");
@@ -962,6 +969,7 @@ fn one_connection_carries_calls_around_intercepted_checkpoints() {
                 &mut events_sender,
                 "GetContainerEvents",
                 Bytes::from_static(&[0; 5]),
+                &[],
             )
             .await
         });
@@ -974,30 +982,17 @@ fn one_connection_carries_calls_around_intercepted_checkpoints() {
                 location: String::new(),
                 timeout: 10,
             };
-            let call =
-                Request::post("http://localhost/runtime.v1.RuntimeService/CheckpointContainer")
-                    .header("content-type", "application/grpc")
-                    .header("te", "trailers")
-                    .header("x-call", format!("intercepted-{i}"))
-                    .body(Full::new(cri::frame(&req)).map_err(|n| match n {}).boxed())
-                    .unwrap();
-            let mut s2 = sender.clone();
-            let answer = async move {
-                let resp = s2.send_request(call).await.unwrap();
-                let headers = resp.headers().clone();
-                let collected = resp.into_body().collect().await.unwrap();
-                let t = collected.trailers().cloned().unwrap_or_default();
-                let get = |k: &str| {
-                    t.get(k)
-                        .or_else(|| headers.get(k))
-                        .map(|v| v.to_str().unwrap().to_owned())
-                        .unwrap_or_default()
-                };
-                (get("grpc-status"), get("grpc-message"), ())
-            };
-            let (st, msg, ()) = tokio::time::timeout(Duration::from_secs(30), answer)
-                .await
-                .expect("an intercepted call stalled: flow-control credit not returned");
+            let (st, msg, _) = tokio::time::timeout(
+                Duration::from_secs(30),
+                raw_call(
+                    &mut sender,
+                    "CheckpointContainer",
+                    cri::frame(&req),
+                    &[("x-call", format!("intercepted-{i}"))],
+                ),
+            )
+            .await
+            .expect("an intercepted call stalled: flow-control credit not returned");
             assert_ne!(st, "0", "call {i}: {msg}");
             assert!(!st.is_empty(), "call {i}: no grpc-status");
         }
@@ -1007,13 +1002,14 @@ fn one_connection_carries_calls_around_intercepted_checkpoints() {
             location: loc.display().to_string(),
             timeout: 60,
         };
-        let (st, msg, body) = raw_call(&mut sender, "CheckpointContainer", cri::frame(&req)).await;
+        let (st, msg, body) =
+            raw_call(&mut sender, "CheckpointContainer", cri::frame(&req), &[]).await;
         assert_eq!(st, "0", "{msg}");
         let _: CheckpointContainerResponse = cri::unframe(body, 1 << 20).unwrap();
         // Calls after the interception, whose headers hyper now sends as table indexes.
         for _ in 0..3 {
             let (st, msg, body) =
-                raw_call(&mut sender, "Version", Bytes::from_static(&[0; 5])).await;
+                raw_call(&mut sender, "Version", Bytes::from_static(&[0; 5]), &[]).await;
             assert_eq!(st, "0", "{msg}");
             let v: VersionResponse = cri::unframe(body, 1 << 20).unwrap();
             assert_eq!(v.runtime_name, "ckvault-test-runtime");
@@ -1021,6 +1017,7 @@ fn one_connection_carries_calls_around_intercepted_checkpoints() {
                 &mut sender,
                 "ListContainers",
                 cri::frame(&ListContainersRequest::default()),
+                &[],
             )
             .await;
             assert_eq!(st, "0", "{msg}");

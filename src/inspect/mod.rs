@@ -46,7 +46,7 @@ pub use escape::escape_control;
 pub use model::*;
 pub use render::render_table;
 
-use input::{Codec, Deadline, Input, SeekInput, StreamInput};
+use input::{Deadline, Input, SeekInput};
 use tar::{Kind, TarReader};
 
 pub mod memory;
@@ -240,36 +240,8 @@ fn inspect_stream<R: Read>(
     limits: &Limits,
     deadline: Deadline,
 ) -> Result<Inspection, InspectError> {
-    let max = limits.max_decompressed_bytes;
-    match format {
-        ArchiveFormat::Tar => run(
-            StreamInput::new(reader, Codec::Plain, max, deadline),
-            format,
-            limits,
-        ),
-        ArchiveFormat::TarGzip => {
-            let gz = flate2::read::MultiGzDecoder::new(reader);
-            run(
-                StreamInput::new(gz, Codec::Gzip, max, deadline),
-                format,
-                limits,
-            )
-        }
-        ArchiveFormat::TarZstd => {
-            let zstd_err = |e: std::io::Error| InspectError::Decompress {
-                format: "zstd",
-                detail: e.to_string(),
-            };
-            let mut dec = zstd::stream::read::Decoder::new(reader).map_err(zstd_err)?;
-            // 2^27 = 128 MiB: frames asking for more are refused by the decoder.
-            dec.window_log_max(27).map_err(zstd_err)?;
-            run(
-                StreamInput::new(dec, Codec::Zstd, max, deadline),
-                format,
-                limits,
-            )
-        }
-    }
+    let input = input::decoded(reader, format, limits.max_decompressed_bytes, deadline)?;
+    run(input, format, limits)
 }
 
 /// What the walk over the members collects.
