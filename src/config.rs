@@ -348,6 +348,10 @@ pub struct ServerConfig {
     /// Connections open at once (default 512).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Threads serving connections, each connection on one of them for its whole life
+    /// (default 0: one per core).
+    #[serde(default)]
+    pub threads: usize,
 }
 
 impl ServerConfig {
@@ -358,6 +362,7 @@ impl ServerConfig {
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
+            threads: self.threads,
         }
     }
 }
@@ -375,12 +380,14 @@ impl Default for ServerConfig {
             header_timeout: default_header_timeout(),
             idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
+            threads: 0,
         }
     }
 }
 
-/// How long a connection may take and how many may be open (`[server]` keys
-/// `handshake_timeout`, `header_timeout`, `idle_timeout`, `max_connections`).
+/// How long a connection may take, how many may be open, and how many threads serve them
+/// (`[server]` keys `handshake_timeout`, `header_timeout`, `idle_timeout`,
+/// `max_connections`, `threads`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// Time for the TLS handshake.
@@ -393,6 +400,8 @@ pub struct ConnectionLimits {
     pub idle_timeout: std::time::Duration,
     /// Connections open at once; more are closed at once and counted.
     pub max_connections: usize,
+    /// Threads serving connections (0: one per core).
+    pub threads: usize,
 }
 
 impl Default for ConnectionLimits {

@@ -2,6 +2,7 @@
 //! and the token file into the API ([`api`]) behind our own TLS accept loop ([`tls`]).
 
 pub mod api;
+pub mod coalesce;
 pub mod metrics;
 pub mod pki;
 pub mod range;

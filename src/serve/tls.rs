@@ -3,12 +3,18 @@
 //! extension (identity = subject CN, groups = subject O, as Kubernetes does). The loop
 //! also owns the connection limits: handshake, request-head and idle timeouts and a cap on
 //! open connections ([`ConnectionLimits`]), counted in [`Metrics`].
+//!
+//! Connections are served by connection threads ([`Shards`]), one single-threaded runtime
+//! each, as nginx's workers: a connection, with every task it spawns (HTTP/2 streams), lives
+//! on one thread, so handing a frame from a stream to its connection is a plain wake-up,
+//! not a lock contended across cores and a futex. Each new connection goes to the thread
+//! with the fewest open.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -142,6 +148,13 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(config);
+    let shards = match Shards::start(limits.threads) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ckvault: cannot start the connection threads: {e}");
+            return;
+        }
+    };
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let refusals = Arc::new(RefusalLog::default());
     tokio::pin!(shutdown);
@@ -169,12 +182,28 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        // Handed to its thread as a plain socket, registered there with that thread's
+        // reactor (a socket's readiness is reported by the runtime that registered it).
+        let tcp = match tcp.into_std() {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("ckvault: cannot hand over the connection from {peer}: {e}");
+                continue;
+            }
+        };
         let acceptor = acceptor.clone();
         let app = app.clone();
         let metrics = metrics.clone();
         let refusals = refusals.clone();
-        tokio::spawn(async move {
+        shards.spawn(async move {
             let _slot = slot;
+            let tcp = match tokio::net::TcpStream::from_std(tcp) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("ckvault: cannot serve the connection from {peer}: {e}");
+                    return;
+                }
+            };
             metrics.connections_open.fetch_add(1, Ordering::Relaxed);
             let _open = OnDrop(|| {
                 metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
@@ -227,10 +256,15 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout);
             builder.http2().timer(TokioTimer::new());
-            let io = TokioIo::new(Tracked {
-                inner: tls,
-                activity: activity.clone(),
-            });
+            // HTTP/2 frames reach TLS in whole records (super::coalesce).
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = TokioIo::new(super::coalesce::Coalesce::new(
+                Tracked {
+                    inner: tls,
+                    activity: activity.clone(),
+                },
+                h2,
+            ));
             let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
             let tick =
@@ -260,6 +294,76 @@ pub async fn serve(
                     format!("closed the connection from {peer}: {why} ({n} so far)")
                 });
             }
+        });
+    }
+}
+
+/// The connection threads: each runs a single-threaded runtime serving the connections
+/// handed to it. They stop (closing their connections) when this is dropped.
+struct Shards {
+    shards: Vec<Shard>,
+    next: AtomicUsize,
+}
+
+struct Shard {
+    handle: tokio::runtime::Handle,
+    open: Arc<AtomicUsize>,
+    /// Dropping it ends the thread's runtime.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Shards {
+    /// Starts `threads` connection threads (0: one per core).
+    fn start(threads: usize) -> std::io::Result<Self> {
+        let n = match threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut shards = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let handle = rt.handle().clone();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("ckvault-conn-{i}"))
+                .spawn(move || {
+                    rt.block_on(async {
+                        let _ = stopped.await;
+                    });
+                })?;
+            shards.push(Shard {
+                handle,
+                open: Arc::new(AtomicUsize::new(0)),
+                _stop: stop,
+            });
+        }
+        Ok(Self {
+            shards,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `conn` on the thread with the fewest open connections (ties taken in turn).
+    /// It is polled only there, so what it creates (sockets, timers, tasks) belongs to
+    /// that thread's runtime.
+    fn spawn(&self, conn: impl std::future::Future<Output = ()> + Send + 'static) {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let len = self.shards.len();
+        let Some(shard) = (0..len)
+            .filter_map(|k| self.shards.get((start + k) % len))
+            .min_by_key(|s| s.open.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        let open = shard.open.clone();
+        open.fetch_add(1, Ordering::Relaxed);
+        shard.handle.spawn(async move {
+            let _open = OnDrop(|| {
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
+            conn.await
         });
     }
 }
