@@ -1,11 +1,13 @@
 //! CRI proxy overhead (scripts/bench.sh): the same unary calls over one HTTP/2 connection
 //! (as the kubelet keeps one) straight to the runtime and through `ckvault proxy`,
 //! interleaved so both see the same machine load.
-//! `cargo run --release --example cri_bench -- DIRECT_SOCK PROXY_SOCK [CALLS]`
-//! Prints, per method: p50/p99 latency of each path, the p50 added by the proxy, and
-//! throughput with 16 calls in flight: the median of rounds alternating between the two
-//! paths (so a burst of load elsewhere on the machine hits both alike), and the median of
-//! the per-round ratios.
+//! `cargo run --release --example cri_bench -- DIRECT_SOCK PROXY_SOCK [CALLS] [RELAY_SOCK]`
+//! RELAY_SOCK: a plain byte relay to the same runtime (scripts/bench.sh runs socat), the
+//! floor for any proxy in its own process: what the extra hop itself costs.
+//! Prints, per method and path: p50/p99 latency beside the direct call's from the same
+//! interleaved calls, the p50 added, and throughput with 16 calls in flight: the median of
+//! rounds alternating between the paths (so a burst of load elsewhere on the machine hits
+//! all alike), and the median of the per-round ratios to the direct call.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -89,67 +91,93 @@ async fn throughput(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let (Some(direct), Some(proxy)) = (args.get(1), args.get(2)) else {
-        return Err("usage: cri_bench DIRECT_SOCK PROXY_SOCK [CALLS]".into());
-    };
-    let calls: usize = args.get(3).map_or(Ok(2000), |s| s.parse())?;
-    let mut d = RuntimeClient::new(Path::new(direct)).connect().await?;
-    let mut p = RuntimeClient::new(Path::new(proxy)).connect().await?;
-    println!(
-        "{:<15} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12} {:>8}",
-        "method",
-        "direct p50",
-        "direct p99",
-        "proxy p50",
-        "proxy p99",
-        "added p50",
-        "direct/s",
-        "proxy/s",
-        "ratio"
-    );
     const ROUNDS: usize = 5;
     const ROUND_SECS: f64 = 1.0;
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(direct), Some(proxy)) = (args.get(1), args.get(2)) else {
+        return Err("usage: cri_bench DIRECT_SOCK PROXY_SOCK [CALLS] [RELAY_SOCK]".into());
+    };
+    let calls: usize = args.get(3).map_or(Ok(2000), |s| s.parse())?;
+    // The paths compared with the direct call, first the proxy.
+    let mut paths = vec![("ckvault proxy", Path::new(proxy))];
+    if let Some(relay) = args.get(4) {
+        paths.push(("byte relay (socat)", Path::new(relay)));
+    }
+    let mut d = RuntimeClient::new(Path::new(direct)).connect().await?;
+    let mut conns = Vec::new();
+    for (_, sock) in &paths {
+        conns.push(RuntimeClient::new(sock).connect().await?);
+    }
+    println!(
+        "{:<15} {:<19} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>6}",
+        "method",
+        "path",
+        "direct p50",
+        "direct p99",
+        "path p50",
+        "path p99",
+        "added p50",
+        "direct/s",
+        "path/s",
+        "ratio"
+    );
     for method in ["Version", "ListContainers"] {
         for _ in 0..200 {
             one(&mut d, method).await?;
-            one(&mut p, method).await?;
+            for c in conns.iter_mut() {
+                one(c, method).await?;
+            }
         }
-        let (mut dl, mut pl) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+        let mut dl = Vec::with_capacity(calls);
+        let mut pl = vec![Vec::with_capacity(calls); paths.len()];
         for _ in 0..calls {
             let t = Instant::now();
             one(&mut d, method).await?;
             dl.push(t.elapsed().as_secs_f64() * 1e6);
-            let t = Instant::now();
-            one(&mut p, method).await?;
-            pl.push(t.elapsed().as_secs_f64() * 1e6);
+            for (c, l) in conns.iter_mut().zip(pl.iter_mut()) {
+                let t = Instant::now();
+                one(c, method).await?;
+                l.push(t.elapsed().as_secs_f64() * 1e6);
+            }
         }
         dl.sort_by(f64::total_cmp);
-        pl.sort_by(f64::total_cmp);
-        let (mut dts, mut pts, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let mut dts = Vec::new();
+        let mut pts = vec![Vec::new(); paths.len()];
+        let mut ratios = vec![Vec::new(); paths.len()];
         for _ in 0..ROUNDS {
             let dt = throughput(Path::new(direct), method, ROUND_SECS).await?;
-            let pt = throughput(Path::new(proxy), method, ROUND_SECS).await?;
             dts.push(dt);
-            pts.push(pt);
-            ratios.push(pt / dt);
+            for (k, (_, sock)) in paths.iter().enumerate() {
+                let pt = throughput(sock, method, ROUND_SECS).await?;
+                if let (Some(p), Some(r)) = (pts.get_mut(k), ratios.get_mut(k)) {
+                    p.push(pt);
+                    r.push(pt / dt);
+                }
+            }
         }
-        for v in [&mut dts, &mut pts, &mut ratios] {
-            v.sort_by(f64::total_cmp);
+        dts.sort_by(f64::total_cmp);
+        for (k, (name, _)) in paths.iter().enumerate() {
+            let (Some(l), Some(p), Some(r)) = (pl.get_mut(k), pts.get_mut(k), ratios.get_mut(k))
+            else {
+                continue;
+            };
+            for v in [&mut *l, &mut *p, &mut *r] {
+                v.sort_by(f64::total_cmp);
+            }
+            println!(
+                "{:<15} {:<19} {:>8.0}us {:>8.0}us {:>8.0}us {:>8.0}us {:>8.0}us {:>9.0} {:>9.0} {:>6.2}",
+                method,
+                name,
+                pct(&dl, 0.5),
+                pct(&dl, 0.99),
+                pct(l, 0.5),
+                pct(l, 0.99),
+                pct(l, 0.5) - pct(&dl, 0.5),
+                pct(&dts, 0.5),
+                pct(p, 0.5),
+                pct(r, 0.5)
+            );
         }
-        let (dt, pt) = (pct(&dts, 0.5), pct(&pts, 0.5));
-        println!(
-            "{:<15} {:>8.0}us {:>8.0}us {:>8.0}us {:>8.0}us {:>10.0}us {:>12.0} {:>12.0} {:>8.2}",
-            method,
-            pct(&dl, 0.5),
-            pct(&dl, 0.99),
-            pct(&pl, 0.5),
-            pct(&pl, 0.99),
-            pct(&pl, 0.5) - pct(&dl, 0.5),
-            dt,
-            pt,
-            pct(&ratios, 0.5)
-        );
     }
     Ok(())
 }

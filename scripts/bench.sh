@@ -21,7 +21,7 @@
 #                fails; then 32 concurrent downloads: errors (status and size checked) and
 #                audit events
 #   4. cri       CRI proxy (frames relayed) vs direct on real containerd 2.1: p50 latency
-#                added, throughput
+#                added, throughput; beside it the floor, socat relaying the same bytes
 #   5. list      GET /v1/checkpoints of N records
 #   6. load      64 concurrent download loops plus seals into the same store, for
 #                BENCH_LOAD_SECS (60; 10 with --small): errors, downloads, server peak RSS
@@ -278,9 +278,11 @@ CRI_SOCKET=$(sed -n 's/^CRI_SOCKET=//p' <<<"$env")
 P4=$BINDS/bench-proxy; rm -rf "$P4"; mkdir -p "$P4"
 # (9>&-: the proxy must not inherit the lock, or the next section waits for it forever.)
 "$CK" proxy --listen "$P4/proxy.sock" --runtime "$CRI_SOCKET" --store "$WORK/store" -r "$R" >/dev/null 2>"$P4/proxy.log" 9>&- & P4PID=$!; PIDS+=($P4PID)
-for _ in $(seq 50); do [ -S "$P4/proxy.sock" ] && break; sleep 0.1; done
-"$EX/cri_bench" "$CRI_SOCKET" "$P4/proxy.sock" "$CALLS"
-kill "$P4PID" 2>/dev/null || true
+# The floor of any proxy in its own process: socat relaying the bytes, parsing nothing.
+socat UNIX-LISTEN:"$P4/relay.sock",fork UNIX-CONNECT:"$CRI_SOCKET" 9>&- & S4PID=$!; PIDS+=($S4PID)
+for _ in $(seq 50); do [ -S "$P4/proxy.sock" ] && [ -S "$P4/relay.sock" ] && break; sleep 0.1; done
+"$EX/cri_bench" "$CRI_SOCKET" "$P4/proxy.sock" "$CALLS" "$P4/relay.sock"
+kill "$P4PID" "$S4PID" 2>/dev/null || true
 exec 9>&-
 fi
 

