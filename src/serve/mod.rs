@@ -383,7 +383,7 @@ pub async fn run(
             _ = term.recv() => {},
         }
     };
-    tls::serve(
+    let served = tls::serve(
         listener,
         prepared.tls,
         app,
@@ -393,7 +393,7 @@ pub async fn run(
     )
     .await;
     stop.notify_waiters();
-    Ok(())
+    anyhow::Context::context(served, "cannot start the connection threads")
 }
 
 /// The (namespace, pod) pairs the runtime runs now; `None` if it cannot be asked.

@@ -139,6 +139,7 @@ pub fn principal_from_cert(der: &[u8]) -> Option<Principal> {
 /// `handshake_timeout`, an HTTP/1.1 request head within `header_timeout`, and a connection
 /// with no request in progress and no bytes moving closed after `idle_timeout`. Every
 /// refusal is counted in `metrics` and logged (at most every few seconds per kind).
+/// Fails only if the connection threads cannot be started.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<ServerConfig>,
@@ -146,15 +147,9 @@ pub async fn serve(
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
-) {
+) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(config);
-    let shards = match Shards::start(limits.threads) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("ckvault: cannot start the connection threads: {e}");
-            return;
-        }
-    };
+    let shards = Shards::start(limits.threads)?;
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let refusals = Arc::new(RefusalLog::default());
     tokio::pin!(shutdown);
@@ -296,6 +291,7 @@ pub async fn serve(
             }
         });
     }
+    Ok(())
 }
 
 /// The connection threads: each runs a single-threaded runtime serving the connections
@@ -500,5 +496,65 @@ impl RefusalLog {
         {
             eprintln!("ckvault: {}", message());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_go_to_the_thread_with_fewest_open_and_stay_there() {
+        let shards = Shards::start(2).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut holds = Vec::new();
+        for _ in 0..4 {
+            let tx = tx.clone();
+            let (hold, held) = tokio::sync::oneshot::channel::<()>();
+            holds.push(hold);
+            shards.spawn(async move {
+                let before = std::thread::current().name().map(str::to_owned);
+                // A task it spawns runs on the same thread.
+                let inner =
+                    tokio::spawn(async { std::thread::current().name().map(str::to_owned) });
+                let after = inner.await.unwrap();
+                tx.send((before, after)).unwrap();
+                let _ = held.await;
+            });
+        }
+        let mut names = Vec::new();
+        for _ in 0..4 {
+            let (before, after) = rx.recv().await.unwrap();
+            assert_eq!(before, after);
+            names.push(before.unwrap());
+        }
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "ckvault-conn-0",
+                "ckvault-conn-0",
+                "ckvault-conn-1",
+                "ckvault-conn-1"
+            ]
+        );
+        let open: Vec<usize> = shards
+            .shards
+            .iter()
+            .map(|s| s.open.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(open, [2, 2]);
+        drop(holds);
+        for _ in 0..100 {
+            if shards
+                .shards
+                .iter()
+                .all(|s| s.open.load(Ordering::Relaxed) == 0)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("closed connections are still counted open");
     }
 }
