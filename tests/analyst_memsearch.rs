@@ -180,20 +180,7 @@ fn memsearch_reads_criu_4_2_pagemaps_of_containerd_archives() {
     };
     let dir = rt.dir("memsearch");
     let archive = dir.join("ck.tar");
-    let out = Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/harness/real-cri-runtime.sh"
-        ))
-        .args(["checkpoint", support::realcri::CACHE])
-        .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rt.checkpoint_to(&archive);
     let tmp = tempfile::tempdir().unwrap();
     let (ours, _) = search_record(tmp.path(), &archive, NEEDLE);
     // The raw pages image: as many occurrences as matches reported.
@@ -227,11 +214,7 @@ fn under_strace(store: &Path, log: &Path, args: &[&str]) -> (Vec<u8>, Vec<String
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::ok(&out);
     let trace = std::fs::read_to_string(log).unwrap();
     let created = trace
         .lines()
@@ -661,20 +644,7 @@ fn deep_inspection_reads_the_command_line_of_containerd_archives() {
     };
     let dir = rt.dir("deep");
     let archive = dir.join("ck.tar");
-    let out = Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/harness/real-cri-runtime.sh"
-        ))
-        .args(["checkpoint", support::realcri::CACHE])
-        .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rt.checkpoint_to(&archive);
     let tmp = tempfile::tempdir().unwrap();
     let (_, v, _) = deep_record(tmp.path(), &archive, true);
     // The command the harness started (checkpointctl 1.3 prints blanks here).

@@ -22,11 +22,7 @@ fn manifests(store: &Path) -> Vec<Value> {
         .args(["ls", "--store", store.to_str().unwrap(), "--format", "json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::ok(&out);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -91,11 +87,7 @@ fn a_sweep_seals_checkpoints_recovers_staging_and_ignores_the_rest() {
         .args(["--store", store.to_str().unwrap(), "-r", &recipient])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::ok(&out);
 
     assert!(!dir.join(name).exists(), "plaintext left behind");
     let receipt_path = dir.join(format!("{name}.ckvault-receipt.json"));
@@ -245,11 +237,7 @@ fn the_watcher_takes_recipients_and_retention_from_the_policy_directory() {
         .args(["watch", "--once", "--config", config.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::ok(&out);
     let store = tmp.path().join("store");
     let ms = manifests(&store);
     assert_eq!(

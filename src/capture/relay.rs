@@ -217,6 +217,21 @@ struct Up {
 }
 
 impl Up {
+    /// A connection's client side before its preface: answers of ours go to `inject`.
+    fn new(inject: mpsc::UnboundedSender<Bytes>, handler: Handler) -> Self {
+        Self {
+            preface_left: PREFACE.len(),
+            block: None,
+            decoder: super::hpack::Decoder::new(),
+            rewriting: false,
+            pending: HashMap::new(),
+            ours: std::collections::HashSet::new(),
+            owed: Arc::new(AtomicU64::new(0)),
+            inject,
+            handler,
+        }
+    }
+
     /// Walks the complete units of `inbuf`, appending what goes to the runtime to `out`.
     fn process(&mut self, inbuf: &mut BytesMut, out: &mut BytesMut) -> io::Result<()> {
         if self.preface_left > 0 {
@@ -645,17 +660,7 @@ pub async fn relay(client: UnixStream, upstream: &std::path::Path, handler: Hand
         }
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    let up = Up {
-        preface_left: PREFACE.len(),
-        block: None,
-        decoder: super::hpack::Decoder::new(),
-        rewriting: false,
-        pending: HashMap::new(),
-        ours: std::collections::HashSet::new(),
-        owed: Arc::new(AtomicU64::new(0)),
-        inject: tx,
-        handler,
-    };
+    let up = Up::new(tx, handler);
     let upward = tokio::spawn(client_to_runtime(client.clone(), runtime.clone(), up));
     let down = runtime_to_client(runtime, client, rx);
     // The connection ends when the runtime's side does (the client closing its side
@@ -671,18 +676,7 @@ mod tests {
     fn up() -> (Up, mpsc::UnboundedReceiver<Bytes>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handler: Handler = Arc::new(|_| Box::pin(async { Err((13, "test".into())) }));
-        let up = Up {
-            preface_left: PREFACE.len(),
-            block: None,
-            decoder: crate::capture::hpack::Decoder::new(),
-            rewriting: false,
-            pending: HashMap::new(),
-            ours: std::collections::HashSet::new(),
-            owed: Arc::new(AtomicU64::new(0)),
-            inject: tx,
-            handler,
-        };
-        (up, rx)
+        (Up::new(tx, handler), rx)
     }
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {

@@ -206,12 +206,12 @@ pub fn ckvault(args: &[&str]) -> std::process::Output {
         .expect("run ckvault")
 }
 
-/// The stdout of a run that must have succeeded; panics with its status, stderr and
-/// stdout otherwise.
+/// The stdout of a run (of ckvault or any command) that must have succeeded; panics with
+/// its status, stderr and stdout otherwise.
 pub fn ok(out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
-        "ckvault failed ({}): {}\nstdout: {}",
+        "the command failed ({}): {}\nstdout: {}",
         out.status,
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)

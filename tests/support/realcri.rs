@@ -113,6 +113,21 @@ impl RealCri {
         d
     }
 
+    /// Checkpoints the running pod's container into `archive` with the harness's own
+    /// CRI call (straight to containerd); panics if that fails.
+    pub fn checkpoint_to(&self, archive: &Path) {
+        let out = Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/harness/real-cri-runtime.sh"
+            ))
+            .args(["checkpoint", CACHE])
+            .arg(archive)
+            .output()
+            .unwrap();
+        super::ok(&out);
+    }
+
     /// Runs the stock grpcio client (the harness's Python) on `socket` with `calls`
     /// (JSON, see tests/harness/grpc_call.py); one JSON value per call.
     pub fn grpcio(&self, socket: &Path, calls: &serde_json::Value) -> Vec<serde_json::Value> {
