@@ -349,7 +349,7 @@ pub struct ServerConfig {
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Threads serving connections, each connection on one of them for its whole life
-    /// (default 0: one per core).
+    /// (default 0: one per core; at most [`MAX_SERVER_THREADS`]).
     #[serde(default)]
     pub threads: usize,
 }
@@ -422,6 +422,8 @@ fn default_idle_timeout() -> std::time::Duration {
 fn default_max_connections() -> usize {
     512
 }
+/// The most `[server] threads` accepted.
+pub const MAX_SERVER_THREADS: usize = 256;
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8443))
@@ -498,6 +500,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 path: path.display().to_string(),
                 message: "[server] cert and key go together: set both or neither".into(),
+            });
+        }
+        if config.server.threads > MAX_SERVER_THREADS {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                message: format!(
+                    "[server] threads = {} is more than {MAX_SERVER_THREADS}; 0 means one per core",
+                    config.server.threads
+                ),
             });
         }
         if config.store.kind == StoreKind::S3 && config.store.bucket.is_none() {
@@ -648,5 +659,10 @@ mod tests {
                 .to_string()
                 .contains("go together")
         );
+        std::fs::write(&path, "[server]\nthreads = 100000\n").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("threads = 100000 is more than 256"), "{e}");
+        std::fs::write(&path, "[server]\nthreads = 4\n").unwrap();
+        assert_eq!(Config::load(&path).unwrap().server.threads, 4);
     }
 }
