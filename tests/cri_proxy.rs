@@ -905,41 +905,23 @@ fn fifo_staging_falls_back_to_files_loudly_when_the_runtime_refuses_a_pipe() {
     assert!(staging_files(&dir.join("store")).is_empty());
 }
 
-/// One gRPC call on an existing HTTP/2 connection, with `extra` headers:
-/// (grpc-status, grpc-message, body).
+/// One gRPC call on an existing HTTP/2 connection, with `extra` headers after one the
+/// client's HPACK encoder indexes: (grpc-status, grpc-message, body).
 async fn raw_call(
-    sender: &mut hyper::client::conn::http2::SendRequest<BoxBody<Bytes, hyper::Error>>,
+    sender: &mut support::grpc::Sender,
     method: &str,
     body: Bytes,
     extra: &[(&str, String)],
 ) -> (String, String, Bytes) {
-    let mut req = Request::post(format!(
-        "http://localhost/runtime.v1.RuntimeService/{method}"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .header("x-repeated", "leans-on-the-hpack-table");
-    for (name, value) in extra {
-        req = req.header(*name, value.as_str());
-    }
-    let req = req
-        .body(Full::new(body).map_err(|n| match n {}).boxed())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let headers = resp.headers().clone();
-    let collected = resp.into_body().collect().await.unwrap();
-    let t = collected.trailers().cloned().unwrap_or_default();
-    let get = |k: &str| {
-        t.get(k)
-            .or_else(|| headers.get(k))
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default()
-    };
-    (
-        get("grpc-status"),
-        get("grpc-message"),
-        collected.to_bytes(),
+    let mut headers = vec![("x-repeated", "leans-on-the-hpack-table".to_owned())];
+    headers.extend(extra.iter().cloned());
+    support::grpc::exchange(
+        sender,
+        &format!("/runtime.v1.RuntimeService/{method}"),
+        body,
+        &headers,
     )
+    .await
 }
 
 #[test]

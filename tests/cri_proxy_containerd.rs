@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ckvault::capture::cri::{self, RuntimeClient};
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
 
 struct Kill(Child);
 impl Drop for Kill {
@@ -26,27 +24,7 @@ impl Drop for Kill {
 /// One raw gRPC exchange: (grpc-status, grpc-message, response body bytes).
 async fn raw(socket: &Path, method: &str, body: Bytes) -> (String, String, Bytes) {
     let mut sender = RuntimeClient::new(socket).connect().await.unwrap();
-    let req = Request::post(format!("http://localhost{method}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Full::new(body).map_err(|n| match n {}).boxed())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let headers = resp.headers().clone();
-    let collected = resp.into_body().collect().await.unwrap();
-    let trailers = collected.trailers().cloned().unwrap_or_default();
-    let get = |k: &str| {
-        trailers
-            .get(k)
-            .or_else(|| headers.get(k))
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default()
-    };
-    (
-        get("grpc-status"),
-        get("grpc-message"),
-        collected.to_bytes(),
-    )
+    support::grpc::exchange(&mut sender, method, body, &[]).await
 }
 
 fn block<F: std::future::Future>(f: F) -> F::Output {

@@ -4,6 +4,8 @@
 //! config names a bucket (`watch`, `proxy`); and `ckvault upload`.
 
 use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use std::sync::Arc;
 
 use crate::policy::PolicySet;
@@ -19,6 +21,25 @@ pub struct SealSetup {
     pub policies: Option<Arc<PolicySet>>,
     /// recipients.toml, which decides instead of `recipients` when present.
     pub recipient_policy: Option<Arc<RecipientsPolicy>>,
+}
+
+/// The limits for reading a capture through (inspect --deep, memsearch, diff): the
+/// defaults, with an hour to read a responder's multi-GiB archive.
+pub fn analysis_limits() -> crate::inspect::Limits {
+    crate::inspect::Limits {
+        deadline: std::time::Duration::from_secs(3600),
+        ..crate::inspect::Limits::default()
+    }
+}
+
+/// The identities of `-i KEYFILE`, which reading `what` needs (named in the error when no
+/// key was given).
+pub fn identities(
+    key: Option<&PathBuf>,
+    what: &str,
+) -> anyhow::Result<crate::seal::open::Identities> {
+    let key = key.with_context(|| format!("{what}: give your identity with -i KEYFILE"))?;
+    Ok(crate::seal::open::Identities::from_file(key)?)
 }
 
 /// Loads a policy directory, every problem in one readable error.

@@ -35,13 +35,6 @@ pub struct DiffArgs {
     format: Format,
 }
 
-fn limits() -> Limits {
-    Limits {
-        deadline: std::time::Duration::from_secs(3600),
-        ..Limits::default()
-    }
-}
-
 fn manifest_identity(m: &crate::manifest::Manifest) -> Vec<(&'static str, Option<String>)> {
     vec![
         ("namespace", m.namespace.clone()),
@@ -60,11 +53,8 @@ fn load(arg: &str, args: &DiffArgs) -> anyhow::Result<Side> {
     if !path.exists()
         && let Ok(id) = arg.parse::<RecordId>()
     {
-        let key = args
-            .identity
-            .as_ref()
-            .context("a record is encrypted: give your identity with -i KEYFILE")?;
-        let identities = crate::seal::open::Identities::from_file(key)?;
+        let identities =
+            super::common::identities(args.identity.as_ref(), "a record is encrypted")?;
         let opened = super::common::open_store(&args.store, false)?;
         let who = crate::vault::analyse::Reader {
             actor: crate::node::local_actor(),
@@ -75,7 +65,7 @@ fn load(arg: &str, args: &DiffArgs) -> anyhow::Result<Side> {
             &opened.store,
             &id,
             identities,
-            &limits(),
+            &super::common::analysis_limits(),
             &who,
         )?;
         opened.ship_audit()?;
@@ -89,12 +79,13 @@ fn load(arg: &str, args: &DiffArgs) -> anyhow::Result<Side> {
     if let Some((m, blob)) = crate::vault::analyse::sealed_file(path)
         .with_context(|| format!("cannot open {}", path.display()))?
     {
-        let key = args
-            .identity
-            .as_ref()
-            .context("a sealed record file: give your identity with -i KEYFILE")?;
-        let identities = crate::seal::open::Identities::from_file(key)?;
-        let view = crate::vault::analyse::deep_sealed(&m, blob, identities, &limits())?;
+        let identities = super::common::identities(args.identity.as_ref(), "a sealed record file")?;
+        let view = crate::vault::analyse::deep_sealed(
+            &m,
+            blob,
+            identities,
+            &super::common::analysis_limits(),
+        )?;
         return Ok(Side {
             source: path.display().to_string(),
             identity: manifest_identity(&m),
@@ -108,7 +99,7 @@ fn load(arg: &str, args: &DiffArgs) -> anyhow::Result<Side> {
     use std::io::Seek;
     let mut f = &file;
     f.seek(std::io::SeekFrom::Start(0))?;
-    let view = inspect::deep_seekable(f, &limits())
+    let view = inspect::deep_seekable(f, &super::common::analysis_limits())
         .with_context(|| format!("{}: archive rejected", path.display()))?;
     Ok(Side {
         source: path.display().to_string(),

@@ -54,13 +54,6 @@ fn deep_document(
     out.into()
 }
 
-fn deep_limits() -> Limits {
-    Limits {
-        deadline: std::time::Duration::from_secs(3600),
-        ..Limits::default()
-    }
-}
-
 /// Prints the deep view of a record (of a store, or a fetched sealed file).
 fn print_record(args: &InspectArgs, m: &Manifest, deep: &DeepView) -> anyhow::Result<()> {
     match args.format {
@@ -90,11 +83,7 @@ fn print_record(args: &InspectArgs, m: &Manifest, deep: &DeepView) -> anyhow::Re
 }
 
 fn identities(args: &InspectArgs) -> anyhow::Result<crate::seal::open::Identities> {
-    let key = args
-        .identity
-        .as_ref()
-        .context("a record is encrypted: give your identity with -i KEYFILE")?;
-    Ok(crate::seal::open::Identities::from_file(key)?)
+    super::common::identities(args.identity.as_ref(), "a record is encrypted")
 }
 
 /// Runs `ckvault inspect`.
@@ -115,7 +104,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             &opened.store,
             &id,
             identities,
-            &deep_limits(),
+            &super::common::analysis_limits(),
             &who,
         )?;
         opened.ship_audit()?;
@@ -126,8 +115,12 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         && let Some((m, blob)) = crate::vault::analyse::sealed_file(&path)
             .with_context(|| format!("cannot open {}", path.display()))?
     {
-        let deep =
-            crate::vault::analyse::deep_sealed(&m, blob, identities(&args)?, &deep_limits())?;
+        let deep = crate::vault::analyse::deep_sealed(
+            &m,
+            blob,
+            identities(&args)?,
+            &super::common::analysis_limits(),
+        )?;
         print_record(&args, &m, &deep)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -137,7 +130,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         if !args.deep {
             return Ok((found, None));
         }
-        let limits = deep_limits();
+        let limits = super::common::analysis_limits();
         use std::io::Seek;
         let mut f = &file;
         f.seek(std::io::SeekFrom::Start(0))?;

@@ -8,10 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::{Format, StoreArg, output};
+use crate::inspect;
 use crate::inspect::memory::{MAX_CONTEXT, MAX_MATCH, Match, Pattern, Search};
-use crate::inspect::{self, Limits};
 use crate::manifest::RecordId;
-use crate::seal::open::Identities;
 use crate::vault::analyse::{Reader, memsearch_record};
 
 /// Arguments of `ckvault memsearch`.
@@ -92,18 +91,12 @@ pub fn run(args: MemsearchArgs) -> anyhow::Result<ExitCode> {
         max_matches: args.max_matches,
     };
     // Memory takes longer than metadata: an hour, not two minutes.
-    let limits = Limits {
-        deadline: std::time::Duration::from_secs(3600),
-        ..Limits::default()
-    };
+    let limits = super::common::analysis_limits();
     let as_file = PathBuf::from(&args.target);
     let (record, found) = match args.target.parse::<RecordId>() {
         Ok(id) if !as_file.exists() => {
-            let key = args
-                .identity
-                .as_ref()
-                .context("a record is encrypted: give your identity with -i KEYFILE")?;
-            let identities = Identities::from_file(key)?;
+            let identities =
+                super::common::identities(args.identity.as_ref(), "a record is encrypted")?;
             let opened = super::common::open_store(&args.store, false)?;
             let who = Reader {
                 actor: crate::node::local_actor(),
@@ -130,10 +123,10 @@ pub fn run(args: MemsearchArgs) -> anyhow::Result<ExitCode> {
             })?;
             match sealed {
                 Some((m, blob)) => {
-                    let key = args.identity.as_ref().context(
-                        "this file is a sealed record: give your identity with -i KEYFILE",
+                    let identities = super::common::identities(
+                        args.identity.as_ref(),
+                        "this file is a sealed record",
                     )?;
-                    let identities = Identities::from_file(key)?;
                     let found = crate::vault::analyse::memsearch_sealed(
                         &m, blob, identities, &search, &limits,
                     )?;

@@ -228,16 +228,19 @@ pub(crate) fn read<I: Input>(
             }
             tar.read_data(&entry.path)
         };
+        let json = |tar: &mut TarReader<'_, I>| -> Result<Vec<u8>, InspectError> {
+            if entry.size > limits.max_json_bytes {
+                return Err(InspectError::JsonTooLarge {
+                    member: entry.path.clone(),
+                    size: entry.size,
+                    limit: limits.max_json_bytes,
+                });
+            }
+            tar.read_data(&entry.path)
+        };
         match path.as_str() {
             "spec.dump" | "config.dump" => {
-                if entry.size > limits.max_json_bytes {
-                    return Err(InspectError::JsonTooLarge {
-                        member: path.clone(),
-                        size: entry.size,
-                        limit: limits.max_json_bytes,
-                    });
-                }
-                let data = tar.read_data(&path)?;
+                let data = json(tar)?;
                 if path == "spec.dump" {
                     got.spec = Some(parse_guarded(&path, &data, limits)?);
                 } else {
@@ -247,14 +250,7 @@ pub(crate) fn read<I: Input>(
             }
             "rootfs-diff.tar" => nested_changes(tar, &entry, limits, &mut view)?,
             "deleted.files" => {
-                if entry.size > limits.max_json_bytes {
-                    return Err(InspectError::JsonTooLarge {
-                        member: path.clone(),
-                        size: entry.size,
-                        limit: limits.max_json_bytes,
-                    });
-                }
-                let data = tar.read_data(&path)?;
+                let data = json(tar)?;
                 deleted_files(&path, &data, limits, &mut view)?;
             }
             "checkpoint/files.img" => {

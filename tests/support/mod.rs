@@ -310,6 +310,7 @@ pub fn tar_with(members: &[(&str, u8, &[u8])]) -> Vec<u8> {
 
 pub mod containerd;
 pub mod crash;
+pub mod grpc;
 pub mod moto;
 pub mod pki;
 pub mod realcri;
