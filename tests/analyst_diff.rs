@@ -119,15 +119,7 @@ fn two_captures_of_one_container_side_by_side() {
             < d["statistics"]["b"]["pages_written"].as_u64().unwrap()
     );
     // Both reads are in the audit log with the purpose.
-    let audit: Vec<Value> = serde_json::from_str(&ok(&ckvault(&[
-        "audit",
-        "show",
-        "--store",
-        p(&store),
-        "--format",
-        "json",
-    ])))
-    .unwrap();
+    let audit: Vec<Value> = support::audit_events(&store);
     for id in [&a, &b] {
         assert!(
             audit.iter().any(|e| e["action"] == "inspect-deep"

@@ -290,15 +290,7 @@ fn memsearch_of_a_record_creates_no_file_and_is_audited() {
         created.is_empty(),
         "inspect --deep created files outside the store: {created:#?}"
     );
-    let audit: Vec<Value> = serde_json::from_str(&ok(&ckvault(&[
-        "audit",
-        "show",
-        "--store",
-        p(&store),
-        "--format",
-        "json",
-    ])))
-    .unwrap();
+    let audit: Vec<Value> = support::audit_events(&store);
     assert!(
         audit
             .iter()

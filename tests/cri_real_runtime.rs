@@ -179,15 +179,7 @@ impl Setup {
     }
 
     fn audit(&self) -> Vec<Value> {
-        let out = ok(&support::ckvault(&[
-            "audit",
-            "show",
-            "--store",
-            p(&self.dir.join("store")),
-            "--format",
-            "json",
-        ]));
-        serde_json::from_str(&out).unwrap()
+        support::audit_events(&self.dir.join("store"))
     }
 
     /// Nothing but sealed records holds the container's memory: staging is empty, and the

@@ -7,27 +7,12 @@ mod support;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
+
 use std::time::Duration;
+use support::{ckvault, ok};
 
 use serde_json::Value;
-
-fn ckvault(args: &[&str]) -> Output {
-    Command::new(support::ckvault_bin())
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A small tar holding one config.dump (enough to be inspected as a checkpoint).
 fn tiny_tar(dir: &Path, name: &str, payload: &str) -> std::path::PathBuf {
@@ -61,11 +46,11 @@ fn seal(store: &Path, archive: &Path, ns: &str, pod: &str, ctr: &str, extra: &[&
     ];
     args.extend(["--namespace", ns, "--pod", pod, "--container", ctr]);
     args.extend_from_slice(extra);
-    serde_json::from_str(&ok(ckvault(&args))).unwrap()
+    serde_json::from_str(&ok(&ckvault(&args))).unwrap()
 }
 
 fn ids(store: &Path) -> Vec<String> {
-    let v: Value = serde_json::from_str(&ok(ckvault(&[
+    let v: Value = serde_json::from_str(&ok(&ckvault(&[
         "ls",
         "--store",
         store.to_str().unwrap(),
@@ -78,19 +63,6 @@ fn ids(store: &Path) -> Vec<String> {
         .iter()
         .map(|m| m["id"].as_str().unwrap().to_owned())
         .collect()
-}
-
-fn audit_events(store: &Path) -> Vec<Value> {
-    let v: Value = serde_json::from_str(&ok(ckvault(&[
-        "audit",
-        "show",
-        "--store",
-        store.to_str().unwrap(),
-        "--format",
-        "json",
-    ])))
-    .unwrap();
-    v.as_array().unwrap().clone()
 }
 
 #[test]
@@ -167,7 +139,7 @@ fn holds_block_deletion_until_released_and_every_change_is_audited() {
     let archive = tiny_tar(d, "a.tar", "{}");
     let m = seal(&store, &archive, "forensics", "web", "app", &["-r", &key]);
     let id = m["id"].as_str().unwrap();
-    ok(ckvault(&[
+    ok(&ckvault(&[
         "hold",
         id,
         "--store",
@@ -178,7 +150,7 @@ fn holds_block_deletion_until_released_and_every_change_is_audited() {
     let out = ckvault(&["delete", id, "--store", s, "--reason", "cleanup"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("legal hold"));
-    ok(ckvault(&[
+    ok(&ckvault(&[
         "release",
         id,
         "--store",
@@ -202,11 +174,11 @@ fn holds_block_deletion_until_released_and_every_change_is_audited() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("case-9"));
-    ok(ckvault(&[
+    ok(&ckvault(&[
         "delete", id, "--store", s, "--reason", "cleanup",
     ]));
     assert!(ids(&store).is_empty());
-    let actions: Vec<(String, String)> = audit_events(&store)
+    let actions: Vec<(String, String)> = support::audit_events(&store)
         .iter()
         .map(|e| {
             (
@@ -225,7 +197,7 @@ fn holds_block_deletion_until_released_and_every_change_is_audited() {
             "{actions:?}"
         );
     }
-    ok(ckvault(&["audit", "verify", "--store", s]));
+    ok(&ckvault(&["audit", "verify", "--store", s]));
 }
 
 #[test]
@@ -255,7 +227,7 @@ fn retention_plan_equals_apply_and_holds_survive() {
         );
     }
     // one of the older forensics records (the second oldest) is on hold
-    ok(ckvault(&[
+    ok(&ckvault(&[
         "hold",
         &forensics[1],
         "--store",
@@ -270,7 +242,7 @@ fn retention_plan_equals_apply_and_holds_survive() {
         "version = 1\n[[rule]]\nname = \"forensics-short\"\nnamespaces = [\"forensics\"]\nkeep_last = 2\n[[rule]]\nname = \"default\"\nkeep_last = 10\n[[rule]]\nname = \"team-app\"\nnamespaces = [\"team-*\"]\ncontainers = [\"srv\"]\nkeep_last = 1\n",
     )
     .unwrap();
-    let plan: Value = serde_json::from_str(&ok(ckvault(&[
+    let plan: Value = serde_json::from_str(&ok(&ckvault(&[
         "retention",
         "plan",
         "--store",
@@ -307,7 +279,7 @@ fn retention_plan_equals_apply_and_holds_survive() {
     }
     // planning deleted nothing
     assert_eq!(ids(&store).len(), 9);
-    let applied: Value = serde_json::from_str(&ok(ckvault(&[
+    let applied: Value = serde_json::from_str(&ok(&ckvault(&[
         "retention",
         "apply",
         "--store",
@@ -337,7 +309,7 @@ fn retention_plan_equals_apply_and_holds_survive() {
     .to_vec();
     expect_left.sort();
     assert_eq!(left, expect_left);
-    let deletes: Vec<Value> = audit_events(&store)
+    let deletes: Vec<Value> = support::audit_events(&store)
         .into_iter()
         .filter(|e| e["action"] == "retention-delete")
         .collect();
@@ -357,8 +329,8 @@ fn retention_plan_equals_apply_and_holds_survive() {
             .iter()
             .all(|e| e["detail"].as_str().unwrap().starts_with("rule "))
     );
-    ok(ckvault(&["audit", "verify", "--store", s]));
-    ok(ckvault(&["verify", "--all", "--store", s]));
+    ok(&ckvault(&["audit", "verify", "--store", s]));
+    ok(&ckvault(&["verify", "--all", "--store", s]));
 }
 
 #[test]
@@ -420,7 +392,7 @@ fn a_retention_run_killed_midway_leaves_a_consistent_store() {
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         // Every listed record verifies (manifest signed, blob present and intact)...
-        ok(ckvault(&["verify", "--all", "--store", s]));
+        ok(&ckvault(&["verify", "--all", "--store", s]));
         // ... no blob without a manifest survives the next open ...
         let records = store.join("records");
         for e in fs::read_dir(&records).unwrap().flatten() {
@@ -433,9 +405,9 @@ fn a_retention_run_killed_midway_leaves_a_consistent_store() {
             }
         }
         // ... and the audit chain still verifies.
-        ok(ckvault(&["audit", "verify", "--store", s]));
+        ok(&ckvault(&["audit", "verify", "--store", s]));
     }
-    ok(ckvault(&[
+    ok(&ckvault(&[
         "retention",
         "apply",
         "--store",

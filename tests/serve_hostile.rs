@@ -185,17 +185,7 @@ impl Vault {
     }
 
     fn events(&self) -> Vec<Value> {
-        let out = ok(&ckvault(&[
-            "audit",
-            "show",
-            "--store",
-            p(&self.store),
-            "--format",
-            "json",
-            "--limit",
-            "100000",
-        ]));
-        serde_json::from_str::<Vec<Value>>(&out).unwrap()
+        support::audit_events(&self.store)
     }
 
     fn metric(&self, name: &str) -> u64 {

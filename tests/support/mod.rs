@@ -219,6 +219,22 @@ pub fn ok(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The audit log of the local store `store`, as `ckvault audit show --format json` prints
+/// it (every event).
+pub fn audit_events(store: &Path) -> Vec<serde_json::Value> {
+    let out = ok(&ckvault(&[
+        "audit",
+        "show",
+        "--store",
+        p(store),
+        "--format",
+        "json",
+        "--limit",
+        "1000000",
+    ]));
+    serde_json::from_str(&out).expect("audit show --format json")
+}
+
 /// A path as `&str` (the tests make only UTF-8 paths).
 pub fn p(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
