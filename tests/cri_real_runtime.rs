@@ -306,6 +306,88 @@ fn a_stock_grpc_client_through_the_proxy_gets_what_the_runtime_answers() {
     assert_eq!(ask(&s.listen).runtime_name, "containerd");
 }
 
+#[test]
+fn no_spelling_of_checkpoint_container_reaches_containerd_unsealed() {
+    // containerd 2.1.9 is built after the fix for CVE-2026-33186 and answers a path
+    // without its leading slash "malformed method name"; the proxy refuses every
+    // non-canonical spelling itself (tests/cri_proxy_paths.rs has a runtime that routes
+    // them), and seals a canonical one in any letter case.
+    let Some(rt) = RealCri::start(16, "shop", "api-0", "api") else {
+        return;
+    };
+    let s = Setup::new(&rt, "paths");
+    let _proxy = s.proxy();
+    let kubelet = s.dir.join("kubelet");
+    std::fs::create_dir_all(&kubelet).unwrap();
+    let request = |loc: &Path| {
+        let mut framed = vec![0u8; 5];
+        let msg = hex::decode(checkpoint_request(&rt.container_id, loc)).unwrap();
+        framed[1..5].copy_from_slice(&(msg.len() as u32).to_be_bytes());
+        framed.extend(msg);
+        framed
+    };
+    let canonical = format!("{RUNTIME}/CheckpointContainer").into_bytes();
+    let version = format!("{RUNTIME}/Version").into_bytes();
+    let spellings: Vec<Vec<Vec<u8>>> = vec![
+        vec![canonical[1..].to_vec()],
+        vec![[b"/", &canonical[..]].concat()],
+        vec![format!("{RUNTIME}/CheckpointContainer/").into_bytes()],
+        vec![version.clone(), canonical.clone()],
+        vec![canonical.clone(), version.clone()],
+        vec![],
+    ];
+    let locations: Vec<PathBuf> = (0..spellings.len())
+        .map(|i| kubelet.join(format!("checkpoint-spelling-{i}.tar")))
+        .collect();
+    let cases: Vec<_> = spellings
+        .iter()
+        .zip(&locations)
+        .map(|(paths, loc)| (paths.clone(), request(loc)))
+        .collect();
+    let direct = support::grpc::raw_paths(&rt.socket, &cases[..1]);
+    assert!(
+        direct[0]["grpc_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("malformed method name"),
+        "containerd 2.1 is built with the fix: {}",
+        direct[0]
+    );
+    let proxied = support::grpc::raw_paths(&s.listen, &cases);
+    for ((paths, answer), loc) in spellings.iter().zip(&proxied).zip(&locations) {
+        let shown: Vec<_> = paths.iter().map(|p| String::from_utf8_lossy(p)).collect();
+        assert_eq!(answer["grpc_status"], "12", "{shown:?}: {answer}");
+        assert!(
+            answer["grpc_message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("not forwarded"),
+            "{shown:?}: {answer}"
+        );
+        assert!(
+            !loc.exists(),
+            "{shown:?}: the runtime wrote {}",
+            loc.display()
+        );
+    }
+    assert!(s.records().is_empty());
+    // The method in another letter case is a checkpoint: intercepted and sealed.
+    let lower = kubelet.join("checkpoint-lower.tar");
+    let r = support::grpc::raw_paths(
+        &s.listen,
+        &[(
+            vec![format!("{RUNTIME}/checkpointcontainer").into_bytes()],
+            request(&lower),
+        )],
+    );
+    assert_eq!(r[0]["grpc_status"], "0", "{}", r[0]);
+    let records = s.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let receipt: Value = serde_json::from_slice(&std::fs::read(&lower).unwrap()).unwrap();
+    assert_eq!(receipt["id"], records[0]["id"]);
+    s.no_plaintext();
+}
+
 /// Bytes a process wrote to storage (`/proc/PID/io` write_bytes).
 fn write_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/io"))

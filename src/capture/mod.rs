@@ -3,7 +3,8 @@
 //! * [`proxy`]: a CRI proxy between kubelet and the runtime that forwards every call
 //!   untouched except CheckpointContainer, which [`checkpoint`] turns into a sealed record;
 //!   [`relay`] is its wire (HTTP/2 frames relayed, not terminated), [`hpack`] decodes the
-//!   client header blocks it must follow.
+//!   client header blocks it must follow, and [`method`] decides from a block's `:path`
+//!   whether a call is a checkpoint, is relayed, or is refused as non-canonical.
 //! * [`watch`]: watches the kubelet checkpoint directory (walkdir at start, inotify after),
 //!   seals each complete `checkpoint-*.tar`, removes the plaintext and leaves a receipt.
 //! * [`staging`]: the private staging directory for plaintext awaiting sealing, and its
@@ -13,6 +14,7 @@
 pub mod checkpoint;
 pub mod cri;
 pub mod hpack;
+pub mod method;
 pub mod proxy;
 pub mod receipt;
 pub mod relay;

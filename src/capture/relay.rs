@@ -5,7 +5,10 @@
 //!
 //! - every client header block is decoded with the client's HPACK state (it must be, to
 //!   know each stream's `:path` and to keep that state; [`super::hpack`] does it cheaply);
-//! - a stream whose `:path` is `CheckpointContainer` is *intercepted*: its HEADERS, DATA,
+//! - a request whose `:path` is not in canonical form ([`super::method`]: exactly one,
+//!   `/service/method`) is *refused*: answered UNIMPLEMENTED here and never forwarded, so
+//!   no spelling the runtime might route otherwise than we read it gets past;
+//! - a stream whose method is `CheckpointContainer` is *intercepted*: its HEADERS, DATA,
 //!   WINDOW_UPDATE, PRIORITY and RST_STREAM frames never reach the runtime; the request is
 //!   handed to `on_checkpoint` and its answer written to the client as frames of our own,
 //!   header blocks as HPACK literals without indexing (the client's HPACK table stays as
@@ -58,6 +61,8 @@ const PUSH_PROMISE: u8 = 0x5;
 const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
+/// gRPC status UNIMPLEMENTED: what a refused method path is answered with.
+const GRPC_UNIMPLEMENTED: u32 = 12;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
@@ -206,6 +211,9 @@ struct Up {
     block: Option<Block>,
     decoder: super::hpack::Decoder,
     rewriting: bool,
+    /// The highest stream the client has opened: a header block on a higher one opens a
+    /// request, on a lower or equal one it is a trailer block.
+    last_stream: u32,
     pending: HashMap<u32, Pending>,
     /// Intercepted streams (answered by us): their stray frames are dropped.
     ours: std::collections::HashSet<u32>,
@@ -224,6 +232,7 @@ impl Up {
             block: None,
             decoder: super::hpack::Decoder::new(),
             rewriting: false,
+            last_stream: 0,
             pending: HashMap::new(),
             ours: std::collections::HashSet::new(),
             owed: Arc::new(AtomicU64::new(0)),
@@ -380,13 +389,16 @@ impl Up {
         let keep = self.rewriting;
         let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut size = 0usize;
-        let mut checkpoint = false;
+        // Every `:path` of the block, in order (bounded by the block's own 1 MiB).
+        let mut paths: Vec<Vec<u8>> = Vec::new();
         let mut grpc_timeout = None;
         self.decoder
             .decode(&block.fragment, |name, value| {
                 size += name.len() + value.len() + 32;
                 if name == b":path" {
-                    checkpoint = value == super::cri::CHECKPOINT_CONTAINER.as_bytes();
+                    if size <= MAX {
+                        paths.push(value.to_vec());
+                    }
                 } else if name == b"grpc-timeout" {
                     grpc_timeout = Some(String::from_utf8_lossy(value).into_owned());
                 }
@@ -405,7 +417,26 @@ impl Up {
             }
             return Ok(());
         }
-        if checkpoint {
+        let opens = block.stream > self.last_stream;
+        if !opens {
+            // Trailers of a relayed request: they must not name a method of their own.
+            if !paths.is_empty() {
+                return Err(bad("a :path in a request's trailers"));
+            }
+        } else {
+            self.last_stream = block.stream;
+        }
+        let route = if opens {
+            let refs: Vec<&[u8]> = paths.iter().map(Vec::as_slice).collect();
+            super::method::route(&refs)
+        } else {
+            super::method::Route::Forward
+        };
+        if let super::method::Route::Refuse(why) = route {
+            self.refuse(block.stream, why, paths.first().map(Vec::as_slice));
+            return Ok(());
+        }
+        if route == super::method::Route::Checkpoint {
             self.rewriting = true;
             self.ours.insert(block.stream);
             self.pending.insert(
@@ -430,6 +461,29 @@ impl Up {
             .collect();
         header_frames(out, block.stream, &refs, block.end_stream);
         Ok(())
+    }
+
+    /// Answers a request whose method path the runtime might route otherwise than the
+    /// relay reads it: a gRPC error of our own, nothing forwarded (the runtime never sees
+    /// the stream; later frames of it are dropped).
+    fn refuse(&mut self, stream: u32, why: super::method::Refusal, path: Option<&[u8]>) {
+        // The runtime's HPACK decoder never saw this block.
+        self.rewriting = true;
+        self.ours.insert(stream);
+        let shown = path.map(|p| {
+            let head = String::from_utf8_lossy(p.get(..128).unwrap_or(p)).into_owned();
+            crate::inspect::escape_control(&head).into_owned()
+        });
+        eprintln!(
+            "ckvault: proxy: refused a CRI call (stream {stream}, :path {}): {why}; not forwarded to the runtime",
+            shown.as_deref().unwrap_or("(none)")
+        );
+        let answer: Answer = Err((
+            GRPC_UNIMPLEMENTED,
+            format!("ckvault: {why}; refused, not forwarded to the runtime"),
+        ));
+        let (frames, _) = answer_frames(stream, &answer);
+        let _ = self.inject.send(frames.freeze());
     }
 
     /// The request of an intercepted stream is complete: answer it on a task of its own.
@@ -726,13 +780,7 @@ mod tests {
     #[tokio::test]
     async fn an_intercepted_stream_is_answered_and_its_credit_returned() {
         let (mut up, mut rx) = up();
-        let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
-        block.push(0x00);
-        put_string(&mut block, b":path");
-        put_string(
-            &mut block,
-            super::super::cri::CHECKPOINT_CONTAINER.as_bytes(),
-        );
+        let block = request_block(super::super::cri::CHECKPOINT_CONTAINER.as_bytes());
         let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, END_HEADERS, 1, &block));
         input.extend(frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 2, 0x0a, 0]));
@@ -747,12 +795,89 @@ mod tests {
         assert_eq!(answer[3], HEADERS);
         assert_eq!(answer[4], END_HEADERS | END_STREAM);
         // Later blocks are re-encoded (no reliance on the runtime's table).
-        let mut inbuf =
-            BytesMut::from(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &[0x83, 0x86])[..]);
+        let mut inbuf = BytesMut::from(
+            &frame(
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                3,
+                &request_block(b"/runtime.v1.RuntimeService/Version"),
+            )[..],
+        );
         out.clear();
         up.process(&mut inbuf, &mut out).unwrap();
         assert_eq!(out[3], HEADERS);
         assert_eq!(out[9], 0x00, "a literal without indexing");
+    }
+
+    /// A request header block (:method POST, :scheme http) with `paths` as its `:path`s.
+    fn request_block_paths(paths: &[&[u8]]) -> Vec<u8> {
+        let mut block = vec![0x83, 0x86];
+        for path in paths {
+            block.push(0x00);
+            put_string(&mut block, b":path");
+            put_string(&mut block, path);
+        }
+        block
+    }
+
+    fn request_block(path: &[u8]) -> Vec<u8> {
+        request_block_paths(&[path])
+    }
+
+    #[tokio::test]
+    async fn non_canonical_method_paths_are_answered_here_and_never_forwarded() {
+        for paths in [
+            vec![&b"runtime.v1.RuntimeService/CheckpointContainer"[..]],
+            vec![b"//runtime.v1.RuntimeService/CheckpointContainer"],
+            vec![
+                b"/runtime.v1.RuntimeService/Version",
+                b"/runtime.v1.RuntimeService/CheckpointContainer",
+            ],
+            vec![],
+        ] {
+            let (mut up, mut rx) = up();
+            let mut input = PREFACE.to_vec();
+            input.extend(frame(HEADERS, END_HEADERS, 1, &request_block_paths(&paths)));
+            input.extend(frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 2, 0x0a, 0]));
+            let mut inbuf = BytesMut::from(&input[..]);
+            let mut out = BytesMut::new();
+            up.process(&mut inbuf, &mut out).unwrap();
+            assert_eq!(
+                &out[..],
+                PREFACE,
+                "{paths:?}: only the preface reaches the runtime"
+            );
+            let answer = rx.recv().await.unwrap();
+            assert_eq!(answer[3], HEADERS);
+            assert_eq!(answer[4], END_HEADERS | END_STREAM);
+            let text = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.windows(14).any(|w| w == b"grpc-status\x0212"),
+                "UNIMPLEMENTED: {text}"
+            );
+            assert!(text.contains("not forwarded"), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_path_in_trailers_closes_the_connection() {
+        let (mut up, _rx) = up();
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(
+            HEADERS,
+            END_HEADERS,
+            1,
+            &request_block(b"/runtime.v1.RuntimeService/Version"),
+        ));
+        input.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &request_block(b"/runtime.v1.RuntimeService/CheckpointContainer"),
+        ));
+        let mut inbuf = BytesMut::from(&input[..]);
+        let mut out = BytesMut::new();
+        assert!(up.process(&mut inbuf, &mut out).is_err());
     }
 
     #[tokio::test]

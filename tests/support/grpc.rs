@@ -43,3 +43,49 @@ pub async fn exchange(
         collected.to_bytes(),
     )
 }
+
+/// Sends one request per case on a fresh raw HTTP/2 connection to `socket`, each with
+/// exactly the `:path` fields it names (any bytes, none, several) and `body`, through the
+/// `h2` library with its header checks off (`tests/harness/raw_paths.py`): one JSON object
+/// per case (`status`, `grpc_status`, `grpc_message`, `body` hex, `error`).
+pub fn raw_paths(
+    socket: &std::path::Path,
+    cases: &[(Vec<Vec<u8>>, Vec<u8>)],
+) -> Vec<serde_json::Value> {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let cases: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|(paths, body)| {
+            serde_json::json!({
+                "paths": paths.iter().map(|p| hex(p)).collect::<Vec<_>>(),
+                "body": hex(body),
+            })
+        })
+        .collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        serde_json::Value::from(cases.clone()).to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/harness/raw_paths.py"
+        ))
+        .arg(socket)
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "raw_paths.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), cases.len());
+    answers
+}
