@@ -352,6 +352,25 @@ pub struct ServerConfig {
     /// (default 0: one per core; at most [`MAX_SERVER_THREADS`]).
     #[serde(default)]
     pub threads: usize,
+    /// Connections open at once from one client address (default 64).
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// Requests in progress at once for one authenticated identity (default 32).
+    #[serde(default = "default_max_requests_per_identity")]
+    pub max_requests_per_identity: usize,
+    /// Downloads streaming at once for one identity (default 4).
+    #[serde(default = "default_max_downloads_per_identity")]
+    pub max_downloads_per_identity: usize,
+    /// Downloads streaming at once in all (default 64).
+    #[serde(default = "default_max_downloads")]
+    pub max_downloads: usize,
+    /// A download that hands the connection no byte for this long is cut off, with its
+    /// connection, whatever else the client sends (default 30s).
+    #[serde(default = "default_stall_timeout", deserialize_with = "de_duration")]
+    pub stall_timeout: std::time::Duration,
+    /// Concurrent HTTP/2 streams a client may open on one connection (default 32).
+    #[serde(default = "default_http2_max_streams")]
+    pub http2_max_streams: u32,
 }
 
 impl ServerConfig {
@@ -363,6 +382,12 @@ impl ServerConfig {
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
             threads: self.threads,
+            max_connections_per_address: self.max_connections_per_address,
+            max_requests_per_identity: self.max_requests_per_identity,
+            max_downloads_per_identity: self.max_downloads_per_identity,
+            max_downloads: self.max_downloads,
+            stall_timeout: self.stall_timeout,
+            http2_max_streams: self.http2_max_streams,
         }
     }
 }
@@ -381,6 +406,12 @@ impl Default for ServerConfig {
             idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
             threads: 0,
+            max_connections_per_address: default_max_connections_per_address(),
+            max_requests_per_identity: default_max_requests_per_identity(),
+            max_downloads_per_identity: default_max_downloads_per_identity(),
+            max_downloads: default_max_downloads(),
+            stall_timeout: default_stall_timeout(),
+            http2_max_streams: default_http2_max_streams(),
         }
     }
 }
@@ -402,6 +433,18 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Threads serving connections (0: one per core).
     pub threads: usize,
+    /// Connections open at once from one client address; more are closed at once.
+    pub max_connections_per_address: usize,
+    /// Requests in progress at once per authenticated identity; more get 429.
+    pub max_requests_per_identity: usize,
+    /// Downloads streaming at once per identity; more get 429.
+    pub max_downloads_per_identity: usize,
+    /// Downloads streaming at once in all; more get 429.
+    pub max_downloads: usize,
+    /// A download that hands its connection no byte for this long is cut off.
+    pub stall_timeout: std::time::Duration,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub http2_max_streams: u32,
 }
 
 impl Default for ConnectionLimits {
@@ -421,6 +464,39 @@ fn default_idle_timeout() -> std::time::Duration {
 }
 fn default_max_connections() -> usize {
     512
+}
+/// An eighth of the default `max_connections`: a browser opens at most 6 connections to a
+/// host over HTTP/1.1 and one over HTTP/2, so 64 still serves ten or more responders
+/// behind one NAT or proxy address, while one address alone can never hold more than an
+/// eighth of the server's slots.
+fn default_max_connections_per_address() -> usize {
+    64
+}
+/// Far above what a person or a script with a few workers has in flight; a stuck or
+/// runaway client is held to it instead of taking every connection thread's time.
+fn default_max_requests_per_identity() -> usize {
+    32
+}
+/// A responder downloading a handful of records in parallel, each at disk or network
+/// speed; more in parallel from one identity only splits the same bandwidth and holds
+/// files and buffers (two 256 KiB chunks each).
+fn default_max_downloads_per_identity() -> usize {
+    4
+}
+/// 64 downloads of two 256 KiB chunks each are 32 MiB of buffers and 64 open blobs:
+/// well inside a 1,024-file limit with every connection slot taken too.
+fn default_max_downloads() -> usize {
+    64
+}
+/// Twice TCP's longest usual retransmission backoff before giving up on a peer: a real
+/// client on a bad network makes progress within it; a client that reads nothing does not.
+fn default_stall_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+/// Enough for a page's requests and parallel downloads on one connection; hyper's default
+/// (200) lets one connection hold hundreds of streams' buffers.
+fn default_http2_max_streams() -> u32 {
+    32
 }
 /// The most `[server] threads` accepted.
 pub const MAX_SERVER_THREADS: usize = 256;
@@ -509,6 +585,39 @@ impl Config {
                     "[server] threads = {} is more than {MAX_SERVER_THREADS}; 0 means one per core",
                     config.server.threads
                 ),
+            });
+        }
+        let server = &config.server;
+        for (key, value) in [
+            ("max_connections", server.max_connections),
+            (
+                "max_connections_per_address",
+                server.max_connections_per_address,
+            ),
+            (
+                "max_requests_per_identity",
+                server.max_requests_per_identity,
+            ),
+            (
+                "max_downloads_per_identity",
+                server.max_downloads_per_identity,
+            ),
+            ("max_downloads", server.max_downloads),
+            ("http2_max_streams", server.http2_max_streams as usize),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "[server] {key} = 0 would refuse every client; give at least 1"
+                    ),
+                });
+            }
+        }
+        if server.stall_timeout < std::time::Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                message: "[server] stall_timeout must be at least 1s".into(),
             });
         }
         if config.store.kind == StoreKind::S3 && config.store.bucket.is_none() {

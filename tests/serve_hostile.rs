@@ -579,6 +579,17 @@ fn an_edited_manifest_is_neither_listed_nor_served() {
 
 /// Runs tests/harness/idle_clients.py against the server.
 fn idle_clients(v: &Vault, n: usize, kind: &str, deadline_s: u32) -> std::process::Child {
+    idle_clients_from(v, n, kind, deadline_s, "127.0.0.1")
+}
+
+/// [`idle_clients`] from the loopback address `source`.
+fn idle_clients_from(
+    v: &Vault,
+    n: usize,
+    kind: &str,
+    deadline_s: u32,
+    source: &str,
+) -> std::process::Child {
     Command::new("python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -591,6 +602,7 @@ fn idle_clients(v: &Vault, n: usize, kind: &str, deadline_s: u32) -> std::proces
             &n.to_string(),
             kind,
             &deadline_s.to_string(),
+            source,
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -611,7 +623,7 @@ fn finished(child: std::process::Child) -> Value {
 #[test]
 fn idle_and_slow_connections_are_closed_and_capped_while_a_download_goes_on() {
     let Some(v) = setup(
-        "handshake_timeout = \"2s\"\nheader_timeout = \"2s\"\nidle_timeout = \"3s\"\nmax_connections = 200",
+        "handshake_timeout = \"2s\"\nheader_timeout = \"2s\"\nidle_timeout = \"3s\"\nmax_connections = 200\nmax_connections_per_address = 1000",
     ) else {
         return;
     };
@@ -686,8 +698,12 @@ fn idle_and_slow_connections_are_closed_and_capped_while_a_download_goes_on() {
     let hold = idle_clients(&v, 230, "tcp", 20);
     let report = finished(hold);
     assert_eq!(report["open_at_deadline"], 0, "{report}");
+    // Beyond the cap, each newcomer takes the place of the idlest connection (these never
+    // made a request) or is refused when none can be closed.
     assert!(
-        v.metric("ckvault_connections_refused_total") >= 10,
+        v.metric("ckvault_connections_refused_total")
+            + v.metric("ckvault_connections_evicted_total")
+            >= 10,
         "{}",
         v.curl(Auth::Anonymous, "/metrics", &[]).text()
     );
@@ -843,4 +859,177 @@ fn a_full_disk_under_the_audit_log_refuses_then_recovers_by_itself() {
         served.len(),
         refused.len()
     );
+}
+
+/// Peak resident memory and open descriptors of `pid`, sampled until `stop` is set.
+fn sample_process(
+    pid: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u64, usize)> {
+    std::thread::spawn(move || {
+        let (mut rss, mut fds) = (0u64, 0usize);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let kb = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            rss = rss.max(kb * 1024);
+            let n = fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+            fds = fds.max(n);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (rss, fds)
+    })
+}
+
+#[test]
+fn one_address_with_idle_slow_and_stalled_clients_cannot_lock_another_out() {
+    // header_timeout 3 s and idle_timeout 6 s: idle connections must go at the
+    // first-request deadline, not at idle_timeout; PINGs do not keep a connection busy.
+    let Some(v) = setup(
+        "header_timeout = \"3s\"\nidle_timeout = \"6s\"\nstall_timeout = \"4s\"\nmax_connections = 256",
+    ) else {
+        return;
+    };
+    let pid = v.server.as_ref().unwrap().child.id();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = sample_process(pid, stop.clone());
+    // One address: 1,000 connections, idle after the handshake (HTTP/1.1 and h2 without
+    // preface) and slowloris; more addresses (127.0.1.x) fill the global cap with idle
+    // ones; an authorized downloader stalls 10 connections x up to 200 streams.
+    let mut attackers = vec![
+        ("tls", idle_clients_from(&v, 500, "tls", 25, "127.0.0.2")),
+        ("h2", idle_clients_from(&v, 250, "h2", 25, "127.0.0.2")),
+        (
+            "slowloris",
+            idle_clients_from(&v, 250, "slowloris", 25, "127.0.0.2"),
+        ),
+    ];
+    for i in 1..=8 {
+        attackers.push((
+            "tls",
+            idle_clients_from(&v, 40, "tls", 25, &format!("127.0.1.{i}")),
+        ));
+    }
+    let (eve_cert, eve_key) =
+        support::pki::issue(&v.store.join("tls"), v.dir(), "eve", Some("ckvault:admins"));
+    let stalled = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/harness/stalled_downloads.py"
+        ))
+        .args(["127.0.0.1", &v.port().to_string(), p(&v.tls("ca.pem"))])
+        .args([p(&eve_cert), p(&eve_key)])
+        .arg(format!("/v1/checkpoints/{}/archive", v.id))
+        .args(["10", "200", "25", "127.0.0.4"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Meanwhile a second address downloads 20 times, 4 at once: every one succeeds.
+    let started = Instant::now();
+    let results: Vec<Resp> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let v = &v;
+                scope.spawn(move || {
+                    (0..5)
+                        .map(|_| {
+                            v.curl(
+                                Auth::Admin,
+                                &format!("/v1/checkpoints/{}/archive?purpose=under-flood", v.id),
+                                &["--interface", "127.0.0.3"],
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let took = started.elapsed();
+    for r in &results {
+        assert_eq!((r.exit, r.status), (0, 200), "{}", r.describe());
+        assert_eq!(sha256_hex(&r.body), v.sealed_sha);
+    }
+    assert_eq!(results.len(), 20);
+
+    let mut open_after = 0;
+    for (kind, child) in attackers {
+        let report = finished(child);
+        open_after += report["open_at_deadline"].as_u64().unwrap();
+        // Idle and slow connections live at most header_timeout + 1 s after their handshake.
+        let longest = report["lifetimes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_f64)
+            .fold(0.0, f64::max);
+        assert!(
+            longest <= 4.0,
+            "{kind}: a connection lived {longest} s: {report}"
+        );
+    }
+    assert_eq!(open_after, 0, "connections the server never closed");
+    let out = stalled.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (rss, fds) = sampler.join().unwrap();
+    eprintln!(
+        "20 downloads from a second address in {took:?}; server peak RSS {} MiB, peak open files {fds}; stalled downloader: {report}",
+        rss >> 20
+    );
+    // Four downloads at once per identity; the rest refused at once.
+    assert_eq!(report["statuses"]["200"], 4, "{report}");
+    assert!(
+        report["statuses"]["429"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
+    assert_eq!(report["open_at_deadline"], 0, "{report}");
+    let last_close = report["closed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_f64)
+        .fold(0.0, f64::max);
+    assert!(
+        last_close < 10.0,
+        "stalled connections closed only after {last_close} s"
+    );
+    assert!(rss < 400 << 20, "server RSS reached {} MiB", rss >> 20);
+    assert!(fds < 700, "server held {fds} descriptors");
+    // The stalled downloads were audited as started, then as ended early.
+    let events = v.events();
+    let ended_early: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["action"] == "download-end" && e["outcome"] == "error")
+        .collect();
+    assert_eq!(ended_early.len(), 4, "{ended_early:#?}");
+    assert!(ended_early.iter().all(|e| e["actor"] == "user:eve"));
+    let limited = events
+        .iter()
+        .filter(|e| e["action"] == "download" && e["outcome"] == "denied")
+        .count();
+    assert!(limited > 0);
+    for metric in [
+        "ckvault_connections_refused_per_address_total",
+        "ckvault_downloads_stalled_total",
+        "ckvault_downloads_limited_total",
+        "ckvault_downloads_incomplete_total",
+    ] {
+        assert!(v.metric(metric) > 0, "{metric}");
+    }
+    v.audit_verify();
 }

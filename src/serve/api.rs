@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::range::{self, RangeDecision};
 use super::request::{ApiError, Caller, event, record};
-use super::stream::{FILE_CHUNK, FileCheck, Verify, blob_body, file_body};
+use super::stream::{FILE_CHUNK, FileCheck, Verify, blob_body, file_body, watched_body};
 use crate::manifest::{Manifest, RecordId};
 use crate::policy::Action;
 use crate::store::backend::FileIdentity;
@@ -361,8 +361,31 @@ async fn download(
     Path(id): Path<String>,
     Query(q): Query<DownloadQuery>,
     headers: HeaderMap,
+    conn: Option<axum::Extension<super::tls::ConnInfo>>,
 ) -> Result<Response, ApiError> {
+    let conn_downloads = conn.map(|c| c.0.downloads.clone());
     let manifest = authorized_manifest(&state, &caller, &id, Action::Download).await?;
+    // A place among the downloads streaming now, held by the body until its last byte.
+    let download_slot = match state.downloads.try_acquire(&caller.identity_key()) {
+        Ok(slot) => slot,
+        Err(limit) => {
+            state
+                .metrics
+                .downloads_limited
+                .fetch_add(1, Ordering::Relaxed);
+            let mut ev = event(&caller, "download", "denied");
+            ev.record = Some(manifest.id.to_string());
+            ev.namespace = manifest.namespace.clone();
+            ev.detail = Some(format!(
+                "too many downloads at once: {limit} ([server] max_downloads_per_identity, max_downloads)"
+            ));
+            record(&state, ev).await?;
+            return Err(super::request::too_many(
+                "too-many-downloads",
+                format!("too many downloads at once ({limit}); retry when one has finished"),
+            ));
+        }
+    };
     // Serve only records whose manifest still verifies.
     if let Err(e) = state.store.verify_manifest(&manifest).await {
         return Err(integrity_refusal(&state, &caller, &manifest, &e.to_string()).await);
@@ -526,6 +549,30 @@ async fn download(
         .metrics
         .download_bytes
         .fetch_add(count, Ordering::Relaxed);
+    let body = {
+        let progress = conn_downloads.map(|d| d.start());
+        let (state, mut ev) = (state.clone(), event(&caller, "download-end", "ok"));
+        ev.record = Some(manifest.id.to_string());
+        ev.namespace = manifest.namespace.clone();
+        watched_body(body, count, progress, download_slot, move |sent| {
+            if sent < count {
+                state
+                    .metrics
+                    .downloads_incomplete
+                    .fetch_add(1, Ordering::Relaxed);
+                ev.outcome = "error".into();
+                ev.detail = Some(format!(
+                    "ended early: {sent} of {count} bytes handed to the connection"
+                ));
+            }
+            ev.bytes = Some(sent);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = state.audit.append(ev) {
+                    eprintln!("ckvault: could not record the end of a download: {e}");
+                }
+            });
+        })
+    };
     builder
         .status(status)
         .header(header::CONTENT_LENGTH, count)

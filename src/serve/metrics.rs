@@ -30,6 +30,18 @@ pub struct Metrics {
     pub connections_timed_out: AtomicU64,
     /// Connections open now.
     pub connections_open: AtomicU64,
+    /// Connections closed at once because their address had `max_connections_per_address` open.
+    pub connections_refused_per_address: AtomicU64,
+    /// Idle connections closed to make room for a newcomer at `max_connections`.
+    pub connections_evicted: AtomicU64,
+    /// Connections closed because a download on them moved nothing within `stall_timeout`.
+    pub downloads_stalled: AtomicU64,
+    /// Requests refused (429) because their identity had `max_requests_per_identity` in progress.
+    pub requests_limited: AtomicU64,
+    /// Downloads refused (429) at `max_downloads_per_identity` or `max_downloads`.
+    pub downloads_limited: AtomicU64,
+    /// Downloads that ended before their last byte (client gone, stalled, cut off).
+    pub downloads_incomplete: AtomicU64,
     /// Downloads cut off because the blob's bytes did not match the signed digest.
     pub integrity_failures: AtomicU64,
     /// Downloads whose bytes were hashed while they streamed (full downloads of a blob not
@@ -120,6 +132,36 @@ impl Metrics {
                 "ckvault_connections_timed_out_total",
                 "Connections closed for idling (request head or traffic too slow).",
                 &self.connections_timed_out,
+            ),
+            (
+                "ckvault_connections_refused_per_address_total",
+                "Connections closed at once because their address had max_connections_per_address open.",
+                &self.connections_refused_per_address,
+            ),
+            (
+                "ckvault_connections_evicted_total",
+                "Idle connections closed to make room for a new one at max_connections.",
+                &self.connections_evicted,
+            ),
+            (
+                "ckvault_downloads_stalled_total",
+                "Connections closed because a download on them moved no byte within stall_timeout.",
+                &self.downloads_stalled,
+            ),
+            (
+                "ckvault_requests_limited_total",
+                "Requests refused (429) at max_requests_per_identity.",
+                &self.requests_limited,
+            ),
+            (
+                "ckvault_downloads_limited_total",
+                "Downloads refused (429) at max_downloads_per_identity or max_downloads.",
+                &self.downloads_limited,
+            ),
+            (
+                "ckvault_downloads_incomplete_total",
+                "Downloads that ended before their last byte.",
+                &self.downloads_incomplete,
             ),
             (
                 "ckvault_integrity_failures_total",

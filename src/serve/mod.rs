@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod coalesce;
+pub mod limits;
 pub mod metrics;
 pub mod pki;
 pub mod range;
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use crate::audit::AuditLog;
-use crate::config::Config;
+use crate::config::{Config, ConnectionLimits};
 use crate::policy::{AccessPolicy, PolicySet};
 use crate::store::{LocalStore, Store};
 use crate::vault::intake::{After, Intake};
@@ -43,6 +44,11 @@ pub struct AppState {
     /// a range is served only from these, and a full download of one is checked by its
     /// file identity instead of being re-hashed.
     pub verified: verified::VerifiedBlobs,
+    /// Requests in progress per authenticated identity (`max_requests_per_identity`).
+    pub requests: limits::Counter<String>,
+    /// Downloads streaming per identity and in all (`max_downloads_per_identity`,
+    /// `max_downloads`).
+    pub downloads: limits::Counter<String>,
 }
 
 impl AppState {
@@ -59,7 +65,23 @@ impl AppState {
             checkpointer: None,
             uploader: None,
             verified: Default::default(),
+            requests: limits::Counter::new(
+                ConnectionLimits::default().max_requests_per_identity,
+                usize::MAX,
+            ),
+            downloads: limits::Counter::new(
+                ConnectionLimits::default().max_downloads_per_identity,
+                ConnectionLimits::default().max_downloads,
+            ),
         }
+    }
+
+    /// Applies the per-identity limits of `limits` (a state starts with the defaults).
+    pub fn with_limits(mut self, limits: &ConnectionLimits) -> Self {
+        self.requests = limits::Counter::new(limits.max_requests_per_identity, usize::MAX);
+        self.downloads =
+            limits::Counter::new(limits.max_downloads_per_identity, limits.max_downloads);
+        self
     }
 
     /// The current policy set (access, recipients, retention, holds).
@@ -245,7 +267,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             eprintln!("ckvault: cannot seal {} left in staging: {e}", p.display());
         }
     }
-    let mut state = AppState::new(store, audit, set, tokens);
+    let mut state = AppState::new(store, audit, set, tokens).with_limits(&config.server.limits());
     state.checkpointer = checkpointer;
     state.uploader = bucket.as_ref().map(|(u, _, _)| u.clone());
     Ok(Prepared {

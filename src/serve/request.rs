@@ -13,6 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::limits::Slot;
 use super::tls::ConnInfo;
 use crate::audit::EventInput;
 use crate::policy::Principal;
@@ -67,6 +68,10 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({"error": self.code, "message": self.message})),
         )
             .into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -100,12 +105,30 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// The authenticated caller of a request.
+/// The authenticated caller of a request, holding one of its identity's
+/// `max_requests_per_identity` places for as long as the handler runs.
 pub struct Caller {
     /// Who.
     pub principal: Principal,
     /// From where.
     pub remote: String,
+    _request: Slot<String>,
+}
+
+impl Caller {
+    /// The key its limits are counted under: the certificate subject or the token.
+    pub fn identity_key(&self) -> String {
+        identity_key(&self.principal)
+    }
+}
+
+fn identity_key(p: &Principal) -> String {
+    format!("{}:{}", p.via, p.user)
+}
+
+/// A 429 with `Retry-After`, its cause said in the body.
+pub(super) fn too_many(code: &'static str, message: String) -> ApiError {
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
 }
 
 impl FromRequestParts<Shared> for Caller {
@@ -117,20 +140,53 @@ impl FromRequestParts<Shared> for Caller {
             .as_ref()
             .map(|c| c.peer.to_string())
             .unwrap_or_default();
-        if let Some(p) = conn.and_then(|c| c.cert_identity) {
-            return Ok(Caller {
-                principal: p,
-                remote,
-            });
-        }
         let bearer = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_bearer);
-        let found = bearer.and_then(|t| state.tokens().authenticate(t));
+        let found = match conn.and_then(|c| c.cert_identity) {
+            Some(p) => Some(p),
+            None => bearer.and_then(|t| state.tokens().authenticate(t)),
+        };
         match found {
-            Some(principal) => Ok(Caller { principal, remote }),
+            Some(principal) => {
+                let request = match state.requests.try_acquire(&identity_key(&principal)) {
+                    Ok(slot) => slot,
+                    Err(limit) => {
+                        state
+                            .metrics
+                            .requests_limited
+                            .fetch_add(1, Ordering::Relaxed);
+                        record(
+                            state,
+                            EventInput {
+                                actor: principal.actor(),
+                                groups: principal.groups.clone(),
+                                action: "request".into(),
+                                outcome: "denied".into(),
+                                remote: Some(remote),
+                                detail: Some(format!(
+                                    "too many requests in progress: {limit} ([server] max_requests_per_identity)"
+                                )),
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                        return Err(too_many(
+                            "too-many-requests",
+                            format!(
+                                "this identity has too many requests in progress ({limit}); retry when some have finished"
+                            ),
+                        ));
+                    }
+                };
+                Ok(Caller {
+                    principal,
+                    remote,
+                    _request: request,
+                })
+            }
             None => {
                 state.metrics.denied.fetch_add(1, Ordering::Relaxed);
                 let detail = if bearer.is_some() {

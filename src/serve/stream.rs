@@ -34,6 +34,73 @@ pub struct Verify {
     pub on_mismatch: Box<dyn FnOnce(&str) + Send>,
 }
 
+/// `body`, `count` bytes long, noting each chunk it hands the connection in `progress`
+/// (the accept loop cuts off a download that stops moving), holding `slot` until it ends,
+/// and calling `on_end` once with the bytes it handed over when it ends, whole or not
+/// (the client went away, the connection was cut, the check failed).
+pub fn watched_body(
+    body: Body,
+    count: u64,
+    progress: Option<std::sync::Arc<super::limits::Progress>>,
+    slot: super::limits::Slot<String>,
+    on_end: impl FnOnce(u64) + Send + 'static,
+) -> Body {
+    Body::new(Watched {
+        inner: body,
+        sent: 0,
+        count,
+        progress,
+        _slot: slot,
+        on_end: Some(Box::new(on_end)),
+    })
+}
+
+struct Watched {
+    inner: Body,
+    sent: u64,
+    count: u64,
+    progress: Option<std::sync::Arc<super::limits::Progress>>,
+    _slot: super::limits::Slot<String>,
+    on_end: Option<Box<dyn FnOnce(u64) + Send>>,
+}
+
+impl hyper::body::Body for Watched {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.sent = self.sent.saturating_add(data.len() as u64);
+            if let Some(p) = &self.progress {
+                p.moved();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.count.saturating_sub(self.sent))
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(self.sent);
+        }
+    }
+}
+
 /// What a local blob's body checks before it releases its last chunk.
 #[derive(Debug, Clone)]
 pub enum FileCheck {

@@ -1,8 +1,10 @@
 //! TLS termination with our own accept loop (tokio-rustls + hyper), so that the verified
 //! client certificate of each connection reaches the handlers as a [`ConnInfo`] request
 //! extension (identity = subject CN, groups = subject O, as Kubernetes does). The loop
-//! also owns the connection limits: handshake, request-head and idle timeouts and a cap on
-//! open connections ([`ConnectionLimits`]), counted in [`Metrics`].
+//! also owns the connection limits ([`ConnectionLimits`]): handshake, first-request,
+//! request-head, idle and stalled-download timeouts, a cap on open connections per client
+//! address and in all (a full server closes its idlest connection for a newcomer), counted
+//! in [`Metrics`].
 //!
 //! Connections are served by connection threads ([`Shards`]), one single-threaded runtime
 //! each, as nginx's workers: a connection, with every task it spawns (HTTP/2 streams), lives
@@ -15,7 +17,6 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -24,11 +25,11 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
+use super::limits::{Counter, Downloads};
 use super::metrics::Metrics;
 use crate::config::ConnectionLimits;
 use crate::policy::Principal;
@@ -40,6 +41,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Identity from a verified client certificate, if one was presented.
     pub cert_identity: Option<Principal>,
+    /// The downloads this connection carries (a stalled one closes it).
+    pub downloads: Arc<Downloads>,
 }
 
 /// TLS setup errors.
@@ -135,10 +138,21 @@ pub fn principal_from_cert(der: &[u8]) -> Option<Principal> {
 }
 
 /// Accepts TLS connections until `shutdown` resolves, serving `app` on each within
-/// `limits`: at most `max_connections` open (more are closed at once), a handshake within
-/// `handshake_timeout`, an HTTP/1.1 request head within `header_timeout`, and a connection
-/// with no request in progress and no bytes moving closed after `idle_timeout`. Every
-/// refusal is counted in `metrics` and logged (at most every few seconds per kind).
+/// `limits`:
+/// - at most `max_connections_per_address` open from one address (more closed at once);
+/// - at most `max_connections` open in all: a newcomer beyond it takes the place of the
+///   connection idle longest (no request in progress), as nginx reuses its keep-alive
+///   connections, so a flood of idle connections cannot keep a real client out; only when
+///   every connection is busy is the newcomer closed;
+/// - a handshake within `handshake_timeout`, a first request (a complete HTTP/1.1 head,
+///   or the HTTP/2 preface and a first HEADERS) within `header_timeout` of the handshake,
+///   later HTTP/1.1 heads within `header_timeout` too, and a connection with no request in
+///   progress and no bytes moving closed after `idle_timeout`;
+/// - the protocol is the one ALPN chose (`h2`, else HTTP/1.1): nothing is read to guess it;
+/// - a connection carrying a download that moved no byte for `stall_timeout` is closed,
+///   whatever else (PINGs, WINDOW_UPDATEs) it sends.
+///
+/// Every refusal is counted in `metrics` and logged (at most every few seconds per kind).
 /// Fails only if the connection threads cannot be started.
 pub async fn serve(
     listener: TcpListener,
@@ -151,6 +165,9 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(config);
     let shards = Shards::start(limits.threads)?;
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let per_address =
+        Counter::<std::net::IpAddr>::new(limits.max_connections_per_address, usize::MAX);
+    let open = Arc::new(OpenConnections::default());
     let refusals = Arc::new(RefusalLog::default());
     tokio::pin!(shutdown);
     loop {
@@ -165,16 +182,45 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            let n = metrics.connections_refused.fetch_add(1, Ordering::Relaxed) + 1;
-            refusals.log(&REFUSED, || {
+        let Ok(address_slot) = per_address.try_acquire(&peer.ip()) else {
+            let n = metrics
+                .connections_refused_per_address
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
+            refusals.log(&PER_ADDRESS, || {
                 format!(
-                    "refused a connection from {peer}: max_connections ({}) are open ({n} refused so far)",
-                    limits.max_connections
+                    "refused a connection from {peer}: max_connections_per_address ({}) are open from it ({n} refused so far)",
+                    limits.max_connections_per_address
                 )
             });
             drop(tcp);
             continue;
+        };
+        // At the cap, the connection idle longest makes room; the newcomer waits for its
+        // place (briefly) on its own task, not here.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) if open.evict_idlest() => {
+                let n = metrics.connections_evicted.fetch_add(1, Ordering::Relaxed) + 1;
+                refusals.log(&EVICTED, || {
+                    format!(
+                        "max_connections ({}) are open: closed the connection idle longest for one from {peer} ({n} so far)",
+                        limits.max_connections
+                    )
+                });
+                None
+            }
+            Err(_) => {
+                let n = metrics.connections_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                refusals.log(&REFUSED, || {
+                    format!(
+                        "refused a connection from {peer}: max_connections ({}) are open and busy ({n} refused so far)",
+                        limits.max_connections
+                    )
+                });
+                drop(tcp);
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         // Handed to its thread as a plain socket, registered there with that thread's
@@ -190,8 +236,20 @@ pub async fn serve(
         let app = app.clone();
         let metrics = metrics.clone();
         let refusals = refusals.clone();
+        let slots = slots.clone();
+        let open = open.clone();
         shards.spawn(async move {
-            let _slot = slot;
+            let _address_slot = address_slot;
+            let _slot = match slot {
+                Some(slot) => slot,
+                None => match tokio::time::timeout(EVICTION_WAIT, slots.acquire_owned()).await {
+                    Ok(Ok(slot)) => slot,
+                    _ => {
+                        metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                },
+            };
             let tcp = match tokio::net::TcpStream::from_std(tcp) {
                 Ok(t) => t,
                 Err(e) => {
@@ -200,38 +258,46 @@ pub async fn serve(
                 }
             };
             metrics.connections_open.fetch_add(1, Ordering::Relaxed);
-            let _open = OnDrop(|| {
+            let _open_count = OnDrop(|| {
                 metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
             });
-            let tls =
-                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    outcome => {
-                        let n = metrics
-                            .tls_handshake_failures
-                            .fetch_add(1, Ordering::Relaxed)
-                            + 1;
-                        let why = match outcome {
-                            Ok(Err(e)) => e.to_string(),
-                            _ => format!("no handshake within {:?}", limits.handshake_timeout),
-                        };
-                        refusals.log(&HANDSHAKE, || {
-                            format!("TLS handshake from {peer} failed: {why} ({n} so far)")
-                        });
-                        return;
-                    }
-                };
+            let activity = Arc::new(Activity::new());
+            let close = Arc::new(tokio::sync::Notify::new());
+            let _registered = open.register(activity.clone(), close.clone());
+            let handshake = tokio::select! {
+                tls = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)) => tls,
+                _ = close.notified() => return,
+            };
+            let tls = match handshake {
+                Ok(Ok(tls)) => tls,
+                outcome => {
+                    let n = metrics
+                        .tls_handshake_failures
+                        .fetch_add(1, Ordering::Relaxed)
+                        + 1;
+                    let why = match outcome {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no handshake within {:?}", limits.handshake_timeout),
+                    };
+                    refusals.log(&HANDSHAKE, || {
+                        format!("TLS handshake from {peer} failed: {why} ({n} so far)")
+                    });
+                    return;
+                }
+            };
+            let handshake_done = std::time::Instant::now();
             let cert_identity = tls
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|certs| certs.first())
                 .and_then(|c| principal_from_cert(c.as_ref()));
+            let downloads = activity.downloads.clone();
             let info = ConnInfo {
                 peer,
                 cert_identity,
+                downloads: downloads.clone(),
             };
-            let activity = Arc::new(Activity::new());
             let service = {
                 let activity = activity.clone();
                 hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -245,37 +311,50 @@ pub async fn serve(
                     }
                 })
             };
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            builder.http2().timer(TokioTimer::new());
-            // HTTP/2 frames reach TLS in whole records (super::coalesce).
+            // The protocol ALPN chose; HTTP/2 frames reach TLS in whole records
+            // (super::coalesce).
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = TokioIo::new(super::coalesce::Coalesce::new(
-                Tracked {
-                    inner: tls,
-                    activity: activity.clone(),
-                },
-                h2,
-            ));
-            let conn = builder.serve_connection(io, service);
+            let io = TokioIo::new(super::coalesce::Coalesce::new(tls, h2));
+            let conn: Pin<Box<dyn std::future::Future<Output = Result<(), hyper::Error>> + Send>> =
+                if h2 {
+                    let mut builder =
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    builder
+                        .timer(TokioTimer::new())
+                        .max_concurrent_streams(limits.http2_max_streams);
+                    Box::pin(builder.serve_connection(io, service))
+                } else {
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    builder
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(limits.header_timeout);
+                    Box::pin(builder.serve_connection(io, service))
+                };
             tokio::pin!(conn);
-            let tick =
-                (limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+            let tick = (limits.idle_timeout / 4)
+                .min(limits.header_timeout / 4)
+                .clamp(Duration::from_millis(50), Duration::from_secs(1));
             let timed_out = loop {
                 tokio::select! {
                     result = &mut conn => {
-                        break result.err().and_then(|e| {
-                            e.downcast_ref::<hyper::Error>()
-                                .filter(|h| h.is_timeout())
-                                .map(|_| "no request head within header_timeout")
-                        });
+                        break result
+                            .err()
+                            .filter(hyper::Error::is_timeout)
+                            .map(|_| "no request head within header_timeout");
                     }
+                    _ = close.notified() => break Some("the server is full; closed as the connection idle longest"),
                     _ = tokio::time::sleep(tick) => {
+                        if activity.requests() == 0
+                            && handshake_done.elapsed() >= limits.header_timeout
+                        {
+                            break Some("no request within header_timeout of the handshake");
+                        }
                         if activity.idle_for() >= limits.idle_timeout {
                             break Some("idle longer than idle_timeout");
+                        }
+                        if downloads.stalled(limits.stall_timeout) {
+                            metrics.downloads_stalled.fetch_add(1, Ordering::Relaxed);
+                            break Some("a download moved no byte within stall_timeout");
                         }
                     }
                 }
@@ -292,6 +371,57 @@ pub async fn serve(
         });
     }
     Ok(())
+}
+
+/// How long a newcomer waits for the place of the connection it evicted.
+const EVICTION_WAIT: Duration = Duration::from_secs(2);
+
+/// The open connections, for choosing the one to close when the server is full.
+#[derive(Default)]
+struct OpenConnections {
+    next: AtomicU64,
+    all: std::sync::Mutex<std::collections::HashMap<u64, OpenConnection>>,
+}
+
+/// A connection's activity, and how to tell it to close.
+type OpenConnection = (Arc<Activity>, Arc<tokio::sync::Notify>);
+
+impl OpenConnections {
+    /// Registers a connection until the returned guard is dropped.
+    fn register(
+        self: &Arc<Self>,
+        activity: Arc<Activity>,
+        close: Arc<tokio::sync::Notify>,
+    ) -> impl Drop + Send + use<> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.all
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (activity, close));
+        let me = self.clone();
+        OnDrop(move || {
+            me.all.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        })
+    }
+
+    /// Tells the connection idle longest (no request in progress; one that never made a
+    /// request counts from its start) to close; false if every one is busy.
+    fn evict_idlest(&self) -> bool {
+        let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        let victim = all
+            .iter()
+            .filter_map(|(id, (activity, _))| activity.reusable_for().map(|d| (*id, d)))
+            .max_by_key(|(_, d)| *d)
+            .map(|(id, _)| id);
+        match victim.and_then(|id| all.remove(&id)) {
+            Some((_, close)) => {
+                // notify_one keeps the wake-up for a connection not waiting on it yet.
+                close.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// The connection threads: each runs a single-threaded runtime serving the connections
@@ -374,10 +504,16 @@ impl<F: FnMut()> Drop for OnDrop<F> {
 }
 
 /// When a connection last moved bytes, and how many of its requests are being handled.
+///
+/// Bytes alone do not count: a client sending PINGs or WINDOW_UPDATEs and no request is
+/// idle. A connection is busy while a request's handler runs or a download it carries is
+/// live (a stalled one is the accept loop's to cut off).
 struct Activity {
     start: std::time::Instant,
     last_ms: AtomicU64,
     in_flight: std::sync::atomic::AtomicUsize,
+    requests: AtomicU64,
+    downloads: Arc<Downloads>,
 }
 
 impl Activity {
@@ -386,6 +522,8 @@ impl Activity {
             start: std::time::Instant::now(),
             last_ms: AtomicU64::new(0),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            downloads: Arc::default(),
         }
     }
 
@@ -394,17 +532,40 @@ impl Activity {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// How long nothing happened (zero while a request is being handled).
+    /// How long the connection has been idle: zero while a request is being handled or a
+    /// download is live, else the time since the last request or download ended.
     fn idle_for(&self) -> Duration {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return Duration::ZERO;
         }
         let now = self.start.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+        let since_request =
+            Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)));
+        self.downloads
+            .quiet_for()
+            .map_or(since_request, |quiet| quiet.min(since_request))
+    }
+
+    /// Requests begun on the connection so far.
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// How long the connection could have been closed without cutting a request: `None`
+    /// while one is in progress; from its start if it never made one.
+    fn reusable_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        if self.requests() == 0 {
+            return Some(self.start.elapsed());
+        }
+        Some(self.idle_for())
     }
 
     /// Marks a request in progress until the returned guard is dropped.
     fn begin(self: &Arc<Self>) -> impl Drop + Send + use<> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let me = self.clone();
         OnDrop(move || {
@@ -414,65 +575,12 @@ impl Activity {
     }
 }
 
-/// A connection's stream, noting every byte moved in its [`Activity`].
-struct Tracked<S> {
-    inner: S,
-    activity: Arc<Activity>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// Kinds of refusal, each logged at most once per [`RefusalLog::EVERY`].
 static REFUSED: AtomicU64 = AtomicU64::new(0);
 static HANDSHAKE: AtomicU64 = AtomicU64::new(0);
 static TIMED_OUT: AtomicU64 = AtomicU64::new(0);
+static PER_ADDRESS: AtomicU64 = AtomicU64::new(0);
+static EVICTED: AtomicU64 = AtomicU64::new(0);
 
 /// Logs refusals without letting a flood of them flood the log.
 #[derive(Default)]

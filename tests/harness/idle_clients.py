@@ -4,7 +4,7 @@ TLS stack): opens N connections of one kind to a ckvault server, holds them with
 sending a request, and prints one JSON object when every connection was closed by the
 server or the deadline passed.
 
-  idle_clients.py HOST PORT CA N KIND DEADLINE_S
+  idle_clients.py HOST PORT CA N KIND DEADLINE_S [SOURCE_ADDRESS]
 
 KIND:
   tcp        connect and send nothing (no TLS handshake)
@@ -12,7 +12,9 @@ KIND:
   h2         finish the handshake offering only h2, then send nothing (no preface)
   slowloris  TLS, then a request head one byte every 0.5 s, never finished
 
-Output: {"opened": n, "closed": [seconds until closed, ...], "open_at_deadline": k}
+Output: {"opened": n, "closed": [seconds until closed, ...], "open_at_deadline": k,
+         "refused": connections closed by the server during the handshake,
+         "lifetimes": [seconds from each connection's handshake to its close, ...]}
 """
 import json
 import select
@@ -22,6 +24,7 @@ import sys
 import time
 
 host, port, ca, n, kind, deadline = sys.argv[1:7]
+source = (sys.argv[7], 0) if len(sys.argv) > 7 else None
 port, n, deadline = int(port), int(n), float(deadline)
 
 ctx = ssl.create_default_context(cafile=ca)
@@ -33,16 +36,24 @@ else:
 
 start = time.monotonic()
 conns = []
+refused = 0
+opened_at = {}
 for _ in range(n):
-    raw = socket.create_connection((host, port), timeout=10)
+    try:
+        raw = socket.create_connection((host, port), timeout=10, source_address=source)
+    except OSError:
+        continue
     if kind == "tcp":
         conns.append(raw)
+        opened_at[id(raw)] = time.monotonic() - start
         continue
     try:
         s = ctx.wrap_socket(raw, server_hostname="localhost")
     except (ssl.SSLError, OSError):
+        refused += 1
         continue  # refused at the handshake: the server closed it
     conns.append(s)
+    opened_at[id(s)] = time.monotonic() - start
 for c in conns:
     c.setblocking(False)
 
@@ -81,4 +92,6 @@ print(json.dumps({
     "opened": len(conns),
     "closed": sorted(closed.values()),
     "open_at_deadline": len(conns) - len(closed),
+    "refused": refused,
+    "lifetimes": sorted(closed[k] - opened_at[k] for k in closed),
 }))
