@@ -248,7 +248,7 @@ fn scan_pages<I: Input>(
     let ctx = search.context.min(MAX_CONTEXT);
     let overlap = MAX_MATCH + ctx;
     let mut chunk = vec![0u8; WINDOW];
-    for r in ranges {
+    for r in contiguous_runs(ranges) {
         let len = r.pages * PAGE;
         // buf holds the range's bytes from offset `base`.
         let mut buf: Vec<u8> = Vec::with_capacity(WINDOW + overlap + ctx);
@@ -308,6 +308,30 @@ fn scan_pages<I: Input>(
         }
     }
     Ok(())
+}
+
+/// The ranges, with each one that starts where the one before it ends (in virtual memory)
+/// joined to it: CRIU cuts one mapping into several pagemap entries (every 1 MiB, and where
+/// VMAs meet), and a match may straddle the cut. Pages are stored in pagemap order, so
+/// ranges contiguous in memory are contiguous in the pages image too; the scan of a run
+/// keeps [`MAX_MATCH`] bytes of overlap between its windows, so a match crossing an entry
+/// boundary is found like any other. Ranges with a gap between them are never joined.
+fn contiguous_runs(ranges: &[Range]) -> Vec<Range> {
+    let mut runs: Vec<Range> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        if let Some(last) = runs.last_mut()
+            && last
+                .pages
+                .checked_mul(PAGE)
+                .and_then(|b| b.checked_add(last.vaddr))
+                == Some(r.vaddr)
+        {
+            last.pages = last.pages.saturating_add(r.pages);
+            continue;
+        }
+        runs.push(*r);
+    }
+    runs
 }
 
 /// Every match in `hay` starting at or after `from`: (start, end), non-overlapping, in
@@ -397,6 +421,108 @@ mod tests {
         ] {
             assert!(parse_pagemap(&bad).is_err());
         }
+    }
+
+    /// A plain tar of `members` (ustar headers, no end marker needed by the reader).
+    fn tar(members: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, data) in members {
+            let mut h = [0u8; 512];
+            h[..name.len()].copy_from_slice(name.as_bytes());
+            h[100..108].copy_from_slice(b"0000644\0");
+            h[108..116].copy_from_slice(b"0000000\0");
+            h[116..124].copy_from_slice(b"0000000\0");
+            h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+            h[136..148].copy_from_slice(b"00000000000\0");
+            h[156] = b'0';
+            h[257..265].copy_from_slice(b"ustar\x0000");
+            h[148..156].fill(b' ');
+            let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+            h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+            out.extend_from_slice(&h);
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.resize(out.len() + 1024, 0);
+        out
+    }
+
+    /// Searches an archive whose pid 1 has two one-page entries at `first` and `second`,
+    /// the first page ending with `tail`, the second starting with `head`.
+    fn split_search(first: u64, second: u64, tail: &[u8], head: &[u8], p: Pattern) -> Found {
+        let map = image(&[
+            entry(&[(1, 1)]),
+            entry(&[(1, first), (2, 1), (4, 4)]),
+            entry(&[(1, second), (2, 1), (4, 4)]),
+        ]);
+        let mut pages = vec![0u8; 2 * PAGE as usize];
+        let cut = PAGE as usize;
+        pages[cut - tail.len()..cut].copy_from_slice(tail);
+        pages[cut..cut + head.len()].copy_from_slice(head);
+        let archive = tar(&[
+            ("checkpoint/pagemap-1.img", &map),
+            ("checkpoint/pages-1.img", &pages),
+        ]);
+        let search = Search {
+            pattern: p,
+            pid: Some(1),
+            context: 8,
+            max_matches: 100,
+        };
+        super::super::memsearch_reader(&archive[..], &super::super::Limits::default(), &search)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_match_split_across_entries_contiguous_in_memory_is_found() {
+        let needle = b"Authorization: Bearer";
+        for pattern in [
+            Pattern::Literal(needle.to_vec()),
+            Pattern::Regex(regex::bytes::Regex::new("Authorization: [A-Z][a-z]+").unwrap()),
+        ] {
+            let found = split_search(0x40_0000, 0x40_1000, b"Author", b"ization: Bearer", pattern);
+            assert_eq!(found.matches.len(), 1, "{found:?}");
+            let m = &found.matches[0];
+            assert_eq!((m.pid, m.address), (1, 0x40_1000 - 6));
+            assert_eq!(m.matched, needle);
+            // Context runs across the cut too.
+            assert_eq!(&m.context[8..8 + needle.len()], needle);
+            assert_eq!(m.context.len(), 8 + needle.len() + 8);
+            assert_eq!(found.scanned.get(&1), Some(&(2 * PAGE)));
+        }
+    }
+
+    #[test]
+    fn a_string_split_across_entries_with_a_gap_between_them_is_not_a_match() {
+        // The same bytes, but the second page is elsewhere in memory (and an entry before
+        // the first one is not joined to it either).
+        for (first, second) in [(0x40_0000, 0x50_0000), (0x40_1000, 0x40_0000)] {
+            let found = split_search(
+                first,
+                second,
+                b"Author",
+                b"ization: Bearer",
+                Pattern::Literal(b"Authorization: Bearer".to_vec()),
+            );
+            assert!(found.matches.is_empty(), "{found:?}");
+            assert_eq!(found.scanned.get(&1), Some(&(2 * PAGE)));
+        }
+    }
+
+    #[test]
+    fn contiguous_runs_join_only_what_touches() {
+        let r = |vaddr, pages| Range { vaddr, pages };
+        assert_eq!(
+            contiguous_runs(&[
+                r(0x1000, 1),
+                r(0x2000, 2),
+                r(0x5000, 1),
+                r(0x6000, 1),
+                r(0x1000, 1)
+            ]),
+            [r(0x1000, 3), r(0x5000, 2), r(0x1000, 1)]
+        );
+        assert_eq!(contiguous_runs(&[]), []);
     }
 
     #[test]
