@@ -279,3 +279,173 @@ fn criu_file_images_with_lying_sizes_or_names_are_refused() {
         "stats-dump",
     );
 }
+
+const PAGEMAP_MAGIC: u32 = 0x5608_4025;
+const MM_MAGIC: u32 = 0x5749_2820;
+
+/// Writes a tar member straight into `w` (the hostile archives below are too big to hold).
+fn put(w: &mut impl std::io::Write, name: &str, data: &[&[u8]]) {
+    let size: usize = data.iter().map(|d| d.len()).sum();
+    w.write_all(&Header::ustar(name.as_bytes(), b'0', size as u64).finish())
+        .unwrap();
+    for d in data {
+        w.write_all(d).unwrap();
+    }
+    w.write_all(&vec![0u8; (512 - size % 512) % 512]).unwrap();
+}
+
+/// `mm-<pid>.img` with its argument and environment areas (fields 8-11 of MmEntry).
+fn mm_img(args: (u64, u64), env: (u64, u64)) -> Vec<u8> {
+    let mut e = Vec::new();
+    for (f, v) in [(8u64, args.0), (9, args.1), (10, env.0), (11, env.1)] {
+        varint(f << 3, &mut e);
+        varint(v, &mut e);
+    }
+    criu_image(MM_MAGIC, &[e])
+}
+
+/// The body of a pagemap of `n` one-page entries, all at virtual address 0 (CRIU 4.1
+/// layout, 8 bytes each: the most ranges per byte a pagemap can hold).
+fn pagemap_body(n: usize) -> Vec<u8> {
+    [4u8, 0, 0, 0, 0x08, 0x00, 0x10, 0x01].repeat(n)
+}
+
+/// The magics and head (`pages_id`) of a pagemap.
+fn pagemap_head(pages_id: u64) -> Vec<u8> {
+    let mut head = Vec::new();
+    varint(1 << 3, &mut head);
+    varint(pages_id, &mut head);
+    criu_image(PAGEMAP_MAGIC, &[head])
+}
+
+/// A zstd-compressed archive where each of `procs` processes has an mm image (its areas
+/// far from its pages, as in a real process) and a pagemap of 1 Mi entries (8 MiB, the
+/// most one pagemap may hold), the mm images first (as every writer orders them) or,
+/// with `mm_last`, after all the pagemaps.
+fn many_pagemaps(path: &std::path::Path, procs: u64, mm_last: bool) -> u64 {
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = zstd::stream::write::Encoder::new(file, 3).unwrap();
+    let id = Ident::new("shop", "api-0", "api");
+    put(&mut w, "spec.dump", &[&spec_dump(Layout::Containerd, &id)]);
+    w.write_all(&Header::ustar(b"checkpoint/", b'5', 0).finish())
+        .unwrap();
+    let body = pagemap_body(1 << 20);
+    let mm = mm_img(
+        (0x7ffe_0000_0000, 0x7ffe_0000_0100),
+        (0x7ffe_0000_0100, 0x7ffe_0000_0200),
+    );
+    for pid in 1..=procs {
+        if !mm_last {
+            put(&mut w, &format!("checkpoint/mm-{pid}.img"), &[&mm]);
+        }
+        put(
+            &mut w,
+            &format!("checkpoint/pagemap-{pid}.img"),
+            &[&pagemap_head(pid), &body],
+        );
+    }
+    if mm_last {
+        for pid in 1..=procs {
+            put(&mut w, &format!("checkpoint/mm-{pid}.img"), &[&mm]);
+        }
+    }
+    w.write_all(&[0u8; 1024]).unwrap();
+    w.finish().unwrap();
+    std::fs::metadata(path).unwrap().len()
+}
+
+use std::io::Write as _;
+
+/// Peak RSS allowed to `inspect --deep` of the hostile archives below: the debug binary
+/// takes about 10 MiB, parsing one 8 MiB pagemap about 60 MiB more (measured: 67 MiB for 16
+/// pagemaps in order, 108 MiB when one whole pagemap is held; 312 MiB for 16 before the
+/// fix, growing by 16 MiB a pagemap).
+const DEEP_RSS_CEILING: u64 = 128 << 20;
+
+#[test]
+fn deep_inspection_keeps_no_more_than_one_pagemap_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let deep = |procs: u64| {
+        let archive = tmp.path().join(format!("pagemaps-{procs}.tar.zst"));
+        let size = many_pagemaps(&archive, procs, false);
+        let m = measured(
+            &[
+                "inspect",
+                archive.to_str().unwrap(),
+                "--deep",
+                "--format",
+                "json",
+            ],
+            2 << 30,
+        );
+        (size, m)
+    };
+    let (_, few) = deep(2);
+    let procs = 16;
+    let (size, m) = deep(procs);
+    eprintln!(
+        "{procs} pagemaps of 8 MiB in a {size}-byte archive: exit {:?}, peak RSS {} MiB \
+         (2 pagemaps: {} MiB), {} bytes of JSON; {}",
+        m.status.code(),
+        m.peak_rss >> 20,
+        few.peak_rss >> 20,
+        m.stdout_bytes,
+        m.stderr.trim()
+    );
+    assert!(m.status.success(), "{}", m.stderr);
+    assert!(
+        m.peak_rss < DEEP_RSS_CEILING,
+        "peak RSS {} MiB, ceiling {} MiB",
+        m.peak_rss >> 20,
+        DEEP_RSS_CEILING >> 20
+    );
+    // Flat: eight times the pagemaps, not more memory (a pagemap is let go once cut down).
+    assert!(
+        m.peak_rss < few.peak_rss + (16 << 20),
+        "peak RSS {} MiB with {procs} pagemaps, {} MiB with 2",
+        m.peak_rss >> 20,
+        few.peak_rss >> 20
+    );
+    let v: serde_json::Value = serde_json::from_slice(&m.stdout).unwrap();
+    assert_eq!(v["processes"].as_object().unwrap().len(), procs as usize);
+    assert!(m.stdout_bytes < 1 << 20);
+}
+
+#[test]
+fn pagemaps_before_their_mm_images_are_held_under_a_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("pagemaps-first.tar.zst");
+    let size = many_pagemaps(&archive, 16, true);
+    let m = measured(
+        &[
+            "inspect",
+            archive.to_str().unwrap(),
+            "--deep",
+            "--format",
+            "json",
+        ],
+        2 << 30,
+    );
+    eprintln!(
+        "16 pagemaps of 8 MiB before their mm images in a {size}-byte archive: exit {:?}, \
+         peak RSS {} MiB; {}",
+        m.status.code(),
+        m.peak_rss >> 20,
+        String::from_utf8_lossy(&m.stdout[..m.stdout.len().min(400)])
+    );
+    assert!(
+        m.peak_rss < DEEP_RSS_CEILING,
+        "peak RSS {} MiB, ceiling {} MiB",
+        m.peak_rss >> 20,
+        DEEP_RSS_CEILING >> 20
+    );
+    let v: serde_json::Value = serde_json::from_slice(&m.stdout).unwrap();
+    assert_eq!(v["code"], "criu-malformed", "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pagemap entries held at once"),
+        "{v}"
+    );
+}
