@@ -449,3 +449,178 @@ fn pagemaps_before_their_mm_images_are_held_under_a_cap() {
         "{v}"
     );
 }
+
+const IDS_MAGIC: u32 = 0x5443_2030;
+
+/// A plain archive of `procs` processes sharing one descriptor table (the same
+/// `files_id`, as CLONE_FILES makes) of 65,536 descriptors (the most one table may hold),
+/// every one open on one file whose name is 4,096 bytes of `fill`.
+fn shared_table(procs: u32, fill: u8) -> Vec<u8> {
+    let mut name = vec![b'/'];
+    name.extend(vec![fill; 4095]);
+    let mut reg = Vec::new();
+    varint((6 << 3) | 2, &mut reg);
+    varint(name.len() as u64, &mut reg);
+    reg.extend(&name);
+    let files = criu_image(FILES_MAGIC, &[files_entry(1, 1, 3, &reg)]);
+    let fds: Vec<Vec<u8>> = (0..1u64 << 16)
+        .map(|fd| {
+            let mut e = Vec::new();
+            for (f, v) in [(1u64, 1u64), (3, 1), (4, fd)] {
+                varint(f << 3, &mut e);
+                varint(v, &mut e);
+            }
+            e
+        })
+        .collect();
+    let mut ids = Vec::new();
+    varint(2 << 3, &mut ids);
+    varint(1, &mut ids);
+    let ids = criu_image(IDS_MAGIC, &[ids]);
+    let mut members = vec![
+        (
+            "checkpoint/fdinfo-1.img".to_owned(),
+            criu_image(FDINFO_MAGIC, &fds),
+        ),
+        ("checkpoint/files.img".to_owned(), files),
+    ];
+    for pid in 1..=procs {
+        members.push((format!("checkpoint/ids-{pid}.img"), ids.clone()));
+    }
+    let refs: Vec<(&str, Vec<u8>)> = members
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.clone()))
+        .collect();
+    archive(&refs)
+}
+
+/// Peak RSS and output allowed to `inspect --deep` and `diff` of the shared tables.
+const SHARED_RSS_CEILING: u64 = 128 << 20;
+const SHARED_OUTPUT_CEILING: u64 = 32 << 20;
+
+#[test]
+fn a_descriptor_table_shared_by_many_processes_is_listed_once_and_capped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a.tar"), tmp.path().join("b.tar"));
+    let procs = 400;
+    std::fs::write(&a, shared_table(procs, b'a')).unwrap();
+    std::fs::write(&b, shared_table(procs, b'b')).unwrap();
+    let size = std::fs::metadata(&a).unwrap().len();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let inspect = measured(
+        &["inspect", &path(&a), "--deep", "--format", "json"],
+        4 << 30,
+    );
+    eprintln!(
+        "inspect --deep, {procs} processes sharing 65,536 descriptors, {size}-byte archive: \
+         exit {:?}, peak RSS {} MiB, {} bytes of JSON; {}",
+        inspect.status.code(),
+        inspect.peak_rss >> 20,
+        inspect.stdout_bytes,
+        inspect.stderr.trim()
+    );
+    let diff = measured(&["diff", &path(&a), &path(&b), "--format", "json"], 4 << 30);
+    eprintln!(
+        "diff of two such archives: exit {:?}, peak RSS {} MiB, {} bytes of JSON; {}",
+        diff.status.code(),
+        diff.peak_rss >> 20,
+        diff.stdout_bytes,
+        diff.stderr.trim()
+    );
+    for (what, m) in [("inspect --deep", &inspect), ("diff", &diff)] {
+        assert!(m.status.success(), "{what}: {}", m.stderr);
+        assert!(
+            m.peak_rss < SHARED_RSS_CEILING,
+            "{what}: peak RSS {} MiB, ceiling {} MiB",
+            m.peak_rss >> 20,
+            SHARED_RSS_CEILING >> 20
+        );
+        assert!(
+            m.stdout_bytes < SHARED_OUTPUT_CEILING,
+            "{what}: {} bytes written, ceiling {SHARED_OUTPUT_CEILING}",
+            m.stdout_bytes
+        );
+    }
+    // The table is listed once, under the first process, as far as the budget goes; the
+    // rest is counted; the other processes point at it.
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let ps = v["processes"].as_object().unwrap();
+    assert_eq!(ps.len(), procs as usize);
+    let first = &ps["1"];
+    let listed = first["files"].as_array().unwrap().len() as u64;
+    assert!(listed > 1000, "{listed} rows listed");
+    assert_eq!(listed + first["files_omitted"].as_u64().unwrap(), 1 << 16);
+    assert_eq!(first["files_shared_with"], serde_json::Value::Null);
+    for (pid, p) in ps.iter().filter(|(pid, _)| *pid != "1") {
+        assert_eq!(p["files_shared_with"], 1, "{pid}");
+        assert_eq!(p["files"].as_array().unwrap().len(), 0, "{pid}");
+        assert_eq!(p["files_omitted"], 0, "{pid}");
+    }
+    // The diff sees the table's rows change once.
+    let d: serde_json::Value = serde_json::from_slice(&diff.stdout).unwrap();
+    let both = d["processes"]["in_both"].as_array().unwrap();
+    assert_eq!(both.len(), procs as usize);
+    assert_eq!(
+        both[0]["files"]["added"].as_array().unwrap().len() as u64,
+        listed
+    );
+    assert!(both[1..].iter().all(|p| p.get("files").is_none()));
+}
+
+#[test]
+fn many_full_descriptor_tables_are_held_and_listed_under_caps() {
+    // 20 processes, each its own table of 65,536 descriptors on a 4,096-byte name: more
+    // descriptors than are held (1 Mi), more rows than are listed.
+    let one = shared_table(1, b'a');
+    let v = both(&one, &Limits::default()).unwrap();
+    let listed = v.processes[&1].files.len();
+    let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+    let fds: Vec<Vec<u8>> = (0..1u64 << 16)
+        .map(|fd| {
+            let mut e = Vec::new();
+            for (f, v) in [(1u64, 1u64), (3, 1), (4, fd)] {
+                varint(f << 3, &mut e);
+                varint(v, &mut e);
+            }
+            e
+        })
+        .collect();
+    let fdinfo = criu_image(FDINFO_MAGIC, &fds);
+    let mut name = vec![b'/'];
+    name.extend(vec![b'x'; 4095]);
+    let mut reg = Vec::new();
+    varint((6 << 3) | 2, &mut reg);
+    varint(name.len() as u64, &mut reg);
+    reg.extend(&name);
+    members.push((
+        "checkpoint/files.img".into(),
+        criu_image(FILES_MAGIC, &[files_entry(1, 1, 3, &reg)]),
+    ));
+    for pid in 1..=20u64 {
+        let mut ids = Vec::new();
+        varint(2 << 3, &mut ids);
+        varint(pid, &mut ids);
+        members.push((format!("checkpoint/fdinfo-{pid}.img"), fdinfo.clone()));
+        members.push((
+            format!("checkpoint/ids-{pid}.img"),
+            criu_image(IDS_MAGIC, &[ids]),
+        ));
+    }
+    let refs: Vec<(&str, Vec<u8>)> = members
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.clone()))
+        .collect();
+    // (One reader: both parse the same way, and 1.3 Mi descriptors take a while in a
+    // debug build.)
+    let v = deep_seekable(Cursor::new(archive(&refs)), &Limits::default()).unwrap();
+    let rows: usize = v.processes.values().map(|p| p.files.len()).sum();
+    let omitted: u64 = v.processes.values().map(|p| p.files_omitted).sum();
+    assert_eq!(rows, listed, "the same row budget for the whole view");
+    assert_eq!(
+        rows as u64 + omitted,
+        20 << 16,
+        "every descriptor listed or counted"
+    );
+    assert!(v.processes.values().all(|p| p.files_shared_with.is_none()));
+    assert_eq!(v.processes[&20].files_omitted, 1 << 16);
+}
