@@ -4,7 +4,9 @@
 //! lying sizes, too big, or with names past PATH_MAX. Each is refused with its reason
 //! code from both the seekable and the streaming reader, within bounded time; and the
 //! links, devices and FIFOs an attacker leaves in the root filesystem are listed, never
-//! followed.
+//! followed. Archives built to cost the responder's machine (pagemaps by the megabyte, a
+//! descriptor table shared by hundreds of processes) are answered by the `ckvault` binary
+//! with its peak RSS (`wait4`) and bytes written asserted under ceilings.
 
 mod inspect_support;
 
@@ -556,6 +558,15 @@ fn a_descriptor_table_shared_by_many_processes_is_listed_once_and_capped() {
         assert_eq!(p["files"].as_array().unwrap().len(), 0, "{pid}");
         assert_eq!(p["files_omitted"], 0, "{pid}");
     }
+    // The table form says so too.
+    let small = both(&shared_table(3, b'a'), &Limits::default()).unwrap();
+    let table = small.render_table(false);
+    assert!(
+        table.contains("process 3: ")
+            && table.contains("  files: the descriptor table of process 1 (shared)"),
+        "{}",
+        &table[table.len().saturating_sub(2000)..]
+    );
     // The diff sees the table's rows change once.
     let d: serde_json::Value = serde_json::from_slice(&diff.stdout).unwrap();
     let both = d["processes"]["in_both"].as_array().unwrap();
@@ -623,4 +634,11 @@ fn many_full_descriptor_tables_are_held_and_listed_under_caps() {
     );
     assert!(v.processes.values().all(|p| p.files_shared_with.is_none()));
     assert_eq!(v.processes[&20].files_omitted, 1 << 16);
+    // The table says what it left out.
+    let table = v.render_table(false);
+    assert!(
+        table.contains("file ... and 65536 more not listed"),
+        "{}",
+        &table[table.len().saturating_sub(2000)..]
+    );
 }
