@@ -1,11 +1,15 @@
-//! `ckvault memsearch` on sealed records, against the reference tool and the raw pages:
+//! `ckvault memsearch` on sealed records, against the truth of the raw pages and the
+//! reference tool:
 //! - REAL Podman checkpoints (none, gzip, zstd) sealed, then searched through the record
-//!   (decrypted in memory): the same matches at the same addresses as `checkpointctl 1.3
-//!   memparse --pid 1 --search S` on the plaintext archive (installed into the Debian 13
-//!   root the checkpoint harness keeps);
+//!   (decrypted in memory): exactly the matches pid 1's memory holds, at their addresses,
+//!   counted in the test from the archive's own `pagemap-1.img` and pages image (entries
+//!   contiguous in virtual memory joined), including matches that straddle two pagemap
+//!   entries; and for the needle the same addresses as `checkpointctl 1.3 memparse --pid 1
+//!   --search S` on the plaintext archive (installed into the Debian 13 root the
+//!   checkpoint harness keeps);
 //! - a REAL containerd 2.1 checkpoint (CRIU 4.2, which records page counts in a field
-//!   checkpointctl 1.3 does not read: it finds nothing there): as many matches as the raw
-//!   pages image holds, each address holding the needle;
+//!   checkpointctl 1.3 does not read: it finds nothing there): exactly the matches its
+//!   pages hold, counted the same way;
 //! - under `strace -f -e trace=openat,creat`, no file is created outside the store (its
 //!   audit log), and the search is in the audit log with its purpose; nor by `inspect --deep`;
 //! - `inspect --deep` of those records: open files, sockets, mounts and dump statistics equal
@@ -97,8 +101,8 @@ fn checkpointctl_addresses(root: &Path, archive: &Path, needle: &str) -> Vec<u64
     addrs
 }
 
-/// Seals `archive` and searches its record; returns (addresses, the JSON answer).
-fn search_record(dir: &Path, archive: &Path, needle: &str) -> (Vec<u64>, Value) {
+/// Seals `archive` into a store under `dir`; returns (store, identity file, record ID).
+fn seal_record(dir: &Path, archive: &Path) -> (PathBuf, PathBuf, String) {
     let (identity, recipient) = support::age_keypair(dir);
     let store = dir.join("store");
     let m: Value = serde_json::from_str(&ok(&ckvault(&[
@@ -111,17 +115,23 @@ fn search_record(dir: &Path, archive: &Path, needle: &str) -> (Vec<u64>, Value) 
     ])))
     .unwrap();
     let id = m["id"].as_str().unwrap().to_owned();
+    (store, identity, id)
+}
+
+/// Searches pid 1 of a sealed record for `what` (`--string S` or `--regex R`); returns
+/// (addresses, the JSON answer).
+fn search_sealed(store: &Path, identity: &Path, id: &str, what: [&str; 2]) -> (Vec<u64>, Value) {
     let out = ok(&ckvault(&[
         "memsearch",
-        &id,
+        id,
         "--store",
-        p(&store),
+        p(store),
         "-i",
-        p(&identity),
+        p(identity),
         "--pid",
         "1",
-        "--string",
-        needle,
+        what[0],
+        what[1],
         "--max-matches",
         "1000000",
         "--purpose",
@@ -143,32 +153,197 @@ fn search_record(dir: &Path, archive: &Path, needle: &str) -> (Vec<u64>, Value) 
     (addrs, v)
 }
 
+/// Pid 1's memory as its own images hold it, read here without ckvault: `pagemap-1.img`
+/// parsed by this file's own protobuf reader, its present entries laid over the pages image
+/// it names (members taken out with GNU tar, which reads .tar.gz and .tar.zst too), and
+/// entries that are contiguous in virtual memory joined into one run.
+struct Pid1Memory {
+    /// Runs of contiguous memory: virtual address, bytes.
+    runs: Vec<(u64, Vec<u8>)>,
+    /// Virtual addresses where two pagemap entries of one run meet.
+    seams: Vec<u64>,
+}
+
+fn member(archive: &Path, name: &str) -> Vec<u8> {
+    let out = Command::new("tar")
+        .arg("xOf")
+        .arg(archive)
+        .arg(name)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tar xOf {} {name}: {}",
+        archive.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn read_varint(b: &[u8], i: &mut usize) -> u64 {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let c = b[*i];
+        *i += 1;
+        v |= u64::from(c & 0x7f) << shift;
+        if c < 0x80 {
+            break;
+        }
+    }
+    v
+}
+
+/// The varint fields of one protobuf message (other wire types skipped).
+fn varints(m: &[u8]) -> Vec<(u64, u64)> {
+    let (mut i, mut out) = (0, Vec::new());
+    while i < m.len() {
+        let key = read_varint(m, &mut i);
+        match key & 7 {
+            0 => out.push((key >> 3, read_varint(m, &mut i))),
+            2 => i += read_varint(m, &mut i) as usize,
+            5 => i += 4,
+            1 => i += 8,
+            t => panic!("wire type {t} in a pagemap entry"),
+        }
+    }
+    out
+}
+
+fn pid1_memory(archive: &Path) -> Pid1Memory {
+    let map = member(archive, "checkpoint/pagemap-1.img");
+    // Two magics, then u32-LE-length-prefixed entries: PagemapHead, then PagemapEntry.
+    let mut entries = Vec::new();
+    let mut i = 8;
+    while i < map.len() {
+        let len = u32::from_le_bytes(map[i..i + 4].try_into().unwrap()) as usize;
+        entries.push(varints(&map[i + 4..i + 4 + len]));
+        i += 4 + len;
+    }
+    let field = |e: &[(u64, u64)], f: u64| e.iter().find(|(k, _)| *k == f).map(|(_, v)| *v);
+    let pages_id = field(&entries[0], 1).unwrap();
+    let pages = member(archive, &format!("checkpoint/pages-{pages_id}.img"));
+    let (mut runs, mut seams): (Vec<(u64, Vec<u8>)>, Vec<u64>) = (Vec::new(), Vec::new());
+    let mut offset = 0usize;
+    for e in &entries[1..] {
+        // nr_pages: field 5 (CRIU 4.2) or 2; present: flag PE_PRESENT (4).
+        let n = field(e, 5).unwrap_or_else(|| field(e, 2).unwrap_or(0)) as usize;
+        if field(e, 4).unwrap_or(0) & 4 == 0 || n == 0 {
+            continue;
+        }
+        let vaddr = field(e, 1).unwrap();
+        let bytes = &pages[offset..offset + n * 4096];
+        offset += n * 4096;
+        match runs.last_mut() {
+            Some((start, run)) if *start + run.len() as u64 == vaddr => {
+                seams.push(vaddr);
+                run.extend_from_slice(bytes);
+            }
+            _ => runs.push((vaddr, bytes.to_vec())),
+        }
+    }
+    assert_eq!(
+        offset,
+        pages.len(),
+        "the present pages fill the pages image"
+    );
+    Pid1Memory { runs, seams }
+}
+
+impl Pid1Memory {
+    /// Every match of `re` (leftmost, not overlapping, as memsearch reports them), by
+    /// address; and how many of them straddle a seam between two pagemap entries.
+    fn matches(&self, re: &regex::bytes::Regex) -> (Vec<u64>, usize) {
+        let (mut addrs, mut straddling) = (Vec::new(), 0);
+        for (start, run) in &self.runs {
+            for m in re.find_iter(run) {
+                let (a, b) = (start + m.start() as u64, start + m.end() as u64);
+                addrs.push(a);
+                straddling += usize::from(self.seams.iter().any(|&s| a < s && s < b));
+            }
+        }
+        addrs.sort();
+        (addrs, straddling)
+    }
+}
+
+/// Asserts `ours` (sorted) are exactly `truth`'s addresses, naming what is missing or extra.
+fn same_addresses(what: &str, ours: &[u64], truth: &[u64]) {
+    let missing: Vec<String> = truth
+        .iter()
+        .filter(|a| ours.binary_search(a).is_err())
+        .map(|a| format!("{a:#x}"))
+        .collect();
+    let extra: Vec<String> = ours
+        .iter()
+        .filter(|a| truth.binary_search(a).is_err())
+        .map(|a| format!("{a:#x}"))
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && ours.len() == truth.len(),
+        "{what}: {} matches, the pages hold {}; missed {missing:?}, not in memory {extra:?}",
+        ours.len(),
+        truth.len()
+    );
+}
+
+/// Matches only where a page of memhog's text starts after a byte that is not a newline:
+/// memhog cuts its lines at page ends (so NEEDLE itself never crosses a page), and the
+/// next text page starts a fresh line. Inside a run, some of those page starts are
+/// seams between CRIU's pagemap entries (it cuts every 1 MiB).
+const ACROSS_PAGES: &str = r#"(?-u)[^\n](\{"id":|Host: shop\.internal|2026-11-28T)"#;
+
 #[test]
-fn memsearch_on_sealed_records_matches_checkpointctl_on_the_plaintext() {
-    let Some(root) = checkpointctl() else {
-        return;
-    };
+fn memsearch_on_sealed_records_finds_every_match_the_pages_hold() {
+    let checkpointctl = checkpointctl();
+    let needle = regex::bytes::Regex::new(&regex::escape(NEEDLE)).unwrap();
+    let across_pages = regex::bytes::Regex::new(ACROSS_PAGES).unwrap();
     for compress in ["none", "gzip", "zstd"] {
         let Some(archive) = support::real_checkpoint(16, "shop", "api-0", "api", compress) else {
             return;
         };
+        let memory = pid1_memory(&archive);
         let tmp = tempfile::tempdir().unwrap();
-        let (ours, v) = search_record(tmp.path(), &archive, NEEDLE);
-        let theirs = checkpointctl_addresses(&root, &archive, NEEDLE);
+        let (store, identity, id) = seal_record(tmp.path(), &archive);
+        // The needle: every occurrence, at its address.
+        let (truth, _) = memory.matches(&needle);
+        let (ours, v) = search_sealed(&store, &identity, &id, ["--string", NEEDLE]);
         assert!(
-            !theirs.is_empty(),
-            "{compress}: checkpointctl found nothing"
+            truth.len() > 1000,
+            "{compress}: {} occurrences",
+            truth.len()
         );
-        assert_eq!(ours, theirs, "{compress}: addresses differ");
+        same_addresses(&format!("{compress}: {NEEDLE:?}"), &ours, &truth);
         assert!(
             v["matches"][0]["context"]
                 .as_str()
                 .unwrap()
                 .contains(NEEDLE)
         );
+        // Matches across the seams between pagemap entries (checkpointctl 1.3 searches
+        // each entry alone and misses them).
+        let (truth_x, straddling) = memory.matches(&across_pages);
+        let (ours_x, _) = search_sealed(&store, &identity, &id, ["--regex", ACROSS_PAGES]);
+        assert!(
+            straddling > 0,
+            "{compress}: no match straddles a seam: the test would prove nothing"
+        );
+        same_addresses(&format!("{compress}: {ACROSS_PAGES:?}"), &ours_x, &truth_x);
+        // checkpointctl 1.3 finds the needle at the same addresses (none straddles a seam).
+        if let Some(root) = &checkpointctl {
+            let theirs = checkpointctl_addresses(root, &archive, NEEDLE);
+            assert_eq!(
+                ours, theirs,
+                "{compress}: checkpointctl 1.3's addresses differ"
+            );
+        }
         eprintln!(
-            "{compress}: {} matches, same addresses as checkpointctl 1.3",
-            ours.len()
+            "{compress}: {} matches of {NEEDLE:?} = the pages' {}; {} of {ACROSS_PAGES:?} = \
+             the pages' {} ({straddling} across a seam between pagemap entries), {} seams",
+            ours.len(),
+            truth.len(),
+            ours_x.len(),
+            truth_x.len(),
+            memory.seams.len()
         );
     }
 }
@@ -181,27 +356,21 @@ fn memsearch_reads_criu_4_2_pagemaps_of_containerd_archives() {
     let dir = rt.dir("memsearch");
     let archive = dir.join("ck.tar");
     rt.checkpoint_to(&archive);
+    let memory = pid1_memory(&archive);
     let tmp = tempfile::tempdir().unwrap();
-    let (ours, _) = search_record(tmp.path(), &archive, NEEDLE);
-    // The raw pages image: as many occurrences as matches reported.
-    let pages = Command::new("tar")
-        .arg("xOf")
-        .arg(&archive)
-        .arg("checkpoint/pages-1.img")
-        .output()
-        .unwrap()
-        .stdout;
-    let raw = memchr::memmem::find_iter(&pages, NEEDLE.as_bytes()).count();
-    assert!(raw > 0);
-    // A raw occurrence may straddle two runs of pages that are not contiguous in memory:
-    // not a match in the process's memory. At most one per run boundary.
-    assert!(
-        ours.len() <= raw && raw - ours.len() <= 64,
-        "{} matches vs {raw} occurrences in pages-1.img",
-        ours.len()
-    );
+    let (store, identity, id) = seal_record(tmp.path(), &archive);
+    let (ours, _) = search_sealed(&store, &identity, &id, ["--string", NEEDLE]);
+    let (truth, straddling) =
+        memory.matches(&regex::bytes::Regex::new(&regex::escape(NEEDLE)).unwrap());
+    assert!(!truth.is_empty());
+    same_addresses("containerd 2.1 / CRIU 4.2", &ours, &truth);
     std::fs::remove_file(&archive).unwrap();
-    eprintln!("containerd 2.1 / CRIU 4.2: {raw} matches (checkpointctl 1.3 finds none there)");
+    eprintln!(
+        "containerd 2.1 / CRIU 4.2: {} matches = the pages' {} ({straddling} across a seam; \
+         checkpointctl 1.3 finds none there)",
+        ours.len(),
+        truth.len()
+    );
 }
 
 /// Runs ckvault under `strace -f -e trace=openat,creat`; returns its stdout and the files

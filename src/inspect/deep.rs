@@ -9,7 +9,8 @@
 //!
 //! Every image is read whole under [`Limits::max_criu_image_bytes`]; every name taken from
 //! an image is at most [`criu::MAX_NAME_BYTES`]; lists are capped and what was left out is
-//! counted. Rendering (JSON and the escaped table) lives here too, shared by `inspect
+//! counted: a descriptor table shared by several processes is listed once, and the rows of
+//! all processes together are capped ([`MAX_FILE_ROWS`], [`MAX_FILE_ROW_BYTES`]). Rendering (JSON and the escaped table) lives here too, shared by `inspect
 //! --deep` and `diff`.
 
 use std::cell::RefCell;
@@ -33,6 +34,17 @@ use super::{ArchiveFormat, InspectError, Limits};
 pub const MAX_ROOTFS_CHANGES: usize = 10_000;
 /// Most descriptors per process (and files in `files.img`).
 const MAX_FDS: usize = 1 << 16;
+/// Most descriptors of all `fdinfo` images held until the end of the pass (12 bytes
+/// each); a table past it is only counted.
+const MAX_HELD_FDS: usize = 1 << 20;
+/// Most rows (open files, cwd and root) the deep view lists for all processes together,
+/// and most bytes of their text (paths, socket names and addresses); descriptors past
+/// either are counted in their process's `files_omitted`. A descriptor table shared by
+/// several processes is listed once. These bound what `inspect --deep` and `diff` hold and
+/// print whatever an archive holds.
+pub const MAX_FILE_ROWS: usize = 1 << 16;
+/// See [`MAX_FILE_ROWS`].
+pub const MAX_FILE_ROW_BYTES: usize = 8 << 20;
 /// Most members of the nested `rootfs-diff.tar`, and bytes of all their paths.
 const NESTED_MAX_ENTRIES: u64 = 1 << 20;
 const NESTED_MAX_PATH_BYTES: u64 = 128 << 20;
@@ -114,10 +126,18 @@ pub struct Socket {
 pub struct DeepProcess {
     /// Command line, environment and memory size, from its memory.
     pub memory: ProcessMemory,
-    /// Open descriptors in image order, then `cwd` and `root`.
+    /// Open descriptors in image order, then `cwd` and `root`. A process sharing its
+    /// descriptor table with a process of a lower pid lists only its `cwd` and `root`.
     pub files: Vec<OpenFile>,
-    /// Its sockets.
+    /// Its sockets (none listed for a process sharing its descriptor table).
     pub sockets: Vec<Socket>,
+    /// The process (lowest pid) whose `files` and `sockets` list this process's
+    /// descriptors: they share one descriptor table (CRIU's `files_id`, as CLONE_FILES
+    /// makes).
+    pub files_shared_with: Option<u32>,
+    /// Descriptors (and `cwd`, `root`) not listed because the view's rows or their text
+    /// reached [`MAX_FILE_ROWS`] or [`MAX_FILE_ROW_BYTES`].
+    pub files_omitted: u64,
 }
 
 /// One mount of the container's spec.
@@ -185,12 +205,21 @@ struct ConfigDeep {
     spec: Option<SpecDeep>,
 }
 
+/// A descriptor table (`fdinfo-<id>.img`): held, or only counted once
+/// [`MAX_HELD_FDS`] are held.
+enum Table {
+    Held(Vec<criu::FdInfo>),
+    Counted(u64),
+}
+
 /// The small images collected during the pass, joined at the end.
 #[derive(Default)]
 struct Collected {
     files_id: BTreeMap<u32, u32>,
     fs: BTreeMap<u32, (u32, u32)>,
-    fdinfo: BTreeMap<u32, Vec<criu::FdInfo>>,
+    fdinfo: BTreeMap<u32, Table>,
+    /// Descriptors held in `fdinfo`, in all.
+    held_fds: usize,
     files: Vec<FileImage>,
     queued: BTreeMap<u32, u64>,
     spec: Option<SpecDeep>,
@@ -285,7 +314,15 @@ pub(crate) fn read<I: Input>(
                     got.fs.insert(pid(n)?, ids);
                 } else if let Some(n) = digits(name, "fdinfo-") {
                     let fds = criu::parse_fdinfo(&image(tar)?, MAX_FDS).map_err(malformed)?;
-                    got.fdinfo.insert(pid(n)?, fds);
+                    let table = if got.held_fds.saturating_add(fds.len()) > MAX_HELD_FDS {
+                        Table::Counted(fds.len() as u64)
+                    } else {
+                        got.held_fds += fds.len();
+                        Table::Held(fds)
+                    };
+                    if let Some(Table::Held(old)) = got.fdinfo.insert(pid(n)?, table) {
+                        got.held_fds -= old.len();
+                    }
                 }
             }
         }
@@ -300,7 +337,28 @@ pub(crate) fn read<I: Input>(
     Ok(view)
 }
 
+/// What is left of the rows the view may list (see [`MAX_FILE_ROWS`]). Once a row does
+/// not fit, none is listed after it.
+struct Budget {
+    rows: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    fn take(&mut self, bytes: usize) -> bool {
+        if self.rows == 0 || bytes > self.bytes {
+            self.rows = 0;
+            return false;
+        }
+        self.rows -= 1;
+        self.bytes -= bytes;
+        true
+    }
+}
+
 /// Joins what was collected into per-process files and sockets, mounts and annotations.
+/// A descriptor table is listed once, under the lowest pid that holds it; the others
+/// point at that pid. Every row counts against one [`Budget`] for the whole view.
 fn join(view: &mut DeepView, got: Collected, memory: BTreeMap<u32, ProcessMemory>) {
     let by_id: BTreeMap<u32, &FileImage> = got.files.iter().map(|f| (f.id, f)).collect();
     let mut pids: Vec<u32> = got.files_id.keys().chain(memory.keys()).copied().collect();
@@ -308,45 +366,76 @@ fn join(view: &mut DeepView, got: Collected, memory: BTreeMap<u32, ProcessMemory
     pids.sort_unstable();
     pids.dedup();
     let mut memory = memory;
+    let mut listed_by: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut budget = Budget {
+        rows: MAX_FILE_ROWS,
+        bytes: MAX_FILE_ROW_BYTES,
+    };
     for pid in pids {
         let mut p = DeepProcess {
             memory: memory.remove(&pid).unwrap_or_default(),
             ..DeepProcess::default()
         };
-        let fds = got
-            .files_id
-            .get(&pid)
-            .and_then(|id| got.fdinfo.get(id))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let table = got.files_id.get(&pid).copied();
+        let holder = table.and_then(|t| listed_by.get(&t).copied());
+        if let (Some(t), None) = (table, holder) {
+            listed_by.insert(t, pid);
+        }
+        p.files_shared_with = holder;
+        let fds = match (holder, table.and_then(|t| got.fdinfo.get(&t))) {
+            (None, Some(Table::Held(fds))) => fds.as_slice(),
+            (None, Some(Table::Counted(n))) => {
+                p.files_omitted = *n;
+                &[]
+            }
+            _ => &[],
+        };
         for fd in fds {
             let file = by_id.get(&fd.id).copied();
-            p.files.push(OpenFile {
+            let row = OpenFile {
                 fd: Fd::Num(fd.fd),
                 kind: criu::fd_type_name(fd.kind),
                 path: file.map_or_else(
                     || format!("{}.{}", criu::fd_type_name(fd.kind), fd.id),
                     file_name,
                 ),
-            });
-            if let Some(FileImage {
-                detail: FileDetail::Socket(s),
-                ..
-            }) = file
-            {
-                let mut s = socket(fd.fd, s);
-                s.queued_bytes = got.queued.get(&fd.id).copied().unwrap_or(0);
-                p.sockets.push(s);
+            };
+            let sock = match file {
+                Some(FileImage {
+                    detail: FileDetail::Socket(s),
+                    ..
+                }) => {
+                    let mut s = socket(fd.fd, s);
+                    s.queued_bytes = got.queued.get(&fd.id).copied().unwrap_or(0);
+                    Some(s)
+                }
+                _ => None,
+            };
+            let text = row.kind.len()
+                + row.path.len()
+                + sock
+                    .as_ref()
+                    .map_or(0, |s| s.source.len() + s.destination.len());
+            if !budget.take(text) {
+                p.files_omitted += 1;
+                continue;
             }
+            p.files.push(row);
+            p.sockets.extend(sock);
         }
         if let Some(&(cwd, root)) = got.fs.get(&pid) {
             for (which, id) in [(Fd::Cwd, cwd), (Fd::Root, root)] {
                 let file = by_id.get(&id).copied();
-                p.files.push(OpenFile {
+                let row = OpenFile {
                     fd: which,
                     kind: file.map_or_else(|| "REG".into(), |f| criu::fd_type_name(f.kind)),
                     path: file.map_or_else(|| format!("REG.{id}"), file_name),
-                });
+                };
+                if budget.take(row.kind.len() + row.path.len()) {
+                    p.files.push(row);
+                } else {
+                    p.files_omitted += 1;
+                }
             }
         }
         view.processes.insert(pid, p);
@@ -622,8 +711,9 @@ fn deleted_files(
 
 impl DeepView {
     /// The JSON form: `processes` (by pid: cmdline, env with values `<redacted>` unless
-    /// `show_env_values`, files, sockets, memory), `mounts`, `statistics`, `annotations`,
-    /// `rootfs_changes` (and `rootfs_changes_omitted`).
+    /// `show_env_values`, files, `files_shared_with`, `files_omitted`, sockets, memory),
+    /// `mounts`, `statistics`, `annotations`, `rootfs_changes` (and
+    /// `rootfs_changes_omitted`).
     pub fn to_json(&self, show_env_values: bool) -> Value {
         let processes: serde_json::Map<String, Value> = self
             .processes
@@ -678,6 +768,12 @@ impl DeepView {
                 };
                 let _ = writeln!(out, "  env {}={v}", esc(k));
             }
+            if let Some(holder) = p.files_shared_with {
+                let _ = writeln!(
+                    out,
+                    "  files: the descriptor table of process {holder} (shared)"
+                );
+            }
             for f in &p.files {
                 let _ = writeln!(
                     out,
@@ -685,6 +781,14 @@ impl DeepView {
                     f.fd.label(),
                     esc(&f.kind),
                     esc(&f.path)
+                );
+            }
+            if p.files_omitted > 0 {
+                let _ = writeln!(
+                    out,
+                    "  file ... and {} more not listed (at most {MAX_FILE_ROWS} rows, \
+                     {MAX_FILE_ROW_BYTES} bytes of names in all)",
+                    p.files_omitted
                 );
             }
             for s in &p.sockets {
@@ -786,6 +890,8 @@ fn process_json(p: &DeepProcess, show_env_values: bool) -> Value {
         "files": p.files.iter().map(|f| json!({
             "fd": f.fd.to_json(), "type": f.kind, "path": f.path,
         })).collect::<Vec<_>>(),
+        "files_shared_with": p.files_shared_with,
+        "files_omitted": p.files_omitted,
         "sockets": p.sockets.iter().map(|s| json!({
             "fd": s.fd, "family": s.family, "type": s.kind, "protocol": s.protocol,
             "state": s.state, "source": s.source, "source_port": s.source_port,

@@ -5,6 +5,11 @@
 //!
 //! Environment values are never shown: a variable whose value differs is listed by name
 //! under `env.changed`.
+//!
+//! Files and sockets are compared as each deep view lists them: a descriptor table shared
+//! by several processes is compared once, under the process that lists it, and a change of
+//! which process that is shows as `files_shared_with`; descriptors a view did not list
+//! (its row cap) show as `files_omitted`. So the comparison is as bounded as the views.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -116,6 +121,18 @@ fn process_diff(pid: u32, a: &DeepProcess, b: &DeepProcess) -> Value {
         out.insert(
             "env".into(),
             json!({"added": added, "removed": removed, "changed": changed}),
+        );
+    }
+    if a.files_shared_with != b.files_shared_with {
+        out.insert(
+            "files_shared_with".into(),
+            json!({"a": a.files_shared_with, "b": b.files_shared_with}),
+        );
+    }
+    if a.files_omitted != 0 || b.files_omitted != 0 {
+        out.insert(
+            "files_omitted".into(),
+            json!({"a": a.files_omitted, "b": b.files_omitted}),
         );
     }
     let (added, removed) = set_diff(&files_of(a), &files_of(b));
@@ -268,6 +285,22 @@ pub fn render_table(doc: &Value) -> String {
             text(&p["memory"]["b"]),
             p["memory"]["delta"].as_i64().unwrap_or(0)
         );
+        if let Some(shared) = p.get("files_shared_with") {
+            let _ = writeln!(
+                out,
+                "    files shared with process: {}  ->  {}",
+                text(&shared["a"]),
+                text(&shared["b"])
+            );
+        }
+        if let Some(omitted) = p.get("files_omitted") {
+            let _ = writeln!(
+                out,
+                "    descriptors not listed: {}  ->  {}",
+                text(&omitted["a"]),
+                text(&omitted["b"])
+            );
+        }
         if p.get("cmdline").is_some() {
             let _ = writeln!(
                 out,

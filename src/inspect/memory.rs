@@ -2,7 +2,10 @@
 //! archive, where each process's `checkpoint/pagemap-<pid>.img` (read whole, bounded) maps
 //! the pages stored in `checkpoint/pages-<id>.img` to virtual addresses, and the pages are
 //! scanned as they stream by, with every match reported with its pid, virtual address and
-//! context bytes. Nothing is written anywhere.
+//! context bytes (entries contiguous in virtual memory are scanned as one run, so a match
+//! across two of them is found). Nothing is written anywhere. Also the deep view's share
+//! of memory ([`Areas`]: each process's argument and environment areas and memory size),
+//! which keeps of each pagemap only the segments holding those areas.
 //!
 //! Pagemap image: `IMG_COMMON_MAGIC`, `PAGEMAP_MAGIC` (0x56084025), a `PagemapHead
 //! { pages_id = 1 }` entry, then `PagemapEntry { vaddr = 1; nr_pages = 2; in_parent = 3;
@@ -198,7 +201,7 @@ pub(crate) fn search<I: Input>(
             })?;
             maps.insert(id, (pid, ranges));
         } else if let Some(id) = digits(image, "pages-") {
-            let Some((pid, ranges)) = maps.get(&id).cloned() else {
+            let Some((pid, ranges)) = maps.remove(&id) else {
                 saw_pages_first.get_or_insert(entry.path.clone());
                 continue;
             };
@@ -248,7 +251,7 @@ fn scan_pages<I: Input>(
     let ctx = search.context.min(MAX_CONTEXT);
     let overlap = MAX_MATCH + ctx;
     let mut chunk = vec![0u8; WINDOW];
-    for r in ranges {
+    for r in contiguous_runs(ranges) {
         let len = r.pages * PAGE;
         // buf holds the range's bytes from offset `base`.
         let mut buf: Vec<u8> = Vec::with_capacity(WINDOW + overlap + ctx);
@@ -308,6 +311,30 @@ fn scan_pages<I: Input>(
         }
     }
     Ok(())
+}
+
+/// The ranges, with each one that starts where the one before it ends (in virtual memory)
+/// joined to it: CRIU cuts one mapping into several pagemap entries (every 1 MiB, and where
+/// VMAs meet), and a match may straddle the cut. Pages are stored in pagemap order, so
+/// ranges contiguous in memory are contiguous in the pages image too; the scan of a run
+/// keeps [`MAX_MATCH`] bytes of overlap between its windows, so a match crossing an entry
+/// boundary is found like any other. Ranges with a gap between them are never joined.
+fn contiguous_runs(ranges: &[Range]) -> Vec<Range> {
+    let mut runs: Vec<Range> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        if let Some(last) = runs.last_mut()
+            && last
+                .pages
+                .checked_mul(PAGE)
+                .and_then(|b| b.checked_add(last.vaddr))
+                == Some(r.vaddr)
+        {
+            last.pages = last.pages.saturating_add(r.pages);
+            continue;
+        }
+        runs.push(*r);
+    }
+    runs
 }
 
 /// Every match in `hay` starting at or after `from`: (start, end), non-overlapping, in
@@ -397,6 +424,151 @@ mod tests {
         ] {
             assert!(parse_pagemap(&bad).is_err());
         }
+    }
+
+    /// A plain tar of `members` (ustar headers, no end marker needed by the reader).
+    fn tar(members: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, data) in members {
+            let mut h = [0u8; 512];
+            h[..name.len()].copy_from_slice(name.as_bytes());
+            h[100..108].copy_from_slice(b"0000644\0");
+            h[108..116].copy_from_slice(b"0000000\0");
+            h[116..124].copy_from_slice(b"0000000\0");
+            h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+            h[136..148].copy_from_slice(b"00000000000\0");
+            h[156] = b'0';
+            h[257..265].copy_from_slice(b"ustar\x0000");
+            h[148..156].fill(b' ');
+            let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+            h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+            out.extend_from_slice(&h);
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.resize(out.len() + 1024, 0);
+        out
+    }
+
+    /// Searches an archive whose pid 1 has two one-page entries at `first` and `second`,
+    /// the first page ending with `tail`, the second starting with `head`.
+    fn split_search(first: u64, second: u64, tail: &[u8], head: &[u8], p: Pattern) -> Found {
+        let map = image(&[
+            entry(&[(1, 1)]),
+            entry(&[(1, first), (2, 1), (4, 4)]),
+            entry(&[(1, second), (2, 1), (4, 4)]),
+        ]);
+        let mut pages = vec![0u8; 2 * PAGE as usize];
+        let cut = PAGE as usize;
+        pages[cut - tail.len()..cut].copy_from_slice(tail);
+        pages[cut..cut + head.len()].copy_from_slice(head);
+        let archive = tar(&[
+            ("checkpoint/pagemap-1.img", &map),
+            ("checkpoint/pages-1.img", &pages),
+        ]);
+        let search = Search {
+            pattern: p,
+            pid: Some(1),
+            context: 8,
+            max_matches: 100,
+        };
+        super::super::memsearch_reader(&archive[..], &super::super::Limits::default(), &search)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_match_split_across_entries_contiguous_in_memory_is_found() {
+        let needle = b"Authorization: Bearer";
+        for pattern in [
+            Pattern::Literal(needle.to_vec()),
+            Pattern::Regex(regex::bytes::Regex::new("Authorization: [A-Z][a-z]+").unwrap()),
+        ] {
+            let found = split_search(0x40_0000, 0x40_1000, b"Author", b"ization: Bearer", pattern);
+            assert_eq!(found.matches.len(), 1, "{found:?}");
+            let m = &found.matches[0];
+            assert_eq!((m.pid, m.address), (1, 0x40_1000 - 6));
+            assert_eq!(m.matched, needle);
+            // Context runs across the cut too.
+            assert_eq!(&m.context[8..8 + needle.len()], needle);
+            assert_eq!(m.context.len(), 8 + needle.len() + 8);
+            assert_eq!(found.scanned.get(&1), Some(&(2 * PAGE)));
+        }
+    }
+
+    #[test]
+    fn a_string_split_across_entries_with_a_gap_between_them_is_not_a_match() {
+        // The same bytes, but the second page is elsewhere in memory (and an entry before
+        // the first one is not joined to it either).
+        for (first, second) in [(0x40_0000, 0x50_0000), (0x40_1000, 0x40_0000)] {
+            let found = split_search(
+                first,
+                second,
+                b"Author",
+                b"ization: Bearer",
+                Pattern::Literal(b"Authorization: Bearer".to_vec()),
+            );
+            assert!(found.matches.is_empty(), "{found:?}");
+            assert_eq!(found.scanned.get(&1), Some(&(2 * PAGE)));
+        }
+    }
+
+    #[test]
+    fn the_deep_view_reads_areas_through_cut_down_pagemaps_in_either_order() {
+        // Pages: 0x1000 (one page, the environment in it), then 0x10000 (two pages, the
+        // arguments across their boundary).
+        let map = image(&[
+            entry(&[(1, 1)]),
+            entry(&[(1, 0x1000), (2, 1), (4, 4)]),
+            entry(&[(1, 0x1_0000), (2, 2), (4, 4)]),
+        ]);
+        let (args, env) = (b"/bin/app\0--serve\0", b"A=1\0PATH=/bin\0");
+        let args_at = 0x1_1000 - 9;
+        let mut pages = vec![0u8; 3 * PAGE as usize];
+        pages[16..16 + env.len()].copy_from_slice(env);
+        let a = (PAGE as usize) + (args_at - 0x1_0000) as usize;
+        pages[a..a + args.len()].copy_from_slice(args);
+        let mut mm = super::super::criu::IMG_COMMON_MAGIC.to_le_bytes().to_vec();
+        mm.extend(MM_MAGIC.to_le_bytes());
+        mm.extend(&entry(&[
+            (8, args_at),
+            (9, args_at + args.len() as u64),
+            (10, 0x1000 + 16),
+            (11, 0x1000 + 16 + env.len() as u64),
+        ]));
+        let mm_first = [
+            ("checkpoint/mm-1.img", &mm[..]),
+            ("checkpoint/pagemap-1.img", &map[..]),
+            ("checkpoint/pages-1.img", &pages[..]),
+        ];
+        let mm_second = [mm_first[1], mm_first[0], mm_first[2]];
+        for members in [mm_first, mm_second] {
+            let view =
+                super::super::deep_reader(&tar(&members)[..], &super::super::Limits::default())
+                    .unwrap();
+            let p = &view.processes[&1].memory;
+            assert_eq!(p.cmdline, ["/bin/app", "--serve"]);
+            assert_eq!(
+                p.env,
+                [("A".into(), "1".into()), ("PATH".into(), "/bin".into())]
+            );
+            assert_eq!(p.memory_bytes, 3 * PAGE);
+        }
+    }
+
+    #[test]
+    fn contiguous_runs_join_only_what_touches() {
+        let r = |vaddr, pages| Range { vaddr, pages };
+        assert_eq!(
+            contiguous_runs(&[
+                r(0x1000, 1),
+                r(0x2000, 2),
+                r(0x5000, 1),
+                r(0x6000, 1),
+                r(0x1000, 1)
+            ]),
+            [r(0x1000, 3), r(0x5000, 2), r(0x1000, 1)]
+        );
+        assert_eq!(contiguous_runs(&[]), []);
     }
 
     #[test]
@@ -497,14 +669,82 @@ struct Area {
     buf: Vec<u8>,
 }
 
+/// Where some of a process's memory lies in its pages image: `len` bytes from `offset`
+/// hold virtual memory from `vaddr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    offset: u64,
+    vaddr: u64,
+    len: u64,
+}
+
+/// What the deep view keeps of one pagemap until its pages image passes: the process, the
+/// bytes of pages it declares, and the segments of the pages image that hold the process's
+/// argument and environment areas. All its ranges are kept only while the process's mm
+/// image has not been seen (no writer puts a pagemap before its mm image: `mm-` sorts
+/// first), counted against [`MAX_HELD_SEGMENTS`].
+struct Held {
+    pid: u32,
+    declared: u64,
+    segments: Vec<Segment>,
+    /// Whether `segments` were cut down to the areas.
+    pruned: bool,
+}
+
+/// Most pagemap segments the deep view holds in all (the areas' share of each pagemap,
+/// or whole pagemaps that came before their mm image): 1 Mi segments, 24 MiB.
+pub const MAX_HELD_SEGMENTS: usize = 1 << 20;
+
+/// The parts of `ranges` (laid one after another in the pages image) that hold bytes of
+/// the `areas`, in pages-image order; all of them when `areas` is `None`.
+fn segments(ranges: impl Iterator<Item = Segment>, areas: Option<&[Area; 2]>) -> Vec<Segment> {
+    let Some(areas) = areas else {
+        return ranges.collect();
+    };
+    let mut out = Vec::new();
+    for r in ranges {
+        for a in areas {
+            let (s, e) = (a.start, a.start.saturating_add(a.buf.len() as u64));
+            let (from, to) = (s.max(r.vaddr), e.min(r.vaddr.saturating_add(r.len)));
+            if from < to {
+                out.push(Segment {
+                    offset: r.offset + (from - r.vaddr),
+                    vaddr: from,
+                    len: to - from,
+                });
+            }
+        }
+    }
+    out.sort_by_key(|g| g.offset);
+    out
+}
+
+/// The ranges of a pagemap as segments of its pages image.
+fn laid_out(ranges: &[Range]) -> impl Iterator<Item = Segment> + '_ {
+    ranges.iter().scan(0u64, |offset, r| {
+        let len = r.pages.saturating_mul(PAGE);
+        let g = Segment {
+            offset: *offset,
+            vaddr: r.vaddr,
+            len,
+        };
+        *offset = offset.saturating_add(len);
+        Some(g)
+    })
+}
+
 /// Collects each process's argument and environment areas and its memory size while the
 /// archive streams by: `mm-<pid>.img` says where the areas are, `pagemap-<pid>.img` maps
 /// the pages of `pages-<id>.img`, whose bytes are copied into the areas as they pass.
+/// Of each pagemap only its total and the segments holding the areas are kept (see
+/// [`Held`]), so memory does not grow with the pagemaps.
 #[derive(Default)]
 pub(crate) struct Areas {
     areas: BTreeMap<u32, [Area; 2]>,
     cut: BTreeMap<u32, bool>,
-    maps: BTreeMap<u64, (u32, Vec<Range>)>,
+    maps: BTreeMap<u64, Held>,
+    /// Segments in `maps`, in all.
+    held: usize,
     out: BTreeMap<u32, ProcessMemory>,
     area_bytes: u64,
 }
@@ -536,6 +776,12 @@ impl Areas {
             size: entry.size,
             limit: cap,
         };
+        let too_many = || {
+            malformed(format!(
+                "more than {MAX_HELD_SEGMENTS} pagemap entries held at once (pagemaps before \
+                 their mm images, or entries repeated over the argument area)"
+            ))
+        };
         if let Some(pid) = digits(image, "mm-") {
             let pid = pid_of(pid)?;
             if entry.size > cap {
@@ -556,19 +802,27 @@ impl Areas {
                 ));
             }
             let len = |s: u64, e: u64| usize::try_from(e - s).unwrap_or(0);
-            self.areas.insert(
-                pid,
-                [
-                    Area {
-                        start: a0,
-                        buf: vec![0; len(a0, a1)],
-                    },
-                    Area {
-                        start: e0,
-                        buf: vec![0; len(e0, e1)],
-                    },
-                ],
-            );
+            let areas = [
+                Area {
+                    start: a0,
+                    buf: vec![0; len(a0, a1)],
+                },
+                Area {
+                    start: e0,
+                    buf: vec![0; len(e0, e1)],
+                },
+            ];
+            // A pagemap that came first is cut down to the areas now.
+            for held in self.maps.values_mut() {
+                if held.pid == pid && !held.pruned {
+                    let all = std::mem::take(&mut held.segments);
+                    self.held -= all.len();
+                    held.segments = segments(all.into_iter(), Some(&areas));
+                    held.pruned = true;
+                    self.held += held.segments.len();
+                }
+            }
+            self.areas.insert(pid, areas);
             self.cut.insert(pid, was_cut);
         } else if let Some(pid) = digits(image, "pagemap-") {
             let pid = pid_of(pid)?;
@@ -577,47 +831,74 @@ impl Areas {
             }
             let data = tar.read_data(&entry.path)?;
             let (id, ranges) = parse_pagemap(&data).map_err(|e| malformed(e.to_string()))?;
-            self.maps.insert(id, (pid, ranges));
-        } else if let Some(id) = digits(image, "pages-") {
-            let Some((pid, ranges)) = self.maps.get(&id).cloned() else {
-                return Ok(false);
-            };
+            drop(data);
             let declared = ranges
                 .iter()
                 .fold(0u64, |a, r| a.saturating_add(r.pages.saturating_mul(PAGE)));
-            if declared != entry.size {
+            let areas = self.areas.get(&pid);
+            let kept = segments(laid_out(&ranges), areas);
+            let held = Held {
+                pid,
+                declared,
+                segments: kept,
+                pruned: areas.is_some(),
+            };
+            self.held += held.segments.len();
+            if let Some(old) = self.maps.insert(id, held) {
+                self.held -= old.segments.len();
+            }
+            if self.held > MAX_HELD_SEGMENTS {
+                return Err(too_many());
+            }
+        } else if let Some(id) = digits(image, "pages-") {
+            let Some(held) = self.maps.remove(&id) else {
+                return Ok(false);
+            };
+            self.held -= held.segments.len();
+            if held.declared != entry.size {
                 return Err(malformed(format!(
-                    "its pagemap declares {declared} bytes of pages, the image holds {}",
-                    entry.size
+                    "its pagemap declares {} bytes of pages, the image holds {}",
+                    held.declared, entry.size
                 )));
             }
-            self.out.entry(pid).or_default().memory_bytes = declared;
-            let mut chunk = vec![0u8; WINDOW];
-            for r in &ranges {
-                let mut va = r.vaddr;
-                let end = r.vaddr + r.pages * PAGE;
-                while va < end {
-                    let n = usize::try_from((end - va).min(WINDOW as u64)).unwrap_or(WINDOW);
+            self.out.entry(held.pid).or_default().memory_bytes = held.declared;
+            let Some(want) = self.areas.get_mut(&held.pid) else {
+                return Ok(true);
+            };
+            let mut chunk = vec![0u8; WINDOW.min(2 * MAX_AREA as usize)];
+            let mut pos = 0u64;
+            for g in &held.segments {
+                // Segments may overlap (both areas in one page): what was read was copied
+                // into every area it belongs to already.
+                let (start, end) = (g.offset.max(pos), g.offset.saturating_add(g.len));
+                if start >= end {
+                    continue;
+                }
+                tar.skip_data(start - pos, &entry.path)?;
+                pos = start;
+                while pos < end {
+                    let n = usize::try_from(end - pos)
+                        .unwrap_or(usize::MAX)
+                        .min(chunk.len());
                     let got =
                         tar.read_chunk(chunk.get_mut(..n).unwrap_or_default(), &entry.path)?;
                     if got == 0 {
                         return Err(malformed("the pages image ends early".into()));
                     }
-                    if let Some(want) = self.areas.get_mut(&pid) {
-                        for a in want.iter_mut() {
-                            let (s, e) = (a.start, a.start + a.buf.len() as u64);
-                            let (cs, ce) = (va, va + got as u64);
-                            let (from, to) = (s.max(cs), e.min(ce));
-                            if from < to {
-                                let dst = (from - s) as usize..(to - s) as usize;
-                                let src = (from - cs) as usize..(to - cs) as usize;
-                                if let (Some(d), Some(c)) = (a.buf.get_mut(dst), chunk.get(src)) {
-                                    d.copy_from_slice(c);
-                                }
+                    let va = g.vaddr + (pos - g.offset);
+                    for a in want.iter_mut() {
+                        let (s, e) = (a.start, a.start + a.buf.len() as u64);
+                        let (cs, ce) = (va, va + got as u64);
+                        let (from, to) = (s.max(cs), e.min(ce));
+                        if from < to {
+                            let dst = (from - s) as usize..(to - s) as usize;
+                            let src = (from - cs) as usize..(to - cs) as usize;
+                            if let (Some(d), Some(c)) = (a.buf.get_mut(dst), chunk.get(src)) {
+                                d.copy_from_slice(c);
                             }
                         }
                     }
-                    va += got as u64;
+                    pos += got as u64;
                 }
             }
         } else {

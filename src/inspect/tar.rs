@@ -191,6 +191,21 @@ impl<'l, I: Input> TarReader<'l, I> {
         Ok(got)
     }
 
+    /// Skips the next `n` bytes of the current member's data (seeked over in a seekable
+    /// input); more than is left is truncation.
+    pub(crate) fn skip_data(&mut self, n: u64, what: &str) -> Result<(), InspectError> {
+        if n > self.data_left {
+            return Err(InspectError::Truncated {
+                what: what.to_owned(),
+                offset: self.input.offset(),
+                needed: n,
+            });
+        }
+        self.input.skip(n, what)?;
+        self.data_left -= n;
+        self.input.check_deadline()
+    }
+
     /// Skips whatever is left of the current member.
     fn skip_rest(&mut self) -> Result<(), InspectError> {
         let n = self.data_left.saturating_add(self.pad);

@@ -504,3 +504,83 @@ impl std::io::Read for ZeroTail {
         Ok(n)
     }
 }
+
+/// What a `ckvault` child run by [`measured`] did.
+pub struct Measured {
+    /// How it ended.
+    pub status: std::process::ExitStatus,
+    /// Bytes it wrote to stdout.
+    pub stdout_bytes: u64,
+    /// The first [`Measured::HEAD`] bytes of its stdout.
+    pub stdout: Vec<u8>,
+    /// Its stderr.
+    pub stderr: String,
+    /// Its peak resident set (bytes), from `wait4`'s `ru_maxrss`: this child's alone.
+    pub peak_rss: u64,
+}
+
+impl Measured {
+    /// Most stdout bytes kept.
+    pub const HEAD: usize = 64 << 20;
+}
+
+/// Runs the `ckvault` binary with `args` under an address-space limit of `as_limit` bytes
+/// (so a test run against unbounded code fails instead of taking the machine), counts
+/// what it writes to stdout (keeping the first [`Measured::HEAD`] bytes) and reads its
+/// peak RSS when it is reaped.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which gives its rusage
+pub fn measured(args: &[&str], as_limit: u64) -> Measured {
+    use std::io::Read;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ckvault"));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: as_limit,
+                rlim_max: as_limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn ckvault");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut head, mut total, mut buf) = (Vec::new(), 0u64, vec![0u8; 1 << 16]);
+        loop {
+            let n = out.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                return (head, total);
+            }
+            total += n as u64;
+            let room = Measured::HEAD.saturating_sub(head.len()).min(n);
+            head.extend_from_slice(&buf[..room]);
+        }
+    });
+    let errs = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let (mut status, mut usage) = (0i32, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: the pid is our child's, not yet reaped (std never waited on it).
+    let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(r, child.id() as i32, "wait4");
+    let (stdout, stdout_bytes) = reader.join().unwrap();
+    Measured {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout_bytes,
+        stdout,
+        stderr: errs.join().unwrap(),
+        peak_rss: usage.ru_maxrss as u64 * 1024,
+    }
+}
