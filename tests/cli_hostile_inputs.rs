@@ -396,3 +396,279 @@ fn a_tar_that_is_not_a_checkpoint_is_rejected_and_still_sealed() {
         assert_eq!(m["namespace"], "forensics");
     }
 }
+
+// ------------------------------------------------------------------ F: swapped blobs (issue 27)
+
+/// `ckvault ARGS`, to its end, with the bytes it wrote.
+fn measured(args: &[&str]) -> support::Measured {
+    let mut cmd = Command::new(support::ckvault_bin());
+    cmd.args(args);
+    support::run_measured(cmd, Duration::from_secs(120), |_, _| {})
+}
+
+/// `size` bytes from /dev/urandom.
+fn random_bytes(size: usize) -> Vec<u8> {
+    let mut b = vec![0u8; size];
+    use std::io::Read;
+    fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
+    b
+}
+
+/// An age file for `recipient` (Debian's `age`) holding `frames` concatenated zstd frames of
+/// 128 MiB of zeros each (Debian's `zstd`): a few KiB per frame, 128 MiB each once opened.
+fn zstd_bomb(dir: &Path, recipient: &str, frames: usize) -> Vec<u8> {
+    use std::io::Write;
+    let frame = Command::new("bash")
+        .arg("-c")
+        .arg("head -c 128M /dev/zero | zstd -1 -q -c")
+        .output()
+        .expect("zstd");
+    assert!(frame.status.success() && !frame.stdout.is_empty());
+    let bomb = dir.join("bomb.age");
+    let mut age = Command::new("age")
+        .args(["-r", recipient, "-o", s(&bomb)])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run age (apt-get install age)");
+    let mut stdin = age.stdin.take().unwrap();
+    for _ in 0..frames {
+        stdin.write_all(&frame.stdout).unwrap();
+    }
+    drop(stdin);
+    assert!(age.wait().unwrap().success());
+    fs::read(&bomb).unwrap()
+}
+
+/// Names in `dir`.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn open_stops_at_the_signed_size_of_a_swapped_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, recipient) = support::age_keypair(dir.path());
+    // An honest record: 1 MiB of random bytes in a tar (zstd cannot shrink it).
+    let input = dir.path().join("in.tar");
+    fs::write(
+        &input,
+        tar_with(&[("rootfs-diff.tar", b'0', &random_bytes(1 << 20))]),
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let m = seal(&input, &store, &["-r", &recipient]);
+    assert_eq!(m["sealed"]["compression"], "zstd");
+    let id = m["id"].as_str().unwrap();
+    let plain_size = m["plaintext"]["size"].as_u64().unwrap();
+    let sealed_size = m["sealed"]["size"].as_u64().unwrap() as usize;
+    let blob = store.join("records").join(format!("{id}.age"));
+    let honest = fs::read(&blob).unwrap();
+
+    // 8 GiB of zeros in about 270 KB, encrypted to the record's (public) recipient.
+    let bomb = zstd_bomb(dir.path(), &recipient, 64);
+    assert!(bomb.len() < sealed_size, "bomb {} bytes", bomb.len());
+    let out_dir = dir.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("out.tar");
+    let open = |what: &str| {
+        let run = measured(&[
+            "open",
+            id,
+            "--store",
+            s(&store),
+            "-i",
+            s(&identity),
+            "-o",
+            s(&out),
+        ]);
+        assert!(!run.output.status.success(), "{what}: opened");
+        assert!(
+            names(&out_dir).is_empty(),
+            "{what}: left {:?}",
+            names(&out_dir)
+        );
+        eprintln!("{what}: wrote {} bytes", run.wchar);
+        (stderr(&run.output), run.wchar)
+    };
+
+    // As it is: its length is not the signed one; nothing is read or written.
+    fs::write(&blob, &bomb).unwrap();
+    let (err, wrote) = open("swapped");
+    assert!(err.contains("nothing was read"), "{err}");
+    assert!(wrote < 64 << 10, "wrote {wrote} bytes");
+
+    // Padded to the signed length: decryption starts and stops at the signed plaintext size.
+    let mut padded = bomb.clone();
+    padded.resize(sealed_size, 0xa5);
+    fs::write(&blob, &padded).unwrap();
+    let (err, wrote) = open("padded");
+    assert!(err.contains("passed the manifest's"), "{err}");
+    assert!(
+        wrote <= plain_size + (1 << 20),
+        "wrote {wrote} bytes for a record of {plain_size}"
+    );
+
+    // The honest blob still opens.
+    fs::write(&blob, &honest).unwrap();
+    ok(&ckvault(&[
+        "open",
+        id,
+        "--store",
+        s(&store),
+        "-i",
+        s(&identity),
+        "-o",
+        s(&out),
+    ]));
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&input).unwrap());
+}
+
+#[test]
+fn export_refuses_a_blob_longer_than_signed_before_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, recipient) = support::age_keypair(dir.path());
+    let input = archive(dir.path(), "in.tar");
+    let store = dir.path().join("store");
+    let m = seal(&input, &store, &["-r", &recipient]);
+    let id = m["id"].as_str().unwrap();
+    let blob = store.join("records").join(format!("{id}.age"));
+    // The record's blob grown into a 2 GiB sparse file (its first bytes unchanged).
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&blob)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let out_dir = dir.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("x.age");
+    let run = measured(&["export", id, "--store", s(&store), "-o", s(&out)]);
+    eprintln!("export wrote {} bytes", run.wchar);
+    assert!(!run.output.status.success());
+    let err = stderr(&run.output);
+    assert!(
+        err.contains("does not match its manifest") && err.contains("nothing was read"),
+        "{err}"
+    );
+    assert!(run.wchar < 64 << 10, "wrote {} bytes", run.wchar);
+    assert!(names(&out_dir).is_empty(), "{:?}", names(&out_dir));
+}
+
+#[test]
+fn open_and_export_check_free_space_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs", s(&mnt)])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        support::cannot_run(
+            support::REQUIRE_ENV,
+            "free-space test: cannot mount a 2 MiB tmpfs here (needs root)",
+        );
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let (identity, recipient) = support::age_keypair(dir.path());
+    let input = dir.path().join("in.tar");
+    fs::write(
+        &input,
+        tar_with(&[("rootfs-diff.tar", b'0', &random_bytes(4 << 20))]),
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let m = seal(&input, &store, &["-r", &recipient]);
+    let id = m["id"].as_str().unwrap();
+    for args in [
+        vec!["export", id, "--store", s(&store)],
+        vec!["open", id, "--store", s(&store), "-i", s(&identity)],
+    ] {
+        let out = mnt.join("out");
+        let mut all = args.clone();
+        all.extend(["-o", s(&out)]);
+        let run = measured(&all);
+        eprintln!("{}: wrote {} bytes", args[0], run.wchar);
+        assert!(!run.output.status.success(), "{args:?}");
+        let err = stderr(&run.output);
+        assert!(
+            err.contains("bytes are needed and only") && err.contains("nothing was written"),
+            "{args:?}: {err}"
+        );
+        assert!(run.wchar < 64 << 10, "{args:?}: wrote {} bytes", run.wchar);
+        assert!(names(&mnt).is_empty(), "{:?}", names(&mnt));
+    }
+}
+
+#[test]
+fn a_killed_open_or_export_leaves_no_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, recipient) = support::age_keypair(dir.path());
+    // 256 MiB of random bytes behind zstd's magic: sealed as it came (no compression pass),
+    // flagged as not a checkpoint, and slow enough to open that it can be killed mid-way.
+    let input = dir.path().join("in.tar.zst");
+    let mut bytes = vec![0x28, 0xb5, 0x2f, 0xfd];
+    bytes.extend(random_bytes(256 << 20));
+    fs::write(&input, &bytes).unwrap();
+    drop(bytes);
+    let store = dir.path().join("store");
+    let m = seal(&input, &store, &["-r", &recipient]);
+    assert_eq!(m["sealed"]["compression"], "none");
+    let id = m["id"].as_str().unwrap();
+    let out_dir = dir.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("out");
+    for args in [
+        vec!["export", id, "--store", s(&store), "-o", s(&out)],
+        vec![
+            "open",
+            id,
+            "--store",
+            s(&store),
+            "-i",
+            s(&identity),
+            "-o",
+            s(&out),
+        ],
+    ] {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut killed_at = None;
+        let mut cmd = Command::new(support::ckvault_bin());
+        cmd.args(&args);
+        let run = support::run_measured(cmd, Duration::from_secs(120), |pid, wrote| {
+            seen.extend(names(&out_dir));
+            if wrote > 32 << 20 && killed_at.is_none() {
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                killed_at = Some(wrote);
+            }
+        });
+        eprintln!("{}: killed after {killed_at:?} bytes", args[0]);
+        assert!(
+            killed_at.is_some(),
+            "{args:?} ended before it could be killed"
+        );
+        assert!(!run.output.status.success());
+        assert!(seen.is_empty(), "{args:?}: the output had a name: {seen:?}");
+        assert!(
+            names(&out_dir).is_empty(),
+            "{args:?}: left {:?}",
+            names(&out_dir)
+        );
+    }
+}

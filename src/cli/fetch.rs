@@ -97,7 +97,8 @@ pub fn run(args: FetchArgs) -> anyhow::Result<ExitCode> {
         out.push(".tar");
         let out = PathBuf::from(out);
         let blob = crate::fsutil::open_nofollow(&args.output)?;
-        let digest = open_to_file(blob, &manifest, &ids, &out)?;
+        let blob_len = blob.metadata()?.len();
+        let digest = open_to_file(blob, blob_len, &manifest, &ids, &out)?;
         eprintln!(
             "opened -> {} (plaintext sha256 {} verified)",
             out.display(),

@@ -81,8 +81,18 @@ pub fn run(args: OpenArgs) -> anyhow::Result<ExitCode> {
             args.target
         );
     };
+    let blob_len = blob
+        .metadata()
+        .with_context(|| format!("cannot read the blob of {}", manifest.id))?
+        .len();
     let bar = output::progress(manifest.sealed.size, "opening");
-    let digest = open_to_file(bar.wrap_read(blob), &manifest, &identities, &args.output)?;
+    let digest = open_to_file(
+        bar.wrap_read(blob),
+        blob_len,
+        &manifest,
+        &identities,
+        &args.output,
+    )?;
     bar.finish_and_clear();
     eprintln!(
         "opened {} -> {} ({} bytes, sha256 {} verified)",
