@@ -372,8 +372,7 @@ impl NewFile {
 
     /// Bytes an unprivileged writer can still write on the file's file system.
     pub fn available(&mut self) -> io::Result<u64> {
-        let st = rustix::fs::fstatvfs(&*self.file()?)?;
-        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+        available_on(self.file()?)
     }
 
     /// Fails with `StorageFull` (saying how much is needed and free) unless `needed` bytes
@@ -412,6 +411,12 @@ impl NewFile {
             NewFileInner::Named(a) => a.commit(dest),
         }
     }
+}
+
+/// Bytes an unprivileged writer can still write on the file system holding `file`.
+pub fn available_on(file: &File) -> io::Result<u64> {
+    let st = rustix::fs::fstatvfs(file)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing `to`.

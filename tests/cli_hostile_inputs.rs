@@ -672,3 +672,193 @@ fn a_killed_open_or_export_leaves_no_partial_file() {
         );
     }
 }
+
+// ------------------------------------------------------------------ G: a hostile server (issue 27)
+
+/// `tests/harness/hostile_vault.py` serving `manifest` and `key_pem` in `mode` (HTTPS with a
+/// certificate of its own CA, plus a plain HTTP port); killed on drop.
+struct HostileVault {
+    child: std::process::Child,
+    ca: PathBuf,
+    tls: u16,
+    plain: u16,
+    log: PathBuf,
+}
+
+impl HostileVault {
+    fn start(dir: &Path, mode: &str, manifest: &Path, key_pem: &Path) -> Self {
+        let pki = dir.join(format!("pki-{mode}"));
+        fs::create_dir_all(&pki).unwrap();
+        let (ca, cert, key) = support::pki::loopback_server(&pki);
+        let ports = pki.join("ports");
+        let log = pki.join("requests.log");
+        fs::write(&log, b"").unwrap();
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/harness/hostile_vault.py"
+        );
+        let child = Command::new("python3")
+            .args([script, mode, s(&cert), s(&key), s(manifest), s(key_pem)])
+            .args([s(&ports), s(&log)])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("python3");
+        let start = Instant::now();
+        let text = loop {
+            if let Ok(t) = fs::read_to_string(&ports) {
+                break t;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "hostile vault did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut it = text.split_whitespace().map(|p| p.parse::<u16>().unwrap());
+        let (tls, plain) = (it.next().unwrap(), it.next().unwrap());
+        Self {
+            child,
+            ca,
+            tls,
+            plain,
+            log,
+        }
+    }
+
+    fn requests(&self) -> String {
+        fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for HostileVault {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A store with one honest record of 1 MiB of random bytes; its id, manifest path, key path.
+fn one_record(dir: &Path) -> (String, PathBuf, PathBuf) {
+    let (_, recipient) = support::age_keypair(dir);
+    let input = dir.join("in.tar");
+    fs::write(
+        &input,
+        tar_with(&[("rootfs-diff.tar", b'0', &random_bytes(1 << 20))]),
+    )
+    .unwrap();
+    let store = dir.join("store");
+    let m = seal(&input, &store, &["-r", &recipient]);
+    let id = m["id"].as_str().unwrap().to_owned();
+    let manifest = store.join("records").join(format!("{id}.json"));
+    (id, manifest, store.join("keys/signing.pub"))
+}
+
+#[test]
+fn fetch_stops_at_the_signed_size_whatever_the_server_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, manifest, key) = one_record(dir.path());
+    let sealed: Value = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+    let sealed_size = sealed["sealed"]["size"].as_u64().unwrap();
+    let token = dir.path().join("token");
+    fs::write(&token, "a-token\n").unwrap();
+    let out_dir = dir.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let pins = dir.path().join("pins");
+    for (mode, trust, says) in [
+        // 2 GiB announced: refused before a byte of the body is written.
+        (
+            "huge-length",
+            vec!["--public-key", s(&key)],
+            "the server announced",
+        ),
+        // No length, 4 GiB sent: cut off at the signed size. The key is pinned on first use.
+        ("no-length", vec![], "sent more than"),
+    ] {
+        let vault = HostileVault::start(dir.path(), mode, &manifest, &key);
+        let server = format!("https://127.0.0.1:{}", vault.tls);
+        let out = out_dir.join(format!("{mode}.age"));
+        let mut args = vec![
+            "fetch",
+            &id,
+            "--server",
+            &server,
+            "--cacert",
+            s(&vault.ca),
+            "--token-file",
+            s(&token),
+            "--pinned-keys",
+            s(&pins),
+            "-o",
+            s(&out),
+        ];
+        args.extend(trust);
+        let run = measured(&args);
+        eprintln!(
+            "{mode}: wrote {} bytes for a record of {sealed_size}",
+            run.wchar
+        );
+        assert!(!run.output.status.success(), "{mode}: fetched");
+        let err = stderr(&run.output);
+        assert!(err.contains(says), "{mode}: {err}");
+        let bound = match mode {
+            "huge-length" => 64 << 10,
+            _ => sealed_size + (1 << 20),
+        };
+        assert!(run.wchar <= bound, "{mode}: wrote {} bytes", run.wchar);
+        assert!(
+            names(&out_dir).is_empty(),
+            "{mode}: left {:?}",
+            names(&out_dir)
+        );
+        assert!(
+            vault.requests().contains("/archive"),
+            "{}",
+            vault.requests()
+        );
+    }
+}
+
+#[test]
+fn fetch_refuses_a_redirect_to_http_and_credentials_in_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, manifest, key) = one_record(dir.path());
+    let token = dir.path().join("token");
+    fs::write(&token, "a-secret-token\n").unwrap();
+    let vault = HostileVault::start(dir.path(), "redirect", &manifest, &key);
+    let out = dir.path().join("got.age");
+    let fetch = |server: &str| {
+        ckvault(&[
+            "fetch",
+            &id,
+            "--server",
+            server,
+            "--cacert",
+            s(&vault.ca),
+            "--token-file",
+            s(&token),
+            "--public-key",
+            s(&key),
+            "-o",
+            s(&out),
+        ])
+    };
+    // https -> http redirect: not followed.
+    let r = fetch(&format!("https://127.0.0.1:{}", vault.tls));
+    assert!(!r.status.success());
+    let err = stderr(&r);
+    assert!(err.contains("not https://"), "{err}");
+    let log = vault.requests();
+    assert!(log.contains("tls /v1/checkpoints/"), "{log}");
+    assert!(!log.contains("plain "), "the redirect was followed: {log}");
+    // A token for an http:// server: refused before connecting.
+    let r = fetch(&format!("http://127.0.0.1:{}", vault.plain));
+    assert!(!r.status.success());
+    let err = stderr(&r);
+    assert!(err.contains("in clear"), "{err}");
+    let log = vault.requests();
+    assert!(
+        !log.contains("plain "),
+        "a request went out in clear: {log}"
+    );
+    assert!(!out.exists());
+}
