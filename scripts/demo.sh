@@ -65,6 +65,7 @@ echo "== listing with the admin certificate, downloading with the admin token"
 curl -s --cacert "$STORE/tls/ca.pem" --cert "$STORE/tls/admin.pem" --key "$STORE/tls/admin.key" https://127.0.0.1:8443/v1/checkpoints; echo
 rm -f "$WORK/fetched.age" "$WORK/fetched.age.manifest.json" "$WORK/fetched.age.tar"
 "$CK" fetch "$ID" --server https://127.0.0.1:8443 --cacert "$STORE/tls/ca.pem" \
-  --token-file "$STORE/tls/admin.token" --purpose demo -o "$WORK/fetched.age" -i "$WORK/responder.key"
+  --token-file "$STORE/tls/admin.token" --public-key "$STORE/keys/signing.pub" \
+  --purpose demo -o "$WORK/fetched.age" -i "$WORK/responder.key"
 "$CK" audit verify --store "$STORE"
 wait $SERVER

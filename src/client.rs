@@ -1,6 +1,12 @@
 //! `ckvault fetch`: download a sealed record over HTTPS with a progress bar, resume an
-//! interrupted download with a Range request, verify the sealed SHA-256 against the
-//! server's manifest, and optionally open (decrypt, decompress, verify) it.
+//! interrupted download with a Range request, verify the manifest's signature and the
+//! sealed SHA-256, and optionally open (decrypt, decompress, verify) it.
+//!
+//! The server is not trusted: the manifest must verify with the vault's key (given, or the
+//! server's key pinned on first use: [`Pins`]); the body is never read past the smaller of
+//! the signed size and `Content-Length`; a redirect to anything but `https://` is refused;
+//! credentials are never sent over plain `http://`; manifests and error bodies are read
+//! within fixed bounds.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -8,12 +14,18 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{Manifest, RecordId};
+use crate::manifest::{Manifest, ManifestError, RecordId, VerifyingKey};
+
+/// Largest error body shown from a server (the rest is cut).
+const MAX_ERROR_BODY: usize = 4 << 10;
+/// Largest public key PEM accepted from a server.
+const MAX_KEY_BYTES: usize = 64 << 10;
+/// Redirects followed at most (each to `https://` only).
+const MAX_REDIRECTS: usize = 5;
 
 /// How to reach and authenticate to the server.
 #[derive(Debug, Clone)]
@@ -30,6 +42,110 @@ pub struct ClientOptions {
     pub token_file: Option<PathBuf>,
 }
 
+/// Why talking to the server, or what it sent, failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A local file (CA, certificate, key, token, output) could not be used.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TLS configuration could not be built.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// The options do not go together (or a URL does not parse).
+    #[error("{0}")]
+    Usage(String),
+    /// Credentials would travel in clear.
+    #[error(
+        "refusing to send credentials to {server} over plain http://: the token or certificate would travel in clear; use https://"
+    )]
+    CleartextCredentials {
+        /// The server URL.
+        server: String,
+    },
+    /// The request failed (connection, TLS, a refused redirect).
+    #[error("request to the server failed: {0}")]
+    Http(String),
+    /// The server answered with an error status.
+    #[error("server refused {what}: {status} {body}")]
+    Refused {
+        /// What was asked.
+        what: String,
+        /// The status.
+        status: reqwest::StatusCode,
+        /// Its error body (bounded, control characters escaped).
+        body: String,
+    },
+    /// The manifest is malformed or does not verify.
+    #[error("the manifest of {id} from the server is not trusted: {source}")]
+    Manifest {
+        /// The record.
+        id: String,
+        /// Why.
+        source: ManifestError,
+    },
+    /// The manifest is the manifest of another record.
+    #[error("the server answered for {asked} with the manifest of {got}")]
+    WrongRecord {
+        /// The record asked for.
+        asked: String,
+        /// The record the manifest describes.
+        got: String,
+    },
+    /// The manifest is signed by a key this client does not trust for the server.
+    #[error(
+        "the manifest of {id} is signed by key {key_id}, which is not the key pinned for {server} ({pinned}); if the vault's key really changed, check the new one out of band and pass it with --public-key"
+    )]
+    NotPinned {
+        /// The record.
+        id: String,
+        /// The signer's key ID.
+        key_id: String,
+        /// The server.
+        server: String,
+        /// The key IDs pinned for it.
+        pinned: String,
+    },
+    /// The server sent more than it may.
+    #[error("the server sent more than {limit} bytes for {what} ({why}); stopped there, discarded")]
+    TooLong {
+        /// What was being read.
+        what: String,
+        /// The bound.
+        limit: u64,
+        /// Where the bound comes from.
+        why: String,
+    },
+    /// The download ended early.
+    #[error("the download was interrupted ({0}); run the same command again to resume")]
+    Interrupted(String),
+    /// The blob does not match the manifest.
+    #[error(
+        "downloaded blob does not match the manifest (sha256 {got}, {size} bytes; expected {want}, {total} bytes); discarded"
+    )]
+    Mismatch {
+        /// Measured.
+        got: String,
+        /// Measured.
+        size: u64,
+        /// Signed.
+        want: String,
+        /// Signed.
+        total: u64,
+    },
+}
+
+fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
+    move |source| ClientError::File {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
 /// A configured HTTPS client.
 pub struct Client {
     http: reqwest::Client,
@@ -38,57 +154,92 @@ pub struct Client {
 }
 
 impl Client {
-    /// Builds a client (TLS 1.3/1.2 via rustls with the ring provider).
-    pub fn new(opts: &ClientOptions) -> anyhow::Result<Self> {
+    /// Builds a client (TLS 1.3/1.2 via rustls with the ring provider). Refuses credentials
+    /// with an `http://` server; follows redirects to `https://` only.
+    pub fn new(opts: &ClientOptions) -> Result<Self, ClientError> {
+        let base = opts.server.trim_end_matches('/').to_owned();
+        let url = reqwest::Url::parse(&base)
+            .map_err(|e| ClientError::Usage(format!("--server {base:?}: {e}")))?;
+        let https = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            other => {
+                return Err(ClientError::Usage(format!(
+                    "--server {base:?}: scheme {other:?} (expected https://)"
+                )));
+            }
+        };
+        if !https && (opts.token_file.is_some() || opts.cert.is_some()) {
+            return Err(ClientError::CleartextCredentials { server: base });
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        if let Some(ca) = &opts.cacert {
-            let pem = crate::fsutil::read_regular(ca)
-                .with_context(|| format!("reading {}", ca.display()))?;
-            for c in CertificateDer::pem_slice_iter(&pem) {
-                roots.add(c?)?;
-            }
-        } else {
-            bail!(
-                "pass --cacert with the server's CA certificate (for the embedded defaults: ckvault-data/tls/ca.pem)"
-            );
+        let Some(ca) = &opts.cacert else {
+            return Err(ClientError::Usage(
+                "pass --cacert with the server's CA certificate (for the embedded defaults: ckvault-data/tls/ca.pem)".into(),
+            ));
+        };
+        let pem = crate::fsutil::read_regular(ca).map_err(file_err(ca))?;
+        for c in CertificateDer::pem_slice_iter(&pem) {
+            let c = c.map_err(|e| ClientError::Tls(format!("{}: {e}", ca.display())))?;
+            roots
+                .add(c)
+                .map_err(|e| ClientError::Tls(format!("{}: {e}", ca.display())))?;
         }
         let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Tls(e.to_string()))?
             .with_root_certificates(roots);
         let tls = match (&opts.cert, &opts.key) {
             (Some(cert), Some(key)) => {
-                let cert_pem = crate::fsutil::read_regular(cert)
-                    .with_context(|| format!("reading {}", cert.display()))?;
+                let cert_pem = crate::fsutil::read_regular(cert).map_err(file_err(cert))?;
                 let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
                     .collect::<Result<_, _>>()
-                    .with_context(|| format!("reading {}", cert.display()))?;
-                let key_pem = crate::fsutil::read_regular(key)
-                    .with_context(|| format!("reading {}", key.display()))?;
-                let key = PrivateKeyDer::from_pem_slice(&key_pem)
-                    .with_context(|| format!("reading {}", key.display()))?;
-                builder.with_client_auth_cert(chain, key)?
+                    .map_err(|e| ClientError::Tls(format!("{}: {e}", cert.display())))?;
+                let key_pem = crate::fsutil::read_regular(key).map_err(file_err(key))?;
+                let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+                    .map_err(|e| ClientError::Tls(format!("{}: {e}", key.display())))?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|e| ClientError::Tls(e.to_string()))?
             }
             (None, None) => builder.with_no_client_auth(),
-            _ => bail!("--cert and --key go together"),
+            _ => return Err(ClientError::Usage("--cert and --key go together".into())),
         };
         let token = match &opts.token_file {
             Some(f) => Some(
                 crate::fsutil::read_regular_to_string(f)
-                    .with_context(|| format!("reading {}", f.display()))?
+                    .map_err(file_err(f))?
                     .trim()
                     .to_owned(),
             ),
             None => None,
         };
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            if attempt.url().scheme() != "https" {
+                let to = attempt.url().to_string();
+                attempt.error(format!(
+                    "refusing a redirect to {:?}: not https://",
+                    crate::inspect::escape_control(to.get(..200).unwrap_or(&to))
+                ))
+            } else if attempt.previous().len() > MAX_REDIRECTS {
+                attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+            } else {
+                attempt.follow()
+            }
+        });
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
-            .build()?;
-        Ok(Self {
-            http,
-            base: opts.server.trim_end_matches('/').to_owned(),
-            token,
-        })
+            .https_only(https)
+            .redirect(redirects)
+            .build()
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        Ok(Self { http, base, token })
+    }
+
+    /// The server's base URL.
+    pub fn server(&self) -> &str {
+        &self.base
     }
 
     fn get(&self, path: &str) -> reqwest::RequestBuilder {
@@ -99,49 +250,135 @@ impl Client {
         }
     }
 
-    /// Fetches a record's manifest.
-    pub async fn manifest(&self, id: &RecordId) -> anyhow::Result<Manifest> {
-        let resp = self.get(&format!("/v1/checkpoints/{id}")).send().await?;
-        let status = resp.status();
-        let body = resp.bytes().await?;
-        if !status.is_success() {
-            bail!(
-                "server refused the manifest of {id}: {status} {}",
-                String::from_utf8_lossy(&body)
-            );
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        req.send()
+            .await
+            .map_err(|e| ClientError::Http(error_chain(&e)))
+    }
+
+    /// Fetches a record's manifest (at most [`crate::manifest::MAX_MANIFEST_BYTES`]),
+    /// unverified: see [`Client::trusted_manifest`].
+    pub async fn manifest(&self, id: &RecordId) -> Result<Manifest, ClientError> {
+        let resp = self
+            .send(self.get(&format!("/v1/checkpoints/{id}")))
+            .await?;
+        let what = format!("the manifest of {id}");
+        let body = ok_body(resp, &what, crate::manifest::MAX_MANIFEST_BYTES).await?;
+        let manifest = Manifest::from_json(&body).map_err(|source| ClientError::Manifest {
+            id: id.to_string(),
+            source,
+        })?;
+        if &manifest.id != id {
+            return Err(ClientError::WrongRecord {
+                asked: id.to_string(),
+                got: manifest.id.to_string(),
+            });
         }
-        Ok(Manifest::from_json(&body)?)
+        Ok(manifest)
+    }
+
+    /// The public key the server says a record's manifest verifies with.
+    pub async fn signing_key(&self, id: &RecordId) -> Result<VerifyingKey, ClientError> {
+        let resp = self
+            .send(self.get(&format!("/v1/checkpoints/{id}/signing-key")))
+            .await?;
+        let what = format!("the signing key of {id}");
+        let body = ok_body(resp, &what, MAX_KEY_BYTES).await?;
+        let pem = String::from_utf8_lossy(&body);
+        VerifyingKey::from_pem(&pem, Path::new("(from the server)")).map_err(|e| {
+            ClientError::Manifest {
+                id: id.to_string(),
+                source: ManifestError::MalformedSignature(e.to_string()),
+            }
+        })
+    }
+
+    /// A record's manifest, its signature verified with `key` when given; otherwise with
+    /// the key pinned for this server in `pins`; otherwise (first use) with the key the
+    /// server names, which is then pinned.
+    pub async fn trusted_manifest(
+        &self,
+        id: &RecordId,
+        key: Option<&VerifyingKey>,
+        pins: &Pins,
+    ) -> Result<(Manifest, Trust), ClientError> {
+        let manifest = self.manifest(id).await?;
+        let bad = |source| ClientError::Manifest {
+            id: id.to_string(),
+            source,
+        };
+        if let Some(k) = key {
+            k.verify(&manifest).map_err(bad)?;
+            return Ok((manifest, Trust::Given));
+        }
+        let key_id = manifest
+            .signature
+            .as_ref()
+            .ok_or_else(|| bad(ManifestError::Unsigned))?
+            .key_id
+            .clone();
+        let pinned = pins.pinned_for(&self.base);
+        if !pinned.is_empty() {
+            let Some(k) = pinned.iter().find(|k| k.key_id() == key_id) else {
+                return Err(ClientError::NotPinned {
+                    id: id.to_string(),
+                    key_id,
+                    server: self.base.clone(),
+                    pinned: pinned
+                        .iter()
+                        .map(|k| k.key_id())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            };
+            k.verify(&manifest).map_err(bad)?;
+            return Ok((manifest, Trust::Pinned(pins.origin_dir(&self.base))));
+        }
+        let k = self.signing_key(id).await?;
+        k.verify(&manifest).map_err(bad)?;
+        let path = pins.pin(&self.base, &k)?;
+        Ok((manifest, Trust::PinnedNow { path, key_id }))
     }
 
     /// Downloads the sealed blob of `manifest` to `out`, resuming from `out.partial` if an
     /// earlier attempt left one, verifying the sealed SHA-256; `progress(done, total)`.
+    /// Never writes past the smaller of the manifest's size and the response's
+    /// `Content-Length`; a server that sends more is cut off and its bytes discarded.
     pub async fn download(
         &self,
         manifest: &Manifest,
         out: &Path,
         purpose: Option<&str>,
         progress: &(dyn Fn(u64, u64) + Sync),
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), ClientError> {
         use futures_util::StreamExt;
         if out.exists() {
-            bail!("{} exists; refusing to overwrite it", out.display());
+            return Err(ClientError::Usage(format!(
+                "{} exists; refusing to overwrite it",
+                out.display()
+            )));
         }
         let partial = partial_path(out);
-        let mut file = OpenOptions::new()
+        let perr = file_err(&partial);
+        let mut file = match OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&partial)
-            .with_context(|| format!("cannot open {}", partial.display()))?;
-        let mut have = file.metadata()?.len();
+        {
+            Ok(f) => f,
+            Err(e) => return Err(perr(e)),
+        };
+        let meta = file.metadata().map_err(file_err(&partial))?;
+        let mut have = meta.len();
         let total = manifest.sealed.size;
         if have > total {
-            bail!(
+            return Err(ClientError::Usage(format!(
                 "{} is longer than the record; remove it and retry",
                 partial.display()
-            );
+            )));
         }
         let mut path = format!("/v1/checkpoints/{}/archive", manifest.id);
         if let Some(p) = purpose {
@@ -155,34 +392,78 @@ impl Client {
                     .header("Range", format!("bytes={have}-"))
                     .header("If-Range", format!("\"sha256-{}\"", manifest.sealed.sha256));
             }
-            let resp = req.send().await?;
+            let resp = self.send(req).await?;
             let status = resp.status();
             if status.as_u16() == 200 && have > 0 {
                 // The server sent everything (the record changed or ranges unsupported).
-                file.set_len(0)?;
+                file.set_len(0).map_err(file_err(&partial))?;
                 have = 0;
-            } else if !(status.is_success()) {
-                let body = resp.text().await.unwrap_or_default();
-                bail!("server refused the download: {status} {body}");
+            } else if !status.is_success() {
+                let body = error_body(resp).await;
+                return Err(ClientError::Refused {
+                    what: "the download".into(),
+                    status,
+                    body,
+                });
             }
+            let discard = |e: ClientError| {
+                let _ = std::fs::remove_file(&partial);
+                e
+            };
+            // The signed size bounds what is written; a smaller Content-Length bounds it more.
+            let mut limit = total - have;
+            let mut why = format!("the manifest's sealed size is {total} bytes");
+            if let Some(len) = resp.content_length() {
+                if len > limit {
+                    return Err(discard(ClientError::TooLong {
+                        what: format!("the blob of {}", manifest.id),
+                        limit,
+                        why: format!("{why}; the server announced {len} more"),
+                    }));
+                }
+                if len < limit {
+                    limit = len;
+                    why = format!("its Content-Length is {len}");
+                }
+            }
+            let room = crate::fsutil::available_on(&file).map_err(file_err(&partial))?;
+            if room < limit {
+                return Err(ClientError::File {
+                    path: partial.display().to_string(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::StorageFull,
+                        format!(
+                            "{limit} bytes are needed and only {room} are free; nothing was downloaded"
+                        ),
+                    ),
+                });
+            }
+            let mut got = 0u64;
             let mut stream = resp.bytes_stream();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.context(
-                    "the download was interrupted; run the same command again to resume",
-                )?;
-                file.write_all(&chunk)?;
-                have += chunk.len() as u64;
+                let chunk = chunk.map_err(|e| ClientError::Interrupted(error_chain(&e)))?;
+                let n = chunk.len() as u64;
+                if got + n > limit {
+                    return Err(discard(ClientError::TooLong {
+                        what: format!("the blob of {}", manifest.id),
+                        limit,
+                        why,
+                    }));
+                }
+                file.write_all(&chunk).map_err(file_err(&partial))?;
+                got += n;
+                have += n;
                 progress(have, total);
             }
-            file.sync_all()?;
+            file.sync_all().map_err(file_err(&partial))?;
         }
         // Verify the whole file, resumed parts included.
         let mut hasher = Sha256::new();
-        let mut reader = std::fs::File::open(&partial)?;
+        let mut reader = std::fs::File::open(&partial).map_err(file_err(&partial))?;
         let mut buf = vec![0u8; 1 << 20];
         let mut size = 0u64;
         loop {
-            let n = reader.read(&mut buf)?;
+            let n = reader.read(&mut buf).map_err(file_err(&partial))?;
             if n == 0 {
                 break;
             }
@@ -191,15 +472,204 @@ impl Client {
         }
         let got = hex::encode(hasher.finalize());
         if got != manifest.sealed.sha256 || size != total {
-            std::fs::remove_file(&partial)?;
-            bail!(
-                "downloaded blob does not match the manifest (sha256 {got}, {size} bytes; expected {}, {total} bytes); discarded",
-                manifest.sealed.sha256
-            );
+            std::fs::remove_file(&partial).map_err(file_err(&partial))?;
+            return Err(ClientError::Mismatch {
+                got,
+                size,
+                want: manifest.sealed.sha256.clone(),
+                total,
+            });
         }
-        crate::fsutil::rename_noreplace(&partial, out)?;
+        crate::fsutil::rename_noreplace(&partial, out).map_err(file_err(out))?;
         Ok(())
     }
+}
+
+/// How a fetched manifest came to be trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// It verified with the key given (`--public-key`).
+    Given,
+    /// It verified with a key pinned earlier for this server (in that directory).
+    Pinned(PathBuf),
+    /// First use of this server: it verified with the key the server named, now pinned.
+    PinnedNow {
+        /// Where the key was pinned.
+        path: PathBuf,
+        /// Its ID.
+        key_id: String,
+    },
+}
+
+/// The vault keys this client pinned, one directory per server (`HOST_PORT/KEYID.pem`).
+#[derive(Debug, Clone)]
+pub struct Pins {
+    dir: PathBuf,
+}
+
+impl Pins {
+    /// Pins kept under `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    /// `$XDG_CONFIG_HOME/ckvault/pinned-keys`, or `~/.config/ckvault/pinned-keys`.
+    pub fn default_dir() -> Option<PathBuf> {
+        let config = std::env::var_os("XDG_CONFIG_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|h| PathBuf::from(h).join(".config"))
+            })?;
+        Some(config.join("ckvault").join("pinned-keys"))
+    }
+
+    /// The directory of one server's pins: its host and port, nothing else of the URL.
+    pub fn origin_dir(&self, server: &str) -> PathBuf {
+        let name = match reqwest::Url::parse(server) {
+            Ok(u) => format!(
+                "{}_{}",
+                u.host_str().unwrap_or("unknown"),
+                u.port_or_known_default().unwrap_or(0)
+            ),
+            Err(_) => server.to_owned(),
+        };
+        let safe: String = name
+            .chars()
+            .take(255)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.dir.join(safe)
+    }
+
+    /// The keys pinned for `server`.
+    pub fn pinned_for(&self, server: &str) -> Vec<VerifyingKey> {
+        read_keys(&self.origin_dir(server))
+    }
+
+    /// A pinned key (of any server) with this ID, and the server directory it is pinned in.
+    pub fn find(&self, key_id: &str) -> Option<(PathBuf, VerifyingKey)> {
+        let entries = std::fs::read_dir(&self.dir).ok()?;
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            if let Some(k) = read_keys(&dir).into_iter().find(|k| k.key_id() == key_id) {
+                return Some((dir, k));
+            }
+        }
+        None
+    }
+
+    /// Pins `key` for `server`; returns the file.
+    pub fn pin(&self, server: &str, key: &VerifyingKey) -> Result<PathBuf, ClientError> {
+        let dir = self.origin_dir(server);
+        crate::fsutil::ensure_private_dir(&dir).map_err(file_err(&dir))?;
+        let name: String = key
+            .key_id()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let path = dir.join(format!("{name}.pem"));
+        let pem = key
+            .to_pem()
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        crate::fsutil::replace_atomic(&dir, &path, pem.as_bytes()).map_err(file_err(&path))?;
+        Ok(path)
+    }
+}
+
+fn read_keys(dir: &Path) -> Vec<VerifyingKey> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut keys = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("pem") {
+            continue;
+        }
+        let mut pem = String::new();
+        if let Ok(f) = crate::fsutil::open_regular_nofollow(&path)
+            && f.take(MAX_KEY_BYTES as u64)
+                .read_to_string(&mut pem)
+                .is_ok()
+            && let Ok(k) = VerifyingKey::from_pem(&pem, &path)
+        {
+            keys.push(k);
+        }
+    }
+    keys
+}
+
+/// The body of a successful response, at most `limit` bytes; an error status becomes
+/// [`ClientError::Refused`].
+async fn ok_body(
+    resp: reqwest::Response,
+    what: &str,
+    limit: usize,
+) -> Result<Vec<u8>, ClientError> {
+    use futures_util::StreamExt;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = error_body(resp).await;
+        return Err(ClientError::Refused {
+            what: what.to_owned(),
+            status,
+            body,
+        });
+    }
+    let too_long = || ClientError::TooLong {
+        what: what.to_owned(),
+        limit: limit as u64,
+        why: "the largest this client reads".into(),
+    };
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_long());
+    }
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ClientError::Http(error_chain(&e)))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_long());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// At most [`MAX_ERROR_BODY`] bytes of an error body, control characters escaped.
+async fn error_body(resp: reqwest::Response) -> String {
+    use futures_util::StreamExt;
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let room = MAX_ERROR_BODY.saturating_sub(body.len());
+        body.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
+        if body.len() >= MAX_ERROR_BODY {
+            break;
+        }
+    }
+    crate::inspect::escape_control(&String::from_utf8_lossy(&body)).into_owned()
+}
+
+/// An error with its causes (reqwest hides the interesting part in `source()`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Where an unfinished download of `out` is kept.
@@ -219,4 +689,49 @@ fn urlencode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::SigningKey;
+
+    #[test]
+    fn pins_are_kept_per_server_and_found_by_key_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = Pins::new(dir.path().join("pins"));
+        let a = SigningKey::generate().unwrap().verifying_key();
+        let b = SigningKey::generate().unwrap().verifying_key();
+        assert!(pins.pinned_for("https://vault:8443").is_empty());
+        let path = pins.pin("https://vault:8443/", &a).unwrap();
+        assert!(path.starts_with(dir.path().join("pins/vault_8443")));
+        assert_eq!(pins.pinned_for("https://vault:8443").len(), 1);
+        assert!(pins.pinned_for("https://vault:9443").is_empty());
+        assert!(pins.pinned_for("https://other:8443").is_empty());
+        let (found_in, k) = pins.find(&a.key_id()).unwrap();
+        assert_eq!(k.key_id(), a.key_id());
+        assert!(found_in.ends_with("vault_8443"));
+        assert!(pins.find(&b.key_id()).is_none());
+        // Nothing of a hostile URL reaches the file system but host and port.
+        let odd = pins.origin_dir("https://../../etc:1/x");
+        assert_eq!(odd.parent().unwrap(), dir.path().join("pins"));
+    }
+
+    #[test]
+    fn credentials_are_never_sent_in_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("t");
+        std::fs::write(&token, "x").unwrap();
+        let opts = ClientOptions {
+            server: "http://127.0.0.1:1".into(),
+            cacert: None,
+            cert: None,
+            key: None,
+            token_file: Some(token),
+        };
+        assert!(matches!(
+            Client::new(&opts),
+            Err(ClientError::CleartextCredentials { .. })
+        ));
+    }
 }

@@ -1,8 +1,9 @@
 //! Careful file-system primitives: private directories, files created exclusively without
 //! following symlinks, inputs opened only if they are regular files (a FIFO or a device
 //! named as input is refused instead of hanging or reading forever), and atomic
-//! publication (write to a temporary name, fsync, rename, fsync the directory). Everything
-//! that touches plaintext or sealed records uses these.
+//! publication (write to a temporary name, fsync, rename, fsync the directory), and
+//! [`NewFile`], an output that has no name at all until it is complete (a failed or killed
+//! writer leaves nothing). Everything that touches plaintext or sealed records uses these.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
@@ -292,6 +293,132 @@ impl Drop for AtomicFile {
     }
 }
 
+/// A new output file that has no name in its directory until [`NewFile::commit`] links it
+/// under its final one (`O_TMPFILE`): an error, a panic or a `kill -9` of the writer leaves
+/// nothing behind, not even a partial file to clean up. On a file system without
+/// `O_TMPFILE` (or without `/proc` to link it through) it falls back to a hidden
+/// `.NAME.PID.partial` beside the destination, removed on drop ([`AtomicFile`]).
+#[derive(Debug)]
+pub struct NewFile {
+    inner: NewFileInner,
+    dir: PathBuf,
+}
+
+#[derive(Debug)]
+enum NewFileInner {
+    Unnamed(File),
+    Named(AtomicFile),
+}
+
+impl NewFile {
+    /// Starts a new file to be published as `dest` (0600). Fails with `AlreadyExists` when
+    /// `dest` exists (nothing is ever replaced).
+    pub fn create(dest: &Path) -> io::Result<Self> {
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = dest
+            .file_name()
+            .ok_or_else(|| io::Error::other("the output path has no file name"))?;
+        if fs::symlink_metadata(dest).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "refusing to overwrite an existing file",
+            ));
+        }
+        if Path::new("/proc/self/fd").is_dir() {
+            use rustix::fs::{Mode, OFlags};
+            match rustix::fs::open(
+                &dir,
+                OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+                Mode::RUSR | Mode::WUSR,
+            ) {
+                Ok(fd) => {
+                    return Ok(Self {
+                        inner: NewFileInner::Unnamed(File::from(fd)),
+                        dir,
+                    });
+                }
+                // The file system has no O_TMPFILE: a named partial file instead.
+                Err(e)
+                    if e == rustix::io::Errno::OPNOTSUPP
+                        || e == rustix::io::Errno::ISDIR
+                        || e == rustix::io::Errno::INVAL => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{}.partial", std::process::id()));
+        Ok(Self {
+            inner: NewFileInner::Named(AtomicFile::create(dir.join(tmp_name))?),
+            dir,
+        })
+    }
+
+    /// The open file.
+    pub fn file(&mut self) -> io::Result<&mut File> {
+        match &mut self.inner {
+            NewFileInner::Unnamed(f) => Ok(f),
+            NewFileInner::Named(a) => a.file(),
+        }
+    }
+
+    /// The directory the file will be published in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes an unprivileged writer can still write on the file's file system.
+    pub fn available(&mut self) -> io::Result<u64> {
+        available_on(self.file()?)
+    }
+
+    /// Fails with `StorageFull` (saying how much is needed and free) unless `needed` bytes
+    /// fit on the file's file system.
+    pub fn ensure_room(&mut self, needed: u64) -> io::Result<()> {
+        let available = self.available()?;
+        if available < needed {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "{needed} bytes are needed and only {available} are free in {}; nothing was written",
+                    self.dir.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// fsyncs the data, gives the file its name `dest` (failing with `AlreadyExists` rather
+    /// than replacing anything) and fsyncs the directory.
+    pub fn commit(self, dest: &Path) -> io::Result<()> {
+        match self.inner {
+            NewFileInner::Unnamed(file) => {
+                file.sync_all()?;
+                use std::os::fd::AsRawFd;
+                let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    fd_path.as_str(),
+                    rustix::fs::CWD,
+                    dest,
+                    rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                )?;
+                fsync_dir(&self.dir)
+            }
+            NewFileInner::Named(a) => a.commit(dest),
+        }
+    }
+}
+
+/// Bytes an unprivileged writer can still write on the file system holding `file`.
+pub fn available_on(file: &File) -> io::Result<u64> {
+    let st = rustix::fs::fstatvfs(file)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing `to`.
 ///
 /// Uses a hard link plus unlink, which is atomic for the destination on every local Linux
@@ -457,6 +584,42 @@ mod tests {
             f.commit(&dest).unwrap_err().kind(),
             io::ErrorKind::AlreadyExists
         );
+    }
+
+    #[test]
+    fn new_file_has_no_name_until_committed() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out");
+        let mut f = NewFile::create(&dest).unwrap();
+        f.file().unwrap().write_all(b"data").unwrap();
+        assert!(f.available().unwrap() > 0);
+        assert_eq!(
+            f.ensure_room(u64::MAX).unwrap_err().kind(),
+            io::ErrorKind::StorageFull
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "a name was seen"
+        );
+        f.commit(&dest).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"data");
+        assert_eq!(fs::metadata(&dest).unwrap().mode() & 0o777, 0o600);
+        // never replaces, and a dropped one leaves nothing
+        assert_eq!(
+            NewFile::create(&dest).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        let other = dir.path().join("other");
+        let f = NewFile::create(&other).unwrap();
+        fs::write(&other, b"raced").unwrap();
+        assert_eq!(
+            f.commit(&other).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        drop(NewFile::create(&dir.path().join("third")).unwrap());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     trait WriteOk {

@@ -152,14 +152,42 @@ fn real_checkpoint_round_trips_through_age_and_zstd() {
         opened.to_str().unwrap(),
     ]));
     assert!(fs::read(&opened).unwrap() == input);
+    // An exported file's manifest is verified with the vault's public key: without one
+    // (nothing given, nothing pinned) it is refused; a foreign key is refused.
     let opened2 = dir.path().join("opened2.tar");
-    ok(&ckvault(&[
-        "open",
-        exported.to_str().unwrap(),
-        "-i",
-        k.identity.to_str().unwrap(),
-        "-o",
-        opened2.to_str().unwrap(),
+    let pins = dir.path().join("no-pins");
+    let open_file = |extra: &[&str]| {
+        let mut args = vec![
+            "open",
+            exported.to_str().unwrap(),
+            "-i",
+            k.identity.to_str().unwrap(),
+            "-o",
+            opened2.to_str().unwrap(),
+            "--pinned-keys",
+            pins.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ckvault(&args)
+    };
+    let refused = open_file(&[]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("pass --public-key"), "{err}");
+    let other = tempfile::tempdir().unwrap();
+    let foreign = other.path().join("store");
+    seal(&archive, &foreign, &["-r", &k.recipient]);
+    let refused = open_file(&[
+        "--public-key",
+        foreign.join("keys/signing.pub").to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("signature does not verify"), "{err}");
+    assert!(!opened2.exists());
+    ok(&open_file(&[
+        "--public-key",
+        store.join("keys/signing.pub").to_str().unwrap(),
     ]));
     assert!(fs::read(&opened2).unwrap() == input);
 

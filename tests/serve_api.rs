@@ -1206,6 +1206,23 @@ fn legal_holds_block_deletion_until_released_with_a_reason() {
     assert!(seq("release", "ok") < seq("delete", "ok"));
 }
 
+/// The public key (PEM) of a fresh store made at `store`.
+fn ckvault_signing_pub(store: &Path) -> Vec<u8> {
+    let dir = store.parent().unwrap();
+    let (_, recipient) = support::age_keypair(dir);
+    let input = dir.join("foreign-in.tar");
+    fs::write(&input, support::tar_with(&[("config.dump", b'0', b"{}")])).unwrap();
+    ok(&ckvault(&[
+        "seal",
+        p(&input),
+        "--store",
+        p(store),
+        "-r",
+        &recipient,
+    ]));
+    fs::read(store.join("keys/signing.pub")).unwrap()
+}
+
 #[test]
 fn fetch_downloads_resumes_verifies_and_opens_a_real_checkpoint() {
     let Some(v) = setup() else { return };
@@ -1214,6 +1231,7 @@ fn fetch_downloads_resumes_verifies_and_opens_a_real_checkpoint() {
     let server = v.base();
     let ca = v.tls("ca.pem");
     let token = v.tls("admin.token");
+    let pins = v.dir().join("pins");
     let fetch = |out: &Path, extra: &[&str]| {
         let mut args = vec![
             "fetch",
@@ -1222,6 +1240,8 @@ fn fetch_downloads_resumes_verifies_and_opens_a_real_checkpoint() {
             server.as_str(),
             "--cacert",
             p(&ca),
+            "--pinned-keys",
+            p(&pins),
             "-o",
             p(out),
         ];
@@ -1229,9 +1249,22 @@ fn fetch_downloads_resumes_verifies_and_opens_a_real_checkpoint() {
         ckvault(&args)
     };
 
-    // Whole download, opened with the age identity.
+    // A key that is not the vault's: the manifest does not verify, nothing is downloaded.
+    let foreign = v.dir().join("foreign.pub");
+    let other = ckvault_signing_pub(&v.dir().join("foreign-store"));
+    fs::write(&foreign, other).unwrap();
+    let r = fetch(
+        &v.dir().join("foreign.age"),
+        &["--token-file", p(&token), "--public-key", p(&foreign)],
+    );
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("signature does not verify"), "{err}");
+    assert!(!v.dir().join("foreign.age.partial").exists());
+
+    // Whole download, opened with the age identity; the server's key is pinned on first use.
     let out = v.dir().join("got.age");
-    ok(&fetch(
+    let first = fetch(
         &out,
         &[
             "--token-file",
@@ -1241,7 +1274,30 @@ fn fetch_downloads_resumes_verifies_and_opens_a_real_checkpoint() {
             "--purpose",
             "case 7/a",
         ],
-    ));
+    );
+    ok(&first);
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        err.contains("first use of") && err.contains("pinned its signing key"),
+        "{err}"
+    );
+    let pinned: Vec<_> = fs::read_dir(&pins).unwrap().collect();
+    assert_eq!(pinned.len(), 1, "one server pinned");
+    // The fetched file opens with the pinned key (its manifest verified, not trusted as is).
+    let reopened = v.dir().join("reopened.tar");
+    let r = ckvault(&[
+        "open",
+        p(&out),
+        "-i",
+        p(&v.identity),
+        "--pinned-keys",
+        p(&pins),
+        "-o",
+        p(&reopened),
+    ]);
+    ok(&r);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("pinned in"));
+    assert!(fs::read(&reopened).unwrap() == fs::read(&v.archive).unwrap());
     assert!(fs::read(&out).unwrap() == blob, "fetched blob differs");
     let opened = fs::read(v.dir().join("got.age.tar")).unwrap();
     assert!(
@@ -1258,7 +1314,10 @@ fn fetch_downloads_resumes_verifies_and_opens_a_real_checkpoint() {
     let half = blob.len() / 2;
     let out2 = v.dir().join("resumed.age");
     fs::write(v.dir().join("resumed.age.partial"), &blob[..half]).unwrap();
-    ok(&fetch(&out2, &["--token-file", p(&token)]));
+    let r = fetch(&out2, &["--token-file", p(&token)]);
+    ok(&r);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("verified with the key pinned for"), "{err}");
     assert!(fs::read(&out2).unwrap() == blob, "resumed blob differs");
     assert!(!v.dir().join("resumed.age.partial").exists());
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::output;
-use crate::client::{Client, ClientOptions};
+use crate::client::{Client, ClientOptions, Trust};
 use crate::manifest::RecordId;
 use crate::seal::open::{Identities, open_to_file};
 
@@ -44,6 +44,8 @@ pub struct FetchArgs {
     /// Also open the blob with this identity into FILE.tar (plaintext verified).
     #[arg(long, short = 'i', value_name = "KEYFILE")]
     identity: Option<PathBuf>,
+    #[command(flatten)]
+    trust: super::trust::TrustArgs,
 }
 
 /// Runs `ckvault fetch`.
@@ -58,8 +60,25 @@ pub fn run(args: FetchArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let key = args.trust.public_key()?;
+    let pins = args.trust.pins()?;
     let manifest = runtime.block_on(async {
-        let manifest = client.manifest(&args.id).await?;
+        let (manifest, trust) = client
+            .trusted_manifest(&args.id, key.as_ref(), &pins)
+            .await?;
+        match trust {
+            Trust::Given => {}
+            Trust::Pinned(dir) => eprintln!(
+                "ckvault: manifest signature verified with the key pinned for {} ({})",
+                client.server(),
+                dir.display()
+            ),
+            Trust::PinnedNow { path, key_id } => eprintln!(
+                "ckvault: first use of {}: pinned its signing key {key_id} ({}); manifests from it must verify with this key from now on. Compare it with the vault's keys/signing.pub, or pass --public-key",
+                client.server(),
+                path.display()
+            ),
+        }
         let bar = output::progress(manifest.sealed.size, "downloading");
         client
             .download(
@@ -73,7 +92,7 @@ pub fn run(args: FetchArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(manifest)
     })?;
     eprintln!(
-        "fetched {} -> {} (sealed sha256 {} verified)",
+        "fetched {} -> {} (manifest signature and sealed sha256 {} verified)",
         manifest.id,
         args.output.display(),
         manifest.sealed.sha256
@@ -97,7 +116,8 @@ pub fn run(args: FetchArgs) -> anyhow::Result<ExitCode> {
         out.push(".tar");
         let out = PathBuf::from(out);
         let blob = crate::fsutil::open_nofollow(&args.output)?;
-        let digest = open_to_file(blob, &manifest, &ids, &out)?;
+        let blob_len = blob.metadata()?.len();
+        let digest = open_to_file(blob, blob_len, &manifest, &ids, &out)?;
         eprintln!(
             "opened -> {} (plaintext sha256 {} verified)",
             out.display(),

@@ -14,6 +14,7 @@ mod records;
 mod retention;
 mod seal;
 mod serve;
+mod trust;
 mod watch;
 
 use std::path::PathBuf;

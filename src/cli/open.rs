@@ -30,6 +30,8 @@ pub struct OpenArgs {
     /// Where to write the original archive (must not exist).
     #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
+    #[command(flatten)]
+    trust: super::trust::TrustArgs,
 }
 
 /// Runs `ckvault open`.
@@ -67,11 +69,7 @@ pub fn run(args: OpenArgs) -> anyhow::Result<ExitCode> {
             .take(crate::manifest::MAX_MANIFEST_BYTES as u64 + 1)
             .read_to_end(&mut bytes)?;
         let manifest = Manifest::from_json(&bytes)?;
-        eprintln!(
-            "ckvault: note: the manifest's signature is not checked here; use `ckvault verify --manifest {} --blob {} --public-key VAULT.pub`",
-            mpath.display(),
-            as_file.display()
-        );
+        args.trust.verify_file_manifest(&manifest, &mpath)?;
         let blob = fsutil::open_regular_nofollow(&as_file)
             .with_context(|| format!("cannot open {}", as_file.display()))?;
         (manifest, blob)
@@ -81,8 +79,18 @@ pub fn run(args: OpenArgs) -> anyhow::Result<ExitCode> {
             args.target
         );
     };
+    let blob_len = blob
+        .metadata()
+        .with_context(|| format!("cannot read the blob of {}", manifest.id))?
+        .len();
     let bar = output::progress(manifest.sealed.size, "opening");
-    let digest = open_to_file(bar.wrap_read(blob), &manifest, &identities, &args.output)?;
+    let digest = open_to_file(
+        bar.wrap_read(blob),
+        blob_len,
+        &manifest,
+        &identities,
+        &args.output,
+    )?;
     bar.finish_and_clear();
     eprintln!(
         "opened {} -> {} ({} bytes, sha256 {} verified)",

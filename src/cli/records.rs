@@ -12,6 +12,7 @@ use crate::fsutil;
 use crate::inspect::escape_control;
 use crate::manifest::{Manifest, RecordId, VerifyingKey};
 use crate::seal::digest::HashingReader;
+use crate::seal::open::{OpenError, copy_sealed_to_file};
 
 /// Arguments of `ckvault ls`.
 #[derive(Debug, clap::Args)]
@@ -143,41 +144,25 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         detail: Some(format!("to {}", args.output.display())),
         ..Default::default()
     })?;
-    let mut blob = store.open_blob(&args.id)?;
+    let blob = store.open_blob(&args.id)?;
+    let blob_len = blob
+        .metadata()
+        .with_context(|| format!("cannot read the blob of {}", args.id))?
+        .len();
     let out = &args.output;
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = out.file_name().context("output path has no file name")?;
-    if out.exists() {
-        bail!("{} exists; refusing to overwrite it", out.display());
-    }
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.partial", std::process::id()));
-    let mut tmp = fsutil::AtomicFile::create(dir.join(tmp_name))
-        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
     let bar = output::progress(manifest.sealed.size, "exporting");
-    let mut hashing = HashingReader::new(bar.wrap_read(&mut blob));
-    io::copy(&mut hashing, tmp.file()?).with_context(|| format!("writing {}", out.display()))?;
+    copy_sealed_to_file(bar.wrap_read(blob), blob_len, &manifest, out).map_err(|e| match e {
+        OpenError::BlobSize { .. } | OpenError::SealedMismatch { .. } => anyhow::anyhow!(
+            "the stored blob of {} does not match its manifest: {e}; the store is damaged or was tampered with; nothing exported",
+            args.id
+        ),
+        e => e.into(),
+    })?;
     bar.finish_and_clear();
-    let digest = hashing.finish();
-    if digest.sha256 != manifest.sealed.sha256 || digest.size != manifest.sealed.size {
-        bail!(
-            "the stored blob of {} does not match its manifest (sha256 {} vs {}): the store is damaged; nothing exported",
-            args.id,
-            digest.sha256,
-            manifest.sealed.sha256
-        );
-    }
-    tmp.commit(out)?;
     if !args.no_manifest {
         let mpath = manifest_path_for(out);
-        let mut mtmp_name = std::ffi::OsString::from(".");
-        mtmp_name.push(mpath.file_name().unwrap_or_default());
-        mtmp_name.push(format!(".{}.partial", std::process::id()));
-        let mut mtmp = fsutil::AtomicFile::create(dir.join(mtmp_name))?;
+        let mut mtmp = fsutil::NewFile::create(&mpath)
+            .with_context(|| format!("cannot write {}", mpath.display()))?;
         io::Write::write_all(mtmp.file()?, &manifest.to_json_pretty()?)?;
         mtmp.commit(&mpath)?;
         eprintln!("exported {} and {}", out.display(), mpath.display());

@@ -73,6 +73,11 @@ impl<R: Read> HashingReader<R> {
         }
     }
 
+    /// Bytes read so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// The digest of what was read so far.
     pub fn finish(self) -> StreamDigest {
         StreamDigest {

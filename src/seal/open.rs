@@ -1,12 +1,21 @@
 //! Opening a sealed record: age-decrypt with the responder's identity, zstd-decompress when
 //! ckvault compressed it, and verify both SHA-256 digests against the manifest. The output
 //! is published only when everything verified; a mismatch or truncation leaves nothing.
+//! Also copying a sealed blob out as it is, verified ([`copy_sealed_to_file`], `export`).
+//!
+//! A blob is hostile until its digests match, and the signed manifest bounds the work on
+//! it: a blob whose length is not the manifest's is refused before its first byte is read,
+//! no more than the manifest's sealed size is ever read, decompression stops the moment
+//! the output would pass the manifest's plaintext size, zstd windows are held to what
+//! sealing uses ([`super::stream::MAX_WINDOW_LOG`]), the output file system must have room
+//! for the whole output before anything is written, and the output has no name until it
+//! verified ([`NewFile`]), so a failed or killed run leaves nothing.
 
 use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
 
 use super::digest::{HashingReader, HashingWriter, StreamDigest};
-use crate::fsutil::AtomicFile;
+use crate::fsutil::NewFile;
 use crate::manifest::Manifest;
 
 /// The responder's private keys, loaded from an identity file.
@@ -70,6 +79,24 @@ pub enum OpenError {
     /// The manifest names a compression this version cannot undo.
     #[error("manifest names unknown compression {0:?}")]
     UnknownCompression(String),
+    /// The blob's length is not the signed manifest's: it is not this record's blob.
+    #[error(
+        "the blob is {actual} bytes but the manifest says {expected}: it is not this record's sealed blob; nothing was read"
+    )]
+    BlobSize {
+        /// From the manifest.
+        expected: u64,
+        /// The blob's length.
+        actual: u64,
+    },
+    /// Decryption produced more than the manifest's plaintext size.
+    #[error(
+        "the decrypted output passed the manifest's {expected} bytes: the blob holds something else than this record; stopped there, output discarded"
+    )]
+    PlaintextTooLong {
+        /// From the manifest.
+        expected: u64,
+    },
 }
 
 impl Identities {
@@ -102,16 +129,61 @@ impl Identities {
     }
 }
 
+/// Refuses a blob whose length (as the file system says) is not the manifest's sealed size,
+/// before anything is read from it.
+pub fn check_blob_len(manifest: &Manifest, len: u64) -> Result<(), OpenError> {
+    if len != manifest.sealed.size {
+        return Err(OpenError::BlobSize {
+            expected: manifest.sealed.size,
+            actual: len,
+        });
+    }
+    Ok(())
+}
+
 /// Decrypts (and decompresses) `blob` into `out`, returning the digests of the sealed input
-/// and of the plaintext output. `compression` is the manifest's `sealed.compression`.
+/// and of the plaintext output. `manifest` bounds the work: no more than its sealed size is
+/// read ([`OpenError::SealedMismatch`] past it), no more than its plaintext size is written
+/// ([`OpenError::PlaintextTooLong`] the moment the output would pass it), and its
+/// `sealed.compression` says whether to decompress. The caller compares the digests.
 pub fn open_stream<R: Read, W: Write>(
     blob: R,
     identities: &Identities,
-    compression: &str,
+    manifest: &Manifest,
     out: W,
 ) -> Result<(StreamDigest, StreamDigest, W), OpenError> {
-    let mut sealed = HashingReader::new(blob);
-    let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(1 << 20, &mut sealed))
+    let sealed_limit = manifest.sealed.size;
+    // One byte over the signed size is enough to know the blob is longer than signed.
+    let mut sealed = HashingReader::new(blob.take(sealed_limit.saturating_add(1)));
+    let mut plain = HashingWriter::new(out);
+    let decrypted = decrypt_into(&mut sealed, identities, manifest, &mut plain);
+    if sealed.size() > sealed_limit {
+        let digest = sealed.finish();
+        return Err(OpenError::SealedMismatch {
+            expected: manifest.sealed.sha256.clone(),
+            expected_size: sealed_limit,
+            actual: digest.sha256,
+            actual_size: digest.size,
+        });
+    }
+    decrypted?;
+    let (plain_digest, out) = plain.finish().map_err(|e| OpenError::Output {
+        path: "output".into(),
+        source: e,
+    })?;
+    Ok((sealed.finish(), plain_digest, out))
+}
+
+/// age, then zstd when the manifest says so, into `plain`, bounded by the manifest's
+/// plaintext size; then whatever follows the age payload is read too (bounded by the
+/// caller), so the sealed digest covers the whole blob.
+fn decrypt_into<R: Read, W: Write>(
+    sealed: &mut R,
+    identities: &Identities,
+    manifest: &Manifest,
+    plain: &mut W,
+) -> Result<(), OpenError> {
+    let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(1 << 20, &mut *sealed))
         .map_err(|e| OpenError::Decrypt(e.to_string()))?;
     let reader = decryptor
         .decrypt(
@@ -121,74 +193,92 @@ pub fn open_stream<R: Read, W: Write>(
                 .map(|i| i.as_ref() as &dyn age::Identity),
         )
         .map_err(|e| OpenError::Decrypt(e.to_string()))?;
-    let mut plain = HashingWriter::new(out);
-    let copy = match compression {
+    let limit = manifest.plaintext.size;
+    match manifest.sealed.compression.as_str() {
         "zstd" => {
             let mut z = zstd::stream::read::Decoder::new(reader).map_err(OpenError::Corrupt)?;
-            z.window_log_max(31).map_err(OpenError::Corrupt)?;
-            io::copy(&mut z, &mut plain)
+            z.window_log_max(super::stream::MAX_WINDOW_LOG)
+                .map_err(OpenError::Corrupt)?;
+            copy_bounded(&mut z, plain, limit)?;
         }
         "none" => {
             let mut r = reader;
-            io::copy(&mut r, &mut plain)
+            copy_bounded(&mut r, plain, limit)?;
         }
         other => return Err(OpenError::UnknownCompression(other.to_owned())),
-    };
-    copy.map_err(|e| {
-        if e.kind() == io::ErrorKind::WriteZero || e.raw_os_error().is_some() {
-            OpenError::Output {
-                path: "output".into(),
-                source: e,
-            }
-        } else {
-            OpenError::Corrupt(e)
-        }
-    })?;
-    // Drain whatever follows the age payload so the sealed digest covers the whole blob.
-    io::copy(&mut sealed, &mut io::sink()).map_err(OpenError::Corrupt)?;
-    let (plain_digest, out) = plain.finish().map_err(|e| OpenError::Output {
-        path: "output".into(),
-        source: e,
-    })?;
-    Ok((sealed.finish(), plain_digest, out))
+    }
+    io::copy(sealed, &mut io::sink()).map_err(OpenError::Corrupt)?;
+    Ok(())
 }
 
-/// Opens a sealed blob described by `manifest` into the new file `out_path`, verifying the
-/// sealed and plaintext digests. The output appears only if both match.
-pub fn open_to_file<R: Read>(
-    blob: R,
-    manifest: &Manifest,
-    identities: &Identities,
-    out_path: &Path,
-) -> Result<StreamDigest, OpenError> {
+/// Copies `from` into `to` until `from` ends; fails with [`OpenError::PlaintextTooLong`]
+/// before writing a byte past `limit`. Read errors are the blob's (corrupt), write errors
+/// the output's.
+fn copy_bounded<R: Read + ?Sized, W: Write + ?Sized>(
+    from: &mut R,
+    to: &mut W,
+    limit: u64,
+) -> Result<u64, OpenError> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut done = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(done),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(OpenError::Corrupt(e)),
+        };
+        done = done.saturating_add(n as u64);
+        if done > limit {
+            return Err(OpenError::PlaintextTooLong { expected: limit });
+        }
+        to.write_all(buf.get(..n).unwrap_or_default())
+            .map_err(|source| OpenError::Output {
+                path: "output".into(),
+                source,
+            })?;
+    }
+}
+
+/// Starts the output `out_path` (nameless until committed) once it is known to fit.
+fn new_output(out_path: &Path, needed: u64) -> Result<NewFile, OpenError> {
     let out_err = |source| OpenError::Output {
         path: out_path.display().to_string(),
         source,
     };
-    let dir = match out_path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
+    let mut out = NewFile::create(out_path).map_err(out_err)?;
+    out.ensure_room(needed).map_err(out_err)?;
+    Ok(out)
+}
+
+/// Opens a sealed blob described by `manifest` into the new file `out_path`, verifying the
+/// sealed and plaintext digests. The output appears only if both match. `blob_len` is the
+/// blob's length as the file system (or the server) says: one that is not the manifest's is
+/// refused before anything is read or written.
+pub fn open_to_file<R: Read>(
+    blob: R,
+    blob_len: u64,
+    manifest: &Manifest,
+    identities: &Identities,
+    out_path: &Path,
+) -> Result<StreamDigest, OpenError> {
+    check_blob_len(manifest, blob_len)?;
+    let out_err = |source| OpenError::Output {
+        path: out_path.display().to_string(),
+        source,
     };
-    let name = out_path
-        .file_name()
-        .ok_or_else(|| out_err(io::Error::other("output path has no file name")))?;
-    if out_path.exists() {
-        return Err(out_err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "refusing to overwrite an existing file",
-        )));
-    }
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.partial", std::process::id()));
-    let mut tmp = AtomicFile::create(dir.join(tmp_name)).map_err(out_err)?;
+    let mut tmp = new_output(out_path, manifest.plaintext.size)?;
     let file = tmp.file().map_err(out_err)?;
     let (sealed, plain, _) = open_stream(
         blob,
         identities,
-        &manifest.sealed.compression,
+        manifest,
         io::BufWriter::with_capacity(1 << 20, file),
-    )?;
+    )
+    .map_err(|e| match e {
+        OpenError::Output { source, .. } => out_err(source),
+        e => e,
+    })?;
     if sealed.sha256 != manifest.sealed.sha256 || sealed.size != manifest.sealed.size {
         return Err(OpenError::SealedMismatch {
             expected: manifest.sealed.sha256.clone(),
@@ -207,4 +297,240 @@ pub fn open_to_file<R: Read>(
     }
     tmp.commit(out_path).map_err(out_err)?;
     Ok(plain)
+}
+
+/// Copies a sealed blob as it is into the new file `out_path` (`ckvault export`), verifying
+/// its digest against `manifest`: a blob whose length (`blob_len`) is not the manifest's is
+/// refused before it is read, no more than the manifest's size is ever copied, and the
+/// output appears only if the digest matches.
+pub fn copy_sealed_to_file<R: Read>(
+    blob: R,
+    blob_len: u64,
+    manifest: &Manifest,
+    out_path: &Path,
+) -> Result<StreamDigest, OpenError> {
+    check_blob_len(manifest, blob_len)?;
+    let out_err = |source| OpenError::Output {
+        path: out_path.display().to_string(),
+        source,
+    };
+    let mut tmp = new_output(out_path, manifest.sealed.size)?;
+    let file = tmp.file().map_err(out_err)?;
+    let mut sealed = HashingReader::new(blob);
+    let mut out = io::BufWriter::with_capacity(1 << 20, file);
+    let copied = copy_bounded(&mut sealed, &mut out, manifest.sealed.size);
+    let digest = sealed.finish();
+    let mismatch = |digest: StreamDigest| OpenError::SealedMismatch {
+        expected: manifest.sealed.sha256.clone(),
+        expected_size: manifest.sealed.size,
+        actual: digest.sha256,
+        actual_size: digest.size,
+    };
+    match copied {
+        Ok(_) => {}
+        Err(OpenError::PlaintextTooLong { .. }) => return Err(mismatch(digest)),
+        Err(OpenError::Output { source, .. }) => return Err(out_err(source)),
+        Err(e) => return Err(e),
+    }
+    io::Write::flush(&mut out).map_err(out_err)?;
+    drop(out);
+    if digest.sha256 != manifest.sealed.sha256 || digest.size != manifest.sealed.size {
+        return Err(mismatch(digest));
+    }
+    tmp.commit(out_path).map_err(out_err)?;
+    Ok(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::Summary;
+    use crate::manifest::{
+        InspectionRecord, InspectionStatus, Plaintext, RecordId, SCHEMA_V1, Sealed, Source,
+    };
+    use crate::seal::stream::{Compression, MAX_WINDOW_LOG, seal_stream};
+    use age::secrecy::ExposeSecret;
+
+    struct Key {
+        identities: Identities,
+        recipient: crate::recipient::Recipient,
+    }
+
+    fn key() -> Key {
+        let id = age::x25519::Identity::generate();
+        let recipient = id.to_public().to_string().parse().unwrap();
+        let parsed: age::x25519::Identity = id.to_string().expose_secret().parse().unwrap();
+        Key {
+            identities: Identities(vec![Box::new(parsed)]),
+            recipient,
+        }
+    }
+
+    /// Seals `data` (zstd at `level`, size unknown as from a pipe) and returns the blob
+    /// with a manifest describing it.
+    fn sealed(key: &Key, data: &[u8], level: i32, threads: u32) -> (Vec<u8>, Manifest) {
+        let (d, blob) = seal_stream(
+            data,
+            Vec::new(),
+            std::slice::from_ref(&key.recipient),
+            Compression::Zstd { level, threads },
+            None,
+            &|_| {},
+        )
+        .unwrap();
+        let manifest = Manifest {
+            schema: SCHEMA_V1.into(),
+            id: RecordId::generate(),
+            namespace: None,
+            pod: None,
+            container: None,
+            container_id: None,
+            image: None,
+            engine: None,
+            runtime: None,
+            checkpointed_at: None,
+            sealed_at: "2026-01-01T00:00:00Z".into(),
+            node: None,
+            source: Source {
+                kind: "cli".into(),
+                path: None,
+            },
+            plaintext: Plaintext {
+                sha256: d.plaintext.sha256,
+                size: d.plaintext.size,
+                format: "tar".into(),
+            },
+            sealed: Sealed {
+                sha256: d.sealed.sha256,
+                size: d.sealed.size,
+                compression: "zstd".into(),
+                encryption: "age-v1".into(),
+                recipients: vec![],
+                blob: "x.age".into(),
+            },
+            inspection: InspectionRecord {
+                status: InspectionStatus::Ok,
+                code: None,
+                reason: None,
+                archive_identity: None,
+                criu_images: vec![],
+                processes: vec![],
+            },
+            summary: Summary::default(),
+            signature: None,
+        };
+        (blob, manifest)
+    }
+
+    /// Counts what is written, keeps nothing.
+    #[derive(Debug, Default)]
+    struct Counter(u64);
+    impl Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_honest_blob_opens_and_its_digests_match() {
+        let k = key();
+        let data = vec![7u8; 100_000];
+        let (blob, m) = sealed(&k, &data, -1, 0);
+        let (s, p, out) = open_stream(&blob[..], &k.identities, &m, Vec::new()).unwrap();
+        assert_eq!(out, data);
+        assert_eq!((s.sha256, s.size), (m.sealed.sha256, m.sealed.size));
+        assert_eq!((p.sha256, p.size), (m.plaintext.sha256, m.plaintext.size));
+    }
+
+    #[test]
+    fn a_swapped_blob_stops_at_the_signed_plaintext_size() {
+        let k = key();
+        let (_, honest) = sealed(&k, b"a small honest archive", -1, 0);
+        // 64 MiB of zeros compress to a few KiB: a bomb in place of the record's blob,
+        // with a manifest whose sealed size it matches (the attacker pads to it).
+        let (bomb, _) = sealed(&k, &vec![0u8; 64 << 20], 3, 0);
+        let mut m = honest.clone();
+        m.sealed.size = bomb.len() as u64;
+        let mut out = Counter::default();
+        let err = open_stream(&bomb[..], &k.identities, &m, &mut out).unwrap_err();
+        assert!(
+            matches!(err, OpenError::PlaintextTooLong { expected } if expected == m.plaintext.size),
+            "{err}"
+        );
+        assert!(out.0 <= m.plaintext.size, "wrote {} bytes", out.0);
+    }
+
+    #[test]
+    fn no_more_than_the_signed_sealed_size_is_read() {
+        let k = key();
+        let (blob, m) = sealed(&k, &[1u8; 5000], -1, 0);
+        let mut longer = blob.clone();
+        longer.extend(std::iter::repeat_n(0u8, 10 << 20));
+        struct Reads<'a>(&'a [u8], u64);
+        impl Read for Reads<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = self.0.read(buf)?;
+                self.1 += n as u64;
+                Ok(n)
+            }
+        }
+        let mut r = Reads(&longer, 0);
+        let err = open_stream(&mut r, &k.identities, &m, Counter::default()).unwrap_err();
+        assert!(matches!(err, OpenError::SealedMismatch { .. }), "{err}");
+        assert!(r.1 <= m.sealed.size + (1 << 20), "read {} bytes", r.1);
+        assert!(matches!(
+            check_blob_len(&m, longer.len() as u64),
+            Err(OpenError::BlobSize { .. })
+        ));
+        check_blob_len(&m, blob.len() as u64).unwrap();
+    }
+
+    #[test]
+    fn sealing_stays_within_the_window_opening_allows() {
+        let k = key();
+        // Level 19 with an unknown size takes the largest window sealing uses, single- and
+        // multi-threaded; opening accepts it, and one step smaller would refuse it.
+        for threads in [0, 2] {
+            let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+            let (blob, m) = sealed(&k, &data, 19, threads);
+            open_stream(&blob[..], &k.identities, &m, Counter::default()).unwrap();
+            let mut frame = Vec::new();
+            let dec = age::Decryptor::new(&blob[..]).unwrap();
+            dec.decrypt(
+                k.identities
+                    .0
+                    .iter()
+                    .map(|i| i.as_ref() as &dyn age::Identity),
+            )
+            .unwrap()
+            .read_to_end(&mut frame)
+            .unwrap();
+            let mut z = zstd::stream::read::Decoder::new(&frame[..]).unwrap();
+            z.window_log_max(MAX_WINDOW_LOG - 1).unwrap();
+            assert!(
+                io::copy(&mut z, &mut io::sink()).is_err(),
+                "threads {threads}"
+            );
+        }
+        // A frame asking for a larger window is refused before it is decompressed.
+        let mut big = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+        big.window_log(MAX_WINDOW_LOG + 1).unwrap();
+        big.write_all(&[0u8; 1000]).unwrap();
+        let frame = big.finish().unwrap();
+        let mut blob = Vec::new();
+        let mut w = age::Encryptor::with_recipients(std::iter::once(k.recipient.as_age()))
+            .unwrap()
+            .wrap_output(&mut blob)
+            .unwrap();
+        w.write_all(&frame).unwrap();
+        w.finish().unwrap();
+        let mut m = sealed(&k, &[0u8; 1000], -1, 0).1;
+        m.sealed.size = blob.len() as u64;
+        let err = open_stream(&blob[..], &k.identities, &m, Counter::default()).unwrap_err();
+        assert!(matches!(err, OpenError::Corrupt(_)), "{err}");
+    }
 }

@@ -20,6 +20,12 @@ const CHUNK: usize = 1 << 20;
 /// Buffers in flight between the reader and the compressor.
 const IN_FLIGHT: usize = 4;
 
+/// The largest zstd window (log2 bytes) sealing ever uses: level 19, the highest `seal
+/// --level` takes, compresses with an 8 MiB window (2^23) when the input size is unknown,
+/// and a known size or a lower level only makes it smaller. Opening refuses a frame that
+/// asks for more: a blob that does is not one ckvault sealed.
+pub const MAX_WINDOW_LOG: u32 = 23;
+
 /// How the stream is compressed before encryption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {

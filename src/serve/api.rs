@@ -42,6 +42,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/checkpoints", get(list))
         .route("/v1/checkpoints/{id}", get(show).delete(delete))
         .route("/v1/checkpoints/{id}/archive", get(download))
+        .route("/v1/checkpoints/{id}/signing-key", get(signing_key))
         .route("/v1/checkpoints/{id}/hold", put(hold).delete(release))
         .route("/v1/audit", get(audit))
         .route(
@@ -345,6 +346,34 @@ async fn show(
     resp.headers_mut().insert(
         "ckvault-legal-hold",
         HeaderValue::from_static(if held.is_some() { "true" } else { "false" }),
+    );
+    Ok(resp)
+}
+
+/// The public key (SPKI PEM) the record's manifest verifies with, for a client that pins
+/// the vault's key on first use (`ckvault fetch`); the same grant as the manifest.
+async fn signing_key(
+    State(state): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let manifest = authorized_manifest(&state, &caller, &id, Action::ReadManifest).await?;
+    let key = match state.store.manifest_key(&manifest).await {
+        Ok(k) => k,
+        Err(e) => return Err(integrity_refusal(&state, &caller, &manifest, &e.to_string()).await),
+    };
+    let pem = key
+        .to_pem()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let mut ev = event(&caller, "read-manifest", "ok");
+    ev.record = Some(manifest.id.to_string());
+    ev.namespace = manifest.namespace.clone();
+    ev.detail = Some(format!("signing key {}", key.key_id()));
+    record(&state, ev).await?;
+    let mut resp = pem.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-pem-file"),
     );
     Ok(resp)
 }

@@ -123,6 +123,32 @@ impl Store {
         }
     }
 
+    /// The public key `m`'s signature verifies with, as this store trusts it (a local store's
+    /// own key; in a bucket, the key of the node that sealed it). The key is returned only
+    /// when the signature does verify with it.
+    pub async fn manifest_key(
+        &self,
+        m: &Manifest,
+    ) -> Result<crate::manifest::VerifyingKey, StoreError> {
+        let bad = |source| StoreError::Manifest {
+            id: m.id.to_string(),
+            source,
+        };
+        let key = match self {
+            Self::Local(l) => l.manifest_key()?.clone(),
+            Self::Bucket(b) => {
+                let sig = m
+                    .signature
+                    .as_ref()
+                    .ok_or_else(|| bad(crate::manifest::ManifestError::Unsigned))?;
+                b.s3.node_key(m.node.as_deref().unwrap_or(""), &sig.key_id)
+                    .await?
+            }
+        };
+        key.verify(m).map_err(bad)?;
+        Ok(key)
+    }
+
     /// Every record, oldest first.
     pub async fn list(&self) -> Result<Vec<Arc<Manifest>>, StoreError> {
         match self {

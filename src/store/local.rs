@@ -378,7 +378,7 @@ impl LocalStore {
 
     /// The key this store verifies its manifests with: derived from the signing key (a
     /// copy of a store without its private key uses keys/signing.pub), loaded once.
-    fn manifest_key(&self) -> Result<&VerifyingKey, StoreError> {
+    pub fn manifest_key(&self) -> Result<&VerifyingKey, StoreError> {
         if let Some(key) = self.key.get() {
             return Ok(key);
         }

@@ -208,11 +208,10 @@ where
     B: Read + Send,
 {
     let (mut rx, tx) = std::io::pipe().map_err(|e| AnalyseError::Pipeline(e.to_string()))?;
-    let compression = manifest.sealed.compression.clone();
     std::thread::scope(|scope| {
         // The writer is dropped as soon as the stream is written, so the reader sees its end.
         let opener = scope.spawn(move || {
-            open_stream(blob, &identities, &compression, tx).map(|(sealed, plain, w)| {
+            open_stream(blob, &identities, manifest, tx).map(|(sealed, plain, w)| {
                 drop(w);
                 (sealed, plain)
             })

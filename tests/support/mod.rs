@@ -333,3 +333,89 @@ pub mod realcri;
 pub mod s3server;
 pub mod seaweed;
 pub mod serve;
+
+/// What a finished child did: its output and the bytes it passed to write(2) and friends
+/// (`wchar` of /proc/PID/io, read after it exited and before it was reaped: every byte it
+/// wrote to files, pipes and sockets, the file systems' caches included).
+pub struct Measured {
+    /// Status, stdout, stderr.
+    pub output: std::process::Output,
+    /// Bytes written.
+    pub wchar: u64,
+}
+
+/// Runs `cmd` (stdout and stderr captured) to its end, killing it and failing the test after
+/// `limit`, and counts the bytes it wrote. `each` is called every few milliseconds while it
+/// runs, with its PID and the bytes written so far (to watch or stop it mid-way).
+pub fn run_measured(
+    mut cmd: Command,
+    limit: std::time::Duration,
+    mut each: impl FnMut(u32, u64),
+) -> Measured {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the command");
+    let pid = child.id();
+    // Drain the pipes on threads so a chatty child never blocks on them.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stdout.read_to_end(&mut b);
+        b
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stderr.read_to_end(&mut b);
+        b
+    });
+    let wchar = || -> u64 {
+        fs::read_to_string(format!("/proc/{pid}/io"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("wchar: ").and_then(|v| v.parse().ok()))
+            })
+            .unwrap_or(0)
+    };
+    let start = std::time::Instant::now();
+    let mut last = 0;
+    loop {
+        // WNOWAIT: learn that it exited without reaping it, so /proc/PID/io still answers.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+            )
+        };
+        assert_eq!(r, 0, "waitid: {}", std::io::Error::last_os_error());
+        last = wchar().max(last);
+        if unsafe { info.si_pid() } != 0 {
+            break;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {limit:?}");
+        }
+        each(pid, last);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let status = child.wait().expect("reap the child");
+    Measured {
+        output: std::process::Output {
+            status,
+            stdout: out_t.join().unwrap_or_default(),
+            stderr: err_t.join().unwrap_or_default(),
+        },
+        wchar: last,
+    }
+}

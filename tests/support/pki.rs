@@ -79,3 +79,28 @@ pub fn issue(tls_dir: &Path, out_dir: &Path, cn: &str, org: Option<&str>) -> (Pa
     let issuer = issuer_from_pem(&ca_pem, key);
     client_cert(&issuer, out_dir, cn, org, None)
 }
+
+/// A fresh CA and a server certificate for `127.0.0.1` it issued, written into `dir` as
+/// `ca.pem`, `server.pem`, `server.key` (for test servers of our own: a hostile vault).
+pub fn loopback_server(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "test loopback CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    fs::write(&paths.0, ca_cert.pem()).unwrap();
+    fs::write(&paths.1, cert.pem()).unwrap();
+    fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
