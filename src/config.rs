@@ -635,15 +635,25 @@ impl Config {
                 ),
             });
         }
-        let base = path.parent().unwrap_or(Path::new("."));
-        config.resolve(base);
+        // Against the file's own directory, made absolute: `--config ckvault.toml` has an
+        // empty parent, and every path handed to another process must be absolute.
+        let file = crate::fsutil::absolute(path);
+        config.resolve(file.parent().unwrap_or(Path::new("/")));
         Ok(config)
+    }
+
+    /// The embedded defaults, their relative paths (`./ckvault-data`) resolved against
+    /// the working directory.
+    pub fn embedded() -> Self {
+        let mut config = Config::default();
+        config.resolve(&crate::fsutil::absolute(Path::new(".")));
+        config
     }
 
     fn resolve(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
-                *p = base.join(&*p);
+                *p = crate::fsutil::absolute(&base.join(&*p));
             }
         };
         fix(&mut self.store.path);
@@ -658,6 +668,7 @@ impl Config {
             &mut self.audit.path,
             &mut self.policy.dir,
             &mut self.cri.upstream,
+            &mut self.cri.staging,
             &mut self.store.credentials_file,
             &mut self.store.trusted_keys,
             &mut self.store.ca_file,

@@ -547,6 +547,13 @@ pub fn remove_dead_owners(lock_dir: &Path) {
     }
 }
 
+/// `path` made absolute against the working directory (lexically, without resolving
+/// symlinks: the same as `std::path::absolute`); `path` itself if the working directory
+/// cannot be read.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1011,3 +1011,78 @@ fn one_connection_carries_calls_around_intercepted_checkpoints() {
     assert!(loc.exists(), "no receipt");
     assert_eq!(store_records(&s.store).len(), 1);
 }
+
+#[test]
+fn relative_store_and_config_paths_reach_the_runtime_absolute() {
+    // `--store pst` and a relative `--config` whose `[cri] staging` is relative: the
+    // runtime (another process, another working directory) must be handed absolute paths.
+    let Some(archive) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_identity, recipient) = support::age_keypair(dir);
+    let fake = Arc::new(FakeRuntime {
+        archive: std::fs::read(&archive).unwrap(),
+        labels: HashMap::from([("c1".to_owned(), labels("forensics", "web-7d4", "app"))]),
+        asked_locations: Mutex::default(),
+        in_flight: Default::default(),
+    });
+    let runtime_sock = dir.join("runtime.sock");
+    start_fake(&runtime_sock, fake.clone());
+    std::fs::create_dir(dir.join("conf")).unwrap();
+    std::fs::write(
+        dir.join("conf/ckvault.toml"),
+        format!(
+            "[store]\npath = \"cfgstore\"\n[seal]\nrecipients = [\"{recipient}\"]\n[cri]\nstaging = \"stg\"\n"
+        ),
+    )
+    .unwrap();
+    let runs: [(&str, Vec<&str>, PathBuf, PathBuf); 2] = [
+        (
+            "store",
+            vec!["--store", "pst", "-r", &recipient],
+            dir.join("pst/staging"),
+            dir.join("pst"),
+        ),
+        (
+            "config",
+            vec!["--config", "conf/ckvault.toml"],
+            dir.join("conf/stg"),
+            dir.join("conf/cfgstore"),
+        ),
+    ];
+    for (i, (what, args, staging, store)) in runs.iter().enumerate() {
+        let listen = dir.join(format!("ckvault-{what}.sock"));
+        let child = Command::new(support::ckvault_bin())
+            .current_dir(dir)
+            .args(["proxy", "--listen", support::p(&listen)])
+            .args(["--runtime", support::p(&runtime_sock)])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _proxy = Kill(child);
+        let t0 = Instant::now();
+        while !listen.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "proxy socket never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let client = RuntimeClient::new(&listen);
+        std::fs::create_dir_all(dir.join("kubelet")).unwrap();
+        let location = dir.join(format!("kubelet/checkpoint-{what}.tar"));
+        let r = checkpoint_call(&client, "c1", &location, T);
+        assert!(r.is_ok(), "{what}: {r:?}");
+        let asked = fake.asked_locations.lock().unwrap().clone();
+        let loc = Path::new(&asked[i]);
+        assert!(loc.is_absolute(), "{what}: the runtime was handed {loc:?}");
+        assert!(
+            loc.starts_with(staging),
+            "{what}: {loc:?} not under {staging:?}"
+        );
+        assert_eq!(store_records(store).len(), 1, "{what}");
+    }
+}

@@ -227,7 +227,7 @@ impl CaptureArgs {
     pub fn config(&self) -> anyhow::Result<crate::config::Config> {
         Ok(match &self.config {
             Some(p) => crate::config::Config::load(p)?,
-            None => crate::config::Config::default(),
+            None => crate::config::Config::embedded(),
         })
     }
 }

@@ -37,7 +37,7 @@ macro_rules! say {
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = match &args.config {
         Some(p) => Config::load(p)?,
-        None => Config::default(),
+        None => Config::embedded(),
     };
     if let Some(l) = args.listen {
         config.server.listen = l;

@@ -149,9 +149,11 @@ fn tmp_file_owner(name: &str) -> Option<(String, Option<RecordId>)> {
 }
 
 impl LocalStore {
+    /// The store at `root`, made absolute against the working directory: a path handed to
+    /// another process (a runtime writing into staging) must not depend on ours.
     fn at(root: &Path) -> Self {
         Self {
-            root: root.to_path_buf(),
+            root: crate::fsutil::absolute(root),
             cache: Arc::default(),
             key: Arc::default(),
             audit: None,
@@ -177,7 +179,7 @@ impl LocalStore {
     /// The same store with its plaintext staging in `dir` (`[cri] staging`: on the
     /// filesystem the runtime writes to) instead of `<store>/staging`.
     pub fn with_staging(mut self, dir: Option<PathBuf>) -> Self {
-        self.staging = dir;
+        self.staging = dir.map(|d| crate::fsutil::absolute(&d));
         self
     }
 
