@@ -74,6 +74,26 @@ pub struct CriConfig {
     /// that cannot write to a pipe gets files again, with a warning).
     #[serde(default)]
     pub staging_mode: StagingMode,
+    /// CheckpointContainer calls the proxy holds at once, over all connections: request
+    /// bodies still arriving and calls being answered (default 64). More are answered
+    /// RESOURCE_EXHAUSTED at once.
+    #[serde(default = "default_max_intercepted")]
+    pub max_intercepted: usize,
+    /// CheckpointContainer requests one connection may have arriving at once (default 8).
+    #[serde(default = "default_max_pending_per_connection")]
+    pub max_pending_per_connection: usize,
+}
+
+/// A kubelet checkpoints one container at a time and each call holds at most a 1 MiB
+/// request: 64 is far above a node's real load and bounds the proxy's request buffers at
+/// 64 MiB however many connections a local client opens.
+fn default_max_intercepted() -> usize {
+    64
+}
+/// The kubelet sends a checkpoint request whole; 8 unfinished ones on one connection is
+/// already a client that is not the kubelet.
+fn default_max_pending_per_connection() -> usize {
+    8
 }
 
 /// `[cri] staging_mode`
@@ -95,6 +115,8 @@ impl Default for CriConfig {
             kubelet_location: KubeletLocation::Receipt,
             staging: None,
             staging_mode: StagingMode::File,
+            max_intercepted: default_max_intercepted(),
+            max_pending_per_connection: default_max_pending_per_connection(),
         }
     }
 }
@@ -604,6 +626,11 @@ impl Config {
             ),
             ("max_downloads", server.max_downloads),
             ("http2_max_streams", server.http2_max_streams as usize),
+            ("[cri] max_intercepted", config.cri.max_intercepted),
+            (
+                "[cri] max_pending_per_connection",
+                config.cri.max_pending_per_connection,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid {

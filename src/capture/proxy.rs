@@ -28,14 +28,22 @@ pub struct Proxy {
     checkpointer: Checkpointer,
     /// Leave a receipt at the kubelet's requested location (else leave nothing there).
     pub receipts: bool,
+    /// CheckpointContainer calls held at once in all (`[cri] max_intercepted`).
+    pub max_intercepted: usize,
+    /// CheckpointContainer requests arriving at once per connection
+    /// (`[cri] max_pending_per_connection`).
+    pub max_pending_per_connection: usize,
 }
 
 impl Proxy {
-    /// A proxy in front of the checkpointer's runtime.
+    /// A proxy in front of the checkpointer's runtime, with the default limits.
     pub fn new(checkpointer: Checkpointer, receipts: bool) -> Self {
+        let defaults = crate::config::CriConfig::default();
         Self {
             checkpointer,
             receipts,
+            max_intercepted: defaults.max_intercepted,
+            max_pending_per_connection: defaults.max_pending_per_connection,
         }
     }
 
@@ -198,6 +206,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let upstream: Arc<Path> = proxy.checkpointer.runtime().socket().into();
+    let intercepted = Arc::new(tokio::sync::Semaphore::new(proxy.max_intercepted.max(1)));
+    let max_pending = proxy.max_pending_per_connection.max(1);
     let handler: super::relay::Handler = {
         let proxy = proxy.clone();
         Arc::new(move |call| {
@@ -216,7 +226,11 @@ pub async fn serve(
         };
         let upstream = upstream.clone();
         let handler = handler.clone();
-        tokio::spawn(async move { super::relay::relay(stream, &upstream, handler).await });
+        let limits = super::relay::RelayLimits {
+            max_pending_per_connection: max_pending,
+            intercepted: intercepted.clone(),
+        };
+        tokio::spawn(async move { super::relay::relay(stream, &upstream, handler, limits).await });
     }
 }
 

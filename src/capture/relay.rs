@@ -26,7 +26,9 @@
 //! cheap call costs two socket hops and a frame-header walk, not an HTTP/2 termination.
 //!
 //! Bounded: a client frame over 1 MiB, a header block over 1 MiB, one that does not decode,
-//! or an intercepted request body over 1 MiB closes the connection.
+//! or an intercepted request body over 1 MiB closes the connection; intercepted requests
+//! beyond [`RelayLimits`] (per connection arriving, in all held) are answered
+//! RESOURCE_EXHAUSTED at once, so a client cannot make the relay buffer without bound.
 //!
 //! Both sockets are watched for readability only ([`Wire`]): writes go straight to the
 //! socket and wait for room only when it is full. Watching for writability too (as tokio's
@@ -63,6 +65,8 @@ const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
 /// gRPC status UNIMPLEMENTED: what a refused method path is answered with.
 const GRPC_UNIMPLEMENTED: u32 = 12;
+/// gRPC status RESOURCE_EXHAUSTED: a checkpoint call beyond the relay's limits.
+const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
@@ -79,6 +83,28 @@ pub struct Intercepted {
 /// The answer to an intercepted call: `Ok(message bytes)` (a gRPC-framed response body)
 /// or `Err((grpc-status, message))`.
 pub type Answer = Result<Bytes, (u32, String)>;
+
+/// How much intercepted work the relay holds: CheckpointContainer requests still arriving
+/// on one connection, and calls held (arriving or being answered) over all connections,
+/// each a permit of `intercepted`. A request beyond either is answered RESOURCE_EXHAUSTED
+/// at once and never buffered.
+#[derive(Clone)]
+pub struct RelayLimits {
+    /// Requests arriving at once on one connection.
+    pub max_pending_per_connection: usize,
+    /// Calls held at once over all connections.
+    pub intercepted: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        let cri = crate::config::CriConfig::default();
+        Self {
+            max_pending_per_connection: cri.max_pending_per_connection,
+            intercepted: Arc::new(tokio::sync::Semaphore::new(cri.max_intercepted)),
+        }
+    }
+}
 
 /// What the relay calls for an intercepted stream.
 pub type Handler =
@@ -203,6 +229,8 @@ struct Block {
 struct Pending {
     body: BytesMut,
     grpc_timeout: Option<String>,
+    /// Its place among the calls held (kept until it is answered).
+    permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The client-to-runtime direction.
@@ -222,11 +250,12 @@ struct Up {
     owed: Arc<AtomicU64>,
     inject: mpsc::UnboundedSender<Bytes>,
     handler: Handler,
+    limits: RelayLimits,
 }
 
 impl Up {
     /// A connection's client side before its preface: answers of ours go to `inject`.
-    fn new(inject: mpsc::UnboundedSender<Bytes>, handler: Handler) -> Self {
+    fn new(inject: mpsc::UnboundedSender<Bytes>, handler: Handler, limits: RelayLimits) -> Self {
         Self {
             preface_left: PREFACE.len(),
             block: None,
@@ -238,6 +267,7 @@ impl Up {
             owed: Arc::new(AtomicU64::new(0)),
             inject,
             handler,
+            limits,
         }
     }
 
@@ -439,11 +469,35 @@ impl Up {
         if route == super::method::Route::Checkpoint {
             self.rewriting = true;
             self.ours.insert(block.stream);
+            let permit = if self.pending.len() >= self.limits.max_pending_per_connection {
+                Err(
+                    "CheckpointContainer requests arriving on this connection at once ([cri] max_pending_per_connection)",
+                )
+            } else {
+                self.limits
+                    .intercepted
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| "CheckpointContainer calls in progress ([cri] max_intercepted)")
+            };
+            let permit = match permit {
+                Ok(p) => p,
+                Err(limit) => {
+                    let answer: Answer = Err((
+                        GRPC_RESOURCE_EXHAUSTED,
+                        format!("ckvault: too many {limit}; retry later"),
+                    ));
+                    let (frames, _) = answer_frames(block.stream, &answer);
+                    let _ = self.inject.send(frames.freeze());
+                    return Ok(());
+                }
+            };
             self.pending.insert(
                 block.stream,
                 Pending {
                     body: BytesMut::new(),
                     grpc_timeout,
+                    permit,
                 },
             );
             if block.end_stream {
@@ -495,6 +549,7 @@ impl Up {
         let inject = self.inject.clone();
         let owed = self.owed.clone();
         tokio::spawn(async move {
+            let _permit = p.permit;
             let answer = handler(Intercepted {
                 body: p.body.freeze(),
                 grpc_timeout: p.grpc_timeout,
@@ -695,7 +750,12 @@ async fn runtime_to_client(
 
 /// Relays one client connection to a fresh connection to the runtime at `upstream`,
 /// answering intercepted `CheckpointContainer` streams with `handler`.
-pub async fn relay(client: UnixStream, upstream: &std::path::Path, handler: Handler) {
+pub async fn relay(
+    client: UnixStream,
+    upstream: &std::path::Path,
+    handler: Handler,
+    limits: RelayLimits,
+) {
     let runtime = match UnixStream::connect(upstream).await {
         Ok(s) => s,
         Err(e) => {
@@ -714,7 +774,7 @@ pub async fn relay(client: UnixStream, upstream: &std::path::Path, handler: Hand
         }
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    let up = Up::new(tx, handler);
+    let up = Up::new(tx, handler, limits);
     let upward = tokio::spawn(client_to_runtime(client.clone(), runtime.clone(), up));
     let down = runtime_to_client(runtime, client, rx);
     // The connection ends when the runtime's side does (the client closing its side
@@ -730,7 +790,7 @@ mod tests {
     fn up() -> (Up, mpsc::UnboundedReceiver<Bytes>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handler: Handler = Arc::new(|_| Box::pin(async { Err((13, "test".into())) }));
-        (Up::new(tx, handler), rx)
+        (Up::new(tx, handler, RelayLimits::default()), rx)
     }
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -857,6 +917,48 @@ mod tests {
             );
             assert!(text.contains("not forwarded"), "{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn intercepted_requests_beyond_the_limits_are_refused_not_buffered() {
+        // 8 arriving per connection, 12 held in all: on connection A, 10 unfinished
+        // CheckpointContainer requests (1 KiB of body each) keep 8 and refuse 2; on B, 6
+        // more keep 4 (the overall 12) and refuse 2.
+        let limits = RelayLimits {
+            max_pending_per_connection: 8,
+            intercepted: Arc::new(tokio::sync::Semaphore::new(12)),
+        };
+        let handler: Handler = Arc::new(|_| Box::pin(async { Err((13, "test".into())) }));
+        let path = super::super::cri::CHECKPOINT_CONTAINER.as_bytes();
+        let mut refused_total = 0;
+        for (requests, kept) in [(10u32, 8usize), (6, 4)] {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let mut up = Up::new(tx, handler.clone(), limits.clone());
+            let mut input = PREFACE.to_vec();
+            for i in 0..requests {
+                let stream = 1 + 2 * i;
+                input.extend(frame(HEADERS, END_HEADERS, stream, &request_block(path)));
+                input.extend(frame(DATA, 0, stream, &[0u8; 1024]));
+            }
+            let mut inbuf = BytesMut::from(&input[..]);
+            let mut out = BytesMut::new();
+            up.process(&mut inbuf, &mut out).unwrap();
+            assert_eq!(&out[..], PREFACE, "nothing reaches the runtime");
+            assert_eq!(up.pending.len(), kept);
+            let mut refused = 0;
+            while let Ok(frames) = rx.try_recv() {
+                if frames.windows(12).any(|w| w == b"grpc-status\x01") {
+                    assert!(frames.windows(13).any(|w| w == b"grpc-status\x018"));
+                    refused += 1;
+                }
+            }
+            assert_eq!(refused, requests as usize - kept);
+            refused_total += refused;
+            // The connection keeps its requests (and permits) while it lives.
+            std::mem::forget(up);
+        }
+        assert_eq!(refused_total, 4);
+        assert_eq!(limits.intercepted.available_permits(), 0);
     }
 
     #[tokio::test]

@@ -46,7 +46,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let capture = super::common::capture_setup(&config, &args.capture, "cri-proxy")?;
     let checkpointer = Checkpointer::new(RuntimeClient::new(&upstream), capture.intake.clone())
         .with_staging_mode(config.cri.staging_mode);
-    let proxy = Arc::new(proxy::Proxy::new(checkpointer, receipts));
+    let mut proxy = proxy::Proxy::new(checkpointer, receipts);
+    proxy.max_intercepted = config.cri.max_intercepted;
+    proxy.max_pending_per_connection = config.cri.max_pending_per_connection;
+    let proxy = Arc::new(proxy);
     // One thread: forwarding is I/O-bound and a call hops between several tasks (the
     // kubelet's connection, the handler, the runtime's connection); on one thread those
     // hops are plain wake-ups, not cross-core hand-offs. Sealing runs on the blocking pool.
