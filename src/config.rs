@@ -393,6 +393,19 @@ pub struct ServerConfig {
     /// Concurrent HTTP/2 streams a client may open on one connection (default 32).
     #[serde(default = "default_http2_max_streams")]
     pub http2_max_streams: u32,
+    /// Failed authentications are audited one per source per interval and the rest as a
+    /// count at its end (default 60s).
+    #[serde(
+        default = "default_auth_failure_interval",
+        deserialize_with = "de_duration"
+    )]
+    pub auth_failure_interval: std::time::Duration,
+    /// Failed authentications from one address per interval before 429 (default 30).
+    #[serde(default = "default_max_auth_failures_per_source")]
+    pub max_auth_failures_per_source: u64,
+    /// Failed authentications from all addresses per interval before 429 (default 300).
+    #[serde(default = "default_max_auth_failures")]
+    pub max_auth_failures: u64,
 }
 
 impl ServerConfig {
@@ -410,6 +423,9 @@ impl ServerConfig {
             max_downloads: self.max_downloads,
             stall_timeout: self.stall_timeout,
             http2_max_streams: self.http2_max_streams,
+            auth_failure_interval: self.auth_failure_interval,
+            max_auth_failures_per_source: self.max_auth_failures_per_source,
+            max_auth_failures: self.max_auth_failures,
         }
     }
 }
@@ -434,6 +450,9 @@ impl Default for ServerConfig {
             max_downloads: default_max_downloads(),
             stall_timeout: default_stall_timeout(),
             http2_max_streams: default_http2_max_streams(),
+            auth_failure_interval: default_auth_failure_interval(),
+            max_auth_failures_per_source: default_max_auth_failures_per_source(),
+            max_auth_failures: default_max_auth_failures(),
         }
     }
 }
@@ -467,6 +486,12 @@ pub struct ConnectionLimits {
     pub stall_timeout: std::time::Duration,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
     pub http2_max_streams: u32,
+    /// The interval failed authentications are folded over.
+    pub auth_failure_interval: std::time::Duration,
+    /// Failed authentications per address per interval before 429.
+    pub max_auth_failures_per_source: u64,
+    /// Failed authentications in all per interval before 429.
+    pub max_auth_failures: u64,
 }
 
 impl Default for ConnectionLimits {
@@ -514,6 +539,20 @@ fn default_max_downloads() -> usize {
 /// client on a bad network makes progress within it; a client that reads nothing does not.
 fn default_stall_timeout() -> std::time::Duration {
     std::time::Duration::from_secs(30)
+}
+/// Long enough that a flood costs at most a few events a minute per source, short enough
+/// that a summary reaches the log while an incident is still being looked at.
+fn default_auth_failure_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+/// A person retrying a mistyped token, or a script with a stale one retrying every few
+/// seconds, stays under it; a guesser does not.
+fn default_max_auth_failures_per_source() -> u64 {
+    30
+}
+/// Ten times one source: a flood spread over many addresses is held too.
+fn default_max_auth_failures() -> u64 {
+    300
 }
 /// Enough for a page's requests and parallel downloads on one connection; hyper's default
 /// (200) lets one connection hold hundreds of streams' buffers.
@@ -640,6 +679,12 @@ impl Config {
                     ),
                 });
             }
+        }
+        if server.auth_failure_interval < std::time::Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                message: "[server] auth_failure_interval must be at least 1s".into(),
+            });
         }
         if server.stall_timeout < std::time::Duration::from_secs(1) {
             return Err(ConfigError::Invalid {

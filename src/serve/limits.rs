@@ -246,3 +246,182 @@ mod tests {
         assert_eq!(Downloads::default().quiet_for(), None);
     }
 }
+
+/// What to do with one failed authentication ([`AuthFailures::note`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureVerdict {
+    /// The first from its source this interval: audit it now (and answer 401).
+    Record,
+    /// Counted into the source's summary at the interval's end (answer 401).
+    Fold,
+    /// Over the per-source or overall limit: counted, and answered 429.
+    Limit,
+}
+
+/// Failures folded for one source (or for all sources beyond the tracked ones).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoldedFailures {
+    /// The source address, or `None` for sources beyond [`AuthFailures`]' tracked ones.
+    pub source: Option<std::net::IpAddr>,
+    /// Failures not audited one by one.
+    pub count: u64,
+    /// Of them, answered 429.
+    pub limited: u64,
+}
+
+#[derive(Default)]
+struct FailureWindow {
+    per_source: HashMap<std::net::IpAddr, (u64, u64)>,
+    others: (u64, u64),
+    total: u64,
+}
+
+/// Failed authentications per source address over a fixed interval: every failure stays
+/// visible in the audit log, but bounded. The first from a source in an interval is
+/// audited at once; the rest are counted and audited as one summary per source when the
+/// interval ends ([`AuthFailures::take`]); past `per_source` in an interval a source is
+/// answered 429, and past `total` everyone unauthenticated is. At most `MAX_SOURCES`
+/// sources are tracked per interval, the rest summed as one: the log grows by at most
+/// `2 x MAX_SOURCES + 1` events per interval whatever the flood.
+pub struct AuthFailures {
+    window: Mutex<FailureWindow>,
+    per_source: u64,
+    total: u64,
+    /// The audit log's health as last checked for a folded failure, and when.
+    log_checked: Mutex<Option<(Instant, bool)>>,
+}
+
+impl AuthFailures {
+    /// Sources tracked one by one per interval.
+    pub const MAX_SOURCES: usize = 64;
+
+    /// At most `per_source` failures per source and `total` in all per interval before
+    /// 429s.
+    pub fn new(per_source: u64, total: u64) -> Self {
+        Self {
+            window: Mutex::default(),
+            per_source: per_source.max(1),
+            total: total.max(1),
+            log_checked: Mutex::new(None),
+        }
+    }
+
+    /// Whether the audit log was healthy when last checked, if that was less than
+    /// [`Self::LOG_CHECK_EVERY`] ago: a folded failure (which writes nothing now) is answered
+    /// only while the log could take its count, without checking the log on every one.
+    pub fn log_known_healthy(&self) -> Option<bool> {
+        let checked = self.log_checked.lock().unwrap_or_else(|p| p.into_inner());
+        checked
+            .filter(|(at, _)| at.elapsed() < Self::LOG_CHECK_EVERY)
+            .map(|(_, ok)| ok)
+    }
+
+    /// Notes the audit log's health as checked now.
+    pub fn note_log_health(&self, ok: bool) {
+        *self.log_checked.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), ok));
+    }
+
+    /// How long a check of the audit log's health stands for folded failures.
+    pub const LOG_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+    /// Notes a failed authentication from `source`.
+    pub fn note(&self, source: std::net::IpAddr) -> FailureVerdict {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        w.total += 1;
+        let over_total = w.total > self.total;
+        let tracked = w.per_source.len() < Self::MAX_SOURCES || w.per_source.contains_key(&source);
+        if !tracked {
+            w.others.0 += 1;
+            if over_total {
+                w.others.1 += 1;
+                return FailureVerdict::Limit;
+            }
+            return FailureVerdict::Fold;
+        }
+        let entry = w.per_source.entry(source).or_insert((0, 0));
+        entry.0 += 1;
+        if entry.0 == 1 && !over_total {
+            return FailureVerdict::Record;
+        }
+        if over_total || entry.0 > self.per_source {
+            entry.1 += 1;
+            return FailureVerdict::Limit;
+        }
+        FailureVerdict::Fold
+    }
+
+    /// Ends the interval: the summaries of what was folded (sources with more than their
+    /// first failure, and the untracked ones), and a fresh interval.
+    pub fn take(&self) -> Vec<FoldedFailures> {
+        let w = std::mem::take(&mut *self.window.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut out: Vec<FoldedFailures> = w
+            .per_source
+            .into_iter()
+            .filter_map(|(source, (n, limited))| {
+                // The first was audited on its own (unless the overall limit was already
+                // passed, in which case it was limited and counted here).
+                let folded = if n > limited { n - 1 } else { n };
+                (folded > 0).then_some(FoldedFailures {
+                    source: Some(source),
+                    count: folded,
+                    limited,
+                })
+            })
+            .collect();
+        if w.others.0 > 0 {
+            out.push(FoldedFailures {
+                source: None,
+                count: w.others.0,
+                limited: w.others.1,
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod failure_tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_recorded_once_per_source_then_folded_then_limited() {
+        let f = AuthFailures::new(3, 1000);
+        let a: std::net::IpAddr = [127, 0, 0, 2].into();
+        let verdicts: Vec<_> = (0..5).map(|_| f.note(a)).collect();
+        use FailureVerdict::*;
+        assert_eq!(verdicts, [Record, Fold, Fold, Limit, Limit]);
+        let folded = f.take();
+        assert_eq!(
+            folded,
+            [FoldedFailures {
+                source: Some(a),
+                count: 4,
+                limited: 2
+            }]
+        );
+        assert_eq!(f.note(a), Record, "a new interval");
+    }
+
+    #[test]
+    fn many_sources_are_tracked_up_to_a_bound_and_limited_overall() {
+        let f = AuthFailures::new(100, 200);
+        let mut records = 0;
+        let mut limited = 0;
+        for i in 0..100u32 {
+            let ip: std::net::IpAddr = std::net::Ipv4Addr::from(0x7f00_0000 + i).into();
+            for _ in 0..3 {
+                match f.note(ip) {
+                    FailureVerdict::Record => records += 1,
+                    FailureVerdict::Limit => limited += 1,
+                    FailureVerdict::Fold => {}
+                }
+            }
+        }
+        assert_eq!(records, AuthFailures::MAX_SOURCES);
+        assert_eq!(limited, 300 - 200);
+        let folded = f.take();
+        assert!(folded.len() <= AuthFailures::MAX_SOURCES + 1);
+        let total: u64 = folded.iter().map(|x| x.count).sum::<u64>() + records as u64;
+        assert_eq!(total, 300, "every failure is accounted for");
+    }
+}

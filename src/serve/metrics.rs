@@ -42,6 +42,10 @@ pub struct Metrics {
     pub downloads_limited: AtomicU64,
     /// Downloads that ended before their last byte (client gone, stalled, cut off).
     pub downloads_incomplete: AtomicU64,
+    /// Failed authentications counted into a per-source summary instead of an event each.
+    pub auth_failures_folded: AtomicU64,
+    /// Failed authentications answered 429 (per-source or overall limit).
+    pub auth_failures_limited: AtomicU64,
     /// Downloads cut off because the blob's bytes did not match the signed digest.
     pub integrity_failures: AtomicU64,
     /// Downloads whose bytes were hashed while they streamed (full downloads of a blob not
@@ -162,6 +166,16 @@ impl Metrics {
                 "ckvault_downloads_incomplete_total",
                 "Downloads that ended before their last byte.",
                 &self.downloads_incomplete,
+            ),
+            (
+                "ckvault_auth_failures_folded_total",
+                "Failed authentications audited as part of a per-source count instead of one by one.",
+                &self.auth_failures_folded,
+            ),
+            (
+                "ckvault_auth_failures_limited_total",
+                "Failed authentications answered 429 (max_auth_failures_per_source, max_auth_failures).",
+                &self.auth_failures_limited,
             ),
             (
                 "ckvault_integrity_failures_total",

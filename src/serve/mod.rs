@@ -49,6 +49,8 @@ pub struct AppState {
     /// Downloads streaming per identity and in all (`max_downloads_per_identity`,
     /// `max_downloads`).
     pub downloads: limits::Counter<String>,
+    /// Failed authentications, folded per source and rate-limited.
+    pub auth_failures: limits::AuthFailures,
 }
 
 impl AppState {
@@ -73,6 +75,10 @@ impl AppState {
                 ConnectionLimits::default().max_downloads_per_identity,
                 ConnectionLimits::default().max_downloads,
             ),
+            auth_failures: limits::AuthFailures::new(
+                ConnectionLimits::default().max_auth_failures_per_source,
+                ConnectionLimits::default().max_auth_failures,
+            ),
         }
     }
 
@@ -81,6 +87,10 @@ impl AppState {
         self.requests = limits::Counter::new(limits.max_requests_per_identity, usize::MAX);
         self.downloads =
             limits::Counter::new(limits.max_downloads_per_identity, limits.max_downloads);
+        self.auth_failures = limits::AuthFailures::new(
+            limits.max_auth_failures_per_source,
+            limits.max_auth_failures,
+        );
         self
     }
 
@@ -343,6 +353,11 @@ pub async fn run(
             RETENTION_INTERVAL * 3,
         ));
     }
+    // Failed authentications folded over an interval are audited as one count per source.
+    tokio::spawn(request::audit_folded_failures(
+        prepared.state.clone(),
+        prepared.limits.auth_failure_interval,
+    ));
     // Retention on a timer (and the policy directory's files re-read when they change).
     let state = prepared.state.clone();
     let policy_dir = prepared.policy_dir.clone();

@@ -140,6 +140,7 @@ impl FromRequestParts<Shared> for Caller {
             .as_ref()
             .map(|c| c.peer.to_string())
             .unwrap_or_default();
+        let peer_ip = conn.as_ref().map(|c| c.peer.ip());
         let bearer = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -194,23 +195,138 @@ impl FromRequestParts<Shared> for Caller {
                 } else {
                     "no credentials"
                 };
-                record(
-                    state,
-                    EventInput {
-                        actor: "anonymous".into(),
-                        action: "authenticate".into(),
-                        outcome: "denied".into(),
-                        remote: Some(remote),
-                        detail: Some(format!("{detail}: {} {}", parts.method, parts.uri.path())),
-                        ..Default::default()
+                let shown = format!("{detail}: {} {}", parts.method, parts.uri.path());
+                Err(authentication_failed(state, peer_ip, remote, shown).await?)
+            }
+        }
+    }
+}
+
+/// The longest part of what an unauthenticated caller sent that its audit event keeps.
+const SHOWN_UNAUTHENTICATED: usize = 128;
+
+/// The answer to a request without valid credentials from `peer`: audited at once if it
+/// is the first from its address this interval, else counted into the summary
+/// [`audit_folded_failures`] writes; 401, or 429 past the failure limits. The caller's
+/// request (`shown`) is cut short before it is recorded.
+pub(super) async fn authentication_failed(
+    state: &Shared,
+    peer: Option<std::net::IpAddr>,
+    remote: String,
+    shown: String,
+) -> Result<ApiError, ApiError> {
+    use super::limits::FailureVerdict;
+    let verdict = state
+        .auth_failures
+        .note(peer.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])));
+    // Fail closed: a failure folded into a later count is answered only while the log
+    // can take that count.
+    let log_ok = match state.auth_failures.log_known_healthy() {
+        _ if verdict == FailureVerdict::Record => true,
+        Some(ok) => ok,
+        None => {
+            let st = state.clone();
+            let ok = tokio::task::spawn_blocking(move || st.audit.health())
+                .await
+                .is_ok_and(|h| h.is_ok());
+            state.auth_failures.note_log_health(ok);
+            ok
+        }
+    };
+    if !log_ok {
+        mark_audited();
+        state.metrics.audit_failures.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit-unavailable",
+            "the audit log cannot record this request, so it is refused; try again later",
+        ));
+    }
+    match verdict {
+        FailureVerdict::Record => {
+            let mut shown = shown;
+            if shown.len() > SHOWN_UNAUTHENTICATED {
+                let mut cut = SHOWN_UNAUTHENTICATED;
+                while !shown.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                shown.truncate(cut);
+                shown.push_str("...");
+            }
+            record(
+                state,
+                EventInput {
+                    actor: "anonymous".into(),
+                    action: "authenticate".into(),
+                    outcome: "denied".into(),
+                    remote: Some(remote),
+                    detail: Some(shown),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        FailureVerdict::Fold => {
+            mark_audited();
+            state
+                .metrics
+                .auth_failures_folded
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        FailureVerdict::Limit => {
+            mark_audited();
+            state
+                .metrics
+                .auth_failures_limited
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(too_many(
+                "too-many-failures",
+                "too many failed authentications from here; present valid credentials".into(),
+            ));
+        }
+    }
+    Ok(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "present a client certificate signed by the configured CA, or Authorization: Bearer <token>",
+    ))
+}
+
+/// Every `interval`, audits what [`authentication_failed`] folded: one `authenticate`
+/// `denied` event per source with its count (and one for the sources beyond the tracked
+/// ones). Runs for the life of the server.
+pub(super) async fn audit_folded_failures(state: Shared, interval: std::time::Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        for folded in state.auth_failures.take() {
+            let event = EventInput {
+                actor: "anonymous".into(),
+                action: "authenticate".into(),
+                outcome: "denied".into(),
+                remote: Some(folded.source.map_or_else(
+                    || {
+                        format!(
+                            "more than {} sources",
+                            super::limits::AuthFailures::MAX_SOURCES
+                        )
                     },
-                )
-                .await?;
-                Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
-                    "present a client certificate signed by the configured CA, or Authorization: Bearer <token>",
-                ))
+                    |ip| ip.to_string(),
+                )),
+                detail: Some(format!(
+                    "{} more failed authentications in the last {}s, folded ({} answered 429)",
+                    folded.count,
+                    interval.as_secs(),
+                    folded.limited
+                )),
+                ..Default::default()
+            };
+            let st = state.clone();
+            match tokio::task::spawn_blocking(move || st.audit.append(event)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    audit_unavailable(&state, &e);
+                }
+                Err(e) => eprintln!("ckvault: could not audit folded failures: {e}"),
             }
         }
     }
@@ -309,6 +425,28 @@ pub(super) async fn audit_every_request(
         .as_ref()
         .and_then(|c| c.cert_identity.clone())
         .or(token_principal);
+    if principal.is_none() && status.is_client_error() {
+        // An anonymous request no handler took: a failed authentication as any other.
+        let peer = conn.as_ref().map(|c| c.peer.ip());
+        let remote = conn
+            .as_ref()
+            .map(|c| c.peer.to_string())
+            .unwrap_or_default();
+        return match authentication_failed(
+            &state,
+            peer,
+            remote,
+            format!("{shown} -> {}", status.as_u16()),
+        )
+        .await
+        {
+            Ok(limited) if limited.status == StatusCode::TOO_MANY_REQUESTS => {
+                limited.into_response()
+            }
+            Ok(_) => resp,
+            Err(e) => e.into_response(),
+        };
+    }
     let event = EventInput {
         actor: principal
             .as_ref()

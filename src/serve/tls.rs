@@ -334,8 +334,18 @@ pub async fn serve(
             let tick = (limits.idle_timeout / 4)
                 .min(limits.header_timeout / 4)
                 .clamp(Duration::from_millis(50), Duration::from_secs(1));
+            // The first request's deadline, exact (not at the next tick).
+            let first_request = tokio::time::sleep_until(
+                tokio::time::Instant::from_std(handshake_done + limits.header_timeout),
+            );
+            tokio::pin!(first_request);
             let timed_out = loop {
                 tokio::select! {
+                    _ = &mut first_request, if activity.requests() == 0 => {
+                        if activity.requests() == 0 {
+                            break Some("no request within header_timeout of the handshake");
+                        }
+                    }
                     result = &mut conn => {
                         break result
                             .err()
@@ -344,11 +354,6 @@ pub async fn serve(
                     }
                     _ = close.notified() => break Some("the server is full; closed as the connection idle longest"),
                     _ = tokio::time::sleep(tick) => {
-                        if activity.requests() == 0
-                            && handshake_done.elapsed() >= limits.header_timeout
-                        {
-                            break Some("no request within header_timeout of the handshake");
-                        }
                         if activity.idle_for() >= limits.idle_timeout {
                             break Some("idle longer than idle_timeout");
                         }

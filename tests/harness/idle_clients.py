@@ -38,28 +38,54 @@ start = time.monotonic()
 conns = []
 refused = 0
 opened_at = {}
+closed = {}
+
+
+def check(timeout):
+    """Notes the connections the server closed (waiting at most `timeout` seconds)."""
+    live = [c for c in conns if id(c) not in closed]
+    if not live:
+        return
+    readable, _, _ = select.select(live, [], [], timeout)
+    for c in readable:
+        try:
+            data = c.recv(65536)
+            while data and hasattr(c, "pending") and c.pending():
+                data = c.recv(65536)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            closed[id(c)] = time.monotonic() - start
+        # h2: the server's SETTINGS frame may arrive; anything else is ignored
+
+
+def opened(c):
+    c.setblocking(False)
+    conns.append(c)
+    opened_at[id(c)] = time.monotonic() - start
+    # Closes of the connections already open are seen while more are opened.
+    check(0)
+
+
 for _ in range(n):
     try:
         raw = socket.create_connection((host, port), timeout=10, source_address=source)
     except OSError:
         continue
     if kind == "tcp":
-        conns.append(raw)
-        opened_at[id(raw)] = time.monotonic() - start
+        opened(raw)
         continue
     try:
         s = ctx.wrap_socket(raw, server_hostname="localhost")
     except (ssl.SSLError, OSError):
         refused += 1
         continue  # refused at the handshake: the server closed it
-    conns.append(s)
-    opened_at[id(s)] = time.monotonic() - start
-for c in conns:
-    c.setblocking(False)
+    opened(s)
 
 head = b"GET /v1/checkpoints HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 4096
 sent = {id(c): 0 for c in conns}
-closed = {}
 last_trickle = 0.0
 while len(closed) < len(conns) and time.monotonic() - start < deadline:
     now = time.monotonic()
@@ -76,18 +102,7 @@ while len(closed) < len(conns) and time.monotonic() - start < deadline:
                 pass
             except OSError:
                 closed[id(c)] = now - start
-    live = [c for c in conns if id(c) not in closed]
-    readable, _, _ = select.select(live, [], [], 0.1)
-    for c in readable:
-        try:
-            data = c.recv(65536)
-        except (ssl.SSLWantReadError, BlockingIOError):
-            continue
-        except OSError:
-            data = b""
-        if not data:
-            closed[id(c)] = time.monotonic() - start
-        # h2: the server's SETTINGS frame may arrive; anything else is ignored
+    check(0.1)
 print(json.dumps({
     "opened": len(conns),
     "closed": sorted(closed.values()),
