@@ -242,8 +242,10 @@ pub struct StoreConfig {
     /// How often a server re-reads the bucket's manifests into its index (default `15s`).
     #[serde(default = "default_index_refresh", deserialize_with = "de_duration")]
     pub index_refresh: std::time::Duration,
-    /// A directory of trusted node keys (`NODE.pem`). Absent: node keys are read from the
-    /// bucket's `keys/` (anyone able to write the bucket could then forge manifests).
+    /// Pinned node keys, one directory per node name: `DIR/NODE/*.pem` are trusted for
+    /// NODE only (the flat `DIR/*.pem` of old is refused with how to migrate). Absent: a
+    /// name's first key in the bucket's `keys/NODE/`, and the keys its signed rotations
+    /// introduce (`store::s3::keys`).
     #[serde(default)]
     pub trusted_keys: Option<PathBuf>,
 }

@@ -174,6 +174,17 @@ pub fn verify_expecting(
     key: &VerifyingKey,
     expect: Option<&ExpectedHead>,
 ) -> Result<Verified, VerifyError> {
+    verify_with_keys(log, std::slice::from_ref(key), expect)
+}
+
+/// [`verify_expecting`] with every key the log's heads may be signed with (the store's
+/// current key and those it retired by `ckvault key rotate`): each head is checked with
+/// the key its `key_id` names.
+pub fn verify_with_keys(
+    log: &Path,
+    keys: &[VerifyingKey],
+    expect: Option<&ExpectedHead>,
+) -> Result<Verified, VerifyError> {
     let sibling = |suffix: &str| {
         let mut s = log.as_os_str().to_os_string();
         s.push(suffix);
@@ -196,7 +207,7 @@ pub fn verify_expecting(
             }
             let text = String::from_utf8_lossy(&line);
             let head = parse_head(text.trim_end(), n)?;
-            check_head_sig(&head, key)?;
+            check_head_sig(&head, keys)?;
             heads_checked += 1;
             if let Some(previous) = signed_at.get(&head.size) {
                 if *previous != head.hash {
@@ -214,7 +225,7 @@ pub fn verify_expecting(
     let latest = match fsutil::read_regular_to_string(&sibling(".head.json")) {
         Ok(text) => {
             let head = parse_head(text.trim_end(), 1)?;
-            check_head_sig(&head, key)?;
+            check_head_sig(&head, keys)?;
             if let Some(previous) = signed_at.get(&head.size)
                 && *previous != head.hash
             {
@@ -326,8 +337,14 @@ fn parse_head(line: &str, line_no: u64) -> Result<SignedHead, VerifyError> {
     })
 }
 
-fn check_head_sig(head: &SignedHead, key: &VerifyingKey) -> Result<(), VerifyError> {
-    if key.verify_bytes(&head_message(head.size, &head.hash), &head.sig) {
+fn check_head_sig(head: &SignedHead, keys: &[VerifyingKey]) -> Result<(), VerifyError> {
+    let msg = head_message(head.size, &head.hash);
+    let named = keys.iter().find(|k| k.key_id() == head.key_id);
+    let ok = match named {
+        Some(k) => k.verify_bytes(&msg, &head.sig),
+        None => keys.iter().any(|k| k.verify_bytes(&msg, &head.sig)),
+    };
+    if ok {
         Ok(())
     } else {
         Err(VerifyError::BadHeadSignature { size: head.size })

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::{Format, StoreArg, output};
-use crate::audit::{self, verify::verify_expecting};
+use crate::audit::{self, verify::verify_with_keys};
 use crate::inspect::escape_control;
 use crate::manifest::VerifyingKey;
 use crate::store::LocalStore;
@@ -49,7 +49,11 @@ pub enum AuditCommand {
 
 /// Verifies the audit segments every node and replica shipped to the bucket.
 fn verify_bucket(config: &crate::config::Config) -> anyhow::Result<ExitCode> {
-    let s3 = crate::store::s3::S3Store::new(&config.store)?;
+    let mut s3 = crate::store::s3::S3Store::new(&config.store)?;
+    // The first keys of node names this machine's spool remembers, when it has one.
+    if let Ok(spool) = LocalStore::open(&config.store.spool) {
+        s3 = s3.with_key_memory(spool.known_keys_dir());
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -129,19 +133,20 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     None => LocalStore::open(&store.store)?,
                 })
             };
-            let key = match public_key {
+            let keys = match public_key {
                 Some(p) => {
                     let pem = crate::fsutil::read_regular_to_string(&p)
                         .with_context(|| format!("cannot read {}", p.display()))?;
-                    VerifyingKey::from_pem(&pem, &p)?
+                    vec![VerifyingKey::from_pem(&pem, &p)?]
                 }
-                None => local()?.verifying_key()?,
+                // The current key and the keys it replaced (`ckvault key rotate`).
+                None => local()?.all_keys()?,
             };
             let log = match file {
                 Some(f) => f,
                 None => local()?.audit_path(),
             };
-            match verify_expecting(&log, &key, expect_head.as_ref()) {
+            match verify_with_keys(&log, &keys, expect_head.as_ref()) {
                 Ok(v) => {
                     println!(
                         "OK audit log: {} events, head {}:{} (signed size {}, {} signed heads checked{})",

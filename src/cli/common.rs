@@ -134,7 +134,7 @@ pub fn open_store(arg: &super::StoreArg, index: bool) -> anyhow::Result<Opened> 
     }
     let spool = crate::store::LocalStore::open_or_init(&config.store.spool)?
         .with_audit_path(config.audit.path.clone());
-    let s3 = s3::S3Store::new(&config.store)?;
+    let s3 = s3::S3Store::new(&config.store)?.with_key_memory(spool.known_keys_dir());
     rt.block_on(s3.check())?;
     let bucket = crate::store::backend::Bucket {
         index: s3::index::Index::new(s3.clone()),

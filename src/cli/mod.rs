@@ -6,6 +6,7 @@ mod common;
 mod diff;
 mod fetch;
 mod inspect;
+mod key;
 mod memsearch;
 mod open;
 mod output;
@@ -100,6 +101,9 @@ pub enum Command {
     /// Manage bearer tokens.
     #[command(subcommand)]
     Token(serve::TokenCommand),
+    /// Manage this node's signing key in a shared bucket (rotation, audited).
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Validate policy files.
     #[command(subcommand)]
     Policy(serve::PolicyCommand),
@@ -173,6 +177,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Retention(c) => retention::retention(c),
         Command::Proxy(a) => proxy::run(a),
         Command::Token(c) => serve::token(c),
+        Command::Key(c) => key::run(c),
         Command::Policy(c) => serve::policy(c),
     }
 }

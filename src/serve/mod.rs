@@ -155,7 +155,8 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let (store, bucket) = match config.store.kind {
         crate::config::StoreKind::Local => (Store::Local(local.clone()), None),
         crate::config::StoreKind::S3 => {
-            let s3 = crate::store::s3::S3Store::new(&config.store)?;
+            let s3 = crate::store::s3::S3Store::new(&config.store)?
+                .with_key_memory(local.known_keys_dir());
             let uploader = crate::store::s3::upload::Uploader::new(config, local.clone())?;
             let bucket = crate::store::backend::Bucket {
                 index: crate::store::s3::index::Index::new(s3.clone()),

@@ -135,7 +135,11 @@ impl Store {
             source,
         };
         let key = match self {
-            Self::Local(l) => l.manifest_key()?.clone(),
+            Self::Local(l) => match m.signature.as_ref() {
+                Some(sig) => l.key_by_id(&sig.key_id)?,
+                None => None,
+            }
+            .map_or_else(|| l.manifest_key().cloned(), Ok)?,
             Self::Bucket(b) => {
                 let sig = m
                     .signature

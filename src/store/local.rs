@@ -3,7 +3,9 @@
 //! ```text
 //! DIR/            0700
 //!   store.json    format marker
-//!   keys/         signing.key (Ed25519, PKCS#8 PEM, 0600), signing.pub (SPKI PEM)
+//!   keys/         signing.key (Ed25519, PKCS#8 PEM, 0600), signing.pub (SPKI PEM);
+//!                 retired/<KEYID>.pub: public keys it signed with before a rotation
+//!   known-keys/   a bucket reader's memory of each node name's first key (store::s3::keys)
 //!   records/      <ID>.age (sealed blob) and <ID>.json (signed manifest), 0600
 //!   tmp/          blobs and manifests being written (removed on failure and at start)
 //!   staging/      plaintext archives waiting to be sealed (capture uses it)
@@ -249,6 +251,14 @@ impl LocalStore {
             let path = store.public_key_path();
             fsutil::write_atomic_owned(&store.tmp_dir(), &path, pem.as_bytes())
                 .map_err(|e| StoreError::io(&path, e))?;
+        } else if store.verifying_key().ok().map(|k| k.key_id())
+            != Some(store.signing_key()?.verifying_key().key_id())
+        {
+            // A crash between the two writes of replace_signing_key.
+            let pem = store.signing_key()?.verifying_key().to_pem()?;
+            let path = store.public_key_path();
+            fsutil::replace_atomic_owned(&store.tmp_dir(), &path, pem.as_bytes())
+                .map_err(|e| StoreError::io(&path, e))?;
         }
         drop(lock);
         store.recover()?;
@@ -341,6 +351,12 @@ impl LocalStore {
             .map_err(|e| StoreError::Audit(Box::new(e)))
     }
 
+    /// Where a reader of a shared bucket remembers the first key of each node name
+    /// (`known-keys/NODE.pem`, see `store::s3::keys`).
+    pub fn known_keys_dir(&self) -> PathBuf {
+        self.root.join("known-keys")
+    }
+
     /// Path of the vault's public key (SPKI PEM), to hand to verifiers.
     pub fn public_key_path(&self) -> PathBuf {
         self.keys_dir().join("signing.pub")
@@ -390,6 +406,86 @@ impl LocalStore {
             self.verifying_key()?
         };
         Ok(self.key.get_or_init(|| key))
+    }
+
+    fn retired_path(&self, key_id: &str) -> PathBuf {
+        let safe: String = key_id
+            .chars()
+            .map(|c| match c {
+                '/' => '_',
+                '+' => '-',
+                ':' => '.',
+                c => c,
+            })
+            .collect();
+        self.keys_dir().join("retired").join(format!("{safe}.pub"))
+    }
+
+    /// The public key with `key_id` among this store's current and retired keys (what
+    /// its earlier manifests and audit heads are signed with).
+    pub fn key_by_id(&self, key_id: &str) -> Result<Option<VerifyingKey>, StoreError> {
+        let current = self.manifest_key()?;
+        if current.key_id() == key_id {
+            return Ok(Some(current.clone()));
+        }
+        let path = self.retired_path(key_id);
+        match read_small(&path, 64 << 10) {
+            Ok(pem) => {
+                let k = VerifyingKey::from_pem(&pem, &path)?;
+                return Ok((k.key_id() == key_id).then_some(k));
+            }
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            }
+            Err(e) => return Err(e),
+        }
+        // Rotated by another process since this one loaded its key.
+        if self.key_path().exists() {
+            let k = self.signing_key()?.verifying_key();
+            if k.key_id() == key_id {
+                return Ok(Some(k));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The current key and every retired one.
+    pub fn all_keys(&self) -> Result<Vec<VerifyingKey>, StoreError> {
+        let mut keys = vec![self.manifest_key()?.clone()];
+        let dir = self.keys_dir().join("retired");
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().and_then(|e| e.to_str()) != Some("pub") {
+                    continue;
+                }
+                if let Ok(pem) = read_small(&path, 64 << 10) {
+                    keys.push(VerifyingKey::from_pem(&pem, &path)?);
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Replaces the signing key with `new` (`ckvault key rotate`): the old public key is
+    /// kept in keys/retired/ so what it signed keeps verifying, the old private key is
+    /// overwritten. Returns the old public key.
+    pub fn replace_signing_key(&self, new: &SigningKey) -> Result<VerifyingKey, StoreError> {
+        let old = self.signing_key()?.verifying_key();
+        let retired = self.keys_dir().join("retired");
+        fsutil::ensure_private_dir(&retired).map_err(|e| StoreError::io(&retired, e))?;
+        let path = self.retired_path(&old.key_id());
+        if !path.exists() {
+            fsutil::write_atomic(&retired, &path, old.to_pem()?.as_bytes())
+                .map_err(|e| StoreError::io(&path, e))?;
+        }
+        let tmp = self.tmp_dir();
+        // The private key first: a crash before the public one is repaired at open.
+        fsutil::replace_atomic_owned(&tmp, &self.key_path(), new.to_pem()?.as_bytes())
+            .map_err(|e| StoreError::io(&self.key_path(), e))?;
+        let pub_path = self.public_key_path();
+        fsutil::replace_atomic_owned(&tmp, &pub_path, new.verifying_key().to_pem()?.as_bytes())
+            .map_err(|e| StoreError::io(&pub_path, e))?;
+        Ok(old)
     }
 
     /// Path of a record's blob.
@@ -478,7 +574,10 @@ impl LocalStore {
             id: id.clone(),
             why,
         };
-        self.manifest_key()?.verify(manifest).map_err(tampered)?;
+        self.verify_manifest(manifest).map_err(|e| match e {
+            StoreError::Tampered { why, .. } => tampered(why),
+            e => e,
+        })?;
         if manifest.id != *id {
             return Err(tampered(ManifestError::Misfiled {
                 names: manifest.id.to_string(),
@@ -498,9 +597,15 @@ impl LocalStore {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Checks a manifest's signature with this store's key.
+    /// Checks a manifest's signature with this store's key (or the retired key it names).
     pub fn verify_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
-        self.manifest_key()?
+        let named = match &manifest.signature {
+            Some(sig) => self.key_by_id(&sig.key_id)?,
+            None => None,
+        };
+        named
+            .as_ref()
+            .unwrap_or(self.manifest_key()?)
             .verify(manifest)
             .map_err(|why| StoreError::Tampered {
                 id: manifest.id.clone(),

@@ -77,6 +77,9 @@ pub enum StoreError {
     /// A setting or the store's layout is wrong.
     #[error("{0}")]
     Config(String),
+    /// A key is not trusted for the node name it signs for, or the pins are unusable.
+    #[error(transparent)]
+    KeyTrust(#[from] s3::keys::KeyTrustError),
     /// The object store could not be reached.
     #[error(
         "cannot reach the object store at {endpoint} ({detail}); check [store] endpoint, the \

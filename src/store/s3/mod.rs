@@ -9,12 +9,15 @@
 //!   visible manifest always has its blob; the set of manifests is the source of truth
 //! - `holds/ID.json`: a legal hold (reason, who, when), mirrored as S3 Object Lock legal
 //!   hold on the blob and the manifest
-//! - `keys/NODE/KEYID.pem`: each node's public manifest and audit signing key
+//! - `keys/NODE/KEYID.pem`: each node's public manifest and audit signing key, and
+//!   `keys/NODE/KEYID.rotation.json`: a node's signed hand-over to a new key ([`keys`]
+//!   decides which key may sign for which node name)
 //! - `audit/SOURCE/…`: audit segments shipped by every node and server replica
 //! - `locks/retention.json`: the retention lease
 
 pub mod client;
 pub mod index;
+pub mod keys;
 pub mod lease;
 pub mod ship;
 pub mod upload;
@@ -81,7 +84,12 @@ pub struct S3Store {
     endpoint: String,
     lock: Option<(LockMode, u32)>,
     trusted: Option<PathBuf>,
+    /// Keys already found valid, by node name and key ID.
     keys: Arc<Mutex<HashMap<String, VerifyingKey>>>,
+    /// First keys of node names seen by this process (without pins).
+    roots: Arc<Mutex<HashMap<String, VerifyingKey>>>,
+    /// First keys of node names remembered in the spool (without pins).
+    memory: Option<keys::Memory>,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -90,29 +98,7 @@ impl std::fmt::Debug for S3Store {
     }
 }
 
-/// `keys/NODE/KEYID.pem` names a key by its ID with base64 made path-safe.
-fn key_object_name(node: &str, key_id: &str) -> String {
-    let safe: String = key_id
-        .chars()
-        .map(|c| match c {
-            '/' => '_',
-            '+' => '-',
-            ':' => '.',
-            c => c,
-        })
-        .collect();
-    format!("keys/{node}/{safe}.pem")
-}
-
-/// A node name usable in object keys.
-pub fn valid_node_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-        && !name.starts_with('.')
-}
+pub use keys::valid_node_name;
 
 impl S3Store {
     /// Connects to the bucket named in `[store]` (no request is made yet).
@@ -124,6 +110,9 @@ impl S3Store {
         let mut prefix = cfg.prefix.trim_start_matches('/').to_owned();
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
+        }
+        if let Some(dir) = &cfg.trusted_keys {
+            keys::check_pins(dir)?;
         }
         Ok(Self {
             client: client::connect(cfg)?,
@@ -137,7 +126,17 @@ impl S3Store {
             lock: cfg.object_lock.map(|m| (m, cfg.lock_days)),
             trusted: cfg.trusted_keys.clone(),
             keys: Arc::default(),
+            roots: Arc::default(),
+            memory: None,
         })
+    }
+
+    /// The same store, remembering the first key of each node name it trusts in `dir` (a
+    /// private directory of this process's spool), so a name's key replaced in the bucket
+    /// later is refused ([`keys`]).
+    pub fn with_key_memory(mut self, dir: PathBuf) -> Self {
+        self.memory = Some(keys::Memory::new(dir));
+        self
     }
 
     /// The SDK client (tests use it to act with the bucket credentials directly).
@@ -736,7 +735,10 @@ impl S3Store {
 
     /// Publishes this node's public key so servers can verify its manifests and audit.
     pub async fn publish_key(&self, node: &str, key: &VerifyingKey) -> Result<(), StoreError> {
-        let name = self.key(&key_object_name(node, &key.key_id()));
+        let name = self.key(&format!(
+            "{}.pem",
+            keys::key_object_stem(node, &key.key_id())
+        ));
         let pem = key.to_pem()?;
         match self.put_bytes(&name, pem.into_bytes(), true, false).await {
             Ok(_) => Ok(()),
@@ -748,8 +750,10 @@ impl S3Store {
         }
     }
 
-    /// The key `node` signed with under `key_id`: from `[store] trusted_keys` when set,
-    /// else from the bucket. The key found must carry that ID.
+    /// The key `node` signed with under `key_id`, trusted for that name: pinned to it in
+    /// `[store] trusted_keys` when set, else valid for it in the bucket (its first key or
+    /// one a signed rotation introduced, see [`keys`]). A key trusted for another name only
+    /// is refused.
     pub async fn node_key(&self, node: &str, key_id: &str) -> Result<VerifyingKey, StoreError> {
         let cache_key = format!("{node}\n{key_id}");
         if let Ok(cache) = self.keys.lock()
@@ -757,22 +761,9 @@ impl S3Store {
         {
             return Ok(k.clone());
         }
-        let key = if let Some(dir) = &self.trusted {
-            trusted_key(dir, key_id)?
-        } else {
-            if !valid_node_name(node) {
-                return Err(StoreError::Config(format!(
-                    "node name {node:?} is not valid"
-                )));
-            }
-            let name = self.key(&key_object_name(node, key_id));
-            let Some((pem, _)) = self.get_bytes(&name, 16 << 10).await? else {
-                return Err(StoreError::Config(format!(
-                    "no key {key_id} for node {node} in the bucket ({name})"
-                )));
-            };
-            let pem = String::from_utf8_lossy(&pem).into_owned();
-            VerifyingKey::from_pem(&pem, Path::new(&name))?
+        let key = match &self.trusted {
+            Some(dir) => keys::pinned_key(dir, node, key_id)?,
+            None => self.bucket_key(node, key_id).await?,
         };
         if key.key_id() != key_id {
             return Err(StoreError::Config(format!(
@@ -1040,29 +1031,6 @@ impl S3Store {
     }
 }
 
-/// Finds the key with `key_id` among the `*.pem` files of `dir`.
-fn trusted_key(dir: &Path, key_id: &str) -> Result<VerifyingKey, StoreError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("pem") {
-            continue;
-        }
-        let Ok(pem) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        if let Ok(k) = VerifyingKey::from_pem(&pem, &path)
-            && k.key_id() == key_id
-        {
-            return Ok(k);
-        }
-    }
-    Err(StoreError::Config(format!(
-        "key {key_id} is not among the trusted keys in {}",
-        dir.display()
-    )))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1070,8 +1038,8 @@ mod tests {
     #[test]
     fn key_objects_and_node_names_are_path_safe() {
         assert_eq!(
-            key_object_name("node-a", "SHA256:ab/c+d"),
-            "keys/node-a/SHA256.ab_c-d.pem"
+            keys::key_object_stem("node-a", "SHA256:ab/c+d"),
+            "keys/node-a/SHA256.ab_c-d"
         );
         assert!(valid_node_name("node-a.example_1"));
         for bad in ["", "../x", "a/b", ".hidden", "a b", "a\nb"] {

@@ -176,7 +176,7 @@ impl Uploader {
             )));
         }
         Ok(Self {
-            s3: S3Store::new(&config.store)?,
+            s3: S3Store::new(&config.store)?.with_key_memory(spool.known_keys_dir()),
             spool,
             node,
             status: Arc::default(),
@@ -321,9 +321,9 @@ impl Uploader {
     }
 
     async fn drain_locked(&self, every: bool) -> Result<Drained, StoreError> {
-        self.s3
-            .publish_key(&self.node, &self.spool.verifying_key()?)
-            .await?;
+        let key = self.spool.verifying_key()?;
+        self.s3.publish_key(&self.node, &key).await?;
+        self.s3.check_own_key(&self.node, &key).await?;
         let mut out = Drained::default();
         let ids = self.spool.ids()?;
         self.forget_gone(&ids);
