@@ -100,6 +100,9 @@ pub enum Command {
     /// Manage bearer tokens.
     #[command(subcommand)]
     Token(serve::TokenCommand),
+    /// Renew the generated TLS certificates.
+    #[command(subcommand)]
+    Tls(serve::TlsCommand),
     /// Validate policy files.
     #[command(subcommand)]
     Policy(serve::PolicyCommand),
@@ -173,6 +176,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Retention(c) => retention::retention(c),
         Command::Proxy(a) => proxy::run(a),
         Command::Token(c) => serve::token(c),
+        Command::Tls(c) => serve::tls(c),
         Command::Policy(c) => serve::policy(c),
     }
 }
