@@ -354,6 +354,9 @@ pub struct ServerConfig {
     pub client_ca: Option<PathBuf>,
     /// Token file (hashed bearer tokens, see `ckvault token add`).
     pub tokens: Option<PathBuf>,
+    /// Certificate revocation lists (PEM, or one DER CRL) of the client CAs: a listed
+    /// client certificate is refused. Re-read, like the token file, when it changes.
+    pub crl: Option<PathBuf>,
     /// Also accept TLS 1.2 (default: TLS 1.3 only).
     #[serde(default)]
     pub allow_tls12: bool,
@@ -440,6 +443,7 @@ impl Default for ServerConfig {
             key: None,
             client_ca: None,
             tokens: None,
+            crl: None,
             allow_tls12: false,
             handshake_timeout: default_handshake_timeout(),
             header_timeout: default_header_timeout(),
@@ -739,6 +743,7 @@ impl Config {
             &mut self.server.key,
             &mut self.server.client_ca,
             &mut self.server.tokens,
+            &mut self.server.crl,
             &mut self.audit.path,
             &mut self.policy.dir,
             &mut self.cri.upstream,

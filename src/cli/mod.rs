@@ -104,6 +104,9 @@ pub enum Command {
     /// Manage this node's signing key in a shared bucket (rotation, audited).
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Renew the generated TLS certificates.
+    #[command(subcommand)]
+    Tls(serve::TlsCommand),
     /// Validate policy files.
     #[command(subcommand)]
     Policy(serve::PolicyCommand),
@@ -178,6 +181,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Proxy(a) => proxy::run(a),
         Command::Token(c) => serve::token(c),
         Command::Key(c) => key::run(c),
+        Command::Tls(c) => serve::tls(c),
         Command::Policy(c) => serve::policy(c),
     }
 }

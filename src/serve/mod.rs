@@ -1,8 +1,12 @@
 //! The HTTPS server: `ckvault serve`. Wires the store, the audit log, the access policy
-//! and the token file into the API ([`api`]) behind our own TLS accept loop ([`tls`]).
+//! and the token file into the API ([`api`]) behind our own TLS accept loop ([`tls`]),
+//! and re-reads the policy, the token file and the TLS credentials ([`credentials`]:
+//! server certificate, client CA, CRLs) within [`RELOAD_INTERVAL`] of a change of their
+//! files, or at once on SIGHUP.
 
 pub mod api;
 pub mod coalesce;
+pub mod credentials;
 pub mod limits;
 pub mod metrics;
 pub mod pki;
@@ -51,6 +55,9 @@ pub struct AppState {
     pub downloads: limits::Counter<String>,
     /// Failed authentications, folded per source and rate-limited.
     pub auth_failures: limits::AuthFailures,
+    /// Client certificate verification, when client certificates are accepted: its CRLs
+    /// are checked again on every request (a connection outlives a CRL change).
+    pub client_auth: Option<Arc<credentials::ClientAuth>>,
 }
 
 impl AppState {
@@ -79,6 +86,7 @@ impl AppState {
                 ConnectionLimits::default().max_auth_failures_per_source,
                 ConnectionLimits::default().max_auth_failures,
             ),
+            client_auth: None,
         }
     }
 
@@ -127,15 +135,17 @@ pub struct Prepared {
     pub state: Arc<AppState>,
     /// rustls configuration.
     pub tls: Arc<rustls::ServerConfig>,
+    /// The credentials under it (reloaded when their files change, and on SIGHUP).
+    pub credentials: Arc<credentials::Credentials>,
     /// Credentials generated on first start (embedded defaults only).
     pub generated: Option<pki::GeneratedPki>,
     /// Where to listen.
     pub listen: std::net::SocketAddr,
     /// Connection limits.
     pub limits: crate::config::ConnectionLimits,
-    /// Token file path (reloaded on SIGHUP).
+    /// Token file path (reloaded when it changes, and on SIGHUP).
     pub tokens_path: Option<PathBuf>,
-    /// Policy directory (reloaded on SIGHUP).
+    /// Policy directory (reloaded when its files change, and on SIGHUP).
     pub policy_dir: Option<PathBuf>,
     /// With a bucket store: the uploader of this replica's spool and audit segments, the
     /// index refresh period, and this replica's name for the retention lease.
@@ -207,7 +217,22 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             out
         }
     };
-    let tls = tls::server_config(&cert, &key, client_ca.as_deref(), config.server.allow_tls12)?;
+    anyhow::ensure!(
+        config.server.crl.is_none() || client_ca.is_some(),
+        "[server] crl is set but client certificates are not accepted ([server] client_ca)"
+    );
+    let credentials = credentials::Credentials::load(credentials::CredentialFiles {
+        cert,
+        key,
+        client_ca,
+        crl: config.server.crl.clone(),
+    })?;
+    let tls = credentials.server_config(config.server.allow_tls12)?;
+    if let Some(g) = &generated {
+        for warning in pki::expiry_warnings(g, pki::RENEW_BEFORE) {
+            eprintln!("ckvault: {warning}");
+        }
+    }
     let tokens = match &tokens_path {
         Some(p) => TokenFile::load(p)?,
         None => TokenFile::default(),
@@ -281,9 +306,11 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let mut state = AppState::new(store, audit, set, tokens).with_limits(&config.server.limits());
     state.checkpointer = checkpointer;
     state.uploader = bucket.as_ref().map(|(u, _, _)| u.clone());
+    state.client_auth = credentials.client_auth().cloned();
     Ok(Prepared {
         state: Arc::new(state),
         tls: Arc::new(tls),
+        credentials: Arc::new(credentials),
         generated,
         listen: config.server.listen,
         limits: config.server.limits(),
@@ -293,8 +320,9 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     })
 }
 
-/// Runs the server until SIGINT/SIGTERM; SIGHUP reloads the policy and the token file
-/// (keeping the old ones when the new ones are invalid).
+/// Runs the server until SIGINT/SIGTERM. The policy, the token file and the TLS
+/// credentials are re-read within [`RELOAD_INTERVAL`] of a change of their files, and at
+/// once on SIGHUP (keeping the old ones when the new ones are invalid).
 ///
 /// `ready` runs once the signal handlers are installed (announce the server there: a
 /// SIGHUP sent right after the announcement must not kill it).
@@ -310,9 +338,11 @@ pub async fn run(
     ready(&prepared);
     let state = prepared.state.clone();
     let (tokens_path, policy_dir) = (prepared.tokens_path.clone(), prepared.policy_dir.clone());
+    let creds = prepared.credentials.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             reload(&state, tokens_path.as_deref(), policy_dir.as_deref());
+            reload_credentials(&creds);
         }
     });
     // Parse every manifest once now, so the first listing is as fast as the next ones.
@@ -359,19 +389,33 @@ pub async fn run(
         prepared.state.clone(),
         prepared.limits.auth_failure_interval,
     ));
-    // Retention on a timer (and the policy directory's files re-read when they change).
+    // Retention on a timer, and the policy, the token file and the TLS credentials re-read
+    // when their files change.
     let state = prepared.state.clone();
     let policy_dir = prepared.policy_dir.clone();
     let tokens_path = prepared.tokens_path.clone();
+    let creds = prepared.credentials.clone();
     tokio::spawn(async move {
         let mut stamp = policy_stamp(policy_dir.as_deref());
+        let mut tokens_stamp = tokens_path.as_deref().map(file_stamp);
+        let mut creds_stamp: Vec<_> = creds.files().paths().into_iter().map(file_stamp).collect();
         let mut last_retention: Option<std::time::Instant> = None;
         loop {
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            tokio::time::sleep(RELOAD_INTERVAL).await;
             let now_stamp = policy_stamp(policy_dir.as_deref());
             if now_stamp != stamp {
                 stamp = now_stamp;
-                reload(&state, tokens_path.as_deref(), policy_dir.as_deref());
+                reload(&state, None, policy_dir.as_deref());
+            }
+            let now_tokens = tokens_path.as_deref().map(file_stamp);
+            if now_tokens != tokens_stamp {
+                tokens_stamp = now_tokens;
+                reload(&state, tokens_path.as_deref(), None);
+            }
+            let now_creds: Vec<_> = creds.files().paths().into_iter().map(file_stamp).collect();
+            if now_creds != creds_stamp {
+                creds_stamp = now_creds;
+                reload_credentials(&creds);
             }
             if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_INTERVAL) {
                 last_retention = Some(std::time::Instant::now());
@@ -469,6 +513,34 @@ async fn live_pods(
 /// How often the server applies retention.
 pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How often the server looks for changes of the policy files, the token file and the TLS
+/// credential files: a token removed from its file, or a certificate added to the CRL,
+/// stops working within this (plus the time to read the file).
+pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What tells a file changed: modification time, length and inode (a file replaced by a
+/// rename, as `ckvault token` and Kubernetes' secret volumes do, has a new inode), of
+/// the file a symbolic link points to.
+type FileStamp = Option<(std::time::SystemTime, u64, u64)>;
+
+fn file_stamp(path: &std::path::Path) -> FileStamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+/// Re-reads the TLS credentials, keeping each part that does not load.
+fn reload_credentials(creds: &credentials::Credentials) {
+    let errors = creds.reload();
+    if errors.is_empty() {
+        let revoked = creds.client_auth().map_or(0, |c| c.revoked_count());
+        eprintln!("ckvault: TLS credentials re-read ({revoked} client certificate(s) revoked)");
+    }
+    for e in errors {
+        eprintln!("ckvault: keeping the old TLS credentials: {e}");
+    }
+}
+
 /// Modification times of the policy files, to notice edits.
 fn policy_stamp(dir: Option<&std::path::Path>) -> Vec<Option<std::time::SystemTime>> {
     let Some(dir) = dir else { return Vec::new() };
@@ -490,7 +562,10 @@ fn policy_stamp(dir: Option<&std::path::Path>) -> Vec<Option<std::time::SystemTi
 fn reload(state: &AppState, tokens: Option<&std::path::Path>, policy: Option<&std::path::Path>) {
     if let Some(p) = tokens {
         match TokenFile::load(p) {
-            Ok(t) => state.set_tokens(t),
+            Ok(t) => {
+                eprintln!("ckvault: token file re-read ({} token(s))", t.token.len());
+                state.set_tokens(t)
+            }
             Err(e) => eprintln!("ckvault: keeping the old tokens: {e}"),
         }
     }

@@ -146,7 +146,15 @@ impl FromRequestParts<Shared> for Caller {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_bearer);
+        // A certificate the CRLs list now, on a connection opened before they did.
+        let revoked = conn.as_ref().is_some_and(|c| {
+            c.cert_key
+                .as_ref()
+                .zip(state.client_auth.as_ref())
+                .is_some_and(|(key, auth)| auth.is_revoked(key))
+        });
         let found = match conn.and_then(|c| c.cert_identity) {
+            _ if revoked => None,
             Some(p) => Some(p),
             None => bearer.and_then(|t| state.tokens().authenticate(t)),
         };
@@ -190,7 +198,9 @@ impl FromRequestParts<Shared> for Caller {
             }
             None => {
                 state.metrics.denied.fetch_add(1, Ordering::Relaxed);
-                let detail = if bearer.is_some() {
+                let detail = if revoked {
+                    "revoked client certificate"
+                } else if bearer.is_some() {
                     "invalid token"
                 } else {
                     "no credentials"

@@ -13,7 +13,6 @@
 //! with the fewest open.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,14 +20,12 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
+use super::credentials::CertKey;
 use super::limits::{Counter, Downloads};
 use super::metrics::Metrics;
 use crate::config::ConnectionLimits;
@@ -41,80 +38,11 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Identity from a verified client certificate, if one was presented.
     pub cert_identity: Option<Principal>,
+    /// Issuer and serial of that certificate, checked against the current CRLs on every
+    /// request (a connection outlives a CRL change).
+    pub cert_key: Option<CertKey>,
     /// The downloads this connection carries (a stalled one closes it).
     pub downloads: Arc<Downloads>,
-}
-
-/// TLS setup errors.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// A PEM file could not be read.
-    #[error("{path}: {message}")]
-    Pem {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// rustls refused the configuration.
-    #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
-    /// The client CA could not be used.
-    #[error("client CA: {0}")]
-    ClientCa(String),
-}
-
-/// Builds the rustls server configuration: TLS 1.3 only unless `allow_tls12`, client
-/// certificates verified against `client_ca` when given (optional, so token users can
-/// connect without one; a presented certificate must verify).
-pub fn server_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
-    allow_tls12: bool,
-) -> Result<ServerConfig, TlsError> {
-    let pem_err = |path: &Path, message: String| TlsError::Pem {
-        path: path.display().to_string(),
-        message,
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| pem_err(cert, e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| pem_err(cert, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(pem_err(cert, "no certificate in file".into()));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let versions: &[&rustls::SupportedProtocolVersion] = if allow_tls12 {
-        &[&rustls::version::TLS13, &rustls::version::TLS12]
-    } else {
-        &[&rustls::version::TLS13]
-    };
-    let builder =
-        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
-    let mut config = match client_ca {
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca).map_err(|e| pem_err(ca, e.to_string()))? {
-                roots
-                    .add(c.map_err(|e| pem_err(ca, e.to_string()))?)
-                    .map_err(|e| TlsError::ClientCa(e.to_string()))?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| TlsError::ClientCa(e.to_string()))?;
-            builder
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(certs, key_der)?
-        }
-        None => builder
-            .with_no_client_auth()
-            .with_single_cert(certs, key_der)?,
-    };
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
 }
 
 /// The principal named by a client certificate: CN is the user, each O a group.
@@ -286,16 +214,14 @@ pub async fn serve(
                 }
             };
             let handshake_done = std::time::Instant::now();
-            let cert_identity = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(|c| principal_from_cert(c.as_ref()));
+            let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let cert_identity = leaf.and_then(|c| principal_from_cert(c.as_ref()));
+            let cert_key = leaf.and_then(|c| CertKey::of(c.as_ref()));
             let downloads = activity.downloads.clone();
             let info = ConnInfo {
                 peer,
                 cert_identity,
+                cert_key,
                 downloads: downloads.clone(),
             };
             let service = {

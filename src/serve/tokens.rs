@@ -9,7 +9,9 @@
 //! created = "2026-11-28T10:00:00Z"
 //! ```
 //! Tokens carry 256 random bits, so a plain SHA-256 is a sufficient verifier; lookups
-//! compare every entry in constant time.
+//! compare every entry in constant time. Names are unique ([`TokenFile::add`] refuses a
+//! second token for a name), so [`TokenFile::revoke`] by name removes what was meant. A
+//! running server re-reads the file within its reload interval of a change.
 
 use std::path::Path;
 
@@ -71,6 +73,16 @@ pub enum TokenError {
     /// Randomness failed.
     #[error("cannot get random bytes: {0}")]
     Random(String),
+    /// A token for that name exists.
+    #[error(
+        "a token for user:{0} exists; revoke it first (`ckvault token revoke {0}`) or choose another name"
+    )]
+    Duplicate(String),
+    /// A token with no group.
+    #[error(
+        "a token for user:{0} without a group can do only what access.toml grants user:{0}; give it --group G (repeatable), or --no-group if access.toml grants user:{0}"
+    )]
+    NoGroup(String),
 }
 
 impl TokenFile {
@@ -111,8 +123,21 @@ impl TokenFile {
         Ok(())
     }
 
-    /// Creates a token for `name`, records its hash, and returns the token (show it once).
+    /// Creates a token for `name` in `groups` (at least one), records its hash, and
+    /// returns the token (show it once). Refuses a name that has a token.
     pub fn add(&mut self, name: &str, groups: &[String]) -> Result<String, TokenError> {
+        if groups.is_empty() {
+            return Err(TokenError::NoGroup(name.to_owned()));
+        }
+        self.add_user_only(name, groups)
+    }
+
+    /// As [`Self::add`], also with no group: the token can do what `access.toml` grants
+    /// `user:NAME`.
+    pub fn add_user_only(&mut self, name: &str, groups: &[String]) -> Result<String, TokenError> {
+        if self.token.iter().any(|t| t.name == name) {
+            return Err(TokenError::Duplicate(name.to_owned()));
+        }
         let mut raw = [0u8; 32];
         getrandom::fill(&mut raw).map_err(|e| TokenError::Random(e.to_string()))?;
         let token = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(raw));
@@ -123,6 +148,14 @@ impl TokenFile {
             created: crate::node::now_rfc3339(),
         });
         Ok(token)
+    }
+
+    /// Removes every token of `name` (files written before names were unique may hold
+    /// more than one) and returns how many.
+    pub fn revoke(&mut self, name: &str) -> usize {
+        let before = self.token.len();
+        self.token.retain(|t| t.name != name);
+        before - self.token.len()
     }
 
     /// The principal a presented token belongs to. Every entry is compared, in constant
@@ -157,7 +190,7 @@ mod tests {
         let path = dir.path().join("tokens.toml");
         let mut f = TokenFile::default();
         let t1 = f.add("alice", &["responders".into()]).unwrap();
-        let t2 = f.add("bob", &[]).unwrap();
+        let t2 = f.add_user_only("bob", &[]).unwrap();
         f.save(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains(&t1) && !text.contains(&t2));
@@ -171,5 +204,24 @@ mod tests {
         assert_eq!(f.authenticate(&t2).unwrap().user, "bob");
         assert!(f.authenticate("ckv_wrong").is_none());
         assert!(f.authenticate("").is_none());
+    }
+
+    #[test]
+    fn names_are_unique_groups_required_and_revoke_removes_a_name() {
+        let mut f = TokenFile::default();
+        assert!(matches!(f.add("carol", &[]), Err(TokenError::NoGroup(_))));
+        let t = f.add("carol", &["responders".into()]).unwrap();
+        assert!(matches!(
+            f.add("carol", &["other".into()]),
+            Err(TokenError::Duplicate(_))
+        ));
+        assert!(matches!(
+            f.add_user_only("carol", &[]),
+            Err(TokenError::Duplicate(_))
+        ));
+        assert_eq!(f.token.len(), 1);
+        assert_eq!(f.revoke("carol"), 1);
+        assert!(f.authenticate(&t).is_none());
+        assert_eq!(f.revoke("carol"), 0);
     }
 }
