@@ -596,6 +596,12 @@ fn the_trigger_api_checkpoints_by_name_with_kubelet_status_codes() {
             "/checkpoint/forensics/web-7d4/app?timeout=30&timeout=soon",
             "cannot parse timeout",
         ),
+        // A timeout no timer can hold: refused before the runtime is asked (it panicked a
+        // task and left an intent and an empty tar in staging).
+        (
+            "/checkpoint/forensics/web-7d4/app?timeout=360000000000",
+            "timeout must be at most 3600 seconds",
+        ),
     ] {
         let (code, body) = curl(&admin, path);
         assert_eq!(code, "404", "{path}: {body}");
@@ -649,7 +655,7 @@ fn the_trigger_api_checkpoints_by_name_with_kubelet_status_codes() {
     );
     assert_eq!(
         outcomes.iter().filter(|o| **o == "error").count(),
-        3,
+        4,
         "{outcomes:?}"
     );
     let seals = events

@@ -717,13 +717,20 @@ fn authentication_matrix_refuses_strangers_and_audits_every_http_refusal() {
     );
     let r = v.curl(&alice, &format!("/v1/checkpoints/{}", v.small_id()), &[]);
     assert_eq!(r.status, 404, "{}", r.describe());
-    // alice may not read the audit log (the auditor grant is user:auditor only).
+    // alice may not read the audit log (the auditor grant is user:auditor only): 403, and
+    // the refusal is audited as one.
     let r = v.curl(&alice, "/v1/audit", &[]);
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 403, "{}", r.describe());
+    assert_eq!(r.json()["error"], "forbidden");
+    let e = v.audit_lines().last().cloned().unwrap();
     assert_eq!(
-        r.json()["items"],
-        serde_json::json!([]),
-        "no audit grant, no events"
+        (
+            e["actor"].as_str(),
+            e["action"].as_str(),
+            e["outcome"].as_str()
+        ),
+        (Some("user:alice"), Some("read-audit"), Some("denied")),
+        "{e}"
     );
     // The auditor (certificate CN=auditor, no group) reads the audit log but no archive.
     let (cert, key) = v.issue("auditor", None, None);

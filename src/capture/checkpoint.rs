@@ -20,6 +20,9 @@ use crate::seal::ClaimedIdentity;
 use crate::store::LocalStore;
 use crate::vault::intake::Intake;
 
+/// The longest a checkpoint may be given: an hour is far beyond what CRIU needs for any
+/// container a node can hold, and keeps every deadline derived from it representable.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 /// Why a checkpoint did not become a record.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -121,6 +124,9 @@ impl Checkpointer {
         requested_location: Option<&str>,
         actor: &str,
     ) -> Result<Manifest, CheckpointError> {
+        // A deadline from outside (a gRPC timeout, a query parameter) is bounded here too,
+        // whatever the caller checked: timers and the runtime client panic past theirs.
+        let deadline = deadline.min(MAX_DEADLINE);
         let me = self.clone();
         let (id, src, loc, who) = (
             container_id.to_owned(),

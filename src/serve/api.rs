@@ -848,6 +848,21 @@ async fn audit(
 ) -> Result<Response, ApiError> {
     let policy = state.policy();
     let principal = caller.principal.clone();
+    if !policy.access.grants_any(&principal, Action::ReadAudit) {
+        state.metrics.denied.fetch_add(1, Ordering::Relaxed);
+        let mut ev = event(&caller, "read-audit", "denied");
+        ev.record = q.record.clone();
+        ev.detail = Some("no read-audit grant in any namespace".into());
+        record(&state, ev).await?;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} may not read the audit log of any namespace",
+                principal.actor()
+            ),
+        ));
+    }
     let mut ev = event(&caller, "read-audit", "ok");
     ev.record = q.record.clone();
     record(&state, ev).await?;

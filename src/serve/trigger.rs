@@ -34,12 +34,17 @@ pub fn parse_timeout(query: Option<&str>) -> Result<Option<u64>, String> {
             last = Some(v);
         }
     }
+    let max = crate::capture::checkpoint::MAX_DEADLINE.as_secs();
     match last {
         None => Ok(None),
-        Some(v) => v
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| format!("cannot parse timeout {v:?}")),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n <= max => Ok(Some(n)),
+            Ok(_) => Err(format!("timeout must be at most {max} seconds")),
+            Err(_) => Err(format!(
+                "cannot parse timeout {:?}",
+                v.chars().take(32).collect::<String>()
+            )),
+        },
     }
 }
 
@@ -93,11 +98,16 @@ pub async fn checkpoint(
         );
         return fail(&state, ev, err).await;
     };
+    // The answer says what failed without the paths a runtime's message carries (its
+    // staging location, its own directories); the audit event keeps the message whole.
     let failed = |e: &dyn std::fmt::Display| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "checkpoint-failed",
-            format!("checkpointing of {namespace}/{pod}/{container} failed ({e})"),
+            format!(
+                "checkpointing of {namespace}/{pod}/{container} failed ({})",
+                redact_paths(&e.to_string())
+            ),
         )
     };
     let runtime = checkpointer.runtime().clone();
@@ -189,9 +199,56 @@ pub async fn checkpoint(
     }
 }
 
+/// `message` with every absolute path in it replaced by `<path>`, cut to 512 characters
+/// and with control characters escaped: what an error body may repeat of a message from
+/// another process.
+pub fn redact_paths(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(512));
+    let mut in_path = false;
+    let mut prev: Option<char> = None;
+    for c in message.chars() {
+        if in_path {
+            if c.is_whitespace() || matches!(c, '"' | '\'' | ',' | ';' | ')' | ']' | '>') {
+                in_path = false;
+            } else {
+                continue;
+            }
+        }
+        let starts_path = c == '/'
+            && prev.is_none_or(|p| {
+                p.is_whitespace() || matches!(p, '"' | '\'' | '=' | '(' | '[' | ':' | '<')
+            });
+        if starts_path {
+            out.push_str("<path>");
+            in_path = true;
+        } else {
+            out.push(c);
+        }
+        prev = Some(c);
+        if out.len() >= 512 {
+            out.push_str("...");
+            break;
+        }
+    }
+    crate::inspect::escape_control(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_bodies_carry_no_paths() {
+        let m = "rpc error: code = Unknown desc = open /var/lib/ckvault/staging/01MABC.tar: permission denied; see \"/run/containerd/x\" (path=/a/b)";
+        let r = redact_paths(m);
+        assert!(
+            !r.contains("/var") && !r.contains("/run") && !r.contains("/a/b"),
+            "{r}"
+        );
+        assert!(r.contains("permission denied"), "{r}");
+        assert_eq!(redact_paths("a\x1b[2Jb"), "a\\u{1b}[2Jb");
+        assert!(redact_paths(&"x".repeat(5000)).len() < 600);
+    }
 
     #[test]
     fn timeouts_parse_like_the_kubelet() {
@@ -201,5 +258,8 @@ mod tests {
         assert!(parse_timeout(Some("timeout=abc")).is_err());
         assert!(parse_timeout(Some("timeout=5&timeout=-1")).is_err());
         assert_eq!(parse_timeout(Some("other=1")), Ok(None));
+        assert_eq!(parse_timeout(Some("timeout=3600")), Ok(Some(3600)));
+        assert!(parse_timeout(Some("timeout=360000000000")).is_err());
+        assert!(parse_timeout(Some("timeout=3601")).is_err());
     }
 }
