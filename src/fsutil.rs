@@ -3,7 +3,8 @@
 //! named as input is refused instead of hanging or reading forever), and atomic
 //! publication (write to a temporary name, fsync, rename, fsync the directory), and
 //! [`NewFile`], an output that has no name at all until it is complete (a failed or killed
-//! writer leaves nothing). Everything that touches plaintext or sealed records uses these.
+//! writer leaves nothing), and [`visible_writer`] (does a process hold a file open for
+//! writing). Everything that touches plaintext or sealed records uses these.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
@@ -198,6 +199,52 @@ fn describe_type(kind: fs::FileType) -> &'static str {
     } else {
         "a special file"
     }
+}
+
+/// The PID of a process holding the file `meta` describes open for writing (or for reading
+/// and writing), among the processes this one can see in `/proc`: its own PID namespace and
+/// those below it. A writer in another PID namespace (a node agent without `hostPID` does
+/// not see the runtime), or a system without `/proc`, is not seen: `None` means "none
+/// seen", not "none". Costs a `stat` per open descriptor of every visible process.
+pub fn visible_writer(meta: &fs::Metadata) -> Option<u32> {
+    use std::io::Read;
+    let want = (meta.dev(), meta.ino());
+    let procs = fs::read_dir("/proc").ok()?;
+    for proc_entry in procs.flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(proc_entry.path().join("fd")) else {
+            continue; // gone, or not ours to look at
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = fs::metadata(fd.path()) else {
+                continue;
+            };
+            if (target.dev(), target.ino()) != want {
+                continue;
+            }
+            // `flags:` in fdinfo is the open flags in octal; the access mode is the low bits.
+            let mut info = String::new();
+            let read = File::open(proc_entry.path().join("fdinfo").join(fd.file_name()))
+                .and_then(|f| f.take(4096).read_to_string(&mut info));
+            let flags = read.ok().and_then(|_| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("flags:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            });
+            match flags {
+                Some(f) if f & (libc::O_ACCMODE as u32) == libc::O_RDONLY as u32 => {}
+                // Writable, or cannot tell: count it as a writer.
+                _ => return Some(pid),
+            }
+        }
+    }
+    None
 }
 
 /// fsyncs a directory so that renames and unlinks inside it are durable.

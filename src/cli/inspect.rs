@@ -69,13 +69,13 @@ fn print_record(args: &InspectArgs, m: &Manifest, deep: &DeepView) -> anyhow::Re
             output::print_json(&deep_document(head, deep, args.show_env_values))?
         }
         Format::Table => {
-            println!(
-                "record {} ({}/{}/{})",
-                m.id,
+            let who = format!(
+                "{}/{}/{}",
                 m.namespace.as_deref().unwrap_or("?"),
                 m.pod.as_deref().unwrap_or("?"),
                 m.container.as_deref().unwrap_or("?")
             );
+            println!("record {} ({})", m.id, inspect::escape_control(&who));
             print!("{}", deep.render_table(args.show_env_values));
         }
     }

@@ -15,8 +15,9 @@ pub struct WatchArgs {
     /// The kubelet checkpoint directory (default [watch] dir, /var/lib/kubelet/checkpoints).
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// Seconds a file must be quiet after its last write before it is captured
-    /// (default [watch] settle, 2 s).
+    /// Seconds a file must be quiet after its last write before it is captured; only a
+    /// file its writer closed (or, found at start, that no process holds open for
+    /// writing) is captured, however long it stays quiet (default [watch] settle, 2 s).
     #[arg(long, value_name = "SECONDS")]
     settle: Option<f64>,
     /// Capture what is in the directory now, then exit (for cron or a one-off sweep).
@@ -59,15 +60,50 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     watch::run(&capture.intake, &wopts, &mut |name, outcome| {
         let name = escape_control(name);
         match outcome {
-            watch::Outcome::Sealed(m) => {
+            watch::Outcome::Sealed {
+                manifest: m,
+                warning,
+            } => {
+                // Identity fields come from the archive: escaped, and named when they break
+                // Kubernetes' naming rules.
+                let flagged = if m.identity_invalid.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; breaking Kubernetes naming: {}",
+                        m.identity_invalid.join(", ")
+                    )
+                };
                 println!(
-                    "sealed {name} as {} ({}, inspection {})",
+                    "sealed {name} as {} ({}, inspection {}{flagged})",
                     m.id,
-                    m.namespace.as_deref().unwrap_or("?"),
-                    m.inspection.code.as_deref().unwrap_or("ok")
+                    escape_control(m.namespace.as_deref().unwrap_or("?")),
+                    escape_control(m.inspection.code.as_deref().unwrap_or("ok"))
+                );
+                if let Some(w) = warning {
+                    eprintln!("ckvault: {name}: {}", escape_control(w));
+                }
+            }
+            watch::Outcome::Ignored(why) => {
+                eprintln!("ckvault: ignoring {name}: {}", escape_control(why));
+            }
+            watch::Outcome::InUse(why) if args.once => {
+                eprintln!(
+                    "ckvault: leaving {name} for the next sweep: {}",
+                    escape_control(why)
                 );
             }
-            watch::Outcome::Ignored(why) => eprintln!("ckvault: ignoring {name}: {why}"),
+            watch::Outcome::InUse(why) => {
+                eprintln!(
+                    "ckvault: waiting for {name} to be closed: {}",
+                    escape_control(why)
+                );
+            }
+            watch::Outcome::Changed(id) => {
+                eprintln!(
+                    "ckvault: {name} changed while it was sealed (record {id} holds what was read); kept, to be sealed again once closed"
+                );
+            }
             watch::Outcome::Failed(why) => {
                 failures += 1;
                 eprintln!("ckvault: could not seal {name}: {}", escape_control(why));

@@ -8,6 +8,9 @@
 //! presence of containerd's `io.kubernetes.cri.*` annotations means containerd; otherwise
 //! unknown. For Podman without Kubernetes annotations, the container is `config.dump`'s
 //! `name` (for CRI-O and containerd that field is an engine-internal name, not used).
+//!
+//! [`naming_violations`] names the identity fields that break Kubernetes' naming rules
+//! (a record flags them; every front-end escapes them before printing).
 
 use serde::Deserialize;
 
@@ -200,4 +203,78 @@ pub(crate) fn resolve(
         identity.checkpointed_at.clone_from(&c.checkpointed_time);
     }
     Ok(identity)
+}
+
+/// Whether `s` is an RFC 1123 label as Kubernetes takes it: 1-63 of `[a-z0-9-]`, starting
+/// and ending with a letter or digit (namespaces, container names).
+fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// Whether `s` is an RFC 1123 subdomain as Kubernetes takes it: at most 253 characters,
+/// dot-separated RFC 1123 labels (pod names).
+fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// The identity fields (`namespace`, `pod`, `container`) present with a value Kubernetes
+/// would not accept: a namespace or container that is not an RFC 1123 label, a pod that is
+/// not an RFC 1123 subdomain. Missing fields are not violations.
+pub fn naming_violations(
+    namespace: Option<&str>,
+    pod: Option<&str>,
+    container: Option<&str>,
+) -> Vec<String> {
+    type Rule = fn(&str) -> bool;
+    let checks: [(&str, Option<&str>, Rule); 3] = [
+        ("namespace", namespace, is_dns1123_label),
+        ("pod", pod, is_dns1123_subdomain),
+        ("container", container, is_dns1123_label),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, value, valid)| value.is_some_and(|v| !valid(v)))
+        .map(|(field, _, _)| field.to_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod naming_tests {
+    use super::naming_violations;
+
+    #[test]
+    fn kubernetes_naming_rules() {
+        assert!(naming_violations(Some("forensics"), Some("web-7d4.x"), Some("app")).is_empty());
+        assert!(naming_violations(None, None, None).is_empty());
+        let long_label = "a".repeat(64);
+        for (ns, pod, ctr, want) in [
+            ("ns\u{1b}]2;x\u{7}", "web", "app", vec!["namespace"]),
+            ("Forensics", "web", "app", vec!["namespace"]),
+            ("ns", "web_1", "app", vec!["pod"]),
+            ("ns", "-web", "a.b", vec!["pod", "container"]),
+            ("ns", "web.", "app", vec!["pod"]),
+            (long_label.as_str(), "web", "app", vec!["namespace"]),
+            ("", "web", "app", vec!["namespace"]),
+            ("ns", "web", "app\n", vec!["container"]),
+        ] {
+            assert_eq!(
+                naming_violations(Some(ns), Some(pod), Some(ctr)),
+                want,
+                "{ns:?} {pod:?} {ctr:?}"
+            );
+        }
+        assert!(naming_violations(None, Some(&format!("{}.b", "a".repeat(63))), None).is_empty());
+        // 253 characters is the longest pod name; 255 is too long.
+        assert!(naming_violations(None, Some(&format!("{}a", "a.".repeat(126))), None).is_empty());
+        assert_eq!(
+            naming_violations(None, Some(&format!("{}a", "a.".repeat(127))), None),
+            vec!["pod"]
+        );
+    }
 }

@@ -29,6 +29,13 @@ pub struct Manifest {
     pub pod: Option<String>,
     /// Container name.
     pub container: Option<String>,
+    /// The identity fields (`namespace`, `pod`, `container`) whose value breaks Kubernetes'
+    /// naming rules (RFC 1123 labels for the namespace and container, an RFC 1123 subdomain
+    /// for the pod): the archive named them so, the record keeps the value as it came and
+    /// says so here. Absent when every field is valid or missing (so records sealed before
+    /// this field existed verify unchanged).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identity_invalid: Vec<String>,
     /// Runtime container ID.
     pub container_id: Option<String>,
     /// Image the container ran.

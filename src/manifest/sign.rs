@@ -251,6 +251,7 @@ mod tests {
             namespace: Some("forensics".into()),
             pod: Some("web".into()),
             container: Some("app".into()),
+            identity_invalid: Vec::new(),
             container_id: None,
             image: Some("registry/app:1".into()),
             engine: Some("cri-o".into()),
@@ -309,6 +310,44 @@ mod tests {
         let mut unsigned = back;
         unsigned.signature = None;
         assert!(matches!(vk.verify(&unsigned), Err(ManifestError::Unsigned)));
+    }
+
+    #[test]
+    fn records_signed_before_identity_invalid_existed_still_verify() {
+        // A manifest as the previous version wrote it: no `identity_invalid` key at all,
+        // signed over the canonical JSON of exactly those keys.
+        let key = SigningKey::generate().unwrap();
+        let vk = key.verifying_key();
+        let Value::Object(mut map) = serde_json::to_value(sample()).unwrap() else {
+            panic!("a manifest is an object")
+        };
+        assert!(
+            map.remove("identity_invalid").is_none(),
+            "an empty flag is written"
+        );
+        map.remove("signature");
+        let sig = key.sign_bytes(&canonical_json(&Value::Object(map.clone())).unwrap());
+        map.insert(
+            "signature".into(),
+            serde_json::json!({"alg": "ed25519", "key_id": vk.key_id(), "value": sig}),
+        );
+        let parsed = Manifest::from_json(&serde_json::to_vec(&map).unwrap()).unwrap();
+        assert!(parsed.identity_invalid.is_empty());
+        vk.verify(&parsed).unwrap();
+        // A flagged record is signed with its flag: dropping the flag breaks the signature.
+        let mut flagged = sample();
+        flagged.namespace = Some("Ns\u{1b}]2;x\u{7}".into());
+        flagged.identity_invalid = vec!["namespace".into()];
+        key.sign(&mut flagged).unwrap();
+        let back = Manifest::from_json(&flagged.to_json_pretty().unwrap()).unwrap();
+        assert_eq!(back.identity_invalid, ["namespace"]);
+        vk.verify(&back).unwrap();
+        let mut unflagged = back;
+        unflagged.identity_invalid.clear();
+        assert!(matches!(
+            vk.verify(&unflagged),
+            Err(ManifestError::BadSignature { .. })
+        ));
     }
 
     #[test]

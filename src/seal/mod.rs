@@ -538,11 +538,18 @@ fn assemble(
     sealed: Sealed,
 ) -> Manifest {
     let identity = record_identity(opts, checked);
+    // The record keeps the identity as it came; a value Kubernetes would refuse is named.
+    let identity_invalid = inspect::naming_violations(
+        identity.namespace.as_deref(),
+        identity.pod.as_deref(),
+        identity.container.as_deref(),
+    );
     Manifest {
         schema: SCHEMA_V1.to_owned(),
         id,
         namespace: identity.namespace,
         pod: identity.pod,
+        identity_invalid,
         container: identity.container,
         container_id: identity.container_id,
         image: identity.image,

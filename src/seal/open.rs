@@ -384,6 +384,7 @@ mod tests {
             namespace: None,
             pod: None,
             container: None,
+            identity_invalid: Vec::new(),
             container_id: None,
             image: None,
             engine: None,

@@ -960,6 +960,7 @@ mod tests {
             namespace: Some(namespace.into()),
             pod: Some("web".into()),
             container: Some("app".into()),
+            identity_invalid: Vec::new(),
             container_id: None,
             image: None,
             engine: None,
