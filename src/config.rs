@@ -171,13 +171,27 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     }
 }
 
+/// The longest duration a configuration key accepts (a year): beyond it a setting is a
+/// mistake, and timers derived from it must stay representable.
+pub const MAX_CONFIG_DURATION: std::time::Duration =
+    std::time::Duration::from_secs(366 * 24 * 3600);
+
+/// The longest `[watch] settle` / `--settle` accepted: an archive quiet for an hour after
+/// its writer closed it is done.
+pub const MAX_WATCH_SETTLE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
     let s = String::deserialize(d)?;
-    parse_duration(&s).ok_or_else(|| {
-        serde::de::Error::custom(format!(
-            "{s:?} is not a duration (use e.g. 500ms, 2s, 5m, 1h, 30d)"
-        ))
-    })
+    let shown = s.chars().take(32).collect::<String>();
+    match parse_duration(&s) {
+        Some(v) if v <= MAX_CONFIG_DURATION => Ok(v),
+        Some(_) => Err(serde::de::Error::custom(format!(
+            "{shown:?} is longer than a year, the longest duration a setting takes"
+        ))),
+        None => Err(serde::de::Error::custom(format!(
+            "{shown:?} is not a duration (use e.g. 500ms, 2s, 5m, 1h, 30d)"
+        ))),
+    }
 }
 
 /// `[store]`
@@ -692,6 +706,12 @@ impl Config {
                 message: "[server] auth_failure_interval must be at least 1s".into(),
             });
         }
+        if config.watch.settle > MAX_WATCH_SETTLE {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                message: format!("[watch] settle is at most {}s", MAX_WATCH_SETTLE.as_secs()),
+            });
+        }
         if server.stall_timeout < std::time::Duration::from_secs(1) {
             return Err(ConfigError::Invalid {
                 path: path.display().to_string(),
@@ -805,6 +825,16 @@ mod tests {
         let c = Config::load(&path).unwrap();
         assert_eq!(c.cri.kubelet_location, KubeletLocation::None);
         assert_eq!(c.watch.settle, std::time::Duration::from_millis(500));
+        std::fs::write(&path, "[watch]\nsettle = \"9999999999999d\"\n").unwrap();
+        assert!(
+            Config::load(&path).is_err(),
+            "a duration past a year is refused"
+        );
+        std::fs::write(&path, "[watch]\nsettle = \"2h\"\n").unwrap();
+        assert!(
+            Config::load(&path).is_err(),
+            "settle past an hour is refused"
+        );
         std::fs::write(&path, "[watch]\nsettle = \"soon\"\n").unwrap();
         assert!(
             Config::load(&path)

@@ -862,3 +862,34 @@ fn fetch_refuses_a_redirect_to_http_and_credentials_in_clear() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn durations_from_the_command_line_and_configuration_are_bounded() {
+    // `watch --settle 1e300` panicked converting it to a Duration; a duration in the
+    // configuration past a year is refused with the key named.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("kubelet");
+    std::fs::create_dir(&dir).unwrap();
+    for settle in ["1e300", "inf", "NaN", "3601"] {
+        let out = support::ckvault(&[
+            "watch",
+            "--once",
+            "--settle",
+            settle,
+            "--dir",
+            support::p(&dir),
+            "--store",
+            support::p(&tmp.path().join("store")),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{settle}: {err}");
+        assert!(err.contains("--settle must be"), "{settle}: {err}");
+        assert!(!err.contains("panicked"), "{settle}: {err}");
+    }
+    let config = tmp.path().join("ckvault.toml");
+    std::fs::write(&config, "[server]\nidle_timeout = \"99999999999d\"\n").unwrap();
+    let out = support::ckvault(&["serve", "--config", support::p(&config)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("longer than a year"), "{err}");
+}

@@ -31,9 +31,10 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let dir = args.dir.clone().unwrap_or_else(|| config.watch.dir.clone());
     let settle = match args.settle {
         Some(s) => {
+            let max = crate::config::MAX_WATCH_SETTLE.as_secs_f64();
             anyhow::ensure!(
-                s.is_finite() && s >= 0.0,
-                "--settle must be a number of seconds"
+                s.is_finite() && (0.0..=max).contains(&s),
+                "--settle must be a number of seconds from 0 to {max}"
             );
             Duration::from_secs_f64(s)
         }
