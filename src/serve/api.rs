@@ -4,7 +4,9 @@
 //! served: a request the audit log cannot record is refused (503). Requests no handler
 //! records (405, unparsable paths or queries, unknown endpoints) are recorded by
 //! `request::audit_every_request` with their true outcome; only `/healthz` and `/metrics`, which
-//! carry no record data and must answer while the log cannot be written, are not.
+//! carry no record data and must answer while the log cannot be written, are not; failed
+//! authentications past the first per address and interval are recorded as a count.
+//! A download is recorded again when its body ends (`download-end`, the bytes handed over).
 //! Error bodies never carry paths or internal messages (the server's log does).
 
 use std::sync::Arc;

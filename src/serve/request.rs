@@ -1,5 +1,7 @@
 //! What every request goes through before and after its handler: the caller's identity
-//! ([`Caller`]: verified client certificate or bearer token, an audited 401 otherwise), the
+//! ([`Caller`]: verified client certificate or bearer token, holding one of its identity's
+//! `max_requests_per_identity` places; a 401 otherwise, audited at once or folded into a
+//! per-address count by `authentication_failed`, 429 past the failure limits), the
 //! audit record that must be written before anything is served (`record`, fail closed),
 //! the catch-all record of requests no handler recorded (`audit_every_request`), and the
 //! error answer ([`ApiError`]), whose body never carries paths or internal messages.
