@@ -225,6 +225,10 @@ fn the_grpc_go_model_routes_every_path_as_a_real_pre_fix_grpc_go_server() {
         reached += usize::from(real.is_some());
     }
     // The corpus really exercises routing, the leak included.
+    eprintln!(
+        "{} paths: {reached} reached a handler of the real pre-fix grpc-go server, each the one the model names",
+        paths.len()
+    );
     assert!(reached >= 10, "only {reached} paths reached a handler");
     let leak = b"runtime.v1.RuntimeService/CheckpointContainer";
     let i = paths.iter().position(|p| p == leak).unwrap();
@@ -311,6 +315,10 @@ fn no_spelling_of_checkpoint_container_passes_the_proxy_to_a_pre_fix_grpc_go_run
             }
         }
     }
+    eprintln!(
+        "{} cases: {refused} refused, {intercepted} intercepted, {relayed} relayed",
+        cases.len()
+    );
     assert!(
         refused > 100 && intercepted >= 4 && relayed >= 2,
         "{refused}/{intercepted}/{relayed}"
