@@ -227,6 +227,24 @@ fn start_fake(socket: &Path, fake: Arc<FakeRuntime>) {
     rx.recv().unwrap();
 }
 
+/// A runtime double on `dir/runtime.sock` knowing one container (`id`, its labels) and
+/// writing `archive` when asked to checkpoint it.
+fn fake_runtime_in(
+    dir: &Path,
+    archive: &Path,
+    (id, labels): (&str, HashMap<String, String>),
+) -> (Arc<FakeRuntime>, PathBuf) {
+    let fake = Arc::new(FakeRuntime {
+        archive: std::fs::read(archive).unwrap(),
+        labels: HashMap::from([(id.to_owned(), labels)]),
+        asked_locations: Mutex::default(),
+        in_flight: Default::default(),
+    });
+    let socket = dir.join("runtime.sock");
+    start_fake(&socket, fake.clone());
+    (fake, socket)
+}
+
 struct Kill(Child);
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -854,14 +872,11 @@ fn fifo_staging_falls_back_to_files_loudly_when_the_runtime_refuses_a_pipe() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (_identity, recipient) = support::age_keypair(dir);
-    let fake = Arc::new(FakeRuntime {
-        archive: std::fs::read(&archive).unwrap(),
-        labels: HashMap::from([("picky".to_owned(), labels("forensics", "picky-pod", "app"))]),
-        asked_locations: Mutex::default(),
-        in_flight: Default::default(),
-    });
-    let runtime_sock = dir.join("runtime.sock");
-    start_fake(&runtime_sock, fake.clone());
+    let (fake, _runtime_sock) = fake_runtime_in(
+        dir,
+        &archive,
+        ("picky", labels("forensics", "picky-pod", "app")),
+    );
     let config = dir.join("ckvault.toml");
     std::fs::write(
         &config,
@@ -1028,14 +1043,8 @@ fn relative_store_and_config_paths_reach_the_runtime_absolute() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (_identity, recipient) = support::age_keypair(dir);
-    let fake = Arc::new(FakeRuntime {
-        archive: std::fs::read(&archive).unwrap(),
-        labels: HashMap::from([("c1".to_owned(), labels("forensics", "web-7d4", "app"))]),
-        asked_locations: Mutex::default(),
-        in_flight: Default::default(),
-    });
-    let runtime_sock = dir.join("runtime.sock");
-    start_fake(&runtime_sock, fake.clone());
+    let (fake, runtime_sock) =
+        fake_runtime_in(dir, &archive, ("c1", labels("forensics", "web-7d4", "app")));
     std::fs::create_dir(dir.join("conf")).unwrap();
     std::fs::write(
         dir.join("conf/ckvault.toml"),
