@@ -1101,3 +1101,61 @@ fn relative_store_and_config_paths_reach_the_runtime_absolute() {
         assert_eq!(store_records(store).len(), 1, "{what}");
     }
 }
+
+/// A process's resident and peak resident memory, in KiB (`VmRSS`, `VmHWM`).
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let get = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    (get("VmRSS:"), get("VmHWM:"))
+}
+
+#[test]
+fn unfinished_checkpoint_requests_beyond_the_limits_are_refused_in_bounded_memory() {
+    // One connection opens 1,500 CheckpointContainer streams with 1 MiB of body each and
+    // never ends one: 8 are held ([cri] max_pending_per_connection), the rest answered
+    // RESOURCE_EXHAUSTED at once; the proxy's memory stays flat.
+    let Some(archive) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let s = setup(&archive);
+    let pid = s._proxy.0.id();
+    let (before, _) = rss_kib(pid);
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/harness/pending_checkpoints.py"
+        ))
+        .arg(s.dir.join("ckvault.sock"))
+        .args(["1500", &(1 << 20).to_string(), "120"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, peak) = rss_kib(pid);
+    eprintln!(
+        "proxy RSS {} MiB before, peak {} MiB; client: {report}",
+        before >> 10,
+        peak >> 10
+    );
+    assert_eq!(report["opened"], 1500, "{report}");
+    assert_eq!(report["unanswered"], 8, "{report}");
+    assert_eq!(report["answered"]["8"], 1492, "{report}");
+    assert!(
+        peak.saturating_sub(before) < 48 << 10,
+        "the proxy grew from {} to {} MiB",
+        before >> 10,
+        peak >> 10
+    );
+    // Nothing of it reached the runtime.
+    assert!(s.fake.asked_locations.lock().unwrap().is_empty());
+}
