@@ -28,7 +28,9 @@
 //! Bounded: a client frame over 1 MiB, a header block over 1 MiB, one that does not decode,
 //! or an intercepted request body over 1 MiB closes the connection; intercepted requests
 //! beyond [`RelayLimits`] (per connection arriving, in all held) are answered
-//! RESOURCE_EXHAUSTED at once, so a client cannot make the relay buffer without bound.
+//! RESOURCE_EXHAUSTED at once, so a client cannot make the relay buffer without bound, and
+//! one that has not arrived whole within 30 s is answered DEADLINE_EXCEEDED and its place
+//! given back.
 //!
 //! Both sockets are watched for readability only ([`Wire`]): writes go straight to the
 //! socket and wait for room only when it is full. Watching for writability too (as tokio's
@@ -67,6 +69,11 @@ const END_STREAM: u8 = 0x1;
 const GRPC_UNIMPLEMENTED: u32 = 12;
 /// gRPC status RESOURCE_EXHAUSTED: a checkpoint call beyond the relay's limits.
 const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
+/// gRPC status DEADLINE_EXCEEDED: an intercepted request that did not arrive in time.
+const GRPC_DEADLINE_EXCEEDED: u32 = 4;
+/// How long an intercepted request may take to arrive whole before it is answered
+/// DEADLINE_EXCEEDED and its place given back.
+const PENDING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
@@ -231,6 +238,8 @@ struct Pending {
     grpc_timeout: Option<String>,
     /// Its place among the calls held (kept until it is answered).
     permit: tokio::sync::OwnedSemaphorePermit,
+    /// When its headers arrived.
+    since: std::time::Instant,
 }
 
 /// The client-to-runtime direction.
@@ -498,6 +507,7 @@ impl Up {
                     body: BytesMut::new(),
                     grpc_timeout,
                     permit,
+                    since: std::time::Instant::now(),
                 },
             );
             if block.end_stream {
@@ -538,6 +548,29 @@ impl Up {
         ));
         let (frames, _) = answer_frames(stream, &answer);
         let _ = self.inject.send(frames.freeze());
+    }
+
+    /// Answers DEADLINE_EXCEEDED the intercepted requests still arriving after `limit`
+    /// (a kubelet sends its small request whole at once) and gives their places back.
+    fn expire(&mut self, limit: std::time::Duration) {
+        let late: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() >= limit)
+            .map(|(stream, _)| *stream)
+            .collect();
+        for stream in late {
+            self.pending.remove(&stream);
+            let answer: Answer = Err((
+                GRPC_DEADLINE_EXCEEDED,
+                format!(
+                    "ckvault: the CheckpointContainer request did not arrive whole within {}s",
+                    limit.as_secs()
+                ),
+            ));
+            let (frames, _) = answer_frames(stream, &answer);
+            let _ = self.inject.send(frames.freeze());
+        }
     }
 
     /// The request of an intercepted stream is complete: answer it on a task of its own.
@@ -645,7 +678,15 @@ async fn client_to_runtime(client: Arc<Wire>, runtime: Arc<Wire>, mut up: Up) ->
     let mut inbuf = BytesMut::with_capacity(READ);
     let mut out = BytesMut::with_capacity(READ);
     loop {
-        let n = client.read(&mut scratch).await?;
+        // While requests are arriving, wake once a second to expire the late ones
+        // (`Wire::read` loses nothing when it is dropped waiting).
+        let n = tokio::select! {
+            n = client.read(&mut scratch) => n?,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)), if !up.pending.is_empty() => {
+                up.expire(PENDING_TIMEOUT);
+                continue;
+            }
+        };
         if n == 0 {
             if !inbuf.is_empty() {
                 // An incomplete frame: the runtime reports it as such.
@@ -959,6 +1000,40 @@ mod tests {
         }
         assert_eq!(refused_total, 4);
         assert_eq!(limits.intercepted.available_permits(), 0);
+    }
+
+    #[tokio::test]
+    async fn requests_that_do_not_arrive_whole_in_time_are_answered_and_let_go() {
+        let limits = RelayLimits {
+            max_pending_per_connection: 8,
+            intercepted: Arc::new(tokio::sync::Semaphore::new(2)),
+        };
+        let handler: Handler = Arc::new(|_| Box::pin(async { Err((13, "test".into())) }));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut up = Up::new(tx, handler, limits.clone());
+        let mut input = PREFACE.to_vec();
+        for stream in [1, 3] {
+            let block = request_block(super::super::cri::CHECKPOINT_CONTAINER.as_bytes());
+            input.extend(frame(HEADERS, END_HEADERS, stream, &block));
+        }
+        let mut inbuf = BytesMut::from(&input[..]);
+        let mut out = BytesMut::new();
+        up.process(&mut inbuf, &mut out).unwrap();
+        assert_eq!(up.pending.len(), 2);
+        assert_eq!(limits.intercepted.available_permits(), 0);
+        up.expire(std::time::Duration::from_secs(3600));
+        assert_eq!(up.pending.len(), 2, "not late yet");
+        up.expire(std::time::Duration::ZERO);
+        assert!(up.pending.is_empty());
+        assert_eq!(
+            limits.intercepted.available_permits(),
+            2,
+            "places given back"
+        );
+        for _ in 0..2 {
+            let frames = rx.recv().await.unwrap();
+            assert!(frames.windows(13).any(|w| w == b"grpc-status\x014"));
+        }
     }
 
     #[tokio::test]
