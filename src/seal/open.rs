@@ -158,13 +158,7 @@ pub fn open_stream<R: Read, W: Write>(
     let mut plain = HashingWriter::new(out);
     let decrypted = decrypt_into(&mut sealed, identities, manifest, &mut plain);
     if sealed.size() > sealed_limit {
-        let digest = sealed.finish();
-        return Err(OpenError::SealedMismatch {
-            expected: manifest.sealed.sha256.clone(),
-            expected_size: sealed_limit,
-            actual: digest.sha256,
-            actual_size: digest.size,
-        });
+        return Err(sealed_mismatch(manifest, sealed.finish()));
     }
     decrypted?;
     let (plain_digest, out) = plain.finish().map_err(|e| OpenError::Output {
@@ -172,6 +166,16 @@ pub fn open_stream<R: Read, W: Write>(
         source: e,
     })?;
     Ok((sealed.finish(), plain_digest, out))
+}
+
+/// The blob's bytes (`actual`) are not the ones `manifest` signed.
+fn sealed_mismatch(manifest: &Manifest, actual: StreamDigest) -> OpenError {
+    OpenError::SealedMismatch {
+        expected: manifest.sealed.sha256.clone(),
+        expected_size: manifest.sealed.size,
+        actual: actual.sha256,
+        actual_size: actual.size,
+    }
 }
 
 /// age, then zstd when the manifest says so, into `plain`, bounded by the manifest's
@@ -280,12 +284,7 @@ pub fn open_to_file<R: Read>(
         e => e,
     })?;
     if sealed.sha256 != manifest.sealed.sha256 || sealed.size != manifest.sealed.size {
-        return Err(OpenError::SealedMismatch {
-            expected: manifest.sealed.sha256.clone(),
-            expected_size: manifest.sealed.size,
-            actual: sealed.sha256,
-            actual_size: sealed.size,
-        });
+        return Err(sealed_mismatch(manifest, sealed));
     }
     if plain.sha256 != manifest.plaintext.sha256 || plain.size != manifest.plaintext.size {
         return Err(OpenError::PlaintextMismatch {
@@ -320,12 +319,7 @@ pub fn copy_sealed_to_file<R: Read>(
     let mut out = io::BufWriter::with_capacity(1 << 20, file);
     let copied = copy_bounded(&mut sealed, &mut out, manifest.sealed.size);
     let digest = sealed.finish();
-    let mismatch = |digest: StreamDigest| OpenError::SealedMismatch {
-        expected: manifest.sealed.sha256.clone(),
-        expected_size: manifest.sealed.size,
-        actual: digest.sha256,
-        actual_size: digest.size,
-    };
+    let mismatch = |digest: StreamDigest| sealed_mismatch(manifest, digest);
     match copied {
         Ok(_) => {}
         Err(OpenError::PlaintextTooLong { .. }) => return Err(mismatch(digest)),
