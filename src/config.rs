@@ -6,40 +6,36 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::ByteSize;
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where records live.
-    #[serde(default)]
     pub store: StoreConfig,
     /// The HTTPS listener and its credentials.
-    #[serde(default)]
     pub server: ServerConfig,
     /// Sealing defaults.
-    #[serde(default)]
     pub seal: SealConfig,
     /// The audit log.
-    #[serde(default)]
     pub audit: AuditConfig,
     /// Access rules.
-    #[serde(default)]
     pub policy: PolicyConfig,
     /// The CRI proxy, and the runtime the trigger API talks to.
-    #[serde(default)]
     pub cri: CriConfig,
     /// The checkpoint-directory watcher.
-    #[serde(default)]
     pub watch: WatchConfig,
     /// This node.
-    #[serde(default)]
     pub node: NodeConfig,
 }
 
 /// What the CRI proxy leaves at the location the kubelet asked for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KubeletLocation {
     /// A JSON receipt (0600): record ID, digests, download path.
@@ -50,54 +46,36 @@ pub enum KubeletLocation {
 }
 
 /// `[cri]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CriConfig {
     /// The socket the kubelet talks to (`ckvault proxy`).
-    #[serde(default = "default_cri_listen")]
     pub listen: PathBuf,
     /// The real runtime's socket (containerd: /run/containerd/containerd.sock; CRI-O:
     /// /var/run/crio/crio.sock). Also what the trigger API uses; without it the trigger
     /// API answers 500, as the kubelet does without runtime support.
     pub upstream: Option<PathBuf>,
     /// What to leave at the kubelet's requested location: `receipt` or `none`.
-    #[serde(default)]
     pub kubelet_location: KubeletLocation,
     /// The private staging directory the runtime writes checkpoints into (0700, created if
     /// missing; default `<store>/staging`). On a node it must be on the filesystem the
     /// runtime writes to and visible at the same path in the runtime's mount namespace.
-    #[serde(default)]
     pub staging: Option<PathBuf>,
     /// `file` (default): the runtime writes the archive into a private file in staging,
     /// sealed once the call returns. `fifo`: it writes into a private named pipe and
     /// ckvault seals while it writes, so no plaintext reaches ckvault's disk (a runtime
     /// that cannot write to a pipe gets files again, with a warning).
-    #[serde(default)]
     pub staging_mode: StagingMode,
     /// CheckpointContainer calls the proxy holds at once, over all connections: request
     /// bodies still arriving and calls being answered (default 64). More are answered
     /// RESOURCE_EXHAUSTED at once.
-    #[serde(default = "default_max_intercepted")]
     pub max_intercepted: usize,
     /// CheckpointContainer requests one connection may have arriving at once (default 8).
-    #[serde(default = "default_max_pending_per_connection")]
     pub max_pending_per_connection: usize,
 }
 
-/// A kubelet checkpoints one container at a time and each call holds at most a 1 MiB
-/// request: 64 is far above a node's real load and bounds the proxy's request buffers at
-/// 64 MiB however many connections a local client opens.
-fn default_max_intercepted() -> usize {
-    64
-}
-/// The kubelet sends a checkpoint request whole; 8 unfinished ones on one connection is
-/// already a client that is not the kubelet.
-fn default_max_pending_per_connection() -> usize {
-    8
-}
-
 /// `[cri] staging_mode`
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StagingMode {
     /// A private file, sealed after the runtime's call returns.
@@ -110,48 +88,40 @@ pub enum StagingMode {
 impl Default for CriConfig {
     fn default() -> Self {
         Self {
-            listen: default_cri_listen(),
+            listen: PathBuf::from("/run/ckvault/cri.sock"),
             upstream: None,
             kubelet_location: KubeletLocation::Receipt,
             staging: None,
             staging_mode: StagingMode::File,
-            max_intercepted: default_max_intercepted(),
-            max_pending_per_connection: default_max_pending_per_connection(),
+            // A kubelet checkpoints one container at a time and each call holds at most a
+            // 1 MiB request: 64 is far above a node's real load and bounds the proxy's
+            // request buffers at 64 MiB however many connections a local client opens.
+            max_intercepted: 64,
+            // The kubelet sends a checkpoint request whole; 8 unfinished ones on one
+            // connection is already a client that is not the kubelet.
+            max_pending_per_connection: 8,
         }
     }
 }
 
-fn default_cri_listen() -> PathBuf {
-    PathBuf::from("/run/ckvault/cri.sock")
-}
-
 /// `[watch]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct WatchConfig {
     /// The kubelet checkpoint directory.
-    #[serde(default = "default_watch_dir")]
     pub dir: PathBuf,
     /// Quiet time after the last write before a file is captured (`2s`, `500ms`, `1m`).
-    #[serde(default = "default_settle", deserialize_with = "de_duration")]
+    #[serde(with = "duration")]
     pub settle: std::time::Duration,
 }
 
 impl Default for WatchConfig {
     fn default() -> Self {
         Self {
-            dir: default_watch_dir(),
-            settle: default_settle(),
+            dir: PathBuf::from("/var/lib/kubelet/checkpoints"),
+            settle: Duration::from_secs(2),
         }
     }
-}
-
-fn default_watch_dir() -> PathBuf {
-    PathBuf::from("/var/lib/kubelet/checkpoints")
-}
-
-fn default_settle() -> std::time::Duration {
-    std::time::Duration::from_secs(2)
 }
 
 /// Parses `500ms`, `2s`, `5m`, `1h`, `30d`.
@@ -180,92 +150,104 @@ pub const MAX_CONFIG_DURATION: std::time::Duration =
 /// its writer closed it is done.
 pub const MAX_WATCH_SETTLE: std::time::Duration = std::time::Duration::from_secs(3600);
 
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    let shown = s.chars().take(32).collect::<String>();
-    match parse_duration(&s) {
-        Some(v) if v <= MAX_CONFIG_DURATION => Ok(v),
-        Some(_) => Err(serde::de::Error::custom(format!(
-            "{shown:?} is longer than a year, the longest duration a setting takes"
-        ))),
-        None => Err(serde::de::Error::custom(format!(
-            "{shown:?} is not a duration (use e.g. 500ms, 2s, 5m, 1h, 30d)"
-        ))),
+/// `[section] key = "2s"`: durations as text, at most [`MAX_CONFIG_DURATION`].
+mod duration {
+    use super::{MAX_CONFIG_DURATION, parse_duration};
+    use serde::Deserialize;
+    use std::time::Duration;
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        let shown = s.chars().take(32).collect::<String>();
+        match parse_duration(&s) {
+            Some(v) if v <= MAX_CONFIG_DURATION => Ok(v),
+            Some(_) => Err(serde::de::Error::custom(format!(
+                "{shown:?} is longer than a year, the longest duration a setting takes"
+            ))),
+            None => Err(serde::de::Error::custom(format!(
+                "{shown:?} is not a duration (use e.g. 500ms, 2s, 5m, 1h, 30d)"
+            ))),
+        }
+    }
+
+    /// In the largest unit that holds it exactly (`60s` as `1m`, `500ms`).
+    pub(super) fn serialize<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        let ms = v.as_millis();
+        let text = if !ms.is_multiple_of(1000) {
+            format!("{ms}ms")
+        } else {
+            let secs = v.as_secs();
+            match [(86_400, "d"), (3600, "h"), (60, "m")]
+                .into_iter()
+                .find(|(k, _)| secs != 0 && secs.is_multiple_of(*k))
+            {
+                Some((k, unit)) => format!("{}{unit}", secs / k),
+                None => format!("{secs}s"),
+            }
+        };
+        s.serialize_str(&text)
     }
 }
 
 /// `[store]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// `local` (the default: a private directory on this machine) or `s3` (an S3-compatible
     /// bucket shared by many nodes).
-    #[serde(default)]
     pub kind: StoreKind,
     /// Local store directory (default `ckvault-data`); `kind = "local"` only.
-    #[serde(default = "default_store")]
     pub path: PathBuf,
     /// S3 endpoint URL (`http://127.0.0.1:8333`); empty or absent for AWS.
-    #[serde(default)]
     pub endpoint: Option<String>,
     /// S3 region (default `us-east-1`).
-    #[serde(default = "default_region")]
     pub region: String,
     /// The bucket (must exist; create it with Object Lock enabled to use `object_lock`).
-    #[serde(default)]
     pub bucket: Option<String>,
     /// Key prefix inside the bucket, e.g. `prod/` (default empty).
-    #[serde(default)]
     pub prefix: String,
     /// Path-style addressing (`endpoint/bucket/key`), needed by most non-AWS stores.
-    #[serde(default)]
     pub path_style: bool,
     /// Local directory for this process's own state with `kind = "s3"`: sealed records
     /// waiting for upload (never plaintext), staging, the node key and audit log.
-    #[serde(default = "default_spool")]
     pub spool: PathBuf,
     /// Most bytes of sealed records the spool may hold while the bucket is unreachable;
     /// beyond it capture refuses new checkpoints rather than lose any (default `20GiB`).
-    #[serde(default = "default_spool_max")]
-    pub spool_max: String,
+    pub spool_max: ByteSize,
     /// An AWS-style credentials file (`[default]` with `aws_access_key_id`,
     /// `aws_secret_access_key`); otherwise `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`
     /// (and `AWS_SESSION_TOKEN`) from the environment.
-    #[serde(default)]
     pub credentials_file: Option<PathBuf>,
     /// The profile to read from `credentials_file` (default `default`).
-    #[serde(default)]
     pub profile: Option<String>,
     /// Extra CA certificates (PEM) to trust for an `https://` endpoint, on top of the
     /// system roots (an on-premises Ceph or MinIO with a private CA).
-    #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Object Lock retention applied to every uploaded object: `governance` or
     /// `compliance`, for `lock_days`. Absent: no retention lock (legal holds still map to
     /// Object Lock legal hold when the bucket has Object Lock enabled).
-    #[serde(default)]
     pub object_lock: Option<LockMode>,
     /// Days of Object Lock retention (default 30) when `object_lock` is set.
-    #[serde(default = "default_lock_days")]
     pub lock_days: u32,
     /// How long one request to the store may take before it is abandoned and retried
     /// (default `60s`; one request carries at most a 16 MiB part): a frozen store then
     /// reads as unreachable instead of hanging the uploader.
-    #[serde(default = "default_store_timeout", deserialize_with = "de_duration")]
+    #[serde(with = "duration")]
     pub timeout: std::time::Duration,
     /// How often a server re-reads the bucket's manifests into its index (default `15s`).
-    #[serde(default = "default_index_refresh", deserialize_with = "de_duration")]
+    #[serde(with = "duration")]
     pub index_refresh: std::time::Duration,
     /// Pinned node keys, one directory per node name: `DIR/NODE/*.pem` are trusted for
     /// NODE only (the flat `DIR/*.pem` of old is refused with how to migrate). Absent: a
     /// name's first key in the bucket's `keys/NODE/`, and the keys its signed rotations
     /// introduce (`store::s3::keys`).
-    #[serde(default)]
     pub trusted_keys: Option<PathBuf>,
 }
 
 /// `[store] kind`
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// A private directory on this machine.
@@ -276,7 +258,7 @@ pub enum StoreKind {
 }
 
 /// S3 Object Lock retention modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LockMode {
     /// Users with `s3:BypassGovernanceRetention` can still remove objects early.
@@ -289,21 +271,23 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             kind: StoreKind::Local,
-            path: default_store(),
+            path: PathBuf::from("ckvault-data"),
             endpoint: None,
-            region: default_region(),
+            region: "us-east-1".into(),
             bucket: None,
             prefix: String::new(),
             path_style: false,
-            spool: default_spool(),
-            spool_max: default_spool_max(),
+            spool: PathBuf::from("ckvault-spool"),
+            spool_max: ByteSize(20 << 30),
             credentials_file: None,
             profile: None,
             ca_file: None,
             object_lock: None,
-            lock_days: default_lock_days(),
-            index_refresh: default_index_refresh(),
-            timeout: default_store_timeout(),
+            lock_days: 30,
+            index_refresh: Duration::from_secs(15),
+            // One request carries at most a 16 MiB part: a minute is slow for that, and a
+            // frozen store then reads as unreachable instead of hanging the uploader.
+            timeout: Duration::from_secs(60),
             trusted_keys: None,
         }
     }
@@ -320,44 +304,19 @@ impl StoreConfig {
     }
 }
 
-fn default_region() -> String {
-    "us-east-1".into()
-}
-fn default_spool() -> PathBuf {
-    PathBuf::from("ckvault-spool")
-}
-fn default_spool_max() -> String {
-    "20GiB".into()
-}
-fn default_lock_days() -> u32 {
-    30
-}
-fn default_store_timeout() -> std::time::Duration {
-    std::time::Duration::from_secs(60)
-}
-
-fn default_index_refresh() -> std::time::Duration {
-    std::time::Duration::from_secs(15)
-}
-
 /// `[node]`
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
     /// This node's name in manifests and audit segments (default: the host name).
     pub name: Option<String>,
 }
 
-fn default_store() -> PathBuf {
-    PathBuf::from("ckvault-data")
-}
-
 /// `[server]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on (default `127.0.0.1:8443`).
-    #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// Server certificate chain (PEM). Without cert and key, a CA and certificates are
     /// generated under `<store>/tls/` on first start.
@@ -372,58 +331,42 @@ pub struct ServerConfig {
     /// client certificate is refused. Re-read, like the token file, when it changes.
     pub crl: Option<PathBuf>,
     /// Also accept TLS 1.2 (default: TLS 1.3 only).
-    #[serde(default)]
     pub allow_tls12: bool,
     /// Time for the TLS handshake (default 10s).
-    #[serde(
-        default = "default_handshake_timeout",
-        deserialize_with = "de_duration"
-    )]
+    #[serde(with = "duration")]
     pub handshake_timeout: std::time::Duration,
     /// Time for an HTTP/1.1 request head (default 10s).
-    #[serde(default = "default_header_timeout", deserialize_with = "de_duration")]
+    #[serde(with = "duration")]
     pub header_timeout: std::time::Duration,
     /// Idle connections are closed after this (default 60s).
-    #[serde(default = "default_idle_timeout", deserialize_with = "de_duration")]
+    #[serde(with = "duration")]
     pub idle_timeout: std::time::Duration,
     /// Connections open at once (default 512).
-    #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Threads serving connections, each connection on one of them for its whole life
     /// (default 0: one per core; at most [`MAX_SERVER_THREADS`]).
-    #[serde(default)]
     pub threads: usize,
     /// Connections open at once from one client address (default 64).
-    #[serde(default = "default_max_connections_per_address")]
     pub max_connections_per_address: usize,
     /// Requests in progress at once for one authenticated identity (default 32).
-    #[serde(default = "default_max_requests_per_identity")]
     pub max_requests_per_identity: usize,
     /// Downloads streaming at once for one identity (default 4).
-    #[serde(default = "default_max_downloads_per_identity")]
     pub max_downloads_per_identity: usize,
     /// Downloads streaming at once in all (default 64).
-    #[serde(default = "default_max_downloads")]
     pub max_downloads: usize,
     /// A download that hands the connection no byte for this long is cut off, with its
     /// connection, whatever else the client sends (default 30s).
-    #[serde(default = "default_stall_timeout", deserialize_with = "de_duration")]
+    #[serde(with = "duration")]
     pub stall_timeout: std::time::Duration,
     /// Concurrent HTTP/2 streams a client may open on one connection (default 32).
-    #[serde(default = "default_http2_max_streams")]
     pub http2_max_streams: u32,
     /// Failed authentications are audited one per source per interval and the rest as a
     /// count at its end (default 60s).
-    #[serde(
-        default = "default_auth_failure_interval",
-        deserialize_with = "de_duration"
-    )]
+    #[serde(with = "duration")]
     pub auth_failure_interval: std::time::Duration,
     /// Failed authentications from one address per interval before 429 (default 30).
-    #[serde(default = "default_max_auth_failures_per_source")]
     pub max_auth_failures_per_source: u64,
     /// Failed authentications from all addresses per interval before 429 (default 300).
-    #[serde(default = "default_max_auth_failures")]
     pub max_auth_failures: u64,
 }
 
@@ -452,27 +395,48 @@ impl ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: default_listen(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             cert: None,
             key: None,
             client_ca: None,
             tokens: None,
             crl: None,
             allow_tls12: false,
-            handshake_timeout: default_handshake_timeout(),
-            header_timeout: default_header_timeout(),
-            idle_timeout: default_idle_timeout(),
-            max_connections: default_max_connections(),
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
             threads: 0,
-            max_connections_per_address: default_max_connections_per_address(),
-            max_requests_per_identity: default_max_requests_per_identity(),
-            max_downloads_per_identity: default_max_downloads_per_identity(),
-            max_downloads: default_max_downloads(),
-            stall_timeout: default_stall_timeout(),
-            http2_max_streams: default_http2_max_streams(),
-            auth_failure_interval: default_auth_failure_interval(),
-            max_auth_failures_per_source: default_max_auth_failures_per_source(),
-            max_auth_failures: default_max_auth_failures(),
+            // An eighth of `max_connections`: a browser opens at most 6 connections to a host
+            // over HTTP/1.1 and one over HTTP/2, so 64 still serves ten or more responders
+            // behind one NAT or proxy address, while one address alone can never hold more
+            // than an eighth of the server's slots.
+            max_connections_per_address: 64,
+            // Far above what a person or a script with a few workers has in flight; a stuck
+            // or runaway client is held to it instead of taking every thread's time.
+            max_requests_per_identity: 32,
+            // A responder downloading a handful of records in parallel, each at disk or
+            // network speed; more only splits the same bandwidth and holds files and
+            // buffers (two 256 KiB chunks each).
+            max_downloads_per_identity: 4,
+            // 64 downloads of two 256 KiB chunks each are 32 MiB of buffers and 64 open
+            // blobs: well inside a 1,024-file limit with every connection slot taken too.
+            max_downloads: 64,
+            // Twice TCP's longest usual retransmission backoff before giving up on a peer: a
+            // real client on a bad network makes progress within it; one that reads nothing
+            // does not.
+            stall_timeout: Duration::from_secs(30),
+            // Enough for a page's requests and parallel downloads on one connection; hyper's
+            // default (200) lets one connection hold hundreds of streams' buffers.
+            http2_max_streams: 32,
+            // A flood costs at most a few events a minute per source, and a summary reaches
+            // the log while an incident is still being looked at.
+            auth_failure_interval: Duration::from_secs(60),
+            // A person retrying a mistyped token, or a script with a stale one retrying every
+            // few seconds, stays under it; a guesser does not.
+            max_auth_failures_per_source: 30,
+            // Ten times one source: a flood spread over many addresses is held too.
+            max_auth_failures: 300,
         }
     }
 }
@@ -520,92 +484,28 @@ impl Default for ConnectionLimits {
     }
 }
 
-fn default_handshake_timeout() -> std::time::Duration {
-    std::time::Duration::from_secs(10)
-}
-fn default_header_timeout() -> std::time::Duration {
-    std::time::Duration::from_secs(10)
-}
-fn default_idle_timeout() -> std::time::Duration {
-    std::time::Duration::from_secs(60)
-}
-fn default_max_connections() -> usize {
-    512
-}
-/// An eighth of the default `max_connections`: a browser opens at most 6 connections to a
-/// host over HTTP/1.1 and one over HTTP/2, so 64 still serves ten or more responders
-/// behind one NAT or proxy address, while one address alone can never hold more than an
-/// eighth of the server's slots.
-fn default_max_connections_per_address() -> usize {
-    64
-}
-/// Far above what a person or a script with a few workers has in flight; a stuck or
-/// runaway client is held to it instead of taking every connection thread's time.
-fn default_max_requests_per_identity() -> usize {
-    32
-}
-/// A responder downloading a handful of records in parallel, each at disk or network
-/// speed; more in parallel from one identity only splits the same bandwidth and holds
-/// files and buffers (two 256 KiB chunks each).
-fn default_max_downloads_per_identity() -> usize {
-    4
-}
-/// 64 downloads of two 256 KiB chunks each are 32 MiB of buffers and 64 open blobs:
-/// well inside a 1,024-file limit with every connection slot taken too.
-fn default_max_downloads() -> usize {
-    64
-}
-/// Twice TCP's longest usual retransmission backoff before giving up on a peer: a real
-/// client on a bad network makes progress within it; a client that reads nothing does not.
-fn default_stall_timeout() -> std::time::Duration {
-    std::time::Duration::from_secs(30)
-}
-/// Long enough that a flood costs at most a few events a minute per source, short enough
-/// that a summary reaches the log while an incident is still being looked at.
-fn default_auth_failure_interval() -> std::time::Duration {
-    std::time::Duration::from_secs(60)
-}
-/// A person retrying a mistyped token, or a script with a stale one retrying every few
-/// seconds, stays under it; a guesser does not.
-fn default_max_auth_failures_per_source() -> u64 {
-    30
-}
-/// Ten times one source: a flood spread over many addresses is held too.
-fn default_max_auth_failures() -> u64 {
-    300
-}
-/// Enough for a page's requests and parallel downloads on one connection; hyper's default
-/// (200) lets one connection hold hundreds of streams' buffers.
-fn default_http2_max_streams() -> u32 {
-    32
-}
 /// The most `[server] threads` accepted.
 pub const MAX_SERVER_THREADS: usize = 256;
 
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8443))
-}
-
 /// `[seal]`
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SealConfig {
     /// Default recipients (`age1...`, `ssh-ed25519 ...`, `ssh-rsa ...`).
-    #[serde(default)]
     pub recipients: Vec<String>,
 }
 
 /// `[audit]`
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
     /// Audit log path (default `<store>/audit.log`, the log the CLI writes too).
     pub path: Option<PathBuf>,
 }
 
 /// `[policy]`
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Directory of policy files (`access.toml`, ...). Without it, only the generated admin
     /// identity (group `ckvault:admins`) is granted anything.
@@ -724,15 +624,6 @@ impl Config {
                 message: "[store] kind = \"s3\" needs bucket = \"...\"".into(),
             });
         }
-        if crate::units::parse_size(&config.store.spool_max).is_none() {
-            return Err(ConfigError::Invalid {
-                path: path.display().to_string(),
-                message: format!(
-                    "[store] spool_max {:?} is not a size (e.g. 500MiB, 20GiB)",
-                    config.store.spool_max
-                ),
-            });
-        }
         // Against the file's own directory, made absolute: `--config ckvault.toml` has an
         // empty parent, and every path handed to another process must be absolute.
         let file = crate::fsutil::absolute(path);
@@ -745,6 +636,13 @@ impl Config {
     pub fn embedded() -> Self {
         let mut config = Config::default();
         config.resolve(&crate::fsutil::absolute(Path::new(".")));
+        config
+    }
+
+    /// The embedded defaults with the local store at `dir` (`--store DIR`).
+    pub fn for_store(dir: &Path) -> Self {
+        let mut config = Self::embedded();
+        config.store.path = crate::fsutil::absolute(dir);
         config
     }
 
@@ -893,5 +791,107 @@ mod tests {
         assert!(e.contains("threads = 100000 is more than 256"), "{e}");
         std::fs::write(&path, "[server]\nthreads = 4\n").unwrap();
         assert_eq!(Config::load(&path).unwrap().server.threads, 4);
+    }
+}
+
+/// `examples/ckvault.toml` is the configuration reference: held true against these types.
+#[cfg(test)]
+mod reference {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn example() -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(root.join("examples/ckvault.toml")).unwrap()
+    }
+
+    /// The example with its commented-out settings (`# key = value`, `# [section]`) made
+    /// live: every key it documents.
+    fn documented(text: &str) -> String {
+        let setting = regex::Regex::new(r#"^# ?(\[[a-z]+\]|[a-z_0-9]+ = ["\[0-9tf].*)$"#).unwrap();
+        text.lines()
+            .map(|l| match setting.captures(l) {
+                Some(c) => c[1].to_owned(),
+                None => l.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn keys(v: &serde_json::Value) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for (section, table) in v.as_object().unwrap() {
+            for key in table.as_object().unwrap().keys() {
+                out.insert(format!("[{section}] {key}"));
+            }
+        }
+        out
+    }
+
+    fn toml_keys(v: &toml::Table) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for (section, table) in v {
+            for key in table.as_table().unwrap().keys() {
+                out.insert(format!("[{section}] {key}"));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_example_sets_every_default_as_coded() {
+        // Live settings: each one is a key of the types, with the value the code defaults to.
+        let live: Config = toml::from_str(&example()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&live).unwrap(),
+            serde_json::to_value(Config::default()).unwrap(),
+            "a live setting of examples/ckvault.toml differs from its coded default"
+        );
+        // And every key with a default is live in it; a key without one (None) is shown
+        // commented out.
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let mut with_default = BTreeSet::new();
+        for (section, table) in defaults.as_object().unwrap() {
+            for (key, value) in table.as_object().unwrap() {
+                if !value.is_null() {
+                    with_default.insert(format!("[{section}] {key}"));
+                }
+            }
+        }
+        let live_keys = toml_keys(&toml::from_str(&example()).unwrap());
+        assert_eq!(
+            live_keys, with_default,
+            "keys with a default must be live in examples/ckvault.toml, the others commented"
+        );
+    }
+
+    #[test]
+    fn the_example_documents_every_key_and_only_known_keys() {
+        let text = documented(&example());
+        // Known to the types (deny_unknown_fields), ...
+        let config: Config = toml::from_str(&text).unwrap();
+        let _ = config;
+        // ... and every key of the types is there.
+        let documented = toml_keys(&toml::from_str(&text).unwrap());
+        let coded = keys(&serde_json::to_value(Config::default()).unwrap());
+        assert_eq!(
+            coded.difference(&documented).collect::<Vec<_>>(),
+            Vec::<&String>::new(),
+            "keys of the config types missing from examples/ckvault.toml"
+        );
+        assert_eq!(
+            documented, coded,
+            "examples/ckvault.toml documents keys the types do not have"
+        );
+    }
+
+    #[test]
+    fn defaults_read_back_as_they_are_written() {
+        let text = toml::to_string(&Config::default()).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(
+            serde_json::to_value(back).unwrap(),
+            serde_json::to_value(Config::default()).unwrap()
+        );
     }
 }

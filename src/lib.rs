@@ -6,13 +6,16 @@
 //! circles):
 //!
 //! * [`cli`]: the `ckvault` commands, thin adapters over the layers below.
-//! * [`vault`]: the use-case layer for custody (hold, release, delete with every kind of
-//!   hold, audited first), shared by the CLI and the API.
 //! * [`serve`]: the HTTPS API (own TLS accept loop, connection limits, every request
 //!   authenticated, authorized and audited before anything is served) and the
 //!   kubelet-compatible trigger API.
+//! * [`wiring`]: builds a node's parts from its configuration, in one place (the store
+//!   with its audit log and staging, the uploader, policies, recipients, the intake).
 //! * [`capture`]: the CRI proxy, the checkpoint call, the directory watcher, private
 //!   staging.
+//! * [`vault`]: the use-case layer: custody (hold, release, delete with every kind of
+//!   hold, audited first), the intake every capture seals through, analysis of sealed
+//!   records; shared by the CLI and the API.
 //! * [`seal`]: one streaming pass: SHA-256 of the input, zstd, age encryption to the
 //!   recipients policy names, SHA-256 of the stored bytes, a signed manifest, the audit
 //!   event; and `open`, the verified reverse.
@@ -46,3 +49,4 @@ pub mod serve;
 pub mod store;
 pub mod units;
 pub mod vault;
+pub mod wiring;

@@ -631,3 +631,44 @@ fn terminal_escapes_in_names_are_escaped_in_tables() {
     );
     assert!(table.contains("evil"));
 }
+
+#[test]
+fn commands_given_only_the_store_follow_an_audit_log_the_configuration_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys(dir.path());
+    let archive = dir.path().join("in.tar");
+    fs::write(&archive, tar_with(&[("config.dump", b'0', b"{}")])).unwrap();
+    fs::create_dir(dir.path().join("logs")).unwrap();
+    let config = dir.path().join("ckvault.toml");
+    fs::write(
+        &config,
+        "[store]\npath = \"store\"\n[audit]\npath = \"logs/audit.log\"\n",
+    )
+    .unwrap();
+    ok(&ckvault(&[
+        "seal",
+        archive.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "-r",
+        &k.recipient,
+    ]));
+    assert!(dir.path().join("logs/audit.log").is_file());
+    assert!(!dir.path().join("store/audit.log").exists());
+    // Without --config: the store knows where its log is.
+    let store = dir.path().join("store");
+    let out = ok(&ckvault(&[
+        "audit",
+        "verify",
+        "--store",
+        store.to_str().unwrap(),
+    ]));
+    assert!(out.contains("OK"), "{out}");
+    let shown = ok(&ckvault(&[
+        "audit",
+        "show",
+        "--store",
+        store.to_str().unwrap(),
+    ]));
+    assert!(shown.contains("seal"), "{shown}");
+}

@@ -125,13 +125,9 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             // The log of `--store`, or of `--config` (its [audit] path; with a bucket, the
             // spool's log, when a FILE is named or to check it before it is shipped).
             let local = || -> anyhow::Result<LocalStore> {
-                Ok(match &store.config {
-                    Some(cfg) => {
-                        let c = crate::config::Config::load(cfg)?;
-                        LocalStore::open(c.store.local_dir())?.with_audit_path(c.audit.path)
-                    }
-                    None => LocalStore::open(&store.store)?,
-                })
+                let node =
+                    crate::wiring::Node::build(store.config()?, crate::wiring::Open::Existing)?;
+                Ok(node.local().clone())
             };
             let keys = match public_key {
                 Some(p) => {

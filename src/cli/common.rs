@@ -1,27 +1,15 @@
-//! Setup shared by the commands: recipients from the config, `-r` and `--recipients-file`,
-//! and the policy directory (`seal`, `watch`, `proxy`); the store a `--store DIR` or
-//! `--config FILE` names (record commands); the capture store and its uploader when the
-//! config names a bucket (`watch`, `proxy`); and `ckvault upload`.
+//! What the commands share on top of [`crate::wiring`] (which builds the parts): the
+//! options of the capturing commands and their setup (`watch`, `proxy`), the store a
+//! `--store DIR` or `--config FILE` names (record commands), identities and analysis
+//! limits, and `ckvault upload`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use std::sync::Arc;
 
-use crate::policy::PolicySet;
-use crate::policy::recipients::RecipientsPolicy;
-use crate::seal::{Recipient, SealError};
-use crate::vault::intake::{After, Intake};
-
-/// Who records are sealed to, and the policies that apply after sealing.
-pub struct SealSetup {
-    /// Fixed recipients (config `[seal] recipients`, `-r`, `--recipients-file`).
-    pub recipients: Vec<Recipient>,
-    /// The policy directory's policies, if one is configured.
-    pub policies: Option<Arc<PolicySet>>,
-    /// recipients.toml, which decides instead of `recipients` when present.
-    pub recipient_policy: Option<Arc<RecipientsPolicy>>,
-}
+use crate::vault::intake::Intake;
+pub use crate::wiring::SealSetup;
+use crate::wiring::{Node, Open};
 
 /// The limits for reading a capture through (inspect --deep, memsearch, diff): the
 /// defaults, with an hour to read a responder's multi-GiB archive.
@@ -42,13 +30,6 @@ pub fn identities(
     Ok(crate::seal::open::Identities::from_file(key)?)
 }
 
-/// Loads a policy directory, every problem in one readable error.
-pub fn load_policies(dir: &Path) -> anyhow::Result<PolicySet> {
-    PolicySet::load_optional(Some(dir))
-        .map_err(anyhow::Error::msg)?
-        .ok_or_else(|| anyhow::anyhow!("no policy directory"))
-}
-
 /// Gathers recipients and policies; refuses when nobody could open what is sealed.
 pub fn seal_setup(
     configured: &[String],
@@ -56,29 +37,7 @@ pub fn seal_setup(
     files: &[PathBuf],
     policy_dir: Option<&Path>,
 ) -> anyhow::Result<SealSetup> {
-    let mut recipients = Vec::new();
-    for r in configured.iter().chain(flags) {
-        recipients.push(r.parse::<Recipient>()?);
-    }
-    for f in files {
-        recipients.extend(Recipient::read_file(f)?);
-    }
-    let policies = match policy_dir {
-        Some(dir) => Some(Arc::new(load_policies(dir)?)),
-        None => None,
-    };
-    let recipient_policy = policies
-        .as_ref()
-        .and_then(|p| p.recipients.clone())
-        .map(Arc::new);
-    if recipients.is_empty() && recipient_policy.is_none() {
-        return Err(SealError::NoRecipients.into());
-    }
-    Ok(SealSetup {
-        recipients,
-        policies,
-        recipient_policy,
-    })
+    Ok(SealSetup::gather(configured, flags, files, policy_dir)?.require_recipients()?)
 }
 
 /// A store opened by a record command, with the runtime its async calls run on.
@@ -104,95 +63,23 @@ impl Opened {
     }
 }
 
-/// Opens the store of `--store DIR` or `--config FILE`. A bucket's index is filled first
-/// when `index` is set (listing).
+/// Opens the store of `--store DIR` or `--config FILE` (never creating one). A bucket's
+/// index is filled first when `index` is set (listing).
 pub fn open_store(arg: &super::StoreArg, index: bool) -> anyhow::Result<Opened> {
-    use crate::store::{Store, s3};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let config = match &arg.config {
-        Some(p) => crate::config::Config::load(p)?,
-        None => {
-            return Ok(Opened {
-                store: Store::Local(crate::store::LocalStore::open(&arg.store)?),
-                rt,
-                ship_as: None,
-            });
-        }
-    };
-    if config.store.kind == crate::config::StoreKind::Local {
-        return Ok(Opened {
-            store: Store::Local(
-                crate::store::LocalStore::open(&config.store.path)?
-                    .with_audit_path(config.audit.path.clone()),
-            ),
-            rt,
-            ship_as: None,
-        });
-    }
-    let spool = crate::store::LocalStore::open_or_init(&config.store.spool)?
-        .with_audit_path(config.audit.path.clone());
-    let s3 = s3::S3Store::new(&config.store)?.with_key_memory(spool.known_keys_dir());
-    rt.block_on(s3.check())?;
-    let bucket = crate::store::backend::Bucket {
-        index: s3::index::Index::new(s3.clone()),
-        s3,
-        spool,
-    };
-    if index {
-        rt.block_on(bucket.index.refresh())?;
+    let node = Node::build(arg.config()?, Open::Existing)?;
+    rt.block_on(node.check_bucket())?;
+    if let (true, Some(b)) = (index, node.bucket()) {
+        rt.block_on(b.index.refresh())?;
     }
     Ok(Opened {
-        store: Store::Bucket(Arc::new(bucket)),
+        store: node.store(),
+        ship_as: node.bucket().map(|_| node.name()),
         rt,
-        ship_as: Some(crate::node::node_name(&config)),
     })
-}
-
-/// Where a capturing command (`watch`, `proxy`) seals, and what uploads from there.
-pub struct CaptureStore {
-    /// The local store, or the spool with a bucket.
-    pub store: crate::store::LocalStore,
-    /// With a bucket: the uploader of the spool.
-    pub uploader: Option<crate::store::s3::upload::Uploader>,
-    /// With a bucket: the spool's byte limit.
-    pub spool_max: Option<u64>,
-}
-
-/// Opens the capture store of `config` (`dir` overrides `[store] path`, local only).
-pub fn capture_store(
-    config: &crate::config::Config,
-    dir: Option<PathBuf>,
-) -> anyhow::Result<CaptureStore> {
-    use crate::config::StoreKind;
-    match config.store.kind {
-        StoreKind::Local => Ok(CaptureStore {
-            store: crate::store::LocalStore::open_or_init(
-                &dir.unwrap_or_else(|| config.store.path.clone()),
-            )?
-            .with_audit_path(config.audit.path.clone())
-            .with_staging(config.cri.staging.clone()),
-            uploader: None,
-            spool_max: None,
-        }),
-        StoreKind::S3 => {
-            anyhow::ensure!(
-                dir.is_none(),
-                "--store does not apply with [store] kind = \"s3\" (the spool is [store] spool)"
-            );
-            let spool = crate::store::LocalStore::open_or_init(&config.store.spool)?
-                .with_audit_path(config.audit.path.clone())
-                .with_staging(config.cri.staging.clone());
-            let uploader = crate::store::s3::upload::Uploader::new(config, spool.clone())?;
-            Ok(CaptureStore {
-                store: spool,
-                uploader: Some(uploader),
-                spool_max: crate::units::parse_size(&config.store.spool_max),
-            })
-        }
-    }
 }
 
 /// Everything a capturing command (`watch`, `proxy`) needs before it starts: where and
@@ -239,45 +126,31 @@ pub fn capture_setup(
     args: &CaptureArgs,
     source_kind: &str,
 ) -> anyhow::Result<Capture> {
+    let mut config = config.clone();
+    if let Some(dir) = &args.store {
+        if config.store.kind == crate::config::StoreKind::S3 {
+            return Err(crate::wiring::BuildError::StoreWithBucket.into());
+        }
+        config.store.path = crate::fsutil::absolute(dir);
+    }
     let setup = seal_setup(
         &config.seal.recipients,
         &args.recipients,
         &args.recipients_file,
         config.policy.dir.as_deref(),
     )?;
-    let cs = capture_store(config, args.store.clone())?;
-    let mut opts = crate::seal::SealOptions::new(
-        setup.recipients,
+    let node = Node::build(config, Open::OrCreate)?;
+    let intake = node.intake(
+        &setup,
         crate::manifest::Source {
             kind: source_kind.into(),
             path: None,
         },
     );
-    opts.recipient_policy = setup.recipient_policy;
-    opts.node = Some(crate::node::node_name(config));
-    opts.spool_max = cs.spool_max;
-    // With a bucket the spool's uploader takes each record; retention is the servers'.
-    let after = match &cs.uploader {
-        Some(u) => After::Upload(Some(u.waker())),
-        None => After::Retention(setup.policies),
-    };
-    let intake = Intake::new(cs.store, opts, after);
-    let recovered = crate::capture::staging::recover(&intake)?;
-    for m in &recovered.sealed {
-        println!("recovered {} from staging", m.id);
-    }
-    if recovered.abandoned > 0 {
-        eprintln!(
-            "ckvault: {} capture(s) in staging had left nothing to seal (audited as capture-abandoned)",
-            recovered.abandoned
-        );
-    }
-    for (p, e) in &recovered.failed {
-        eprintln!("ckvault: cannot seal {} left in staging: {e}", p.display());
-    }
+    crate::wiring::recover_staging(&intake)?;
     Ok(Capture {
         intake,
-        uploader: cs.uploader,
+        uploader: node.uploader().cloned(),
     })
 }
 
@@ -306,8 +179,8 @@ pub fn upload(args: UploadArgs) -> anyhow::Result<std::process::ExitCode> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    let cs = capture_store(&config, None)?;
-    let Some(uploader) = cs.uploader else {
+    let node = Node::build(config, Open::OrCreate)?;
+    let Some(uploader) = node.uploader().cloned() else {
         return Ok(std::process::ExitCode::SUCCESS);
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -322,7 +195,7 @@ pub fn upload(args: UploadArgs) -> anyhow::Result<std::process::ExitCode> {
     println!(
         "uploaded {} record(s) from {}",
         d.uploaded,
-        cs.store.root().display()
+        node.local().root().display()
     );
     if d.stuck.is_empty() {
         return Ok(std::process::ExitCode::SUCCESS);

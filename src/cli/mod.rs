@@ -129,31 +129,29 @@ pub struct StoreArg {
 }
 
 impl StoreArg {
-    /// The local store directory: `--store`, or `[store] path` of `--config`. Commands that
-    /// work on local files only refuse a bucket configuration here.
-    pub fn local_dir(&self, what: &str) -> anyhow::Result<PathBuf> {
-        let Some(cfg) = &self.config else {
-            return Ok(self.store.clone());
-        };
-        let config = crate::config::Config::load(cfg)?;
-        anyhow::ensure!(
-            config.store.kind == crate::config::StoreKind::Local,
-            "`ckvault {what}` works on a local store; with a bucket use `ckvault fetch` \
-             against a ckvault server (or `ckvault ls`/`show`/`hold`/`release`/`delete` \
-             --config {})",
-            cfg.display()
-        );
-        Ok(config.store.path)
+    /// The configuration: `--config FILE`, or the embedded defaults with the store of
+    /// `--store DIR`.
+    pub fn config(&self) -> anyhow::Result<crate::config::Config> {
+        Ok(match &self.config {
+            Some(cfg) => crate::config::Config::load(cfg)?,
+            None => crate::config::Config::for_store(&self.store),
+        })
     }
 
-    /// Opens the local store of `--store` or `--config` (with that file's `[audit] path`);
-    /// a bucket configuration is refused as in [`Self::local_dir`].
+    /// Opens the local store of `--store` or `--config` (with its audit log); a bucket
+    /// configuration is refused: `what` works on local files only.
     pub fn open_local(&self, what: &str) -> anyhow::Result<crate::store::LocalStore> {
-        let audit = match &self.config {
-            Some(cfg) => crate::config::Config::load(cfg)?.audit.path,
-            None => None,
-        };
-        Ok(crate::store::LocalStore::open(&self.local_dir(what)?)?.with_audit_path(audit))
+        let config = self.config()?;
+        if let (crate::config::StoreKind::S3, Some(cfg)) = (config.store.kind, &self.config) {
+            anyhow::bail!(
+                "`ckvault {what}` works on a local store; with a bucket use `ckvault fetch` \
+                 against a ckvault server (or `ckvault ls`/`show`/`hold`/`release`/`delete` \
+                 --config {})",
+                cfg.display()
+            );
+        }
+        let node = crate::wiring::Node::build(config, crate::wiring::Open::Existing)?;
+        Ok(node.local().clone())
     }
 }
 

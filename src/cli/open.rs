@@ -10,7 +10,6 @@ use super::{output, records::manifest_path_for};
 use crate::fsutil;
 use crate::manifest::{Manifest, RecordId};
 use crate::seal::open::{Identities, open_to_file};
-use crate::store::LocalStore;
 
 /// Arguments of `ckvault open`.
 #[derive(Debug, clap::Args)]
@@ -41,7 +40,11 @@ pub fn run(args: OpenArgs) -> anyhow::Result<ExitCode> {
     let (manifest, blob) = if let (Some(dir), Ok(id)) =
         (&args.store, args.target.parse::<RecordId>())
     {
-        let store = LocalStore::open(dir)?;
+        let node = crate::wiring::Node::build(
+            crate::config::Config::for_store(dir),
+            crate::wiring::Open::Existing,
+        )?;
+        let store = node.local().clone();
         let manifest = store.manifest(&id)?; // signature checked
         store.audit_log()?.append(crate::audit::EventInput {
             actor: crate::node::local_actor(),

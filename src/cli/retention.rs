@@ -8,13 +8,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::common::load_policies;
 use super::{Format, StoreArg, output};
 use crate::audit::EventInput;
 use crate::manifest::RecordId;
 use crate::node::local_actor;
 use crate::policy::enforce;
 use crate::vault::Custody;
+use crate::wiring::load_policies;
 
 /// Arguments of `ckvault hold` / `ckvault release`.
 #[derive(Debug, clap::Args)]

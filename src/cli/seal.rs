@@ -8,9 +8,8 @@ use anyhow::Context;
 use super::{StoreArg, output};
 use crate::fsutil;
 use crate::manifest::Source;
-use crate::seal::{ClaimedIdentity, SealOptions};
-use crate::store::LocalStore;
-use crate::vault::intake::{After, Intake};
+use crate::seal::ClaimedIdentity;
+use crate::wiring::{Node, Open};
 
 /// Arguments of `ckvault seal`.
 #[derive(Debug, clap::Args)]
@@ -54,59 +53,38 @@ pub struct SealArgs {
 
 /// Runs `ckvault seal`.
 pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
-    let config = match &args.store.config {
-        Some(p) => Some(crate::config::Config::load(p)?),
-        None => None,
-    };
+    let config = args.store.config()?;
     let setup = super::common::seal_setup(
-        config.as_ref().map_or(&[][..], |c| &c.seal.recipients[..]),
+        &config.seal.recipients,
         &args.recipients,
         &args.recipients_file,
-        args.policies
-            .as_deref()
-            .or(config.as_ref().and_then(|c| c.policy.dir.as_deref())),
+        args.policies.as_deref().or(config.policy.dir.as_deref()),
     )?;
-    let policies = setup.policies.clone();
     let file = fsutil::open_regular_nofollow(&args.archive)
         .with_context(|| format!("cannot open {}", args.archive.display()))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let capture = match &config {
-        Some(c) => super::common::capture_store(c, None)?,
-        None => super::common::CaptureStore {
-            store: LocalStore::open_or_init(&args.store.store)?,
-            uploader: None,
-            spool_max: None,
-        },
-    };
-    let store = capture.store.clone();
-    let mut opts = SealOptions::new(
-        setup.recipients,
+    let node = Node::build(config, Open::OrCreate)?;
+    let intake = node.intake(
+        &setup,
         Source {
             kind: "cli".into(),
             path: Some(args.archive.display().to_string()),
         },
     );
+    let mut opts = intake.options().clone();
     opts.claimed = ClaimedIdentity {
         namespace: args.namespace,
         pod: args.pod,
         container: args.container,
     };
-    opts.recipient_policy = setup.recipient_policy;
-    if let Some(c) = &config {
-        opts.node = Some(crate::node::node_name(c));
+    // A seal into `--store DIR` names no node (the manifest has none, as before).
+    if args.store.config.is_none() {
+        opts.node = None;
     }
-    opts.spool_max = capture.spool_max;
     opts.zstd_level = args.level;
     if let Some(t) = args.threads {
         opts.zstd_threads = t;
     }
-    // As every capturing front-end: retention after a seal into a local store; into a
-    // spool, the upload follows below (this one-shot command drains it itself).
-    let after = match &capture.uploader {
-        Some(_) => After::Upload(None),
-        None => After::Retention(policies),
-    };
-    let intake = Intake::new(store, opts.clone(), after);
     let bar = output::progress(len, "sealing");
     let manifest = intake.seal(file, &opts, &|n| bar.set_position(n))?;
     bar.finish_and_clear();
@@ -119,7 +97,7 @@ pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     }
-    if let Some(u) = capture.uploader {
+    if let Some(u) = node.uploader().cloned() {
         // Into the bucket now; if it is away, the record waits in the spool (sealed).
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -24,8 +24,8 @@ use std::sync::{Arc, RwLock};
 use crate::audit::AuditLog;
 use crate::config::{Config, ConnectionLimits};
 use crate::policy::{AccessPolicy, PolicySet};
-use crate::store::{LocalStore, Store};
-use crate::vault::intake::{After, Intake};
+use crate::store::Store;
+use crate::wiring::{Node, Open, SealSetup};
 use tokens::TokenFile;
 
 /// Everything the handlers share.
@@ -147,42 +147,32 @@ pub struct Prepared {
     pub tokens_path: Option<PathBuf>,
     /// Policy directory (reloaded when its files change, and on SIGHUP).
     pub policy_dir: Option<PathBuf>,
-    /// With a bucket store: the uploader of this replica's spool and audit segments, the
-    /// index refresh period, and this replica's name for the retention lease.
-    pub bucket: Option<(
-        crate::store::s3::upload::Uploader,
-        std::time::Duration,
-        String,
-    )>,
+    /// With a bucket store: what this replica runs beside serving.
+    pub bucket: Option<Replica>,
+}
+
+/// What a server replica on a bucket runs beside serving.
+#[derive(Clone)]
+pub struct Replica {
+    /// The uploader of this replica's spool and audit segments.
+    pub uploader: crate::store::s3::upload::Uploader,
+    /// How often the index re-reads the bucket's manifests (`[store] index_refresh`).
+    pub index_refresh: std::time::Duration,
+    /// This replica's name for the retention lease (`NODE:PID`).
+    pub lease_holder: String,
 }
 
 /// Opens everything the configuration names, generating default credentials if no
 /// certificate is configured.
 pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
-    let local = LocalStore::open_or_init(config.store.local_dir())?
-        .with_audit_path(config.audit.path.clone())
-        .with_staging(config.cri.staging.clone());
-    let (store, bucket) = match config.store.kind {
-        crate::config::StoreKind::Local => (Store::Local(local.clone()), None),
-        crate::config::StoreKind::S3 => {
-            let s3 = crate::store::s3::S3Store::new(&config.store)?
-                .with_key_memory(local.known_keys_dir());
-            let uploader = crate::store::s3::upload::Uploader::new(config, local.clone())?;
-            let bucket = crate::store::backend::Bucket {
-                index: crate::store::s3::index::Index::new(s3.clone()),
-                s3,
-                spool: local.clone(),
-            };
-            (
-                Store::Bucket(Arc::new(bucket)),
-                Some((
-                    uploader,
-                    config.store.index_refresh,
-                    format!("{}:{}", crate::node::node_name(config), std::process::id()),
-                )),
-            )
-        }
-    };
+    let node = Node::build(config.clone(), Open::OrCreate)?;
+    let store = node.store();
+    let bucket = node.uploader().map(|uploader| Replica {
+        uploader: uploader.clone(),
+        index_refresh: config.store.index_refresh,
+        lease_holder: format!("{}:{}", node.name(), std::process::id()),
+    });
+    let local = node.local().clone();
     let store_local = local;
     let audit = store_local.audit_log()?;
     let mut generated = None;
@@ -237,75 +227,45 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         Some(p) => TokenFile::load(p)?,
         None => TokenFile::default(),
     };
-    let set = match &config.policy.dir {
-        Some(dir) => PolicySet::load_dir(dir).map_err(|errs| {
-            anyhow::anyhow!(
-                "invalid policy:\n{}",
-                errs.iter()
-                    .map(|e| format!("  {e}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })?,
-        None => PolicySet {
-            access: AccessPolicy::admin_only(),
-            ..PolicySet::default()
-        },
-    };
-    let mut recipients = Vec::new();
-    for r in &config.seal.recipients {
-        recipients.push(r.parse::<crate::seal::Recipient>()?);
-    }
-    anyhow::ensure!(
-        config.cri.upstream.is_none() || !recipients.is_empty() || set.recipients.is_some(),
-        "[cri] upstream is set but [seal] recipients is empty: checkpoints could not be sealed"
-    );
-    let checkpointer = config.cri.upstream.as_ref().map(|sock| {
-        let mut opts = crate::seal::SealOptions::new(
-            recipients.clone(),
-            crate::manifest::Source {
-                kind: "trigger".into(),
-                path: None,
-            },
-        );
-        opts.recipient_policy = set.recipients.clone().map(Arc::new);
-        opts.node = Some(crate::node::node_name(config));
-        // A spool at its limit refuses the trigger before the runtime is asked.
-        if config.store.kind == crate::config::StoreKind::S3 {
-            opts.spool_max = crate::units::parse_size(&config.store.spool_max);
-        }
-        // As every capturing front-end: with a bucket the uploader takes the record, with a
-        // local store retention applies.
-        let after = match &bucket {
-            Some((uploader, _, _)) => After::Upload(Some(uploader.waker())),
-            None => After::Retention(Some(Arc::new(set.clone()))),
-        };
-        crate::capture::checkpoint::Checkpointer::new(
-            crate::capture::cri::RuntimeClient::new(sock),
-            Intake::new(store_local.clone(), opts, after),
-        )
-        .with_staging_mode(config.cri.staging_mode)
+    let set = node.policies()?.unwrap_or_else(|| PolicySet {
+        access: AccessPolicy::admin_only(),
+        ..PolicySet::default()
     });
-    // What a crash left in staging (a trigger in flight, or another front-end's capture
-    // on this store) is sealed now, as the other capturing front-ends do at start.
-    if let Some(c) = &checkpointer {
-        let recovered = crate::capture::staging::recover(c.intake())?;
-        for m in &recovered.sealed {
-            eprintln!("ckvault: recovered {} from staging", m.id);
-        }
-        if recovered.abandoned > 0 {
-            eprintln!(
-                "ckvault: {} capture(s) in staging had left nothing to seal (audited as capture-abandoned)",
-                recovered.abandoned
+    let checkpointer = match &config.cri.upstream {
+        None => None,
+        Some(sock) => {
+            let mut setup = SealSetup::gather(&config.seal.recipients, &[], &[], None)?;
+            setup.recipient_policy = set.recipients.clone().map(Arc::new);
+            // Retention of the policies this server holds (a bucket's uploader takes the
+            // record instead).
+            setup.policies = Some(Arc::new(set.clone()));
+            let setup = setup.require_recipients().map_err(|_| {
+                anyhow::anyhow!(
+                    "[cri] upstream is set but [seal] recipients is empty: checkpoints could not be sealed"
+                )
+            })?;
+            let intake = node.intake(
+                &setup,
+                crate::manifest::Source {
+                    kind: "trigger".into(),
+                    path: None,
+                },
             );
+            // What a crash left in staging (a trigger in flight, or another front-end's
+            // capture on this store) is sealed now, as every capturing front-end does.
+            crate::wiring::recover_staging(&intake)?;
+            Some(
+                crate::capture::checkpoint::Checkpointer::new(
+                    crate::capture::cri::RuntimeClient::new(sock),
+                    intake,
+                )
+                .with_staging_mode(config.cri.staging_mode),
+            )
         }
-        for (p, e) in &recovered.failed {
-            eprintln!("ckvault: cannot seal {} left in staging: {e}", p.display());
-        }
-    }
+    };
     let mut state = AppState::new(store, audit, set, tokens).with_limits(&config.server.limits());
     state.checkpointer = checkpointer;
-    state.uploader = bucket.as_ref().map(|(u, _, _)| u.clone());
+    state.uploader = node.uploader().cloned();
     state.client_auth = credentials.client_auth().cloned();
     Ok(Prepared {
         state: Arc::new(state),
@@ -354,8 +314,14 @@ pub async fn run(
     }
     let stop = Arc::new(tokio::sync::Notify::new());
     let mut lease = None;
-    if let (Some((uploader, refresh, holder)), Store::Bucket(bucket)) =
-        (prepared.bucket.clone(), &prepared.state.store)
+    if let (
+        Some(Replica {
+            uploader,
+            index_refresh: refresh,
+            lease_holder: holder,
+        }),
+        Store::Bucket(bucket),
+    ) = (prepared.bucket.clone(), &prepared.state.store)
     {
         tokio::spawn(uploader.run(stop.clone()));
         let b = bucket.clone();

@@ -11,7 +11,12 @@
 //!   staging/      plaintext archives waiting to be sealed (capture uses it)
 //!   holds/        <ID>.json legal holds
 //!   audit.log     hash-chained audit events; audit.log.head.json / audit.log.heads: signed heads
+//!   audit-location.json  where the log is when `[audit] path` put it elsewhere
 //! ```
+//!
+//! A store opened with an `[audit] path` records it ([`LocalStore::record_audit_path`]),
+//! and every later open of the store follows it, with or without that configuration: the
+//! store knows where its own log is.
 //!
 //! A directory is a store when it holds `store.json`. A store is created only in an absent
 //! or empty directory: anything else is refused before anything in it is touched (no
@@ -43,6 +48,10 @@ use crate::manifest::{Manifest, ManifestError, RecordId, SigningKey, VerifyingKe
 const MARKER: &str = "{\"format\":\"ckvault-local-store\",\"version\":1}\n";
 /// The file that makes a directory a store.
 const MARKER_NAME: &str = "store.json";
+/// The file in which a store records an audit log kept elsewhere (`[audit] path`).
+const AUDIT_LOCATION: &str = "audit-location.json";
+/// The most bytes of [`AUDIT_LOCATION`] read.
+const AUDIT_LOCATION_MAX: u64 = 8192;
 /// A blob without a manifest older than this is debris of a crash and is removed at open.
 const ORPHAN_AGE: Duration = Duration::from_secs(600);
 /// Suffixes (after `<ID>.<PID>.`) of the per-record temporary files the store writes into
@@ -58,8 +67,9 @@ const RECORD_TMP_SUFFIXES: [&str; 4] = [
 /// Files written through tmp/ with [`fsutil::write_atomic_owned`] / [`fsutil::replace_atomic_owned`],
 /// whose temporary names are `<NAME>.<OWNER>.tmp`: the marker and keys (here), the audit
 /// shipping state (`store::s3::ship`) and the uploader's status (`store::s3::upload`).
-const ATOMIC_TMP_NAMES: [&str; 5] = [
+const ATOMIC_TMP_NAMES: [&str; 6] = [
     MARKER_NAME,
+    AUDIT_LOCATION,
     "signing.key",
     "signing.pub",
     "audit.shipped.json",
@@ -166,16 +176,74 @@ impl LocalStore {
     /// The store (or spool) `config` names, with its `[audit] path`, without opening or
     /// creating anything (for paths only).
     pub fn at_config(config: &crate::config::Config) -> Self {
-        Self::at(config.store.local_dir()).with_audit_path(config.audit.path.clone())
+        let mut store = Self::at(config.store.local_dir());
+        store.audit = store.recorded_audit_path().ok().flatten();
+        store.with_audit_path(config.audit.path.clone())
     }
 
-    /// The same store with its audit log at `path` (`[audit] path`) instead of
-    /// `<store>/audit.log`: every event about this store, whoever writes it (seals,
-    /// downloads, retention, uploads), goes to that one log, and that log is what is
-    /// shipped to a bucket.
+    /// The same store with its audit log at `path` (`[audit] path`) instead of the log it
+    /// recorded or `<store>/audit.log`: every event about this store, whoever writes it
+    /// (seals, downloads, retention, uploads), goes to that one log, and that log is what
+    /// is shipped to a bucket. `None` keeps the log the store knows.
     pub fn with_audit_path(mut self, path: Option<PathBuf>) -> Self {
-        self.audit = path;
+        if let Some(path) = path {
+            self.audit = Some(crate::fsutil::absolute(&path));
+        }
         self
+    }
+
+    /// The audit log this store recorded ([`Self::record_audit_path`]), if any.
+    fn recorded_audit_path(&self) -> Result<Option<PathBuf>, StoreError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Location {
+            path: PathBuf,
+        }
+        let file = self.root.join(AUDIT_LOCATION);
+        let text = match fsutil::open_regular(&file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(&file, e)),
+            Ok(f) => {
+                let mut text = String::new();
+                f.take(AUDIT_LOCATION_MAX)
+                    .read_to_string(&mut text)
+                    .map_err(|e| StoreError::io(&file, e))?;
+                text
+            }
+        };
+        let bad = |why: &str| {
+            StoreError::io(
+                &file,
+                std::io::Error::other(format!(
+                    "{why}: it names where this store's audit log is; write \
+                     {{\"path\": \"/absolute/audit.log\"}} or open the store with [audit] path set"
+                )),
+            )
+        };
+        let location: Location =
+            serde_json::from_str(&text).map_err(|_| bad("not a location record"))?;
+        if !location.path.is_absolute() {
+            return Err(bad("the path is not absolute"));
+        }
+        Ok(Some(location.path))
+    }
+
+    /// Records this store's audit log, when it is not `<store>/audit.log`, so that every
+    /// later open of the store finds it (a command given `--store DIR` and no
+    /// configuration). Nothing is written when the record is already true.
+    pub fn record_audit_path(&self) -> Result<(), StoreError> {
+        let Some(path) = &self.audit else {
+            return Ok(());
+        };
+        if self.recorded_audit_path()?.as_ref() == Some(path)
+            || (*path == self.root.join("audit.log") && self.recorded_audit_path()?.is_none())
+        {
+            return Ok(());
+        }
+        let file = self.root.join(AUDIT_LOCATION);
+        let text = serde_json::json!({ "path": path }).to_string() + "\n";
+        fsutil::replace_atomic_owned(&self.tmp_dir(), &file, text.as_bytes())
+            .map_err(|e| StoreError::io(&file, e))
     }
 
     /// The same store with its plaintext staging in `dir` (`[cri] staging`: on the
@@ -262,6 +330,8 @@ impl LocalStore {
         }
         drop(lock);
         store.recover()?;
+        let mut store = store;
+        store.audit = store.recorded_audit_path()?;
         Ok(store)
     }
 
@@ -284,7 +354,8 @@ impl LocalStore {
         if !is_store(root) {
             return Err(StoreError::Missing(root.display().to_string()));
         }
-        let store = Self::at(root);
+        let mut store = Self::at(root);
+        store.audit = store.recorded_audit_path()?;
         // Finish what a crash interrupted (a deletion half done, temporary files); a
         // read-only store is still readable.
         let _ = store.recover();
