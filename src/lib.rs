@@ -46,3 +46,6 @@ pub mod serve;
 pub mod store;
 pub mod units;
 pub mod vault;
+
+#[cfg(test)]
+mod compat_tests;
