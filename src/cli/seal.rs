@@ -82,7 +82,7 @@ pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
     let mut opts = SealOptions::new(
         setup.recipients,
         Source {
-            kind: "cli".into(),
+            kind: crate::manifest::SourceKind::Cli,
             path: Some(args.archive.display().to_string()),
         },
     );

@@ -65,11 +65,32 @@ pub struct Manifest {
     pub signature: Option<Signature>,
 }
 
+crate::vocab::vocabulary! {
+    /// What brought an archive to ckvault (a manifest's `source.kind`). New capture paths
+    /// (alert receivers, the node's own triggers) add words here; a word a newer version
+    /// wrote reads as `Unrecognised` and still verifies.
+    pub enum SourceKind {
+        /// `ckvault seal`.
+        Cli => "cli",
+        /// The CRI proxy intercepted the kubelet's CheckpointContainer call.
+        CriProxy => "cri-proxy",
+        /// The runtime wrote the archive after the call it answered had failed (a late
+        /// write the proxy or the trigger swept up).
+        CriLateWrite => "cri-late-write",
+        /// What a crash left in the private staging directory, sealed at the next start.
+        StagingRecovery => "staging-recovery",
+        /// The trigger API (`POST /checkpoint/...`).
+        Trigger => "trigger",
+        /// `ckvault watch` found it in the kubelet's checkpoint directory.
+        Watch => "watch",
+    }
+}
+
 /// How the archive reached ckvault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Source {
-    /// `cli` (ckvault seal), `cri-proxy`, `trigger` or `watch`.
-    pub kind: String,
+    /// What brought it.
+    pub kind: SourceKind,
     /// Path the archive was read from, when it came from a file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,

@@ -147,13 +147,20 @@ pub struct Prepared {
     pub tokens_path: Option<PathBuf>,
     /// Policy directory (reloaded when its files change, and on SIGHUP).
     pub policy_dir: Option<PathBuf>,
-    /// With a bucket store: the uploader of this replica's spool and audit segments, the
-    /// index refresh period, and this replica's name for the retention lease.
-    pub bucket: Option<(
-        crate::store::s3::upload::Uploader,
-        std::time::Duration,
-        String,
-    )>,
+    /// With a bucket store: what this replica runs beside the API.
+    pub bucket: Option<Replica>,
+}
+
+/// What a server on a bucket store runs beside the API: uploads, index refreshes and its
+/// turn at retention.
+#[derive(Clone)]
+pub struct Replica {
+    /// The uploader of this replica's spool and audit segments.
+    pub uploader: crate::store::s3::upload::Uploader,
+    /// How often the bucket's index is refreshed (`[store] index_refresh`).
+    pub index_refresh: std::time::Duration,
+    /// This replica's name for the retention lease (`NODE:PID`).
+    pub lease_holder: String,
 }
 
 /// Opens everything the configuration names, generating default credentials if no
@@ -175,11 +182,15 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             };
             (
                 Store::Bucket(Arc::new(bucket)),
-                Some((
+                Some(Replica {
                     uploader,
-                    config.store.index_refresh,
-                    format!("{}:{}", crate::node::node_name(config), std::process::id()),
-                )),
+                    index_refresh: config.store.index_refresh,
+                    lease_holder: format!(
+                        "{}:{}",
+                        crate::node::node_name(config),
+                        std::process::id()
+                    ),
+                }),
             )
         }
     };
@@ -264,7 +275,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         let mut opts = crate::seal::SealOptions::new(
             recipients.clone(),
             crate::manifest::Source {
-                kind: "trigger".into(),
+                kind: crate::manifest::SourceKind::Trigger,
                 path: None,
             },
         );
@@ -277,7 +288,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         // As every capturing front-end: with a bucket the uploader takes the record, with a
         // local store retention applies.
         let after = match &bucket {
-            Some((uploader, _, _)) => After::Upload(Some(uploader.waker())),
+            Some(replica) => After::Upload(Some(replica.uploader.waker())),
             None => After::Retention(Some(Arc::new(set.clone()))),
         };
         crate::capture::checkpoint::Checkpointer::new(
@@ -305,7 +316,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     }
     let mut state = AppState::new(store, audit, set, tokens).with_limits(&config.server.limits());
     state.checkpointer = checkpointer;
-    state.uploader = bucket.as_ref().map(|(u, _, _)| u.clone());
+    state.uploader = bucket.as_ref().map(|r| r.uploader.clone());
     state.client_auth = credentials.client_auth().cloned();
     Ok(Prepared {
         state: Arc::new(state),
@@ -354,10 +365,10 @@ pub async fn run(
     }
     let stop = Arc::new(tokio::sync::Notify::new());
     let mut lease = None;
-    if let (Some((uploader, refresh, holder)), Store::Bucket(bucket)) =
-        (prepared.bucket.clone(), &prepared.state.store)
+    if let (Some(replica), Store::Bucket(bucket)) = (prepared.bucket.clone(), &prepared.state.store)
     {
-        tokio::spawn(uploader.run(stop.clone()));
+        tokio::spawn(replica.uploader.run(stop.clone()));
+        let refresh = replica.index_refresh;
         let b = bucket.clone();
         tokio::spawn(async move {
             let mut failing = false;
@@ -380,7 +391,7 @@ pub async fn run(
         });
         lease = Some(crate::store::s3::lease::Lease::retention(
             bucket.s3.clone(),
-            holder,
+            replica.lease_holder,
             RETENTION_INTERVAL * 3,
         ));
     }
