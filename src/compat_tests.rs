@@ -119,3 +119,139 @@ fn compat_v1_manifests_verify_and_reserialize_byte_for_byte() {
         .collect();
     assert_eq!(held.len(), 1);
 }
+
+/// Rewrites the fixture manifest `path` through `edit` (on its JSON, signature removed) and,
+/// with `resign`, signs it again with the store's key, as a newer ckvault would.
+fn rewrite(store: &Path, path: &Path, resign: bool, edit: impl FnOnce(&mut serde_json::Value)) {
+    use crate::manifest::SigningKey;
+    use crate::manifest::sign::canonical_json;
+    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let signature = doc.as_object_mut().unwrap().remove("signature").unwrap();
+    edit(&mut doc);
+    let signature = if resign {
+        let key_path = store.join("keys/signing.key");
+        let key =
+            SigningKey::from_pem(&std::fs::read_to_string(&key_path).unwrap(), &key_path).unwrap();
+        serde_json::json!({
+            "alg": "ed25519",
+            "key_id": key.verifying_key().key_id(),
+            "value": key.sign_bytes(&canonical_json(&doc).unwrap()),
+        })
+    } else {
+        signature
+    };
+    doc.as_object_mut()
+        .unwrap()
+        .insert("signature".into(), signature);
+    std::fs::write(path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+}
+
+fn record_id(path: &Path) -> crate::manifest::RecordId {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn compat_v1_a_record_of_a_newer_schema_is_reported_unsupported_not_badly_signed() {
+    use crate::manifest::ManifestError;
+    use crate::store::StoreError;
+    let (_dir, store) = fixture();
+    let files = manifest_files(&store);
+    // As the rule has a newer ckvault write a record that uses a field v1 does not have:
+    // under a new schema, signed with the node's key. A second one also changes the shape
+    // of a member v1 knows (so it no longer parses as v1 at all).
+    rewrite(&store, &files[0], true, |doc| {
+        doc["schema"] = "ckvault.dev/manifest/v2".into();
+        doc["trigger"] = serde_json::json!({"kind": "alert", "name": "OOMKilled"});
+    });
+    rewrite(&store, &files[1], true, |doc| {
+        doc["schema"] = "ckvault.dev/manifest/v2".into();
+        doc["summary"] = "moved elsewhere".into();
+    });
+    for path in &files[..2] {
+        let err = Manifest::from_json(&std::fs::read(path).unwrap()).unwrap_err();
+        assert!(
+            matches!(&err, ManifestError::Schema(s) if s == "ckvault.dev/manifest/v2"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer ckvault"), "{err}");
+    }
+    let opened = LocalStore::open(&store).unwrap();
+    for path in &files[..2] {
+        let err = opened.manifest(&record_id(path)).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::Manifest {
+                    source: ManifestError::Schema(_),
+                    ..
+                }
+            ),
+            "a newer record is not reported as tampered: {err}"
+        );
+    }
+    // Listing goes on: the newer records are set aside with that reason, the rest listed.
+    let (listed, broken) = opened.list().unwrap();
+    assert_eq!(listed.len(), files.len() - 2);
+    assert_eq!(broken.len(), 2);
+    assert!(broken.iter().all(|e| matches!(
+        e,
+        StoreError::Manifest {
+            source: ManifestError::Schema(_),
+            ..
+        }
+    )));
+}
+
+#[test]
+fn compat_v1_a_new_source_kind_word_needs_no_new_schema_and_verifies() {
+    use crate::manifest::SourceKind;
+    let (_dir, store) = fixture();
+    let files = manifest_files(&store);
+    rewrite(&store, &files[0], true, |doc| {
+        doc["source"]["kind"] = "alert".into();
+    });
+    let manifest = Manifest::from_json(&std::fs::read(&files[0]).unwrap()).unwrap();
+    assert!(matches!(&manifest.source.kind, SourceKind::Unrecognised(w) if w.as_str() == "alert"));
+    public_key(&store).verify(&manifest).unwrap();
+    // Kept verbatim: written out again, it reads back the same and still verifies.
+    let again = manifest.to_json_pretty().unwrap();
+    assert!(String::from_utf8_lossy(&again).contains(r#""kind": "alert""#));
+    assert_eq!(Manifest::from_json(&again).unwrap(), manifest);
+    let opened = LocalStore::open(&store).unwrap();
+    assert_eq!(
+        opened.manifest(&record_id(&files[0])).unwrap().source.kind,
+        manifest.source.kind
+    );
+}
+
+#[test]
+fn compat_v1_a_member_added_without_a_new_schema_is_an_edit_or_is_not_read() {
+    use crate::manifest::ManifestError;
+    use crate::store::StoreError;
+    let (_dir, store) = fixture();
+    let files = manifest_files(&store);
+    // No ckvault signs this (the rule gives a record with a new member a new schema): a
+    // signature over a member v1 does not read fails as an edit...
+    rewrite(&store, &files[0], true, |doc| {
+        doc["trigger"] = serde_json::json!({"kind": "alert"});
+    });
+    // ...and a member added to a signed record is not read: the signature covers what v1
+    // reads, and what is shown or served is that, without the member.
+    rewrite(&store, &files[1], false, |doc| {
+        doc["trigger"] = serde_json::json!({"kind": "alert"});
+    });
+    let opened = LocalStore::open(&store).unwrap();
+    let err = opened.manifest(&record_id(&files[0])).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StoreError::Tampered {
+                why: ManifestError::BadSignature { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let read = opened.manifest(&record_id(&files[1])).unwrap();
+    assert!(!String::from_utf8_lossy(&read.to_json_pretty().unwrap()).contains("trigger"));
+}
