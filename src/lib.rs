@@ -27,9 +27,10 @@
 //! * [`client`]: `ckvault fetch`'s HTTPS client.
 //! * [`manifest`], [`config`], [`recipient`], [`node`]: the record schema and its
 //!   signature, the configuration file, age/SSH recipients, the clock and node names.
-//! * [`inspect`], [`units`], [`fsutil`]: the ground floor: the hostile-input archive
-//!   reader, byte sizes, careful file-system primitives (private files, atomic writes,
-//!   owner locks for files shared between processes).
+//! * [`inspect`], [`units`], [`fsutil`], [`vocab`]: the ground floor: the hostile-input
+//!   archive reader, byte sizes, careful file-system primitives (private files, atomic
+//!   writes, owner locks for files shared between processes), the closed sets of words
+//!   records and events are written with.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -50,3 +51,7 @@ pub mod store;
 pub mod units;
 pub mod vault;
 pub mod wiring;
+pub mod vocab;
+
+#[cfg(test)]
+mod compat_tests;

@@ -476,7 +476,7 @@ fn runtime_errors_pass_back_unchanged_and_mismatches_are_flagged() {
         T,
     ))
     .unwrap_err();
-    assert_eq!(err.code, 5, "{err}");
+    assert_eq!(err.code, tonic::Code::NotFound, "{err}");
     assert!(err.message.contains("not found"), "{err}");
     assert!(!location.exists());
     assert_eq!(
@@ -787,7 +787,7 @@ fn a_runtime_past_its_deadline_gets_deadline_exceeded_and_its_late_archive_is_se
         .dir
         .join("kubelet/checkpoint-slow-pod_forensics-app-2026-11-28T12:00:00Z.tar");
     let err = checkpoint_call(&s.client, "slow", &loc, Duration::from_secs(1)).unwrap_err();
-    assert_eq!(err.code, 4, "{err}");
+    assert_eq!(err.code, tonic::Code::DeadlineExceeded, "{err}");
     assert!(!loc.exists());
     // The runtime writes its archive two seconds late: it is sealed, not left in staging.
     let t0 = Instant::now();
@@ -844,7 +844,7 @@ fn a_full_staging_directory_fails_the_call_and_leaves_no_plaintext() {
         .dir
         .join("kubelet/checkpoint-web-7d4_forensics-app-2026-11-28T13:00:00Z.tar");
     let err = checkpoint_call(&s.client, "c1", &loc, T).unwrap_err();
-    assert_eq!(err.code, 13, "{err}");
+    assert_eq!(err.code, tonic::Code::Internal, "{err}");
     assert!(err.message.contains("No space left"), "{err}");
     assert!(!loc.exists());
     let t0 = Instant::now();

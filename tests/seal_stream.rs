@@ -9,7 +9,7 @@ mod support;
 use std::io::Write;
 use std::path::Path;
 
-use ckvault::manifest::Source;
+use ckvault::manifest::{Source, SourceKind};
 use ckvault::seal::{self, ClaimedIdentity, Recipient, SealOptions};
 use ckvault::store::LocalStore;
 
@@ -17,7 +17,7 @@ fn opts(recipient: &str) -> SealOptions {
     let mut o = SealOptions::new(
         vec![recipient.parse::<Recipient>().unwrap()],
         Source {
-            kind: "test".into(),
+            kind: SourceKind::Cli,
             path: None,
         },
     );

@@ -5,7 +5,7 @@
 #![no_main]
 
 use ckvault::audit::verify::verify;
-use ckvault::audit::{AuditLog, EventInput, MAX_EVENT_BYTES};
+use ckvault::audit::{Action, Actor, AuditLog, EventInput, MAX_EVENT_BYTES, Outcome};
 use ckvault::manifest::SigningKey;
 use libfuzzer_sys::fuzz_target;
 
@@ -43,26 +43,28 @@ fuzz_target!(|data: &[u8]| {
             continue;
         }
         let field = |i: usize| fields.get(i).cloned().unwrap_or_default();
-        let input = EventInput {
-            actor: field(0),
-            groups: field(1).split(',').map(str::to_owned).collect(),
-            action: field(2),
-            outcome: field(3),
-            record: Some(field(4)),
-            namespace: Some(field(5)),
-            purpose: Some(field(6)),
-            remote: Some(field(7)),
-            detail: Some(field(8)),
-            ..Default::default()
+        // The action and the outcome as a log read back would give them: a known word, or
+        // any other (a newer version's), which is bounded too.
+        let word = |i: usize| serde_json::Value::from(field(i));
+        let (Ok(action), Ok(outcome)) = (
+            serde_json::from_value::<Action>(word(2)),
+            serde_json::from_value::<Outcome>(word(3)),
+        ) else {
+            return;
         };
+        let by = Actor {
+            name: field(0),
+            groups: field(1).split(',').map(str::to_owned).collect(),
+            remote: Some(field(7)),
+        };
+        let input = EventInput::new(&by, action, outcome)
+            .with_record(field(4))
+            .with_namespace(Some(field(5)))
+            .with_purpose(field(6))
+            .with_detail(field(8));
         log.append(input).expect("an append of any fields succeeds");
     }
-    log.append(EventInput {
-        actor: "system".into(),
-        action: "last".into(),
-        outcome: "ok".into(),
-        ..Default::default()
-    })
+    log.append(EventInput::system(Action::List, Outcome::Ok).with_detail("last"))
     .expect("the next append works");
     let text = std::fs::read(&path).expect("log");
     for line in text.split(|b| *b == b'\n') {

@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::fsutil;
 use crate::manifest::SigningKey;
+use crate::vocab::cut_to;
 
 /// Hash standing in for "no previous event".
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -39,19 +40,102 @@ pub const MAX_EVENT_BYTES: usize = 64 << 10;
 /// lines than [`MAX_EVENT_BYTES`]; they still read back and verify).
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 
+crate::vocab::vocabulary! {
+    /// What an event records was done (or refused). The words are those every earlier
+    /// version wrote; a word of a newer version reads as `Unrecognised`.
+    pub enum Action {
+        /// An interrupted append's leftovers were cut (`detail` says what).
+        AuditRepair => "audit-repair",
+        /// A request failed authentication (or failures folded over an interval).
+        Authenticate => "authenticate",
+        /// A capture left nothing to seal.
+        CaptureAbandoned => "capture-abandoned",
+        /// A checkpoint asked of the trigger API.
+        Checkpoint => "checkpoint",
+        /// A record deleted (or its deletion refused).
+        Delete => "delete",
+        /// A record's blob served.
+        Download => "download",
+        /// A download's body finished (or broke off): the bytes actually sent.
+        DownloadEnd => "download-end",
+        /// A record's blob copied out of the store (`ckvault export`).
+        Export => "export",
+        /// A legal hold placed.
+        Hold => "hold",
+        /// A record read for deep inspection (`ckvault inspect --deep`, `diff`).
+        InspectDeep => "inspect-deep",
+        /// A node's signing key rotated.
+        KeyRotate => "key-rotate",
+        /// Records listed.
+        List => "list",
+        /// A record's memory searched (`ckvault memsearch`).
+        Memsearch => "memsearch",
+        /// A record decrypted (`ckvault open`).
+        Open => "open",
+        /// The audit log read.
+        ReadAudit => "read-audit",
+        /// A record's manifest (or the key it verifies with) read.
+        ReadManifest => "read-manifest",
+        /// A legal hold released.
+        Release => "release",
+        /// A request no handler recorded itself (refused early, or no such endpoint).
+        Request => "request",
+        /// A record deleted by the retention policy.
+        RetentionDelete => "retention-delete",
+        /// An archive sealed into a record.
+        Seal => "seal",
+        /// A record uploaded from the spool to the bucket.
+        Upload => "upload",
+    }
+}
+
+crate::vocab::vocabulary! {
+    /// How the action ended.
+    pub enum Outcome {
+        /// Done.
+        Ok => "ok",
+        /// Refused (not allowed, malformed, over a limit).
+        Denied => "denied",
+        /// Attempted and failed.
+        Error => "error",
+    }
+}
+
+/// Who acts: the part of every event the caller supplies (a person or token through the
+/// API, a local command, the system itself).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actor {
+    /// `user:NAME` for people and tokens, `cli:USER@HOST` for local commands, `system`,
+    /// `anonymous`.
+    pub name: String,
+    /// Groups of the actor at the time.
+    pub groups: Vec<String>,
+    /// Remote address for network requests.
+    pub remote: Option<String>,
+}
+
+impl Actor {
+    /// An actor known by name alone (a local command, the system).
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+}
+
 /// What happened, by whom, to what.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventInput {
     /// `user:NAME` for people and tokens, `cli:USER@HOST` for local commands, `system`.
     pub actor: String,
     /// Groups of the actor at the time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
-    /// `seal`, `list`, `read-manifest`, `download`, `delete`, `hold`, `release`,
-    /// `checkpoint`, `read-audit`, `retention-delete`, ...
-    pub action: String,
-    /// `ok`, `denied` or `error`.
-    pub outcome: String,
+    /// What was done.
+    pub action: Action,
+    /// How it ended.
+    pub outcome: Outcome,
     /// Record concerned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<String>,
@@ -75,71 +159,133 @@ pub struct EventInput {
     pub truncated: Vec<String>,
 }
 
-/// Bounds (bytes) of the fields an event may take from a request or an archive.
-const BOUNDS: [(&str, usize); 8] = [
-    ("actor", 256),
-    ("action", 64),
-    ("outcome", 16),
-    ("record", 128),
-    ("namespace", 256),
-    ("purpose", 1024),
-    ("remote", 128),
-    ("detail", 4096),
-];
 /// Most groups kept, and the longest group name.
 const MAX_GROUPS: usize = 16;
 const MAX_GROUP_BYTES: usize = 128;
+/// Bound of an action or outcome word a newer version wrote (every known word is shorter).
+const MAX_WORD_BYTES: usize = 64;
 
 impl EventInput {
-    /// The event with every field cut to its bound (at a character boundary, marked with
-    /// `...`) and the names of the cut fields in `truncated`. Even all of a field's bytes
-    /// escaped six-fold by JSON (`\u0001`), the line stays under [`MAX_EVENT_BYTES`].
+    /// `by` doing `action`, ending in `outcome`; say more with the `with_*` methods.
+    pub fn new(by: &Actor, action: Action, outcome: Outcome) -> Self {
+        Self {
+            actor: by.name.clone(),
+            groups: by.groups.clone(),
+            action,
+            outcome,
+            record: None,
+            namespace: None,
+            purpose: None,
+            remote: by.remote.clone(),
+            bytes: None,
+            detail: None,
+            truncated: Vec::new(),
+        }
+    }
+
+    /// The system itself doing `action` (no person asked).
+    pub fn system(action: Action, outcome: Outcome) -> Self {
+        Self::new(&Actor::named("system"), action, outcome)
+    }
+
+    /// The event concerns `m`'s record: its ID and namespace.
+    pub fn about(self, m: &crate::manifest::Manifest) -> Self {
+        Self {
+            record: Some(m.id.to_string()),
+            namespace: m.namespace.clone(),
+            ..self
+        }
+    }
+
+    /// The event concerns record `id` (one that could not be loaded, or a request's
+    /// filter).
+    pub fn with_record(self, id: impl Into<String>) -> Self {
+        Self {
+            record: Some(id.into()),
+            ..self
+        }
+    }
+
+    /// The event concerns `namespace`.
+    pub fn with_namespace(self, namespace: Option<String>) -> Self {
+        Self { namespace, ..self }
+    }
+
+    /// The stated purpose or reason.
+    pub fn with_purpose(self, purpose: impl Into<String>) -> Self {
+        Self {
+            purpose: Some(purpose.into()),
+            ..self
+        }
+    }
+
+    /// Free text: an error, a rule, what was asked.
+    pub fn with_detail(self, detail: impl Into<String>) -> Self {
+        Self {
+            detail: Some(detail.into()),
+            ..self
+        }
+    }
+
+    /// The actor who acted.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            name: self.actor.clone(),
+            groups: self.groups.clone(),
+            remote: self.remote.clone(),
+        }
+    }
+
+    /// The event with every free-text field cut to its bound (at a character boundary,
+    /// marked with `...`) and the names of the cut fields in `truncated`. Even all of a
+    /// field's bytes escaped six-fold by JSON (`\u0001`), the line stays under
+    /// [`MAX_EVENT_BYTES`]. The action and the outcome are bounded by their types (a word
+    /// a newer version wrote, read back and appended again, is cut too).
     pub fn bounded(mut self) -> Self {
         let mut cut = std::mem::take(&mut self.truncated);
-        cut.retain(|name| BOUNDS.iter().any(|(n, _)| n == name) || name == "groups");
-        for (name, max) in BOUNDS {
-            let field = match name {
-                "actor" => Some(&mut self.actor),
-                "action" => Some(&mut self.action),
-                "outcome" => Some(&mut self.outcome),
-                "record" => self.record.as_mut(),
-                "namespace" => self.namespace.as_mut(),
-                "purpose" => self.purpose.as_mut(),
-                "remote" => self.remote.as_mut(),
-                _ => self.detail.as_mut(),
-            };
-            if let Some(value) = field
-                && cut_to(value, max)
-                && !cut.iter().any(|c| c == name)
-            {
+        let free: [(&str, Option<&mut String>, usize); 6] = [
+            ("actor", Some(&mut self.actor), 256),
+            ("record", self.record.as_mut(), 128),
+            ("namespace", self.namespace.as_mut(), 256),
+            ("purpose", self.purpose.as_mut(), 1024),
+            ("remote", self.remote.as_mut(), 128),
+            ("detail", self.detail.as_mut(), 4096),
+        ];
+        let names = free.each_ref().map(|(name, _, _)| *name);
+        cut.retain(|c| {
+            names.contains(&c.as_str()) || ["action", "outcome", "groups"].contains(&c.as_str())
+        });
+        let mut note = |name: &str| {
+            if !cut.iter().any(|c| c == name) {
                 cut.push(name.to_owned());
             }
+        };
+        for (name, field, max) in free {
+            if field.is_some_and(|value| cut_to(value, max)) {
+                note(name);
+            }
+        }
+        if let Action::Unrecognised(word) = &mut self.action
+            && word.cut_to(MAX_WORD_BYTES)
+        {
+            note("action");
+        }
+        if let Outcome::Unrecognised(word) = &mut self.outcome
+            && word.cut_to(MAX_WORD_BYTES)
+        {
+            note("outcome");
         }
         let mut groups_cut = self.groups.len() > MAX_GROUPS;
         self.groups.truncate(MAX_GROUPS);
         for g in &mut self.groups {
             groups_cut |= cut_to(g, MAX_GROUP_BYTES);
         }
-        if groups_cut && !cut.iter().any(|c| c == "groups") {
-            cut.push("groups".to_owned());
+        if groups_cut {
+            note("groups");
         }
         self.truncated = cut;
         self
     }
-}
-
-/// Cuts `s` to at most `max` bytes (plus the `...` marker); true if it was cut.
-fn cut_to(s: &mut String, max: usize) -> bool {
-    if s.len() <= max {
-        return false;
-    }
-    let mut at = max;
-    while !s.is_char_boundary(at) {
-        at -= 1;
-    }
-    s.truncate(at);
-    s.push_str("...");
-    true
 }
 
 /// One event as stored.
@@ -330,14 +476,9 @@ impl AuditLog {
         let event = self.write_event(
             file,
             &tail,
-            EventInput {
-                actor: "system".into(),
-                action: "audit-repair".into(),
-                outcome: "ok".into(),
-                detail: Some(detail),
-                ..Default::default()
-            }
-            .bounded(),
+            EventInput::system(Action::AuditRepair, Outcome::Ok)
+                .with_detail(detail)
+                .bounded(),
         )?;
         state.unrecorded_repair = None;
         Ok(tail::Tail {

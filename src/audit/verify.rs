@@ -354,16 +354,12 @@ fn check_head_sig(head: &SignedHead, keys: &[VerifyingKey]) -> Result<(), Verify
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{AuditLog, EventInput};
+    use crate::audit::{Action, Actor, AuditLog, EventInput, Outcome};
     use crate::manifest::SigningKey;
 
-    fn event(action: &str) -> EventInput {
-        EventInput {
-            actor: "user:alice".into(),
-            action: action.into(),
-            outcome: "ok".into(),
-            ..Default::default()
-        }
+    /// A download by alice, told apart from the others by `tag` (its detail).
+    fn event(tag: &str) -> EventInput {
+        EventInput::new(&Actor::named("user:alice"), Action::Download, Outcome::Ok).with_detail(tag)
     }
 
     fn setup(n: usize) -> (tempfile::TempDir, std::path::PathBuf, VerifyingKey) {
@@ -447,7 +443,7 @@ mod tests {
             .iter()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        events[1].input.action = "nothing-happened".into();
+        events[1].input.action = Action::List;
         let mut prev = events[0].hash.clone();
         for e in events.iter_mut().skip(1) {
             e.prev = prev.clone();

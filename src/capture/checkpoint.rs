@@ -15,7 +15,7 @@ use super::cri::{
     RuntimeClient,
 };
 use super::staging;
-use crate::manifest::{Manifest, Source};
+use crate::manifest::{Manifest, Source, SourceKind};
 use crate::seal::ClaimedIdentity;
 use crate::store::LocalStore;
 use crate::vault::intake::Intake;
@@ -38,6 +38,30 @@ pub enum CheckpointError {
         "the checkpoint was taken but sealing failed ({0}); the archive is kept in ckvault's private staging directory and will be sealed when ckvault restarts"
     )]
     Seal(String),
+}
+
+/// One checkpoint to take: which container, within what time, for whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRequest {
+    /// The runtime's container ID.
+    pub container_id: String,
+    /// How long the runtime may take (bounded by [`MAX_DEADLINE`] whatever is asked).
+    pub deadline: Duration,
+    /// What asks, as the record names it: [`SourceKind::CriProxy`], [`SourceKind::Trigger`].
+    pub source: SourceKind,
+    /// Where the caller wanted the archive (the kubelet's location), if it said.
+    pub location: Option<String>,
+    /// Who asks, as the record and the audit log name them.
+    pub actor: String,
+}
+
+/// Whether a call that failed with `code` may still have the runtime writing its archive
+/// (the call was cancelled, ran out of time, or lost the runtime, which may go on).
+fn may_still_write(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded | tonic::Code::Unavailable
+    )
 }
 
 /// How a capture through a pipe ended, when not with a record.
@@ -111,42 +135,35 @@ impl Checkpointer {
         self.intake.store()
     }
 
-    /// Checkpoints `container_id` within `deadline` and seals the result. `source` says who
-    /// asked (`cri-proxy` or `trigger`), `requested_location` where the caller wanted it.
+    /// Takes the checkpoint `request` asks for and seals the result.
     ///
     /// The work runs in its own task: a caller that disconnects does not cancel it, so an
     /// archive the runtime writes is always sealed and never stranded in staging.
     pub async fn checkpoint(
         &self,
-        container_id: &str,
-        deadline: Duration,
-        source: &str,
-        requested_location: Option<&str>,
-        actor: &str,
+        request: CheckpointRequest,
     ) -> Result<Manifest, CheckpointError> {
         // A deadline from outside (a gRPC timeout, a query parameter) is bounded here too,
         // whatever the caller checked: timers and the runtime client panic past theirs.
-        let deadline = deadline.min(MAX_DEADLINE);
+        let request = CheckpointRequest {
+            deadline: request.deadline.min(MAX_DEADLINE),
+            ..request
+        };
         let me = self.clone();
-        let (id, src, loc, who) = (
-            container_id.to_owned(),
-            source.to_owned(),
-            requested_location.map(str::to_owned),
-            actor.to_owned(),
-        );
-        tokio::spawn(async move { me.run(&id, deadline, &src, loc.as_deref(), &who).await })
+        tokio::spawn(async move { me.run(request).await })
             .await
             .map_err(|e| CheckpointError::Seal(format!("internal error: {e}")))?
     }
 
-    async fn run(
-        &self,
-        container_id: &str,
-        deadline: Duration,
-        source: &str,
-        requested_location: Option<&str>,
-        actor: &str,
-    ) -> Result<Manifest, CheckpointError> {
+    async fn run(&self, request: CheckpointRequest) -> Result<Manifest, CheckpointError> {
+        let CheckpointRequest {
+            container_id,
+            deadline,
+            source,
+            location,
+            actor,
+        } = request;
+        let container_id = container_id.as_str();
         let lock = {
             let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(container_id.to_owned()).or_default().clone()
@@ -176,17 +193,17 @@ impl Checkpointer {
             pod: claimed.pod.clone(),
             container: claimed.container.clone(),
             container_id: container_id.to_owned(),
-            requested_location: requested_location.map(str::to_owned),
-            source: source.to_owned(),
-            actor: actor.to_owned(),
+            requested_location: location.clone(),
+            source: Some(source.clone()),
+            actor: actor.clone(),
             started: crate::node::now_rfc3339(),
         };
         let mut opts = self.intake.options().clone();
         opts.claimed = claimed;
-        opts.actor = actor.to_owned();
+        opts.actor = actor;
         opts.source = Source {
-            kind: source.to_owned(),
-            path: requested_location.map(str::to_owned),
+            kind: source,
+            path: location,
         };
         if self.fifo.load(std::sync::atomic::Ordering::Relaxed) {
             match self
@@ -222,23 +239,22 @@ impl Checkpointer {
             .await;
         if let Err(e) = result {
             let empty = std::fs::metadata(&staged.archive).is_ok_and(|m| m.len() == 0);
-            // CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE: the runtime may still be writing.
-            let may_still_write = matches!(e.code, 1 | 4 | 14);
+            let may_still_write = may_still_write(e.code);
             if empty && !may_still_write {
                 self.abandon(&staged, &format!("the runtime refused: {}", e.message));
             } else {
                 // Keep watching the staging file and seal whatever lands there, so no
                 // plaintext outlives the call.
-                self.sweep_late(staged, deadline, e.code == 14);
+                self.sweep_late(staged, deadline, e.code == tonic::Code::Unavailable);
             }
             return Err(e.into());
         }
         if std::fs::metadata(&staged.archive).is_ok_and(|m| m.len() == 0) {
             self.abandon(&staged, "the runtime reported success and wrote nothing");
-            return Err(CheckpointError::Runtime(GrpcStatus {
-                code: 13,
-                message: "the runtime reported success but wrote no archive".into(),
-            }));
+            return Err(CheckpointError::Runtime(GrpcStatus::new(
+                tonic::Code::Internal,
+                "the runtime reported success but wrote no archive",
+            )));
         }
         let intake = self.intake.clone();
         let path = staged.archive.clone();
@@ -325,17 +341,19 @@ impl Checkpointer {
                     ),
                 }
                 staged.remove();
-                if wrote == 0 && named_pipe && !matches!(e.code, 1 | 4 | 14) {
+                if wrote == 0 && named_pipe && !may_still_write(e.code) {
                     return Err(FifoOutcome::Refused(e));
                 }
                 Err(FifoOutcome::Failed(e.into()))
             }
             (Ok(_), Err(crate::seal::SealError::Empty)) => {
                 self.abandon(&staged, "the runtime reported success and wrote nothing");
-                Err(FifoOutcome::Failed(CheckpointError::Runtime(GrpcStatus {
-                    code: 13,
-                    message: "the runtime reported success but wrote no archive".into(),
-                })))
+                Err(FifoOutcome::Failed(CheckpointError::Runtime(
+                    GrpcStatus::new(
+                        tonic::Code::Internal,
+                        "the runtime reported success but wrote no archive",
+                    ),
+                )))
             }
             (Ok(_), Err(e)) => {
                 // The stream was read to its end and nothing stays in plaintext anywhere;
@@ -367,7 +385,7 @@ impl Checkpointer {
         opts.actor = staged.intent.actor.clone();
         opts.claimed = staged.intent.claimed();
         opts.source = Source {
-            kind: "cri-late-write".into(),
+            kind: crate::manifest::SourceKind::CriLateWrite,
             path: staged.intent.requested_location.clone(),
         };
         let window = if gone {

@@ -44,18 +44,19 @@ pub use v1::{
 };
 
 /// A gRPC failure: the status code and message (from trailers or a trailers-only answer).
+/// Shown with the code's number, as gRPC's wire and its tools show it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("gRPC status {code}: {message}")]
+#[error("gRPC status {}: {message}", *.code as i32)]
 pub struct GrpcStatus {
-    /// The gRPC status code (12 = UNIMPLEMENTED, 5 = NOT_FOUND, ...).
-    pub code: u32,
+    /// The gRPC status code.
+    pub code: tonic::Code,
     /// The message.
     pub message: String,
 }
 
 impl GrpcStatus {
     /// A status with a code and message.
-    pub fn new(code: u32, message: impl Into<String>) -> Self {
+    pub fn new(code: tonic::Code, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -76,23 +77,27 @@ pub fn frame(msg: &impl Message) -> Bytes {
 /// Decodes a unary gRPC body (one uncompressed message, at most `max` bytes).
 pub fn unframe<M: Message + Default>(mut body: Bytes, max: usize) -> Result<M, GrpcStatus> {
     if body.len() < 5 {
-        return Err(GrpcStatus::new(13, "truncated gRPC message"));
+        return Err(GrpcStatus::new(
+            tonic::Code::Internal,
+            "truncated gRPC message",
+        ));
     }
     let compressed = body.get_u8();
     let len = body.get_u32() as usize;
     if compressed != 0 {
         return Err(GrpcStatus::new(
-            12,
+            tonic::Code::Unimplemented,
             "compressed gRPC messages are not supported here",
         ));
     }
     if len > max || len != body.len() {
         return Err(GrpcStatus::new(
-            3,
+            tonic::Code::InvalidArgument,
             "gRPC message length mismatch or over the limit",
         ));
     }
-    M::decode(body).map_err(|e| GrpcStatus::new(3, format!("bad protobuf: {e}")))
+    M::decode(body)
+        .map_err(|e| GrpcStatus::new(tonic::Code::InvalidArgument, format!("bad protobuf: {e}")))
 }
 
 /// A connection to a CRI runtime over its unix socket (HTTP/2).
@@ -159,7 +164,7 @@ impl RuntimeClient {
             .await
             .map_err(|e| {
                 GrpcStatus::new(
-                    14,
+                    tonic::Code::Unavailable,
                     format!("runtime at {}: {}", self.socket.display(), error_chain(&e)),
                 )
             })
@@ -178,13 +183,18 @@ impl RuntimeClient {
         Resp: Message + Default + Send + Sync + 'static,
     {
         let path = tonic::codegen::http::uri::PathAndQuery::try_from(format!("{RUNTIME}{method}"))
-            .map_err(|e| GrpcStatus::new(3, format!("method {method:?}: {e}")))?;
+            .map_err(|e| {
+                GrpcStatus::new(
+                    tonic::Code::InvalidArgument,
+                    format!("method {method:?}: {e}"),
+                )
+            })?;
         let work = async {
             let mut grpc =
                 tonic::client::Grpc::new(self.channel().await?).max_decoding_message_size(16 << 20);
             grpc.ready()
                 .await
-                .map_err(|e| GrpcStatus::new(14, error_chain(&e)))?;
+                .map_err(|e| GrpcStatus::new(tonic::Code::Unavailable, error_chain(&e)))?;
             let mut request = tonic::Request::new(req.clone());
             request.set_timeout(timeout);
             grpc.unary(
@@ -198,7 +208,12 @@ impl RuntimeClient {
         };
         tokio::time::timeout(timeout, work)
             .await
-            .unwrap_or_else(|_| Err(GrpcStatus::new(4, "deadline exceeded")))
+            .unwrap_or_else(|_| {
+                Err(GrpcStatus::new(
+                    tonic::Code::DeadlineExceeded,
+                    "deadline exceeded",
+                ))
+            })
     }
 
     /// One call of the generated client within `timeout` (sent to the runtime as the
@@ -227,7 +242,12 @@ impl RuntimeClient {
         };
         tokio::time::timeout(timeout, work)
             .await
-            .unwrap_or_else(|_| Err(GrpcStatus::new(4, "deadline exceeded")))
+            .unwrap_or_else(|_| {
+                Err(GrpcStatus::new(
+                    tonic::Code::DeadlineExceeded,
+                    "deadline exceeded",
+                ))
+            })
     }
 
     /// `Version`.
@@ -293,9 +313,9 @@ impl RuntimeClient {
 /// CANCELLED "Timeout expired"; that is DEADLINE_EXCEEDED, as the caller's deadline passed.
 fn status_of(s: &tonic::Status) -> GrpcStatus {
     if s.code() == tonic::Code::Cancelled && s.message() == "Timeout expired" {
-        return GrpcStatus::new(4, "deadline exceeded");
+        return GrpcStatus::new(tonic::Code::DeadlineExceeded, "deadline exceeded");
     }
-    GrpcStatus::new(s.code() as u32, s.message())
+    GrpcStatus::new(s.code(), s.message())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

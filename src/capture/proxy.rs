@@ -16,10 +16,11 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::Response;
 use tokio::net::UnixListener;
 
-use super::checkpoint::{CheckpointError, Checkpointer};
-use super::cri::{self, CheckpointContainerRequest, CheckpointContainerResponse};
+use super::checkpoint::{CheckpointError, CheckpointRequest, Checkpointer};
+use super::cri::{self, CheckpointContainerRequest, CheckpointContainerResponse, GrpcStatus};
 use super::receipt::Receipt;
 use super::relay::{Answer, Intercepted};
+use crate::manifest::SourceKind;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -54,18 +55,17 @@ impl Proxy {
             .as_deref()
             .and_then(parse_grpc_timeout)
             .unwrap_or(Duration::from_secs(120));
-        let request: CheckpointContainerRequest =
-            cri::unframe(call.body, 1 << 20).map_err(|s| (s.code, s.message))?;
+        let request: CheckpointContainerRequest = cri::unframe(call.body, 1 << 20)?;
         let location = (!request.location.is_empty()).then_some(request.location.as_str());
         match self
             .checkpointer
-            .checkpoint(
-                &request.container_id,
+            .checkpoint(CheckpointRequest {
+                container_id: request.container_id.clone(),
                 deadline,
-                "cri-proxy",
-                location,
-                "cri-proxy",
-            )
+                source: SourceKind::CriProxy,
+                location: location.map(str::to_owned),
+                actor: "cri-proxy".to_owned(),
+            })
             .await
         {
             Ok(manifest) => {
@@ -89,10 +89,15 @@ impl Proxy {
                 }
                 Ok(cri::frame(&CheckpointContainerResponse {}))
             }
-            Err(CheckpointError::Runtime(status)) => Err((status.code, status.message)),
-            Err(e @ CheckpointError::Seal(_)) => Err((13, e.to_string())),
-            // RESOURCE_EXHAUSTED: nothing was taken; the kubelet may retry later.
-            Err(e @ CheckpointError::SpoolFull(_)) => Err((8, e.to_string())),
+            Err(CheckpointError::Runtime(status)) => Err(status),
+            Err(e @ CheckpointError::Seal(_)) => {
+                Err(GrpcStatus::new(tonic::Code::Internal, e.to_string()))
+            }
+            // Nothing was taken; the kubelet may retry later.
+            Err(e @ CheckpointError::SpoolFull(_)) => Err(GrpcStatus::new(
+                tonic::Code::ResourceExhausted,
+                e.to_string(),
+            )),
         }
     }
 }
@@ -143,7 +148,9 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 }
 
 /// A trailers-only gRPC error answer (for HTTP/2 servers in the tests' runtime doubles).
-pub fn grpc_error(code: u32, message: &str) -> Response<ProxyBody> {
+/// `code` is a [`tonic::Code`], or its number.
+pub fn grpc_error(code: impl Into<tonic::Code>, message: &str) -> Response<ProxyBody> {
+    let code = code.into() as i32;
     let mut resp = Response::new(
         Empty::<Bytes>::new()
             .map_err(|never| match never {})

@@ -50,6 +50,9 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
+use tonic::Code;
+
+use super::cri::GrpcStatus;
 
 /// The HTTP/2 client connection preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -65,12 +68,6 @@ const PUSH_PROMISE: u8 = 0x5;
 const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
-/// gRPC status UNIMPLEMENTED: what a refused method path is answered with.
-const GRPC_UNIMPLEMENTED: u32 = 12;
-/// gRPC status RESOURCE_EXHAUSTED: a checkpoint call beyond the relay's limits.
-const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
-/// gRPC status DEADLINE_EXCEEDED: an intercepted request that did not arrive in time.
-const GRPC_DEADLINE_EXCEEDED: u32 = 4;
 /// How long an intercepted request may take to arrive whole before it is answered
 /// DEADLINE_EXCEEDED and its place given back.
 const PENDING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -88,8 +85,8 @@ pub struct Intercepted {
 }
 
 /// The answer to an intercepted call: `Ok(message bytes)` (a gRPC-framed response body)
-/// or `Err((grpc-status, message))`.
-pub type Answer = Result<Bytes, (u32, String)>;
+/// or `Err(status)`.
+pub type Answer = Result<Bytes, super::cri::GrpcStatus>;
 
 /// How much intercepted work the relay holds: CheckpointContainer requests still arriving
 /// on one connection, and calls held (arriving or being answered) over all connections,
@@ -199,9 +196,9 @@ fn answer_frames(stream: u32, answer: &Answer) -> (BytesMut, u64) {
             }
             header_frames(&mut out, stream, &[(b"grpc-status", b"0")], true);
         }
-        Err((code, message)) => {
-            let code = code.to_string();
-            let mut message = super::cri::percent_encode(message);
+        Err(status) => {
+            let code = (status.code as i32).to_string();
+            let mut message = super::cri::percent_encode(&status.message);
             message.truncate(1024);
             header_frames(
                 &mut out,
@@ -492,8 +489,8 @@ impl Up {
             let permit = match permit {
                 Ok(p) => p,
                 Err(limit) => {
-                    let answer: Answer = Err((
-                        GRPC_RESOURCE_EXHAUSTED,
+                    let answer: Answer = Err(GrpcStatus::new(
+                        Code::ResourceExhausted,
                         format!("ckvault: too many {limit}; retry later"),
                     ));
                     let (frames, _) = answer_frames(block.stream, &answer);
@@ -542,8 +539,8 @@ impl Up {
             "ckvault: proxy: refused a CRI call (stream {stream}, :path {}): {why}; not forwarded to the runtime",
             shown.as_deref().unwrap_or("(none)")
         );
-        let answer: Answer = Err((
-            GRPC_UNIMPLEMENTED,
+        let answer: Answer = Err(GrpcStatus::new(
+            Code::Unimplemented,
             format!("ckvault: {why}; refused, not forwarded to the runtime"),
         ));
         let (frames, _) = answer_frames(stream, &answer);
@@ -561,8 +558,8 @@ impl Up {
             .collect();
         for stream in late {
             self.pending.remove(&stream);
-            let answer: Answer = Err((
-                GRPC_DEADLINE_EXCEEDED,
+            let answer: Answer = Err(GrpcStatus::new(
+                Code::DeadlineExceeded,
                 format!(
                     "ckvault: the CheckpointContainer request did not arrive whole within {}s",
                     limit.as_secs()
@@ -830,7 +827,8 @@ mod tests {
 
     fn up() -> (Up, mpsc::UnboundedReceiver<Bytes>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let handler: Handler = Arc::new(|_| Box::pin(async { Err((13, "test".into())) }));
+        let handler: Handler =
+            Arc::new(|_| Box::pin(async { Err(GrpcStatus::new(Code::Internal, "test")) }));
         (Up::new(tx, handler, RelayLimits::default()), rx)
     }
 
@@ -969,7 +967,8 @@ mod tests {
             max_pending_per_connection: 8,
             intercepted: Arc::new(tokio::sync::Semaphore::new(12)),
         };
-        let handler: Handler = Arc::new(|_| Box::pin(async { Err((13, "test".into())) }));
+        let handler: Handler =
+            Arc::new(|_| Box::pin(async { Err(GrpcStatus::new(Code::Internal, "test")) }));
         let path = super::super::cri::CHECKPOINT_CONTAINER.as_bytes();
         let mut refused_total = 0;
         for (requests, kept) in [(10u32, 8usize), (6, 4)] {
@@ -1008,7 +1007,8 @@ mod tests {
             max_pending_per_connection: 8,
             intercepted: Arc::new(tokio::sync::Semaphore::new(2)),
         };
-        let handler: Handler = Arc::new(|_| Box::pin(async { Err((13, "test".into())) }));
+        let handler: Handler =
+            Arc::new(|_| Box::pin(async { Err(GrpcStatus::new(Code::Internal, "test")) }));
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut up = Up::new(tx, handler, limits.clone());
         let mut input = PREFACE.to_vec();

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::EventInput;
+use crate::audit::{Action, Actor, EventInput, Outcome};
 use crate::fsutil;
-use crate::manifest::{Manifest, RecordId, Source};
+use crate::manifest::{Manifest, RecordId, Source, SourceKind};
 use crate::seal::{ClaimedIdentity, SealError};
 use crate::store::{LocalStore, StoreError};
 use crate::vault::intake::Intake;
@@ -44,8 +44,9 @@ pub struct Intent {
     pub container_id: String,
     /// Where the caller (the kubelet) asked for the archive.
     pub requested_location: Option<String>,
-    /// `cri-proxy` or `trigger`.
-    pub source: String,
+    /// What asked (the CRI proxy, the trigger API); absent in an intent that does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceKind>,
     /// Who asked.
     pub actor: String,
     /// When the capture started (RFC 3339).
@@ -155,18 +156,19 @@ pub fn create_fifo(store: &LocalStore, intent: Intent) -> Result<Staged, StoreEr
 pub fn abandoned(store: &LocalStore, intent: &Intent, why: &str) -> Result<(), StoreError> {
     store
         .audit_log()?
-        .append(EventInput {
-            actor: if intent.actor.is_empty() {
-                "system:staging-recovery".into()
-            } else {
-                intent.actor.clone()
-            },
-            action: "capture-abandoned".into(),
-            outcome: "error".into(),
-            namespace: intent.namespace.clone(),
-            detail: Some(format!("{}: {why}", intent.describe())),
-            ..Default::default()
-        })
+        .append(
+            EventInput::new(
+                &Actor::named(if intent.actor.is_empty() {
+                    "system:staging-recovery"
+                } else {
+                    &intent.actor
+                }),
+                Action::CaptureAbandoned,
+                Outcome::Error,
+            )
+            .with_namespace(intent.namespace.clone())
+            .with_detail(format!("{}: {why}", intent.describe())),
+        )
         .map(|_| ())
         .map_err(|e| StoreError::Audit(Box::new(e)))
 }
@@ -241,7 +243,7 @@ pub fn recover(intake: &Intake) -> Result<Recovered, StoreError> {
         };
         let mut o = intake.options().clone();
         o.source = Source {
-            kind: "staging-recovery".into(),
+            kind: crate::manifest::SourceKind::StagingRecovery,
             path: Some(path.display().to_string()),
         };
         match intake.seal(file, &o, &|_| {}) {
@@ -312,7 +314,7 @@ pub fn recover(intake: &Intake) -> Result<Recovered, StoreError> {
             }
         }
         o.source = Source {
-            kind: "staging-recovery".into(),
+            kind: crate::manifest::SourceKind::StagingRecovery,
             path: Some(
                 intent
                     .as_ref()

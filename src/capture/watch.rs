@@ -138,7 +138,7 @@ pub fn capture(
     };
     let mut o = intake.options().clone();
     o.source = Source {
-        kind: "watch".into(),
+        kind: crate::manifest::SourceKind::Watch,
         path: Some(path.display().to_string()),
     };
     let manifest = match intake.seal(file, &o, &|_| {}) {

@@ -119,12 +119,12 @@ impl CaptureArgs {
     }
 }
 
-/// Sets up capture for `source_kind` ("watch", "cri-proxy"), then seals what an earlier
+/// Sets up capture for `source_kind` (watch, CRI proxy), then seals what an earlier
 /// run left in staging (recovered, never dropped).
 pub fn capture_setup(
     config: &crate::config::Config,
     args: &CaptureArgs,
-    source_kind: &str,
+    source_kind: crate::manifest::SourceKind,
 ) -> anyhow::Result<Capture> {
     let mut config = config.clone();
     if let Some(dir) = &args.store {
@@ -143,7 +143,7 @@ pub fn capture_setup(
     let intake = node.intake(
         &setup,
         crate::manifest::Source {
-            kind: source_kind.into(),
+            kind: source_kind,
             path: None,
         },
     );

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::StoreArg;
-use crate::audit::EventInput;
+use crate::audit::{Action, Actor, EventInput, Outcome};
 use crate::manifest::SigningKey;
 use crate::node::local_actor;
 use crate::store::Store;
@@ -74,20 +74,17 @@ fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
     let actor = local_actor();
     let rotation = Rotation::new(&node, &old, &new, &actor, &args.reason)?;
     let audit = b.spool.audit_log()?;
-    let event = |outcome: &str, detail: String| EventInput {
-        actor: actor.clone(),
-        action: "key-rotate".into(),
-        outcome: outcome.into(),
-        purpose: Some(args.reason.clone()),
-        detail: Some(detail),
-        ..EventInput::default()
+    let event = |outcome: Outcome, detail: String| {
+        EventInput::new(&Actor::named(actor.clone()), Action::KeyRotate, outcome)
+            .with_purpose(args.reason.clone())
+            .with_detail(detail)
     };
     if let Err(e) = opened
         .rt
         .block_on(b.s3.publish_rotation(&rotation, &new.verifying_key()))
     {
         audit.append(event(
-            "error",
+            Outcome::Error,
             format!("node {node}: {old_id} -> {new_id}: {e}"),
         ))?;
         return Err(e).context("publishing the rotation; the old key stays in use");
@@ -95,7 +92,10 @@ fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
     // Recorded before the key changes: without the record, the old key stays in use (the
     // statement in the bucket then names a key nobody holds, which signs nothing).
     audit
-        .append(event("ok", format!("node {node}: {old_id} -> {new_id}")))
+        .append(event(
+            Outcome::Ok,
+            format!("node {node}: {old_id} -> {new_id}"),
+        ))
         .context(
             "the rotation is in the bucket but could not be audited; the old key stays in use",
         )?;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 use super::{output, records::manifest_path_for};
+use crate::audit::{Action, Actor, EventInput, Outcome};
 use crate::fsutil;
 use crate::manifest::{Manifest, RecordId};
 use crate::seal::open::{Identities, open_to_file};
@@ -46,15 +47,15 @@ pub fn run(args: OpenArgs) -> anyhow::Result<ExitCode> {
         )?;
         let store = node.local().clone();
         let manifest = store.manifest(&id)?; // signature checked
-        store.audit_log()?.append(crate::audit::EventInput {
-            actor: crate::node::local_actor(),
-            action: "open".into(),
-            outcome: "ok".into(),
-            record: Some(id.to_string()),
-            namespace: manifest.namespace.clone(),
-            detail: Some(format!("to {}", args.output.display())),
-            ..Default::default()
-        })?;
+        store.audit_log()?.append(
+            EventInput::new(
+                &Actor::named(crate::node::local_actor()),
+                Action::Open,
+                Outcome::Ok,
+            )
+            .about(&manifest)
+            .with_detail(format!("to {}", args.output.display())),
+        )?;
         (manifest, store.open_blob(&id)?)
     } else if as_file.is_file() {
         let mpath = args

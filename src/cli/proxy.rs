@@ -43,7 +43,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .or_else(|| config.cri.upstream.clone())
         .context("name the runtime socket with --runtime or [cri] upstream")?;
     let receipts = !args.no_receipts && config.cri.kubelet_location == KubeletLocation::Receipt;
-    let capture = super::common::capture_setup(&config, &args.capture, "cri-proxy")?;
+    let capture = super::common::capture_setup(
+        &config,
+        &args.capture,
+        crate::manifest::SourceKind::CriProxy,
+    )?;
     let checkpointer = Checkpointer::new(RuntimeClient::new(&upstream), capture.intake.clone())
         .with_staging_mode(config.cri.staging_mode);
     let mut proxy = proxy::Proxy::new(checkpointer, receipts);

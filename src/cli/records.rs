@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 use super::{Format, StoreArg, output};
+use crate::audit::{Action, Actor, EventInput, Outcome};
 use crate::fsutil;
 use crate::inspect::escape_control;
 use crate::manifest::{Manifest, RecordId, VerifyingKey};
@@ -135,15 +136,15 @@ pub fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
 pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let store = args.store.open_local("export")?;
     let manifest = store.manifest(&args.id)?; // signature checked
-    store.audit_log()?.append(crate::audit::EventInput {
-        actor: crate::node::local_actor(),
-        action: "export".into(),
-        outcome: "ok".into(),
-        record: Some(args.id.to_string()),
-        namespace: manifest.namespace.clone(),
-        detail: Some(format!("to {}", args.output.display())),
-        ..Default::default()
-    })?;
+    store.audit_log()?.append(
+        EventInput::new(
+            &Actor::named(crate::node::local_actor()),
+            Action::Export,
+            Outcome::Ok,
+        )
+        .about(&manifest)
+        .with_detail(format!("to {}", args.output.display())),
+    )?;
     let blob = store.open_blob(&args.id)?;
     let blob_len = blob
         .metadata()

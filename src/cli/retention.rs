@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::{Format, StoreArg, output};
-use crate::audit::EventInput;
+use crate::audit::Actor;
 use crate::manifest::RecordId;
 use crate::node::local_actor;
 use crate::policy::enforce;
@@ -66,12 +66,9 @@ pub struct RetentionArgs {
 }
 
 /// Custody of the opened store, acting as this command's user.
-fn custody(opened: &super::common::Opened) -> anyhow::Result<(Custody, EventInput)> {
+fn custody(opened: &super::common::Opened) -> anyhow::Result<(Custody, Actor)> {
     let audit = std::sync::Arc::new(opened.store.local().audit_log()?);
-    let who = EventInput {
-        actor: local_actor(),
-        ..Default::default()
-    };
+    let who = Actor::named(local_actor());
     Ok((Custody::new(opened.store.clone(), audit), who))
 }
 

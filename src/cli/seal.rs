@@ -67,7 +67,7 @@ pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
     let intake = node.intake(
         &setup,
         Source {
-            kind: "cli".into(),
+            kind: crate::manifest::SourceKind::Cli,
             path: Some(args.archive.display().to_string()),
         },
     );

@@ -40,7 +40,8 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         }
         None => config.watch.settle,
     };
-    let capture = super::common::capture_setup(&config, &args.capture, "watch")?;
+    let capture =
+        super::common::capture_setup(&config, &args.capture, crate::manifest::SourceKind::Watch)?;
     let store = capture.intake.store();
     // With a bucket the store is a spool: an uploader drains it (woken by the intake).
     let _uploading = match capture.uploader.clone() {

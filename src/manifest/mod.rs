@@ -3,6 +3,21 @@
 //!
 //! The manifest is the source of truth of a store: a blob without a manifest is not a
 //! record. Field names are part of the on-disk format; add fields, never rename them.
+//!
+//! A signature is checked by serializing the typed manifest again, so what this version
+//! does not know cannot be in what it checks. Hence the rule for what comes later (see
+//! SECURITY.md, "Manifest versions"):
+//!
+//! * A new field is optional and absent when unset (`skip_serializing_if`), so a record that
+//!   does not use it is byte for byte a v1 record, which every version verifies. (The
+//!   `Option` fields that v1 writes as `null` stay so: their signatures cover the `null`.)
+//! * A record that sets a field v1 does not have is written under a new [`Manifest::schema`];
+//!   a version that does not know that schema reports the record as written by a newer
+//!   ckvault ([`ManifestError::Schema`], before any signature is checked), never as badly
+//!   signed. Versions from before this rule do the same: they have always refused an unknown
+//!   schema first.
+//! * A new word in a vocabulary ([`SourceKind`]) needs no new schema: every version reads a
+//!   word it does not know verbatim, and the signature verifies.
 
 pub mod id;
 pub mod sign;
@@ -65,11 +80,32 @@ pub struct Manifest {
     pub signature: Option<Signature>,
 }
 
+crate::vocab::vocabulary! {
+    /// What brought an archive to ckvault (a manifest's `source.kind`). New capture paths
+    /// (alert receivers, the node's own triggers) add words here; a word a newer version
+    /// wrote reads as `Unrecognised` and still verifies.
+    pub enum SourceKind {
+        /// `ckvault seal`.
+        Cli => "cli",
+        /// The CRI proxy intercepted the kubelet's CheckpointContainer call.
+        CriProxy => "cri-proxy",
+        /// The runtime wrote the archive after the call it answered had failed (a late
+        /// write the proxy or the trigger swept up).
+        CriLateWrite => "cri-late-write",
+        /// What a crash left in the private staging directory, sealed at the next start.
+        StagingRecovery => "staging-recovery",
+        /// The trigger API (`POST /checkpoint/...`).
+        Trigger => "trigger",
+        /// `ckvault watch` found it in the kubelet's checkpoint directory.
+        Watch => "watch",
+    }
+}
+
 /// How the archive reached ckvault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Source {
-    /// `cli` (ckvault seal), `cri-proxy`, `trigger` or `watch`.
-    pub kind: String,
+    /// What brought it.
+    pub kind: SourceKind,
     /// Path the archive was read from, when it came from a file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -155,17 +191,38 @@ impl Manifest {
         Ok(bytes)
     }
 
-    /// Parses a manifest, refusing oversized input and unknown schema versions.
+    /// Parses a manifest, refusing oversized input and unknown schema versions (a newer
+    /// schema is reported as such even where its shape no longer parses as v1).
     pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(ManifestError::TooLarge(bytes.len()));
         }
-        let manifest: Manifest = serde_json::from_slice(bytes).map_err(ManifestError::Json)?;
+        let manifest: Manifest = match serde_json::from_slice(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                /// The schema alone, every other member skipped.
+                #[derive(Deserialize)]
+                struct Schema {
+                    schema: String,
+                }
+                return Err(match serde_json::from_slice::<Schema>(bytes) {
+                    Ok(Schema { schema }) if schema != SCHEMA_V1 => unknown_schema(schema),
+                    _ => ManifestError::Json(e),
+                });
+            }
+        };
         if manifest.schema != SCHEMA_V1 {
-            return Err(ManifestError::Schema(manifest.schema));
+            return Err(unknown_schema(manifest.schema));
         }
         Ok(manifest)
     }
+}
+
+/// The error for a schema this version does not know, the name cut to a bound (it is
+/// repeated in messages and logs).
+fn unknown_schema(mut schema: String) -> ManifestError {
+    crate::vocab::cut_to(&mut schema, 128);
+    ManifestError::Schema(schema)
 }
 
 /// Largest manifest ckvault will read (process lists are bounded by the inspector).
@@ -180,8 +237,11 @@ pub enum ManifestError {
     /// Bigger than [`MAX_MANIFEST_BYTES`].
     #[error("manifest is {0} bytes, over the {MAX_MANIFEST_BYTES}-byte limit")]
     TooLarge(usize),
-    /// A schema this version does not know.
-    #[error("manifest schema {0:?} is not supported by this ckvault (expects {SCHEMA_V1})")]
+    /// A schema this version does not know: the record was written by a newer ckvault.
+    #[error(
+        "manifest schema {0:?} is not supported by this ckvault (expects {SCHEMA_V1}): the record \
+         was written by a newer ckvault; upgrade this one to read it"
+    )]
     Schema(String),
     /// The manifest carries no signature.
     #[error("manifest is not signed")]

@@ -62,6 +62,22 @@ impl Action {
     }
 }
 
+/// A refusal of a granted action is recorded as that action (a refused release as `hold`,
+/// the grant it needs).
+impl From<Action> for crate::audit::Action {
+    fn from(a: Action) -> Self {
+        match a {
+            Action::List => Self::List,
+            Action::ReadManifest => Self::ReadManifest,
+            Action::Download => Self::Download,
+            Action::Delete => Self::Delete,
+            Action::Hold => Self::Hold,
+            Action::ReadAudit => Self::ReadAudit,
+            Action::Checkpoint => Self::Checkpoint,
+        }
+    }
+}
+
 impl FromStr for Action {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use super::PolicySet;
 use super::retention::{Deletion, RecordInfo};
 use super::selector::Target;
-use crate::audit::{AuditLog, EventInput};
+use crate::audit::{Action, Actor, AuditLog, EventInput, Outcome};
 use crate::manifest::{Manifest, RecordId};
 use crate::store::{LocalStore, Store, StoreError};
 
@@ -54,17 +54,14 @@ pub fn records(store: &LocalStore, set: &PolicySet) -> Result<Vec<RecordInfo>, S
 
 fn deletion_event(actor: &str, d: &Deletion, namespace: Option<String>) -> EventInput {
     EventInput {
-        actor: actor.to_owned(),
-        action: "retention-delete".into(),
-        outcome: "ok".into(),
-        record: Some(d.id.clone()),
-        namespace,
         bytes: Some(d.size),
-        detail: Some(format!(
-            "rule {} ({}), age {}s",
-            d.rule, d.reason, d.age_secs
-        )),
-        ..Default::default()
+        ..EventInput::new(&Actor::named(actor), Action::RetentionDelete, Outcome::Ok)
+            .with_record(d.id.clone())
+            .with_namespace(namespace)
+            .with_detail(format!(
+                "rule {} ({}), age {}s",
+                d.rule, d.reason, d.age_secs
+            ))
     }
 }
 

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
-use crate::audit::EventInput;
+use crate::audit::{Action, Actor, EventInput, Outcome};
 use crate::inspect::{self, ArchiveFormat, Identity, InspectError, Inspection, Limits};
 use crate::manifest::{
     InspectionRecord, InspectionStatus, Manifest, ManifestError, Plaintext, RecordId, SCHEMA_V1,
@@ -192,34 +192,46 @@ pub fn seal_file(
     publish(
         store,
         opts,
-        id,
-        pending,
-        &checked,
-        format,
-        compression,
-        &recipients,
-        digests,
+        SealPass {
+            id,
+            pending,
+            checked,
+            format,
+            compression,
+            recipients,
+            digests,
+        },
     )
+}
+
+/// What one sealing pass left: the blob written (not yet published) and what is known of
+/// it, for [`publish`].
+struct SealPass {
+    id: RecordId,
+    pending: crate::store::PendingRecord,
+    checked: Checked,
+    format: ArchiveFormat,
+    compression: Compression,
+    recipients: Vec<Recipient>,
+    digests: stream::SealDigests,
 }
 
 /// Builds, signs and publishes the manifest of a streamed blob (audit first: a record
 /// nobody could account for is not published).
-#[allow(clippy::too_many_arguments)]
-fn publish(
-    store: &LocalStore,
-    opts: &SealOptions,
-    id: RecordId,
-    pending: crate::store::PendingRecord,
-    checked: &Checked,
-    format: ArchiveFormat,
-    compression: Compression,
-    recipients: &[Recipient],
-    digests: stream::SealDigests,
-) -> Result<Manifest, SealError> {
+fn publish(store: &LocalStore, opts: &SealOptions, pass: SealPass) -> Result<Manifest, SealError> {
+    let SealPass {
+        id,
+        pending,
+        checked,
+        format,
+        compression,
+        recipients,
+        digests,
+    } = pass;
     let mut manifest = assemble(
         id,
         opts,
-        checked,
+        &checked,
         Plaintext {
             sha256: digests.plaintext.sha256,
             size: digests.plaintext.size,
@@ -237,20 +249,15 @@ fn publish(
     signing_key_sign(store, &mut manifest)?;
     // Fail closed: a record nobody could account for is not published.
     let audit = store.audit_log()?;
-    let event = |outcome: &str, detail: Option<String>| EventInput {
-        actor: opts.actor.clone(),
-        action: "seal".into(),
-        outcome: outcome.into(),
-        record: Some(manifest.id.to_string()),
-        namespace: manifest.namespace.clone(),
+    let event = |outcome: Outcome, detail: Option<String>| EventInput {
         detail,
-        ..Default::default()
+        ..EventInput::new(&Actor::named(opts.actor.clone()), Action::Seal, outcome).about(&manifest)
     };
     audit
-        .append(event("ok", manifest.inspection.code.clone()))
+        .append(event(Outcome::Ok, manifest.inspection.code.clone()))
         .map_err(|e| StoreError::Audit(Box::new(e)))?;
     if let Err(e) = pending.commit(&manifest) {
-        let _ = audit.append(event("error", Some(e.to_string())));
+        let _ = audit.append(event(Outcome::Error, Some(e.to_string())));
         return Err(e.into());
     }
     Ok(manifest)
@@ -365,13 +372,15 @@ pub fn seal_reader<R: std::io::Read + Send>(
     publish(
         store,
         opts,
-        id,
-        pending,
-        &checked,
-        format,
-        compression,
-        &recipients,
-        digests,
+        SealPass {
+            id,
+            pending,
+            checked,
+            format,
+            compression,
+            recipients,
+            digests,
+        },
     )
 }
 

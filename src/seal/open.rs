@@ -387,7 +387,7 @@ mod tests {
             sealed_at: "2026-01-01T00:00:00Z".into(),
             node: None,
             source: Source {
-                kind: "cli".into(),
+                kind: crate::manifest::SourceKind::Cli,
                 path: None,
             },
             plaintext: Plaintext {

@@ -25,6 +25,7 @@ use super::AppState;
 use super::range::{self, RangeDecision};
 use super::request::{ApiError, Caller, event, record};
 use super::stream::{FILE_CHUNK, FileCheck, Verify, blob_body, file_body, watched_body};
+use crate::audit::{self, Outcome};
 use crate::manifest::{Manifest, RecordId};
 use crate::policy::Action;
 use crate::store::backend::FileIdentity;
@@ -72,8 +73,7 @@ async fn authorized_manifest(
     action: Action,
 ) -> Result<Manifest, ApiError> {
     let Ok(rid) = id.parse::<RecordId>() else {
-        let mut ev = event(caller, action.as_str(), "denied");
-        ev.detail = Some(format!(
+        let ev = event(caller, action.into(), Outcome::Denied).with_detail(format!(
             "malformed record ID {:?}",
             id.chars().take(64).collect::<String>()
         ));
@@ -90,9 +90,9 @@ async fn authorized_manifest(
     let manifest = match state.store.manifest(&rid).await.map_err(ApiError::from) {
         Ok(m) => m,
         Err(e) => {
-            let mut ev = event(caller, action.as_str(), "error");
-            ev.record = Some(id.to_owned());
-            ev.detail = Some(e.message.clone());
+            let ev = event(caller, action.into(), Outcome::Error)
+                .with_record(id)
+                .with_detail(e.message.clone());
             record(state, ev).await?;
             return Err(e);
         }
@@ -100,10 +100,11 @@ async fn authorized_manifest(
     let policy = state.policy();
     if !policy.allows(&caller.principal, action, manifest.namespace.as_deref()) {
         state.metrics.denied.fetch_add(1, Ordering::Relaxed);
-        let mut ev = event(caller, action.as_str(), "denied");
-        ev.record = Some(manifest.id.to_string());
-        ev.namespace = manifest.namespace.clone();
-        record(state, ev).await?;
+        record(
+            state,
+            event(caller, action.into(), Outcome::Denied).about(&manifest),
+        )
+        .await?;
         // Whether a record exists is only told to callers who may see its namespace.
         if !policy
             .access
@@ -147,8 +148,8 @@ async fn unknown(
     uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
     let shown: String = uri.path().chars().take(256).collect();
-    let mut ev = event(&caller, "request", "denied");
-    ev.detail = Some(format!("no such endpoint {shown:?}"));
+    let ev = event(&caller, audit::Action::Request, Outcome::Denied)
+        .with_detail(format!("no such endpoint {shown:?}"));
     record(&state, ev).await?;
     Err(ApiError::new(
         StatusCode::NOT_FOUND,
@@ -257,11 +258,9 @@ async fn list(
             match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    let mut ev = event(&caller, "list", "denied");
-                    ev.detail = Some(format!(
-                        "bad since {:?}",
-                        s.chars().take(64).collect::<String>()
-                    ));
+                    let ev = event(&caller, audit::Action::List, Outcome::Denied).with_detail(
+                        format!("bad since {:?}", s.chars().take(64).collect::<String>()),
+                    );
                     record(&state, ev).await?;
                     return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
@@ -276,9 +275,9 @@ async fn list(
     let policy = state.policy();
     if !policy.access.grants_any(&caller.principal, Action::List) {
         state.metrics.denied.fetch_add(1, Ordering::Relaxed);
-        let mut ev = event(&caller, "list", "denied");
-        ev.namespace = q.namespace.clone();
-        ev.detail = Some("no list grant in any namespace".into());
+        let ev = event(&caller, audit::Action::List, Outcome::Denied)
+            .with_namespace(q.namespace.clone())
+            .with_detail("no list grant in any namespace");
         record(&state, ev).await?;
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -326,9 +325,9 @@ async fn list(
             inspection: m.inspection.code.clone().unwrap_or_else(|| "ok".into()),
         })
         .collect();
-    let mut ev = event(&caller, "list", "ok");
-    ev.namespace = q.namespace.clone();
-    ev.detail = Some(format!("{} records", items.len()));
+    let ev = event(&caller, audit::Action::List, Outcome::Ok)
+        .with_namespace(q.namespace.clone())
+        .with_detail(format!("{} records", items.len()));
     record(&state, ev).await?;
     Ok(Json(serde_json::json!({ "items": items })).into_response())
 }
@@ -339,9 +338,7 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let manifest = authorized_manifest(&state, &caller, &id, Action::ReadManifest).await?;
-    let mut ev = event(&caller, "read-manifest", "ok");
-    ev.record = Some(manifest.id.to_string());
-    ev.namespace = manifest.namespace.clone();
+    let ev = event(&caller, audit::Action::ReadManifest, Outcome::Ok).about(&manifest);
     record(&state, ev).await?;
     let held = state.store.hold(&manifest.id).await?;
     let mut resp = Json(&manifest).into_response();
@@ -367,10 +364,9 @@ async fn signing_key(
     let pem = key
         .to_pem()
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let mut ev = event(&caller, "read-manifest", "ok");
-    ev.record = Some(manifest.id.to_string());
-    ev.namespace = manifest.namespace.clone();
-    ev.detail = Some(format!("signing key {}", key.key_id()));
+    let ev = event(&caller, audit::Action::ReadManifest, Outcome::Ok)
+        .about(&manifest)
+        .with_detail(format!("signing key {}", key.key_id()));
     record(&state, ev).await?;
     let mut resp = pem.into_response();
     resp.headers_mut().insert(
@@ -404,12 +400,11 @@ async fn download(
                 .metrics
                 .downloads_limited
                 .fetch_add(1, Ordering::Relaxed);
-            let mut ev = event(&caller, "download", "denied");
-            ev.record = Some(manifest.id.to_string());
-            ev.namespace = manifest.namespace.clone();
-            ev.detail = Some(format!(
-                "too many downloads at once: {limit} ([server] max_downloads_per_identity, max_downloads)"
-            ));
+            let ev = event(&caller, audit::Action::Download, Outcome::Denied)
+                .about(&manifest)
+                .with_detail(format!(
+                    "too many downloads at once: {limit} ([server] max_downloads_per_identity, max_downloads)"
+                ));
             record(&state, ev).await?;
             return Err(super::request::too_many(
                 "too-many-downloads",
@@ -460,9 +455,7 @@ async fn download(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     });
-    let mut ev = event(&caller, "download", "ok");
-    ev.record = Some(manifest.id.to_string());
-    ev.namespace = manifest.namespace.clone();
+    let mut ev = event(&caller, audit::Action::Download, Outcome::Ok).about(&manifest);
     ev.purpose = purpose;
     ev.bytes = Some(match decision {
         RangeDecision::Full => len,
@@ -507,9 +500,7 @@ async fn download(
     let on_mismatch: Box<dyn FnOnce(&str) + Send> = {
         let state = state.clone();
         let id = manifest.id.clone();
-        let mut ev = event(&caller, "download", "error");
-        ev.record = Some(manifest.id.to_string());
-        ev.namespace = manifest.namespace.clone();
+        let mut ev = event(&caller, audit::Action::Download, Outcome::Error).about(&manifest);
         Box::new(move |why: &str| {
             state.verified.forget(&id);
             state
@@ -582,16 +573,15 @@ async fn download(
         .fetch_add(count, Ordering::Relaxed);
     let body = {
         let progress = conn_downloads.map(|d| d.start());
-        let (state, mut ev) = (state.clone(), event(&caller, "download-end", "ok"));
-        ev.record = Some(manifest.id.to_string());
-        ev.namespace = manifest.namespace.clone();
+        let state = state.clone();
+        let mut ev = event(&caller, audit::Action::DownloadEnd, Outcome::Ok).about(&manifest);
         watched_body(body, count, progress, download_slot, move |sent| {
             if sent < count {
                 state
                     .metrics
                     .downloads_incomplete
                     .fetch_add(1, Ordering::Relaxed);
-                ev.outcome = "error".into();
+                ev.outcome = Outcome::Error;
                 ev.detail = Some(format!(
                     "ended early: {sent} of {count} bytes handed to the connection"
                 ));
@@ -704,10 +694,9 @@ async fn integrity_refusal(
         .integrity_failures
         .fetch_add(1, Ordering::Relaxed);
     eprintln!("ckvault: integrity: record {}: {why}", manifest.id);
-    let mut ev = event(caller, "download", "error");
-    ev.record = Some(manifest.id.to_string());
-    ev.namespace = manifest.namespace.clone();
-    ev.detail = Some(format!("integrity: {why}"));
+    let ev = event(caller, audit::Action::Download, Outcome::Error)
+        .about(manifest)
+        .with_detail(format!("integrity: {why}"));
     if let Err(e) = record(state, ev).await {
         return e;
     }
@@ -737,7 +726,7 @@ async fn delete(
     let result = state
         .custody
         .delete(
-            &event(&caller, "delete", "ok"),
+            &caller.actor(),
             &manifest,
             Some(&state.policy()),
             q.reason.as_deref(),
@@ -761,7 +750,7 @@ async fn hold(
         .or(body.and_then(|Json(b)| b.reason))
         .filter(|r| !r.trim().is_empty())
     else {
-        no_reason(&state, &caller, "hold", &id).await?;
+        no_reason(&state, &caller, audit::Action::Hold, &id).await?;
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "reason-required",
@@ -771,7 +760,7 @@ async fn hold(
     let manifest = authorized_manifest(&state, &caller, &id, Action::Hold).await?;
     let result = state
         .custody
-        .hold(&event(&caller, "hold", "ok"), &manifest, &reason)
+        .hold(&caller.actor(), &manifest, &reason)
         .await;
     let hold = custody_done(&state, result)?;
     Ok(Json(hold).into_response())
@@ -784,7 +773,7 @@ async fn release(
     Query(q): Query<ReasonQuery>,
 ) -> Result<Response, ApiError> {
     let Some(reason) = q.reason.filter(|r| !r.trim().is_empty()) else {
-        no_reason(&state, &caller, "release", &id).await?;
+        no_reason(&state, &caller, audit::Action::Release, &id).await?;
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "reason-required",
@@ -794,7 +783,7 @@ async fn release(
     let manifest = authorized_manifest(&state, &caller, &id, Action::Hold).await?;
     let result = state
         .custody
-        .release(&event(&caller, "release", "ok"), &manifest, &reason)
+        .release(&caller.actor(), &manifest, &reason)
         .await;
     match custody_done(&state, result) {
         Ok(()) => Ok(Json(serde_json::json!({"released": true})).into_response()),
@@ -827,12 +816,11 @@ fn custody_done<T>(state: &Shared, result: Result<T, CustodyError>) -> Result<T,
 async fn no_reason(
     state: &Shared,
     caller: &Caller,
-    action: &str,
+    action: audit::Action,
     id: &str,
 ) -> Result<(), ApiError> {
-    let mut ev = event(caller, action, "denied");
+    let mut ev = event(caller, action, Outcome::Denied).with_detail("no reason given");
     ev.record = id.parse::<RecordId>().ok().map(|r| r.to_string());
-    ev.detail = Some("no reason given".into());
     record(state, ev).await
 }
 
@@ -852,9 +840,9 @@ async fn audit(
     let principal = caller.principal.clone();
     if !policy.access.grants_any(&principal, Action::ReadAudit) {
         state.metrics.denied.fetch_add(1, Ordering::Relaxed);
-        let mut ev = event(&caller, "read-audit", "denied");
+        let mut ev = event(&caller, audit::Action::ReadAudit, Outcome::Denied)
+            .with_detail("no read-audit grant in any namespace");
         ev.record = q.record.clone();
-        ev.detail = Some("no read-audit grant in any namespace".into());
         record(&state, ev).await?;
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -865,7 +853,7 @@ async fn audit(
             ),
         ));
     }
-    let mut ev = event(&caller, "read-audit", "ok");
+    let mut ev = event(&caller, audit::Action::ReadAudit, Outcome::Ok);
     ev.record = q.record.clone();
     record(&state, ev).await?;
     let st = state.clone();

@@ -247,7 +247,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             let intake = node.intake(
                 &setup,
                 crate::manifest::Source {
-                    kind: "trigger".into(),
+                    kind: crate::manifest::SourceKind::Trigger,
                     path: None,
                 },
             );
@@ -314,16 +314,11 @@ pub async fn run(
     }
     let stop = Arc::new(tokio::sync::Notify::new());
     let mut lease = None;
-    if let (
-        Some(Replica {
-            uploader,
-            index_refresh: refresh,
-            lease_holder: holder,
-        }),
-        Store::Bucket(bucket),
-    ) = (prepared.bucket.clone(), &prepared.state.store)
+    if let (Some(replica), Store::Bucket(bucket)) =
+        (prepared.bucket.clone(), &prepared.state.store)
     {
-        tokio::spawn(uploader.run(stop.clone()));
+        tokio::spawn(replica.uploader.run(stop.clone()));
+        let refresh = replica.index_refresh;
         let b = bucket.clone();
         tokio::spawn(async move {
             let mut failing = false;
@@ -346,7 +341,7 @@ pub async fn run(
         });
         lease = Some(crate::store::s3::lease::Lease::retention(
             bucket.s3.clone(),
-            holder,
+            replica.lease_holder,
             RETENTION_INTERVAL * 3,
         ));
     }

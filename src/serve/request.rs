@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::limits::Slot;
 use super::tls::ConnInfo;
-use crate::audit::EventInput;
+use crate::audit::{self, Actor, EventInput, Outcome};
 use crate::policy::Principal;
 use crate::store::StoreError;
 
@@ -118,6 +118,15 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Who acts, as the audit log records it: the principal, its groups, the remote address.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            name: self.principal.actor(),
+            groups: self.principal.groups.clone(),
+            remote: Some(self.remote.clone()),
+        }
+    }
+
     /// The key its limits are counted under: the certificate subject or the token.
     pub fn identity_key(&self) -> String {
         identity_key(&self.principal)
@@ -169,19 +178,17 @@ impl FromRequestParts<Shared> for Caller {
                             .metrics
                             .requests_limited
                             .fetch_add(1, Ordering::Relaxed);
+                        let by = Actor {
+                            name: principal.actor(),
+                            groups: principal.groups.clone(),
+                            remote: Some(remote),
+                        };
                         record(
                             state,
-                            EventInput {
-                                actor: principal.actor(),
-                                groups: principal.groups.clone(),
-                                action: "request".into(),
-                                outcome: "denied".into(),
-                                remote: Some(remote),
-                                detail: Some(format!(
+                            EventInput::new(&by, audit::Action::Request, Outcome::Denied)
+                                .with_detail(format!(
                                     "too many requests in progress: {limit} ([server] max_requests_per_identity)"
                                 )),
-                                ..Default::default()
-                            },
                         )
                         .await?;
                         return Err(too_many(
@@ -265,16 +272,14 @@ pub(super) async fn authentication_failed(
                 shown.truncate(cut);
                 shown.push_str("...");
             }
+            let by = Actor {
+                remote: Some(remote),
+                ..Actor::named("anonymous")
+            };
             record(
                 state,
-                EventInput {
-                    actor: "anonymous".into(),
-                    action: "authenticate".into(),
-                    outcome: "denied".into(),
-                    remote: Some(remote),
-                    detail: Some(shown),
-                    ..Default::default()
-                },
+                EventInput::new(&by, audit::Action::Authenticate, Outcome::Denied)
+                    .with_detail(shown),
             )
             .await?;
         }
@@ -311,10 +316,7 @@ pub(super) async fn audit_folded_failures(state: Shared, interval: std::time::Du
     loop {
         tokio::time::sleep(interval).await;
         for folded in state.auth_failures.take() {
-            let event = EventInput {
-                actor: "anonymous".into(),
-                action: "authenticate".into(),
-                outcome: "denied".into(),
+            let by = Actor {
                 remote: Some(folded.source.map_or_else(
                     || {
                         format!(
@@ -324,14 +326,15 @@ pub(super) async fn audit_folded_failures(state: Shared, interval: std::time::Du
                     },
                     |ip| ip.to_string(),
                 )),
-                detail: Some(format!(
+                ..Actor::named("anonymous")
+            };
+            let event = EventInput::new(&by, audit::Action::Authenticate, Outcome::Denied)
+                .with_detail(format!(
                     "{} more failed authentications in the last {}s, folded ({} answered 429)",
                     folded.count,
                     interval.as_secs(),
                     folded.limited
-                )),
-                ..Default::default()
-            };
+                ));
             let st = state.clone();
             match tokio::task::spawn_blocking(move || st.audit.append(event)).await {
                 Ok(Ok(_)) => {}
@@ -459,37 +462,29 @@ pub(super) async fn audit_every_request(
             Err(e) => e.into_response(),
         };
     }
-    let event = EventInput {
-        actor: principal
+    let by = Actor {
+        name: principal
             .as_ref()
             .map_or_else(|| "anonymous".to_owned(), Principal::actor),
         groups: principal.map(|p| p.groups).unwrap_or_default(),
-        action: "request".into(),
-        outcome: if status.is_server_error() {
-            "error"
-        } else if status.is_client_error() {
-            "denied"
-        } else {
-            "ok"
-        }
-        .into(),
         remote: conn.map(|c| c.peer.to_string()),
-        detail: Some(format!("{shown} -> {}", status.as_u16())),
-        ..Default::default()
     };
+    let outcome = if status.is_server_error() {
+        Outcome::Error
+    } else if status.is_client_error() {
+        Outcome::Denied
+    } else {
+        Outcome::Ok
+    };
+    let event = EventInput::new(&by, audit::Action::Request, outcome)
+        .with_detail(format!("{shown} -> {}", status.as_u16()));
     match record(&state, event).await {
         Ok(()) => resp,
         Err(e) => e.into_response(),
     }
 }
 
-pub(crate) fn event(caller: &Caller, action: &str, outcome: &str) -> EventInput {
-    EventInput {
-        actor: caller.principal.actor(),
-        groups: caller.principal.groups.clone(),
-        action: action.into(),
-        outcome: outcome.into(),
-        remote: Some(caller.remote.clone()),
-        ..Default::default()
-    }
+/// An event of `caller` doing `action`, ending in `outcome`.
+pub(crate) fn event(caller: &Caller, action: audit::Action, outcome: Outcome) -> EventInput {
+    EventInput::new(&caller.actor(), action, outcome)
 }

@@ -16,8 +16,10 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::request::{ApiError, Caller, event, record};
-use crate::capture::checkpoint::CheckpointError;
+use crate::audit::{self, Outcome};
+use crate::capture::checkpoint::{CheckpointError, CheckpointRequest};
 use crate::capture::cri::*;
+use crate::manifest::SourceKind;
 use crate::policy::Action;
 
 /// The kubelet's default runtime request timeout; the deadline is the larger of it and the
@@ -54,7 +56,7 @@ async fn fail(
     mut ev: crate::audit::EventInput,
     err: ApiError,
 ) -> Result<Response, ApiError> {
-    ev.outcome = "error".into();
+    ev.outcome = Outcome::Error;
     record(state, ev).await?;
     Err(err)
 }
@@ -66,9 +68,9 @@ pub async fn checkpoint(
     Path((namespace, pod, container)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let mut ev = event(&caller, "checkpoint", "denied");
-    ev.namespace = Some(namespace.clone());
-    ev.detail = Some(format!("{pod}/{container}"));
+    let mut ev = event(&caller, audit::Action::Checkpoint, Outcome::Denied)
+        .with_namespace(Some(namespace.clone()))
+        .with_detail(format!("{pod}/{container}"));
     if !state
         .policy()
         .allows(&caller.principal, Action::Checkpoint, Some(&namespace))
@@ -165,20 +167,20 @@ pub async fn checkpoint(
     };
     let deadline = RUNTIME_REQUEST_TIMEOUT.max(Duration::from_secs(timeout.unwrap_or(0)));
     match checkpointer
-        .checkpoint(
-            &target.id,
+        .checkpoint(CheckpointRequest {
+            container_id: target.id.clone(),
             deadline,
-            "trigger",
-            None,
-            &caller.principal.actor(),
-        )
+            source: SourceKind::Trigger,
+            location: None,
+            actor: caller.principal.actor(),
+        })
         .await
     {
         Ok(manifest) => {
-            let mut ok = event(&caller, "checkpoint", "ok");
-            ok.namespace = Some(namespace.clone());
-            ok.record = Some(manifest.id.to_string());
-            ok.detail = Some(format!("{pod}/{container}"));
+            let ok = event(&caller, audit::Action::Checkpoint, Outcome::Ok)
+                .with_namespace(Some(namespace.clone()))
+                .with_record(manifest.id.to_string())
+                .with_detail(format!("{pod}/{container}"));
             record(&state, ok).await?;
             Ok(Json(serde_json::json!({
                 "items": [format!("/v1/checkpoints/{}", manifest.id)]
@@ -190,7 +192,7 @@ pub async fn checkpoint(
             let err = match e {
                 CheckpointError::Runtime(s) => failed(&format_args!(
                     "rpc error: code = {} desc = {}",
-                    s.code, s.message
+                    s.code as i32, s.message
                 )),
                 other => failed(&other),
             };

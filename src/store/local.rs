@@ -1040,7 +1040,7 @@ mod tests {
             sealed_at: "2026-11-28T00:00:00Z".into(),
             node: None,
             source: Source {
-                kind: "cli".into(),
+                kind: crate::manifest::SourceKind::Cli,
                 path: None,
             },
             plaintext: Plaintext {

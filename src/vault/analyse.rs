@@ -9,7 +9,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use crate::audit::EventInput;
+use crate::audit::{Action, Actor, EventInput, Outcome};
 use crate::inspect::memory::{Found, Search};
 use crate::inspect::{InspectError, Limits};
 use crate::manifest::{Manifest, RecordId};
@@ -149,7 +149,7 @@ pub fn memsearch_record(
     limits: &Limits,
     who: &Reader,
 ) -> Result<(Manifest, Found), AnalyseError> {
-    let (manifest, blob) = audited_read(rt, store, id, "memsearch", who)?;
+    let (manifest, blob) = audited_read(rt, store, id, Action::Memsearch, who)?;
     let found = read_record(blob, &manifest, identities, |r| {
         crate::inspect::memsearch_reader(r, limits, search)
     })?;
@@ -166,7 +166,7 @@ pub fn deep_record(
     limits: &Limits,
     who: &Reader,
 ) -> Result<(Manifest, crate::inspect::deep::DeepView), AnalyseError> {
-    let (manifest, blob) = audited_read(rt, store, id, "inspect-deep", who)?;
+    let (manifest, blob) = audited_read(rt, store, id, Action::InspectDeep, who)?;
     let deep = read_record(blob, &manifest, identities, |r| {
         crate::inspect::deep_reader(r, limits)
     })?;
@@ -179,18 +179,13 @@ fn audited_read(
     rt: &tokio::runtime::Runtime,
     store: &Store,
     id: &RecordId,
-    action: &str,
+    action: Action,
     who: &Reader,
 ) -> Result<(Manifest, impl Read + Send), AnalyseError> {
     let manifest = rt.block_on(store.manifest(id))?;
     store.local().audit_log()?.append(EventInput {
-        actor: who.actor.clone(),
-        action: action.into(),
-        outcome: "ok".into(),
-        record: Some(id.to_string()),
-        namespace: manifest.namespace.clone(),
         purpose: who.purpose.clone(),
-        ..Default::default()
+        ..EventInput::new(&Actor::named(who.actor.clone()), action, Outcome::Ok).about(&manifest)
     })?;
     let blob = rt.block_on(store.blob(id, 0, manifest.sealed.size))?;
     let blob = tokio_util::io::SyncIoBridge::new_with_handle(blob, rt.handle().clone());

@@ -7,15 +7,15 @@
 //! the HTTP API call these, so what one front-end does, all do.
 //!
 //! It knows nothing of HTTP or of the command line: the caller says who acts (an
-//! [`EventInput`] carrying actor, groups and remote address) and gets a typed
-//! [`CustodyError`] to translate.
+//! [`Actor`]: name, groups and remote address) and gets a typed [`CustodyError`] to
+//! translate.
 
 pub mod analyse;
 pub mod intake;
 
 use std::sync::Arc;
 
-use crate::audit::{AuditError, AuditLog, EventInput};
+use crate::audit::{Action, Actor, AuditError, AuditLog, EventInput, Outcome};
 use crate::manifest::{Manifest, RecordId};
 use crate::policy::PolicySet;
 use crate::policy::selector::Target;
@@ -105,33 +105,24 @@ impl Custody {
             .map(|_| ())
     }
 
-    fn event(who: &EventInput, action: &str, outcome: &str, m: &Manifest) -> EventInput {
-        EventInput {
-            action: action.into(),
-            outcome: outcome.into(),
-            record: Some(m.id.to_string()),
-            namespace: m.namespace.clone(),
-            ..who.clone()
-        }
-    }
-
     /// Places (or replaces) a per-record legal hold on `m` (an Object Lock legal hold too,
     /// in a bucket with Object Lock), recorded first.
     pub async fn hold(
         &self,
-        who: &EventInput,
+        who: &Actor,
         m: &Manifest,
         reason: &str,
     ) -> Result<LegalHold, CustodyError> {
         if reason.trim().is_empty() {
             return Err(CustodyError::NoReason);
         }
-        let mut ev = Self::event(who, "hold", "ok", m);
-        ev.purpose = Some(reason.to_owned());
+        let ev = EventInput::new(who, Action::Hold, Outcome::Ok)
+            .about(m)
+            .with_purpose(reason);
         self.record(ev).await?;
         let hold = LegalHold {
             reason: reason.to_owned(),
-            by: who.actor.clone(),
+            by: who.name.clone(),
             at: crate::node::now_rfc3339(),
         };
         self.store.set_hold(&m.id, &hold).await?;
@@ -142,7 +133,7 @@ impl Custody {
     /// `holds.toml`), recorded first; a record without one is refused and recorded.
     pub async fn release(
         &self,
-        who: &EventInput,
+        who: &Actor,
         m: &Manifest,
         reason: &str,
     ) -> Result<(), CustodyError> {
@@ -150,14 +141,16 @@ impl Custody {
             return Err(CustodyError::NoReason);
         }
         if self.store.hold(&m.id).await?.is_none() {
-            let mut ev = Self::event(who, "release", "denied", m);
-            ev.purpose = Some(reason.to_owned());
-            ev.detail = Some("no per-record hold".into());
+            let ev = EventInput::new(who, Action::Release, Outcome::Denied)
+                .about(m)
+                .with_purpose(reason)
+                .with_detail("no per-record hold");
             self.record(ev).await?;
             return Err(CustodyError::NotHeld(m.id.clone()));
         }
-        let mut ev = Self::event(who, "release", "ok", m);
-        ev.purpose = Some(reason.to_owned());
+        let ev = EventInput::new(who, Action::Release, Outcome::Ok)
+            .about(m)
+            .with_purpose(reason);
         self.record(ev).await?;
         self.store.release_hold(&m.id).await?;
         Ok(())
@@ -167,7 +160,7 @@ impl Custody {
     /// of `policies`, S3 Object Lock); the refusal or the deletion is recorded first.
     pub async fn delete(
         &self,
-        who: &EventInput,
+        who: &Actor,
         m: &Manifest,
         policies: Option<&PolicySet>,
         reason: Option<&str>,
@@ -191,13 +184,14 @@ impl Custody {
             },
         };
         if let Some(refusal) = refusal {
-            let mut ev = Self::event(who, "delete", "denied", m);
+            let mut ev = EventInput::new(who, Action::Delete, Outcome::Denied)
+                .about(m)
+                .with_detail(refusal.to_string());
             ev.purpose = reason.map(str::to_owned);
-            ev.detail = Some(refusal.to_string());
             self.record(ev).await?;
             return Err(refusal);
         }
-        let mut ev = Self::event(who, "delete", "ok", m);
+        let mut ev = EventInput::new(who, Action::Delete, Outcome::Ok).about(m);
         ev.purpose = reason.map(str::to_owned);
         self.record(ev).await?;
         let Err(e) = self.store.delete(&m.id).await else {
@@ -205,8 +199,9 @@ impl Custody {
         };
         // The store refused after all (a hold placed meanwhile, a lock): say so, so the log
         // never claims a deletion that did not happen.
-        let mut ev = Self::event(who, "delete", "error", m);
-        ev.detail = Some(format!("not deleted: {e}"));
+        let ev = EventInput::new(who, Action::Delete, Outcome::Error)
+            .about(m)
+            .with_detail(format!("not deleted: {e}"));
         self.record(ev).await?;
         Err(match e {
             StoreError::Locked { id, detail } => CustodyError::Locked { id, until: detail },

@@ -27,7 +27,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::S3Store;
-use crate::audit::EventInput;
+use crate::audit::{self, Actor, EventInput};
 use crate::config::Config;
 use crate::manifest::RecordId;
 use crate::store::{LocalStore, StoreError};
@@ -270,13 +270,15 @@ impl Uploader {
         self.spool
             .audit_log()?
             .append(EventInput {
-                actor: format!("system:uploader@{}", self.node),
-                action: "upload".into(),
-                outcome: "ok".into(),
-                record: Some(id.to_string()),
-                namespace: manifest.namespace.clone(),
                 bytes: Some(manifest.sealed.size),
-                detail: Some(format!(
+                ..EventInput::new(
+                    &Actor::named(format!("system:uploader@{}", self.node)),
+                    audit::Action::Upload,
+                    audit::Outcome::Ok,
+                )
+                .with_record(id.to_string())
+                .with_namespace(manifest.namespace.clone())
+                .with_detail(format!(
                     "s3://{}/{}{}",
                     self.s3.bucket(),
                     self.s3.blob_key(id),
@@ -285,8 +287,7 @@ impl Uploader {
                     } else {
                         ""
                     }
-                )),
-                ..Default::default()
+                ))
             })
             .map_err(|e| StoreError::Audit(Box::new(e)))?;
         self.spool.delete(id)?;
