@@ -50,8 +50,8 @@ pub mod serve;
 pub mod store;
 pub mod units;
 pub mod vault;
-pub mod wiring;
 pub mod vocab;
+pub mod wiring;
 
 #[cfg(test)]
 mod compat_tests;

@@ -295,12 +295,10 @@ mod tests {
         node.local()
             .audit_log()
             .unwrap()
-            .append(crate::audit::EventInput {
-                actor: "test".into(),
-                action: "seal".into(),
-                outcome: "ok".into(),
-                ..Default::default()
-            })
+            .append(crate::audit::EventInput::system(
+                crate::audit::Action::Seal,
+                crate::audit::Outcome::Ok,
+            ))
             .unwrap();
         // `--store DIR`, no configuration: the store says where its log is.
         let again =

@@ -314,8 +314,7 @@ pub async fn run(
     }
     let stop = Arc::new(tokio::sync::Notify::new());
     let mut lease = None;
-    if let (Some(replica), Store::Bucket(bucket)) =
-        (prepared.bucket.clone(), &prepared.state.store)
+    if let (Some(replica), Store::Bucket(bucket)) = (prepared.bucket.clone(), &prepared.state.store)
     {
         tokio::spawn(replica.uploader.run(stop.clone()));
         let refresh = replica.index_refresh;

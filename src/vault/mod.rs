@@ -12,6 +12,7 @@
 
 pub mod analyse;
 pub mod intake;
+pub mod query;
 
 use std::sync::Arc;
 
