@@ -32,12 +32,26 @@ pub enum CheckpointError {
     /// The runtime refused or failed (passed back to the caller unchanged).
     #[error(transparent)]
     Runtime(#[from] GrpcStatus),
+    /// The private staging file (or pipe) could not be made: the runtime was not asked.
+    #[error(
+        "cannot prepare ckvault's private staging for the checkpoint ({0}); the runtime was not asked"
+    )]
+    Staging(#[source] crate::store::StoreError),
     /// The runtime wrote the archive but sealing failed; the plaintext stays in the
     /// private staging directory and is sealed at the next start.
     #[error(
         "the checkpoint was taken but sealing failed ({0}); the archive is kept in ckvault's private staging directory and will be sealed when ckvault restarts"
     )]
-    Seal(String),
+    Seal(#[source] crate::seal::SealError),
+    /// Sealing from the pipe failed after the runtime wrote everything: the archive was
+    /// never on disk and is lost (`[cri] staging_mode = "fifo"`).
+    #[error(
+        "the checkpoint was taken but sealing failed ({0}) (staging_mode = fifo: the archive was never on disk and is lost)"
+    )]
+    SealFromPipe(#[source] crate::seal::SealError),
+    /// The capture's task panicked or was cancelled.
+    #[error("internal error: the checkpoint task failed ({0})")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// How a capture through a pipe ended, when not with a record.
@@ -134,9 +148,7 @@ impl Checkpointer {
             requested_location.map(str::to_owned),
             actor.to_owned(),
         );
-        tokio::spawn(async move { me.run(&id, deadline, &src, loc.as_deref(), &who).await })
-            .await
-            .map_err(|e| CheckpointError::Seal(format!("internal error: {e}")))?
+        tokio::spawn(async move { me.run(&id, deadline, &src, loc.as_deref(), &who).await }).await?
     }
 
     async fn run(
@@ -206,8 +218,8 @@ impl Checkpointer {
                 Ok(m) => return Ok(m),
             }
         }
-        let (staged, file) = staging::create(self.intake.store(), intent)
-            .map_err(|e| CheckpointError::Seal(e.to_string()))?;
+        let (staged, file) =
+            staging::create(self.intake.store(), intent).map_err(CheckpointError::Staging)?;
         drop(file); // the runtime opens the path itself (O_RDWR|O_CREAT, no O_TRUNC)
         let result: Result<CheckpointContainerResponse, GrpcStatus> = self
             .runtime
@@ -243,11 +255,11 @@ impl Checkpointer {
         let intake = self.intake.clone();
         let path = staged.archive.clone();
         let sealed = tokio::task::spawn_blocking(move || {
-            let file = crate::fsutil::open_nofollow(&path).map_err(|e| e.to_string())?;
-            intake.seal(file, &opts, &|_| {}).map_err(|e| e.to_string())
+            let file =
+                crate::fsutil::open_nofollow(&path).map_err(crate::seal::SealError::Input)?;
+            intake.seal(file, &opts, &|_| {})
         })
-        .await
-        .map_err(|e| CheckpointError::Seal(e.to_string()))?
+        .await?
         .map_err(CheckpointError::Seal)?;
         staged.remove();
         Ok(sealed)
@@ -265,7 +277,7 @@ impl Checkpointer {
         opts: &crate::seal::SealOptions,
     ) -> Result<Manifest, FifoOutcome> {
         let staged = staging::create_fifo(self.intake.store(), intent)
-            .map_err(|e| FifoOutcome::Failed(CheckpointError::Seal(e.to_string())))?;
+            .map_err(|e| FifoOutcome::Failed(CheckpointError::Staging(e)))?;
         let intake = self.intake.clone();
         let path = staged.archive.clone();
         let o = opts.clone();
@@ -303,7 +315,7 @@ impl Checkpointer {
         }
         let sealed = sealer
             .await
-            .map_err(|e| FifoOutcome::Failed(CheckpointError::Seal(e.to_string())))?;
+            .map_err(|e| FifoOutcome::Failed(CheckpointError::Task(e)))?;
         let wrote = read.load(std::sync::atomic::Ordering::Relaxed);
         match (result, sealed) {
             (Ok(_), Ok(m)) => {
@@ -341,9 +353,7 @@ impl Checkpointer {
                 // The stream was read to its end and nothing stays in plaintext anywhere;
                 // the archive is lost, and said so.
                 self.abandon(&staged, &format!("sealing from the pipe failed: {e}"));
-                Err(FifoOutcome::Failed(CheckpointError::Seal(format!(
-                    "{e} (staging_mode = fifo: the archive was never on disk and is lost)"
-                ))))
+                Err(FifoOutcome::Failed(CheckpointError::SealFromPipe(e)))
             }
         }
     }

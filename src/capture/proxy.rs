@@ -90,9 +90,9 @@ impl Proxy {
                 Ok(cri::frame(&CheckpointContainerResponse {}))
             }
             Err(CheckpointError::Runtime(status)) => Err((status.code, status.message)),
-            Err(e @ CheckpointError::Seal(_)) => Err((13, e.to_string())),
             // RESOURCE_EXHAUSTED: nothing was taken; the kubelet may retry later.
             Err(e @ CheckpointError::SpoolFull(_)) => Err((8, e.to_string())),
+            Err(e) => Err((13, e.to_string())),
         }
     }
 }

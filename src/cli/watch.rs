@@ -107,7 +107,10 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             }
             watch::Outcome::Failed(why) => {
                 failures += 1;
-                eprintln!("ckvault: could not seal {name}: {}", escape_control(why));
+                eprintln!(
+                    "ckvault: could not seal {name}: {}",
+                    escape_control(&why.to_string())
+                );
             }
             watch::Outcome::NotSettled => {}
         }

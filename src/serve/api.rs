@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::range::{self, RangeDecision};
 use super::request::{ApiError, Caller, event, record};
-use super::stream::{FILE_CHUNK, FileCheck, Verify, blob_body, file_body, watched_body};
+use super::stream::{FILE_CHUNK, FileCheck, Mismatch, Verify, blob_body, file_body, watched_body};
 use crate::manifest::{Manifest, RecordId};
 use crate::policy::Action;
 use crate::store::backend::FileIdentity;
@@ -441,18 +441,18 @@ async fn download(
         && identity.size != len
     {
         state.verified.forget(&manifest.id);
-        let why = format!(
-            "the blob has {} bytes, its signed manifest says {len}",
-            identity.size
-        );
-        return Err(integrity_refusal(&state, &caller, &manifest, &why).await);
+        let why = Mismatch::SignedSize {
+            size: identity.size,
+            signed: len,
+        };
+        return Err(integrity_refusal(&state, &caller, &manifest, &why.to_string()).await);
     }
     // A range cannot be checked against the digest on its own: serve it only from a blob
     // whose every byte matched since it last changed.
     if let RangeDecision::Partial { .. } = decision
         && let Err(why) = ensure_verified(&state, &manifest, local.as_ref(), began).await?
     {
-        return Err(integrity_refusal(&state, &caller, &manifest, &why).await);
+        return Err(integrity_refusal(&state, &caller, &manifest, &why.to_string()).await);
     }
     let purpose = q.purpose.or_else(|| {
         headers
@@ -504,13 +504,13 @@ async fn download(
                 .unwrap_or_default());
         }
     };
-    let on_mismatch: Box<dyn FnOnce(&str) + Send> = {
+    let on_mismatch: Box<dyn FnOnce(&Mismatch) + Send> = {
         let state = state.clone();
         let id = manifest.id.clone();
         let mut ev = event(&caller, "download", "error");
         ev.record = Some(manifest.id.to_string());
         ev.namespace = manifest.namespace.clone();
-        Box::new(move |why: &str| {
+        Box::new(move |why: &Mismatch| {
             state.verified.forget(&id);
             state
                 .metrics
@@ -619,7 +619,7 @@ async fn ensure_verified(
     manifest: &Manifest,
     local: Option<&(std::fs::File, FileIdentity)>,
     began: std::time::SystemTime,
-) -> Result<Result<(), String>, ApiError> {
+) -> Result<Result<(), Mismatch>, ApiError> {
     let Some((file, identity)) = local else {
         return hash_bucket_blob(state, manifest).await;
     };
@@ -628,7 +628,7 @@ async fn ensure_verified(
     }
     let file = file.try_clone().map_err(ApiError::internal)?;
     let (identity, expected) = (*identity, manifest.sealed.sha256.clone());
-    let verdict = tokio::task::spawn_blocking(move || -> std::io::Result<Result<(), String>> {
+    let verdict = tokio::task::spawn_blocking(move || -> std::io::Result<Result<(), Mismatch>> {
         use std::os::unix::fs::FileExt;
         let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
         let mut buf = vec![0u8; FILE_CHUNK];
@@ -643,12 +643,10 @@ async fn ensure_verified(
         }
         let got = hex::encode(sha2::Digest::finalize(hasher));
         if FileIdentity::of(&file)? != identity {
-            return Ok(Err("the blob changed while it was being verified".into()));
+            return Ok(Err(Mismatch::ChangedWhileVerified));
         }
         if got != expected || offset != identity.size {
-            return Ok(Err(format!(
-                "the blob's bytes ({offset} bytes, sha256 {got}) do not match the signed manifest"
-            )));
+            return Ok(Err(Mismatch::Blob { size: offset, got }));
         }
         Ok(Ok(()))
     })
@@ -666,7 +664,7 @@ async fn ensure_verified(
 async fn hash_bucket_blob(
     state: &Shared,
     manifest: &Manifest,
-) -> Result<Result<(), String>, ApiError> {
+) -> Result<Result<(), Mismatch>, ApiError> {
     let mut reader = state
         .store
         .blob(&manifest.id, 0, manifest.sealed.size)
@@ -685,9 +683,7 @@ async fn hash_bucket_blob(
     }
     let got = hex::encode(sha2::Digest::finalize(hasher));
     if got != manifest.sealed.sha256 || total != manifest.sealed.size {
-        return Ok(Err(format!(
-            "the blob's bytes ({total} bytes, sha256 {got}) do not match the signed manifest"
-        )));
+        return Ok(Err(Mismatch::Blob { size: total, got }));
     }
     Ok(Ok(()))
 }
@@ -796,13 +792,14 @@ async fn release(
         .custody
         .release(&event(&caller, "release", "ok"), &manifest, &reason)
         .await;
-    match custody_done(&state, result) {
-        Ok(()) => Ok(Json(serde_json::json!({"released": true})).into_response()),
-        Err(e) if e.code() == "not-held" => {
-            Ok(Json(serde_json::json!({"released": false})).into_response())
-        }
-        Err(e) => Err(e),
-    }
+    // Releasing a record that is not held answers `released: false` (the refusal is
+    // audited by the custody action like any other outcome).
+    let released = match result {
+        Err(CustodyError::NotHeld(_)) => Ok(false),
+        other => other.map(|()| true),
+    };
+    let released = custody_done(&state, released)?;
+    Ok(Json(serde_json::json!({ "released": released })).into_response())
 }
 
 /// Translates the outcome of a custody action (already recorded in the audit log by

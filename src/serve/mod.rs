@@ -320,6 +320,17 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     })
 }
 
+/// Why a prepared server stopped other than by a signal.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The SIGHUP/SIGTERM handlers could not be installed.
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The accept loop or its connection threads could not start.
+    #[error("cannot start the connection threads: {0}")]
+    Threads(#[source] std::io::Error),
+}
+
 /// Runs the server until SIGINT/SIGTERM. The policy, the token file and the TLS
 /// credentials are re-read within [`RELOAD_INTERVAL`] of a change of their files, and at
 /// once on SIGHUP (keeping the old ones when the new ones are invalid).
@@ -330,11 +341,11 @@ pub async fn run(
     prepared: Prepared,
     listener: tokio::net::TcpListener,
     ready: impl FnOnce(&Prepared),
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     use tokio::signal::unix::{SignalKind, signal};
     let app = api::router(prepared.state.clone());
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     ready(&prepared);
     let state = prepared.state.clone();
     let (tokens_path, policy_dir) = (prepared.tokens_path.clone(), prepared.policy_dir.clone());
@@ -475,7 +486,7 @@ pub async fn run(
     )
     .await;
     stop.notify_waiters();
-    anyhow::Context::context(served, "cannot start the connection threads")
+    served.map_err(RunError::Threads)
 }
 
 /// The (namespace, pod) pairs the runtime runs now; `None` if it cannot be asked.

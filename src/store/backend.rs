@@ -84,7 +84,10 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| StoreError::Config(format!("store task failed: {e}")))?
+        .map_err(|source| StoreError::Task {
+            what: "store".into(),
+            source,
+        })?
 }
 
 impl Store {

@@ -121,8 +121,10 @@ impl Status {
     pub fn read(spool: &LocalStore) -> Result<Self, StoreError> {
         let path = spool.root().join("upload-status.json");
         match crate::fsutil::read_regular_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| {
-                StoreError::Config(format!("{}: not an upload status: {e}", path.display()))
+            Ok(text) => serde_json::from_str(&text).map_err(|source| StoreError::Unreadable {
+                at: path.display().to_string(),
+                expected: "an upload status",
+                source,
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
                 state: "not-started".into(),
@@ -170,10 +172,7 @@ impl Uploader {
     pub fn new(config: &Config, spool: LocalStore) -> Result<Self, StoreError> {
         let node = crate::node::node_name(config);
         if !super::valid_node_name(&node) {
-            return Err(StoreError::Config(format!(
-                "node name {node:?} cannot name objects: set [node] name (letters, digits, \
-                 '-', '.', '_')"
-            )));
+            return Err(StoreError::BadNodeName { node });
         }
         Ok(Self {
             s3: S3Store::new(&config.store)?.with_key_memory(spool.known_keys_dir()),
