@@ -206,11 +206,10 @@ impl Checkpointer {
                 .await
             {
                 Err(FifoOutcome::Refused(status)) => {
-                    eprintln!(
-                        "ckvault: WARNING: the runtime cannot write its checkpoint into a pipe \
-                         ({}); falling back to staging files (plaintext on disk until sealed) \
-                         for the rest of this process",
-                        status.message
+                    tracing::warn!(
+                        runtime = %status.message,
+                        "the runtime cannot write its checkpoint into a pipe; falling back to \
+                         staging files (plaintext on disk until sealed) for the rest of this process"
                     );
                     self.fifo.store(false, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -326,10 +325,11 @@ impl Checkpointer {
                 let named_pipe = e.message.contains(&staged.archive.display().to_string())
                     || e.message.contains("pipe");
                 match sealed {
-                    Ok(m) => eprintln!(
-                        "ckvault: the runtime failed ({}) after writing {wrote} bytes; they are \
-                         sealed as {}",
-                        e.message, m.id
+                    Ok(m) => tracing::warn!(
+                        runtime = %e.message,
+                        bytes = wrote,
+                        record = %m.id,
+                        "the runtime failed after writing; what it wrote is sealed"
                     ),
                     Err(_) => self.abandon(
                         &staged,
@@ -362,7 +362,7 @@ impl Checkpointer {
     /// staging files go.
     fn abandon(&self, staged: &staging::Staged, why: &str) {
         if let Err(e) = staging::abandoned(self.intake.store(), &staged.intent, why) {
-            eprintln!("ckvault: cannot record an abandoned capture: {e}");
+            tracing::error!(error = %e, "cannot record an abandoned capture");
         }
         staged.remove();
     }

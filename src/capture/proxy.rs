@@ -75,15 +75,19 @@ impl Proxy {
                     match receipt_target(Path::new(loc)) {
                         Ok(path) => {
                             if let Err(e) = Receipt::for_manifest(&manifest).write(path) {
-                                eprintln!(
-                                    "ckvault: sealed {} but cannot leave a receipt at {loc}: {e}",
-                                    manifest.id
+                                tracing::warn!(
+                                    record = %manifest.id,
+                                    location = ?loc,
+                                    error = %e,
+                                    "sealed, but cannot leave a receipt"
                                 );
                             }
                         }
-                        Err(why) => eprintln!(
-                            "ckvault: sealed {}; no receipt at {loc:?}: {why}",
-                            manifest.id
+                        Err(why) => tracing::info!(
+                            record = %manifest.id,
+                            location = ?loc,
+                            why = %why,
+                            "sealed; no receipt left"
                         ),
                     }
                 }

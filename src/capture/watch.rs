@@ -326,6 +326,8 @@ pub fn run(
             .map(|(n, p)| (n.clone(), p.evidence))
             .collect();
         for (name, evidence) in due {
+            // What happens to this file (sealing, retention, the report) is logged in its span.
+            let _file = tracing::info_span!("file", file = ?name).entered();
             let outcome = capture(intake, &opts.dir, &name, opts.settle, evidence);
             match &outcome {
                 Outcome::NotSettled => {

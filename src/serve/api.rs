@@ -87,6 +87,7 @@ async fn authorized_manifest(
             ),
         ));
     };
+    super::request::span_record(&rid);
     let manifest = match state.store.manifest(&rid).await.map_err(ApiError::from) {
         Ok(m) => m,
         Err(e) => {
@@ -516,13 +517,13 @@ async fn download(
                 .metrics
                 .integrity_failures
                 .fetch_add(1, Ordering::Relaxed);
-            eprintln!("ckvault: integrity: blob of {id}: {why}; download cut off");
+            tracing::error!(record = %id, why = %why, "integrity: blob failed its check; download cut off");
             ev.detail = Some(format!(
                 "integrity: {why}; the download was cut off before its end"
             ));
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = state.audit.append(ev) {
-                    eprintln!("ckvault: could not record the integrity failure: {e}");
+                    tracing::error!(error = %e, "could not record the integrity failure");
                 }
             });
         })
@@ -599,7 +600,7 @@ async fn download(
             ev.bytes = Some(sent);
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = state.audit.append(ev) {
-                    eprintln!("ckvault: could not record the end of a download: {e}");
+                    tracing::error!(error = %e, "could not record the end of a download");
                 }
             });
         })
@@ -699,7 +700,7 @@ async fn integrity_refusal(
         .metrics
         .integrity_failures
         .fetch_add(1, Ordering::Relaxed);
-    eprintln!("ckvault: integrity: record {}: {why}", manifest.id);
+    tracing::error!(record = %manifest.id, why, "integrity: record not served");
     let mut ev = event(caller, "download", "error");
     ev.record = Some(manifest.id.to_string());
     ev.namespace = manifest.namespace.clone();

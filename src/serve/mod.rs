@@ -230,7 +230,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let tls = credentials.server_config(config.server.allow_tls12)?;
     if let Some(g) = &generated {
         for warning in pki::expiry_warnings(g, pki::RENEW_BEFORE) {
-            eprintln!("ckvault: {warning}");
+            tracing::warn!("{warning}");
         }
     }
     let tokens = match &tokens_path {
@@ -291,16 +291,16 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     if let Some(c) = &checkpointer {
         let recovered = crate::capture::staging::recover(c.intake())?;
         for m in &recovered.sealed {
-            eprintln!("ckvault: recovered {} from staging", m.id);
+            tracing::info!(record = %m.id, "recovered a capture from staging");
         }
         if recovered.abandoned > 0 {
-            eprintln!(
-                "ckvault: {} capture(s) in staging had left nothing to seal (audited as capture-abandoned)",
-                recovered.abandoned
+            tracing::warn!(
+                captures = recovered.abandoned,
+                "capture(s) in staging had left nothing to seal (audited as capture-abandoned)"
             );
         }
         for (p, e) in &recovered.failed {
-            eprintln!("ckvault: cannot seal {} left in staging: {e}", p.display());
+            tracing::error!(path = %p.display(), error = %e, "cannot seal a capture left in staging");
         }
     }
     let mut state = AppState::new(store, audit, set, tokens).with_limits(&config.server.limits());
@@ -375,13 +375,16 @@ pub async fn run(
             loop {
                 match b.index.refresh().await {
                     Ok(_) if failing => {
-                        eprintln!("ckvault: index of s3://{} is current again", b.s3.bucket());
+                        tracing::info!(
+                            bucket = b.s3.bucket(),
+                            "index of the bucket is current again"
+                        );
                         failing = false;
                     }
                     Ok(_) => {}
                     Err(e) => {
                         if !failing {
-                            eprintln!("ckvault: index refresh failed: {e}");
+                            tracing::warn!(error = %e, "index refresh failed");
                         }
                         failing = true;
                     }
@@ -441,7 +444,7 @@ pub async fn run(
                         Ok(true) => {}
                         Ok(false) => continue, // another replica applies retention
                         Err(e) => {
-                            eprintln!("ckvault: retention lease: {e}");
+                            tracing::warn!(error = %e, "retention lease not taken");
                             continue;
                         }
                     }
@@ -465,7 +468,7 @@ pub async fn run(
                             .retention_deletions
                             .fetch_add(done.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     }
-                    Err(e) => eprintln!("ckvault: retention failed: {e}"),
+                    Err(e) => tracing::error!(error = %e, "retention failed"),
                 }
             }
         }
@@ -545,10 +548,10 @@ fn reload_credentials(creds: &credentials::Credentials) {
     let errors = creds.reload();
     if errors.is_empty() {
         let revoked = creds.client_auth().map_or(0, |c| c.revoked_count());
-        eprintln!("ckvault: TLS credentials re-read ({revoked} client certificate(s) revoked)");
+        tracing::info!(revoked, "TLS credentials re-read");
     }
     for e in errors {
-        eprintln!("ckvault: keeping the old TLS credentials: {e}");
+        tracing::warn!(error = %e, "keeping the old TLS credentials");
     }
 }
 
@@ -574,10 +577,10 @@ fn reload(state: &AppState, tokens: Option<&std::path::Path>, policy: Option<&st
     if let Some(p) = tokens {
         match TokenFile::load(p) {
             Ok(t) => {
-                eprintln!("ckvault: token file re-read ({} token(s))", t.token.len());
+                tracing::info!(tokens = t.token.len(), "token file re-read");
                 state.set_tokens(t)
             }
-            Err(e) => eprintln!("ckvault: keeping the old tokens: {e}"),
+            Err(e) => tracing::warn!(error = %e, "keeping the old tokens"),
         }
     }
     if let Some(dir) = policy {
@@ -585,7 +588,7 @@ fn reload(state: &AppState, tokens: Option<&std::path::Path>, policy: Option<&st
             Ok(p) => state.set_policy(p),
             Err(errs) => {
                 for e in errs {
-                    eprintln!("ckvault: keeping the old policy: {e}");
+                    tracing::warn!(error = %e, "keeping the old policy");
                 }
             }
         }

@@ -175,6 +175,7 @@ pub async fn checkpoint(
         .await
     {
         Ok(manifest) => {
+            super::request::span_record(&manifest.id);
             let mut ok = event(&caller, "checkpoint", "ok");
             ok.namespace = Some(namespace.clone());
             ok.record = Some(manifest.id.to_string());

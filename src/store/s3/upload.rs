@@ -343,7 +343,7 @@ impl Uploader {
                     out.uploaded += 1;
                     let was = self.stuck.lock().ok().and_then(|mut m| m.remove(&id));
                     if was.is_some() {
-                        eprintln!("ckvault: record {id} went up after being stuck");
+                        tracing::info!(record = %id, "record went up after being stuck");
                     }
                     self.update(|s| {
                         s.uploaded += 1;
@@ -381,7 +381,7 @@ impl Uploader {
         match m.get_mut(id) {
             Some(e) => {
                 if e.error != msg {
-                    eprintln!("ckvault: record {id} stays in the spool: {msg}");
+                    tracing::warn!(record = %id, error = msg, "record stays in the spool");
                     e.error = msg.to_owned();
                 }
                 e.attempts += 1;
@@ -389,7 +389,7 @@ impl Uploader {
                 e.next = now + e.wait;
             }
             None => {
-                eprintln!("ckvault: record {id} stays in the spool: {msg}");
+                tracing::warn!(record = %id, error = msg, "record stays in the spool");
                 m.insert(
                     id.clone(),
                     StuckEntry {
@@ -471,7 +471,7 @@ impl Uploader {
                 Ok(Some(d)) => {
                     // "Resumed" only after a failure, not on the first drain.
                     if matches!(self.status().state.as_str(), "retrying" | "refused") {
-                        eprintln!("ckvault: uploads to s3://{} resumed", self.s3.bucket());
+                        tracing::info!(bucket = self.s3.bucket(), "uploads resumed");
                     }
                     let state = state_of(&d, self.spool.ids().map_or(0, |v| v.len()));
                     self.update(|s| {
@@ -490,9 +490,9 @@ impl Uploader {
                     };
                     let msg = e.to_string();
                     if self.status().last_error.as_deref() != Some(&msg) {
-                        eprintln!(
-                            "ckvault: upload: {msg} (sealed records wait in the spool; \
-                             retrying with backoff)"
+                        tracing::warn!(
+                            error = msg,
+                            "upload failed (sealed records wait in the spool; retrying with backoff)"
                         );
                     }
                     self.update(|s| {
