@@ -53,9 +53,33 @@ pub enum ClientError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The TLS configuration could not be built.
-    #[error("TLS setup: {0}")]
-    Tls(String),
+    /// A certificate or key file is not PEM of the kind it must hold.
+    #[error("TLS setup: {path}: {source}")]
+    Pem {
+        /// The file.
+        path: String,
+        /// Why it does not parse.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// rustls refused a certificate, the key or the configuration.
+    #[error("TLS setup: {what}{source}")]
+    Tls {
+        /// The file involved (`"PATH: "`), or nothing.
+        what: String,
+        /// Why rustls refused.
+        source: rustls::Error,
+    },
+    /// `--server` is not a URL.
+    #[error("--server {server:?}: {source}")]
+    BadServer {
+        /// What was given.
+        server: String,
+        /// Why it does not parse.
+        source: <reqwest::Url as std::str::FromStr>::Err,
+    },
+    /// A pinned key could not be written as PEM.
+    #[error(transparent)]
+    Key(#[from] crate::manifest::sign::KeyError),
     /// The options do not go together (or a URL does not parse).
     #[error("{0}")]
     Usage(String),
@@ -68,8 +92,8 @@ pub enum ClientError {
         server: String,
     },
     /// The request failed (connection, TLS, a refused redirect).
-    #[error("request to the server failed: {0}")]
-    Http(String),
+    #[error("request to the server failed: {}", error_chain(.0))]
+    Http(#[source] reqwest::Error),
     /// The server answered with an error status.
     #[error("server refused {what}: {status} {body}")]
     Refused {
@@ -87,6 +111,16 @@ pub enum ClientError {
         id: String,
         /// Why.
         source: ManifestError,
+    },
+    /// The key the server names for a record's manifest is not a usable public key.
+    #[error(
+        "the manifest of {id} from the server is not trusted: its signing key is unusable: {source}"
+    )]
+    SigningKey {
+        /// The record.
+        id: String,
+        /// Why the key is unusable.
+        source: crate::manifest::sign::KeyError,
     },
     /// The manifest is the manifest of another record.
     #[error("the server answered for {asked} with the manifest of {got}")]
@@ -121,8 +155,11 @@ pub enum ClientError {
         why: String,
     },
     /// The download ended early.
-    #[error("the download was interrupted ({0}); run the same command again to resume")]
-    Interrupted(String),
+    #[error(
+        "the download was interrupted ({}); run the same command again to resume",
+        error_chain(.0)
+    )]
+    Interrupted(#[source] reqwest::Error),
     /// The blob does not match the manifest.
     #[error(
         "downloaded blob does not match the manifest (sha256 {got}, {size} bytes; expected {want}, {total} bytes); discarded"
@@ -146,6 +183,20 @@ fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
     }
 }
 
+fn pem_err(path: &Path) -> impl FnOnce(rustls::pki_types::pem::Error) -> ClientError + '_ {
+    move |source| ClientError::Pem {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn tls_err(path: Option<&Path>) -> impl FnOnce(rustls::Error) -> ClientError + '_ {
+    move |source| ClientError::Tls {
+        what: path.map_or_else(String::new, |p| format!("{}: ", p.display())),
+        source,
+    }
+}
+
 /// A configured HTTPS client.
 pub struct Client {
     http: reqwest::Client,
@@ -158,8 +209,10 @@ impl Client {
     /// with an `http://` server; follows redirects to `https://` only.
     pub fn new(opts: &ClientOptions) -> Result<Self, ClientError> {
         let base = opts.server.trim_end_matches('/').to_owned();
-        let url = reqwest::Url::parse(&base)
-            .map_err(|e| ClientError::Usage(format!("--server {base:?}: {e}")))?;
+        let url = reqwest::Url::parse(&base).map_err(|source| ClientError::BadServer {
+            server: base.clone(),
+            source,
+        })?;
         let https = match url.scheme() {
             "https" => true,
             "http" => false,
@@ -181,27 +234,24 @@ impl Client {
         };
         let pem = crate::fsutil::read_regular(ca).map_err(file_err(ca))?;
         for c in CertificateDer::pem_slice_iter(&pem) {
-            let c = c.map_err(|e| ClientError::Tls(format!("{}: {e}", ca.display())))?;
-            roots
-                .add(c)
-                .map_err(|e| ClientError::Tls(format!("{}: {e}", ca.display())))?;
+            let c = c.map_err(pem_err(ca))?;
+            roots.add(c).map_err(tls_err(Some(ca)))?;
         }
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .map_err(tls_err(None))?
             .with_root_certificates(roots);
         let tls = match (&opts.cert, &opts.key) {
             (Some(cert), Some(key)) => {
                 let cert_pem = crate::fsutil::read_regular(cert).map_err(file_err(cert))?;
                 let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
                     .collect::<Result<_, _>>()
-                    .map_err(|e| ClientError::Tls(format!("{}: {e}", cert.display())))?;
+                    .map_err(pem_err(cert))?;
                 let key_pem = crate::fsutil::read_regular(key).map_err(file_err(key))?;
-                let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
-                    .map_err(|e| ClientError::Tls(format!("{}: {e}", key.display())))?;
+                let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(pem_err(key))?;
                 builder
                     .with_client_auth_cert(chain, key_der)
-                    .map_err(|e| ClientError::Tls(e.to_string()))?
+                    .map_err(tls_err(None))?
             }
             (None, None) => builder.with_no_client_auth(),
             _ => return Err(ClientError::Usage("--cert and --key go together".into())),
@@ -233,7 +283,7 @@ impl Client {
             .https_only(https)
             .redirect(redirects)
             .build()
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+            .map_err(ClientError::Http)?;
         Ok(Self { http, base, token })
     }
 
@@ -251,9 +301,7 @@ impl Client {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        req.send()
-            .await
-            .map_err(|e| ClientError::Http(error_chain(&e)))
+        req.send().await.map_err(ClientError::Http)
     }
 
     /// Fetches a record's manifest (at most [`crate::manifest::MAX_MANIFEST_BYTES`]),
@@ -285,10 +333,10 @@ impl Client {
         let what = format!("the signing key of {id}");
         let body = ok_body(resp, &what, MAX_KEY_BYTES).await?;
         let pem = String::from_utf8_lossy(&body);
-        VerifyingKey::from_pem(&pem, Path::new("(from the server)")).map_err(|e| {
-            ClientError::Manifest {
+        VerifyingKey::from_pem(&pem, Path::new("(from the server)")).map_err(|source| {
+            ClientError::SigningKey {
                 id: id.to_string(),
-                source: ManifestError::MalformedSignature(e.to_string()),
+                source,
             }
         })
     }
@@ -441,7 +489,7 @@ impl Client {
             let mut got = 0u64;
             let mut stream = resp.bytes_stream();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| ClientError::Interrupted(error_chain(&e)))?;
+                let chunk = chunk.map_err(ClientError::Interrupted)?;
                 let n = chunk.len() as u64;
                 if got + n > limit {
                     return Err(discard(ClientError::TooLong {
@@ -577,9 +625,7 @@ impl Pins {
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
         let path = dir.join(format!("{name}.pem"));
-        let pem = key
-            .to_pem()
-            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        let pem = key.to_pem()?;
         crate::fsutil::replace_atomic(&dir, &path, pem.as_bytes()).map_err(file_err(&path))?;
         Ok(path)
     }
@@ -636,7 +682,7 @@ async fn ok_body(
     let mut body = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ClientError::Http(error_chain(&e)))?;
+        let chunk = chunk.map_err(ClientError::Http)?;
         if body.len() + chunk.len() > limit {
             return Err(too_long());
         }

@@ -536,7 +536,7 @@ pub fn owner_token(lock_dir: &Path) -> io::Result<String> {
         Some(t) => t.clone(),
         None => {
             let mut raw = [0u8; 8];
-            getrandom::fill(&mut raw).map_err(|e| io::Error::other(e.to_string()))?;
+            getrandom::fill(&mut raw).map_err(io::Error::from)?;
             let t = format!("o{}", hex::encode(raw));
             TOKEN.get_or_init(|| t).clone()
         }

@@ -9,7 +9,16 @@ fn main() -> ExitCode {
     match ckvault::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            let text = format!("{e:#}");
+            // The message, then each cause it does not already say (an error that shows
+            // its cause in its own message is not repeated by the chain).
+            let mut text = e.to_string();
+            for cause in e.chain().skip(1) {
+                let said = cause.to_string();
+                if !text.contains(&said) {
+                    text.push_str(": ");
+                    text.push_str(&said);
+                }
+            }
             eprintln!(
                 "ckvault: error: {}",
                 ckvault::inspect::escape_control(&text)

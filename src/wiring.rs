@@ -263,20 +263,20 @@ impl Node {
 }
 
 /// Seals what an earlier run left in `intake`'s staging (recovered, never dropped), and
-/// says what it did on stderr.
+/// logs what it did.
 pub fn recover_staging(intake: &Intake) -> Result<crate::capture::staging::Recovered, StoreError> {
     let recovered = crate::capture::staging::recover(intake)?;
     for m in &recovered.sealed {
-        eprintln!("ckvault: recovered {} from staging", m.id);
+        tracing::info!(record = %m.id, "recovered a capture from staging");
     }
     if recovered.abandoned > 0 {
-        eprintln!(
-            "ckvault: {} capture(s) in staging had left nothing to seal (audited as capture-abandoned)",
-            recovered.abandoned
+        tracing::warn!(
+            captures = recovered.abandoned,
+            "capture(s) in staging had left nothing to seal (audited as capture-abandoned)"
         );
     }
     for (p, e) in &recovered.failed {
-        eprintln!("ckvault: cannot seal {} left in staging: {e}", p.display());
+        tracing::error!(path = %p.display(), error = %e, "cannot seal a capture left in staging");
     }
     Ok(recovered)
 }

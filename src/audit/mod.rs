@@ -575,7 +575,7 @@ impl AuditLog {
         // The rename is the commit point; make it survive a power loss like the event.
         // Past the rename the event counts, so a failure here cannot undo it any more.
         if let Err(e) = fsutil::fsync_dir(dir) {
-            eprintln!("ckvault: audit: fsync of {} failed: {e}", dir.display());
+            tracing::warn!(dir = %dir.display(), error = %e, "audit: fsync of the log's directory failed");
         }
         Ok(())
     }

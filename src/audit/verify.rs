@@ -64,11 +64,16 @@ impl std::fmt::Display for ExpectedHead {
 }
 
 /// Why a log failed verification.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// A file could not be read.
-    #[error("cannot read {0}")]
-    Read(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A line is not an event.
     #[error("line {line}: not an audit event ({why})")]
     Malformed {
@@ -201,7 +206,10 @@ pub fn verify_with_keys(
             let read = (&mut reader)
                 .take(64 << 10)
                 .read_until(b'\n', &mut line)
-                .map_err(|e| VerifyError::Read(e.to_string()))?;
+                .map_err(|source| VerifyError::Read {
+                    path: sibling(".heads").display().to_string(),
+                    source,
+                })?;
             if read == 0 || (line.last() != Some(&b'\n') && read < 64 << 10) {
                 break; // the end, or a line torn by an interrupted append
             }
@@ -242,8 +250,10 @@ pub fn verify_with_keys(
     };
     let max_signed = signed_at.keys().copied().max().unwrap_or(0);
 
-    let file = fsutil::open_regular_nofollow(log)
-        .map_err(|e| VerifyError::Read(format!("{}: {e}", log.display())))?;
+    let file = fsutil::open_regular_nofollow(log).map_err(|source| VerifyError::Read {
+        path: log.display().to_string(),
+        source,
+    })?;
     let mut reader = BufReader::new(file);
     let mut prev = GENESIS.to_owned();
     let mut seq = 0u64;
@@ -255,7 +265,10 @@ pub fn verify_with_keys(
         let n = (&mut reader)
             .take(MAX_LINE_BYTES as u64 + 1)
             .read_until(b'\n', &mut buf)
-            .map_err(|e| VerifyError::Read(e.to_string()))?;
+            .map_err(|source| VerifyError::Read {
+                path: log.display().to_string(),
+                source,
+            })?;
         if n == 0 {
             break;
         }
@@ -405,7 +418,10 @@ mod tests {
         let mut l = lines(&path);
         l[2] = l[2].replace("download-2", "download-X");
         write_lines(&path, &l);
-        assert_eq!(verify(&path, &vk), Err(VerifyError::Edited { seq: 3 }));
+        assert!(matches!(
+            verify(&path, &vk),
+            Err(VerifyError::Edited { seq: 3 })
+        ));
     }
 
     #[test]
@@ -426,13 +442,13 @@ mod tests {
         let mut l = lines(&path);
         l.truncate(3);
         write_lines(&path, &l);
-        assert_eq!(
+        assert!(matches!(
             verify(&path, &vk),
             Err(VerifyError::Truncated {
                 events: 3,
                 signed: 5
             })
-        );
+        ));
     }
 
     #[test]

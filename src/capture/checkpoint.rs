@@ -32,12 +32,26 @@ pub enum CheckpointError {
     /// The runtime refused or failed (passed back to the caller unchanged).
     #[error(transparent)]
     Runtime(#[from] GrpcStatus),
+    /// The private staging file (or pipe) could not be made: the runtime was not asked.
+    #[error(
+        "cannot prepare ckvault's private staging for the checkpoint ({0}); the runtime was not asked"
+    )]
+    Staging(#[source] crate::store::StoreError),
     /// The runtime wrote the archive but sealing failed; the plaintext stays in the
     /// private staging directory and is sealed at the next start.
     #[error(
         "the checkpoint was taken but sealing failed ({0}); the archive is kept in ckvault's private staging directory and will be sealed when ckvault restarts"
     )]
-    Seal(String),
+    Seal(#[source] crate::seal::SealError),
+    /// Sealing from the pipe failed after the runtime wrote everything: the archive was
+    /// never on disk and is lost (`[cri] staging_mode = "fifo"`).
+    #[error(
+        "the checkpoint was taken but sealing failed ({0}) (staging_mode = fifo: the archive was never on disk and is lost)"
+    )]
+    SealFromPipe(#[source] crate::seal::SealError),
+    /// The capture's task panicked or was cancelled.
+    #[error("internal error: the checkpoint task failed ({0})")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// One checkpoint to take: which container, within what time, for whom.
@@ -150,9 +164,7 @@ impl Checkpointer {
             ..request
         };
         let me = self.clone();
-        tokio::spawn(async move { me.run(request).await })
-            .await
-            .map_err(|e| CheckpointError::Seal(format!("internal error: {e}")))?
+        tokio::spawn(async move { me.run(request).await }).await?
     }
 
     async fn run(&self, request: CheckpointRequest) -> Result<Manifest, CheckpointError> {
@@ -211,11 +223,10 @@ impl Checkpointer {
                 .await
             {
                 Err(FifoOutcome::Refused(status)) => {
-                    eprintln!(
-                        "ckvault: WARNING: the runtime cannot write its checkpoint into a pipe \
-                         ({}); falling back to staging files (plaintext on disk until sealed) \
-                         for the rest of this process",
-                        status.message
+                    tracing::warn!(
+                        runtime = %status.message,
+                        "the runtime cannot write its checkpoint into a pipe; falling back to \
+                         staging files (plaintext on disk until sealed) for the rest of this process"
                     );
                     self.fifo.store(false, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -223,8 +234,8 @@ impl Checkpointer {
                 Ok(m) => return Ok(m),
             }
         }
-        let (staged, file) = staging::create(self.intake.store(), intent)
-            .map_err(|e| CheckpointError::Seal(e.to_string()))?;
+        let (staged, file) =
+            staging::create(self.intake.store(), intent).map_err(CheckpointError::Staging)?;
         drop(file); // the runtime opens the path itself (O_RDWR|O_CREAT, no O_TRUNC)
         let result: Result<CheckpointContainerResponse, GrpcStatus> = self
             .runtime
@@ -259,11 +270,11 @@ impl Checkpointer {
         let intake = self.intake.clone();
         let path = staged.archive.clone();
         let sealed = tokio::task::spawn_blocking(move || {
-            let file = crate::fsutil::open_nofollow(&path).map_err(|e| e.to_string())?;
-            intake.seal(file, &opts, &|_| {}).map_err(|e| e.to_string())
+            let file =
+                crate::fsutil::open_nofollow(&path).map_err(crate::seal::SealError::Input)?;
+            intake.seal(file, &opts, &|_| {})
         })
-        .await
-        .map_err(|e| CheckpointError::Seal(e.to_string()))?
+        .await?
         .map_err(CheckpointError::Seal)?;
         staged.remove();
         Ok(sealed)
@@ -281,7 +292,7 @@ impl Checkpointer {
         opts: &crate::seal::SealOptions,
     ) -> Result<Manifest, FifoOutcome> {
         let staged = staging::create_fifo(self.intake.store(), intent)
-            .map_err(|e| FifoOutcome::Failed(CheckpointError::Seal(e.to_string())))?;
+            .map_err(|e| FifoOutcome::Failed(CheckpointError::Staging(e)))?;
         let intake = self.intake.clone();
         let path = staged.archive.clone();
         let o = opts.clone();
@@ -319,7 +330,7 @@ impl Checkpointer {
         }
         let sealed = sealer
             .await
-            .map_err(|e| FifoOutcome::Failed(CheckpointError::Seal(e.to_string())))?;
+            .map_err(|e| FifoOutcome::Failed(CheckpointError::Task(e)))?;
         let wrote = read.load(std::sync::atomic::Ordering::Relaxed);
         match (result, sealed) {
             (Ok(_), Ok(m)) => {
@@ -330,10 +341,11 @@ impl Checkpointer {
                 let named_pipe = e.message.contains(&staged.archive.display().to_string())
                     || e.message.contains("pipe");
                 match sealed {
-                    Ok(m) => eprintln!(
-                        "ckvault: the runtime failed ({}) after writing {wrote} bytes; they are \
-                         sealed as {}",
-                        e.message, m.id
+                    Ok(m) => tracing::warn!(
+                        runtime = %e.message,
+                        bytes = wrote,
+                        record = %m.id,
+                        "the runtime failed after writing; what it wrote is sealed"
                     ),
                     Err(_) => self.abandon(
                         &staged,
@@ -359,9 +371,7 @@ impl Checkpointer {
                 // The stream was read to its end and nothing stays in plaintext anywhere;
                 // the archive is lost, and said so.
                 self.abandon(&staged, &format!("sealing from the pipe failed: {e}"));
-                Err(FifoOutcome::Failed(CheckpointError::Seal(format!(
-                    "{e} (staging_mode = fifo: the archive was never on disk and is lost)"
-                ))))
+                Err(FifoOutcome::Failed(CheckpointError::SealFromPipe(e)))
             }
         }
     }
@@ -370,7 +380,7 @@ impl Checkpointer {
     /// staging files go.
     fn abandon(&self, staged: &staging::Staged, why: &str) {
         if let Err(e) = staging::abandoned(self.intake.store(), &staged.intent, why) {
-            eprintln!("ckvault: cannot record an abandoned capture: {e}");
+            tracing::error!(error = %e, "cannot record an abandoned capture");
         }
         staged.remove();
     }

@@ -75,29 +75,31 @@ impl Proxy {
                     match receipt_target(Path::new(loc)) {
                         Ok(path) => {
                             if let Err(e) = Receipt::for_manifest(&manifest).write(path) {
-                                eprintln!(
-                                    "ckvault: sealed {} but cannot leave a receipt at {loc}: {e}",
-                                    manifest.id
+                                tracing::warn!(
+                                    record = %manifest.id,
+                                    location = ?loc,
+                                    error = %e,
+                                    "sealed, but cannot leave a receipt"
                                 );
                             }
                         }
-                        Err(why) => eprintln!(
-                            "ckvault: sealed {}; no receipt at {loc:?}: {why}",
-                            manifest.id
+                        Err(why) => tracing::info!(
+                            record = %manifest.id,
+                            location = ?loc,
+                            why = %why,
+                            "sealed; no receipt left"
                         ),
                     }
                 }
                 Ok(cri::frame(&CheckpointContainerResponse {}))
             }
             Err(CheckpointError::Runtime(status)) => Err(status),
-            Err(e @ CheckpointError::Seal(_)) => {
-                Err(GrpcStatus::new(tonic::Code::Internal, e.to_string()))
-            }
             // Nothing was taken; the kubelet may retry later.
             Err(e @ CheckpointError::SpoolFull(_)) => Err(GrpcStatus::new(
                 tonic::Code::ResourceExhausted,
                 e.to_string(),
             )),
+            Err(e) => Err(GrpcStatus::new(tonic::Code::Internal, e.to_string())),
         }
     }
 }

@@ -53,6 +53,7 @@ use tokio::sync::mpsc;
 use tonic::Code;
 
 use super::cri::GrpcStatus;
+use tracing::Instrument;
 
 /// The HTTP/2 client connection preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -535,9 +536,11 @@ impl Up {
             let head = String::from_utf8_lossy(p.get(..128).unwrap_or(p)).into_owned();
             crate::inspect::escape_control(&head).into_owned()
         });
-        eprintln!(
-            "ckvault: proxy: refused a CRI call (stream {stream}, :path {}): {why}; not forwarded to the runtime",
-            shown.as_deref().unwrap_or("(none)")
+        tracing::warn!(
+            stream,
+            path = shown.as_deref().unwrap_or("(none)"),
+            why = %why,
+            "proxy: refused a CRI call; not forwarded to the runtime"
         );
         let answer: Answer = Err(GrpcStatus::new(
             Code::Unimplemented,
@@ -578,17 +581,21 @@ impl Up {
         let handler = self.handler.clone();
         let inject = self.inject.clone();
         let owed = self.owed.clone();
-        tokio::spawn(async move {
-            let _permit = p.permit;
-            let answer = handler(Intercepted {
-                body: p.body.freeze(),
-                grpc_timeout: p.grpc_timeout,
-            })
-            .await;
-            let (frames, data) = answer_frames(stream, &answer);
-            owed.fetch_add(data, Ordering::Relaxed);
-            let _ = inject.send(frames.freeze());
-        });
+        let span = tracing::info_span!("stream", stream);
+        tokio::spawn(
+            async move {
+                let _permit = p.permit;
+                let answer = handler(Intercepted {
+                    body: p.body.freeze(),
+                    grpc_timeout: p.grpc_timeout,
+                })
+                .await;
+                let (frames, data) = answer_frames(stream, &answer);
+                owed.fetch_add(data, Ordering::Relaxed);
+                let _ = inject.send(frames.freeze());
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -794,12 +801,29 @@ pub async fn relay(
     handler: Handler,
     limits: RelayLimits,
 ) {
+    static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+    let span = tracing::info_span!(
+        "connection",
+        connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1
+    );
+    relay_connection(client, upstream, handler, limits)
+        .instrument(span)
+        .await
+}
+
+async fn relay_connection(
+    client: UnixStream,
+    upstream: &std::path::Path,
+    handler: Handler,
+    limits: RelayLimits,
+) {
     let runtime = match UnixStream::connect(upstream).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!(
-                "ckvault: proxy: cannot reach the runtime at {}: {e}",
-                upstream.display()
+            tracing::warn!(
+                upstream = %upstream.display(),
+                error = %e,
+                "proxy: cannot reach the runtime"
             );
             return;
         }
@@ -807,13 +831,15 @@ pub async fn relay(
     let (client, runtime) = match (Wire::new(client), Wire::new(runtime)) {
         (Ok(c), Ok(r)) => (c, r),
         (Err(e), _) | (_, Err(e)) => {
-            eprintln!("ckvault: proxy: cannot watch a connection: {e}");
+            tracing::warn!(error = %e, "proxy: cannot watch a connection");
             return;
         }
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let up = Up::new(tx, handler, limits);
-    let upward = tokio::spawn(client_to_runtime(client.clone(), runtime.clone(), up));
+    let upward = tokio::spawn(
+        client_to_runtime(client.clone(), runtime.clone(), up).instrument(tracing::Span::current()),
+    );
     let down = runtime_to_client(runtime, client, rx);
     // The connection ends when the runtime's side does (the client closing its side
     // makes the runtime close).

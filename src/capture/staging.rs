@@ -103,7 +103,10 @@ pub fn create(store: &LocalStore, intent: Intent) -> Result<(Staged, std::fs::Fi
         let p = p.display().to_string();
         move |e| StoreError::Io { path: p, source: e }
     };
-    let json = serde_json::to_vec_pretty(&intent).map_err(|e| StoreError::Config(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&intent).map_err(|source| StoreError::Encode {
+        what: "a capture intent",
+        source,
+    })?;
     {
         use std::io::Write;
         let mut f = fsutil::create_private_file(&intent_path).map_err(io(&intent_path))?;
@@ -133,7 +136,10 @@ pub fn create_fifo(store: &LocalStore, intent: Intent) -> Result<Staged, StoreEr
     let stem = format!("{}.{}", RecordId::generate(), store.owner()?);
     let intent_path = dir.join(format!("{stem}.json"));
     let archive = dir.join(format!("{stem}.fifo"));
-    let json = serde_json::to_vec_pretty(&intent).map_err(|e| StoreError::Config(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&intent).map_err(|source| StoreError::Encode {
+        what: "a capture intent",
+        source,
+    })?;
     {
         use std::io::Write;
         let mut f = fsutil::create_private_file(&intent_path)

@@ -53,7 +53,23 @@ pub enum Outcome {
     /// Not something to capture (with the reason).
     Ignored(String),
     /// Sealing failed; the file is left where it was (with the reason).
-    Failed(String),
+    Failed(SealFailed),
+}
+
+/// Why a settled file did not leave a record behind it and its plaintext gone.
+#[derive(Debug, thiserror::Error)]
+pub enum SealFailed {
+    /// Sealing failed; nothing was stored.
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
+    /// The record was stored but the plaintext stays.
+    #[error("sealed as {id} but cannot remove the plaintext: {source}")]
+    Remove {
+        /// The record.
+        id: RecordId,
+        /// Why the file could not be removed.
+        source: std::io::Error,
+    },
 }
 
 /// What the watcher knows of how a file came to be complete.
@@ -143,7 +159,7 @@ pub fn capture(
     };
     let manifest = match intake.seal(file, &o, &|_| {}) {
         Ok(m) => m,
-        Err(e) => return Outcome::Failed(e.to_string()),
+        Err(e) => return Outcome::Failed(e.into()),
     };
     // Unchanged while sealed (nothing appended, rewritten or truncated, and no writer has it
     // open now), or it stays.
@@ -157,11 +173,11 @@ pub fn capture(
     // Remove the plaintext only if the path still names what was sealed.
     match std::fs::symlink_metadata(&path) {
         Ok(now) if (now.dev(), now.ino()) == (before.dev(), before.ino()) => {
-            if let Err(e) = std::fs::remove_file(&path) {
-                return Outcome::Failed(format!(
-                    "sealed as {} but cannot remove the plaintext: {e}",
-                    manifest.id
-                ));
+            if let Err(source) = std::fs::remove_file(&path) {
+                return Outcome::Failed(SealFailed::Remove {
+                    id: manifest.id,
+                    source,
+                });
             }
             let _ = fsutil::fsync_dir(dir);
         }
@@ -310,6 +326,8 @@ pub fn run(
             .map(|(n, p)| (n.clone(), p.evidence))
             .collect();
         for (name, evidence) in due {
+            // What happens to this file (sealing, retention, the report) is logged in its span.
+            let _file = tracing::info_span!("file", file = ?name).entered();
             let outcome = capture(intake, &opts.dir, &name, opts.settle, evidence);
             match &outcome {
                 Outcome::NotSettled => {

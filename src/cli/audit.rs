@@ -96,7 +96,7 @@ fn verify_bucket(config: &crate::config::Config) -> anyhow::Result<ExitCode> {
             println!(
                 "FAILED audit in s3://{}: {}",
                 s3.bucket(),
-                escape_control(&e)
+                escape_control(&e.to_string())
             );
             Ok(ExitCode::FAILURE)
         }

@@ -7,6 +7,7 @@ mod diff;
 mod fetch;
 mod inspect;
 mod key;
+mod logging;
 mod memsearch;
 mod open;
 mod output;
@@ -22,12 +23,18 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub use logging::LogFormat;
+
 /// ckvault seals Kubernetes container checkpoints: every archive is hashed, compressed,
 /// encrypted to named age/SSH recipients and recorded with a signed manifest, so memory
 /// dumps never sit on a node in plaintext and every copy can be verified.
 #[derive(Debug, Parser)]
 #[command(name = "ckvault", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
+    /// How log lines go to stderr: `text` for a person, `json` (one object per line) for a
+    /// log pipeline. Which pass: CKVAULT_LOG or RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CKVAULT_LOG_FORMAT")]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -157,6 +164,7 @@ impl StoreArg {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    logging::init(cli.log_format);
     match cli.command {
         Command::Seal(a) => seal::run(a),
         Command::Inspect(a) => inspect::run(a),

@@ -66,7 +66,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         };
-        serve::run(prepared, listener, announce).await
+        serve::run(prepared, listener, announce).await?;
+        anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -83,32 +83,29 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
                     escape_control(m.inspection.code.as_deref().unwrap_or("ok"))
                 );
                 if let Some(w) = warning {
-                    eprintln!("ckvault: {name}: {}", escape_control(w));
+                    tracing::warn!("{name}: {}", escape_control(w));
                 }
             }
             watch::Outcome::Ignored(why) => {
-                eprintln!("ckvault: ignoring {name}: {}", escape_control(why));
+                tracing::info!("ignoring {name}: {}", escape_control(why));
             }
             watch::Outcome::InUse(why) if args.once => {
-                eprintln!(
-                    "ckvault: leaving {name} for the next sweep: {}",
-                    escape_control(why)
-                );
+                tracing::info!("leaving {name} for the next sweep: {}", escape_control(why));
             }
             watch::Outcome::InUse(why) => {
-                eprintln!(
-                    "ckvault: waiting for {name} to be closed: {}",
-                    escape_control(why)
-                );
+                tracing::info!("waiting for {name} to be closed: {}", escape_control(why));
             }
             watch::Outcome::Changed(id) => {
-                eprintln!(
-                    "ckvault: {name} changed while it was sealed (record {id} holds what was read); kept, to be sealed again once closed"
+                tracing::warn!(
+                    "{name} changed while it was sealed (record {id} holds what was read); kept, to be sealed again once closed"
                 );
             }
             watch::Outcome::Failed(why) => {
                 failures += 1;
-                eprintln!("ckvault: could not seal {name}: {}", escape_control(why));
+                tracing::error!(
+                    "could not seal {name}: {}",
+                    escape_control(&why.to_string())
+                );
             }
             watch::Outcome::NotSettled => {}
         }

@@ -254,9 +254,18 @@ pub enum ManifestError {
         /// Fingerprint of the key used for verification.
         key_id: String,
     },
-    /// The signature is malformed.
+    /// The signature names an algorithm other than Ed25519.
+    #[error("manifest signature is malformed: unsupported algorithm {alg:?}")]
+    UnsupportedAlgorithm {
+        /// The algorithm the signature names.
+        alg: String,
+    },
+    /// The signature is not 64 bytes long.
+    #[error("manifest signature is malformed: signature is not 64 bytes")]
+    SignatureLength,
+    /// The signature is not base64.
     #[error("manifest signature is malformed: {0}")]
-    MalformedSignature(String),
+    SignatureEncoding(#[source] base64::DecodeError),
     /// A validly signed manifest filed under another record's ID.
     #[error("the manifest is the signed manifest of record {names}, filed under another ID")]
     Misfiled {

@@ -58,14 +58,14 @@ pub enum KeyError {
     },
     /// The system random generator failed.
     #[error("cannot get random bytes for a new key: {0}")]
-    Random(String),
+    Random(#[source] getrandom::Error),
 }
 
 impl SigningKey {
     /// A new random key.
     pub fn generate() -> Result<Self, KeyError> {
         let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
+        getrandom::fill(&mut seed).map_err(KeyError::Random)?;
         Ok(Self(ed25519_dalek::SigningKey::from_bytes(&seed)))
     }
 
@@ -166,17 +166,14 @@ impl VerifyingKey {
     pub fn verify(&self, manifest: &Manifest) -> Result<(), ManifestError> {
         let sig = manifest.signature.as_ref().ok_or(ManifestError::Unsigned)?;
         if sig.alg != "ed25519" {
-            return Err(ManifestError::MalformedSignature(format!(
-                "unsupported algorithm {:?}",
-                sig.alg
-            )));
+            return Err(ManifestError::UnsupportedAlgorithm {
+                alg: sig.alg.clone(),
+            });
         }
         let raw = STANDARD
             .decode(sig.value.as_bytes())
-            .map_err(|e| ManifestError::MalformedSignature(e.to_string()))?;
-        let raw: [u8; 64] = raw
-            .try_into()
-            .map_err(|_| ManifestError::MalformedSignature("signature is not 64 bytes".into()))?;
+            .map_err(ManifestError::SignatureEncoding)?;
+        let raw: [u8; 64] = raw.try_into().map_err(|_| ManifestError::SignatureLength)?;
         let mut unsigned = manifest.clone();
         unsigned.signature = None;
         let bytes = canonical_bytes(&unsigned)?;

@@ -186,13 +186,10 @@ impl PolicySet {
         match enforce::apply(store, self, enforce::now_unix(), None, "system:retention") {
             Ok(done) => {
                 for d in done {
-                    eprintln!(
-                        "ckvault: retention deleted {} (rule {}, {})",
-                        d.id, d.rule, d.reason
-                    );
+                    tracing::info!(record = %d.id, rule = %d.rule, reason = %d.reason, "retention deleted a record");
                 }
             }
-            Err(e) => eprintln!("ckvault: retention failed: {e}"),
+            Err(e) => tracing::error!(error = %e, "retention failed"),
         }
     }
 }

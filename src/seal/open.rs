@@ -36,7 +36,7 @@ pub enum OpenError {
     },
     /// The blob is not age data, or none of the identities opens it.
     #[error("cannot decrypt the blob: {0}")]
-    Decrypt(String),
+    Decrypt(#[source] age::DecryptError),
     /// The blob ended early or was altered (age's authenticated chunks caught it).
     #[error("the sealed blob is truncated or corrupt: {0}")]
     Corrupt(io::Error),
@@ -188,7 +188,7 @@ fn decrypt_into<R: Read, W: Write>(
     plain: &mut W,
 ) -> Result<(), OpenError> {
     let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(1 << 20, &mut *sealed))
-        .map_err(|e| OpenError::Decrypt(e.to_string()))?;
+        .map_err(OpenError::Decrypt)?;
     let reader = decryptor
         .decrypt(
             identities
@@ -196,7 +196,7 @@ fn decrypt_into<R: Read, W: Write>(
                 .iter()
                 .map(|i| i.as_ref() as &dyn age::Identity),
         )
-        .map_err(|e| OpenError::Decrypt(e.to_string()))?;
+        .map_err(OpenError::Decrypt)?;
     let limit = manifest.plaintext.size;
     match manifest.sealed.compression.as_str() {
         "zstd" => {

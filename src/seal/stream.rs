@@ -70,7 +70,7 @@ pub enum StreamError {
     Write(io::Error),
     /// The recipients cannot be combined (age refuses mixing some types).
     #[error("cannot encrypt to these recipients: {0}")]
-    Encrypt(String),
+    Encrypt(#[source] age::EncryptError),
     /// The reader thread died.
     #[error("internal error: the input reader stopped unexpectedly")]
     ReaderPanicked,
@@ -87,7 +87,7 @@ pub fn seal_stream<R: Read + Send, W: Write + Send>(
     progress: &dyn Fn(u64),
 ) -> Result<(SealDigests, W), StreamError> {
     let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r.as_age()))
-        .map_err(|e| StreamError::Encrypt(e.to_string()))?;
+        .map_err(StreamError::Encrypt)?;
     let hashed_out = HashingWriter::new(BufWriter::with_capacity(CHUNK, output));
     let encrypted = encryptor
         .wrap_output(hashed_out)

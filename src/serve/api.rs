@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::range::{self, RangeDecision};
 use super::request::{ApiError, Caller, event, record};
-use super::stream::{FILE_CHUNK, FileCheck, Verify, blob_body, file_body, watched_body};
+use super::stream::{FILE_CHUNK, FileCheck, Mismatch, Verify, blob_body, file_body, watched_body};
 use crate::audit::{self, Outcome};
 use crate::manifest::{Manifest, RecordId};
 use crate::policy::Action;
@@ -87,6 +87,7 @@ async fn authorized_manifest(
             ),
         ));
     };
+    super::request::span_record(&rid);
     let manifest = match state.store.manifest(&rid).await.map_err(ApiError::from) {
         Ok(m) => m,
         Err(e) => {
@@ -436,18 +437,18 @@ async fn download(
         && identity.size != len
     {
         state.verified.forget(&manifest.id);
-        let why = format!(
-            "the blob has {} bytes, its signed manifest says {len}",
-            identity.size
-        );
-        return Err(integrity_refusal(&state, &caller, &manifest, &why).await);
+        let why = Mismatch::SignedSize {
+            size: identity.size,
+            signed: len,
+        };
+        return Err(integrity_refusal(&state, &caller, &manifest, &why.to_string()).await);
     }
     // A range cannot be checked against the digest on its own: serve it only from a blob
     // whose every byte matched since it last changed.
     if let RangeDecision::Partial { .. } = decision
         && let Err(why) = ensure_verified(&state, &manifest, local.as_ref(), began).await?
     {
-        return Err(integrity_refusal(&state, &caller, &manifest, &why).await);
+        return Err(integrity_refusal(&state, &caller, &manifest, &why.to_string()).await);
     }
     let purpose = q.purpose.or_else(|| {
         headers
@@ -497,23 +498,23 @@ async fn download(
                 .unwrap_or_default());
         }
     };
-    let on_mismatch: Box<dyn FnOnce(&str) + Send> = {
+    let on_mismatch: Box<dyn FnOnce(&Mismatch) + Send> = {
         let state = state.clone();
         let id = manifest.id.clone();
         let mut ev = event(&caller, audit::Action::Download, Outcome::Error).about(&manifest);
-        Box::new(move |why: &str| {
+        Box::new(move |why: &Mismatch| {
             state.verified.forget(&id);
             state
                 .metrics
                 .integrity_failures
                 .fetch_add(1, Ordering::Relaxed);
-            eprintln!("ckvault: integrity: blob of {id}: {why}; download cut off");
+            tracing::error!(record = %id, why = %why, "integrity: blob failed its check; download cut off");
             ev.detail = Some(format!(
                 "integrity: {why}; the download was cut off before its end"
             ));
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = state.audit.append(ev) {
-                    eprintln!("ckvault: could not record the integrity failure: {e}");
+                    tracing::error!(error = %e, "could not record the integrity failure");
                 }
             });
         })
@@ -589,7 +590,7 @@ async fn download(
             ev.bytes = Some(sent);
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = state.audit.append(ev) {
-                    eprintln!("ckvault: could not record the end of a download: {e}");
+                    tracing::error!(error = %e, "could not record the end of a download");
                 }
             });
         })
@@ -609,7 +610,7 @@ async fn ensure_verified(
     manifest: &Manifest,
     local: Option<&(std::fs::File, FileIdentity)>,
     began: std::time::SystemTime,
-) -> Result<Result<(), String>, ApiError> {
+) -> Result<Result<(), Mismatch>, ApiError> {
     let Some((file, identity)) = local else {
         return hash_bucket_blob(state, manifest).await;
     };
@@ -618,7 +619,7 @@ async fn ensure_verified(
     }
     let file = file.try_clone().map_err(ApiError::internal)?;
     let (identity, expected) = (*identity, manifest.sealed.sha256.clone());
-    let verdict = tokio::task::spawn_blocking(move || -> std::io::Result<Result<(), String>> {
+    let verdict = tokio::task::spawn_blocking(move || -> std::io::Result<Result<(), Mismatch>> {
         use std::os::unix::fs::FileExt;
         let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
         let mut buf = vec![0u8; FILE_CHUNK];
@@ -633,12 +634,10 @@ async fn ensure_verified(
         }
         let got = hex::encode(sha2::Digest::finalize(hasher));
         if FileIdentity::of(&file)? != identity {
-            return Ok(Err("the blob changed while it was being verified".into()));
+            return Ok(Err(Mismatch::ChangedWhileVerified));
         }
         if got != expected || offset != identity.size {
-            return Ok(Err(format!(
-                "the blob's bytes ({offset} bytes, sha256 {got}) do not match the signed manifest"
-            )));
+            return Ok(Err(Mismatch::Blob { size: offset, got }));
         }
         Ok(Ok(()))
     })
@@ -656,7 +655,7 @@ async fn ensure_verified(
 async fn hash_bucket_blob(
     state: &Shared,
     manifest: &Manifest,
-) -> Result<Result<(), String>, ApiError> {
+) -> Result<Result<(), Mismatch>, ApiError> {
     let mut reader = state
         .store
         .blob(&manifest.id, 0, manifest.sealed.size)
@@ -675,9 +674,7 @@ async fn hash_bucket_blob(
     }
     let got = hex::encode(sha2::Digest::finalize(hasher));
     if got != manifest.sealed.sha256 || total != manifest.sealed.size {
-        return Ok(Err(format!(
-            "the blob's bytes ({total} bytes, sha256 {got}) do not match the signed manifest"
-        )));
+        return Ok(Err(Mismatch::Blob { size: total, got }));
     }
     Ok(Ok(()))
 }
@@ -693,7 +690,7 @@ async fn integrity_refusal(
         .metrics
         .integrity_failures
         .fetch_add(1, Ordering::Relaxed);
-    eprintln!("ckvault: integrity: record {}: {why}", manifest.id);
+    tracing::error!(record = %manifest.id, why, "integrity: record not served");
     let ev = event(caller, audit::Action::Download, Outcome::Error)
         .about(manifest)
         .with_detail(format!("integrity: {why}"));
@@ -785,13 +782,14 @@ async fn release(
         .custody
         .release(&caller.actor(), &manifest, &reason)
         .await;
-    match custody_done(&state, result) {
-        Ok(()) => Ok(Json(serde_json::json!({"released": true})).into_response()),
-        Err(e) if e.code() == "not-held" => {
-            Ok(Json(serde_json::json!({"released": false})).into_response())
-        }
-        Err(e) => Err(e),
-    }
+    // Releasing a record that is not held answers `released: false` (the refusal is
+    // audited by the custody action like any other outcome).
+    let released = match result {
+        Err(CustodyError::NotHeld(_)) => Ok(false),
+        other => other.map(|()| true),
+    };
+    let released = custody_done(&state, released)?;
+    Ok(Json(serde_json::json!({ "released": released })).into_response())
 }
 
 /// Translates the outcome of a custody action (already recorded in the audit log by

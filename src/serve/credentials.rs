@@ -49,8 +49,16 @@ pub enum CredentialError {
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     /// The client CA or the CRLs could not be used.
+    #[error("client certificate verification: {path}: {source}")]
+    ClientCa {
+        /// The CA file.
+        path: String,
+        /// Why rustls refused the certificate.
+        source: rustls::Error,
+    },
+    /// The client certificate verifier could not be built from the CA and the CRLs.
     #[error("client certificate verification: {0}")]
-    ClientAuth(String),
+    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
 }
 
 /// The files the credentials come from.
@@ -388,9 +396,10 @@ fn load_client_auth(
         if let Ok((_, parsed)) = x509_parser::parse_x509_certificate(&c) {
             subjects.insert(parsed.subject().as_raw().to_vec());
         }
-        roots
-            .add(c)
-            .map_err(|e| CredentialError::ClientAuth(format!("{}: {e}", ca.display())))?;
+        roots.add(c).map_err(|source| CredentialError::ClientCa {
+            path: ca.display().to_string(),
+            source,
+        })?;
     }
     if roots.is_empty() {
         return Err(file_error(ca, "no CA certificate in file"));
@@ -406,7 +415,7 @@ fn load_client_auth(
         .allow_unknown_revocation_status()
         .allow_unauthenticated()
         .build()
-        .map_err(|e| CredentialError::ClientAuth(e.to_string()))?;
+        .map_err(CredentialError::ClientVerifier)?;
     Ok(LoadedClientAuth {
         roots,
         verifier,

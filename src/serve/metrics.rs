@@ -69,8 +69,8 @@ impl Metrics {
         let mut map = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let was_ok = map.insert(part, error.is_none()).unwrap_or(true);
         match error {
-            Some(e) if was_ok => eprintln!("ckvault: health: {part} unavailable: {e}"),
-            None if !was_ok => eprintln!("ckvault: health: {part} ok again"),
+            Some(e) if was_ok => tracing::warn!(part, error = %e, "health: unavailable"),
+            None if !was_ok => tracing::info!(part, "health: ok again"),
             _ => {}
         }
     }

@@ -220,7 +220,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let tls = credentials.server_config(config.server.allow_tls12)?;
     if let Some(g) = &generated {
         for warning in pki::expiry_warnings(g, pki::RENEW_BEFORE) {
-            eprintln!("ckvault: {warning}");
+            tracing::warn!("{warning}");
         }
     }
     let tokens = match &tokens_path {
@@ -280,6 +280,17 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     })
 }
 
+/// Why a prepared server stopped other than by a signal.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The SIGHUP/SIGTERM handlers could not be installed.
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The accept loop or its connection threads could not start.
+    #[error("cannot start the connection threads: {0}")]
+    Threads(#[source] std::io::Error),
+}
+
 /// Runs the server until SIGINT/SIGTERM. The policy, the token file and the TLS
 /// credentials are re-read within [`RELOAD_INTERVAL`] of a change of their files, and at
 /// once on SIGHUP (keeping the old ones when the new ones are invalid).
@@ -290,11 +301,11 @@ pub async fn run(
     prepared: Prepared,
     listener: tokio::net::TcpListener,
     ready: impl FnOnce(&Prepared),
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     use tokio::signal::unix::{SignalKind, signal};
     let app = api::router(prepared.state.clone());
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     ready(&prepared);
     let state = prepared.state.clone();
     let (tokens_path, policy_dir) = (prepared.tokens_path.clone(), prepared.policy_dir.clone());
@@ -324,13 +335,16 @@ pub async fn run(
             loop {
                 match b.index.refresh().await {
                     Ok(_) if failing => {
-                        eprintln!("ckvault: index of s3://{} is current again", b.s3.bucket());
+                        tracing::info!(
+                            bucket = b.s3.bucket(),
+                            "index of the bucket is current again"
+                        );
                         failing = false;
                     }
                     Ok(_) => {}
                     Err(e) => {
                         if !failing {
-                            eprintln!("ckvault: index refresh failed: {e}");
+                            tracing::warn!(error = %e, "index refresh failed");
                         }
                         failing = true;
                     }
@@ -390,7 +404,7 @@ pub async fn run(
                         Ok(true) => {}
                         Ok(false) => continue, // another replica applies retention
                         Err(e) => {
-                            eprintln!("ckvault: retention lease: {e}");
+                            tracing::warn!(error = %e, "retention lease not taken");
                             continue;
                         }
                     }
@@ -414,7 +428,7 @@ pub async fn run(
                             .retention_deletions
                             .fetch_add(done.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     }
-                    Err(e) => eprintln!("ckvault: retention failed: {e}"),
+                    Err(e) => tracing::error!(error = %e, "retention failed"),
                 }
             }
         }
@@ -435,7 +449,7 @@ pub async fn run(
     )
     .await;
     stop.notify_waiters();
-    anyhow::Context::context(served, "cannot start the connection threads")
+    served.map_err(RunError::Threads)
 }
 
 /// The (namespace, pod) pairs the runtime runs now; `None` if it cannot be asked.
@@ -494,10 +508,10 @@ fn reload_credentials(creds: &credentials::Credentials) {
     let errors = creds.reload();
     if errors.is_empty() {
         let revoked = creds.client_auth().map_or(0, |c| c.revoked_count());
-        eprintln!("ckvault: TLS credentials re-read ({revoked} client certificate(s) revoked)");
+        tracing::info!(revoked, "TLS credentials re-read");
     }
     for e in errors {
-        eprintln!("ckvault: keeping the old TLS credentials: {e}");
+        tracing::warn!(error = %e, "keeping the old TLS credentials");
     }
 }
 
@@ -523,10 +537,10 @@ fn reload(state: &AppState, tokens: Option<&std::path::Path>, policy: Option<&st
     if let Some(p) = tokens {
         match TokenFile::load(p) {
             Ok(t) => {
-                eprintln!("ckvault: token file re-read ({} token(s))", t.token.len());
+                tracing::info!(tokens = t.token.len(), "token file re-read");
                 state.set_tokens(t)
             }
-            Err(e) => eprintln!("ckvault: keeping the old tokens: {e}"),
+            Err(e) => tracing::warn!(error = %e, "keeping the old tokens"),
         }
     }
     if let Some(dir) = policy {
@@ -534,7 +548,7 @@ fn reload(state: &AppState, tokens: Option<&std::path::Path>, policy: Option<&st
             Ok(p) => state.set_policy(p),
             Err(errs) => {
                 for e in errs {
-                    eprintln!("ckvault: keeping the old policy: {e}");
+                    tracing::warn!(error = %e, "keeping the old policy");
                 }
             }
         }

@@ -54,7 +54,7 @@ impl ApiError {
     }
     /// A 500 whose cause is logged, not shown (it may name paths or internals).
     pub(super) fn internal(e: impl std::fmt::Display) -> Self {
-        eprintln!("ckvault: internal error: {e}");
+        tracing::error!(error = %e, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -95,7 +95,7 @@ impl From<StoreError> for ApiError {
             StoreError::Unreachable { .. }
             | StoreError::Credentials { .. }
             | StoreError::NoCredentials { .. } => {
-                eprintln!("ckvault: store unavailable: {e}");
+                tracing::warn!(error = %e, "store unavailable");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store-unavailable",
@@ -199,6 +199,7 @@ impl FromRequestParts<Shared> for Caller {
                         ));
                     }
                 };
+                tracing::Span::current().record("caller", principal.actor().as_str());
                 Ok(Caller {
                     principal,
                     remote,
@@ -341,7 +342,7 @@ pub(super) async fn audit_folded_failures(state: Shared, interval: std::time::Du
                 Ok(Err(e)) => {
                     audit_unavailable(&state, &e);
                 }
-                Err(e) => eprintln!("ckvault: could not audit folded failures: {e}"),
+                Err(e) => tracing::error!(error = %e, "could not audit folded failures"),
             }
         }
     }
@@ -405,8 +406,41 @@ pub(super) fn mark_audited() {
 /// 405, a path or query that does not parse, an unknown endpoint), with its true outcome:
 /// `ok` for 2xx/3xx, `denied` for 4xx, `error` for 5xx. If that record cannot be written
 /// the answer becomes 503 (no handler acted on such a request, so nothing was served).
+///
+/// Every request runs in a `request` span: its ID (a ULID made here), method, path (at
+/// most 128 characters), peer, and, once known, the caller and the record it concerns. Never
+/// its query, headers or body.
 pub(super) async fn audit_every_request(
     State(state): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use tracing::Instrument;
+    let path = req.uri().path();
+    let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer);
+    let span = tracing::info_span!(
+        "request",
+        request = %ulid::Ulid::generate(),
+        method = %req.method(),
+        path = ?path.chars().take(128).collect::<String>(),
+        peer = peer.map(tracing::field::display),
+        caller = tracing::field::Empty,
+        record = tracing::field::Empty,
+    );
+    let resp = audit_request(state, req, next)
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| tracing::debug!(status = resp.status().as_u16(), "answered"));
+    resp
+}
+
+/// Notes the record a request concerns in its `request` span.
+pub(super) fn span_record(id: &crate::manifest::RecordId) {
+    tracing::Span::current().record("record", id.as_str());
+}
+
+async fn audit_request(
+    state: Shared,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {

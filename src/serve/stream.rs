@@ -26,12 +26,60 @@ pub const FILE_CHUNK: usize = 256 << 10;
 /// Bytes per chunk read from a bucket's blob.
 const CHUNK: usize = 256 << 10;
 
+/// Why a blob's bytes are not the ones its signed manifest names (nothing more is served).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    /// The file changed (size, modification or change time) while it was hashed.
+    #[error("the blob changed while it was being verified")]
+    ChangedWhileVerified,
+    /// The file changed while it was being served.
+    #[error(
+        "the blob changed while it was being served (its size, modification or change time moved)"
+    )]
+    ChangedWhileServed,
+    /// The file ended before the bytes asked for.
+    #[error("the blob is shorter than its manifest says: it changed while being served")]
+    Shorter,
+    /// The file's size is not the manifest's.
+    #[error("the blob has {size} bytes, its manifest says otherwise")]
+    Size {
+        /// The file's size.
+        size: u64,
+    },
+    /// The file's size is not the one its signed manifest says.
+    #[error("the blob has {size} bytes, its signed manifest says {signed}")]
+    SignedSize {
+        /// The file's size.
+        size: u64,
+        /// The manifest's.
+        signed: u64,
+    },
+    /// The bytes served do not hash to the signed digest.
+    #[error(
+        "the blob's bytes did not match the signed digest: sha256 {got}, manifest says {expected}"
+    )]
+    Digest {
+        /// Their SHA-256 (hex).
+        got: String,
+        /// The manifest's.
+        expected: String,
+    },
+    /// The whole blob, hashed before a range is served, is not the signed one.
+    #[error("the blob's bytes ({size} bytes, sha256 {got}) do not match the signed manifest")]
+    Blob {
+        /// Bytes read.
+        size: u64,
+        /// Their SHA-256 (hex).
+        got: String,
+    },
+}
+
 /// Whom a checked body tells how its check ended.
 pub struct Verify {
     /// Runs when the bytes passed (before the last chunk is released).
     pub on_verified: Box<dyn FnOnce() + Send>,
     /// Runs with the reason when they did not (the body then fails before its end).
-    pub on_mismatch: Box<dyn FnOnce(&str) + Send>,
+    pub on_mismatch: Box<dyn FnOnce(&Mismatch) + Send>,
 }
 
 /// `body`, `count` bytes long, noting each chunk it hands the connection in `progress`
@@ -210,7 +258,7 @@ enum Step {
     /// Reading failed (an I/O error, not a verdict on the bytes).
     Failed(io::Error),
     /// The bytes or the file failed the check: why.
-    Mismatch(String),
+    Mismatch(Mismatch),
 }
 
 impl FileSource {
@@ -228,10 +276,7 @@ impl FileSource {
         match (&self.file).take(want).read_to_end(&mut buf) {
             Ok(n) if n as u64 == want => {}
             Ok(_) => {
-                return Step::Mismatch(
-                    "the blob is shorter than its manifest says: it changed while being served"
-                        .into(),
-                );
+                return Step::Mismatch(Mismatch::Shorter);
             }
             Err(e) => return Step::Failed(e),
         }
@@ -251,26 +296,21 @@ impl FileSource {
 
     /// After the last byte: the file must still be the one opened, unchanged, and with a
     /// digest to check, hash to it and be exactly the bytes read.
-    fn verdict(&mut self) -> io::Result<Result<(), String>> {
+    fn verdict(&mut self) -> io::Result<Result<(), Mismatch>> {
         let now = FileIdentity::of(&self.file)?;
         if now != self.identity {
-            return Ok(Err(
-                "the blob changed while it was being served (its size, modification or change time moved)"
-                    .into(),
-            ));
+            return Ok(Err(Mismatch::ChangedWhileServed));
         }
         if let (Some(h), Some(expected)) = (self.hasher.take(), &self.expected) {
             let got = hex::encode(h.finalize());
             if !self.whole {
-                return Ok(Err(format!(
-                    "the blob has {} bytes, its manifest says otherwise",
-                    now.size
-                )));
+                return Ok(Err(Mismatch::Size { size: now.size }));
             }
             if got != *expected {
-                return Ok(Err(format!(
-                    "the blob's bytes did not match the signed digest: sha256 {got}, manifest says {expected}"
-                )));
+                return Ok(Err(Mismatch::Digest {
+                    got,
+                    expected: expected.clone(),
+                }));
             }
         }
         Ok(Ok(()))
@@ -320,9 +360,10 @@ pub fn blob_body(reader: BlobReader, verify: Option<(String, Verify)>) -> Body {
                         (verify.on_verified)();
                         return st.held.take().map(|last| (Ok(last), st));
                     }
-                    let why = format!(
-                        "the blob's bytes did not match the signed digest: sha256 {got}, manifest says {sha256}"
-                    );
+                    let why = Mismatch::Digest {
+                        got,
+                        expected: sha256,
+                    };
                     (verify.on_mismatch)(&why);
                     st.held = None;
                     return Some((Err(io::Error::other(why)), st));

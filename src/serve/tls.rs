@@ -104,7 +104,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(x) => x,
                 Err(e) => {
-                    eprintln!("ckvault: accept failed: {e}");
+                    tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -156,7 +156,7 @@ pub async fn serve(
         let tcp = match tcp.into_std() {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("ckvault: cannot hand over the connection from {peer}: {e}");
+                tracing::warn!(%peer, error = %e, "cannot hand over a connection");
                 continue;
             }
         };
@@ -181,7 +181,7 @@ pub async fn serve(
             let tcp = match tokio::net::TcpStream::from_std(tcp) {
                 Ok(t) => t,
                 Err(e) => {
-                    eprintln!("ckvault: cannot serve the connection from {peer}: {e}");
+                    tracing::warn!(%peer, error = %e, "cannot serve a connection");
                     return;
                 }
             };
@@ -533,7 +533,7 @@ impl RefusalLog {
                 .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            eprintln!("ckvault: {}", message());
+            tracing::warn!("{}", message());
         }
     }
 }

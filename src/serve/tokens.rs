@@ -72,7 +72,7 @@ pub enum TokenError {
     },
     /// Randomness failed.
     #[error("cannot get random bytes: {0}")]
-    Random(String),
+    Random(#[source] getrandom::Error),
     /// A token for that name exists.
     #[error(
         "a token for user:{0} exists; revoke it first (`ckvault token revoke {0}`) or choose another name"
@@ -139,7 +139,7 @@ impl TokenFile {
             return Err(TokenError::Duplicate(name.to_owned()));
         }
         let mut raw = [0u8; 32];
-        getrandom::fill(&mut raw).map_err(|e| TokenError::Random(e.to_string()))?;
+        getrandom::fill(&mut raw).map_err(TokenError::Random)?;
         let token = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(raw));
         self.token.push(TokenEntry {
             name: name.to_owned(),

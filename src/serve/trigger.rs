@@ -177,6 +177,7 @@ pub async fn checkpoint(
         .await
     {
         Ok(manifest) => {
+            super::request::span_record(&manifest.id);
             let ok = event(&caller, audit::Action::Checkpoint, Outcome::Ok)
                 .with_namespace(Some(namespace.clone()))
                 .with_record(manifest.id.to_string())

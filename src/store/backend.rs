@@ -84,7 +84,10 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| StoreError::Config(format!("store task failed: {e}")))?
+        .map_err(|source| StoreError::Task {
+            what: "store".into(),
+            source,
+        })?
 }
 
 impl Store {
@@ -217,10 +220,10 @@ impl Store {
             Self::Bucket(b) => {
                 let enforced = b.s3.set_hold(id, hold).await?;
                 if !enforced {
-                    eprintln!(
-                        "ckvault: hold on {id} recorded, but bucket {} has no Object Lock: \
-                         the store itself does not enforce it",
-                        b.s3.bucket()
+                    tracing::warn!(
+                        record = %id,
+                        bucket = b.s3.bucket(),
+                        "hold recorded, but the bucket has no Object Lock: the store itself does not enforce it"
                     );
                 }
                 b.index.set_held(id, true);

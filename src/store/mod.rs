@@ -74,9 +74,96 @@ pub enum StoreError {
     /// The store's key could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// A setting or the store's layout is wrong.
-    #[error("{0}")]
-    Config(String),
+    /// A blocking store task panicked or was cancelled before it answered.
+    #[error("internal error: the {what} task failed: {source}")]
+    Task {
+        /// What the task was doing.
+        what: String,
+        /// Why it did not finish.
+        source: tokio::task::JoinError,
+    },
+    /// A state of the store (a file or an object) does not parse as what it must be.
+    #[error("{at}: not {expected}: {source}")]
+    Unreadable {
+        /// The file or key.
+        at: String,
+        /// What it should hold.
+        expected: &'static str,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
+    /// A state could not be written as JSON.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// Why it failed.
+        source: serde_json::Error,
+    },
+    /// `[store] kind = "s3"` without a bucket.
+    #[error("[store] kind = \"s3\" needs bucket")]
+    NoBucket,
+    /// `[store] ca_file` holds no usable trust anchor.
+    #[error("[store] ca_file: {0}")]
+    CaFile(#[source] aws_smithy_http_client::HttpClientError),
+    /// The bucket named in `[store]` does not exist.
+    #[error(
+        "bucket {bucket:?} does not exist at {endpoint} (create it, with Object Lock enabled \
+         if you want holds enforced by the store)"
+    )]
+    NoSuchBucket {
+        /// The bucket.
+        bucket: String,
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// This node's name cannot name objects.
+    #[error(
+        "node name {node:?} cannot name objects: set [node] name (letters, digits, \
+         '-', '.', '_')"
+    )]
+    BadNodeName {
+        /// The name.
+        node: String,
+    },
+    /// This node's key is not the one the bucket trusts for its name.
+    #[error(
+        "this node's key cannot sign as {node:?} in this bucket: {source}. If another node \
+         uses the name {node:?}, give this one its own [node] name; if this node's key \
+         was replaced without `ckvault key rotate`, restore its old key and rotate"
+    )]
+    NameTaken {
+        /// The node name.
+        node: String,
+        /// What the bucket's keys say.
+        source: s3::keys::KeyTrustError,
+    },
+    /// A manifest object holds another record's manifest.
+    #[error("{key} holds the manifest of {holds}: the bucket was tampered with")]
+    Misfiled {
+        /// The object's key.
+        key: String,
+        /// The record whose manifest it holds.
+        holds: RecordId,
+    },
+    /// The key found for a node and key ID has another ID.
+    #[error("key published for {node} is {published}, not {wanted}")]
+    KeyIdMismatch {
+        /// The node.
+        node: String,
+        /// The ID of the key found.
+        published: String,
+        /// The ID asked for.
+        wanted: String,
+    },
+    /// A digest handed to an upload is not a SHA-256 in hex.
+    #[error("{key}: {sha256:?} is not a SHA-256 in hex")]
+    BadDigest {
+        /// The object's key.
+        key: String,
+        /// What was given.
+        sha256: String,
+    },
     /// A key is not trusted for the node name it signs for, or the pins are unusable.
     #[error(transparent)]
     KeyTrust(#[from] s3::keys::KeyTrustError),

@@ -46,9 +46,20 @@ pub enum AnalyseError {
         /// What the manifest says.
         want: String,
     },
-    /// The pipe or the decrypting thread failed.
+    /// The input could not be read.
+    #[error("analysis pipeline: {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The pipe between the decrypting thread and the analysis could not be made.
     #[error("analysis pipeline: {0}")]
-    Pipeline(String),
+    Pipe(#[source] std::io::Error),
+    /// The decrypting thread panicked.
+    #[error("analysis pipeline: the decrypting thread panicked")]
+    DecryptPanicked,
     /// A sealed blob file without a readable manifest beside it.
     #[error(
         "{blob}: a sealed record needs its manifest beside it ({manifest}, as `ckvault fetch` \
@@ -72,7 +83,10 @@ const AGE_HEADER: &[u8] = b"age-encryption.org/v1\n";
 /// age-encrypted file (a plaintext archive). The manifest's signature is not checked here
 /// (`ckvault verify` does); both its digests are, by the analysis.
 pub fn sealed_file(path: &Path) -> Result<Option<(Manifest, std::fs::File)>, AnalyseError> {
-    let io = |e: std::io::Error| AnalyseError::Pipeline(format!("{}: {e}", path.display()));
+    let io = |source: std::io::Error| AnalyseError::Read {
+        path: path.display().to_string(),
+        source,
+    };
     let mut file = crate::fsutil::open_regular_nofollow(path).map_err(io)?;
     let mut head = [0u8; AGE_HEADER.len()];
     let mut got = 0;
@@ -202,7 +216,7 @@ fn read_record<B, T>(
 where
     B: Read + Send,
 {
-    let (mut rx, tx) = std::io::pipe().map_err(|e| AnalyseError::Pipeline(e.to_string()))?;
+    let (mut rx, tx) = std::io::pipe().map_err(AnalyseError::Pipe)?;
     std::thread::scope(|scope| {
         // The writer is dropped as soon as the stream is written, so the reader sees its end.
         let opener = scope.spawn(move || {
@@ -215,9 +229,7 @@ where
         // Read to the end whatever the analysis left, so the opener finishes.
         let _ = std::io::copy(&mut rx, &mut std::io::sink());
         drop(rx);
-        let opened = opener
-            .join()
-            .map_err(|_| AnalyseError::Pipeline("the decrypting thread panicked".into()))?;
+        let opened = opener.join().map_err(|_| AnalyseError::DecryptPanicked)?;
         let (sealed, plain) = opened?;
         for (which, got, want) in [
             ("sealed", sealed.sha256, &manifest.sealed.sha256),

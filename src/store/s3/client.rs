@@ -29,7 +29,7 @@ pub fn connect(cfg: &StoreConfig) -> Result<aws_sdk_s3::Client, StoreError> {
     let context = tls::TlsContext::builder()
         .with_trust_store(trust)
         .build()
-        .map_err(|e| StoreError::Config(format!("[store] ca_file: {e}")))?;
+        .map_err(StoreError::CaFile)?;
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(
             tls::rustls_provider::CryptoMode::Ring,

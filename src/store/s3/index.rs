@@ -118,7 +118,7 @@ impl Index {
                 }
                 Err(e) => {
                     out.broken += 1;
-                    eprintln!("ckvault: index: {e}");
+                    tracing::warn!(error = %e, "index: a manifest is left out");
                 }
             }
         }

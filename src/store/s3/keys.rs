@@ -601,12 +601,11 @@ impl S3Store {
         }
         match self.node_key(node, &key.key_id()).await {
             Ok(_) => Ok(()),
-            Err(StoreError::KeyTrust(e @ KeyTrustError::NotFirst { .. })) => {
-                Err(StoreError::Config(format!(
-                    "this node's key cannot sign as {node:?} in this bucket: {e}. If another node \
-                 uses the name {node:?}, give this one its own [node] name; if this node's key \
-                 was replaced without `ckvault key rotate`, restore its old key and rotate"
-                )))
+            Err(StoreError::KeyTrust(source @ KeyTrustError::NotFirst { .. })) => {
+                Err(StoreError::NameTaken {
+                    node: node.to_owned(),
+                    source,
+                })
             }
             Err(e) => Err(e),
         }
@@ -624,8 +623,10 @@ impl S3Store {
             "{}.rotation.json",
             key_object_stem(&rotation.node, &rotation.to)
         ));
-        let bytes = serde_json::to_vec_pretty(rotation)
-            .map_err(|e| StoreError::Config(format!("rotation statement: {e}")))?;
+        let bytes = serde_json::to_vec_pretty(rotation).map_err(|source| StoreError::Encode {
+            what: "the rotation statement",
+            source,
+        })?;
         self.put_bytes(&name, bytes, true, true).await?;
         Ok(())
     }

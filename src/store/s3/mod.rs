@@ -53,7 +53,10 @@ pub(crate) async fn lock_exclusive(path: &Path) -> Result<std::fs::File, StoreEr
         Ok::<_, std::io::Error>(f)
     })
     .await
-    .map_err(|e| StoreError::Config(format!("lock task for {}: {e}", path.display())))?
+    .map_err(|source| StoreError::Task {
+        what: format!("lock of {}", path.display()),
+        source,
+    })?
     .map_err(|e| StoreError::io(path, e))
 }
 
@@ -103,10 +106,7 @@ pub use keys::valid_node_name;
 impl S3Store {
     /// Connects to the bucket named in `[store]` (no request is made yet).
     pub fn new(cfg: &StoreConfig) -> Result<Self, StoreError> {
-        let bucket = cfg
-            .bucket
-            .clone()
-            .ok_or_else(|| StoreError::Config("[store] kind = \"s3\" needs bucket".into()))?;
+        let bucket = cfg.bucket.clone().ok_or(StoreError::NoBucket)?;
         let mut prefix = cfg.prefix.trim_start_matches('/').to_owned();
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
@@ -234,11 +234,10 @@ impl S3Store {
                     StoreError::S3 {
                         kind: Kind::NotFound,
                         ..
-                    } => StoreError::Config(format!(
-                        "bucket {:?} does not exist at {} (create it, with Object Lock enabled \
-                         if you want holds enforced by the store)",
-                        self.bucket, self.endpoint
-                    )),
+                    } => StoreError::NoSuchBucket {
+                        bucket: self.bucket.clone(),
+                        endpoint: self.endpoint.clone(),
+                    },
                     // HeadBucket has no body: a 403 there is a credentials problem.
                     StoreError::S3 {
                         kind: Kind::Denied,
@@ -284,8 +283,9 @@ impl S3Store {
                 .build()
                 .await
                 .map_err(|e| StoreError::io(path, std::io::Error::other(e)))?;
-            let want = hex_to_b64(sha256).ok_or_else(|| {
-                StoreError::Config(format!("{key}: {sha256:?} is not a SHA-256 in hex"))
+            let want = hex_to_b64(sha256).ok_or_else(|| StoreError::BadDigest {
+                key: key.to_owned(),
+                sha256: sha256.to_owned(),
             })?;
             let mut req = self
                 .client
@@ -725,10 +725,7 @@ impl S3Store {
             source,
         })?;
         if m.id != *id {
-            return Err(StoreError::Config(format!(
-                "{key} holds the manifest of {}: the bucket was tampered with",
-                m.id
-            )));
+            return Err(StoreError::Misfiled { key, holds: m.id });
         }
         Ok(m)
     }
@@ -766,10 +763,11 @@ impl S3Store {
             None => self.bucket_key(node, key_id).await?,
         };
         if key.key_id() != key_id {
-            return Err(StoreError::Config(format!(
-                "key published for {node} is {}, not {key_id}",
-                key.key_id()
-            )));
+            return Err(StoreError::KeyIdMismatch {
+                node: node.to_owned(),
+                published: key.key_id(),
+                wanted: key_id.to_owned(),
+            });
         }
         if let Ok(mut cache) = self.keys.lock() {
             cache.insert(cache_key, key.clone());
@@ -822,9 +820,15 @@ impl S3Store {
         let key = self.hold_key(id);
         match self.get_bytes(&key, 64 << 10).await? {
             None => Ok(None),
-            Some((bytes, _)) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Config(format!("{key} is not a legal hold record: {e}"))),
+            Some((bytes, _)) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| StoreError::Unreadable {
+                        at: key,
+                        expected: "a legal hold record",
+                        source,
+                    })
+            }
         }
     }
 
@@ -832,8 +836,10 @@ impl S3Store {
     /// manifest. Returns whether the store enforces it (Object Lock enabled on the bucket).
     pub async fn set_hold(&self, id: &RecordId, hold: &LegalHold) -> Result<bool, StoreError> {
         let key = self.hold_key(id);
-        let bytes =
-            serde_json::to_vec_pretty(hold).map_err(|e| StoreError::Config(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(hold).map_err(|source| StoreError::Encode {
+            what: "a legal hold",
+            source,
+        })?;
         self.put_bytes(&key, bytes, false, false).await?;
         self.legal_hold(id, true).await
     }

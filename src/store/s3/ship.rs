@@ -107,7 +107,10 @@ pub async fn ship(s3: &S3Store, spool: &LocalStore, source: &str) -> Result<u64,
             sig: String::new(),
         };
         sig.sig = key.sign_bytes(&sig.message());
-        let sig_json = serde_json::to_vec(&sig).map_err(|e| StoreError::Config(e.to_string()))?;
+        let sig_json = serde_json::to_vec(&sig).map_err(|source| StoreError::Encode {
+            what: "a segment signature",
+            source,
+        })?;
         let base = s3.key(&format!("audit/{source}/{:020}", sig.first));
         let len = body.len() as u64;
         s3.put_bytes(&format!("{base}.jsonl"), body, false, true)
@@ -125,7 +128,10 @@ pub async fn ship(s3: &S3Store, spool: &LocalStore, source: &str) -> Result<u64,
         state.seq = sig.last;
         state.hash = sig.last_hash;
         total += events.len() as u64;
-        let json = serde_json::to_vec(&state).map_err(|e| StoreError::Config(e.to_string()))?;
+        let json = serde_json::to_vec(&state).map_err(|source| StoreError::Encode {
+            what: "the shipping state",
+            source,
+        })?;
         crate::fsutil::replace_atomic_owned(&spool.root().join("tmp"), &state_path, &json)
             .map_err(|e| StoreError::io(&state_path, e))?;
     }
@@ -161,8 +167,12 @@ fn read_segment(
         if n == 0 || line.last() != Some(&b'\n') {
             break; // end, or a line still being written
         }
-        let event: AuditEvent = serde_json::from_slice(&line)
-            .map_err(|e| StoreError::Config(format!("{}: unreadable event: {e}", log.display())))?;
+        let event: AuditEvent =
+            serde_json::from_slice(&line).map_err(|source| StoreError::Unreadable {
+                at: log.display().to_string(),
+                expected: "a readable audit event",
+                source,
+            })?;
         if event.seq > confirmed {
             break;
         }
@@ -185,9 +195,110 @@ pub struct SourceVerified {
     pub head: String,
 }
 
+/// Why the audit segments in a bucket do not verify. Messages name the source and segment.
+#[derive(Debug, thiserror::Error)]
+pub enum BucketAuditError {
+    /// The bucket could not be listed or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A segment or signature named by the listing is gone.
+    #[error("{key} is missing")]
+    Missing {
+        /// The object's key.
+        key: String,
+    },
+    /// A signature object does not parse.
+    #[error("{key}: not a segment signature: {cause}")]
+    NotASignature {
+        /// The object's key.
+        key: String,
+        /// Why it does not parse.
+        #[source]
+        cause: serde_json::Error,
+    },
+    /// The key a signature names is not trusted for its source.
+    #[error("{key}: {cause}")]
+    Key {
+        /// The signature's key.
+        key: String,
+        /// Why the key is not trusted.
+        #[source]
+        cause: StoreError,
+    },
+    /// A signature does not verify.
+    #[error("{key}: signature does not verify (altered or forged)")]
+    Forged {
+        /// The signature's key.
+        key: String,
+    },
+    /// A segment's bytes are not the signed ones.
+    #[error("{key}: contents differ from the signed segment")]
+    Altered {
+        /// The segment's key.
+        key: String,
+    },
+    /// Events are missing before a segment.
+    #[error("{node}: events {from}..{to} are missing before {key} (removed segment)")]
+    Removed {
+        /// The node or replica.
+        node: String,
+        /// The first missing event.
+        from: u64,
+        /// The last missing event.
+        to: u64,
+        /// The segment after the gap.
+        key: String,
+    },
+    /// A line of a segment is not an event.
+    #[error("{key}: {cause}")]
+    BadEvent {
+        /// The segment's key.
+        key: String,
+        /// Why the line does not parse.
+        #[source]
+        cause: serde_json::Error,
+    },
+    /// An event's hash does not match its contents.
+    #[error("{key}: event {seq} was edited")]
+    Edited {
+        /// The segment's key.
+        key: String,
+        /// The event.
+        seq: u64,
+    },
+    /// An event does not follow the one before it.
+    #[error("{key}: chain broken at event {seq}")]
+    Broken {
+        /// The segment's key.
+        key: String,
+        /// The event.
+        seq: u64,
+    },
+    /// A segment ends elsewhere than its signature says.
+    #[error("{key}: ends at {seq}, signature says {last}")]
+    Ends {
+        /// The segment's key.
+        key: String,
+        /// Its last event.
+        seq: u64,
+        /// The last event its signature names.
+        last: u64,
+    },
+    /// The signed head names events no segment holds.
+    #[error("{node}: the signed head names event {head}, but segments end at {seq} (truncated)")]
+    Truncated {
+        /// The node or replica.
+        node: String,
+        /// The head's last event.
+        head: u64,
+        /// The segments' last event.
+        seq: u64,
+    },
+}
+
 /// Verifies every source's segments in the bucket. Errors name the source and segment.
-pub async fn verify_bucket(s3: &S3Store) -> Result<Vec<SourceVerified>, String> {
-    let keys = s3.list("audit/").await.map_err(|e| e.to_string())?;
+pub async fn verify_bucket(s3: &S3Store) -> Result<Vec<SourceVerified>, BucketAuditError> {
+    let keys = s3.list("audit/").await?;
     let mut sources: Vec<String> = keys
         .iter()
         .filter_map(|k| k.split_once('/').map(|(s, _)| s.to_owned()))
@@ -200,10 +311,7 @@ pub async fn verify_bucket(s3: &S3Store) -> Result<Vec<SourceVerified>, String> 
         // that names it, so every segment a head names is listed after it, even while the
         // source keeps shipping.
         let head = signed(s3, &source, "head.json").await?;
-        let keys = s3
-            .list(&format!("audit/{source}/"))
-            .await
-            .map_err(|e| e.to_string())?;
+        let keys = s3.list(&format!("audit/{source}/")).await?;
         let mut firsts: Vec<(u64, String)> = keys
             .iter()
             .filter_map(|k| {
@@ -217,23 +325,21 @@ pub async fn verify_bucket(s3: &S3Store) -> Result<Vec<SourceVerified>, String> 
     Ok(out)
 }
 
-async fn signed(s3: &S3Store, source: &str, name: &str) -> Result<SegmentSig, String> {
+async fn signed(s3: &S3Store, source: &str, name: &str) -> Result<SegmentSig, BucketAuditError> {
     let key = s3.key(&format!("audit/{source}/{name}"));
-    let (bytes, _) = s3
-        .get_bytes(&key, 64 << 10)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{key} is missing"))?;
-    let sig: SegmentSig = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{key}: not a segment signature: {e}"))?;
-    let vk = s3
-        .node_key(source, &sig.key_id)
-        .await
-        .map_err(|e| format!("{key}: {e}"))?;
+    let Some((bytes, _)) = s3.get_bytes(&key, 64 << 10).await? else {
+        return Err(BucketAuditError::Missing { key });
+    };
+    let sig: SegmentSig = match serde_json::from_slice(&bytes) {
+        Ok(sig) => sig,
+        Err(cause) => return Err(BucketAuditError::NotASignature { key, cause }),
+    };
+    let vk = match s3.node_key(source, &sig.key_id).await {
+        Ok(vk) => vk,
+        Err(cause) => return Err(BucketAuditError::Key { key, cause }),
+    };
     if sig.source != source || !vk.verify_bytes(&sig.message(), &sig.sig) {
-        return Err(format!(
-            "{key}: signature does not verify (altered or forged)"
-        ));
+        return Err(BucketAuditError::Forged { key });
     }
     Ok(sig)
 }
@@ -243,7 +349,7 @@ async fn verify_source(
     source: &str,
     segments: &[(u64, String)],
     head: &SegmentSig,
-) -> Result<SourceVerified, String> {
+) -> Result<SourceVerified, BucketAuditError> {
     let mut prev = GENESIS.to_owned();
     let mut seq = 0u64;
     let mut events = 0u64;
@@ -251,43 +357,58 @@ async fn verify_source(
         let base = name.trim_end_matches(".jsonl");
         let sig = signed(s3, source, &format!("{base}.sig.json")).await?;
         let key = s3.key(&format!("audit/{source}/{name}"));
-        let (body, _) = s3
+        let Some((body, _)) = s3
             .get_bytes(&key, SEGMENT_BYTES as usize + (1 << 20))
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{key} is missing"))?;
+            .await?
+        else {
+            return Err(BucketAuditError::Missing { key });
+        };
         if hex::encode(Sha256::digest(&body)) != sig.sha256 || sig.first != *first {
-            return Err(format!("{key}: contents differ from the signed segment"));
+            return Err(BucketAuditError::Altered { key });
         }
         if sig.first != seq + 1 || sig.prev != prev {
-            return Err(format!(
-                "{source}: events {}..{} are missing before {key} (removed segment)",
-                seq + 1,
-                sig.first.saturating_sub(1)
-            ));
+            return Err(BucketAuditError::Removed {
+                node: source.to_owned(),
+                from: seq + 1,
+                to: sig.first.saturating_sub(1),
+                key,
+            });
         }
         for line in body.split_inclusive(|b| *b == b'\n') {
-            let event: AuditEvent =
-                serde_json::from_slice(line).map_err(|e| format!("{key}: {e}"))?;
+            let event: AuditEvent = match serde_json::from_slice(line) {
+                Ok(event) => event,
+                Err(cause) => return Err(BucketAuditError::BadEvent { key, cause }),
+            };
             if event_hash(&event) != event.hash {
-                return Err(format!("{key}: event {} was edited", event.seq));
+                return Err(BucketAuditError::Edited {
+                    key,
+                    seq: event.seq,
+                });
             }
             if event.seq != seq + 1 || event.prev != prev {
-                return Err(format!("{key}: chain broken at event {}", event.seq));
+                return Err(BucketAuditError::Broken {
+                    key,
+                    seq: event.seq,
+                });
             }
             seq = event.seq;
             prev = event.hash;
             events += 1;
         }
         if seq != sig.last || prev != sig.last_hash {
-            return Err(format!("{key}: ends at {seq}, signature says {}", sig.last));
+            return Err(BucketAuditError::Ends {
+                key,
+                seq,
+                last: sig.last,
+            });
         }
     }
     if head.last > seq {
-        return Err(format!(
-            "{source}: the signed head names event {}, but segments end at {seq} (truncated)",
-            head.last
-        ));
+        return Err(BucketAuditError::Truncated {
+            node: source.to_owned(),
+            head: head.last,
+            seq,
+        });
     }
     Ok(SourceVerified {
         source: source.to_owned(),

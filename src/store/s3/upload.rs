@@ -121,8 +121,10 @@ impl Status {
     pub fn read(spool: &LocalStore) -> Result<Self, StoreError> {
         let path = spool.root().join("upload-status.json");
         match crate::fsutil::read_regular_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| {
-                StoreError::Config(format!("{}: not an upload status: {e}", path.display()))
+            Ok(text) => serde_json::from_str(&text).map_err(|source| StoreError::Unreadable {
+                at: path.display().to_string(),
+                expected: "an upload status",
+                source,
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
                 state: "not-started".into(),
@@ -170,10 +172,7 @@ impl Uploader {
     pub fn new(config: &Config, spool: LocalStore) -> Result<Self, StoreError> {
         let node = crate::node::node_name(config);
         if !super::valid_node_name(&node) {
-            return Err(StoreError::Config(format!(
-                "node name {node:?} cannot name objects: set [node] name (letters, digits, \
-                 '-', '.', '_')"
-            )));
+            return Err(StoreError::BadNodeName { node });
         }
         Ok(Self {
             s3: S3Store::new(&config.store)?.with_key_memory(spool.known_keys_dir()),
@@ -345,7 +344,7 @@ impl Uploader {
                     out.uploaded += 1;
                     let was = self.stuck.lock().ok().and_then(|mut m| m.remove(&id));
                     if was.is_some() {
-                        eprintln!("ckvault: record {id} went up after being stuck");
+                        tracing::info!(record = %id, "record went up after being stuck");
                     }
                     self.update(|s| {
                         s.uploaded += 1;
@@ -383,7 +382,7 @@ impl Uploader {
         match m.get_mut(id) {
             Some(e) => {
                 if e.error != msg {
-                    eprintln!("ckvault: record {id} stays in the spool: {msg}");
+                    tracing::warn!(record = %id, error = msg, "record stays in the spool");
                     e.error = msg.to_owned();
                 }
                 e.attempts += 1;
@@ -391,7 +390,7 @@ impl Uploader {
                 e.next = now + e.wait;
             }
             None => {
-                eprintln!("ckvault: record {id} stays in the spool: {msg}");
+                tracing::warn!(record = %id, error = msg, "record stays in the spool");
                 m.insert(
                     id.clone(),
                     StuckEntry {
@@ -473,7 +472,7 @@ impl Uploader {
                 Ok(Some(d)) => {
                     // "Resumed" only after a failure, not on the first drain.
                     if matches!(self.status().state.as_str(), "retrying" | "refused") {
-                        eprintln!("ckvault: uploads to s3://{} resumed", self.s3.bucket());
+                        tracing::info!(bucket = self.s3.bucket(), "uploads resumed");
                     }
                     let state = state_of(&d, self.spool.ids().map_or(0, |v| v.len()));
                     self.update(|s| {
@@ -492,9 +491,9 @@ impl Uploader {
                     };
                     let msg = e.to_string();
                     if self.status().last_error.as_deref() != Some(&msg) {
-                        eprintln!(
-                            "ckvault: upload: {msg} (sealed records wait in the spool; \
-                             retrying with backoff)"
+                        tracing::warn!(
+                            error = msg,
+                            "upload failed (sealed records wait in the spool; retrying with backoff)"
                         );
                     }
                     self.update(|s| {
