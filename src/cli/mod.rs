@@ -3,6 +3,7 @@
 
 mod audit;
 mod common;
+mod deploy;
 mod diff;
 mod fetch;
 mod inspect;
@@ -117,6 +118,10 @@ pub enum Command {
     /// Validate policy files.
     #[command(subcommand)]
     Policy(serve::PolicyCommand),
+    /// Make what a Kubernetes install needs (docs/deploy.md): TLS material, a node's
+    /// public key, the server's pinned node keys as manifests.
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
 }
 
 /// A `--store DIR` or `--config FILE` argument shared by the record commands.
@@ -189,5 +194,6 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Key(c) => key::run(c),
         Command::Tls(c) => serve::tls(c),
         Command::Policy(c) => serve::policy(c),
+        Command::Deploy(c) => deploy::run(c),
     }
 }
