@@ -1515,3 +1515,74 @@ fn metrics_count_downloads_and_the_openapi_document_is_served() {
     );
     assert!(doc["paths"]["/v1/checkpoints/{id}/archive"].is_object());
 }
+
+#[test]
+fn listing_pages_with_a_cursor_and_filters_by_hold_time_and_source() {
+    let Some(v) = setup() else { return };
+    let ids = |r: &Value| -> Vec<String> {
+        r["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = v.curl(&Auth::Admin, "/v1/checkpoints", &[]);
+    assert_eq!(all.status, 200, "{}", all.describe());
+    let all = ids(&all.json());
+    assert!(all.len() >= 2, "{all:?}");
+    assert!(all.windows(2).all(|w| w[0] > w[1]), "newest first: {all:?}");
+    // One record a page, following `next`, walks the same list once.
+    let (mut walked, mut cursor) = (Vec::new(), None::<String>);
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/checkpoints?limit=1&cursor={c}"),
+            None => "/v1/checkpoints?limit=1".to_owned(),
+        };
+        let r = v.curl(&Auth::Admin, &path, &[]);
+        assert_eq!(r.status, 200, "{}", r.describe());
+        let page = r.json();
+        walked.extend(ids(&page));
+        match page["next"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(walked.len() <= all.len(), "{walked:?}");
+    }
+    assert_eq!(walked, all);
+    // Held or not.
+    let small = v.small_id();
+    let r = v.curl(
+        &Auth::Admin,
+        &format!("/v1/checkpoints/{small}/hold?reason=case-9"),
+        &["-X", "PUT"],
+    );
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let held = ids(&v
+        .curl(&Auth::Admin, "/v1/checkpoints?held=true", &[])
+        .json());
+    assert_eq!(held, vec![small.clone()]);
+    let free = ids(&v
+        .curl(&Auth::Admin, "/v1/checkpoints?held=false", &[])
+        .json());
+    assert_eq!(free.len(), all.len() - 1);
+    assert!(!free.contains(&small));
+    // Time and source.
+    let old = v.curl(
+        &Auth::Admin,
+        "/v1/checkpoints?until=2000-01-01T00:00:00Z",
+        &[],
+    );
+    assert!(ids(&old.json()).is_empty(), "{}", old.describe());
+    let cli = ids(&v
+        .curl(&Auth::Admin, "/v1/checkpoints?source=cli", &[])
+        .json());
+    assert_eq!(cli, all);
+    let watch = ids(&v
+        .curl(&Auth::Admin, "/v1/checkpoints?source=watch", &[])
+        .json());
+    assert!(watch.is_empty());
+    // A cursor that is not a record ID is refused (and audited).
+    let r = v.curl(&Auth::Admin, "/v1/checkpoints?cursor=..%2Fetc", &[]);
+    assert_eq!(r.status, 400, "{}", r.describe());
+}

@@ -24,12 +24,13 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::range::{self, RangeDecision};
 use super::request::{ApiError, Caller, event, record};
-use super::stream::{FILE_CHUNK, FileCheck, Mismatch, Verify, blob_body, file_body, watched_body};
+use super::stream::{FileCheck, Mismatch, Verify, blob_body, file_body, watched_body};
 use crate::audit::{self, Outcome};
 use crate::manifest::{Manifest, RecordId};
 use crate::policy::Action;
-use crate::store::backend::FileIdentity;
 use crate::vault::CustodyError;
+use crate::vault::download::{self, AccessError, Download, DownloadError, Span, Vault};
+use crate::vault::query::RecordQuery;
 
 type Shared = Arc<AppState>;
 
@@ -64,67 +65,57 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// Loads a record's manifest and checks that `caller` may do `action` on it (403 and an
-/// audited denial otherwise). Malformed IDs are refused (400) and audited too.
+/// The server's audit log as the use cases write to it: [`record`] (fail closed, the
+/// log's health tracked, the request marked recorded).
+pub(super) struct Rec<'a>(pub(super) &'a Shared);
+
+impl crate::vault::download::Recorder for Rec<'_> {
+    type Error = ApiError;
+    async fn record(&self, event: audit::EventInput) -> Result<(), ApiError> {
+        record(self.0, event).await
+    }
+}
+
+/// The vault the use cases read, as this server holds it now.
+fn vault<'a>(state: &'a Shared, policy: &'a crate::policy::PolicySet) -> Vault<'a> {
+    Vault {
+        store: &state.store,
+        policy,
+        verified: &state.verified,
+    }
+}
+
+/// Loads a record's manifest and checks that `caller` may do `action` on it (403, or 404
+/// for a namespace the caller may not see, each audited): [`download::authorized`].
 async fn authorized_manifest(
     state: &Shared,
     caller: &Caller,
     id: &str,
     action: Action,
 ) -> Result<Manifest, ApiError> {
-    let Ok(rid) = id.parse::<RecordId>() else {
-        let ev = event(caller, action.into(), Outcome::Denied).with_detail(format!(
-            "malformed record ID {:?}",
-            id.chars().take(64).collect::<String>()
-        ));
-        record(state, ev).await?;
-        return Err(ApiError::new(
+    let policy = state.policy();
+    let who = download::Caller {
+        principal: &caller.principal,
+        actor: caller.actor(),
+    };
+    let result = download::authorized(&vault(state, &policy), &Rec(state), &who, id, action).await;
+    result.map_err(|e| match e {
+        AccessError::Audit(e) => e,
+        AccessError::BadId(shown) => ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad-id",
-            format!(
-                "{:?} is not a record ID",
-                id.chars().take(64).collect::<String>()
-            ),
-        ));
-    };
-    super::request::span_record(&rid);
-    let manifest = match state.store.manifest(&rid).await.map_err(ApiError::from) {
-        Ok(m) => m,
-        Err(e) => {
-            let ev = event(caller, action.into(), Outcome::Error)
-                .with_record(id)
-                .with_detail(e.message.clone());
-            record(state, ev).await?;
-            return Err(e);
+            format!("{shown:?} is not a record ID"),
+        ),
+        AccessError::Store(e) => ApiError::from(e),
+        AccessError::Hidden(id) => {
+            state.metrics.denied.fetch_add(1, Ordering::Relaxed);
+            ApiError::not_found(id.as_str())
         }
-    };
-    let policy = state.policy();
-    if !policy.allows(&caller.principal, action, manifest.namespace.as_deref()) {
-        state.metrics.denied.fetch_add(1, Ordering::Relaxed);
-        record(
-            state,
-            event(caller, action.into(), Outcome::Denied).about(&manifest),
-        )
-        .await?;
-        // Whether a record exists is only told to callers who may see its namespace.
-        if !policy
-            .access
-            .sees(&caller.principal, manifest.namespace.as_deref())
-        {
-            return Err(ApiError::not_found(manifest.id.as_str()));
+        e @ AccessError::Forbidden { .. } => {
+            state.metrics.denied.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
         }
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "{} may not {} records of namespace {}",
-                caller.principal.actor(),
-                action.as_str(),
-                manifest.namespace.as_deref().unwrap_or("(none)")
-            ),
-        ));
-    }
-    Ok(manifest)
+    })
 }
 
 /// Counts each routed request by route template and status for `/metrics`.
@@ -221,7 +212,7 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-/// Query of `GET /v1/checkpoints`.
+/// Query of `GET /v1/checkpoints` ([`RecordQuery`]'s fields).
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     namespace: Option<String>,
@@ -230,6 +221,14 @@ pub struct ListQuery {
     node: Option<String>,
     /// RFC 3339: only records sealed at or after this time.
     since: Option<String>,
+    /// RFC 3339: only records sealed before this time.
+    until: Option<String>,
+    /// Only records under a legal hold (`true`) or not (`false`).
+    held: Option<bool>,
+    /// Only records of this `source.kind`.
+    source: Option<String>,
+    /// The `next` of the page before.
+    cursor: Option<String>,
     limit: Option<usize>,
 }
 
@@ -254,27 +253,49 @@ async fn list(
     caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let since = match &q.since {
-        Some(s) => {
-            match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    let ev = event(&caller, audit::Action::List, Outcome::Denied).with_detail(
-                        format!("bad since {:?}", s.chars().take(64).collect::<String>()),
-                    );
-                    record(&state, ev).await?;
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad-since",
-                        format!("since must be RFC 3339: {e}"),
-                    ));
-                }
-            }
+    let bad = |what: &'static str, value: &str, why: String| {
+        let ev = event(&caller, audit::Action::List, Outcome::Denied).with_detail(format!(
+            "bad {what} {:?}",
+            value.chars().take(64).collect::<String>()
+        ));
+        Box::new((ev, ApiError::new(StatusCode::BAD_REQUEST, "bad-query", why)))
+    };
+    let time = |what: &'static str, value: &Option<String>| match value {
+        None => Ok(None),
+        Some(s) => time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map(Some)
+            .map_err(|e| bad(what, s, format!("{what} must be RFC 3339: {e}"))),
+    };
+    type Refused = Box<(audit::EventInput, ApiError)>;
+    let parsed = (|| -> Result<RecordQuery, Refused> {
+        Ok(RecordQuery {
+            namespace: q.namespace.clone(),
+            pod: q.pod.clone(),
+            container: q.container.clone(),
+            node: q.node.clone(),
+            since: time("since", &q.since)?,
+            until: time("until", &q.until)?,
+            held: q.held,
+            source: q.source.clone(),
+            cursor: match &q.cursor {
+                None => None,
+                Some(c) => Some(c.parse::<RecordId>().map_err(|_| {
+                    bad("cursor", c, "cursor must be the `next` of a listing".into())
+                })?),
+            },
+            limit: q.limit,
+        })
+    })();
+    let query = match parsed {
+        Ok(query) => query,
+        Err(refusal) => {
+            let (ev, answer) = *refusal;
+            record(&state, ev).await?;
+            return Err(answer);
         }
-        None => None,
     };
     let policy = state.policy();
-    if !policy.access.grants_any(&caller.principal, Action::List) {
+    if !crate::vault::query::may_list(&policy, &caller.principal) {
         state.metrics.denied.fetch_add(1, Ordering::Relaxed);
         let ev = event(&caller, audit::Action::List, Outcome::Denied)
             .with_namespace(q.namespace.clone())
@@ -289,29 +310,11 @@ async fn list(
             ),
         ));
     }
-    let manifests = state.store.list().await?;
-    let eq = |want: &Option<String>, have: &Option<String>| want.is_none() || want == have;
-    let limit = q.limit.unwrap_or(10_000).min(100_000);
-    let items: Vec<ListItem> = manifests
-        .into_iter()
-        .rev() // newest first
-        .filter(|m| policy.allows(&caller.principal, Action::List, m.namespace.as_deref()))
-        .filter(|m| {
-            eq(&q.namespace, &m.namespace)
-                && eq(&q.pod, &m.pod)
-                && eq(&q.container, &m.container)
-                && eq(&q.node, &m.node)
-        })
-        .filter(|m| {
-            since.is_none_or(|t| {
-                time::OffsetDateTime::parse(
-                    &m.sealed_at,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .is_ok_and(|s| s >= t)
-            })
-        })
-        .take(limit)
+    let page =
+        crate::vault::query::visible(&state.store, &policy, &caller.principal, &query).await?;
+    let items: Vec<ListItem> = page
+        .records
+        .iter()
         .map(|m| ListItem {
             id: m.id.to_string(),
             namespace: m.namespace.clone(),
@@ -330,7 +333,11 @@ async fn list(
         .with_namespace(q.namespace.clone())
         .with_detail(format!("{} records", items.len()));
     record(&state, ev).await?;
-    Ok(Json(serde_json::json!({ "items": items })).into_response())
+    let mut answer = serde_json::json!({ "items": items });
+    if let Some(next) = page.next {
+        answer["next"] = serde_json::Value::String(next.to_string());
+    }
+    Ok(Json(answer).into_response())
 }
 
 async fn show(
@@ -413,10 +420,6 @@ async fn download(
             ));
         }
     };
-    // Serve only records whose manifest still verifies.
-    if let Err(e) = state.store.verify_manifest(&manifest).await {
-        return Err(integrity_refusal(&state, &caller, &manifest, &e.to_string()).await);
-    }
     let len = manifest.sealed.size;
     let etag = format!("\"sha256-{}\"", manifest.sealed.sha256);
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
@@ -424,52 +427,59 @@ async fn download(
         .get(header::IF_RANGE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|v| v == etag);
-    let decision = if if_range_ok {
-        range::decide(range_header, len)
-    } else {
-        RangeDecision::Full
+    let span = match if_range_ok {
+        true => match range::decide(range_header, len) {
+            RangeDecision::Full => Span::All,
+            RangeDecision::Partial { start, end } => Span::Bytes { start, end },
+            RangeDecision::Unsatisfiable => Span::Unsatisfiable,
+        },
+        false => Span::All,
     };
-    // A local blob is opened once: its identity is taken from the open file, and the bytes
-    // served are that file's. `began` precedes the identity, as `remember` needs.
-    let began = std::time::SystemTime::now();
-    let local = state.store.open_blob_file(&manifest.id).await?;
-    if let Some((_, identity)) = &local
-        && identity.size != len
-    {
-        state.verified.forget(&manifest.id);
-        let why = Mismatch::SignedSize {
-            size: identity.size,
-            signed: len,
-        };
-        return Err(integrity_refusal(&state, &caller, &manifest, &why.to_string()).await);
-    }
-    // A range cannot be checked against the digest on its own: serve it only from a blob
-    // whose every byte matched since it last changed.
-    if let RangeDecision::Partial { .. } = decision
-        && let Err(why) = ensure_verified(&state, &manifest, local.as_ref(), began).await?
-    {
-        return Err(integrity_refusal(&state, &caller, &manifest, &why.to_string()).await);
-    }
     let purpose = q.purpose.or_else(|| {
         headers
             .get("ckvault-purpose")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     });
-    let mut ev = event(&caller, audit::Action::Download, Outcome::Ok).about(&manifest);
-    ev.purpose = purpose;
-    ev.bytes = Some(match decision {
-        RangeDecision::Full => len,
-        RangeDecision::Partial { start, end } => end - start + 1,
-        RangeDecision::Unsatisfiable => 0,
-    });
-    ev.detail = match decision {
-        RangeDecision::Partial { start, end } => Some(format!("bytes {start}-{end}/{len}")),
-        RangeDecision::Unsatisfiable => Some(format!("unsatisfiable range {range_header:?}")),
-        RangeDecision::Full => None,
+    let policy = state.policy();
+    let who = download::Caller {
+        principal: &caller.principal,
+        actor: caller.actor(),
     };
-    record(&state, ev).await?;
+    let prepared = download::prepare(
+        &vault(&state, &policy),
+        &Rec(&state),
+        &who,
+        manifest,
+        span,
+        purpose,
+    )
+    .await;
+    let download = prepared.map_err(|e| match e {
+        DownloadError::Audit(e) => e,
+        DownloadError::Store(e) => ApiError::from(e),
+        DownloadError::Integrity { record, .. } => {
+            state
+                .metrics
+                .integrity_failures
+                .fetch_add(1, Ordering::Relaxed);
+            integrity_error(&record)
+        }
+    })?;
+    serve_download(&state, download, &etag, download_slot, conn_downloads).await
+}
 
+/// The answer to an audited [`Download`]: its headers, and its body checked as it goes,
+/// recorded again when it ends (`download-end`).
+async fn serve_download(
+    state: &Shared,
+    mut download: Download,
+    etag: &str,
+    slot: super::limits::Slot<String>,
+    conn_downloads: Option<Arc<super::limits::Downloads>>,
+) -> Result<Response, ApiError> {
+    let manifest = download.manifest.clone();
+    let len = manifest.sealed.size;
     let digest_raw = hex::decode(&manifest.sealed.sha256).unwrap_or_default();
     let repr_digest = format!(
         "sha-256=:{}:",
@@ -477,20 +487,21 @@ async fn download(
     );
     let mut builder = Response::builder()
         .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::ETAG, &etag)
+        .header(header::ETAG, etag)
         .header("repr-digest", repr_digest)
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(
             header::CONTENT_DISPOSITION,
             format!("attachment; filename=\"{}.age\"", manifest.id),
         );
-    let (start, count, status) = match decision {
-        RangeDecision::Full => (0, len, StatusCode::OK),
-        RangeDecision::Partial { start, end } => {
+    let (start, count) = (download.start(), download.count());
+    let status = match download.span {
+        Span::All => StatusCode::OK,
+        Span::Bytes { start, end } => {
             builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
-            (start, end - start + 1, StatusCode::PARTIAL_CONTENT)
+            StatusCode::PARTIAL_CONTENT
         }
-        RangeDecision::Unsatisfiable => {
+        Span::Unsatisfiable => {
             return Ok(Response::builder()
                 .status(StatusCode::RANGE_NOT_SATISFIABLE)
                 .header(header::CONTENT_RANGE, format!("bytes */{len}"))
@@ -498,20 +509,17 @@ async fn download(
                 .unwrap_or_default());
         }
     };
+    let events = download.events();
     let on_mismatch: Box<dyn FnOnce(&Mismatch) + Send> = {
-        let state = state.clone();
-        let id = manifest.id.clone();
-        let mut ev = event(&caller, audit::Action::Download, Outcome::Error).about(&manifest);
+        let (state, id, events) = (state.clone(), manifest.id.clone(), events.clone());
         Box::new(move |why: &Mismatch| {
             state.verified.forget(&id);
             state
                 .metrics
                 .integrity_failures
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(record = %id, why = %why, "integrity: blob failed its check; download cut off");
-            ev.detail = Some(format!(
-                "integrity: {why}; the download was cut off before its end"
-            ));
+            tracing::error!(record = %id, %why, "integrity: download cut off");
+            let ev = events.mismatch(why);
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = state.audit.append(ev) {
                     tracing::error!(error = %e, "could not record the integrity failure");
@@ -519,25 +527,23 @@ async fn download(
             });
         })
     };
-    let body = match local {
-        Some((file, identity)) => {
-            // Every local download is checked: a full one is hashed unless its blob was
-            // verified since it last changed, in which case (as for a range) the file must
-            // keep the identity it was verified with until the last byte is read.
-            let check =
-                if status == StatusCode::OK && !state.verified.holds(&manifest.id, &identity) {
-                    FileCheck::Digest(manifest.sealed.sha256.clone())
-                } else {
-                    FileCheck::Unchanged
-                };
+    let id = manifest.id.clone();
+    let sha256 = manifest.sealed.sha256.clone();
+    let body = match download.take_blob() {
+        download::Blob::Local {
+            file,
+            identity,
+            check,
+        } => {
             let counter = match check {
                 FileCheck::Digest(_) => &state.metrics.downloads_hashed,
                 FileCheck::Unchanged => &state.metrics.downloads_identity_checked,
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            let began = download.began;
             let on_verified: Box<dyn FnOnce() + Send> = match check {
                 FileCheck::Digest(_) => {
-                    let (state, id) = (state.clone(), manifest.id.clone());
+                    let (state, id) = (state.clone(), id.clone());
                     Box::new(move || state.verified.remember(&id, identity, began))
                 }
                 FileCheck::Unchanged => Box::new(|| {}),
@@ -548,9 +554,9 @@ async fn download(
             };
             file_body(file, identity, start, count, check, verify)
         }
-        None => {
-            // A bucket's blob: every full download is re-hashed; a range was verified first.
-            let reader = state.store.blob(&manifest.id, start, count).await?;
+        download::Blob::Bucket | download::Blob::None => {
+            // A bucket's blob: every full download is re-hashed; a span was verified first.
+            let reader = state.store.blob(&id, start, count).await?;
             if status == StatusCode::OK {
                 state
                     .metrics
@@ -562,7 +568,7 @@ async fn download(
                     on_verified: Box::new(|| {}),
                     on_mismatch,
                 };
-                (manifest.sealed.sha256.clone(), verify)
+                (sha256, verify)
             });
             blob_body(reader, verify)
         }
@@ -575,19 +581,14 @@ async fn download(
     let body = {
         let progress = conn_downloads.map(|d| d.start());
         let state = state.clone();
-        let mut ev = event(&caller, audit::Action::DownloadEnd, Outcome::Ok).about(&manifest);
-        watched_body(body, count, progress, download_slot, move |sent| {
+        watched_body(body, count, progress, slot, move |sent| {
             if sent < count {
                 state
                     .metrics
                     .downloads_incomplete
                     .fetch_add(1, Ordering::Relaxed);
-                ev.outcome = Outcome::Error;
-                ev.detail = Some(format!(
-                    "ended early: {sent} of {count} bytes handed to the connection"
-                ));
             }
-            ev.bytes = Some(sent);
+            let ev = events.end(sent);
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = state.audit.append(ev) {
                     tracing::error!(error = %e, "could not record the end of a download");
@@ -602,81 +603,15 @@ async fn download(
         .map_err(ApiError::internal)
 }
 
-/// Hashes the whole blob unless it was verified since it last changed (same identity);
-/// `Ok(Err(why))` if its bytes do not match the manifest. A bucket's blob (`local` is
-/// `None`) has no identity: it is hashed every time.
-async fn ensure_verified(
-    state: &Shared,
-    manifest: &Manifest,
-    local: Option<&(std::fs::File, FileIdentity)>,
-    began: std::time::SystemTime,
-) -> Result<Result<(), Mismatch>, ApiError> {
-    let Some((file, identity)) = local else {
-        return hash_bucket_blob(state, manifest).await;
-    };
-    if state.verified.holds(&manifest.id, identity) {
-        return Ok(Ok(()));
-    }
-    let file = file.try_clone().map_err(ApiError::internal)?;
-    let (identity, expected) = (*identity, manifest.sealed.sha256.clone());
-    let verdict = tokio::task::spawn_blocking(move || -> std::io::Result<Result<(), Mismatch>> {
-        use std::os::unix::fs::FileExt;
-        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-        let mut buf = vec![0u8; FILE_CHUNK];
-        let mut offset = 0u64;
-        loop {
-            let n = file.read_at(&mut buf, offset)?;
-            let Some(read) = buf.get(..n).filter(|r| !r.is_empty()) else {
-                break;
-            };
-            sha2::Digest::update(&mut hasher, read);
-            offset += n as u64;
-        }
-        let got = hex::encode(sha2::Digest::finalize(hasher));
-        if FileIdentity::of(&file)? != identity {
-            return Ok(Err(Mismatch::ChangedWhileVerified));
-        }
-        if got != expected || offset != identity.size {
-            return Ok(Err(Mismatch::Blob { size: offset, got }));
-        }
-        Ok(Ok(()))
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
-    match &verdict {
-        Ok(()) => state.verified.remember(&manifest.id, identity, began),
-        Err(_) => state.verified.forget(&manifest.id),
-    }
-    Ok(verdict)
-}
-
-/// Hashes a bucket's blob whole; `Ok(Err(why))` if it does not match the manifest.
-async fn hash_bucket_blob(
-    state: &Shared,
-    manifest: &Manifest,
-) -> Result<Result<(), Mismatch>, ApiError> {
-    let mut reader = state
-        .store
-        .blob(&manifest.id, 0, manifest.sealed.size)
-        .await?;
-    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut total = 0u64;
-    loop {
-        use tokio::io::AsyncReadExt;
-        let n = reader.read(&mut buf).await.map_err(ApiError::internal)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        sha2::Digest::update(&mut hasher, buf.get(..n).unwrap_or_default());
-    }
-    let got = hex::encode(sha2::Digest::finalize(hasher));
-    if got != manifest.sealed.sha256 || total != manifest.sealed.size {
-        return Ok(Err(Mismatch::Blob { size: total, got }));
-    }
-    Ok(Ok(()))
+/// The answer for a record that failed an integrity check (the refusal is audited).
+fn integrity_error(id: &RecordId) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "integrity",
+        format!(
+            "record {id} failed its integrity check and is not served; an operator must run `ckvault verify {id}`"
+        ),
+    )
 }
 
 /// Records and answers a record that failed an integrity check (nothing is served).

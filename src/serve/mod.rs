@@ -16,7 +16,6 @@ pub mod stream;
 pub mod tls;
 pub mod tokens;
 pub mod trigger;
-pub mod verified;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -47,7 +46,7 @@ pub struct AppState {
     /// Local blobs whose every byte matched their signed digest since they last changed:
     /// a range is served only from these, and a full download of one is checked by its
     /// file identity instead of being re-hashed.
-    pub verified: verified::VerifiedBlobs,
+    pub verified: crate::vault::verified::VerifiedBlobs,
     /// Requests in progress per authenticated identity (`max_requests_per_identity`).
     pub requests: limits::Counter<String>,
     /// Downloads streaming per identity and in all (`max_downloads_per_identity`,

@@ -26,53 +26,7 @@ pub const FILE_CHUNK: usize = 256 << 10;
 /// Bytes per chunk read from a bucket's blob.
 const CHUNK: usize = 256 << 10;
 
-/// Why a blob's bytes are not the ones its signed manifest names (nothing more is served).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Mismatch {
-    /// The file changed (size, modification or change time) while it was hashed.
-    #[error("the blob changed while it was being verified")]
-    ChangedWhileVerified,
-    /// The file changed while it was being served.
-    #[error(
-        "the blob changed while it was being served (its size, modification or change time moved)"
-    )]
-    ChangedWhileServed,
-    /// The file ended before the bytes asked for.
-    #[error("the blob is shorter than its manifest says: it changed while being served")]
-    Shorter,
-    /// The file's size is not the manifest's.
-    #[error("the blob has {size} bytes, its manifest says otherwise")]
-    Size {
-        /// The file's size.
-        size: u64,
-    },
-    /// The file's size is not the one its signed manifest says.
-    #[error("the blob has {size} bytes, its signed manifest says {signed}")]
-    SignedSize {
-        /// The file's size.
-        size: u64,
-        /// The manifest's.
-        signed: u64,
-    },
-    /// The bytes served do not hash to the signed digest.
-    #[error(
-        "the blob's bytes did not match the signed digest: sha256 {got}, manifest says {expected}"
-    )]
-    Digest {
-        /// Their SHA-256 (hex).
-        got: String,
-        /// The manifest's.
-        expected: String,
-    },
-    /// The whole blob, hashed before a range is served, is not the signed one.
-    #[error("the blob's bytes ({size} bytes, sha256 {got}) do not match the signed manifest")]
-    Blob {
-        /// Bytes read.
-        size: u64,
-        /// Their SHA-256 (hex).
-        got: String,
-    },
-}
+pub use crate::vault::download::Mismatch;
 
 /// Whom a checked body tells how its check ended.
 pub struct Verify {
@@ -149,15 +103,7 @@ impl Drop for Watched {
     }
 }
 
-/// What a local blob's body checks before it releases its last chunk.
-#[derive(Debug, Clone)]
-pub enum FileCheck {
-    /// Hash every byte: they must be the whole file and have this SHA-256 (hex).
-    Digest(String),
-    /// The bytes were verified with the identity the file had when it was opened: the open
-    /// file must still have it.
-    Unchanged,
-}
+pub use crate::vault::download::Check as FileCheck;
 
 /// A body streaming `count` bytes of a local blob from `start`, `identity` being the open
 /// `file`'s identity when it was opened. The last chunk is held back until `check` passed

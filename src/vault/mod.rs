@@ -11,8 +11,10 @@
 //! translate.
 
 pub mod analyse;
+pub mod download;
 pub mod intake;
 pub mod query;
+pub mod verified;
 
 use std::sync::Arc;
 

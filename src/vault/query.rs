@@ -110,7 +110,7 @@ impl RecordQuery {
 
     /// The page size this query asks for, within bounds.
     pub fn page_size(&self) -> usize {
-        self.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
+        self.limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE)
     }
 }
 

@@ -6,8 +6,9 @@
 //! unchanged identity stands for unchanged bytes, and its limits, is in SECURITY.md
 //! ("Downloads").
 //!
-//! This module only keeps the facts; hashing and streaming are [`super::stream`]'s, and the
-//! store's buckets have no file identity, so their blobs are never remembered here.
+//! This module only keeps the facts; hashing is [`super::download`]'s, streaming the
+//! front-end's, and the store's buckets have no file identity, so their blobs are never
+//! remembered here.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
