@@ -35,6 +35,9 @@ fn ckpt_root() -> PathBuf {
 
 /// checkpointctl in the harness's Debian 13 root (it needs that root's glibc).
 fn checkpointctl() -> Option<PathBuf> {
+    if support::outside_fast_tier("checkpointctl in the real-checkpoint root (root)") {
+        return None;
+    }
     let root = ckpt_root();
     if !root.join("usr/bin/checkpointctl").exists() {
         let out = Command::new("chroot")

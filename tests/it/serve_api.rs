@@ -132,7 +132,21 @@ struct Template {
 static TEMPLATE: OnceLock<Option<Template>> = OnceLock::new();
 
 fn template() -> Option<&'static Template> {
-    TEMPLATE.get_or_init(make_template).as_ref()
+    let mut made_here = false;
+    let template = TEMPLATE
+        .get_or_init(|| {
+            made_here = true;
+            make_template()
+        })
+        .as_ref();
+    // The test that tried to make it said why it could not; the later ones say so too.
+    if template.is_none() && !made_here {
+        support::cannot_run(
+            support::REQUIRE_ENV,
+            "no template: the real checkpoint it is sealed from could not be made",
+        );
+    }
+    template
 }
 
 fn make_template() -> Option<Template> {

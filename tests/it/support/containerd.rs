@@ -217,6 +217,9 @@ impl Containerd {
     /// cannot run it (not root, packages not installable, containerd or its CRI plugin
     /// would not start), or panics if `CKVAULT_REQUIRE_REAL_CHECKPOINT=1`.
     pub fn start() -> Option<Containerd> {
+        if super::outside_fast_tier("containerd (root)") {
+            return None;
+        }
         if let Some(reason) = CANNOT
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -21,6 +21,9 @@ impl Moto {
     /// Starts moto with its log and credentials in `dir`; `None` (after a loud notice)
     /// when it is not installed and not required.
     pub fn start(dir: &Path) -> Option<Moto> {
+        if super::outside_fast_tier("moto's S3 server (a service)") {
+            return None;
+        }
         if Command::new("moto_server").arg("--help").output().is_err() {
             super::cannot_run(
                 "CKVAULT_REQUIRE_SEAWEEDFS",

@@ -54,6 +54,9 @@ impl Seaweed {
     /// Starts SeaweedFS with its data in `dir`; `None` (after a loud notice) when `weed`
     /// is not installed and not required.
     pub fn start(dir: &Path) -> Option<Seaweed> {
+        if super::outside_fast_tier("SeaweedFS (a service)") {
+            return None;
+        }
         if Command::new("weed").arg("version").output().is_err() {
             super::cannot_run(
                 "CKVAULT_REQUIRE_SEAWEEDFS",
