@@ -278,7 +278,7 @@ fi
 if want 4; then
 echo; echo "== 4. CRI proxy on real containerd 2.1 ($CALLS interleaved calls per method, one HTTP/2 connection each)"
 CACHE=/var/tmp/ckvault-real-cri/cache; BINDS=/var/tmp/ckvault-real-cri/binds
-# The runtime is shared with the tests (tests/support/realcri.rs): take their lock.
+# The runtime is shared with the tests (tests/it/support/realcri.rs): take their lock.
 mkdir -p "$BINDS"; exec 9>/var/tmp/ckvault-real-cri/test.lock; flock 9
 env=$(CTD_BINDS=$BINDS ROOT_SEED="${CKVAULT_CKPT_CACHE:-/var/tmp/ckvault-ckpt}/root" \
   bash tests/harness/real-cri-runtime.sh start "$CACHE" 16 bench bench-pod app 2>/dev/null)
@@ -354,7 +354,7 @@ if want 7; then
 CAP_MIB=${BENCH_CAPTURE_MIB:-$([ $SMALL = 1 ] && echo 64 || echo 512)}
 echo; echo "== 7. capture: CheckpointContainer of a ${CAP_MIB} MiB container on containerd 2.1, direct vs through ckvault proxy"
 CACHE=/var/tmp/ckvault-real-cri/cache; BINDS=/var/tmp/ckvault-real-cri/binds
-# The runtime is shared with the tests (tests/support/realcri.rs): take their lock.
+# The runtime is shared with the tests (tests/it/support/realcri.rs): take their lock.
 mkdir -p "$BINDS"; exec 9>/var/tmp/ckvault-real-cri/test.lock; flock 9
 env=$(CTD_BINDS=$BINDS ROOT_SEED="${CKVAULT_CKPT_CACHE:-/var/tmp/ckvault-ckpt}/root" \
   bash tests/harness/real-cri-runtime.sh start "$CACHE" "$CAP_MIB" bench bench-pod app 2>/dev/null)

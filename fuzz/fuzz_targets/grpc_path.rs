@@ -1,7 +1,7 @@
 //! Fuzz target: the CRI proxy's method classifier (`capture::method::route`) held against
 //! how gRPC servers route a request: grpc-go before and after the fix for CVE-2026-33186
 //! (`capture::method::grpc_go`, itself checked against a real pre-fix grpc-go server by
-//! tests/cri_proxy_paths.rs), servers that take the first `:path` instead of the last, and
+//! tests/it/cri_proxy_paths.rs), servers that take the first `:path` instead of the last, and
 //! servers that look methods up in any letter case. Input: up to 4 `:path` values split at
 //! 0xfe. Whatever the proxy relays must reach no CheckpointContainer handler on any of
 //! them; whatever it intercepts or relays has exactly one canonical `:path`.

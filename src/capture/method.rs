@@ -13,7 +13,7 @@
 //! socket only the runtime's services exist, and intercepting too much fails closed).
 //!
 //! [`grpc_go`] models how grpc-go routes a `:path` before and after the fix; the fuzz
-//! target `grpc_path` holds [`route`] against it and `tests/cri_proxy_paths.rs` holds the
+//! target `grpc_path` holds [`route`] against it and `tests/it/cri_proxy_paths.rs` holds the
 //! model against a real grpc-go server.
 
 /// The CRI method the proxy must never forward.

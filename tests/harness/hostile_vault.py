@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A hostile ckvault server for the client's tests (tests/cli_hostile_inputs.rs).
+"""A hostile ckvault server for the client's tests (tests/it/cli_hostile_inputs.rs).
 
 Usage: hostile_vault.py MODE CERT KEY MANIFEST KEY_PEM PORTS_FILE LOG
 Serves HTTPS on a free loopback port and plain HTTP on another, writes "TLS_PORT PLAIN_PORT"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Hostile idle clients for tests/serve_hostile.rs (Python's own ssl module, not ckvault's
+"""Hostile idle clients for tests/it/serve_hostile.rs (Python's own ssl module, not ckvault's
 TLS stack): opens N connections of one kind to a ckvault server, holds them without
 sending a request, and prints one JSON object when every connection was closed by the
 server or the deadline passed.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A hostile downloader for tests/serve_hostile.rs: C HTTP/2 connections (Python's ssl and
+"""A hostile downloader for tests/it/serve_hostile.rs: C HTTP/2 connections (Python's ssl and
 the `h2` library) each opening S streams that GET one record's archive, advertising a
 1-byte flow-control window and never opening it, and sending a PING every second (so the
 connection never looks idle). Prints one JSON object when every connection was closed or

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An unauthenticated flood for tests/serve_hostile.rs: one thread per source address,
+"""An unauthenticated flood for tests/it/serve_hostile.rs: one thread per source address,
 each sending requests without credentials and with an 8 KB path over keep-alive HTTPS
 connections (Python's ssl and http.client) for SECONDS. Prints one JSON object.
 

@@ -1,0 +1,677 @@
+//! End-to-end tests of `ckvault seal/inspect/ls/show/export/open/verify` with real parts:
+//! real CRIU checkpoints from the project harness, Debian's `age` and `zstd` to open what
+//! we seal, real file systems for the failure cases.
+
+use crate::support;
+
+use support::{ckvault, ok};
+
+use support::{contains, tar_with};
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn seal(archive: &Path, store: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "seal",
+        archive.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&ok(&ckvault(&args))).expect("seal prints manifest JSON")
+}
+
+/// Files in the store's records/ and tmp/ directories.
+/// Records and temporary files of a store (not the owner lock files in tmp/, which hold
+/// no data: a process's token, removed by the next recovery once it has exited).
+fn store_files(store: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for sub in ["records", "tmp"] {
+        if let Ok(rd) = fs::read_dir(store.join(sub)) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("owner.") && name.ends_with(".lock") {
+                    continue;
+                }
+                names.push(format!("{sub}/{name}"));
+            }
+        }
+    }
+    names.sort();
+    names
+}
+
+fn shell(cmd: &str) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("bash")
+}
+
+struct Keys {
+    identity: PathBuf,
+    recipient: String,
+}
+
+fn keys(dir: &Path) -> Keys {
+    let (identity, recipient) = support::age_keypair(dir);
+    Keys {
+        identity,
+        recipient,
+    }
+}
+
+#[test]
+fn real_checkpoint_round_trips_through_age_and_zstd() {
+    let Some(archive) = support::real_checkpoint(32, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys(dir.path());
+    let store = dir.path().join("store");
+    let m = seal(&archive, &store, &["-r", &k.recipient]);
+
+    assert_eq!(m["schema"], "ckvault.dev/manifest/v1");
+    assert_eq!(m["namespace"], "forensics");
+    assert_eq!(m["pod"], "web-7d4");
+    assert_eq!(m["container"], "app");
+    assert_eq!(m["engine"], "podman");
+    assert_eq!(m["inspection"]["status"], "ok", "{m:#}");
+    assert_eq!(m["sealed"]["compression"], "zstd");
+    assert_eq!(m["sealed"]["encryption"], "age-v1");
+    assert!(m["summary"]["memory_pages_bytes"].as_u64().unwrap() >= 32 << 20);
+    let procs = m["inspection"]["processes"].as_array().unwrap();
+    assert!(procs.iter().any(|p| p["comm"] == "memhog"), "{procs:?}");
+    assert!(m["signature"]["value"].is_string());
+    let input = fs::read(&archive).unwrap();
+    assert_eq!(m["plaintext"]["size"].as_u64().unwrap(), input.len() as u64);
+    let want_sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&input))
+    };
+    assert_eq!(m["plaintext"]["sha256"], want_sha.as_str());
+
+    // The blob and its manifest are private, and the marker planted in the container's
+    // memory never appears in the sealed bytes.
+    let id = m["id"].as_str().unwrap().to_owned();
+    let blob = store.join("records").join(format!("{id}.age"));
+    let sealed = fs::read(&blob).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&blob).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        contains(&input, support::MARKER.as_bytes()),
+        "harness marker missing from input"
+    );
+    assert!(!contains(&sealed, support::MARKER.as_bytes()));
+
+    // export, then open with the standard tools: byte for byte.
+    let exported = dir.path().join("exported.age");
+    ok(&ckvault(&[
+        "export",
+        &id,
+        "--store",
+        store.to_str().unwrap(),
+        "-o",
+        exported.to_str().unwrap(),
+    ]));
+    let restored = dir.path().join("restored.tar");
+    let out = shell(&format!(
+        "age -d -i {} {} | zstd -d -q -o {}",
+        k.identity.display(),
+        exported.display(),
+        restored.display()
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        fs::read(&restored).unwrap() == input,
+        "age|zstd output differs from input"
+    );
+
+    // ckvault open, by ID and by exported file, verifies and gives the same bytes.
+    let opened = dir.path().join("opened.tar");
+    ok(&ckvault(&[
+        "open",
+        &id,
+        "--store",
+        store.to_str().unwrap(),
+        "-i",
+        k.identity.to_str().unwrap(),
+        "-o",
+        opened.to_str().unwrap(),
+    ]));
+    assert!(fs::read(&opened).unwrap() == input);
+    // An exported file's manifest is verified with the vault's public key: without one
+    // (nothing given, nothing pinned) it is refused; a foreign key is refused.
+    let opened2 = dir.path().join("opened2.tar");
+    let pins = dir.path().join("no-pins");
+    let open_file = |extra: &[&str]| {
+        let mut args = vec![
+            "open",
+            exported.to_str().unwrap(),
+            "-i",
+            k.identity.to_str().unwrap(),
+            "-o",
+            opened2.to_str().unwrap(),
+            "--pinned-keys",
+            pins.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ckvault(&args)
+    };
+    let refused = open_file(&[]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("pass --public-key"), "{err}");
+    let other = tempfile::tempdir().unwrap();
+    let foreign = other.path().join("store");
+    seal(&archive, &foreign, &["-r", &k.recipient]);
+    let refused = open_file(&[
+        "--public-key",
+        foreign.join("keys/signing.pub").to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("signature does not verify"), "{err}");
+    assert!(!opened2.exists());
+    ok(&open_file(&[
+        "--public-key",
+        store.join("keys/signing.pub").to_str().unwrap(),
+    ]));
+    assert!(fs::read(&opened2).unwrap() == input);
+
+    // verify (store key, and offline with the exported manifest and the public key)
+    ok(&ckvault(&[
+        "verify",
+        &id,
+        "--store",
+        store.to_str().unwrap(),
+    ]));
+    ok(&ckvault(&[
+        "verify",
+        "--manifest",
+        &format!("{}.manifest.json", exported.display()),
+        "--blob",
+        exported.to_str().unwrap(),
+        "--public-key",
+        store.join("keys/signing.pub").to_str().unwrap(),
+    ]));
+
+    // inspect reports identity, image, memory and the running process.
+    let table = ok(&ckvault(&["inspect", archive.to_str().unwrap()]));
+    for want in ["forensics", "web-7d4", "app", "memhog", "podman"] {
+        assert!(table.contains(want), "inspect table lacks {want}:\n{table}");
+    }
+    let json: Value = serde_json::from_str(&ok(&ckvault(&[
+        "inspect",
+        archive.to_str().unwrap(),
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(json["identity"]["namespace"], "forensics");
+    assert!(
+        json["identity"]["image"]
+            .as_str()
+            .unwrap()
+            .contains("memhog")
+    );
+
+    // ls and show agree with the manifest.
+    let ls: Value = serde_json::from_str(&ok(&ckvault(&[
+        "ls",
+        "--store",
+        store.to_str().unwrap(),
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(ls.as_array().unwrap().len(), 1);
+    assert_eq!(ls[0]["id"], id.as_str());
+    let shown: Value = serde_json::from_str(&ok(&ckvault(&[
+        "show",
+        &id,
+        "--store",
+        store.to_str().unwrap(),
+    ])))
+    .unwrap();
+    assert_eq!(shown, m);
+}
+
+#[test]
+fn compressed_checkpoints_are_kept_as_they_came() {
+    for (compress, format) in [("gzip", "tar+gzip"), ("zstd", "tar+zstd")] {
+        let Some(archive) = support::real_checkpoint(8, "team-a", "api-0", "srv", compress) else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let k = keys(dir.path());
+        let store = dir.path().join("store");
+        let m = seal(&archive, &store, &["-r", &k.recipient]);
+        assert_eq!(m["sealed"]["compression"], "none");
+        assert_eq!(m["plaintext"]["format"], format);
+        assert_eq!(m["inspection"]["status"], "ok", "{m:#}");
+        assert_eq!(m["namespace"], "team-a");
+        let blob = store
+            .join("records")
+            .join(format!("{}.age", m["id"].as_str().unwrap()));
+        let out = shell(&format!(
+            "age -d -i {} {}",
+            k.identity.display(),
+            blob.display()
+        ));
+        assert!(out.status.success());
+        assert!(
+            out.stdout == fs::read(&archive).unwrap(),
+            "{compress}: age -d differs"
+        );
+    }
+}
+
+#[test]
+fn several_recipients_including_ssh_keys_can_each_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = keys(dir.path());
+    let ssh_key = dir.path().join("id_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            ssh_key.to_str().unwrap(),
+        ])
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success());
+    let ssh_pub = fs::read_to_string(ssh_key.with_extension("pub")).unwrap();
+    let rsa_key = dir.path().join("id_rsa");
+    assert!(
+        Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "rsa",
+                "-b",
+                "3072",
+                "-N",
+                "",
+                "-f",
+                rsa_key.to_str().unwrap()
+            ])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let rsa_pub = fs::read_to_string(rsa_key.with_extension("pub")).unwrap();
+    let rfile = dir.path().join("recipients.txt");
+    fs::write(
+        &rfile,
+        format!("# responders\n{}\n\n{}", ssh_pub.trim(), rsa_pub.trim()),
+    )
+    .unwrap();
+
+    let archive = dir.path().join("in.tar");
+    let payload = tar_with(&[("config.dump", b'0', b"{}"), ("spec.dump", b'0', b"{}")]);
+    fs::write(&archive, &payload).unwrap();
+    let store = dir.path().join("store");
+    let m = seal(
+        &archive,
+        &store,
+        &[
+            "-r",
+            &a.recipient,
+            "--recipients-file",
+            rfile.to_str().unwrap(),
+        ],
+    );
+    let kinds: Vec<&str> = m["sealed"]["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["x25519", "ssh-ed25519", "ssh-rsa"]);
+    // The fingerprint of the SSH key is the one ssh-keygen -l prints.
+    let fp = shell(&format!("ssh-keygen -lf {}.pub", ssh_key.display()));
+    let fp = String::from_utf8_lossy(&fp.stdout);
+    assert!(
+        fp.contains(
+            m["sealed"]["recipients"][1]["fingerprint"]
+                .as_str()
+                .unwrap()
+        ),
+        "{fp}"
+    );
+    let blob = store
+        .join("records")
+        .join(format!("{}.age", m["id"].as_str().unwrap()));
+    for key in [&a.identity, &ssh_key, &rsa_key] {
+        let out = shell(&format!(
+            "age -d -i {} {} | zstd -d",
+            key.display(),
+            blob.display()
+        ));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout == payload, "{} could not open", key.display());
+    }
+}
+
+#[test]
+fn hostile_archive_is_sealed_and_flagged_not_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys(dir.path());
+    let store = dir.path().join("store");
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        (
+            "dotdot",
+            tar_with(&[("../../etc/cron.d/x", b'0', b"* * * * * root sh")]),
+            "dot-dot-path",
+        ),
+        (
+            "absolute",
+            tar_with(&[("/etc/passwd", b'0', b"root::0:0")]),
+            "absolute-path",
+        ),
+        (
+            "symlink",
+            tar_with(&[("config.dump", b'2', b"")]),
+            "link-member",
+        ),
+    ];
+    for (name, bytes, code) in cases {
+        let archive = dir.path().join(format!("{name}.tar"));
+        fs::write(&archive, &bytes).unwrap();
+        let m = seal(
+            &archive,
+            &store,
+            &[
+                "-r",
+                &k.recipient,
+                "--namespace",
+                "forensics",
+                "--remove-input",
+            ],
+        );
+        assert_eq!(m["inspection"]["status"], "rejected", "{name}");
+        assert_eq!(m["inspection"]["code"], code, "{name}: {m:#}");
+        assert_eq!(m["namespace"], "forensics");
+        assert!(
+            !archive.exists(),
+            "--remove-input left the plaintext behind"
+        );
+        let blob = store
+            .join("records")
+            .join(format!("{}.age", m["id"].as_str().unwrap()));
+        let out = shell(&format!(
+            "age -d -i {} {} | zstd -d",
+            k.identity.display(),
+            blob.display()
+        ));
+        assert!(
+            out.stdout == bytes,
+            "{name}: sealed bytes differ from input"
+        );
+        // inspect refuses it with exit status 3 and the reason
+        fs::write(&archive, &bytes).unwrap();
+        let out = ckvault(&["inspect", archive.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(3), "{name}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(code));
+    }
+}
+
+#[test]
+fn identity_mismatch_is_flagged_and_the_caller_decides_the_namespace() {
+    let Some(archive) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys(dir.path());
+    let m = seal(
+        &archive,
+        &dir.path().join("store"),
+        &["-r", &k.recipient, "--namespace", "payments"],
+    );
+    assert_eq!(m["inspection"]["status"], "rejected");
+    assert_eq!(m["inspection"]["code"], "identity-mismatch");
+    assert_eq!(m["namespace"], "payments");
+    assert_eq!(
+        m["inspection"]["archive_identity"]["namespace"],
+        "forensics"
+    );
+}
+
+#[test]
+fn a_failed_seal_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("in.tar");
+    fs::write(&archive, tar_with(&[("config.dump", b'0', b"{}")])).unwrap();
+    let store = dir.path().join("store");
+    // a bad recipient, and no recipient at all
+    for args in [vec!["-r", "age1notakey"], vec![]] {
+        let mut all = vec![
+            "seal",
+            archive.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ];
+        all.extend(args);
+        let out = ckvault(&all);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("recipient"), "{err}");
+    }
+    assert!(store_files(&store).is_empty(), "{:?}", store_files(&store));
+}
+
+#[test]
+fn disk_full_in_the_store_leaves_no_partial_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    fs::create_dir(&mnt).unwrap();
+    if support::outside_fast_tier("a tmpfs mount (root)") {
+        return;
+    }
+    let mounted = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=2m",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        support::cannot_run(
+            support::REQUIRE_ENV,
+            "disk_full test: cannot mount a tmpfs here (needs root)",
+        );
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let k = keys(dir.path());
+    // 8 MiB of random bytes: incompressible, cannot fit in 2 MiB.
+    let archive = dir.path().join("big.tar");
+    let mut data = vec![0u8; 8 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    fs::write(&archive, tar_with(&[("rootfs-diff.tar", b'0', &data)])).unwrap();
+    let store = mnt.join("store");
+    let out = ckvault(&[
+        "seal",
+        archive.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "-r",
+        &k.recipient,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("No space left on device") && err.contains("nothing was stored"),
+        "{err}"
+    );
+    assert!(store_files(&store).is_empty(), "{:?}", store_files(&store));
+    assert!(archive.exists(), "the input must survive a failed seal");
+}
+
+#[test]
+fn tampering_and_truncation_are_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys(dir.path());
+    let archive = dir.path().join("in.tar");
+    fs::write(
+        &archive,
+        tar_with(&[("config.dump", b'0', br#"{"id":"abc"}"#)]),
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let m = seal(&archive, &store, &["-r", &k.recipient]);
+    let id = m["id"].as_str().unwrap();
+    let s = store.to_str().unwrap();
+    let blob = store.join("records").join(format!("{id}.age"));
+    let original = fs::read(&blob).unwrap();
+
+    // truncated blob: verify and open fail, open writes nothing
+    fs::write(&blob, &original[..original.len() - 20]).unwrap();
+    let out_path = dir.path().join("out.tar");
+    assert!(!ckvault(&["verify", id, "--store", s]).status.success());
+    let out = ckvault(&[
+        "open",
+        id,
+        "--store",
+        s,
+        "-i",
+        k.identity.to_str().unwrap(),
+        "-o",
+        out_path.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        !out_path.exists(),
+        "open left output behind after a failure"
+    );
+
+    // one flipped byte in the payload
+    let mut flipped = original.clone();
+    let last = flipped.len() - 5;
+    flipped[last] ^= 1;
+    fs::write(&blob, &flipped).unwrap();
+    assert!(!ckvault(&["verify", id, "--store", s]).status.success());
+    let out = ckvault(&[
+        "open",
+        id,
+        "--store",
+        s,
+        "-i",
+        k.identity.to_str().unwrap(),
+        "-o",
+        out_path.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(!out_path.exists());
+
+    // restored blob, edited manifest: the signature no longer verifies
+    fs::write(&blob, &original).unwrap();
+    ok(&ckvault(&["verify", id, "--store", s]));
+    let mpath = store.join("records").join(format!("{id}.json"));
+    let text = fs::read_to_string(&mpath)
+        .unwrap()
+        .replace("\"namespace\": null", "\"namespace\": \"kube-system\"");
+    fs::write(&mpath, text).unwrap();
+    let out = ckvault(&["verify", id, "--store", s]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("signature"));
+}
+
+#[test]
+fn terminal_escapes_in_names_are_escaped_in_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys(dir.path());
+    let archive = dir.path().join("in.tar");
+    fs::write(&archive, tar_with(&[("config.dump", b'0', b"{}")])).unwrap();
+    let store = dir.path().join("store");
+    seal(
+        &archive,
+        &store,
+        &["-r", &k.recipient, "--container", "evil\u{1b}]0;pwned\u{7}"],
+    );
+    let table = ok(&ckvault(&["ls", "--store", store.to_str().unwrap()]));
+    assert!(
+        !table.contains('\u{1b}') && !table.contains('\u{7}'),
+        "{table:?}"
+    );
+    assert!(table.contains("evil"));
+}
+
+#[test]
+fn commands_given_only_the_store_follow_an_audit_log_the_configuration_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys(dir.path());
+    let archive = dir.path().join("in.tar");
+    fs::write(&archive, tar_with(&[("config.dump", b'0', b"{}")])).unwrap();
+    fs::create_dir(dir.path().join("logs")).unwrap();
+    let config = dir.path().join("ckvault.toml");
+    fs::write(
+        &config,
+        "[store]\npath = \"store\"\n[audit]\npath = \"logs/audit.log\"\n",
+    )
+    .unwrap();
+    ok(&ckvault(&[
+        "seal",
+        archive.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "-r",
+        &k.recipient,
+    ]));
+    assert!(dir.path().join("logs/audit.log").is_file());
+    assert!(!dir.path().join("store/audit.log").exists());
+    // Without --config: the store knows where its log is.
+    let store = dir.path().join("store");
+    let out = ok(&ckvault(&[
+        "audit",
+        "verify",
+        "--store",
+        store.to_str().unwrap(),
+    ]));
+    assert!(out.contains("OK"), "{out}");
+    let shown = ok(&ckvault(&[
+        "audit",
+        "show",
+        "--store",
+        store.to_str().unwrap(),
+    ]));
+    assert!(shown.contains("seal"), "{shown}");
+}
