@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ckvault::capture::cri::{
+use ckvault::internal::capture::cri::{
     ListContainersRequest, ListContainersResponse, RUNTIME, RuntimeClient, VersionRequest,
     VersionResponse, frame, unframe,
 };

@@ -5,8 +5,8 @@
 //! Files are written straight into records/ without fsync (a benchmark fixture, not a way
 //! to store evidence); use a small template so N copies fit on disk.
 
+use ckvault::internal::store::LocalStore;
 use ckvault::manifest::RecordId;
-use ckvault::store::LocalStore;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

@@ -29,7 +29,7 @@ const MAX_REDIRECTS: usize = 5;
 
 /// How to reach and authenticate to the server.
 #[derive(Debug, Clone)]
-pub struct ClientOptions {
+pub(crate) struct ClientOptions {
     /// Base URL, e.g. `https://vault.example:8443`.
     pub server: String,
     /// CA bundle to trust (PEM).
@@ -44,7 +44,7 @@ pub struct ClientOptions {
 
 /// Why talking to the server, or what it sent, failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     /// A local file (CA, certificate, key, token, output) could not be used.
     #[error("{path}: {source}")]
     File {
@@ -198,7 +198,7 @@ fn tls_err(path: Option<&Path>) -> impl FnOnce(rustls::Error) -> ClientError + '
 }
 
 /// A configured HTTPS client.
-pub struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
@@ -207,7 +207,7 @@ pub struct Client {
 impl Client {
     /// Builds a client (TLS 1.3/1.2 via rustls with the ring provider). Refuses credentials
     /// with an `http://` server; follows redirects to `https://` only.
-    pub fn new(opts: &ClientOptions) -> Result<Self, ClientError> {
+    pub(crate) fn new(opts: &ClientOptions) -> Result<Self, ClientError> {
         let base = opts.server.trim_end_matches('/').to_owned();
         let url = reqwest::Url::parse(&base).map_err(|source| ClientError::BadServer {
             server: base.clone(),
@@ -288,7 +288,7 @@ impl Client {
     }
 
     /// The server's base URL.
-    pub fn server(&self) -> &str {
+    pub(crate) fn server(&self) -> &str {
         &self.base
     }
 
@@ -306,7 +306,7 @@ impl Client {
 
     /// Fetches a record's manifest (at most [`crate::manifest::MAX_MANIFEST_BYTES`]),
     /// unverified: see [`Client::trusted_manifest`].
-    pub async fn manifest(&self, id: &RecordId) -> Result<Manifest, ClientError> {
+    pub(crate) async fn manifest(&self, id: &RecordId) -> Result<Manifest, ClientError> {
         let resp = self
             .send(self.get(&format!("/v1/checkpoints/{id}")))
             .await?;
@@ -326,7 +326,7 @@ impl Client {
     }
 
     /// The public key the server says a record's manifest verifies with.
-    pub async fn signing_key(&self, id: &RecordId) -> Result<VerifyingKey, ClientError> {
+    pub(crate) async fn signing_key(&self, id: &RecordId) -> Result<VerifyingKey, ClientError> {
         let resp = self
             .send(self.get(&format!("/v1/checkpoints/{id}/signing-key")))
             .await?;
@@ -344,7 +344,7 @@ impl Client {
     /// A record's manifest, its signature verified with `key` when given; otherwise with
     /// the key pinned for this server in `pins`; otherwise (first use) with the key the
     /// server names, which is then pinned.
-    pub async fn trusted_manifest(
+    pub(crate) async fn trusted_manifest(
         &self,
         id: &RecordId,
         key: Option<&VerifyingKey>,
@@ -392,7 +392,7 @@ impl Client {
     /// earlier attempt left one, verifying the sealed SHA-256; `progress(done, total)`.
     /// Never writes past the smaller of the manifest's size and the response's
     /// `Content-Length`; a server that sends more is cut off and its bytes discarded.
-    pub async fn download(
+    pub(crate) async fn download(
         &self,
         manifest: &Manifest,
         out: &Path,
@@ -535,7 +535,7 @@ impl Client {
 
 /// How a fetched manifest came to be trusted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trust {
+pub(crate) enum Trust {
     /// It verified with the key given (`--public-key`).
     Given,
     /// It verified with a key pinned earlier for this server (in that directory).
@@ -551,18 +551,18 @@ pub enum Trust {
 
 /// The vault keys this client pinned, one directory per server (`HOST_PORT/KEYID.pem`).
 #[derive(Debug, Clone)]
-pub struct Pins {
+pub(crate) struct Pins {
     dir: PathBuf,
 }
 
 impl Pins {
     /// Pins kept under `dir`.
-    pub fn new(dir: PathBuf) -> Self {
+    pub(crate) fn new(dir: PathBuf) -> Self {
         Self { dir }
     }
 
     /// `$XDG_CONFIG_HOME/ckvault/pinned-keys`, or `~/.config/ckvault/pinned-keys`.
-    pub fn default_dir() -> Option<PathBuf> {
+    pub(crate) fn default_dir() -> Option<PathBuf> {
         let config = std::env::var_os("XDG_CONFIG_HOME")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
@@ -575,7 +575,7 @@ impl Pins {
     }
 
     /// The directory of one server's pins: its host and port, nothing else of the URL.
-    pub fn origin_dir(&self, server: &str) -> PathBuf {
+    pub(crate) fn origin_dir(&self, server: &str) -> PathBuf {
         let name = match reqwest::Url::parse(server) {
             Ok(u) => format!(
                 "{}_{}",
@@ -599,12 +599,12 @@ impl Pins {
     }
 
     /// The keys pinned for `server`.
-    pub fn pinned_for(&self, server: &str) -> Vec<VerifyingKey> {
+    pub(crate) fn pinned_for(&self, server: &str) -> Vec<VerifyingKey> {
         read_keys(&self.origin_dir(server))
     }
 
     /// A pinned key (of any server) with this ID, and the server directory it is pinned in.
-    pub fn find(&self, key_id: &str) -> Option<(PathBuf, VerifyingKey)> {
+    pub(crate) fn find(&self, key_id: &str) -> Option<(PathBuf, VerifyingKey)> {
         let entries = std::fs::read_dir(&self.dir).ok()?;
         for entry in entries.flatten() {
             let dir = entry.path();
@@ -616,7 +616,7 @@ impl Pins {
     }
 
     /// Pins `key` for `server`; returns the file.
-    pub fn pin(&self, server: &str, key: &VerifyingKey) -> Result<PathBuf, ClientError> {
+    pub(crate) fn pin(&self, server: &str, key: &VerifyingKey) -> Result<PathBuf, ClientError> {
         let dir = self.origin_dir(server);
         crate::fsutil::ensure_private_dir(&dir).map_err(file_err(&dir))?;
         let name: String = key
@@ -719,7 +719,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Where an unfinished download of `out` is kept.
-pub fn partial_path(out: &Path) -> PathBuf {
+pub(crate) fn partial_path(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_os_string();
     s.push(".partial");
     PathBuf::from(s)

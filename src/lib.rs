@@ -33,25 +33,61 @@
 //!   records and events are written with.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![deny(unreachable_pub)]
 
-pub mod audit;
-pub mod capture;
-pub mod cli;
-pub mod client;
+mod audit;
+mod capture;
+mod cli;
+mod client;
 pub mod config;
 pub mod fsutil;
 pub mod inspect;
 pub mod manifest;
-pub mod node;
-pub mod policy;
-pub mod recipient;
+mod node;
+mod policy;
+mod recipient;
 pub mod seal;
-pub mod serve;
-pub mod store;
+mod serve;
+mod store;
 pub mod units;
-pub mod vault;
-pub mod vocab;
-pub mod wiring;
+mod vault;
+mod vocab;
+mod wiring;
 
 #[cfg(test)]
 mod compat_tests;
+
+pub use cli::{Cli, run};
+
+/// What the `ckvault` binary's callers outside the library use of it: the integration
+/// tests (`tests/it`), the fuzz targets (`fuzz/`) and the examples. Not a stable API (as
+/// rustls's `internal`): each item is here because one of them needs it, and the rest of
+/// the library stays `pub(crate)` (`#![deny(unreachable_pub)]` holds that).
+pub mod internal {
+    /// The audit log and its verifier.
+    pub mod audit {
+        pub use crate::audit::{
+            Action, Actor, AuditLog, EventInput, MAX_EVENT_BYTES, Outcome, read_events,
+        };
+        /// The verifier.
+        pub mod verify {
+            pub use crate::audit::verify::verify;
+        }
+    }
+    /// The CRI client, the gRPC method classifier, HPACK, the proxy's gRPC answers.
+    pub mod capture {
+        pub use crate::capture::{cri, hpack, method, proxy};
+    }
+    /// The policy files (fuzz targets) and retention plans and selectors (property tests).
+    pub mod policy {
+        pub use crate::policy::{access, holds, recipients, retention, selector};
+    }
+    /// Range decisions and client-certificate principals (fuzz targets).
+    pub mod serve {
+        pub use crate::serve::{range, tls};
+    }
+    /// The local store and the S3 client (test servers and crash tests).
+    pub mod store {
+        pub use crate::store::{LocalStore, StoreError, s3};
+    }
+}

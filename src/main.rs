@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = ckvault::cli::Cli::parse();
-    match ckvault::cli::run(cli) {
+    let cli = ckvault::Cli::parse();
+    match ckvault::run(cli) {
         Ok(code) => code,
         Err(e) => {
             // The message, then each cause it does not already say (an error that shows

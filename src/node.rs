@@ -3,19 +3,19 @@
 //! it uses only the configuration.
 
 /// The current UTC time as RFC 3339.
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     rfc3339(std::time::SystemTime::now())
 }
 
 /// `t` as RFC 3339 (UTC).
-pub fn rfc3339(t: std::time::SystemTime) -> String {
+pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
     time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
 /// `cli:USER@HOST` for commands run on this machine.
-pub fn local_actor() -> String {
+pub(crate) fn local_actor() -> String {
     let user = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
         .or_else(|_| std::env::var("LOGNAME"))
@@ -32,7 +32,7 @@ pub fn local_actor() -> String {
 }
 
 /// This machine's host name, if it has one.
-pub fn host_name() -> Option<String> {
+pub(crate) fn host_name() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().to_owned())
@@ -40,7 +40,7 @@ pub fn host_name() -> Option<String> {
 }
 
 /// This node's name: `[node] name`, else the host name.
-pub fn node_name(config: &crate::config::Config) -> String {
+pub(crate) fn node_name(config: &crate::config::Config) -> String {
     config
         .node
         .name

@@ -119,6 +119,9 @@ pub(crate) use vocabulary;
 
 #[cfg(test)]
 mod tests {
+    // The macro declares `pub` items; this test vocabulary is reachable from nowhere.
+    #![allow(unreachable_pub)]
+
     vocabulary! {
         /// A test vocabulary.
         pub enum Colour {

@@ -24,7 +24,7 @@ use crate::vault::intake::{After, Intake};
 
 /// Whether [`Node::build`] may create the store (or spool) it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Open {
+pub(crate) enum Open {
     /// Open an existing local store only (the record commands: a typo must not make a
     /// store). A bucket's spool is made when missing all the same.
     Existing,
@@ -34,7 +34,7 @@ pub enum Open {
 
 /// Why a node's parts could not be built.
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
+pub(crate) enum BuildError {
     /// The store, the spool or the bucket.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -66,7 +66,7 @@ fn list(errors: &[PolicyError]) -> String {
 }
 
 /// Loads the policy directory `dir`.
-pub fn load_policies(dir: &Path) -> Result<PolicySet, BuildError> {
+pub(crate) fn load_policies(dir: &Path) -> Result<PolicySet, BuildError> {
     PolicySet::load_dir(dir).map_err(|errors| BuildError::Policy {
         dir: dir.to_owned(),
         errors,
@@ -75,7 +75,7 @@ pub fn load_policies(dir: &Path) -> Result<PolicySet, BuildError> {
 
 /// Who records are sealed to, and the policies that apply after sealing.
 #[derive(Clone, Default)]
-pub struct SealSetup {
+pub(crate) struct SealSetup {
     /// Fixed recipients (config `[seal] recipients`, `-r`, `--recipients-file`).
     pub recipients: Vec<Recipient>,
     /// The policy directory's policies, if one is configured.
@@ -87,7 +87,7 @@ pub struct SealSetup {
 impl SealSetup {
     /// Gathers recipients (`configured`, then `given`, then the lines of `files`) and the
     /// policies of `policy_dir`.
-    pub fn gather(
+    pub(crate) fn gather(
         configured: &[String],
         given: &[String],
         files: &[PathBuf],
@@ -116,7 +116,7 @@ impl SealSetup {
     }
 
     /// Refuses a setup under which nobody could open what is sealed.
-    pub fn require_recipients(self) -> Result<Self, BuildError> {
+    pub(crate) fn require_recipients(self) -> Result<Self, BuildError> {
         if self.recipients.is_empty() && self.recipient_policy.is_none() {
             return Err(SealError::NoRecipients.into());
         }
@@ -125,7 +125,7 @@ impl SealSetup {
 }
 
 /// A node's parts, built from its configuration.
-pub struct Node {
+pub(crate) struct Node {
     config: Config,
     /// The local store, or the spool with a bucket: where this node seals, with its audit
     /// log and staging.
@@ -137,7 +137,7 @@ pub struct Node {
 impl Node {
     /// Opens (or, with [`Open::OrCreate`], creates) the store `config` names. A bucket is
     /// not contacted here (see [`Node::check_bucket`]).
-    pub fn build(config: Config, open: Open) -> Result<Self, BuildError> {
+    pub(crate) fn build(config: Config, open: Open) -> Result<Self, BuildError> {
         let dir = config.store.local_dir();
         // A spool is this process's own state: made when missing, whatever the command.
         let local = match (open, config.store.kind) {
@@ -175,23 +175,18 @@ impl Node {
         })
     }
 
-    /// The configuration the parts were built from.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// This node's name (`[node] name`, else the host name).
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         crate::node::node_name(&self.config)
     }
 
     /// The local store, or the spool with a bucket.
-    pub fn local(&self) -> &LocalStore {
+    pub(crate) fn local(&self) -> &LocalStore {
         &self.local
     }
 
     /// The store records are read from: the local store, or the bucket.
-    pub fn store(&self) -> Store {
+    pub(crate) fn store(&self) -> Store {
         match &self.bucket {
             Some(b) => Store::Bucket(b.clone()),
             None => Store::Local(self.local.clone()),
@@ -199,17 +194,17 @@ impl Node {
     }
 
     /// With a bucket: the bucket, its index and this node's spool.
-    pub fn bucket(&self) -> Option<&Arc<Bucket>> {
+    pub(crate) fn bucket(&self) -> Option<&Arc<Bucket>> {
         self.bucket.as_ref()
     }
 
     /// With a bucket (and [`Open::OrCreate`]): the uploader of the spool.
-    pub fn uploader(&self) -> Option<&Uploader> {
+    pub(crate) fn uploader(&self) -> Option<&Uploader> {
         self.uploader.as_ref()
     }
 
     /// Checks that the bucket answers (no-op for a local store).
-    pub async fn check_bucket(&self) -> Result<(), StoreError> {
+    pub(crate) async fn check_bucket(&self) -> Result<(), StoreError> {
         match &self.bucket {
             Some(b) => b.s3.check().await,
             None => Ok(()),
@@ -217,7 +212,7 @@ impl Node {
     }
 
     /// The policies of `[policy] dir`, if one is configured.
-    pub fn policies(&self) -> Result<Option<PolicySet>, BuildError> {
+    pub(crate) fn policies(&self) -> Result<Option<PolicySet>, BuildError> {
         self.config
             .policy
             .dir
@@ -228,7 +223,7 @@ impl Node {
 
     /// Seal options for records this node seals from `source`: `setup`'s recipients, this
     /// node's name, and with a spool its byte limit.
-    pub fn seal_options(&self, setup: &SealSetup, source: Source) -> SealOptions {
+    pub(crate) fn seal_options(&self, setup: &SealSetup, source: Source) -> SealOptions {
         let mut opts = SealOptions::new(setup.recipients.clone(), source);
         opts.recipient_policy = setup.recipient_policy.clone();
         opts.node = Some(self.name());
@@ -237,13 +232,13 @@ impl Node {
     }
 
     /// With a bucket: the most bytes the spool may hold (`[store] spool_max`).
-    pub fn spool_max(&self) -> Option<u64> {
+    pub(crate) fn spool_max(&self) -> Option<u64> {
         (self.config.store.kind == StoreKind::S3).then(|| self.config.store.spool_max.bytes())
     }
 
     /// What follows a seal: with a bucket the uploader takes the record (woken, when this
     /// process runs one); into a local store `policies`' retention applies.
-    pub fn after_seal(&self, policies: Option<Arc<PolicySet>>) -> After {
+    pub(crate) fn after_seal(&self, policies: Option<Arc<PolicySet>>) -> After {
         match (&self.bucket, &self.uploader) {
             (Some(_), Some(u)) => After::Upload(Some(u.waker())),
             (Some(_), None) => After::Upload(None),
@@ -253,7 +248,7 @@ impl Node {
 
     /// The intake a capturing front-end seals through: [`Self::seal_options`] and
     /// [`Self::after_seal`] over the local store or spool.
-    pub fn intake(&self, setup: &SealSetup, source: Source) -> Intake {
+    pub(crate) fn intake(&self, setup: &SealSetup, source: Source) -> Intake {
         Intake::new(
             self.local.clone(),
             self.seal_options(setup, source),
@@ -264,7 +259,9 @@ impl Node {
 
 /// Seals what an earlier run left in `intake`'s staging (recovered, never dropped), and
 /// logs what it did.
-pub fn recover_staging(intake: &Intake) -> Result<crate::capture::staging::Recovered, StoreError> {
+pub(crate) fn recover_staging(
+    intake: &Intake,
+) -> Result<crate::capture::staging::Recovered, StoreError> {
     let recovered = crate::capture::staging::recover(intake)?;
     for m in &recovered.sealed {
         tracing::info!(record = %m.id, "recovered a capture from staging");

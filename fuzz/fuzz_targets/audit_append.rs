@@ -4,8 +4,8 @@
 //! the next append works.
 #![no_main]
 
-use ckvault::audit::verify::verify;
-use ckvault::audit::{Action, Actor, AuditLog, EventInput, MAX_EVENT_BYTES, Outcome};
+use ckvault::internal::audit::verify::verify;
+use ckvault::internal::audit::{Action, Actor, AuditLog, EventInput, MAX_EVENT_BYTES, Outcome};
 use ckvault::manifest::SigningKey;
 use libfuzzer_sys::fuzz_target;
 
@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     let v = verify(&path, &vk).expect("the log verifies");
-    let events = ckvault::audit::read_events(&path, &|_| true, usize::MAX).expect("reads");
+    let events = ckvault::internal::audit::read_events(&path, &|_| true, usize::MAX).expect("reads");
     assert_eq!(events.len() as u64, v.events);
     assert_eq!(v.torn_bytes, 0);
 });

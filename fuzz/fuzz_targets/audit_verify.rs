@@ -2,7 +2,7 @@
 //! must really be a chain: re-reading it event by event gives consecutive sequence numbers.
 #![no_main]
 
-use ckvault::audit::verify::verify;
+use ckvault::internal::audit::verify::verify;
 use ckvault::manifest::SigningKey;
 use libfuzzer_sys::fuzz_target;
 
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     }
     KEY.with(|k| {
         if let Ok(v) = verify(&log, &k.verifying_key()) {
-            let events = ckvault::audit::read_events(&log, &|_| true, usize::MAX)
+            let events = ckvault::internal::audit::read_events(&log, &|_| true, usize::MAX)
                 .expect("a verified log reads");
             assert_eq!(events.len() as u64, v.events);
             for (i, e) in events.iter().enumerate() {

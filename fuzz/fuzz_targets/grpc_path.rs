@@ -7,7 +7,7 @@
 //! them; whatever it intercepts or relays has exactly one canonical `:path`.
 #![no_main]
 
-use ckvault::capture::method::{CHECKPOINT_METHOD, Route, grpc_go, route};
+use ckvault::internal::capture::method::{CHECKPOINT_METHOD, Route, grpc_go, route};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! panic, and never hand out more than the block plus the bounded tables could encode.
 #![no_main]
 
-use ckvault::capture::hpack::Decoder;
+use ckvault::internal::capture::hpack::Decoder;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

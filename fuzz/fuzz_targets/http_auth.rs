@@ -3,8 +3,8 @@
 //! stay inside the blob; certificates must yield a principal or nothing, never a panic.
 #![no_main]
 
-use ckvault::serve::range::{RangeDecision, decide};
-use ckvault::serve::tls::principal_from_cert;
+use ckvault::internal::serve::range::{RangeDecision, decide};
+use ckvault::internal::serve::tls::principal_from_cert;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use ckvault::manifest::{Manifest, SigningKey};
-use ckvault::policy::{
+use ckvault::internal::policy::{
     access::AccessPolicy, holds::HoldsPolicy, recipients::RecipientsPolicy,
     retention::RetentionPolicy,
 };

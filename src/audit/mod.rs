@@ -17,7 +17,7 @@
 //! ([`EventInput::bounded`]), so no input can make a line the log cannot read back.
 
 mod tail;
-pub mod verify;
+pub(crate) mod verify;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -33,12 +33,12 @@ use crate::manifest::SigningKey;
 use crate::vocab::cut_to;
 
 /// Hash standing in for "no previous event".
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Longest event line written: the fields of an event are cut to fit well below this.
 pub const MAX_EVENT_BYTES: usize = 64 << 10;
 /// Longest line a reader accepts (logs written before fields were bounded may hold longer
 /// lines than [`MAX_EVENT_BYTES`]; they still read back and verify).
-pub const MAX_LINE_BYTES: usize = 1 << 20;
+pub(crate) const MAX_LINE_BYTES: usize = 1 << 20;
 
 crate::vocab::vocabulary! {
     /// What an event records was done (or refused). The words are those every earlier
@@ -605,7 +605,7 @@ fn free_bytes(path: &Path) -> io::Result<u64> {
 }
 
 /// The latest signed head of the log at `log` (its `.head.json`), if there is one.
-pub fn latest_head(log: &Path) -> Option<SignedHead> {
+pub(crate) fn latest_head(log: &Path) -> Option<SignedHead> {
     tail::read_head(&sibling(log, ".head.json"))
 }
 
@@ -659,7 +659,7 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// SHA-256 (hex) of an event's canonical JSON with `hash` removed.
-pub fn event_hash(event: &AuditEvent) -> String {
+pub(crate) fn event_hash(event: &AuditEvent) -> String {
     let mut value = serde_json::to_value(event).unwrap_or(serde_json::Value::Null);
     if let serde_json::Value::Object(map) = &mut value {
         map.remove("hash");
@@ -669,7 +669,7 @@ pub fn event_hash(event: &AuditEvent) -> String {
 }
 
 /// The bytes a head signature covers.
-pub fn head_message(size: u64, hash: &str) -> Vec<u8> {
+pub(crate) fn head_message(size: u64, hash: &str) -> Vec<u8> {
     format!("ckvault-audit-head\n{size}\n{hash}\n").into_bytes()
 }
 

@@ -51,7 +51,7 @@ pub(super) struct Cut {
 
 impl Cut {
     /// One line for the `audit-repair` event.
-    pub fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         let mut parts = Vec::new();
         if self.torn > 0 {
             parts.push(format!("a torn line of {} bytes", self.torn));

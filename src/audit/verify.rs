@@ -174,7 +174,7 @@ pub fn verify(log: &Path, key: &VerifyingKey) -> Result<Verified, VerifyError> {
 }
 
 /// [`verify`], and the log must still reach `expect`, a head seen earlier.
-pub fn verify_expecting(
+pub(crate) fn verify_expecting(
     log: &Path,
     key: &VerifyingKey,
     expect: Option<&ExpectedHead>,
@@ -185,7 +185,7 @@ pub fn verify_expecting(
 /// [`verify_expecting`] with every key the log's heads may be signed with (the store's
 /// current key and those it retired by `ckvault key rotate`): each head is checked with
 /// the key its `key_id` names.
-pub fn verify_with_keys(
+pub(crate) fn verify_with_keys(
     log: &Path,
     keys: &[VerifyingKey],
     expect: Option<&ExpectedHead>,

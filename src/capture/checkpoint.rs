@@ -22,7 +22,7 @@ use crate::vault::intake::Intake;
 
 /// The longest a checkpoint may be given: an hour is far beyond what CRIU needs for any
 /// container a node can hold, and keeps every deadline derived from it representable.
-pub const MAX_DEADLINE: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 /// Why a checkpoint did not become a record.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {

@@ -11,12 +11,12 @@
 //!   recovery at start (anything left there is sealed, never dropped).
 //! * [`receipt`]: the small JSON left where the plaintext was.
 
-pub mod checkpoint;
+pub(crate) mod checkpoint;
 pub mod cri;
 pub mod hpack;
 pub mod method;
 pub mod proxy;
-pub mod receipt;
-pub mod relay;
-pub mod staging;
-pub mod watch;
+pub(crate) mod receipt;
+pub(crate) mod relay;
+pub(crate) mod staging;
+pub(crate) mod watch;

@@ -9,11 +9,11 @@ use crate::fsutil;
 use crate::manifest::Manifest;
 
 /// Suffix of receipt files next to where an archive was.
-pub const SUFFIX: &str = ".ckvault-receipt.json";
+pub(crate) const SUFFIX: &str = ".ckvault-receipt.json";
 
 /// A receipt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Receipt {
+pub(crate) struct Receipt {
     /// Always `ckvault.dev/receipt/v1`.
     pub schema: String,
     /// Record ID.
@@ -38,7 +38,7 @@ pub struct Receipt {
 
 impl Receipt {
     /// The receipt for a sealed record.
-    pub fn for_manifest(m: &Manifest) -> Self {
+    pub(crate) fn for_manifest(m: &Manifest) -> Self {
         Self {
             schema: "ckvault.dev/receipt/v1".into(),
             id: m.id.to_string(),
@@ -54,7 +54,7 @@ impl Receipt {
     }
 
     /// Writes the receipt atomically to `path` (0600), replacing nothing.
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+    pub(crate) fn write(&self, path: &Path) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         let dir = path
             .parent()
@@ -65,7 +65,7 @@ impl Receipt {
 }
 
 /// Where the receipt for an archive at `archive` goes.
-pub fn path_for(archive: &Path) -> PathBuf {
+pub(crate) fn path_for(archive: &Path) -> PathBuf {
     let mut s = archive.as_os_str().to_os_string();
     s.push(SUFFIX);
     PathBuf::from(s)

@@ -87,14 +87,14 @@ pub struct Intercepted {
 
 /// The answer to an intercepted call: `Ok(message bytes)` (a gRPC-framed response body)
 /// or `Err(status)`.
-pub type Answer = Result<Bytes, super::cri::GrpcStatus>;
+pub(crate) type Answer = Result<Bytes, super::cri::GrpcStatus>;
 
 /// How much intercepted work the relay holds: CheckpointContainer requests still arriving
 /// on one connection, and calls held (arriving or being answered) over all connections,
 /// each a permit of `intercepted`. A request beyond either is answered RESOURCE_EXHAUSTED
 /// at once and never buffered.
 #[derive(Clone)]
-pub struct RelayLimits {
+pub(crate) struct RelayLimits {
     /// Requests arriving at once on one connection.
     pub max_pending_per_connection: usize,
     /// Calls held at once over all connections.
@@ -112,7 +112,7 @@ impl Default for RelayLimits {
 }
 
 /// What the relay calls for an intercepted stream.
-pub type Handler =
+pub(crate) type Handler =
     Arc<dyn Fn(Intercepted) -> futures_util::future::BoxFuture<'static, Answer> + Send + Sync>;
 
 fn bad(msg: impl Into<String>) -> io::Error {
@@ -795,7 +795,7 @@ async fn runtime_to_client(
 
 /// Relays one client connection to a fresh connection to the runtime at `upstream`,
 /// answering intercepted `CheckpointContainer` streams with `handler`.
-pub async fn relay(
+pub(crate) async fn relay(
     client: UnixStream,
     upstream: &std::path::Path,
     handler: Handler,

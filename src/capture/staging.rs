@@ -33,7 +33,7 @@ const INTENT_MAX: u64 = 64 << 10;
 /// What a capture was for, written before the runtime is asked.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Intent {
+pub(crate) struct Intent {
     /// Kubernetes namespace (from the runtime's labels).
     pub namespace: Option<String>,
     /// Pod.
@@ -55,7 +55,7 @@ pub struct Intent {
 
 impl Intent {
     /// The identity it claims for the archive.
-    pub fn claimed(&self) -> ClaimedIdentity {
+    pub(crate) fn claimed(&self) -> ClaimedIdentity {
         ClaimedIdentity {
             namespace: self.namespace.clone(),
             pod: self.pod.clone(),
@@ -76,7 +76,7 @@ impl Intent {
 
 /// One capture's files in staging.
 #[derive(Debug, Clone)]
-pub struct Staged {
+pub(crate) struct Staged {
     /// Where the runtime writes the archive.
     pub archive: PathBuf,
     /// The intent beside it.
@@ -87,14 +87,17 @@ pub struct Staged {
 
 impl Staged {
     /// Removes both files (after sealing, or when nothing was written).
-    pub fn remove(&self) {
+    pub(crate) fn remove(&self) {
         let _ = std::fs::remove_file(&self.archive);
         let _ = std::fs::remove_file(&self.intent_path);
     }
 }
 
 /// Registers a capture: writes its intent, then a fresh, empty, private archive file.
-pub fn create(store: &LocalStore, intent: Intent) -> Result<(Staged, std::fs::File), StoreError> {
+pub(crate) fn create(
+    store: &LocalStore,
+    intent: Intent,
+) -> Result<(Staged, std::fs::File), StoreError> {
     let dir = store.staging_dir()?;
     let stem = format!("{}.{}", RecordId::generate(), store.owner()?);
     let intent_path = dir.join(format!("{stem}.json"));
@@ -131,7 +134,7 @@ pub fn create(store: &LocalStore, intent: Intent) -> Result<(Staged, std::fs::Fi
 
 /// Registers a capture whose archive the runtime writes into a named pipe: its intent,
 /// then a fresh private FIFO (`ID.OWNER.fifo`).
-pub fn create_fifo(store: &LocalStore, intent: Intent) -> Result<Staged, StoreError> {
+pub(crate) fn create_fifo(store: &LocalStore, intent: Intent) -> Result<Staged, StoreError> {
     let dir = store.staging_dir()?;
     let stem = format!("{}.{}", RecordId::generate(), store.owner()?);
     let intent_path = dir.join(format!("{stem}.json"));
@@ -159,7 +162,7 @@ pub fn create_fifo(store: &LocalStore, intent: Intent) -> Result<Staged, StoreEr
 }
 
 /// Records in the audit log that a capture produced nothing to seal, and why.
-pub fn abandoned(store: &LocalStore, intent: &Intent, why: &str) -> Result<(), StoreError> {
+pub(crate) fn abandoned(store: &LocalStore, intent: &Intent, why: &str) -> Result<(), StoreError> {
     store
         .audit_log()?
         .append(
@@ -181,7 +184,7 @@ pub fn abandoned(store: &LocalStore, intent: &Intent, why: &str) -> Result<(), S
 
 /// What staging recovery did.
 #[derive(Debug, Default)]
-pub struct Recovered {
+pub(crate) struct Recovered {
     /// Records made from leftover archives.
     pub sealed: Vec<Manifest>,
     /// Captures that left nothing to seal (recorded as `capture-abandoned`).
@@ -216,7 +219,7 @@ fn read_intent(path: &Path) -> Option<Intent> {
 
 /// Deals with every capture a dead process left in staging (through `intake`, so a sealed
 /// leftover is uploaded or retention applies as after any seal).
-pub fn recover(intake: &Intake) -> Result<Recovered, StoreError> {
+pub(crate) fn recover(intake: &Intake) -> Result<Recovered, StoreError> {
     let store = intake.store();
     let dir = store.staging_dir()?;
     let mut out = Recovered::default();

@@ -34,7 +34,7 @@ use crate::vault::intake::Intake;
 
 /// What happened to one candidate file.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Sealed; plaintext removed; receipt written (`warning`: what went wrong with the
     /// receipt, if anything).
     Sealed {
@@ -58,7 +58,7 @@ pub enum Outcome {
 
 /// Why a settled file did not leave a record behind it and its plaintext gone.
 #[derive(Debug, thiserror::Error)]
-pub enum SealFailed {
+pub(crate) enum SealFailed {
     /// Sealing failed; nothing was stored.
     #[error(transparent)]
     Seal(#[from] crate::seal::SealError),
@@ -74,7 +74,7 @@ pub enum SealFailed {
 
 /// What the watcher knows of how a file came to be complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Evidence {
+pub(crate) enum Evidence {
     /// Its writer closed it (`IN_CLOSE_WRITE`) and nothing wrote to it since.
     Closed,
     /// Found by a walk, renamed into the directory, or seen after lost events: nobody was
@@ -86,7 +86,7 @@ pub enum Evidence {
 }
 
 /// True for names the kubelet gives checkpoint archives.
-pub fn is_candidate(name: &str) -> bool {
+pub(crate) fn is_candidate(name: &str) -> bool {
     name.starts_with("checkpoint-")
         && (name.ends_with(".tar") || name.ends_with(".tar.gz") || name.ends_with(".tar.zst"))
         && !name.contains('/')
@@ -104,7 +104,7 @@ fn fingerprint(meta: &std::fs::Metadata) -> (u64, i64, i64) {
 }
 
 /// Captures one file of the watched directory if it is complete (see the module doc).
-pub fn capture(
+pub(crate) fn capture(
     intake: &Intake,
     dir: &Path,
     name: &str,
@@ -197,7 +197,7 @@ pub fn capture(
 
 /// Watcher settings.
 #[derive(Debug, Clone)]
-pub struct WatchOptions {
+pub(crate) struct WatchOptions {
     /// The directory (the kubelet's `<root-dir>/checkpoints`).
     pub dir: PathBuf,
     /// Quiet time after the last write (and after the close) before a file is captured.
@@ -216,7 +216,7 @@ struct Pending {
 
 /// Runs the watcher; `report` is told about each capture. Returns only with `once`, or on
 /// an inotify error.
-pub fn run(
+pub(crate) fn run(
     intake: &Intake,
     opts: &WatchOptions,
     report: &mut dyn FnMut(&str, &Outcome),

@@ -104,7 +104,7 @@ fn verify_bucket(config: &crate::config::Config) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `ckvault audit ...`.
-pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         AuditCommand::Verify {
             file,

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::vault::intake::Intake;
-pub use crate::wiring::SealSetup;
+pub(super) use crate::wiring::SealSetup;
 use crate::wiring::{Node, Open};
 
 /// The limits for reading a capture through (inspect --deep, memsearch, diff): the
 /// defaults, with an hour to read a responder's multi-GiB archive.
-pub fn analysis_limits() -> crate::inspect::Limits {
+pub(super) fn analysis_limits() -> crate::inspect::Limits {
     crate::inspect::Limits {
         deadline: std::time::Duration::from_secs(3600),
         ..crate::inspect::Limits::default()
@@ -22,7 +22,7 @@ pub fn analysis_limits() -> crate::inspect::Limits {
 
 /// The identities of `-i KEYFILE`, which reading `what` needs (named in the error when no
 /// key was given).
-pub fn identities(
+pub(super) fn identities(
     key: Option<&PathBuf>,
     what: &str,
 ) -> anyhow::Result<crate::seal::open::Identities> {
@@ -31,7 +31,7 @@ pub fn identities(
 }
 
 /// Gathers recipients and policies; refuses when nobody could open what is sealed.
-pub fn seal_setup(
+pub(super) fn seal_setup(
     configured: &[String],
     flags: &[String],
     files: &[PathBuf],
@@ -41,7 +41,7 @@ pub fn seal_setup(
 }
 
 /// A store opened by a record command, with the runtime its async calls run on.
-pub struct Opened {
+pub(super) struct Opened {
     /// The store.
     pub store: crate::store::Store,
     /// The runtime.
@@ -52,7 +52,7 @@ pub struct Opened {
 
 impl Opened {
     /// Ships this command's audit events to the bucket (no-op for a local store).
-    pub fn ship_audit(&self) -> anyhow::Result<()> {
+    pub(super) fn ship_audit(&self) -> anyhow::Result<()> {
         if let (crate::store::Store::Bucket(b), Some(node)) = (&self.store, &self.ship_as) {
             self.rt.block_on(async {
                 b.s3.publish_key(node, &b.spool.verifying_key()?).await?;
@@ -65,7 +65,7 @@ impl Opened {
 
 /// Opens the store of `--store DIR` or `--config FILE` (never creating one). A bucket's
 /// index is filled first when `index` is set (listing).
-pub fn open_store(arg: &super::StoreArg, index: bool) -> anyhow::Result<Opened> {
+pub(super) fn open_store(arg: &super::StoreArg, index: bool) -> anyhow::Result<Opened> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -84,7 +84,7 @@ pub fn open_store(arg: &super::StoreArg, index: bool) -> anyhow::Result<Opened> 
 
 /// Everything a capturing command (`watch`, `proxy`) needs before it starts: where and
 /// how it seals and what follows a seal ([`Intake`]), and the uploader of a spool.
-pub struct Capture {
+pub(super) struct Capture {
     /// Sealing, then upload (bucket) or retention (local store).
     pub intake: Intake,
     /// With a bucket: the uploader of the spool (whose waker the intake rings).
@@ -93,7 +93,7 @@ pub struct Capture {
 
 /// The options every capturing command (`watch`, `proxy`) takes.
 #[derive(Debug, clap::Args)]
-pub struct CaptureArgs {
+pub(super) struct CaptureArgs {
     /// Configuration file ([store], [seal] recipients, [policy] dir, and the command's
     /// own section: [watch] or [cri]).
     #[arg(long, short = 'c', value_name = "FILE", env = "CKVAULT_CONFIG")]
@@ -111,7 +111,7 @@ pub struct CaptureArgs {
 
 impl CaptureArgs {
     /// The configuration file, or the embedded defaults without one.
-    pub fn config(&self) -> anyhow::Result<crate::config::Config> {
+    pub(super) fn config(&self) -> anyhow::Result<crate::config::Config> {
         Ok(match &self.config {
             Some(p) => crate::config::Config::load(p)?,
             None => crate::config::Config::embedded(),
@@ -121,7 +121,7 @@ impl CaptureArgs {
 
 /// Sets up capture for `source_kind` (watch, CRI proxy), then seals what an earlier
 /// run left in staging (recovered, never dropped).
-pub fn capture_setup(
+pub(super) fn capture_setup(
     config: &crate::config::Config,
     args: &CaptureArgs,
     source_kind: crate::manifest::SourceKind,
@@ -166,7 +166,7 @@ pub struct UploadArgs {
 }
 
 /// Runs `ckvault upload`.
-pub fn upload(args: UploadArgs) -> anyhow::Result<std::process::ExitCode> {
+pub(super) fn upload(args: UploadArgs) -> anyhow::Result<std::process::ExitCode> {
     let config = crate::config::Config::load(&args.config)?;
     anyhow::ensure!(
         config.store.kind == crate::config::StoreKind::S3,

@@ -67,7 +67,7 @@ pub enum DeployCommand {
 }
 
 /// Runs `ckvault deploy ...`.
-pub fn run(cmd: DeployCommand) -> anyhow::Result<ExitCode> {
+pub(super) fn run(cmd: DeployCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         DeployCommand::Tls { dir } => tls(&dir),
         DeployCommand::NodeKey { config, name } => node_key(&config, name),

@@ -109,7 +109,7 @@ fn load(arg: &str, args: &DiffArgs) -> anyhow::Result<Side> {
 }
 
 /// Runs `ckvault diff`.
-pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
     let a = load(&args.a, &args)?;
     let b = load(&args.b, &args)?;
     let doc = diff::compare(&a, &b);

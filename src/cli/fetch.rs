@@ -49,7 +49,7 @@ pub struct FetchArgs {
 }
 
 /// Runs `ckvault fetch`.
-pub fn run(args: FetchArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: FetchArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&ClientOptions {
         server: args.server.clone(),
         cacert: args.cacert.clone(),

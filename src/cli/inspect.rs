@@ -87,7 +87,7 @@ fn identities(args: &InspectArgs) -> anyhow::Result<crate::seal::open::Identitie
 }
 
 /// Runs `ckvault inspect`.
-pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let path = PathBuf::from(&args.archive);
     if args.deep
         && !path.exists()

@@ -38,7 +38,7 @@ pub struct RotateArgs {
 }
 
 /// Runs `ckvault key ...`.
-pub fn run(cmd: KeyCommand) -> anyhow::Result<ExitCode> {
+pub(super) fn run(cmd: KeyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         KeyCommand::Rotate(args) => rotate(args),
     }

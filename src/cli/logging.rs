@@ -30,7 +30,7 @@ pub enum LogFormat {
 const DEFAULT_FILTER: &str = "warn,ckvault=info";
 
 /// Installs the subscriber for this process (once; later calls do nothing).
-pub fn init(format: LogFormat) {
+pub(super) fn init(format: LogFormat) {
     let (filter, bad) = filter_from_env();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -63,7 +63,7 @@ fn escape_bytes(b: &[u8]) -> String {
 }
 
 /// Runs `ckvault memsearch`.
-pub fn run(args: MemsearchArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: MemsearchArgs) -> anyhow::Result<ExitCode> {
     let pattern = match (&args.string, &args.regex) {
         (Some(s), _) => {
             anyhow::ensure!(

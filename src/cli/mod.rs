@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub use logging::LogFormat;
+pub(crate) use logging::LogFormat;
 
 /// ckvault seals Kubernetes container checkpoints: every archive is hashed, compressed,
 /// encrypted to named age/SSH recipients and recorded with a signed manifest, so memory

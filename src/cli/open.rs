@@ -35,7 +35,7 @@ pub struct OpenArgs {
 }
 
 /// Runs `ckvault open`.
-pub fn run(args: OpenArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: OpenArgs) -> anyhow::Result<ExitCode> {
     let identities = Identities::from_file(&args.identity)?;
     let as_file = PathBuf::from(&args.target);
     let (manifest, blob) = if let (Some(dir), Ok(id)) =

@@ -31,7 +31,7 @@ pub struct ProxyArgs {
 }
 
 /// Runs `ckvault proxy`.
-pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let config = args.capture.config()?;
     let listen = args
         .listen

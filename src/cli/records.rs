@@ -73,7 +73,7 @@ pub struct VerifyArgs {
 }
 
 /// Runs `ckvault ls`.
-pub fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
     let opened = super::common::open_store(&args.store, true)?;
     let (manifests, broken) = match &opened.store {
         crate::store::Store::Local(l) => {
@@ -125,7 +125,7 @@ pub fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `ckvault show`.
-pub fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let opened = super::common::open_store(&args.store, false)?;
     let manifest = opened.rt.block_on(opened.store.manifest(&args.id))?;
     output::print_json(&manifest)?;
@@ -133,7 +133,7 @@ pub fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `ckvault export`.
-pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let store = args.store.open_local("export")?;
     let manifest = store.manifest(&args.id)?; // signature checked
     store.audit_log()?.append(
@@ -172,12 +172,12 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Where `export` puts the manifest for a blob written to `blob`.
-pub fn manifest_path_for(blob: &Path) -> PathBuf {
+pub(super) fn manifest_path_for(blob: &Path) -> PathBuf {
     crate::manifest::path_beside(blob)
 }
 
 /// Runs `ckvault verify`.
-pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let key_from = |path: &Path| -> anyhow::Result<VerifyingKey> {
         let mut pem = String::new();
         fsutil::open_regular(path)

@@ -73,7 +73,7 @@ fn custody(opened: &super::common::Opened) -> anyhow::Result<(Custody, Actor)> {
 }
 
 /// Runs `ckvault hold`.
-pub fn hold(args: HoldArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn hold(args: HoldArgs) -> anyhow::Result<ExitCode> {
     let opened = super::common::open_store(&args.store, false)?;
     let m = opened.rt.block_on(opened.store.manifest(&args.id))?;
     let (custody, who) = custody(&opened)?;
@@ -85,7 +85,7 @@ pub fn hold(args: HoldArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `ckvault release`.
-pub fn release(args: HoldArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn release(args: HoldArgs) -> anyhow::Result<ExitCode> {
     let opened = super::common::open_store(&args.store, false)?;
     let m = opened.rt.block_on(opened.store.manifest(&args.id))?;
     let (custody, who) = custody(&opened)?;
@@ -97,7 +97,7 @@ pub fn release(args: HoldArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `ckvault delete`.
-pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     let opened = super::common::open_store(&args.store, false)?;
     let m = opened.rt.block_on(opened.store.manifest(&args.id))?;
     let set = match &args.policies {
@@ -116,7 +116,7 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `ckvault retention plan|apply`.
-pub fn retention(cmd: RetentionCommand) -> anyhow::Result<ExitCode> {
+pub(super) fn retention(cmd: RetentionCommand) -> anyhow::Result<ExitCode> {
     let (args, apply) = match cmd {
         RetentionCommand::Plan(a) => (a, false),
         RetentionCommand::Apply(a) => (a, true),

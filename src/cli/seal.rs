@@ -52,7 +52,7 @@ pub struct SealArgs {
 }
 
 /// Runs `ckvault seal`.
-pub fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
     let config = args.store.config()?;
     let setup = super::common::seal_setup(
         &config.seal.recipients,

@@ -35,7 +35,7 @@ macro_rules! say {
 }
 
 /// Runs `ckvault serve`.
-pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = match &args.config {
         Some(p) => Config::load(p)?,
         None => Config::embedded(),
@@ -110,7 +110,7 @@ pub enum TokenCommand {
 }
 
 /// Runs `ckvault token ...`.
-pub fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
+pub(super) fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TokenCommand::Add {
             name,
@@ -222,7 +222,7 @@ pub enum TlsCommand {
 }
 
 /// Runs `ckvault tls ...`.
-pub fn tls(cmd: TlsCommand) -> anyhow::Result<ExitCode> {
+pub(super) fn tls(cmd: TlsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TlsCommand::Renew { store, config, ca } => {
             let dir = match &config {
@@ -271,7 +271,7 @@ pub enum PolicyCommand {
 }
 
 /// Runs `ckvault policy ...`.
-pub fn policy(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+pub(super) fn policy(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check { dir } => match policy::check_dir(&dir) {
             Ok(p) => {

@@ -13,7 +13,7 @@ use crate::manifest::{Manifest, VerifyingKey};
 
 /// The trust options of `fetch` and `open FILE`.
 #[derive(Debug, clap::Args)]
-pub struct TrustArgs {
+pub(super) struct TrustArgs {
     /// The vault's public key (SPKI PEM: the store's keys/signing.pub, obtained out of
     /// band); the manifest must verify with it. Without it, a key pinned by `fetch`.
     #[arg(long, value_name = "PEM")]
@@ -27,7 +27,7 @@ pub struct TrustArgs {
 
 impl TrustArgs {
     /// The key given with `--public-key`, if any.
-    pub fn public_key(&self) -> anyhow::Result<Option<VerifyingKey>> {
+    pub(super) fn public_key(&self) -> anyhow::Result<Option<VerifyingKey>> {
         let Some(path) = &self.public_key else {
             return Ok(None);
         };
@@ -41,7 +41,7 @@ impl TrustArgs {
     }
 
     /// The pinned keys.
-    pub fn pins(&self) -> anyhow::Result<Pins> {
+    pub(super) fn pins(&self) -> anyhow::Result<Pins> {
         match self.pinned_keys.clone().or_else(Pins::default_dir) {
             Some(dir) => Ok(Pins::new(dir)),
             None => bail!("no HOME to keep pinned keys in: pass --pinned-keys DIR or --public-key"),
@@ -50,7 +50,11 @@ impl TrustArgs {
 
     /// Verifies the signature of a manifest read from `mpath` (beside an exported or
     /// fetched blob): with `--public-key`, else with the pinned key it names.
-    pub fn verify_file_manifest(&self, manifest: &Manifest, mpath: &Path) -> anyhow::Result<()> {
+    pub(super) fn verify_file_manifest(
+        &self,
+        manifest: &Manifest,
+        mpath: &Path,
+    ) -> anyhow::Result<()> {
         let unverified = || format!("the manifest {} is not trusted", mpath.display());
         if let Some(key) = self.public_key()? {
             key.verify(manifest).with_context(unverified)?;

@@ -26,7 +26,7 @@ pub struct WatchArgs {
 }
 
 /// Runs `ckvault watch`.
-pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let config = args.capture.config()?;
     let dir = args.dir.clone().unwrap_or_else(|| config.watch.dir.clone());
     let settle = match args.settle {

@@ -14,14 +14,14 @@ use crate::manifest::{Manifest, RecordId};
 use crate::store::{LocalStore, Store, StoreError};
 
 /// Unix seconds of a manifest's seal time (falls back to the ID's timestamp).
-pub fn sealed_at_unix(m: &Manifest) -> i64 {
+pub(crate) fn sealed_at_unix(m: &Manifest) -> i64 {
     time::OffsetDateTime::parse(&m.sealed_at, &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp())
         .unwrap_or_else(|_| (m.id.timestamp_ms() / 1000) as i64)
 }
 
 /// One record as retention sees it; `held` is its per-record hold.
-pub fn info(m: &Manifest, held: bool, set: &PolicySet) -> RecordInfo {
+pub(crate) fn info(m: &Manifest, held: bool, set: &PolicySet) -> RecordInfo {
     let held = held
         || set
             .holds
@@ -43,7 +43,7 @@ pub fn info(m: &Manifest, held: bool, set: &PolicySet) -> RecordInfo {
 }
 
 /// The store's records as retention sees them.
-pub fn records(store: &LocalStore, set: &PolicySet) -> Result<Vec<RecordInfo>, StoreError> {
+pub(crate) fn records(store: &LocalStore, set: &PolicySet) -> Result<Vec<RecordInfo>, StoreError> {
     let (manifests, _broken) = store.list()?;
     let mut out = Vec::with_capacity(manifests.len());
     for m in manifests {
@@ -67,7 +67,7 @@ fn deletion_event(actor: &str, d: &Deletion, namespace: Option<String>) -> Event
 
 /// [`apply`] for any [`Store`] (the server: local or bucket). Records protected by S3
 /// Object Lock are skipped, not errors: the store is right to refuse.
-pub async fn apply_store(
+pub(crate) async fn apply_store(
     store: &Store,
     audit: &AuditLog,
     set: &PolicySet,
@@ -98,7 +98,7 @@ pub async fn apply_store(
 }
 
 /// What retention would delete now from any [`Store`] (local or bucket).
-pub async fn plan_store(
+pub(crate) async fn plan_store(
     store: &Store,
     set: &PolicySet,
     now: i64,
@@ -114,7 +114,7 @@ pub async fn plan_store(
 
 /// What retention would delete now (a local store, synchronously: capture applies
 /// retention after each seal on its own thread).
-pub fn plan(
+pub(crate) fn plan(
     store: &LocalStore,
     set: &PolicySet,
     now: i64,
@@ -125,7 +125,7 @@ pub fn plan(
 
 /// Deletes what [`plan`] plans, oldest first; returns what was deleted. `actor` names who
 /// ran it in the audit log.
-pub fn apply(
+pub(crate) fn apply(
     store: &LocalStore,
     set: &PolicySet,
     now: i64,
@@ -157,6 +157,6 @@ pub fn apply(
 }
 
 /// Now, in Unix seconds.
-pub fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }

@@ -3,7 +3,7 @@
 //! classes, no escapes: Kubernetes names never contain `*`, `?` or `[`.
 
 /// True if `name` matches `pattern`.
-pub fn matches(pattern: &str, name: &str) -> bool {
+pub(crate) fn matches(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
     // Iterative wildcard matching with single backtrack point (linear in practice).
@@ -35,7 +35,7 @@ pub fn matches(pattern: &str, name: &str) -> bool {
 
 /// Specificity of a pattern: literal characters count, wildcards do not. Used to pick
 /// the most specific of several matching rules.
-pub fn specificity(pattern: &str) -> usize {
+pub(crate) fn specificity(pattern: &str) -> usize {
     pattern.chars().filter(|&c| c != '*' && c != '?').count()
 }
 

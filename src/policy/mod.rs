@@ -2,14 +2,14 @@
 //! which namespaces ([`access`]). Everything is deny by default.
 
 pub mod access;
-pub mod enforce;
-pub mod glob;
+pub(crate) mod enforce;
+pub(crate) mod glob;
 pub mod holds;
 pub mod recipients;
 pub mod retention;
 pub mod selector;
 
-pub use access::{AccessPolicy, Action, Principal};
+pub(crate) use access::{AccessPolicy, Action, Principal};
 
 use std::path::Path;
 
@@ -195,6 +195,6 @@ impl PolicySet {
 }
 
 /// Loads and validates every policy file in `dir`, returning all problems found.
-pub fn check_dir(dir: &Path) -> Result<PolicySet, Vec<PolicyError>> {
+pub(crate) fn check_dir(dir: &Path) -> Result<PolicySet, Vec<PolicyError>> {
     PolicySet::load_dir(dir)
 }

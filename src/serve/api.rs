@@ -35,10 +35,10 @@ use crate::vault::query::RecordQuery;
 type Shared = Arc<AppState>;
 
 /// The OpenAPI document of this API, kept in the repository.
-pub const OPENAPI: &str = include_str!("../../openapi/ckvault-v1.json");
+pub(crate) const OPENAPI: &str = include_str!("../../openapi/ckvault-v1.json");
 
 /// Builds the router.
-pub fn router(state: Shared) -> Router {
+pub(crate) fn router(state: Shared) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -99,6 +99,9 @@ async fn authorized_manifest(
         actor: caller.actor(),
     };
     let result = download::authorized(&vault(state, &policy), &Rec(state), &who, id, action).await;
+    if let Ok(m) = &result {
+        super::request::span_record(&m.id);
+    }
     result.map_err(|e| match e {
         AccessError::Audit(e) => e,
         AccessError::BadId(shown) => ApiError::new(
@@ -214,7 +217,7 @@ async fn openapi() -> Response {
 
 /// Query of `GET /v1/checkpoints` ([`RecordQuery`]'s fields).
 #[derive(Debug, Deserialize)]
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     namespace: Option<String>,
     pod: Option<String>,
     container: Option<String>,
@@ -234,7 +237,7 @@ pub struct ListQuery {
 
 /// One row of a listing.
 #[derive(Debug, Serialize)]
-pub struct ListItem {
+pub(crate) struct ListItem {
     id: String,
     namespace: Option<String>,
     pod: Option<String>,
@@ -386,7 +389,7 @@ async fn signing_key(
 
 /// Query of a download.
 #[derive(Debug, Deserialize)]
-pub struct DownloadQuery {
+pub(crate) struct DownloadQuery {
     purpose: Option<String>,
 }
 
@@ -644,7 +647,7 @@ async fn integrity_refusal(
 
 /// Query or body carrying a reason.
 #[derive(Debug, Deserialize, Default)]
-pub struct ReasonQuery {
+pub(crate) struct ReasonQuery {
     reason: Option<String>,
 }
 
@@ -759,7 +762,7 @@ async fn no_reason(
 
 /// Query of `GET /v1/audit`.
 #[derive(Debug, Deserialize)]
-pub struct AuditQuery {
+pub(crate) struct AuditQuery {
     record: Option<String>,
     limit: Option<usize>,
 }

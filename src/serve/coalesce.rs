@@ -28,11 +28,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The largest TLS record's plaintext.
 const RECORD: usize = 16_384;
 /// Plaintext held before whole records are written out.
-pub const CAP: usize = 4 * RECORD;
+pub(crate) const CAP: usize = 4 * RECORD;
 
 /// A stream whose writes reach `inner` in whole TLS records (see the module doc); with
 /// `enabled` false, a plain pass-through.
-pub struct Coalesce<S> {
+pub(crate) struct Coalesce<S> {
     inner: S,
     enabled: bool,
     buf: BytesMut,
@@ -42,18 +42,13 @@ pub struct Coalesce<S> {
 
 impl<S> Coalesce<S> {
     /// Wraps `inner`, gathering writes only if `enabled` (HTTP/2 connections).
-    pub fn new(inner: S, enabled: bool) -> Self {
+    pub(crate) fn new(inner: S, enabled: bool) -> Self {
         Self {
             inner,
             enabled,
             buf: BytesMut::new(),
             owed: false,
         }
-    }
-
-    /// The wrapped stream.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
     }
 }
 

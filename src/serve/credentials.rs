@@ -26,7 +26,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig};
 
 /// A CRL file larger than this is refused (a CRL of 100,000 entries is about 4 MiB).
-pub const MAX_CRL_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_CRL_BYTES: u64 = 16 << 20;
 
 /// Certificate, key and CA files larger than this are refused.
 const MAX_PEM_BYTES: u64 = 1 << 20;
@@ -36,7 +36,7 @@ const SESSION_CACHE_SIZE: usize = 256;
 
 /// Errors loading credentials.
 #[derive(Debug, thiserror::Error)]
-pub enum CredentialError {
+pub(crate) enum CredentialError {
     /// A file could not be read or holds no usable PEM.
     #[error("{path}: {message}")]
     File {
@@ -63,7 +63,7 @@ pub enum CredentialError {
 
 /// The files the credentials come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CredentialFiles {
+pub(crate) struct CredentialFiles {
     /// Server certificate chain (PEM).
     pub cert: PathBuf,
     /// Server private key (PEM).
@@ -76,7 +76,7 @@ pub struct CredentialFiles {
 
 impl CredentialFiles {
     /// The files to watch for changes.
-    pub fn paths(&self) -> Vec<&Path> {
+    pub(crate) fn paths(&self) -> Vec<&Path> {
         let mut v = vec![self.cert.as_path(), self.key.as_path()];
         v.extend(self.client_ca.as_deref());
         v.extend(self.crl.as_deref());
@@ -86,7 +86,7 @@ impl CredentialFiles {
 
 /// The server's credentials, swapped in place by [`Credentials::reload`].
 #[derive(Debug)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     files: CredentialFiles,
     provider: Arc<CryptoProvider>,
     server: Arc<ServerCert>,
@@ -96,7 +96,7 @@ pub struct Credentials {
 
 impl Credentials {
     /// Loads every file once.
-    pub fn load(files: CredentialFiles) -> Result<Self, CredentialError> {
+    pub(crate) fn load(files: CredentialFiles) -> Result<Self, CredentialError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let server = Arc::new(ServerCert {
             current: RwLock::new(Arc::new(load_certified_key(&files, &provider)?)),
@@ -123,19 +123,19 @@ impl Credentials {
     }
 
     /// The files the credentials come from.
-    pub fn files(&self) -> &CredentialFiles {
+    pub(crate) fn files(&self) -> &CredentialFiles {
         &self.files
     }
 
     /// The client certificate check, when client certificates are accepted.
-    pub fn client_auth(&self) -> Option<&Arc<ClientAuth>> {
+    pub(crate) fn client_auth(&self) -> Option<&Arc<ClientAuth>> {
         self.client.as_ref()
     }
 
     /// Re-reads every file; a part that does not load keeps its old value and its error is
     /// returned (the others are swapped in). A change of CA or CRLs empties the session
     /// cache.
-    pub fn reload(&self) -> Vec<CredentialError> {
+    pub(crate) fn reload(&self) -> Vec<CredentialError> {
         let mut errors = Vec::new();
         match load_certified_key(&self.files, &self.provider) {
             Ok(k) => {
@@ -163,7 +163,7 @@ impl Credentials {
     /// `allow_tls12`, client certificates verified when a client CA is configured
     /// (optional, so token users connect without one; a presented certificate must verify
     /// and not be revoked), ALPN `h2` then `http/1.1`.
-    pub fn server_config(&self, allow_tls12: bool) -> Result<ServerConfig, CredentialError> {
+    pub(crate) fn server_config(&self, allow_tls12: bool) -> Result<ServerConfig, CredentialError> {
         let versions: &[&rustls::SupportedProtocolVersion] = if allow_tls12 {
             &[&rustls::version::TLS13, &rustls::version::TLS12]
         } else {
@@ -184,7 +184,7 @@ impl Credentials {
 
 /// The certificate the handshake presents.
 #[derive(Debug)]
-pub struct ServerCert {
+pub(crate) struct ServerCert {
     current: RwLock<Arc<CertifiedKey>>,
 }
 
@@ -220,7 +220,7 @@ impl CertKey {
 
 /// Client certificate verification over the current CA bundle and CRLs.
 #[derive(Debug)]
-pub struct ClientAuth {
+pub(crate) struct ClientAuth {
     /// The CA subjects hinted to clients (those of the bundle at start).
     hints: Vec<DistinguishedName>,
     current: RwLock<Arc<LoadedClientAuth>>,
@@ -243,7 +243,7 @@ impl ClientAuth {
     }
 
     /// Whether the current CRLs list the certificate `key` names.
-    pub fn is_revoked(&self, key: &CertKey) -> bool {
+    pub(crate) fn is_revoked(&self, key: &CertKey) -> bool {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -252,7 +252,7 @@ impl ClientAuth {
     }
 
     /// Certificates the current CRLs list.
-    pub fn revoked_count(&self) -> usize {
+    pub(crate) fn revoked_count(&self) -> usize {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())

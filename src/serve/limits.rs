@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 /// Why a slot was not given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Exceeded {
+pub(crate) enum Exceeded {
     /// This key holds as many as one key may.
     #[error("at most {0} at once per client")]
     PerKey(usize),
@@ -34,7 +34,7 @@ struct Inner<K> {
 }
 
 /// Slots counted per key, with a cap per key and one over all keys.
-pub struct Counter<K: Eq + Hash + Clone> {
+pub(crate) struct Counter<K: Eq + Hash + Clone> {
     inner: Arc<Inner<K>>,
 }
 
@@ -48,7 +48,7 @@ impl<K: Eq + Hash + Clone> Clone for Counter<K> {
 
 impl<K: Eq + Hash + Clone> Counter<K> {
     /// At most `per_key` slots per key and `max_total` in all (each at least 1).
-    pub fn new(per_key: usize, max_total: usize) -> Self {
+    pub(crate) fn new(per_key: usize, max_total: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 held: Mutex::new(HashMap::new()),
@@ -61,7 +61,7 @@ impl<K: Eq + Hash + Clone> Counter<K> {
     }
 
     /// A slot for `key`, unless `key` or everyone holds the most allowed.
-    pub fn try_acquire(&self, key: &K) -> Result<Slot<K>, Exceeded> {
+    pub(crate) fn try_acquire(&self, key: &K) -> Result<Slot<K>, Exceeded> {
         let inner = &self.inner;
         let mut held = inner.held.lock().unwrap_or_else(|p| p.into_inner());
         let refusal = if inner.total.load(Ordering::Relaxed) >= inner.max_total {
@@ -84,18 +84,20 @@ impl<K: Eq + Hash + Clone> Counter<K> {
     }
 
     /// Slots held now.
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
         self.inner.total.load(Ordering::Relaxed)
     }
 
     /// Slots refused so far.
-    pub fn refused(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn refused(&self) -> u64 {
         self.inner.refused.load(Ordering::Relaxed)
     }
 }
 
 /// One place in a [`Counter`], given back when dropped.
-pub struct Slot<K: Eq + Hash + Clone> {
+pub(crate) struct Slot<K: Eq + Hash + Clone> {
     inner: Arc<Inner<K>>,
     key: K,
 }
@@ -249,7 +251,7 @@ mod tests {
 
 /// What to do with one failed authentication ([`AuthFailures::note`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureVerdict {
+pub(crate) enum FailureVerdict {
     /// The first from its source this interval: audit it now (and answer 401).
     Record,
     /// Counted into the source's summary at the interval's end (answer 401).
@@ -260,7 +262,7 @@ pub enum FailureVerdict {
 
 /// Failures folded for one source (or for all sources beyond the tracked ones).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FoldedFailures {
+pub(crate) struct FoldedFailures {
     /// The source address, or `None` for sources beyond [`AuthFailures`]' tracked ones.
     pub source: Option<std::net::IpAddr>,
     /// Failures not audited one by one.
@@ -283,7 +285,7 @@ struct FailureWindow {
 /// answered 429, and past `total` everyone unauthenticated is. At most `MAX_SOURCES`
 /// sources are tracked per interval, the rest summed as one: the log grows by at most
 /// `2 x MAX_SOURCES + 1` events per interval whatever the flood.
-pub struct AuthFailures {
+pub(crate) struct AuthFailures {
     window: Mutex<FailureWindow>,
     per_source: u64,
     total: u64,
@@ -293,11 +295,11 @@ pub struct AuthFailures {
 
 impl AuthFailures {
     /// Sources tracked one by one per interval.
-    pub const MAX_SOURCES: usize = 64;
+    pub(crate) const MAX_SOURCES: usize = 64;
 
     /// At most `per_source` failures per source and `total` in all per interval before
     /// 429s.
-    pub fn new(per_source: u64, total: u64) -> Self {
+    pub(crate) fn new(per_source: u64, total: u64) -> Self {
         Self {
             window: Mutex::default(),
             per_source: per_source.max(1),
@@ -309,7 +311,7 @@ impl AuthFailures {
     /// Whether the audit log was healthy when last checked, if that was less than
     /// [`Self::LOG_CHECK_EVERY`] ago: a folded failure (which writes nothing now) is answered
     /// only while the log could take its count, without checking the log on every one.
-    pub fn log_known_healthy(&self) -> Option<bool> {
+    pub(crate) fn log_known_healthy(&self) -> Option<bool> {
         let checked = self.log_checked.lock().unwrap_or_else(|p| p.into_inner());
         checked
             .filter(|(at, _)| at.elapsed() < Self::LOG_CHECK_EVERY)
@@ -317,15 +319,15 @@ impl AuthFailures {
     }
 
     /// Notes the audit log's health as checked now.
-    pub fn note_log_health(&self, ok: bool) {
+    pub(crate) fn note_log_health(&self, ok: bool) {
         *self.log_checked.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), ok));
     }
 
     /// How long a check of the audit log's health stands for folded failures.
-    pub const LOG_CHECK_EVERY: Duration = Duration::from_millis(500);
+    pub(crate) const LOG_CHECK_EVERY: Duration = Duration::from_millis(500);
 
     /// Notes a failed authentication from `source`.
-    pub fn note(&self, source: std::net::IpAddr) -> FailureVerdict {
+    pub(crate) fn note(&self, source: std::net::IpAddr) -> FailureVerdict {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         w.total += 1;
         let over_total = w.total > self.total;
@@ -352,7 +354,7 @@ impl AuthFailures {
 
     /// Ends the interval: the summaries of what was folded (sources with more than their
     /// first failure, and the untracked ones), and a fresh interval.
-    pub fn take(&self) -> Vec<FoldedFailures> {
+    pub(crate) fn take(&self) -> Vec<FoldedFailures> {
         let w = std::mem::take(&mut *self.window.lock().unwrap_or_else(|p| p.into_inner()));
         let mut out: Vec<FoldedFailures> = w
             .per_source

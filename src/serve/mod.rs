@@ -4,18 +4,18 @@
 //! server certificate, client CA, CRLs) within [`RELOAD_INTERVAL`] of a change of their
 //! files, or at once on SIGHUP.
 
-pub mod api;
-pub mod coalesce;
-pub mod credentials;
-pub mod limits;
-pub mod metrics;
-pub mod pki;
+pub(crate) mod api;
+pub(crate) mod coalesce;
+pub(crate) mod credentials;
+pub(crate) mod limits;
+pub(crate) mod metrics;
+pub(crate) mod pki;
 pub mod range;
-pub mod request;
-pub mod stream;
+pub(crate) mod request;
+pub(crate) mod stream;
 pub mod tls;
-pub mod tokens;
-pub mod trigger;
+pub(crate) mod tokens;
+pub(crate) mod trigger;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -28,7 +28,7 @@ use crate::wiring::{Node, Open, SealSetup};
 use tokens::TokenFile;
 
 /// Everything the handlers share.
-pub struct AppState {
+pub(crate) struct AppState {
     /// The record store.
     pub store: Store,
     /// The audit log every request is written to before it is served.
@@ -61,7 +61,7 @@ pub struct AppState {
 
 impl AppState {
     /// Assembles the state.
-    pub fn new(store: Store, audit: AuditLog, policy: PolicySet, tokens: TokenFile) -> Self {
+    pub(crate) fn new(store: Store, audit: AuditLog, policy: PolicySet, tokens: TokenFile) -> Self {
         let audit = Arc::new(audit);
         Self {
             custody: crate::vault::Custody::new(store.clone(), audit.clone()),
@@ -90,7 +90,7 @@ impl AppState {
     }
 
     /// Applies the per-identity limits of `limits` (a state starts with the defaults).
-    pub fn with_limits(mut self, limits: &ConnectionLimits) -> Self {
+    pub(crate) fn with_limits(mut self, limits: &ConnectionLimits) -> Self {
         self.requests = limits::Counter::new(limits.max_requests_per_identity, usize::MAX);
         self.downloads =
             limits::Counter::new(limits.max_downloads_per_identity, limits.max_downloads);
@@ -102,7 +102,7 @@ impl AppState {
     }
 
     /// The current policy set (access, recipients, retention, holds).
-    pub fn policy(&self) -> Arc<PolicySet> {
+    pub(crate) fn policy(&self) -> Arc<PolicySet> {
         self.policy
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -110,12 +110,12 @@ impl AppState {
     }
 
     /// Replaces the policy set.
-    pub fn set_policy(&self, policy: PolicySet) {
+    pub(crate) fn set_policy(&self, policy: PolicySet) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
     }
 
     /// The current token file.
-    pub fn tokens(&self) -> Arc<TokenFile> {
+    pub(crate) fn tokens(&self) -> Arc<TokenFile> {
         self.tokens
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -123,13 +123,13 @@ impl AppState {
     }
 
     /// Replaces the token file.
-    pub fn set_tokens(&self, tokens: TokenFile) {
+    pub(crate) fn set_tokens(&self, tokens: TokenFile) {
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
     }
 }
 
 /// A server ready to run: state, TLS configuration, and what was generated for first use.
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// Shared state.
     pub state: Arc<AppState>,
     /// rustls configuration.
@@ -152,7 +152,7 @@ pub struct Prepared {
 
 /// What a server replica on a bucket runs beside serving.
 #[derive(Clone)]
-pub struct Replica {
+pub(crate) struct Replica {
     /// The uploader of this replica's spool and audit segments.
     pub uploader: crate::store::s3::upload::Uploader,
     /// How often the index re-reads the bucket's manifests (`[store] index_refresh`).
@@ -163,7 +163,7 @@ pub struct Replica {
 
 /// Opens everything the configuration names, generating default credentials if no
 /// certificate is configured.
-pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
+pub(crate) fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let node = Node::build(config.clone(), Open::OrCreate)?;
     let store = node.store();
     let bucket = node.uploader().map(|uploader| Replica {
@@ -281,7 +281,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
 
 /// Why a prepared server stopped other than by a signal.
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
+pub(crate) enum RunError {
     /// The SIGHUP/SIGTERM handlers could not be installed.
     #[error("cannot install the signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -296,7 +296,7 @@ pub enum RunError {
 ///
 /// `ready` runs once the signal handlers are installed (announce the server there: a
 /// SIGHUP sent right after the announcement must not kill it).
-pub async fn run(
+pub(crate) async fn run(
     prepared: Prepared,
     listener: tokio::net::TcpListener,
     ready: impl FnOnce(&Prepared),
@@ -484,12 +484,12 @@ async fn live_pods(
 }
 
 /// How often the server applies retention.
-pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How often the server looks for changes of the policy files, the token file and the TLS
 /// credential files: a token removed from its file, or a certificate added to the CRL,
 /// stops working within this (plus the time to read the file).
-pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What tells a file changed: modification time, length and inode (a file replaced by a
 /// rename, as `ckvault token` and Kubernetes' secret volumes do, has a new inode), of

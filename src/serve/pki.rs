@@ -18,7 +18,7 @@ use crate::fsutil;
 
 /// Paths of the generated material.
 #[derive(Debug, Clone)]
-pub struct GeneratedPki {
+pub(crate) struct GeneratedPki {
     /// CA certificate (PEM): trust it in clients, and it verifies client certificates.
     pub ca_cert: PathBuf,
     /// CA key (PEM, 0600): issue more client certificates with it (e.g. with openssl).
@@ -41,7 +41,7 @@ pub struct GeneratedPki {
 
 /// Errors generating credentials.
 #[derive(Debug, thiserror::Error)]
-pub enum PkiError {
+pub(crate) enum PkiError {
     /// Certificate generation failed.
     #[error("cannot generate certificates: {0}")]
     Generate(#[from] rcgen::Error),
@@ -76,22 +76,22 @@ pub enum PkiError {
 
 /// How long the generated CA is valid: ten years, so that renewing the server and admin
 /// certificates (every year) does not require every client to trust a new CA.
-pub const CA_LIFETIME: Duration = Duration::days(3650);
+pub(crate) const CA_LIFETIME: Duration = Duration::days(3650);
 
 /// How long the generated server and admin certificates are valid: one year (browsers
 /// accept at most 398 days for a server certificate; a stolen admin key is useful to its
 /// thief for at most this long even if nobody revokes it).
-pub const CERT_LIFETIME: Duration = Duration::days(365);
+pub(crate) const CERT_LIFETIME: Duration = Duration::days(365);
 
 /// `ckvault serve` warns at start about a generated certificate expiring within this.
-pub const RENEW_BEFORE: Duration = Duration::days(30);
+pub(crate) const RENEW_BEFORE: Duration = Duration::days(30);
 
 /// Validity starts this long before generation, for clients whose clock is behind.
 const BACKDATE: Duration = Duration::minutes(5);
 
 impl GeneratedPki {
     /// The paths of the generated material in `dir` (nothing is read or written).
-    pub fn in_dir(dir: &Path) -> Self {
+    pub(crate) fn in_dir(dir: &Path) -> Self {
         Self {
             ca_cert: dir.join("ca.pem"),
             ca_key: dir.join("ca.key"),
@@ -107,7 +107,7 @@ impl GeneratedPki {
 }
 
 /// Generates (once) the default credentials in `dir` and returns their paths.
-pub fn ensure_default_pki(dir: &Path) -> Result<GeneratedPki, PkiError> {
+pub(crate) fn ensure_default_pki(dir: &Path) -> Result<GeneratedPki, PkiError> {
     fsutil::ensure_private_dir(dir).map_err(|e| io(dir, e))?;
     let pki = GeneratedPki::in_dir(dir);
     if pki.server_key.exists() && pki.admin_token.exists() {
@@ -130,7 +130,7 @@ pub fn ensure_default_pki(dir: &Path) -> Result<GeneratedPki, PkiError> {
 
 /// What [`renew`] issued: each certificate renewed and its new end of validity.
 #[derive(Debug, Clone)]
-pub struct Renewed {
+pub(crate) struct Renewed {
     /// (certificate file, not after), in the order written.
     pub certificates: Vec<(PathBuf, OffsetDateTime)>,
 }
@@ -140,7 +140,7 @@ pub struct Renewed {
 /// [`CA_LIFETIME`]) with `renew_ca`; every client must then trust the new `ca.pem`, and
 /// client certificates issued by the old CA are no longer accepted. The admin token is
 /// kept. A running server picks the new files up by itself (`RELOAD_INTERVAL`).
-pub fn renew(dir: &Path, renew_ca: bool) -> Result<Renewed, PkiError> {
+pub(crate) fn renew(dir: &Path, renew_ca: bool) -> Result<Renewed, PkiError> {
     let pki = GeneratedPki::in_dir(dir);
     let now = OffsetDateTime::now_utc();
     let mut certificates = Vec::new();
@@ -178,7 +178,7 @@ pub fn renew(dir: &Path, renew_ca: bool) -> Result<Renewed, PkiError> {
 /// The warnings due for the generated certificates of `pki`: one expired or expiring
 /// within `within`, or with no stated lifetime (valid until 4096, as generated before
 /// lifetimes were set).
-pub fn expiry_warnings(pki: &GeneratedPki, within: Duration) -> Vec<String> {
+pub(crate) fn expiry_warnings(pki: &GeneratedPki, within: Duration) -> Vec<String> {
     let now = OffsetDateTime::now_utc();
     let mut out = Vec::new();
     for path in [&pki.ca_cert, &pki.server_cert, &pki.admin_cert] {
@@ -215,7 +215,7 @@ pub fn expiry_warnings(pki: &GeneratedPki, within: Duration) -> Vec<String> {
 }
 
 /// The validity of the first certificate in a PEM file.
-pub fn validity(path: &Path) -> Option<(OffsetDateTime, OffsetDateTime)> {
+pub(crate) fn validity(path: &Path) -> Option<(OffsetDateTime, OffsetDateTime)> {
     let pem = fsutil::read_regular(path).ok()?;
     let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
     let cert = pem.parse_x509().ok()?;

@@ -25,20 +25,15 @@ type Shared = Arc<AppState>;
 
 /// An error answer: `{"error": CODE, "message": TEXT}`.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     pub(super) message: String,
 }
 
 impl ApiError {
-    /// The stable error code.
-    pub fn code(&self) -> &'static str {
-        self.code
-    }
-
     /// An error with a status, a stable code and a message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -109,7 +104,7 @@ impl From<StoreError> for ApiError {
 
 /// The authenticated caller of a request, holding one of its identity's
 /// `max_requests_per_identity` places for as long as the handler runs.
-pub struct Caller {
+pub(crate) struct Caller {
     /// Who.
     pub principal: Principal,
     /// From where.
@@ -119,7 +114,7 @@ pub struct Caller {
 
 impl Caller {
     /// Who acts, as the audit log records it: the principal, its groups, the remote address.
-    pub fn actor(&self) -> Actor {
+    pub(crate) fn actor(&self) -> Actor {
         Actor {
             name: self.principal.actor(),
             groups: self.principal.groups.clone(),
@@ -128,7 +123,7 @@ impl Caller {
     }
 
     /// The key its limits are counted under: the certificate subject or the token.
-    pub fn identity_key(&self) -> String {
+    pub(crate) fn identity_key(&self) -> String {
         identity_key(&self.principal)
     }
 }
@@ -349,7 +344,7 @@ pub(super) async fn audit_folded_failures(state: Shared, interval: std::time::Du
 }
 
 /// Parses `Bearer TOKEN` (RFC 6750, case-insensitive scheme, one space or more).
-pub fn parse_bearer(value: &str) -> Option<&str> {
+pub(crate) fn parse_bearer(value: &str) -> Option<&str> {
     let (scheme, rest) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;

@@ -22,14 +22,14 @@ use crate::store::backend::{BlobReader, FileIdentity};
 use tokio_util::io::ReaderStream;
 
 /// Bytes per chunk read from a local blob (and so per body frame handed to the connection).
-pub const FILE_CHUNK: usize = 256 << 10;
+pub(crate) const FILE_CHUNK: usize = 256 << 10;
 /// Bytes per chunk read from a bucket's blob.
 const CHUNK: usize = 256 << 10;
 
-pub use crate::vault::download::Mismatch;
+pub(crate) use crate::vault::download::Mismatch;
 
 /// Whom a checked body tells how its check ended.
-pub struct Verify {
+pub(crate) struct Verify {
     /// Runs when the bytes passed (before the last chunk is released).
     pub on_verified: Box<dyn FnOnce() + Send>,
     /// Runs with the reason when they did not (the body then fails before its end).
@@ -40,7 +40,7 @@ pub struct Verify {
 /// (the accept loop cuts off a download that stops moving), holding `slot` until it ends,
 /// and calling `on_end` once with the bytes it handed over when it ends, whole or not
 /// (the client went away, the connection was cut, the check failed).
-pub fn watched_body(
+pub(crate) fn watched_body(
     body: Body,
     count: u64,
     progress: Option<std::sync::Arc<super::limits::Progress>>,
@@ -103,14 +103,14 @@ impl Drop for Watched {
     }
 }
 
-pub use crate::vault::download::Check as FileCheck;
+pub(crate) use crate::vault::download::Check as FileCheck;
 
 /// A body streaming `count` bytes of a local blob from `start`, `identity` being the open
 /// `file`'s identity when it was opened. The last chunk is held back until `check` passed
 /// (and the file's identity is still `identity`); otherwise the body fails before its end,
 /// so the client sees fewer bytes than `Content-Length` (HTTP/1.1, the connection is cut)
 /// or a reset stream (HTTP/2), never a clean end.
-pub fn file_body(
+pub(crate) fn file_body(
     file: File,
     identity: FileIdentity,
     start: u64,
@@ -268,7 +268,7 @@ impl FileSource {
 /// With `verify` (the hex SHA-256 the bytes must have, and whom to tell), the last chunk
 /// is held back until the digest is known: on a match it is sent and `on_verified` runs;
 /// on a mismatch the body fails before its end and `on_mismatch` runs.
-pub fn blob_body(reader: BlobReader, verify: Option<(String, Verify)>) -> Body {
+pub(crate) fn blob_body(reader: BlobReader, verify: Option<(String, Verify)>) -> Body {
     let reader = ReaderStream::with_capacity(reader, CHUNK);
     let Some(verify) = verify else {
         return Body::from_stream(reader);

@@ -24,12 +24,12 @@ use subtle::ConstantTimeEq;
 use crate::policy::Principal;
 
 /// Prefix of every token, so leaked tokens are recognisable by scanners.
-pub const PREFIX: &str = "ckv_";
+pub(crate) const PREFIX: &str = "ckv_";
 
 /// One stored token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TokenEntry {
+pub(crate) struct TokenEntry {
     /// User name the token authenticates as.
     pub name: String,
     /// Groups of that user.
@@ -45,7 +45,7 @@ pub struct TokenEntry {
 /// The token file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TokenFile {
+pub(crate) struct TokenFile {
     /// Entries.
     #[serde(default)]
     pub token: Vec<TokenEntry>,
@@ -53,7 +53,7 @@ pub struct TokenFile {
 
 /// Token file errors.
 #[derive(Debug, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     /// Unreadable or unwritable file.
     #[error("token file {path}: {source}")]
     Io {
@@ -87,7 +87,7 @@ pub enum TokenError {
 
 impl TokenFile {
     /// Loads a token file (a missing file is an empty one).
-    pub fn load(path: &Path) -> Result<Self, TokenError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, TokenError> {
         match crate::fsutil::read_regular_to_string(path) {
             Ok(text) => toml::from_str(&text).map_err(|e| TokenError::Parse {
                 path: path.display().to_string(),
@@ -102,7 +102,7 @@ impl TokenFile {
     }
 
     /// Writes the file atomically with mode 0600.
-    pub fn save(&self, path: &Path) -> Result<(), TokenError> {
+    pub(crate) fn save(&self, path: &Path) -> Result<(), TokenError> {
         let io = |source| TokenError::Io {
             path: path.display().to_string(),
             source,
@@ -125,7 +125,7 @@ impl TokenFile {
 
     /// Creates a token for `name` in `groups` (at least one), records its hash, and
     /// returns the token (show it once). Refuses a name that has a token.
-    pub fn add(&mut self, name: &str, groups: &[String]) -> Result<String, TokenError> {
+    pub(crate) fn add(&mut self, name: &str, groups: &[String]) -> Result<String, TokenError> {
         if groups.is_empty() {
             return Err(TokenError::NoGroup(name.to_owned()));
         }
@@ -134,7 +134,11 @@ impl TokenFile {
 
     /// As [`Self::add`], also with no group: the token can do what `access.toml` grants
     /// `user:NAME`.
-    pub fn add_user_only(&mut self, name: &str, groups: &[String]) -> Result<String, TokenError> {
+    pub(crate) fn add_user_only(
+        &mut self,
+        name: &str,
+        groups: &[String],
+    ) -> Result<String, TokenError> {
         if self.token.iter().any(|t| t.name == name) {
             return Err(TokenError::Duplicate(name.to_owned()));
         }
@@ -152,7 +156,7 @@ impl TokenFile {
 
     /// Removes every token of `name` (files written before names were unique may hold
     /// more than one) and returns how many.
-    pub fn revoke(&mut self, name: &str) -> usize {
+    pub(crate) fn revoke(&mut self, name: &str) -> usize {
         let before = self.token.len();
         self.token.retain(|t| t.name != name);
         before - self.token.len()
@@ -160,7 +164,7 @@ impl TokenFile {
 
     /// The principal a presented token belongs to. Every entry is compared, in constant
     /// time, whatever matches.
-    pub fn authenticate(&self, presented: &str) -> Option<Principal> {
+    pub(crate) fn authenticate(&self, presented: &str) -> Option<Principal> {
         let digest = hash(presented);
         let mut found = None;
         for entry in &self.token {

@@ -28,7 +28,7 @@ const RUNTIME_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Parses the `timeout` query parameter the way the kubelet does: the last one wins; one
 /// that is not a non-negative integer is an error.
-pub fn parse_timeout(query: Option<&str>) -> Result<Option<u64>, String> {
+pub(crate) fn parse_timeout(query: Option<&str>) -> Result<Option<u64>, String> {
     let mut last = None;
     for pair in query.unwrap_or("").split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -62,7 +62,7 @@ async fn fail(
 }
 
 /// `POST /checkpoint/{namespace}/{pod}/{container}`.
-pub async fn checkpoint(
+pub(crate) async fn checkpoint(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((namespace, pod, container)): Path<(String, String, String)>,
@@ -205,7 +205,7 @@ pub async fn checkpoint(
 /// `message` with every absolute path in it replaced by `<path>`, cut to 512 characters
 /// and with control characters escaped: what an error body may repeat of a message from
 /// another process.
-pub fn redact_paths(message: &str) -> String {
+pub(crate) fn redact_paths(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(512));
     let mut in_path = false;
     let mut prev: Option<char> = None;

@@ -12,14 +12,14 @@ use super::{LegalHold, LocalStore, StoreError};
 use crate::manifest::{Manifest, RecordId};
 
 /// A boxed reader over blob bytes.
-pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
+pub(crate) type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
 
 /// What identifies the current bytes of a local file, to tell whether it changed since it
 /// was last verified: device, inode, size, modification and change times. Every change
 /// made through the file system moves the change time (ctime) to the present, and nobody
 /// can set it back short of setting the system clock (SECURITY.md, "Downloads").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileIdentity {
+pub(crate) struct FileIdentity {
     /// Device.
     pub dev: u64,
     /// Inode.
@@ -34,7 +34,7 @@ pub struct FileIdentity {
 
 impl FileIdentity {
     /// The identity of an open file (`fstat`).
-    pub fn of(file: &std::fs::File) -> std::io::Result<Self> {
+    pub(crate) fn of(file: &std::fs::File) -> std::io::Result<Self> {
         use std::os::unix::fs::MetadataExt;
         let m = file.metadata()?;
         Ok(Self {
@@ -47,7 +47,7 @@ impl FileIdentity {
     }
 
     /// When the file last changed (its ctime).
-    pub fn changed_at(&self) -> std::time::SystemTime {
+    pub(crate) fn changed_at(&self) -> std::time::SystemTime {
         let (secs, nanos) = self.ctime;
         let base = std::time::UNIX_EPOCH;
         let nanos = std::time::Duration::from_nanos(nanos.clamp(0, 999_999_999) as u64);
@@ -61,7 +61,7 @@ impl FileIdentity {
 
 /// A bucket-backed store: the bucket, the index of its manifests, and the local spool that
 /// holds this process's key, audit log and TLS material.
-pub struct Bucket {
+pub(crate) struct Bucket {
     /// The bucket.
     pub s3: S3Store,
     /// Its manifests.
@@ -72,7 +72,7 @@ pub struct Bucket {
 
 /// Where the server's records live.
 #[derive(Clone)]
-pub enum Store {
+pub(crate) enum Store {
     /// A local directory.
     Local(LocalStore),
     /// An S3 bucket.
@@ -92,7 +92,7 @@ async fn blocking<T: Send + 'static>(
 
 impl Store {
     /// The local directory of this process's state (key, audit log, TLS, staging).
-    pub fn local(&self) -> &LocalStore {
+    pub(crate) fn local(&self) -> &LocalStore {
         match self {
             Self::Local(l) => l,
             Self::Bucket(b) => &b.spool,
@@ -100,7 +100,7 @@ impl Store {
     }
 
     /// A record's manifest (from the index for a bucket).
-    pub async fn manifest(&self, id: &RecordId) -> Result<Manifest, StoreError> {
+    pub(crate) async fn manifest(&self, id: &RecordId) -> Result<Manifest, StoreError> {
         match self {
             Self::Local(l) => {
                 let (l, id) = (l.clone(), id.clone());
@@ -119,7 +119,7 @@ impl Store {
     }
 
     /// Checks a manifest's signature.
-    pub async fn verify_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
+    pub(crate) async fn verify_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
         match self {
             Self::Local(l) => l.verify_manifest(m),
             Self::Bucket(b) => b.s3.verify_manifest(m).await,
@@ -129,7 +129,7 @@ impl Store {
     /// The public key `m`'s signature verifies with, as this store trusts it (a local store's
     /// own key; in a bucket, the key of the node that sealed it). The key is returned only
     /// when the signature does verify with it.
-    pub async fn manifest_key(
+    pub(crate) async fn manifest_key(
         &self,
         m: &Manifest,
     ) -> Result<crate::manifest::VerifyingKey, StoreError> {
@@ -157,7 +157,7 @@ impl Store {
     }
 
     /// Every record, oldest first.
-    pub async fn list(&self) -> Result<Vec<Arc<Manifest>>, StoreError> {
+    pub(crate) async fn list(&self) -> Result<Vec<Arc<Manifest>>, StoreError> {
         match self {
             Self::Local(l) => {
                 let l = l.clone();
@@ -168,7 +168,7 @@ impl Store {
     }
 
     /// How many records there are.
-    pub async fn count(&self) -> Result<u64, StoreError> {
+    pub(crate) async fn count(&self) -> Result<u64, StoreError> {
         match self {
             Self::Local(l) => {
                 let l = l.clone();
@@ -179,7 +179,7 @@ impl Store {
     }
 
     /// `Ok` when records can be listed and read.
-    pub async fn health(&self) -> Result<(), String> {
+    pub(crate) async fn health(&self) -> Result<(), String> {
         match self {
             Self::Local(l) => {
                 let l = l.clone();
@@ -192,7 +192,7 @@ impl Store {
     }
 
     /// A record's legal hold.
-    pub async fn hold(&self, id: &RecordId) -> Result<Option<LegalHold>, StoreError> {
+    pub(crate) async fn hold(&self, id: &RecordId) -> Result<Option<LegalHold>, StoreError> {
         match self {
             Self::Local(l) => {
                 let (l, id) = (l.clone(), id.clone());
@@ -203,7 +203,7 @@ impl Store {
     }
 
     /// Whether a record is held, cheaply (the index's view for a bucket).
-    pub async fn is_held(&self, id: &RecordId) -> Result<bool, StoreError> {
+    pub(crate) async fn is_held(&self, id: &RecordId) -> Result<bool, StoreError> {
         match self {
             Self::Local(_) => Ok(self.hold(id).await?.is_some()),
             Self::Bucket(b) => Ok(b.index.is_held(id)),
@@ -211,7 +211,7 @@ impl Store {
     }
 
     /// Places a legal hold.
-    pub async fn set_hold(&self, id: &RecordId, hold: &LegalHold) -> Result<(), StoreError> {
+    pub(crate) async fn set_hold(&self, id: &RecordId, hold: &LegalHold) -> Result<(), StoreError> {
         match self {
             Self::Local(l) => {
                 let (l, id, h) = (l.clone(), id.clone(), hold.clone());
@@ -233,7 +233,7 @@ impl Store {
     }
 
     /// Releases a legal hold; returns whether there was one.
-    pub async fn release_hold(&self, id: &RecordId) -> Result<bool, StoreError> {
+    pub(crate) async fn release_hold(&self, id: &RecordId) -> Result<bool, StoreError> {
         match self {
             Self::Local(l) => {
                 let (l, id) = (l.clone(), id.clone());
@@ -248,7 +248,7 @@ impl Store {
     }
 
     /// Deletes a record (refused under hold or Object Lock).
-    pub async fn delete(&self, id: &RecordId) -> Result<(), StoreError> {
+    pub(crate) async fn delete(&self, id: &RecordId) -> Result<(), StoreError> {
         match self {
             Self::Local(l) => {
                 let (l, id) = (l.clone(), id.clone());
@@ -266,7 +266,7 @@ impl Store {
     /// ([`FileIdentity`], taken from the open file so it describes what will be read).
     /// `None` for a bucket, where no such promise is available here: every range is
     /// verified first and every full download re-hashed.
-    pub async fn open_blob_file(
+    pub(crate) async fn open_blob_file(
         &self,
         id: &RecordId,
     ) -> Result<Option<(std::fs::File, FileIdentity)>, StoreError> {
@@ -286,7 +286,7 @@ impl Store {
     }
 
     /// `count` bytes of a record's blob from `start`.
-    pub async fn blob(
+    pub(crate) async fn blob(
         &self,
         id: &RecordId,
         start: u64,

@@ -6,12 +6,13 @@
 //! records in an S3-compatible bucket shared by many nodes. [`backend`] is what the server
 //! talks to: either of them behind one async interface.
 
-pub mod backend;
-pub mod local;
+pub(crate) mod backend;
+pub(crate) mod local;
 pub mod s3;
 
-pub use backend::Store;
-pub use local::{LegalHold, LocalStore, PendingRecord};
+pub(crate) use backend::Store;
+pub use local::LocalStore;
+pub(crate) use local::{LegalHold, PendingRecord};
 
 use crate::manifest::{ManifestError, RecordId, sign::KeyError};
 

@@ -18,7 +18,7 @@ use crate::store::{Store, StoreError};
 
 /// Why an analysis gave no result.
 #[derive(Debug, thiserror::Error)]
-pub enum AnalyseError {
+pub(crate) enum AnalyseError {
     /// The store refused (no such record, unreadable, unreachable).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -82,7 +82,7 @@ const AGE_HEADER: &[u8] = b"age-encryption.org/v1\n";
 /// download) with its manifest read from beside it; `None` when `path` is not an
 /// age-encrypted file (a plaintext archive). The manifest's signature is not checked here
 /// (`ckvault verify` does); both its digests are, by the analysis.
-pub fn sealed_file(path: &Path) -> Result<Option<(Manifest, std::fs::File)>, AnalyseError> {
+pub(crate) fn sealed_file(path: &Path) -> Result<Option<(Manifest, std::fs::File)>, AnalyseError> {
     let io = |source: std::io::Error| AnalyseError::Read {
         path: path.display().to_string(),
         source,
@@ -120,7 +120,7 @@ pub fn sealed_file(path: &Path) -> Result<Option<(Manifest, std::fs::File)>, Ana
 }
 
 /// Searches the memory of a sealed blob file (see [`sealed_file`]).
-pub fn memsearch_sealed(
+pub(crate) fn memsearch_sealed(
     manifest: &Manifest,
     blob: std::fs::File,
     identities: Identities,
@@ -133,7 +133,7 @@ pub fn memsearch_sealed(
 }
 
 /// The deep view of a sealed blob file (see [`sealed_file`]).
-pub fn deep_sealed(
+pub(crate) fn deep_sealed(
     manifest: &Manifest,
     blob: std::fs::File,
     identities: Identities,
@@ -146,7 +146,7 @@ pub fn deep_sealed(
 
 /// Who reads, and why, for the audit log.
 #[derive(Debug, Clone)]
-pub struct Reader {
+pub(crate) struct Reader {
     /// The actor (`cli:USER@HOST`).
     pub actor: String,
     /// The stated purpose.
@@ -154,7 +154,7 @@ pub struct Reader {
 }
 
 /// Searches the memory of record `id` of `store` (see [`crate::inspect::memory`]).
-pub fn memsearch_record(
+pub(crate) fn memsearch_record(
     rt: &tokio::runtime::Runtime,
     store: &Store,
     id: &RecordId,
@@ -172,7 +172,7 @@ pub fn memsearch_record(
 
 /// The deep view of record `id` (see [`crate::inspect::deep`]), decrypted and parsed in
 /// memory; an audited read (`inspect-deep`).
-pub fn deep_record(
+pub(crate) fn deep_record(
     rt: &tokio::runtime::Runtime,
     store: &Store,
     id: &RecordId,

@@ -29,7 +29,7 @@ use super::verified::VerifiedBlobs;
 /// Writes a use case's audit events, failing closed: an event that cannot be written
 /// stops the use case before it acts. The front-end implements it over its audit log
 /// (the server also tracks the log's health and which requests were recorded).
-pub trait Recorder {
+pub(crate) trait Recorder {
     /// Why an event could not be written, in the front-end's own terms.
     type Error;
     /// Appends `event`; `Ok` once it is in the log.
@@ -37,7 +37,7 @@ pub trait Recorder {
 }
 
 /// What a use case reads: the store, the policy in force and what is known verified.
-pub struct Vault<'a> {
+pub(crate) struct Vault<'a> {
     /// The records.
     pub store: &'a Store,
     /// Access (and the rest of the policy set).
@@ -47,7 +47,7 @@ pub struct Vault<'a> {
 }
 
 /// Who asks: as the policy names them, and as the audit log records them.
-pub struct Caller<'a> {
+pub(crate) struct Caller<'a> {
     /// For the policy.
     pub principal: &'a Principal,
     /// For the audit log.
@@ -56,7 +56,7 @@ pub struct Caller<'a> {
 
 /// Why a blob's bytes are not the ones its signed manifest names (nothing more is served).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Mismatch {
+pub(crate) enum Mismatch {
     /// The file changed (size, modification or change time) while it was hashed.
     #[error("the blob changed while it was being verified")]
     ChangedWhileVerified,
@@ -104,7 +104,7 @@ pub enum Mismatch {
 
 /// Why a record is not handed to a caller.
 #[derive(Debug, thiserror::Error)]
-pub enum AccessError<E> {
+pub(crate) enum AccessError<E> {
     /// The audit log could not record the request (nothing was done).
     #[error("the audit log cannot record the request")]
     Audit(E),
@@ -131,7 +131,7 @@ pub enum AccessError<E> {
 
 /// Why a download was not begun.
 #[derive(Debug, thiserror::Error)]
-pub enum DownloadError<E> {
+pub(crate) enum DownloadError<E> {
     /// The audit log could not record the download (nothing was served).
     #[error("the audit log cannot record the download")]
     Audit(E),
@@ -150,7 +150,7 @@ pub enum DownloadError<E> {
 
 /// What an integrity refusal found.
 #[derive(Debug, thiserror::Error)]
-pub enum Integrity {
+pub(crate) enum Integrity {
     /// The manifest no longer verifies.
     #[error("{0}")]
     Manifest(StoreError),
@@ -161,7 +161,7 @@ pub enum Integrity {
 
 /// Which bytes of the blob the caller asked for, as the front-end understood its request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Span {
+pub(crate) enum Span {
     /// The whole blob.
     All,
     /// Bytes `start..=end` (within the blob).
@@ -177,7 +177,7 @@ pub enum Span {
 
 /// How a local blob's bytes are checked while they are served.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Check {
+pub(crate) enum Check {
     /// Hash every byte and compare with this digest (hex) before the last chunk goes out.
     Digest(String),
     /// The file must keep the identity it was verified with until its last byte is read.
@@ -185,7 +185,7 @@ pub enum Check {
 }
 
 /// Where a download's bytes come from.
-pub enum Blob {
+pub(crate) enum Blob {
     /// A local store's blob file, with its identity and how it is checked.
     Local {
         /// The open file (the bytes served are this file's).
@@ -203,7 +203,7 @@ pub enum Blob {
 }
 
 /// A download whose `download` event is in the audit log: what a front-end serves from.
-pub struct Download {
+pub(crate) struct Download {
     /// The record.
     pub manifest: Manifest,
     /// The bytes to send.
@@ -222,7 +222,7 @@ struct Audited;
 
 impl Download {
     /// Bytes the download sends.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         match self.span {
             Span::All => self.manifest.sealed.size,
             Span::Bytes { start, end } => end - start + 1,
@@ -231,7 +231,7 @@ impl Download {
     }
 
     /// The first byte sent.
-    pub fn start(&self) -> u64 {
+    pub(crate) fn start(&self) -> u64 {
         match self.span {
             Span::Bytes { start, .. } => start,
             Span::All | Span::Unsatisfiable => 0,
@@ -239,13 +239,13 @@ impl Download {
     }
 
     /// Takes the blob out to serve it (leaving [`Blob::None`]).
-    pub fn take_blob(&mut self) -> Blob {
+    pub(crate) fn take_blob(&mut self) -> Blob {
         std::mem::replace(&mut self.blob, Blob::None)
     }
 
     /// The events that follow this download (owned, for the body that outlives the
     /// handler).
-    pub fn events(&self) -> Events {
+    pub(crate) fn events(&self) -> Events {
         let Audited = self.audited;
         Events {
             actor: self.actor.clone(),
@@ -257,7 +257,7 @@ impl Download {
 
 /// The audit events that follow a [`Download`]'s first byte.
 #[derive(Clone)]
-pub struct Events {
+pub(crate) struct Events {
     actor: Actor,
     manifest: Manifest,
     count: u64,
@@ -265,7 +265,7 @@ pub struct Events {
 
 impl Events {
     /// The `download-end` event, once `sent` bytes reached the connection.
-    pub fn end(&self, sent: u64) -> EventInput {
+    pub(crate) fn end(&self, sent: u64) -> EventInput {
         let count = self.count;
         let mut ev = EventInput::new(&self.actor, AuditAction::DownloadEnd, Outcome::Ok)
             .about(&self.manifest);
@@ -280,7 +280,7 @@ impl Events {
     }
 
     /// The event recording that the blob failed its check while it was served.
-    pub fn mismatch(&self, why: &Mismatch) -> EventInput {
+    pub(crate) fn mismatch(&self, why: &Mismatch) -> EventInput {
         EventInput::new(&self.actor, AuditAction::Download, Outcome::Error)
             .about(&self.manifest)
             .with_detail(format!(
@@ -291,7 +291,7 @@ impl Events {
 
 /// Loads record `id` and checks that `who` may do `action` to it; every refusal is
 /// audited (a malformed ID, an unknown record, a denial).
-pub async fn authorized<R: Recorder>(
+pub(crate) async fn authorized<R: Recorder>(
     vault: &Vault<'_>,
     rec: &R,
     who: &Caller<'_>,
@@ -349,7 +349,7 @@ fn store_detail(e: &StoreError) -> String {
 /// refuses a record that fails an integrity check (audited), opens the blob, verifies it
 /// whole first when only a span is asked, then writes the `download` event (with `purpose`
 /// and the bytes to send) and only then hands out the [`Download`].
-pub async fn prepare<R: Recorder>(
+pub(crate) async fn prepare<R: Recorder>(
     vault: &Vault<'_>,
     rec: &R,
     who: &Caller<'_>,

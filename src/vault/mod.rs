@@ -10,11 +10,11 @@
 //! [`Actor`]: name, groups and remote address) and gets a typed [`CustodyError`] to
 //! translate.
 
-pub mod analyse;
-pub mod download;
-pub mod intake;
-pub mod query;
-pub mod verified;
+pub(crate) mod analyse;
+pub(crate) mod download;
+pub(crate) mod intake;
+pub(crate) mod query;
+pub(crate) mod verified;
 
 use std::sync::Arc;
 
@@ -26,7 +26,7 @@ use crate::store::{LegalHold, Store, StoreError};
 
 /// Why a custody action was not done.
 #[derive(Debug, thiserror::Error)]
-pub enum CustodyError {
+pub(crate) enum CustodyError {
     /// A hold of some kind protects the record.
     #[error("record {id} is under legal hold ({reason}); {what}")]
     Held {
@@ -61,20 +61,20 @@ pub enum CustodyError {
 
 /// A store, its one audit log and the policies that bear on custody.
 #[derive(Clone)]
-pub struct Custody {
+pub(crate) struct Custody {
     store: Store,
     audit: Arc<AuditLog>,
 }
 
 impl Custody {
     /// Custody of `store`, recorded in `audit`.
-    pub fn new(store: Store, audit: Arc<AuditLog>) -> Self {
+    pub(crate) fn new(store: Store, audit: Arc<AuditLog>) -> Self {
         Self { store, audit }
     }
 
     /// The hold that protects `m`, of any kind but Object Lock: its per-record hold, else
     /// a `holds.toml` selector hold of `policies`.
-    pub async fn hold_on(
+    pub(crate) async fn hold_on(
         &self,
         m: &Manifest,
         policies: Option<&PolicySet>,
@@ -110,7 +110,7 @@ impl Custody {
 
     /// Places (or replaces) a per-record legal hold on `m` (an Object Lock legal hold too,
     /// in a bucket with Object Lock), recorded first.
-    pub async fn hold(
+    pub(crate) async fn hold(
         &self,
         who: &Actor,
         m: &Manifest,
@@ -134,7 +134,7 @@ impl Custody {
 
     /// Releases the per-record hold on `m` (selector holds are released by editing
     /// `holds.toml`), recorded first; a record without one is refused and recorded.
-    pub async fn release(
+    pub(crate) async fn release(
         &self,
         who: &Actor,
         m: &Manifest,
@@ -161,7 +161,7 @@ impl Custody {
 
     /// Deletes `m`'s record unless a hold of any kind protects it (per-record, a selector
     /// of `policies`, S3 Object Lock); the refusal or the deletion is recorded first.
-    pub async fn delete(
+    pub(crate) async fn delete(
         &self,
         who: &Actor,
         m: &Manifest,

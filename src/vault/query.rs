@@ -12,13 +12,13 @@ use crate::policy::{Action, PolicySet, Principal};
 use crate::store::{Store, StoreError};
 
 /// The most records one page holds, whatever the caller asks.
-pub const MAX_PAGE: usize = 100_000;
+pub(crate) const MAX_PAGE: usize = 100_000;
 /// Records per page when the caller names no limit.
-pub const DEFAULT_PAGE: usize = 10_000;
+pub(crate) const DEFAULT_PAGE: usize = 10_000;
 
 /// A query over the records a caller may list: every field narrows, none widens.
 #[derive(Debug, Clone, Default)]
-pub struct RecordQuery {
+pub(crate) struct RecordQuery {
     /// Only records of this namespace.
     pub namespace: Option<String>,
     /// Only records of this pod.
@@ -44,7 +44,7 @@ pub struct RecordQuery {
 
 /// One page of records, newest first.
 #[derive(Debug, Clone, Default)]
-pub struct Page {
+pub(crate) struct Page {
     /// The records.
     pub records: Vec<Arc<Manifest>>,
     /// The cursor of the next page, when there may be more.
@@ -53,7 +53,7 @@ pub struct Page {
 
 /// Why a caller may not do an action to a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The caller may see the record's namespace, but not do this there.
     Forbidden,
     /// The caller may not see the namespace: the record is answered as unknown, so whether
@@ -62,7 +62,7 @@ pub enum Refusal {
 }
 
 /// Whether `who` may do `action` to `record` under `policy`.
-pub fn authorize(
+pub(crate) fn authorize(
     policy: &PolicySet,
     who: &Principal,
     action: Action,
@@ -79,7 +79,7 @@ pub fn authorize(
 }
 
 /// Whether `who` may list records in some namespace at all.
-pub fn may_list(policy: &PolicySet, who: &Principal) -> bool {
+pub(crate) fn may_list(policy: &PolicySet, who: &Principal) -> bool {
     policy.access.grants_any(who, Action::List)
 }
 
@@ -109,14 +109,14 @@ impl RecordQuery {
     }
 
     /// The page size this query asks for, within bounds.
-    pub fn page_size(&self) -> usize {
+    pub(crate) fn page_size(&self) -> usize {
         self.limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE)
     }
 }
 
 /// The records of `store` that `who` may list under `policy` and that match `query`,
 /// newest first, one page.
-pub async fn visible(
+pub(crate) async fn visible(
     store: &Store,
     policy: &PolicySet,
     who: &Principal,

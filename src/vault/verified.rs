@@ -20,24 +20,24 @@ use crate::store::backend::FileIdentity;
 /// A verification stands for this long at most; the next download after it re-hashes
 /// (bounds how long a change that bypasses the file system, such as a write to the raw
 /// device or a failing disk, can go unnoticed by the server).
-pub const VERIFIED_FOR: Duration = Duration::from_secs(3600);
+pub(crate) const VERIFIED_FOR: Duration = Duration::from_secs(3600);
 
 /// A blob is remembered only if it last changed at least this long before its
 /// verification began: file time stamps come from a coarse clock (a few milliseconds; a
 /// second on some file systems), so a change made while the hash ran is then sure to give
 /// the file a different change time.
-pub const SETTLED: Duration = Duration::from_secs(2);
+pub(crate) const SETTLED: Duration = Duration::from_secs(2);
 
 /// Blobs verified since they last changed, by record.
 #[derive(Debug, Default)]
-pub struct VerifiedBlobs {
+pub(crate) struct VerifiedBlobs {
     known: Mutex<HashMap<RecordId, (FileIdentity, Instant)>>,
 }
 
 impl VerifiedBlobs {
     /// Whether `id`'s blob, now of `identity`, was verified with that very identity less
     /// than [`VERIFIED_FOR`] ago.
-    pub fn holds(&self, id: &RecordId, identity: &FileIdentity) -> bool {
+    pub(crate) fn holds(&self, id: &RecordId, identity: &FileIdentity) -> bool {
         self.known
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -48,7 +48,7 @@ impl VerifiedBlobs {
     /// Notes that every byte of `id`'s blob matched its digest in a pass that began at
     /// `began` on a file of `identity` (still its identity when the pass ended). Ignored
     /// unless the file had settled ([`SETTLED`]) when the pass began.
-    pub fn remember(&self, id: &RecordId, identity: FileIdentity, began: SystemTime) {
+    pub(crate) fn remember(&self, id: &RecordId, identity: FileIdentity, began: SystemTime) {
         let settled = began
             .duration_since(identity.changed_at())
             .is_ok_and(|age| age >= SETTLED);
@@ -61,7 +61,7 @@ impl VerifiedBlobs {
     }
 
     /// Forgets `id` (its blob failed a check, or the record is gone).
-    pub fn forget(&self, id: &RecordId) {
+    pub(crate) fn forget(&self, id: &RecordId) {
         self.known
             .lock()
             .unwrap_or_else(|p| p.into_inner())

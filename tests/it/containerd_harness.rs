@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use ckvault::capture::cri::{
+use ckvault::internal::capture::cri::{
     self, CheckpointContainerRequest, CheckpointContainerResponse, ContainerFilter,
     ListContainersRequest, ListContainersResponse, ListPodSandboxRequest, ListPodSandboxResponse,
     PodSandboxFilter, VersionRequest, VersionResponse,

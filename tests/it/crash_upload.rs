@@ -49,7 +49,10 @@ fn spool_ids(spool: &Path) -> BTreeSet<String> {
 
 /// Records visible in the bucket, each checked: the manifest verifies with the node's
 /// published key and the blob is there at its sealed size.
-fn bucket_ids(s3: &ckvault::store::s3::S3Store, rt: &tokio::runtime::Runtime) -> BTreeSet<String> {
+fn bucket_ids(
+    s3: &ckvault::internal::store::s3::S3Store,
+    rt: &tokio::runtime::Runtime,
+) -> BTreeSet<String> {
     rt.block_on(async {
         let mut seen = BTreeSet::new();
         for id in s3.ids().await.unwrap() {
@@ -100,7 +103,7 @@ fn sigkill_during_s3_upload_shows_no_partial_record_and_loses_nothing() {
     .unwrap();
     let seal = ["seal", p(&archive), "--config", p(&seal_cfg)];
     let upload = ["upload", "--config", p(&upload_cfg)];
-    let s3 = ckvault::store::s3::S3Store::new(&sw.store_config(BUCKET, PREFIX)).unwrap();
+    let s3 = ckvault::internal::store::s3::S3Store::new(&sw.store_config(BUCKET, PREFIX)).unwrap();
     let rt = seaweed::runtime();
 
     // Uninterrupted uploads of one record set the time scale of the kill points: the

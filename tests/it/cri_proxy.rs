@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ckvault::capture::cri::{self, *};
-use ckvault::capture::proxy::{grpc_error, grpc_ok};
+use ckvault::internal::capture::cri::{self, *};
+use ckvault::internal::capture::proxy::{grpc_error, grpc_ok};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ckvault::capture::cri::{self, RuntimeClient};
+use ckvault::internal::capture::cri::{self, RuntimeClient};
 
 struct Kill(Child);
 impl Drop for Kill {

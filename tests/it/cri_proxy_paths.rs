@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ckvault::capture::method::{self, Route, grpc_go};
+use ckvault::internal::capture::method::{self, Route, grpc_go};
 
 struct Proc(Child);
 

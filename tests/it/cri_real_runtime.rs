@@ -290,7 +290,7 @@ fn a_stock_grpc_client_through_the_proxy_gets_what_the_runtime_answers() {
     assert_eq!(direct[7]["code"], "UNIMPLEMENTED");
 
     // ckvault's own client, through the proxy and directly.
-    use ckvault::capture::cri::{RuntimeClient, VersionRequest, VersionResponse};
+    use ckvault::internal::capture::cri::{RuntimeClient, VersionRequest, VersionResponse};
     let tokio = support::seaweed::runtime();
     let ask = |sock: &Path| -> VersionResponse {
         tokio

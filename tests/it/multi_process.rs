@@ -257,7 +257,7 @@ fn six_concurrent_seals_on_one_spool_land_once_each() {
         ids.push(m["id"].as_str().unwrap().to_owned());
     }
     // Every record once in the bucket, one version of each object; the spool empty.
-    let s3 = ckvault::store::s3::S3Store::new(&weed.store_config("shared", "k")).unwrap();
+    let s3 = ckvault::internal::store::s3::S3Store::new(&weed.store_config("shared", "k")).unwrap();
     let rt = support::seaweed::runtime();
     let per_key = support::seaweed::versions_per_key(&s3, &rt, "shared", "k/");
     for id in &ids {

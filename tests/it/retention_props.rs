@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use ckvault::policy::retention::{RecordInfo, RetentionPolicy, RetentionRule, Scope};
-use ckvault::policy::selector::{Selector, Target};
+use ckvault::internal::policy::retention::{RecordInfo, RetentionPolicy, RetentionRule, Scope};
+use ckvault::internal::policy::selector::{Selector, Target};
 use proptest::prelude::*;
 
 const NOW: i64 = 1_800_000_000;

@@ -277,7 +277,7 @@ fn upload_status(config: &Path) -> Value {
 }
 
 fn manifest_there(
-    s3: &ckvault::store::s3::S3Store,
+    s3: &ckvault::internal::store::s3::S3Store,
     rt: &tokio::runtime::Runtime,
     id: &str,
 ) -> bool {

@@ -89,7 +89,7 @@ fn listed(config: &Path) -> (Vec<String>, String) {
 /// Pushes a record sealed in `spool` into the bucket with the bucket credentials, and its
 /// key under `as_node`: what a node agent modified by an attacker does.
 fn push_forged(
-    s3: &ckvault::store::s3::S3Store,
+    s3: &ckvault::internal::store::s3::S3Store,
     rt: &tokio::runtime::Runtime,
     spool: &Path,
     id: &str,
@@ -107,8 +107,8 @@ fn push_forged(
         for (key, bytes) in [(s3.blob_key(&rid), blob), (s3.manifest_key(&rid), manifest)] {
             match s3.put_bytes(&key, bytes, true, false).await {
                 Ok(_)
-                | Err(ckvault::store::StoreError::S3 {
-                    kind: ckvault::store::s3::client::Kind::Precondition,
+                | Err(ckvault::internal::store::StoreError::S3 {
+                    kind: ckvault::internal::store::s3::client::Kind::Precondition,
                     ..
                 }) => {}
                 Err(e) => panic!("{key}: {e}"),
@@ -118,7 +118,11 @@ fn push_forged(
 }
 
 /// Removes every version of the objects under `prefix` (bucket credentials).
-fn delete_all(s3: &ckvault::store::s3::S3Store, rt: &tokio::runtime::Runtime, prefix: &str) {
+fn delete_all(
+    s3: &ckvault::internal::store::s3::S3Store,
+    rt: &tokio::runtime::Runtime,
+    prefix: &str,
+) {
     rt.block_on(async {
         let out = s3
             .client()
@@ -154,7 +158,8 @@ fn nodes_cannot_sign_as_one_another(kind: &str) {
     };
     let rt = support::seaweed::runtime();
     server.bucket(BUCKET, &rt);
-    let s3 = ckvault::store::s3::S3Store::new(&server.store_config(BUCKET, PREFIX)).unwrap();
+    let s3 =
+        ckvault::internal::store::s3::S3Store::new(&server.store_config(BUCKET, PREFIX)).unwrap();
     let (_identity, recipient) = support::age_keypair(t);
     let (spool_a, spool_b) = (t.join("spool-a"), t.join("spool-b"));
     let node_a = config(

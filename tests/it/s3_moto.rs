@@ -17,7 +17,7 @@ fn a_blob_already_in_the_bucket_is_not_written_again() {
     let Some(moto) = support::moto::Moto::start(&tmp.path().join("moto")) else {
         return;
     };
-    let s3 = ckvault::store::s3::S3Store::new(&moto.store_config("again", "k")).unwrap();
+    let s3 = ckvault::internal::store::s3::S3Store::new(&moto.store_config("again", "k")).unwrap();
     let rt = support::seaweed::runtime();
     rt.block_on(
         s3.client()
@@ -144,7 +144,7 @@ fn a_hold_on_a_bucket_without_object_lock_says_so_on_both_servers() {
         ),
     ];
     for (name, cfg, toml) in stores {
-        let s3 = ckvault::store::s3::S3Store::new(&cfg).unwrap();
+        let s3 = ckvault::internal::store::s3::S3Store::new(&cfg).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
         // A create whose answer was lost (a server slow to start) leaves the bucket made:
         // a retry then hears that it exists, which is success too.
@@ -209,7 +209,7 @@ fn credentials_come_from_web_identity_as_in_a_cluster() {
         return;
     };
     let rt = support::seaweed::runtime();
-    let s3 = ckvault::store::s3::S3Store::new(&moto.store_config("irsa", "k")).unwrap();
+    let s3 = ckvault::internal::store::s3::S3Store::new(&moto.store_config("irsa", "k")).unwrap();
     rt.block_on(s3.client().create_bucket().bucket("irsa").send())
         .unwrap();
     let (_identity, recipient) = support::age_keypair(tmp.path());

@@ -238,7 +238,8 @@ fn two_nodes_and_a_server_share_one_bucket_and_survive_a_store_outage() {
 
     // Counts: sealed by the agents = uploaded to the bucket = listed by the server.
     let sealed = a.sealed().len() + b.sealed().len();
-    let s3 = ckvault::store::s3::S3Store::new(&sw.store_config("cluster", "prod/")).unwrap();
+    let s3 =
+        ckvault::internal::store::s3::S3Store::new(&sw.store_config("cluster", "prod/")).unwrap();
     let rt = seaweed::runtime();
     let uploaded = rt.block_on(s3.ids()).unwrap();
     println!(
@@ -451,7 +452,7 @@ fn wrong_credentials_are_a_clear_error_and_lose_nothing() {
 
 /// Every version of `key`, deleted directly with the bucket credentials: the errors.
 fn delete_directly(sw: &Seaweed, bucket: &str, key: &str) -> Vec<String> {
-    let s3 = ckvault::store::s3::S3Store::new(&sw.store_config(bucket, "")).unwrap();
+    let s3 = ckvault::internal::store::s3::S3Store::new(&sw.store_config(bucket, "")).unwrap();
     let rt = seaweed::runtime();
     rt.block_on(async {
         let versions = s3

@@ -9,9 +9,9 @@ use crate::support;
 use std::io::Write;
 use std::path::Path;
 
+use ckvault::internal::store::LocalStore;
 use ckvault::manifest::{Source, SourceKind};
 use ckvault::seal::{self, ClaimedIdentity, Recipient, SealOptions};
-use ckvault::store::LocalStore;
 
 fn opts(recipient: &str) -> SealOptions {
     let mut o = SealOptions::new(

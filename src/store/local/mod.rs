@@ -47,8 +47,8 @@ mod holds;
 mod keys;
 mod records;
 
-pub use holds::LegalHold;
-pub use records::PendingRecord;
+pub(crate) use holds::LegalHold;
+pub(crate) use records::PendingRecord;
 
 use super::StoreError;
 use crate::fsutil::{self, AtomicFile};

@@ -4,7 +4,7 @@
 //! ```ignore
 //! let Some(ctrd) = support::containerd::Containerd::start() else { return };
 //! let (sandbox_id, container_id) = ctrd.run_pod("shop", "api-0", "api");
-//! let client = ckvault::capture::cri::RuntimeClient::new(&ctrd.socket);
+//! let client = ckvault::internal::capture::cri::RuntimeClient::new(&ctrd.socket);
 //! ```
 //!
 //! - Every [`Containerd::start`] is its own daemon: own root, state, sockets and runc root
@@ -34,7 +34,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ckvault::capture::cri::{
+use ckvault::internal::capture::cri::{
     self, ContainerFilter, ContainerMetadata, GrpcStatus, ImageSpec, ListContainersRequest,
     ListContainersResponse, PodSandboxMetadata, RuntimeClient,
 };
@@ -60,13 +60,13 @@ const RUNNING_TIMEOUT: Duration = Duration::from_secs(30);
 /// at once instead of failing the same way again (each attempt may wait for timeouts).
 static CANNOT: Mutex<Option<String>> = Mutex::new(None);
 
-/// The CRI messages needed to run a pod that `ckvault::capture::cri` does not define, with
+/// The CRI messages needed to run a pod that `ckvault::internal::capture::cri` does not define, with
 /// the field numbers of k8s.io/cri-api runtime.v1 api.proto (only the fields used here).
 #[allow(missing_docs)]
 pub mod msg {
     use std::collections::HashMap;
 
-    use ckvault::capture::cri::{ContainerMetadata, ImageSpec, PodSandboxMetadata};
+    use ckvault::internal::capture::cri::{ContainerMetadata, ImageSpec, PodSandboxMetadata};
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct NamespaceOption {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ckvault::config::StoreConfig;
-use ckvault::store::s3::S3Store;
+use ckvault::internal::store::s3::S3Store;
 
 use super::moto::Moto;
 use super::seaweed::Seaweed;

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ckvault::config::StoreConfig;
-use ckvault::store::s3::S3Store;
+use ckvault::internal::store::s3::S3Store;
 
 /// The access key of the identity the server knows.
 pub const ACCESS_KEY: &str = "ckvaulttest";
