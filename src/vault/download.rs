@@ -485,35 +485,47 @@ async fn verify_file(
         .try_clone()
         .map_err(|e| StoreError::io(std::path::Path::new(manifest.id.as_str()), e))?;
     let expected = manifest.sealed.sha256.clone();
-    let verdict = tokio::task::spawn_blocking(move || -> std::io::Result<Result<(), Mismatch>> {
-        let mut reader = HashingReader::new(ReadAt {
-            file: &file,
-            offset: 0,
-        });
-        std::io::copy(&mut reader, &mut std::io::sink())?;
-        let digest = reader.finish();
-        if FileIdentity::of(&file)? != identity {
-            return Ok(Err(Mismatch::ChangedWhileVerified));
-        }
-        if digest.sha256 != expected || digest.size != identity.size {
-            return Ok(Err(Mismatch::Blob {
-                size: digest.size,
-                got: digest.sha256,
-            }));
-        }
-        Ok(Ok(()))
-    })
-    .await
-    .map_err(|source| StoreError::Task {
-        what: "blob verification".into(),
-        source,
-    })?
-    .map_err(|e| StoreError::io(std::path::Path::new(manifest.id.as_str()), e))?;
+    let verdict = blocking_read(
+        &manifest.id,
+        move || -> std::io::Result<Result<(), Mismatch>> {
+            let mut reader = HashingReader::new(ReadAt {
+                file: &file,
+                offset: 0,
+            });
+            std::io::copy(&mut reader, &mut std::io::sink())?;
+            let digest = reader.finish();
+            if FileIdentity::of(&file)? != identity {
+                return Ok(Err(Mismatch::ChangedWhileVerified));
+            }
+            if digest.sha256 != expected || digest.size != identity.size {
+                return Ok(Err(Mismatch::Blob {
+                    size: digest.size,
+                    got: digest.sha256,
+                }));
+            }
+            Ok(Ok(()))
+        },
+    )
+    .await?;
     match &verdict {
         Ok(()) => vault.verified.remember(&manifest.id, identity, began),
         Err(_) => vault.verified.forget(&manifest.id),
     }
     Ok(verdict)
+}
+
+/// Runs `read` (a blocking read of record `id`'s blob) on the blocking pool.
+async fn blocking_read<T: Send + 'static>(
+    id: &RecordId,
+    read: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|source| StoreError::Task {
+            what: "blob verification".into(),
+            source,
+        })?
+        .map_err(|e| StoreError::io(std::path::Path::new(id.as_str()), e))
 }
 
 /// Hashes a bucket's blob whole; `Ok(Err(why))` if it does not match the manifest.
@@ -522,16 +534,11 @@ async fn verify_bucket_blob(
     manifest: &Manifest,
 ) -> Result<Result<(), Mismatch>, StoreError> {
     let reader = store.blob(&manifest.id, 0, manifest.sealed.size).await?;
-    let digest = tokio::task::spawn_blocking(move || {
+    let digest = blocking_read(&manifest.id, move || {
         let mut reader = HashingReader::new(tokio_util::io::SyncIoBridge::new(reader));
         std::io::copy(&mut reader, &mut std::io::sink()).map(|_| reader.finish())
     })
-    .await
-    .map_err(|source| StoreError::Task {
-        what: "blob verification".into(),
-        source,
-    })?
-    .map_err(|e| StoreError::io(std::path::Path::new(manifest.id.as_str()), e))?;
+    .await?;
     if digest.sha256 != manifest.sealed.sha256 || digest.size != manifest.sealed.size {
         return Ok(Err(Mismatch::Blob {
             size: digest.size,
