@@ -24,13 +24,20 @@ fail() { say "$*"; exit 1; }
 # ---- Debian packages ----------------------------------------------------------------
 pkgs=(curl ca-certificates gcc libc6-dev "$@")
 missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
+if command -v dpkg-query >/dev/null; then
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+else
+  say "not a Debian system (no dpkg-query): make sure ${pkgs[*]} (or their equivalents) are installed"
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "${CKVAULT_NO_INSTALL:-}" = 1 ]; then
-    fail "missing Debian packages: ${missing[*]} (CKVAULT_NO_INSTALL=1: not installing; apt-get install ${missing[*]})"
+    say "warning: missing Debian packages: ${missing[*]} (CKVAULT_NO_INSTALL=1: not installing; apt-get install ${missing[*]})"
+    missing=()
   fi
+fi
+if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || fail "missing Debian packages: ${missing[*]}; run as root (or: sudo apt-get install ${missing[*]})"
   command -v apt-get >/dev/null || fail "missing packages ${missing[*]} and no apt-get: this script knows Debian 12 and 13 only"
   say "installing Debian packages with apt-get: ${missing[*]} (about 1 minute)"
