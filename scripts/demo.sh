@@ -33,8 +33,8 @@ ARCHIVE=$WORK/checkpoint-web-7d4_forensics-app.tar
 plaintext=("$ARCHIVE" "$WORK/original.tar" "$WORK/opened.tar" "$WORK/fetched.age.tar")
 SERVER=
 cleanup() {
-  [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null
   rm -f "${plaintext[@]}"
+  if [ -n "$SERVER" ]; then kill "$SERVER" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
