@@ -17,7 +17,7 @@
 # pod: tests/harness/real-cri-runtime.sh) is shared by the tests and kept between them; this
 # command stops it at the end when it was not running before it started, and otherwise
 # says that it keeps it and how to stop it.
-# Expect ~25 minutes on 2 cores from a cold target/ (builds included), ~8 when built; disk:
+# Expect 11-13 minutes on 2 cores in CI (after clippy built the dependencies), ~8 when built; disk:
 # target/ ~7 GB, /var/tmp/ckvault-real-cri ~1.1 GB, /var/tmp/ckvault-ckpt ~0.5 GB.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
