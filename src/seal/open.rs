@@ -52,7 +52,7 @@ pub enum OpenError {
     Decrypt(#[source] age::DecryptError),
     /// None of the keys given is a recipient of the record.
     #[error(
-        "no key in {file} opens record {id}: it was sealed to {sealed_to}; {file} holds {given}\nopen it with the identity file of one of those recipients (`ckvault show {id}` lists them)"
+        "no key in {file} opens record {id} ({source}): it was sealed to {sealed_to}; {file} holds {given}\nopen it with the identity file of one of those recipients (`ckvault show {id}` lists them)"
     )]
     NotARecipient {
         /// The record.
