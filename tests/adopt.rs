@@ -487,9 +487,15 @@ fn the_demo_refuses_a_busy_port_with_the_reason_before_doing_anything() {
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port().to_string();
     let work = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
     let demo = |port: &str| {
+        // Should the check not stop it, the demo must not go on to install and build for
+        // long: no install, no Rust toolchain on PATH or in HOME, so the set-up stops it.
         Command::new("bash")
             .arg(repo.join("scripts/demo.sh"))
+            .env("CKVAULT_NO_INSTALL", "1")
+            .env("HOME", home.path())
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("CKVAULT_DEMO_PORT", port)
             .env("CKVAULT_STORE", work.path().join("store"))
             .env("CKVAULT_DEMO_DIR", work.path().join("demo"))
