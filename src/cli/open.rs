@@ -15,12 +15,12 @@ use crate::seal::open::{Identities, open_to_file};
 /// Arguments of `ckvault open`.
 #[derive(Debug, clap::Args)]
 pub struct OpenArgs {
-    /// A record ID (with --store) or an exported blob file (its manifest is read from
-    /// FILE.manifest.json, or --manifest).
+    /// A record ID (of the store of --store or --config, default ./ckvault-data) or an
+    /// exported or fetched blob file (its manifest is read from FILE.manifest.json, or
+    /// --manifest).
     pub target: String,
-    /// The store holding the record.
-    #[arg(long, value_name = "DIR", env = "CKVAULT_STORE")]
-    store: Option<PathBuf>,
+    #[command(flatten)]
+    store: super::StoreArg,
     /// Your age identity file (age-keygen) or unencrypted SSH private key.
     #[arg(long, short = 'i', value_name = "KEYFILE")]
     identity: PathBuf,
@@ -38,14 +38,14 @@ pub struct OpenArgs {
 pub(super) fn run(args: OpenArgs) -> anyhow::Result<ExitCode> {
     let identities = Identities::from_file(&args.identity)?;
     let as_file = PathBuf::from(&args.target);
-    let (manifest, blob) = if let (Some(dir), Ok(id)) =
-        (&args.store, args.target.parse::<RecordId>())
-    {
-        let node = crate::wiring::Node::build(
-            crate::config::Config::for_store(dir),
-            crate::wiring::Open::Existing,
-        )?;
-        let store = node.local().clone();
+    // A record ID names a record of the store, unless a file of that name is here.
+    let record = args
+        .target
+        .parse::<RecordId>()
+        .ok()
+        .filter(|_| !as_file.is_file());
+    let (manifest, blob) = if let Some(id) = record {
+        let store = args.store.open_local("open")?;
         let manifest = store.manifest(&id)?; // signature checked
         store.audit_log()?.append(
             EventInput::new(
@@ -79,7 +79,7 @@ pub(super) fn run(args: OpenArgs) -> anyhow::Result<ExitCode> {
         (manifest, blob)
     } else {
         bail!(
-            "{:?} is neither a record ID of a store given with --store nor a readable file",
+            "{:?} is neither a record ID nor a readable file; give a record ID (see `ckvault ls`) or the path of a sealed file",
             args.target
         );
     };

@@ -43,15 +43,38 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(l) = args.listen {
         config.server.listen = l;
     }
+    // Listen first: a busy or forbidden address must fail before anything is created
+    // (store, CA, certificates, admin token).
+    let listen = config.server.listen;
+    let std_listener = std::net::TcpListener::bind(listen).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::AddrInUse => format!(
+                "another process listens there (see: ss -ltnp 'sport = :{}'); stop it, or choose another address with --listen ADDR or [server] listen",
+                listen.port()
+            ),
+            std::io::ErrorKind::PermissionDenied => {
+                "ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another port with --listen ADDR or [server] listen".to_owned()
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "no interface of this machine has that address; choose another with --listen ADDR or [server] listen".to_owned()
+            }
+            _ => "choose another address with --listen ADDR or [server] listen".to_owned(),
+        };
+        anyhow::Error::new(e).context(format!(
+            "cannot listen on {listen}: {why}; nothing was created"
+        ))
+    })?;
+    std_listener
+        .set_nonblocking(true)
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let prepared = serve::prepare(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(prepared.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", prepared.listen))?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)
+            .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         let announce = move |prepared: &serve::Prepared| {
             say!("ckvault: serving https://{addr} (store {})", prepared.state.store.local().root().display());

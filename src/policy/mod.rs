@@ -22,8 +22,15 @@ pub(crate) fn parse_versioned<T: serde::de::DeserializeOwned>(
     version: impl Fn(&T) -> Option<&toml::Spanned<u32>>,
 ) -> Result<(T, Vec<PolicyError>), Vec<PolicyError>> {
     let shape: T = toml::from_str(text).map_err(|e| {
+        // The message, then the offending line with a caret (as the config's errors).
+        let located = crate::config::TomlError::new(path, text, &e);
         let offset = e.span().map_or(0, |s| s.start);
-        vec![PolicyError::at(path, text, offset, e.message().to_owned())]
+        let message = if located.snippet.is_empty() {
+            located.message
+        } else {
+            format!("{}\n{}", located.message, located.snippet)
+        };
+        vec![PolicyError::at(path, text, offset, message)]
     })?;
     let mut errors = Vec::new();
     if let Some(v) = version(&shape)

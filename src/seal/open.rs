@@ -19,7 +19,20 @@ use crate::fsutil::NewFile;
 use crate::manifest::Manifest;
 
 /// The responder's private keys, loaded from an identity file.
-pub struct Identities(Vec<Box<dyn age::Identity + Send + Sync>>);
+pub struct Identities {
+    keys: Vec<Box<dyn age::Identity + Send + Sync>>,
+    /// Where they came from and what they are (for "not a recipient" errors).
+    about: KeysAbout,
+}
+
+/// The identity file and the recipients (type and fingerprint) of the keys it holds.
+#[derive(Debug, Clone, Default)]
+struct KeysAbout {
+    file: String,
+    /// `x25519 SHA256:...` per age key; empty for an SSH key (see `ssh`).
+    fingerprints: Vec<String>,
+    ssh: bool,
+}
 
 /// Why opening failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +50,23 @@ pub enum OpenError {
     /// The blob is not age data, or none of the identities opens it.
     #[error("cannot decrypt the blob: {0}")]
     Decrypt(#[source] age::DecryptError),
+    /// None of the keys given is a recipient of the record.
+    #[error(
+        "no key in {file} opens record {id} ({source}): it was sealed to {sealed_to}; {file} holds {given}\nopen it with the identity file of one of those recipients (`ckvault show {id}` lists them)"
+    )]
+    NotARecipient {
+        /// The record.
+        id: String,
+        /// The identity file.
+        file: String,
+        /// The manifest's recipients (type and fingerprint), bounded.
+        sealed_to: String,
+        /// The keys given (type and fingerprint), or how to see an SSH key's fingerprint.
+        given: String,
+        /// age's error.
+        #[source]
+        source: age::DecryptError,
+    },
     /// The blob ended early or was altered (age's authenticated chunks caught it).
     #[error("the sealed blob is truncated or corrupt: {0}")]
     Corrupt(io::Error),
@@ -116,15 +146,87 @@ impl Identities {
             && let Ok(ids) = file.into_identities()
             && !ids.is_empty()
         {
-            return Ok(Self(ids));
+            // The recipients of the native keys, for errors (an identity file holds
+            // `AGE-SECRET-KEY-1...` lines and comments).
+            let fingerprints = String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter_map(|l| l.trim().parse::<age::x25519::Identity>().ok())
+                .filter_map(|id| {
+                    id.to_public()
+                        .to_string()
+                        .parse::<crate::recipient::Recipient>()
+                        .ok()
+                })
+                .map(|r| format!("{} {}", r.kind(), r.fingerprint()))
+                .collect();
+            return Ok(Self {
+                keys: ids,
+                about: KeysAbout {
+                    file: path.display().to_string(),
+                    fingerprints,
+                    ssh: false,
+                },
+            });
         }
         match age::ssh::Identity::from_buffer(&bytes[..], Some(path.display().to_string())) {
             Ok(age::ssh::Identity::Unsupported(k)) => Err(err(format!("unsupported SSH key: {k:?}"))),
             Ok(age::ssh::Identity::Encrypted(_)) => Err(err(
                 "encrypted SSH keys are not supported here; decrypt with `age -d -i KEY` and `zstd -d`".into(),
             )),
-            Ok(id @ age::ssh::Identity::Unencrypted(_)) => Ok(Self(vec![Box::new(id)])),
+            Ok(id @ age::ssh::Identity::Unencrypted(_)) => Ok(Self {
+                keys: vec![Box::new(id)],
+                about: KeysAbout {
+                    file: path.display().to_string(),
+                    fingerprints: Vec::new(),
+                    ssh: true,
+                },
+            }),
             Err(e) => Err(err(e.to_string())),
+        }
+    }
+
+    /// `e`, or, when none of these keys opens the record of `manifest`, an error naming
+    /// the record's recipients and these keys.
+    fn decrypt_error(&self, manifest: &Manifest, e: age::DecryptError) -> OpenError {
+        if !matches!(e, age::DecryptError::NoMatchingKeys) {
+            return OpenError::Decrypt(e);
+        }
+        // The manifest is signed, but its list is still bounded before it is shown.
+        const SHOWN: usize = 8;
+        let recipients = &manifest.sealed.recipients;
+        let mut sealed_to: Vec<String> = recipients
+            .iter()
+            .take(SHOWN)
+            .map(|r| {
+                crate::inspect::escape_control(&format!(
+                    "{} {}",
+                    r.kind.chars().take(32).collect::<String>(),
+                    r.fingerprint.chars().take(80).collect::<String>()
+                ))
+                .into_owned()
+            })
+            .collect();
+        if recipients.len() > SHOWN {
+            sealed_to.push(format!("and {} more", recipients.len() - SHOWN));
+        }
+        let sealed_to = if sealed_to.is_empty() {
+            "no recipient the manifest names".to_owned()
+        } else {
+            sealed_to.join(", ")
+        };
+        let given = if self.about.ssh {
+            "an SSH key (`ssh-keygen -lf KEY` prints its SHA256 fingerprint)".to_owned()
+        } else if self.about.fingerprints.is_empty() {
+            "no key whose fingerprint is known".to_owned()
+        } else {
+            self.about.fingerprints.join(", ")
+        };
+        OpenError::NotARecipient {
+            id: manifest.id.to_string(),
+            file: self.about.file.clone(),
+            sealed_to,
+            given,
+            source: e,
         }
     }
 }
@@ -192,11 +294,11 @@ fn decrypt_into<R: Read, W: Write>(
     let reader = decryptor
         .decrypt(
             identities
-                .0
+                .keys
                 .iter()
                 .map(|i| i.as_ref() as &dyn age::Identity),
         )
-        .map_err(OpenError::Decrypt)?;
+        .map_err(|e| identities.decrypt_error(manifest, e))?;
     let limit = manifest.plaintext.size;
     match manifest.sealed.compression.as_str() {
         "zstd" => {
@@ -355,7 +457,10 @@ mod tests {
         let recipient = id.to_public().to_string().parse().unwrap();
         let parsed: age::x25519::Identity = id.to_string().expose_secret().parse().unwrap();
         Key {
-            identities: Identities(vec![Box::new(parsed)]),
+            identities: Identities {
+                keys: vec![Box::new(parsed)],
+                about: KeysAbout::default(),
+            },
             recipient,
         }
     }
@@ -497,7 +602,7 @@ mod tests {
             let dec = age::Decryptor::new(&blob[..]).unwrap();
             dec.decrypt(
                 k.identities
-                    .0
+                    .keys
                     .iter()
                     .map(|i| i.as_ref() as &dyn age::Identity),
             )

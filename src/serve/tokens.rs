@@ -62,7 +62,12 @@ pub(crate) enum TokenError {
         /// The error.
         source: std::io::Error,
     },
-    /// Not a token file.
+    /// Not TOML, or not the shape of a token file: where, and the offending line.
+    #[error(
+        "token file {0}\n`ckvault token add|revoke` writes this file: fix that line, or restore the file and run again"
+    )]
+    Syntax(#[source] crate::config::TomlError),
+    /// The token file could not be written as TOML.
     #[error("token file {path}: {message}")]
     Parse {
         /// The file.
@@ -89,10 +94,8 @@ impl TokenFile {
     /// Loads a token file (a missing file is an empty one).
     pub(crate) fn load(path: &Path) -> Result<Self, TokenError> {
         match crate::fsutil::read_regular_to_string(path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| TokenError::Parse {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            }),
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| TokenError::Syntax(crate::config::TomlError::new(path, &text, &e))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(source) => Err(TokenError::Io {
                 path: path.display().to_string(),
