@@ -190,7 +190,7 @@ pub(crate) enum ClientError {
 
 /// Why a request never got an HTTP answer, as far as a user can act on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectCause {
+pub(crate) enum ConnectCause {
     /// Nothing listens at the host and port.
     Refused {
         /// `HOST:PORT`.
@@ -238,7 +238,7 @@ pub enum ConnectCause {
 
 impl ConnectCause {
     /// What happened, in one line.
-    pub fn what(&self) -> String {
+    pub(crate) fn what(&self) -> String {
         match self {
             Self::Refused { addr } => {
                 format!("connection refused: nothing listens on {addr}")
@@ -269,7 +269,7 @@ impl ConnectCause {
     }
 
     /// What to do next, in one line.
-    pub fn next_step(&self) -> String {
+    pub(crate) fn next_step(&self) -> String {
         match self {
             Self::Refused { .. } => "start `ckvault serve` there, or give --server the host and port it listens on (its first line says: \"ckvault: serving https://...\")".into(),
             Self::UnknownHost { .. } => "check the host name in --server (or use the server's IP address)".into(),

@@ -138,8 +138,6 @@ pub(crate) struct Prepared {
     pub credentials: Arc<credentials::Credentials>,
     /// Credentials generated on first start (embedded defaults only).
     pub generated: Option<pki::GeneratedPki>,
-    /// Where to listen.
-    pub listen: std::net::SocketAddr,
     /// Connection limits.
     pub limits: crate::config::ConnectionLimits,
     /// Token file path (reloaded when it changes, and on SIGHUP).
@@ -271,7 +269,6 @@ pub(crate) fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         tls: Arc::new(tls),
         credentials: Arc::new(credentials),
         generated,
-        listen: config.server.listen,
         limits: config.server.limits(),
         tokens_path,
         policy_dir: config.policy.dir.clone(),

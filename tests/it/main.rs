@@ -13,6 +13,7 @@
 
 mod support;
 
+mod adopt;
 mod analyst_diff;
 mod analyst_memsearch;
 mod capture_watch;

@@ -6,7 +6,7 @@
 //! store; a wrong key for `open` naming the record's recipients; `serve` on a busy port
 //! failing before it creates anything; the demo refusing a busy port with the reason.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::net::TcpListener;
