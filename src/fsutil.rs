@@ -545,15 +545,40 @@ pub fn owner_token(lock_dir: &Path) -> io::Result<String> {
     let held = held.get_or_insert_with(HashMap::new);
     let lock_path = lock_dir.join(format!("owner.{token}.lock"));
     if !held.contains_key(lock_dir) || !lock_path.exists() {
-        // Locked before it gets its name, so nobody can ever see it unlocked while we live.
-        let fresh = lock_dir.join(format!(".owner.{token}.lock.new"));
-        let _ = fs::remove_file(&fresh);
-        let file = create_private_file(&fresh)?;
-        file.lock()?;
-        fs::rename(&fresh, &lock_path)?;
+        let file = fresh_owner_lock(lock_dir, &token, &lock_path)?;
         held.insert(lock_dir.to_path_buf(), file);
     }
     Ok(token)
+}
+
+/// Creates `lock_dir/owner.TOKEN.lock`, locked before it gets its name, so nobody can
+/// ever see it unlocked while we live. Between creating `.owner.TOKEN.lock.new` and
+/// locking it, another process's [`remove_dead_owners`] may find it unlocked and
+/// remove it (it cannot tell a file being born from a dead owner's leftover): the rename
+/// then finds nothing, and the file is made again.
+fn fresh_owner_lock(lock_dir: &Path, token: &str, lock_path: &Path) -> io::Result<File> {
+    const ATTEMPTS: usize = 16;
+    let fresh = lock_dir.join(format!(".owner.{token}.lock.new"));
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        let _ = fs::remove_file(&fresh);
+        let file = match create_private_file(&fresh) {
+            Ok(f) => f,
+            // Someone else's cleanup raced our remove_file: try again.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                last = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        file.lock()?;
+        match fs::rename(&fresh, lock_path) {
+            Ok(()) => return Ok(file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("could not create an owner lock file")))
 }
 
 /// Whether the process that named a temporary file in `lock_dir` with `token` is alive:
@@ -604,6 +629,57 @@ pub fn absolute(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A neighbour cleaning dead owners' locks at the instant we make ours must not make
+    /// us fail (seen in CI as "store/tmp: No such file or directory" on a seal while
+    /// another process opened the store in a loop).
+    #[test]
+    fn an_owner_lock_is_made_even_while_a_neighbour_removes_dead_owners() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        const DIRS: usize = 3000;
+        let root = tempfile::tempdir().unwrap();
+        let dirs: Arc<Vec<PathBuf>> = Arc::new(
+            (0..DIRS)
+                .map(|i| {
+                    let d = root.path().join(format!("d{i}"));
+                    fs::create_dir(&d).unwrap();
+                    d
+                })
+                .collect(),
+        );
+        // The cleaner works on the directory we are making our lock in right now.
+        let current = Arc::new(AtomicUsize::new(0));
+        let cleaner = {
+            let (current, dirs) = (current.clone(), dirs.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let i = current.load(Ordering::Relaxed);
+                    let Some(d) = dirs.get(i) else { break };
+                    remove_dead_owners(d);
+                }
+            })
+        };
+        let mut failures = Vec::new();
+        for (i, d) in dirs.iter().enumerate() {
+            current.store(i, Ordering::Relaxed);
+            if let Err(e) = owner_token(d) {
+                failures.push(e.to_string());
+            }
+        }
+        current.store(DIRS, Ordering::Relaxed);
+        cleaner.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "owner_token failed {} times: {:?}",
+            failures.len(),
+            failures.first()
+        );
+        for d in dirs.iter() {
+            let token = owner_token(d).unwrap();
+            assert!(owner_alive(d, &token), "our own lock in {d:?} is not held");
+        }
+    }
 
     #[test]
     fn private_file_refuses_symlink_and_existing() {
