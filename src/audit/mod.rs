@@ -44,10 +44,14 @@ crate::vocab::vocabulary! {
     /// What an event records was done (or refused). The words are those every earlier
     /// version wrote; a word of a newer version reads as `Unrecognised`.
     pub enum Action {
+        /// An alert received (`ok`: a capture was started; `denied`: why not, in `detail`).
+        Alert => "alert",
         /// An interrupted append's leftovers were cut (`detail` says what).
         AuditRepair => "audit-repair",
         /// A request failed authentication (or failures folded over an interval).
         Authenticate => "authenticate",
+        /// A capture started by an alert ended: sealed, refused (disk, budget) or failed.
+        Capture => "capture",
         /// A capture left nothing to seal.
         CaptureAbandoned => "capture-abandoned",
         /// A checkpoint asked of the trigger API.

@@ -10,13 +10,20 @@
 //! * [`staging`]: the private staging directory for plaintext awaiting sealing, and its
 //!   recovery at start (anything left there is sealed, never dropped).
 //! * [`receipt`]: the small JSON left where the plaintext was.
+//! * [`resolve`]: which running container a request names, asked of the runtime.
+//! * [`notify`]: notices to webhooks after a triggered capture.
+//! * [`gate`]: what every automatic capture passes (deduplication, budgets, concurrency,
+//!   free disk) so an alert storm cannot hurt the node or the evidence.
 
 pub(crate) mod checkpoint;
 pub mod cri;
+pub(crate) mod gate;
 pub mod hpack;
 pub mod method;
 pub mod proxy;
+pub(crate) mod notify;
 pub(crate) mod receipt;
+pub(crate) mod resolve;
 pub(crate) mod relay;
 pub(crate) mod staging;
 pub(crate) mod watch;

@@ -2,10 +2,9 @@
 //! ?timeout=SECONDS`, with the kubelet's status codes (404 for an unknown pod or container
 //! or an unparsable timeout, 401/403, 500 for any runtime failure), authorized by the
 //! `checkpoint` action on the namespace and audited. Names are resolved through the runtime
-//! (ListPodSandbox / ListContainers label selectors, running containers only); the archive
+//! ([`crate::capture::resolve`]: running containers only); the archive
 //! goes to private staging and is sealed; the answer names the sealed records.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,8 @@ use super::AppState;
 use super::request::{ApiError, Caller, event, record};
 use crate::audit::{self, Outcome};
 use crate::capture::checkpoint::{CheckpointError, CheckpointRequest};
-use crate::capture::cri::*;
+use crate::capture::cri::redact_paths;
+use crate::capture::resolve::{self, ResolveError, Wanted};
 use crate::manifest::SourceKind;
 use crate::policy::Action;
 
@@ -112,58 +112,15 @@ pub(crate) async fn checkpoint(
             ),
         )
     };
-    let runtime = checkpointer.runtime().clone();
-    let short = Duration::from_secs(30);
-    let sandboxes: ListPodSandboxResponse = match runtime
-        .list_pod_sandbox(
-            ListPodSandboxRequest {
-                filter: Some(PodSandboxFilter {
-                    state: Some(PodSandboxStateValue {
-                        state: SANDBOX_READY,
-                    }),
-                    label_selector: HashMap::from([
-                        (LABEL_NAMESPACE.to_owned(), namespace.clone()),
-                        (LABEL_POD.to_owned(), pod.clone()),
-                    ]),
-                    ..Default::default()
-                }),
-            },
-            short,
-        )
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return fail(&state, ev, failed(&e)).await,
+    let wanted = Wanted::Names {
+        namespace: &namespace,
+        pod: &pod,
+        container: &container,
     };
-    let Some(sandbox) = sandboxes.items.first() else {
-        return fail(&state, ev, not_found("pod does not exist".into())).await;
-    };
-    let containers: ListContainersResponse = match runtime
-        .list_containers(
-            ListContainersRequest {
-                filter: Some(ContainerFilter {
-                    state: Some(ContainerStateValue {
-                        state: CONTAINER_RUNNING,
-                    }),
-                    pod_sandbox_id: sandbox.id.clone(),
-                    label_selector: HashMap::from([
-                        (LABEL_NAMESPACE.to_owned(), namespace.clone()),
-                        (LABEL_POD.to_owned(), pod.clone()),
-                        (LABEL_CONTAINER.to_owned(), container.clone()),
-                    ]),
-                    ..Default::default()
-                }),
-            },
-            short,
-        )
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return fail(&state, ev, failed(&e)).await,
-    };
-    let Some(target) = containers.containers.first() else {
-        let err = not_found(format!("container {container} does not exist"));
-        return fail(&state, ev, err).await;
+    let target = match resolve::running(checkpointer.runtime(), wanted).await {
+        Ok(t) => t,
+        Err(ResolveError::Runtime(e)) => return fail(&state, ev, failed(&e)).await,
+        Err(e) => return fail(&state, ev, not_found(e.to_string())).await,
     };
     let deadline = RUNTIME_REQUEST_TIMEOUT.max(Duration::from_secs(timeout.unwrap_or(0)));
     match checkpointer
@@ -202,43 +159,11 @@ pub(crate) async fn checkpoint(
     }
 }
 
-/// `message` with every absolute path in it replaced by `<path>`, cut to 512 characters
-/// and with control characters escaped: what an error body may repeat of a message from
-/// another process.
-pub(crate) fn redact_paths(message: &str) -> String {
-    let mut out = String::with_capacity(message.len().min(512));
-    let mut in_path = false;
-    let mut prev: Option<char> = None;
-    for c in message.chars() {
-        if in_path {
-            if c.is_whitespace() || matches!(c, '"' | '\'' | ',' | ';' | ')' | ']' | '>') {
-                in_path = false;
-            } else {
-                continue;
-            }
-        }
-        let starts_path = c == '/'
-            && prev.is_none_or(|p| {
-                p.is_whitespace() || matches!(p, '"' | '\'' | '=' | '(' | '[' | ':' | '<')
-            });
-        if starts_path {
-            out.push_str("<path>");
-            in_path = true;
-        } else {
-            out.push(c);
-        }
-        prev = Some(c);
-        if out.len() >= 512 {
-            out.push_str("...");
-            break;
-        }
-    }
-    crate::inspect::escape_control(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::capture::cri::redact_paths;
 
     #[test]
     fn error_bodies_carry_no_paths() {

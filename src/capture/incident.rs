@@ -1,0 +1,632 @@
+//! Capture on an alert: the use case behind the alert receivers (and, later, the node's
+//! own triggers). One alert goes through, in order:
+//!
+//! 1. firing only (a resolved alert captures nothing);
+//! 2. a `[[trigger]]` rule must match it (none configured: nothing captures);
+//! 3. a cheap deduplication check on the alert's key, before the runtime is asked;
+//! 4. the container is resolved through the runtime ([`super::resolve`]), never trusted
+//!    from the alert: a namespace the alert names must be the one the runtime reports;
+//! 5. the caller must hold `checkpoint` on that namespace;
+//! 6. the [`super::gate`] admits it (deduplication per container, budgets, waiters).
+//!
+//! The receiver answers then; the capture goes on in the background: a slot, the disk and
+//! byte checks against the container's working set (CRI `ContainerStats`), the checkpoint
+//! through [`super::checkpoint::Checkpointer`] with the trigger in the signed manifest,
+//! a hold when the rule asks for one, and the notices. Every decision is an audit event
+//! naming the alert; every state is kept in [`Captures`] for `GET /v1/captures/ID`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::alert::{Alert, AlertSource};
+use super::checkpoint::{CheckpointRequest, Checkpointer};
+use super::cri::ContainerStatsRequest;
+use super::gate::{Ask, Gate, Refusal};
+use super::notify::{Notice, Notifier};
+use super::resolve::{self, ResolveError, Running, Wanted};
+use super::rules::{self, TriggerRule};
+use crate::audit::{Action, Actor, AuditError, AuditLog, EventInput, Outcome};
+use crate::manifest::{SourceKind, Trigger, TriggerKind};
+use crate::policy::PolicySet;
+use crate::policy::access::Principal;
+
+crate::vocab::vocabulary! {
+    /// Where a capture stands (`GET /v1/captures/ID`).
+    pub enum CaptureState {
+        /// Admitted; waiting for a slot.
+        Queued => "queued",
+        /// Not taken: the same container or alert was captured within the cooldown.
+        Deduplicated => "deduplicated",
+        /// Not taken (no rule, not allowed, not running, a budget, the disk).
+        Refused => "refused",
+        /// The runtime is checkpointing it.
+        Checkpointing => "checkpointing",
+        /// Sealed: `record` names the record.
+        Sealed => "sealed",
+        /// The checkpoint or the seal failed.
+        Failed => "failed",
+    }
+}
+
+/// One capture, as `GET /v1/captures/ID` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CaptureStatus {
+    /// `cap-` and a ULID.
+    pub(crate) id: String,
+    /// Where it stands.
+    pub(crate) state: CaptureState,
+    /// Why it was refused or failed, or which capture it repeats.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reason: Option<String>,
+    /// The sealed record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) record: Option<String>,
+    /// The container, once the runtime named it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) container: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) container_id: Option<String>,
+    /// Why it was asked for.
+    pub(crate) trigger: Trigger,
+    /// When it last changed (RFC 3339).
+    pub(crate) updated_at: String,
+}
+
+/// The captures this process has taken or refused, the newest `history` of them.
+#[derive(Debug, Clone)]
+pub(crate) struct Captures {
+    inner: Arc<Mutex<(HashMap<String, CaptureStatus>, VecDeque<String>)>>,
+    history: usize,
+}
+
+impl Captures {
+    /// Keeps the newest `history` captures.
+    pub(crate) fn new(history: usize) -> Self {
+        Self {
+            inner: Arc::default(),
+            history: history.max(1),
+        }
+    }
+
+    fn put(&self, status: CaptureStatus) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, order) = &mut *inner;
+        if map.insert(status.id.clone(), status.clone()).is_none() {
+            order.push_back(status.id);
+        }
+        while order.len() > self.history {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut CaptureStatus)) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = inner.0.get_mut(id) {
+            f(s);
+            s.updated_at = crate::node::now_rfc3339();
+        }
+    }
+
+    /// The capture `id`, if this process still remembers it.
+    pub(crate) fn get(&self, id: &str) -> Option<CaptureStatus> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.0.get(id).cloned()
+    }
+}
+
+/// What the receiver answers for one alert.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Taken {
+    /// The capture's ID, when one was made (also for a refusal, so it can be looked up).
+    pub(crate) capture: String,
+    /// Where it stands now.
+    pub(crate) state: CaptureState,
+    /// Why it was not taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reason: Option<String>,
+}
+
+/// The caller as the use case sees it: who (for the policy) and as the audit log names it.
+#[derive(Debug, Clone)]
+pub(crate) struct Requester<'a> {
+    /// For the policy.
+    pub(crate) principal: &'a Principal,
+    /// For the audit log.
+    pub(crate) actor: &'a Actor,
+}
+
+/// Counters `/metrics` shows.
+#[derive(Debug, Default)]
+pub(crate) struct IncidentMetrics {
+    /// Alerts received.
+    pub(crate) alerts: std::sync::atomic::AtomicU64,
+    /// Captures admitted.
+    pub(crate) admitted: std::sync::atomic::AtomicU64,
+    /// Refusals by kind.
+    pub(crate) refused: Mutex<HashMap<&'static str, u64>>,
+    /// Captures sealed.
+    pub(crate) sealed: std::sync::atomic::AtomicU64,
+    /// Captures failed.
+    pub(crate) failed: std::sync::atomic::AtomicU64,
+}
+
+impl IncidentMetrics {
+    fn refuse(&self, kind: &'static str) {
+        let mut m = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(kind).or_default() += 1;
+    }
+}
+
+/// The alert-to-record use case (one per process; cheap to clone).
+#[derive(Clone)]
+pub(crate) struct Incidents {
+    checkpointer: Option<Checkpointer>,
+    gate: Gate,
+    rules: Arc<Vec<TriggerRule>>,
+    captures: Captures,
+    notifier: Notifier,
+    custody: crate::vault::Custody,
+    audit: Arc<AuditLog>,
+    capture_timeout: Duration,
+    metrics: Arc<IncidentMetrics>,
+}
+
+/// A refusal before anything was admitted: state, reason, and how the alert is audited.
+struct NotTaken {
+    state: CaptureState,
+    reason: String,
+    outcome: Outcome,
+    kind: &'static str,
+}
+
+impl NotTaken {
+    fn refused(kind: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            state: CaptureState::Refused,
+            reason: reason.into(),
+            outcome: Outcome::Denied,
+            kind,
+        }
+    }
+    fn gate(r: &Refusal) -> Self {
+        Self {
+            state: if matches!(r, Refusal::Duplicate { .. }) {
+                CaptureState::Deduplicated
+            } else {
+                CaptureState::Refused
+            },
+            reason: r.to_string(),
+            outcome: Outcome::Denied,
+            kind: r.kind(),
+        }
+    }
+}
+
+fn trigger_kind(source: AlertSource) -> TriggerKind {
+    match source {
+        AlertSource::Alertmanager => TriggerKind::Alertmanager,
+        AlertSource::Falco => TriggerKind::Falco,
+        _ => TriggerKind::Webhook,
+    }
+}
+
+/// The trigger a capture on `alert` writes into its manifest (bounded).
+fn trigger_of(alert: &Alert, requested_by: &str) -> Trigger {
+    let mut t = Trigger::new(trigger_kind(alert.source), requested_by);
+    t.alert = alert.name.clone();
+    t.fingerprint = fingerprint_of(alert);
+    t.priority = alert.priority.as_ref().map(|p| p.to_string());
+    t.summary = alert.summary.clone();
+    t.bounded()
+}
+
+fn new_capture_id() -> String {
+    format!("cap-{}", ulid::Ulid::new())
+}
+
+impl Incidents {
+    /// The use case over its parts.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        checkpointer: Option<Checkpointer>,
+        gate: Gate,
+        rules: Vec<TriggerRule>,
+        captures: Captures,
+        notifier: Notifier,
+        custody: crate::vault::Custody,
+        audit: Arc<AuditLog>,
+        capture_timeout: Duration,
+    ) -> Self {
+        Self {
+            checkpointer,
+            gate,
+            rules: Arc::new(rules),
+            captures,
+            notifier,
+            custody,
+            audit,
+            capture_timeout,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Its counters.
+    pub(crate) fn metrics(&self) -> &IncidentMetrics {
+        &self.metrics
+    }
+
+    /// The captures it remembers.
+    pub(crate) fn captures(&self) -> &Captures {
+        &self.captures
+    }
+
+    async fn record(&self, event: EventInput) -> Result<(), AuditError> {
+        let audit = self.audit.clone();
+        match tokio::task::spawn_blocking(move || audit.append(event)).await {
+            Ok(r) => r.map(|_| ()),
+            Err(e) => Err(AuditError::Unwritable {
+                path: std::path::PathBuf::from("<audit task>"),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
+    /// Takes one alert: decides at once whether it captures, and starts the capture in
+    /// the background. Fails only when the decision cannot be audited (fail closed).
+    pub(crate) async fn receive(
+        &self,
+        who: Requester<'_>,
+        policy: &PolicySet,
+        alert: Alert,
+    ) -> Result<Taken, AuditError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.metrics.alerts.fetch_add(1, Relaxed);
+        let id = new_capture_id();
+        let mut trigger = trigger_of(&alert, &who.actor.name);
+        let mut status = CaptureStatus {
+            id: id.clone(),
+            state: CaptureState::Queued,
+            reason: None,
+            record: None,
+            namespace: alert.target.namespace.clone(),
+            pod: alert.target.pod.clone(),
+            container: alert.target.container.clone(),
+            container_id: alert.target.container_id.clone(),
+            trigger: trigger.clone(),
+            updated_at: crate::node::now_rfc3339(),
+        };
+        let decided = self.decide(&who, policy, &alert, &id, &mut trigger).await;
+        status.trigger = trigger.clone();
+        let (ticket, running, rule) = match decided {
+            Ok(t) => t,
+            Err(not) => {
+                self.metrics.refuse(not.kind);
+                status.state = not.state;
+                status.reason = Some(not.reason.clone());
+                let ev = EventInput::new(who.actor, Action::Alert, not.outcome)
+                    .with_namespace(status.namespace.clone())
+                    .with_detail(format!("{}: {}; {}", id, describe(&alert), not.reason));
+                self.record(ev).await?;
+                self.captures.put(status);
+                return Ok(Taken {
+                    capture: id,
+                    state: not.state,
+                    reason: Some(not.reason),
+                });
+            }
+        };
+        self.metrics.admitted.fetch_add(1, Relaxed);
+        status.namespace = Some(running.namespace.clone());
+        status.pod = Some(running.pod.clone());
+        status.container = Some(running.container.clone());
+        status.container_id = Some(running.id.clone());
+        let ev = EventInput::new(who.actor, Action::Alert, Outcome::Ok)
+            .with_namespace(Some(running.namespace.clone()))
+            .with_detail(format!(
+                "{id}: {}; rule {} matched; capturing {}/{}/{}",
+                describe(&alert),
+                rule.name,
+                running.pod,
+                running.container,
+                short(&running.id)
+            ));
+        self.record(ev).await?;
+        self.captures.put(status);
+        let me = self.clone();
+        let id2 = id.clone();
+        tokio::spawn(async move { me.run(id2, ticket, running, rule, trigger).await });
+        Ok(Taken {
+            capture: id,
+            state: CaptureState::Queued,
+            reason: None,
+        })
+    }
+
+    async fn decide(
+        &self,
+        who: &Requester<'_>,
+        policy: &PolicySet,
+        alert: &Alert,
+        id: &str,
+        trigger: &mut Trigger,
+    ) -> Result<(super::gate::Ticket, Running, TriggerRule), NotTaken> {
+        if !alert.firing {
+            return Err(NotTaken::refused(
+                "resolved",
+                "the alert is resolved: only firing alerts capture",
+            ));
+        }
+        let claimed_ns = alert.target.namespace.as_deref();
+        // Rules that could match before the runtime is asked (a Falco event by container
+        // ID alone has no namespace yet: rules are checked again once it is known).
+        if rules::matching(&self.rules, alert, claimed_ns.unwrap_or("")).is_none()
+            && claimed_ns.is_some()
+        {
+            return Err(NotTaken::refused("no-rule", "no [[trigger]] rule matched"));
+        }
+        let alert_key = alert_key(alert);
+        if let Some(key) = &alert_key
+            && let Some(r) = self.gate.duplicate_of(key)
+        {
+            return Err(NotTaken::gate(&r));
+        }
+        let Some(checkpointer) = &self.checkpointer else {
+            return Err(NotTaken::refused(
+                "no-runtime",
+                "this process has no runtime to checkpoint with (set [cri] upstream)",
+            ));
+        };
+        let wanted = match (&alert.target.container_id, &alert.target) {
+            (Some(cid), _) => Wanted::Id(cid),
+            (
+                None,
+                super::alert::Target {
+                    namespace: Some(namespace),
+                    pod: Some(pod),
+                    container: Some(container),
+                    ..
+                },
+            ) => Wanted::Names {
+                namespace,
+                pod,
+                container,
+            },
+            _ => {
+                return Err(NotTaken::refused(
+                    "no-target",
+                    "the alert names no container (namespace, pod and container, or a container ID)",
+                ));
+            }
+        };
+        let running = match resolve::running(checkpointer.runtime(), wanted).await {
+            Ok(r) => r,
+            Err(ResolveError::Runtime(e)) => {
+                return Err(NotTaken {
+                    state: CaptureState::Failed,
+                    reason: format!(
+                        "the runtime could not be asked ({})",
+                        super::cri::redact_paths(&e.message)
+                    ),
+                    outcome: Outcome::Error,
+                    kind: "runtime",
+                });
+            }
+            Err(e) => return Err(NotTaken::refused("not-running", e.to_string())),
+        };
+        if let Some(ns) = claimed_ns
+            && ns != running.namespace
+        {
+            return Err(NotTaken::refused(
+                "namespace-mismatch",
+                format!(
+                    "the alert names namespace {ns:?}, the runtime says the container is in {:?}",
+                    running.namespace
+                ),
+            ));
+        }
+        let Some(rule) = rules::matching(&self.rules, alert, &running.namespace).cloned() else {
+            return Err(NotTaken::refused("no-rule", "no [[trigger]] rule matched"));
+        };
+        trigger.rule = Some(rule.name.clone());
+        if !policy.allows(
+            who.principal,
+            crate::policy::Action::Checkpoint,
+            Some(&running.namespace),
+        ) {
+            return Err(NotTaken::refused(
+                "forbidden",
+                format!(
+                    "{} may not checkpoint in namespace {}",
+                    who.actor.name, running.namespace
+                ),
+            ));
+        }
+        let mut keys = vec![format!("container:{}", running.id)];
+        keys.extend(alert_key);
+        let ticket = self
+            .gate
+            .admit(&Ask {
+                capture: id,
+                keys,
+                namespace: &running.namespace,
+                rule: Some((&rule.name, rule.max_per_day)),
+                cooldown: rule.cooldown,
+            })
+            .map_err(|r| NotTaken::gate(&r))?;
+        Ok((ticket, running, rule))
+    }
+
+    /// The background half: slot, disk, checkpoint, hold, notices.
+    async fn run(
+        self,
+        id: String,
+        ticket: super::gate::Ticket,
+        running: Running,
+        rule: TriggerRule,
+        trigger: Trigger,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let system = Actor::named("system");
+        let about = format!(
+            "{id}: {}/{}/{} for {}",
+            running.namespace,
+            running.pod,
+            running.container,
+            trigger.requested_by
+        );
+        let Some(checkpointer) = self.checkpointer.clone() else {
+            return;
+        };
+        let Some(_slot) = ticket.slot().await else {
+            return;
+        };
+        // Disk and bytes, against what the container holds now.
+        let working_set = checkpointer
+            .runtime()
+            .container_stats(
+                ContainerStatsRequest {
+                    container_id: running.id.clone(),
+                },
+                Duration::from_secs(10),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.stats)
+            .and_then(|s| s.memory)
+            .and_then(|m| m.working_set_bytes)
+            .map(|v| v.value);
+        let checked = self.gate.check_disk(working_set).and_then(|()| {
+            self.gate
+                .check_bytes(&running.namespace, working_set.unwrap_or(0))
+        });
+        if let Err(r) = checked {
+            self.metrics.refuse(r.kind());
+            let reason = r.to_string();
+            self.captures.update(&id, |s| {
+                s.state = CaptureState::Refused;
+                s.reason = Some(reason.clone());
+            });
+            let ev = EventInput::new(&system, Action::Capture, Outcome::Denied)
+                .with_namespace(Some(running.namespace.clone()))
+                .with_detail(format!("{about}: {reason}"));
+            if let Err(e) = self.record(ev).await {
+                tracing::error!(error = %e, capture = %id, "cannot audit a refused capture");
+            }
+            return;
+        }
+        self.captures
+            .update(&id, |s| s.state = CaptureState::Checkpointing);
+        let result = checkpointer
+            .checkpoint(CheckpointRequest {
+                container_id: running.id.clone(),
+                deadline: self.capture_timeout,
+                source: SourceKind::Trigger,
+                location: None,
+                actor: trigger.requested_by.clone(),
+                trigger: Some(trigger.clone()),
+            })
+            .await;
+        match result {
+            Ok(manifest) => {
+                self.metrics.sealed.fetch_add(1, Relaxed);
+                ticket.sealed(manifest.sealed.size);
+                let record = manifest.id.to_string();
+                self.captures.update(&id, |s| {
+                    s.state = CaptureState::Sealed;
+                    s.record = Some(record.clone());
+                });
+                let ev = EventInput::new(&system, Action::Capture, Outcome::Ok)
+                    .about(&manifest)
+                    .with_detail(format!("{about}: sealed"));
+                if let Err(e) = self.record(ev).await {
+                    tracing::error!(error = %e, capture = %id, "cannot audit a sealed capture");
+                }
+                if rule.hold {
+                    let reason = format!("captured on an alert (rule {}, capture {id})", rule.name);
+                    if let Err(e) = self.custody.hold(&system, &manifest, &reason).await {
+                        tracing::error!(error = %e, record = %record, "cannot place the rule's hold");
+                    }
+                }
+                self.notifier.send(Notice {
+                    event: "capture-sealed",
+                    capture: id,
+                    record: Some(record.clone()),
+                    record_path: Some(format!("/v1/checkpoints/{record}")),
+                    sealed_sha256: Some(manifest.sealed.sha256.clone()),
+                    namespace: running.namespace,
+                    pod: running.pod,
+                    container: running.container,
+                    node: manifest.node.clone(),
+                    trigger: serde_json::to_value(&trigger).unwrap_or_default(),
+                    reason: None,
+                });
+            }
+            Err(e) => {
+                self.metrics.failed.fetch_add(1, Relaxed);
+                let reason = super::cri::redact_paths(&e.to_string());
+                self.captures.update(&id, |s| {
+                    s.state = CaptureState::Failed;
+                    s.reason = Some(reason.clone());
+                });
+                let ev = EventInput::new(&system, Action::Capture, Outcome::Error)
+                    .with_namespace(Some(running.namespace.clone()))
+                    .with_detail(format!("{about}: {e}"));
+                if let Err(e) = self.record(ev).await {
+                    tracing::error!(error = %e, capture = %id, "cannot audit a failed capture");
+                }
+                self.notifier.send(Notice {
+                    event: "capture-failed",
+                    capture: id,
+                    record: None,
+                    record_path: None,
+                    sealed_sha256: None,
+                    namespace: running.namespace,
+                    pod: running.pod,
+                    container: running.container,
+                    node: None,
+                    trigger: serde_json::to_value(&trigger).unwrap_or_default(),
+                    reason: Some(reason),
+                });
+            }
+        }
+    }
+}
+
+/// The alert's fingerprint: Alertmanager's own, or Falco's rule and container.
+fn fingerprint_of(alert: &Alert) -> Option<String> {
+    match (&alert.fingerprint, &alert.name, &alert.target.container_id) {
+        (Some(fp), _, _) => Some(fp.clone()),
+        (None, Some(rule), Some(cid)) => Some(format!("{rule}:{cid}")),
+        _ => None,
+    }
+}
+
+/// The alert's own deduplication key (its source and fingerprint).
+fn alert_key(alert: &Alert) -> Option<String> {
+    fingerprint_of(alert).map(|fp| format!("alert:{}:{fp}", alert.source))
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// The alert as an audit event names it (bounded by the audit log's own bounds).
+fn describe(alert: &Alert) -> String {
+    let mut out = format!("{} alert", alert.source);
+    if let Some(n) = &alert.name {
+        out.push_str(&format!(" {n:?}"));
+    }
+    if let Some(fp) = &alert.fingerprint {
+        out.push_str(&format!(" fingerprint {fp}"));
+    }
+    out
+}
