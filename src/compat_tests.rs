@@ -156,21 +156,22 @@ fn compat_v1_a_record_of_a_newer_schema_is_reported_unsupported_not_badly_signed
     use crate::store::StoreError;
     let (_dir, store) = fixture();
     let files = manifest_files(&store);
-    // As the rule has a newer ckvault write a record that uses a field v1 does not have:
-    // under a new schema, signed with the node's key. A second one also changes the shape
-    // of a member v1 knows (so it no longer parses as v1 at all).
+    // As the rule has a newer ckvault write a record that uses a field this one does not
+    // have: under a new schema, signed with the node's key. A second one also changes the
+    // shape of a member this version knows (so it no longer parses at all). (v2, the
+    // trigger, was such a schema for the binaries before it: they answer it this way.)
     rewrite(&store, &files[0], true, |doc| {
-        doc["schema"] = "ckvault.dev/manifest/v2".into();
-        doc["trigger"] = serde_json::json!({"kind": "alert", "name": "OOMKilled"});
+        doc["schema"] = "ckvault.dev/manifest/v3".into();
+        doc["cause_chain"] = serde_json::json!([{"kind": "alert", "name": "OOMKilled"}]);
     });
     rewrite(&store, &files[1], true, |doc| {
-        doc["schema"] = "ckvault.dev/manifest/v2".into();
+        doc["schema"] = "ckvault.dev/manifest/v3".into();
         doc["summary"] = "moved elsewhere".into();
     });
     for path in &files[..2] {
         let err = Manifest::from_json(&std::fs::read(path).unwrap()).unwrap_err();
         assert!(
-            matches!(&err, ManifestError::Schema(s) if s == "ckvault.dev/manifest/v2"),
+            matches!(&err, ManifestError::Schema(s) if s == "ckvault.dev/manifest/v3"),
             "{err}"
         );
         assert!(err.to_string().contains("newer ckvault"), "{err}");
@@ -231,14 +232,14 @@ fn compat_v1_a_member_added_without_a_new_schema_is_an_edit_or_is_not_read() {
     let (_dir, store) = fixture();
     let files = manifest_files(&store);
     // No ckvault signs this (the rule gives a record with a new member a new schema): a
-    // signature over a member v1 does not read fails as an edit...
+    // signature over a member this version does not read fails as an edit...
     rewrite(&store, &files[0], true, |doc| {
-        doc["trigger"] = serde_json::json!({"kind": "alert"});
+        doc["cause_chain"] = serde_json::json!({"kind": "alert"});
     });
-    // ...and a member added to a signed record is not read: the signature covers what v1
-    // reads, and what is shown or served is that, without the member.
+    // ...and a member added to a signed record is not read: the signature covers what this
+    // version reads, and what is shown or served is that, without the member.
     rewrite(&store, &files[1], false, |doc| {
-        doc["trigger"] = serde_json::json!({"kind": "alert"});
+        doc["cause_chain"] = serde_json::json!({"kind": "alert"});
     });
     let opened = LocalStore::open(&store).unwrap();
     let err = opened.manifest(&record_id(&files[0])).unwrap_err();
@@ -253,5 +254,116 @@ fn compat_v1_a_member_added_without_a_new_schema_is_an_edit_or_is_not_read() {
         "{err}"
     );
     let read = opened.manifest(&record_id(&files[1])).unwrap();
-    assert!(!String::from_utf8_lossy(&read.to_json_pretty().unwrap()).contains("trigger"));
+    assert!(!String::from_utf8_lossy(&read.to_json_pretty().unwrap()).contains("cause_chain"));
+}
+
+/// A trigger as a receiver would seal it.
+fn a_trigger() -> serde_json::Value {
+    serde_json::json!({
+        "kind": "alertmanager",
+        "rule": "oom-capture",
+        "alert": "KubePodCrashLooping",
+        "fingerprint": "d0a1b2c3e4f50617",
+        "priority": "critical",
+        "summary": "pod shop/api-0 is restarting",
+        "received_at": "2026-12-01T10:00:00Z",
+        "requested_by": "user:am",
+    })
+}
+
+#[test]
+fn compat_v1_a_trigger_in_a_v1_record_is_refused_whether_signed_or_not() {
+    use crate::manifest::ManifestError;
+    use crate::store::StoreError;
+    let (_dir, store) = fixture();
+    let files = manifest_files(&store);
+    // `trigger` is v2's: a v1 record that carries one was altered (signed over it with the
+    // node's key, or added to a signed record). Binaries before v2 treat it as the test
+    // above says (an edit, or not read); this one refuses both.
+    rewrite(&store, &files[0], true, |doc| {
+        doc["trigger"] = a_trigger();
+    });
+    rewrite(&store, &files[1], false, |doc| {
+        doc["trigger"] = a_trigger();
+    });
+    let opened = LocalStore::open(&store).unwrap();
+    for path in &files[..2] {
+        let err = Manifest::from_json(&std::fs::read(path).unwrap()).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ManifestError::FieldNotInSchema {
+                    field: "trigger",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("altered"), "{err}");
+        let err = opened.manifest(&record_id(path)).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::Manifest {
+                    source: ManifestError::FieldNotInSchema { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    let (listed, broken) = opened.list().unwrap();
+    assert_eq!((listed.len(), broken.len()), (files.len() - 2, 2));
+}
+
+#[test]
+fn compat_v1_a_v2_record_with_a_trigger_verifies_beside_v1_ones_and_its_trigger_is_signed() {
+    use crate::manifest::{ManifestError, SCHEMA_V2, TriggerKind};
+    use crate::store::StoreError;
+    let (_dir, store) = fixture();
+    let files = manifest_files(&store);
+    // As this version writes a triggered record: v2, signed with the node's key.
+    rewrite(&store, &files[0], true, |doc| {
+        doc["schema"] = SCHEMA_V2.into();
+        doc["trigger"] = a_trigger();
+    });
+    let opened = LocalStore::open(&store).unwrap();
+    let read = opened.manifest(&record_id(&files[0])).unwrap();
+    let trigger = read.trigger.as_ref().unwrap();
+    assert_eq!(trigger.kind, TriggerKind::Alertmanager);
+    assert_eq!(trigger.alert.as_deref(), Some("KubePodCrashLooping"));
+    assert_eq!(trigger.requested_by, "user:am");
+    public_key(&store).verify(&read).unwrap();
+    // The v1 records beside it read and verify unchanged.
+    let (listed, broken) = opened.list().unwrap();
+    assert!(broken.is_empty(), "{broken:?}");
+    assert_eq!(listed.len(), files.len());
+    // The signature covers the trigger: any edit of it is caught.
+    for edit in [
+        |t: &mut serde_json::Value| t["kind"] = "falco".into(),
+        |t: &mut serde_json::Value| t["requested_by"] = "user:someone-else".into(),
+        |t: &mut serde_json::Value| t["summary"] = serde_json::Value::Null,
+    ] {
+        let (_d, store) = fixture();
+        let files = manifest_files(&store);
+        rewrite(&store, &files[0], true, |doc| {
+            doc["schema"] = SCHEMA_V2.into();
+            doc["trigger"] = a_trigger();
+        });
+        rewrite(&store, &files[0], false, |doc| edit(&mut doc["trigger"]));
+        let err = LocalStore::open(&store)
+            .unwrap()
+            .manifest(&record_id(&files[0]))
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::Tampered {
+                    why: ManifestError::BadSignature { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
 }

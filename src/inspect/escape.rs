@@ -45,6 +45,26 @@ pub fn escape_control(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`escape_control`] without escaping the backslash: what a stored field from outside
+/// keeps (a manifest's `trigger`), so that bounding it again changes nothing (escaping is
+/// idempotent this way) and the stored text never drives a terminal.
+pub(crate) fn escape_control_keep_backslash(s: &str) -> Cow<'_, str> {
+    let controls = |c: char| c != '\\' && needs_escape(c);
+    if !s.chars().any(controls) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len().saturating_add(16));
+    for c in s.chars() {
+        if controls(c) {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::escape_control;

@@ -43,6 +43,7 @@ use std::time::Duration;
 
 pub use error::InspectError;
 pub use escape::escape_control;
+pub(crate) use escape::escape_control_keep_backslash;
 pub use identity::naming_violations;
 pub use model::*;
 pub use render::render_table;

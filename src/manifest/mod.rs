@@ -18,6 +18,12 @@
 //!   schema first.
 //! * A new word in a vocabulary ([`SourceKind`]) needs no new schema: every version reads a
 //!   word it does not know verbatim, and the signature verifies.
+//!
+//! The schemas so far: [`SCHEMA_V1`]; [`SCHEMA_V2`] = v1 + [`Manifest::trigger`] (why the
+//! record was captured: an alert, a schedule, ...). A record without a trigger is written as
+//! v1, byte for byte what earlier versions write; one with a trigger as v2, which a v1-only
+//! binary reports as written by a newer ckvault. A manifest that says v1 and carries a
+//! trigger is refused ([`ManifestError::FieldNotInSchema`]): no ckvault writes one.
 
 pub mod id;
 pub mod sign;
@@ -28,13 +34,18 @@ use crate::inspect::{Identity, Member, Process, Summary};
 pub use id::RecordId;
 pub use sign::{Signature, SigningKey, VerifyingKey};
 
-/// Schema identifier of this manifest version.
+/// Schema identifier of the first manifest version (every record without a [`Trigger`]).
 pub const SCHEMA_V1: &str = "ckvault.dev/manifest/v1";
+/// Schema identifier of v1 + [`Manifest::trigger`] (every record with a [`Trigger`]).
+pub const SCHEMA_V2: &str = "ckvault.dev/manifest/v2";
+/// Every schema this version reads.
+pub const SCHEMAS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 /// One sealed checkpoint record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Schema identifier ([`SCHEMA_V1`]).
+    /// Schema identifier: [`SCHEMA_V1`], or [`SCHEMA_V2`] when `trigger` is set
+    /// ([`Manifest::schema_for`]).
     pub schema: String,
     /// Unique, time-sortable record ID (a ULID).
     pub id: RecordId,
@@ -67,6 +78,11 @@ pub struct Manifest {
     pub node: Option<String>,
     /// How the archive reached ckvault.
     pub source: Source,
+    /// Why it was captured (an alert, a schedule, ...), when something other than a person
+    /// or the kubelet asking directly caused it. Absent when unset, so a record without it
+    /// is byte for byte a v1 record; a record with it is [`SCHEMA_V2`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
     /// The archive as received.
     pub plaintext: Plaintext,
     /// The stored (sealed) blob.
@@ -98,6 +114,118 @@ crate::vocab::vocabulary! {
         Trigger => "trigger",
         /// `ckvault watch` found it in the kubelet's checkpoint directory.
         Watch => "watch",
+    }
+}
+
+crate::vocab::vocabulary! {
+    /// Why a record was captured (a manifest's `trigger.kind`), beside [`SourceKind`], which
+    /// says how the archive arrived. A word a newer version wrote reads as `Unrecognised`
+    /// and still verifies.
+    pub enum TriggerKind {
+        /// A Prometheus Alertmanager webhook (`POST /v1/alerts/alertmanager`).
+        Alertmanager => "alertmanager",
+        /// A Falco event (`POST /v1/alerts/falco`).
+        Falco => "falco",
+        /// ckvault's own webhook (`POST /v1/alerts/webhook`), from any other tool.
+        Webhook => "webhook",
+        /// A schedule (an interval) of the node's own.
+        Schedule => "schedule",
+        /// A threshold (memory, CPU, ...) the node watches.
+        Threshold => "threshold",
+        /// The container was about to stop (drain, eviction, preemption).
+        BeforeStop => "before-stop",
+        /// The kubelet's checkpoint call.
+        Kubelet => "kubelet",
+        /// A person asked.
+        Manual => "manual",
+    }
+}
+
+/// Why a record was captured: the cause, written into the signed evidence. Every field
+/// but `kind` may come from outside (an alert's labels, a caller's name), so it is bounded
+/// ([`Trigger::bounded`]) before it is sealed: control characters written as `\u{..}`,
+/// each string cut to its limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trigger {
+    /// What caused the capture.
+    pub kind: TriggerKind,
+    /// The ckvault rule (`[[trigger]]` in the configuration) that matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The alert's own name: Alertmanager's `alertname` label, Falco's `rule`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<String>,
+    /// The key alerts are deduplicated on: Alertmanager's `fingerprint`; for Falco, its
+    /// rule and the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Falco's `priority`, Alertmanager's `severity` label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+    /// A short text: Falco's `output`, Alertmanager's `summary` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// When ckvault received the cause (RFC 3339, UTC).
+    pub received_at: String,
+    /// Who asked, as the audit log names the authenticated caller (`user:am`, ...).
+    pub requested_by: String,
+}
+
+impl Trigger {
+    /// Bound of `rule`, `alert`, `fingerprint`, `priority` and `requested_by`, in bytes
+    /// (plus the `...` that marks a cut).
+    pub const MAX_FIELD_BYTES: usize = 256;
+    /// Bound of `summary`, in bytes (plus the `...` that marks a cut).
+    pub const MAX_SUMMARY_BYTES: usize = 1024;
+    /// Bound of `received_at` (an RFC 3339 time is far shorter).
+    pub const MAX_TIME_BYTES: usize = 64;
+
+    /// A trigger of `kind`, asked by `requested_by`, received now; the other fields unset.
+    /// Bounded.
+    pub fn new(kind: TriggerKind, requested_by: impl Into<String>) -> Self {
+        Self {
+            kind,
+            rule: None,
+            alert: None,
+            fingerprint: None,
+            priority: None,
+            summary: None,
+            received_at: crate::node::now_rfc3339(),
+            requested_by: requested_by.into(),
+        }
+        .bounded()
+    }
+
+    /// The trigger with every string field bounded: each control character (C0, DEL, C1,
+    /// bidi overrides and isolates) written as `\u{..}`, then the field cut to its limit
+    /// (at a character boundary, marked with `...`). Bounding a bounded trigger changes
+    /// nothing, so sealing applies it whatever the caller did.
+    pub fn bounded(mut self) -> Self {
+        fn bound(s: &mut String, max: usize) {
+            if let std::borrow::Cow::Owned(escaped) =
+                crate::inspect::escape_control_keep_backslash(s)
+            {
+                *s = escaped;
+            }
+            crate::vocab::cut_to(s, max);
+        }
+        for (field, max) in [
+            (self.rule.as_mut(), Self::MAX_FIELD_BYTES),
+            (self.alert.as_mut(), Self::MAX_FIELD_BYTES),
+            (self.fingerprint.as_mut(), Self::MAX_FIELD_BYTES),
+            (self.priority.as_mut(), Self::MAX_FIELD_BYTES),
+            (self.summary.as_mut(), Self::MAX_SUMMARY_BYTES),
+            (Some(&mut self.received_at), Self::MAX_TIME_BYTES),
+            (Some(&mut self.requested_by), Self::MAX_FIELD_BYTES),
+        ] {
+            if let Some(s) = field {
+                bound(s, max);
+            }
+        }
+        if let TriggerKind::Unrecognised(word) = &mut self.kind {
+            word.cut_to(Self::MAX_FIELD_BYTES);
+        }
+        self
     }
 }
 
@@ -184,6 +312,31 @@ pub struct InspectionRecord {
 }
 
 impl Manifest {
+    /// The schema a manifest with (or without) a trigger is written under: [`SCHEMA_V2`]
+    /// with one, [`SCHEMA_V1`] without.
+    pub fn schema_for(trigger: Option<&Trigger>) -> &'static str {
+        if trigger.is_some() {
+            SCHEMA_V2
+        } else {
+            SCHEMA_V1
+        }
+    }
+
+    /// Whether the manifest's fields are those of its schema: a v1 manifest carries no
+    /// trigger (no ckvault writes one; signing and parsing refuse it).
+    pub fn check_schema(&self) -> Result<(), ManifestError> {
+        if !SCHEMAS.contains(&self.schema.as_str()) {
+            return Err(unknown_schema(self.schema.clone()));
+        }
+        if self.schema == SCHEMA_V1 && self.trigger.is_some() {
+            return Err(ManifestError::FieldNotInSchema {
+                field: "trigger",
+                schema: SCHEMA_V1,
+            });
+        }
+        Ok(())
+    }
+
     /// Serialises the manifest as pretty JSON (the on-disk form).
     pub fn to_json_pretty(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut bytes = serde_json::to_vec_pretty(self)?;
@@ -191,8 +344,9 @@ impl Manifest {
         Ok(bytes)
     }
 
-    /// Parses a manifest, refusing oversized input and unknown schema versions (a newer
-    /// schema is reported as such even where its shape no longer parses as v1).
+    /// Parses a manifest, refusing oversized input, unknown schema versions (a newer
+    /// schema is reported as such even where its shape no longer parses as v1) and fields
+    /// its schema does not have ([`Manifest::check_schema`]).
     pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(ManifestError::TooLarge(bytes.len()));
@@ -206,14 +360,14 @@ impl Manifest {
                     schema: String,
                 }
                 return Err(match serde_json::from_slice::<Schema>(bytes) {
-                    Ok(Schema { schema }) if schema != SCHEMA_V1 => unknown_schema(schema),
+                    Ok(Schema { schema }) if !SCHEMAS.contains(&schema.as_str()) => {
+                        unknown_schema(schema)
+                    }
                     _ => ManifestError::Json(e),
                 });
             }
         };
-        if manifest.schema != SCHEMA_V1 {
-            return Err(unknown_schema(manifest.schema));
-        }
+        manifest.check_schema()?;
         Ok(manifest)
     }
 }
@@ -239,10 +393,22 @@ pub enum ManifestError {
     TooLarge(usize),
     /// A schema this version does not know: the record was written by a newer ckvault.
     #[error(
-        "manifest schema {0:?} is not supported by this ckvault (expects {SCHEMA_V1}): the record \
-         was written by a newer ckvault; upgrade this one to read it"
+        "manifest schema {0:?} is not supported by this ckvault (expects {SCHEMA_V1} or \
+         {SCHEMA_V2}): the record was written by a newer ckvault; upgrade this one to read it"
     )]
     Schema(String),
+    /// A manifest carries a field its schema does not have (a v1 manifest with a
+    /// `trigger`): no ckvault writes one, so it was altered.
+    #[error(
+        "manifest says schema {schema} but carries `{field}`, which that schema does not have: \
+         no ckvault writes such a record (one with `{field}` is {SCHEMA_V2}); it was altered"
+    )]
+    FieldNotInSchema {
+        /// The field.
+        field: &'static str,
+        /// The schema the manifest names.
+        schema: &'static str,
+    },
     /// The manifest carries no signature.
     #[error("manifest is not signed")]
     Unsigned,
@@ -280,4 +446,101 @@ pub fn path_beside(blob: &std::path::Path) -> std::path::PathBuf {
     let mut name = blob.as_os_str().to_os_string();
     name.push(".manifest.json");
     std::path::PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_kinds_are_the_documented_words() {
+        let words: Vec<&str> = TriggerKind::ALL.iter().map(TriggerKind::as_str).collect();
+        assert_eq!(
+            words,
+            [
+                "alertmanager",
+                "falco",
+                "webhook",
+                "schedule",
+                "threshold",
+                "before-stop",
+                "kubelet",
+                "manual"
+            ]
+        );
+        let newer: TriggerKind = serde_json::from_str("\"anomaly\"").unwrap();
+        assert_eq!(newer.as_str(), "anomaly");
+        assert!(TriggerKind::known("anomaly").is_none());
+    }
+
+    #[test]
+    fn a_trigger_from_outside_is_bounded_and_bounding_again_changes_nothing() {
+        let long = "r".repeat(10_000);
+        let t = Trigger {
+            rule: Some(long.clone()),
+            alert: Some(format!("Alert\u{1b}]0;pwned\u{7}\u{202e}x\\y{long}")),
+            fingerprint: Some("é".repeat(1_000)),
+            priority: Some(long.clone()),
+            summary: Some(format!("line one\nline two\r{long}")),
+            received_at: long.clone(),
+            ..Trigger::new(TriggerKind::Falco, format!("user:{long}"))
+        }
+        .bounded();
+        let max = |s: &str, limit: usize| {
+            assert!(s.len() <= limit + 3, "{} > {limit}", s.len());
+            assert!(s.ends_with("..."), "a cut is marked");
+        };
+        max(t.rule.as_deref().unwrap(), Trigger::MAX_FIELD_BYTES);
+        max(t.alert.as_deref().unwrap(), Trigger::MAX_FIELD_BYTES);
+        max(t.fingerprint.as_deref().unwrap(), Trigger::MAX_FIELD_BYTES);
+        max(t.priority.as_deref().unwrap(), Trigger::MAX_FIELD_BYTES);
+        max(t.summary.as_deref().unwrap(), Trigger::MAX_SUMMARY_BYTES);
+        max(&t.received_at, Trigger::MAX_TIME_BYTES);
+        max(&t.requested_by, Trigger::MAX_FIELD_BYTES);
+        // Control characters and bidi overrides are written as escapes; a backslash stays.
+        let alert = t.alert.as_deref().unwrap();
+        assert!(
+            alert.starts_with("Alert\\u{1b}]0;pwned\\u{7}\\u{202e}x\\y"),
+            "{alert}"
+        );
+        for s in [alert, t.summary.as_deref().unwrap()] {
+            assert!(
+                !s.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                "{s:?}"
+            );
+        }
+        assert!(
+            t.summary
+                .as_deref()
+                .unwrap()
+                .starts_with("line one\\u{a}line two\\u{d}")
+        );
+        // Multi-byte text is cut at a character boundary.
+        assert!(
+            t.fingerprint
+                .as_deref()
+                .unwrap()
+                .trim_end_matches("...")
+                .chars()
+                .all(|c| c == 'é')
+        );
+        assert_eq!(t.clone().bounded(), t, "bounding is idempotent");
+        // A short, clean trigger is kept as it is.
+        let clean = Trigger {
+            rule: Some("oom".into()),
+            summary: Some(r"C:\path is fine".into()),
+            ..Trigger::new(TriggerKind::Manual, "cli:root@node")
+        };
+        assert_eq!(clean.clone().bounded(), clean);
+        assert!(clean.received_at.ends_with('Z'), "{}", clean.received_at);
+    }
+
+    #[test]
+    fn unset_trigger_fields_are_absent_not_null() {
+        let t = Trigger::new(TriggerKind::Schedule, "system:schedule");
+        let json = serde_json::to_value(&t).unwrap();
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["kind", "received_at", "requested_by"]);
+        assert_eq!(json["kind"], "schedule");
+    }
 }

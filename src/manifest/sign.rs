@@ -104,6 +104,8 @@ impl SigningKey {
 
     /// Signs `manifest` in place (replacing any previous signature).
     pub fn sign(&self, manifest: &mut Manifest) -> Result<(), ManifestError> {
+        // A manifest no ckvault could read back is not signed.
+        manifest.check_schema()?;
         manifest.signature = None;
         let bytes = canonical_bytes(manifest)?;
         let sig = self.0.sign(&bytes);
@@ -260,6 +262,7 @@ mod tests {
                 kind: crate::manifest::SourceKind::Cli,
                 path: None,
             },
+            trigger: None,
             plaintext: Plaintext {
                 sha256: "00".repeat(32),
                 size: 10,
@@ -345,6 +348,101 @@ mod tests {
             vk.verify(&unflagged),
             Err(ManifestError::BadSignature { .. })
         ));
+    }
+
+    fn triggered() -> Manifest {
+        let mut m = sample();
+        m.trigger = Some(Trigger {
+            rule: Some("oom-capture".into()),
+            alert: Some("KubePodCrashLooping".into()),
+            fingerprint: Some("d0a1b2c3e4f50617".into()),
+            priority: Some("critical".into()),
+            summary: Some("pod forensics/web is restarting".into()),
+            ..Trigger::new(TriggerKind::Alertmanager, "user:am")
+        });
+        m.schema = Manifest::schema_for(m.trigger.as_ref()).into();
+        m
+    }
+
+    #[test]
+    fn a_v2_record_round_trips_and_its_signature_covers_the_trigger() {
+        let key = SigningKey::generate().unwrap();
+        let vk = key.verifying_key();
+        let mut m = triggered();
+        assert_eq!(m.schema, SCHEMA_V2);
+        key.sign(&mut m).unwrap();
+        let text = m.to_json_pretty().unwrap();
+        let back = Manifest::from_json(&text).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.to_json_pretty().unwrap(), text, "byte for byte");
+        vk.verify(&back).unwrap();
+        // Every field of the trigger is signed: an edit of any, or dropping it, fails.
+        let edits: [fn(&mut Trigger); 8] = [
+            |t| t.kind = TriggerKind::Falco,
+            |t| t.rule = None,
+            |t| t.alert = Some("Other".into()),
+            |t| t.fingerprint = Some("ffff".into()),
+            |t| t.priority = Some("info".into()),
+            |t| t.summary = None,
+            |t| t.received_at = "2020-01-01T00:00:00Z".into(),
+            |t| t.requested_by = "user:mallory".into(),
+        ];
+        for edit in edits {
+            let mut edited = back.clone();
+            edit(edited.trigger.as_mut().unwrap());
+            assert!(matches!(
+                vk.verify(&edited),
+                Err(ManifestError::BadSignature { .. })
+            ));
+        }
+        let mut dropped = back.clone();
+        dropped.trigger = None;
+        assert!(matches!(
+            vk.verify(&dropped),
+            Err(ManifestError::BadSignature { .. })
+        ));
+        // A record without a trigger is written as v1, with no `trigger` key at all.
+        let mut plain = sample();
+        assert_eq!(Manifest::schema_for(plain.trigger.as_ref()), SCHEMA_V1);
+        key.sign(&mut plain).unwrap();
+        let text = String::from_utf8(plain.to_json_pretty().unwrap()).unwrap();
+        assert!(!text.contains("trigger"), "{text}");
+        assert!(text.contains(SCHEMA_V1));
+    }
+
+    #[test]
+    fn a_v1_manifest_with_a_trigger_is_neither_signed_nor_read() {
+        let key = SigningKey::generate().unwrap();
+        let mut m = triggered();
+        m.schema = SCHEMA_V1.into();
+        assert!(matches!(
+            key.sign(&mut m),
+            Err(ManifestError::FieldNotInSchema {
+                field: "trigger",
+                ..
+            })
+        ));
+        assert!(m.signature.is_none());
+        // Written anyway (signed as v2, then relabelled): refused when read, before the
+        // signature is looked at.
+        let mut v2 = triggered();
+        key.sign(&mut v2).unwrap();
+        v2.schema = SCHEMA_V1.into();
+        let err = Manifest::from_json(&v2.to_json_pretty().unwrap()).unwrap_err();
+        assert!(
+            matches!(err, ManifestError::FieldNotInSchema { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("altered"), "{err}");
+        // A schema this version does not know is still a newer ckvault's record.
+        let mut v3 = triggered();
+        v3.schema = "ckvault.dev/manifest/v3".into();
+        let err = Manifest::from_json(&v3.to_json_pretty().unwrap()).unwrap_err();
+        assert!(
+            matches!(&err, ManifestError::Schema(s) if s.ends_with("/v3")),
+            "{err}"
+        );
+        assert!(matches!(key.sign(&mut v3), Err(ManifestError::Schema(_))));
     }
 
     #[test]

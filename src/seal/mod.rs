@@ -20,8 +20,8 @@ use std::os::unix::fs::FileExt;
 use crate::audit::{Action, Actor, EventInput, Outcome};
 use crate::inspect::{self, ArchiveFormat, Identity, InspectError, Inspection, Limits};
 use crate::manifest::{
-    InspectionRecord, InspectionStatus, Manifest, ManifestError, Plaintext, RecordId, SCHEMA_V1,
-    Sealed, Source,
+    InspectionRecord, InspectionStatus, Manifest, ManifestError, Plaintext, RecordId, Sealed,
+    Source, Trigger,
 };
 use crate::policy::selector::Target;
 pub use crate::recipient::{Recipient, RecipientError};
@@ -57,6 +57,10 @@ pub struct SealOptions {
     pub limits: Limits,
     /// Node name recorded in the manifest.
     pub node: Option<String>,
+    /// Why the archive was captured (an alert, a schedule, ...), written into the signed
+    /// manifest (bounded, [`Trigger::bounded`]); a record with one is
+    /// [`crate::manifest::SCHEMA_V2`]. `None` (the default) keeps the record v1.
+    pub trigger: Option<Trigger>,
     /// Who asked for the seal, for the audit log (`cli:USER@HOST`, `user:NAME`, ...).
     pub actor: String,
     /// Per-namespace recipients (policies/recipients.toml); when set it decides the
@@ -82,6 +86,7 @@ impl SealOptions {
             zstd_threads: threads,
             limits: Limits::default(),
             node: host_name(),
+            trigger: None,
             actor: local_actor(),
             recipient_policy: None,
             spool_max: None,
@@ -553,8 +558,11 @@ fn assemble(
         identity.pod.as_deref(),
         identity.container.as_deref(),
     );
+    // The cause, bounded whatever the caller did (bounding twice changes nothing); it
+    // decides the schema.
+    let trigger = opts.trigger.clone().map(Trigger::bounded);
     Manifest {
-        schema: SCHEMA_V1.to_owned(),
+        schema: Manifest::schema_for(trigger.as_ref()).to_owned(),
         id,
         namespace: identity.namespace,
         pod: identity.pod,
@@ -568,6 +576,7 @@ fn assemble(
         sealed_at: now_rfc3339(),
         node: opts.node.clone(),
         source: opts.source.clone(),
+        trigger,
         plaintext,
         sealed,
         inspection: checked.record.clone(),

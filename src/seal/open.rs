@@ -495,6 +495,7 @@ mod tests {
                 kind: crate::manifest::SourceKind::Cli,
                 path: None,
             },
+            trigger: None,
             plaintext: Plaintext {
                 sha256: d.plaintext.sha256,
                 size: d.plaintext.size,

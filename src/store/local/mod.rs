@@ -530,6 +530,7 @@ mod tests {
                 kind: crate::manifest::SourceKind::Cli,
                 path: None,
             },
+            trigger: None,
             plaintext: Plaintext {
                 sha256: "00".repeat(32),
                 size: 10,
