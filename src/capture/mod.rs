@@ -10,7 +10,11 @@
 //! * [`staging`]: the private staging directory for plaintext awaiting sealing, and its
 //!   recovery at start (anything left there is sealed, never dropped).
 //! * [`receipt`]: the small JSON left where the plaintext was.
+//! * [`alert`]: the alert receivers' payload parsers (Alertmanager, Falco, ckvault's
+//!   webhook) and the webhook's HMAC signature; [`rules`]: which alerts capture
+//!   (`[[trigger]]`).
 
+pub mod alert;
 pub(crate) mod checkpoint;
 pub mod cri;
 pub mod hpack;
@@ -18,5 +22,6 @@ pub mod method;
 pub mod proxy;
 pub(crate) mod receipt;
 pub(crate) mod relay;
+pub mod rules;
 pub(crate) mod staging;
 pub(crate) mod watch;
