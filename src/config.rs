@@ -5,6 +5,7 @@
 //! any file ckvault reads (this one, token files, policies): file, line, column and the
 //! offending line.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::units::ByteSize;
+use crate::vocab::{AlertSource, Priority};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -34,6 +36,164 @@ pub struct Config {
     pub watch: WatchConfig,
     /// This node.
     pub node: NodeConfig,
+    /// The gate every automatic capture passes (alerts, and later the node's own triggers).
+    pub capture: CaptureConfig,
+    /// The alert receivers (`/v1/alerts/...`) and their signed senders.
+    pub alerts: AlertsConfig,
+    /// Which alerts capture (`[[trigger]]`), first match wins. None: no alert captures.
+    pub trigger: Vec<TriggerRule>,
+    /// Where notices of triggered captures go (`[[notify]]`).
+    pub notify: Vec<NotifyConfig>,
+}
+
+/// `[capture]`: the gate every automatic capture passes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// A second capture of the same container (by alert key) within this is deduplicated.
+    #[serde(with = "duration")]
+    pub cooldown: Duration,
+    /// Checkpoints running at once on this node.
+    pub max_concurrent: usize,
+    /// Records one namespace may get from automatic captures per day.
+    pub namespace_records_per_day: u32,
+    /// Bytes of checkpoints one namespace may get from automatic captures per day.
+    pub namespace_bytes_per_day: ByteSize,
+    /// Free space left over in staging and spool after a checkpoint of the container's
+    /// working set, or it is refused before the runtime is asked.
+    pub disk_margin: ByteSize,
+    /// The longest one automatic capture (checkpoint and seal) may take.
+    #[serde(with = "duration")]
+    pub capture_timeout: Duration,
+    /// Capture statuses kept for `GET /v1/captures/ID` (the oldest are forgotten).
+    pub history: usize,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            cooldown: Duration::from_secs(600),
+            max_concurrent: 1,
+            namespace_records_per_day: 20,
+            namespace_bytes_per_day: ByteSize(20 << 30),
+            disk_margin: ByteSize(1 << 30),
+            capture_timeout: Duration::from_secs(300),
+            history: 10_000,
+        }
+    }
+}
+
+/// `[alerts]`: the alert receivers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Serve `/v1/alerts/alertmanager`, `/v1/alerts/falco`, `/v1/alerts/webhook`.
+    pub enabled: bool,
+    /// Largest alert body read; a larger one is refused (413) unread.
+    pub max_body: ByteSize,
+    /// Most alerts in one Alertmanager payload (at most 1000); set the same `max_alerts`
+    /// on the Alertmanager receiver so it truncates instead.
+    pub max_alerts: usize,
+    /// The Alertmanager label naming the namespace.
+    pub namespace_label: String,
+    /// The Alertmanager label naming the pod.
+    pub pod_label: String,
+    /// The Alertmanager label naming the container.
+    pub container_label: String,
+    /// How old (or far ahead) a signed webhook's timestamp may be.
+    #[serde(with = "duration")]
+    pub signature_max_age: Duration,
+    /// Webhook senders that sign with a shared secret instead of a token.
+    pub sender: Vec<AlertSender>,
+}
+
+/// Largest `[alerts] max_body` accepted.
+pub const MAX_ALERT_BODY: u64 = 64 << 20;
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_body: ByteSize(1 << 20),
+            max_alerts: 100,
+            namespace_label: "namespace".into(),
+            pod_label: "pod".into(),
+            container_label: "container".into(),
+            signature_max_age: Duration::from_secs(300),
+            sender: Vec::new(),
+        }
+    }
+}
+
+/// `[[alerts.sender]]`: a webhook sender that signs its requests (HMAC-SHA256).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertSender {
+    /// Its name (unique; in audit events).
+    pub name: String,
+    /// The shared secret (read at start: at most 4 KiB, at least 16 bytes, not readable
+    /// by other users).
+    pub secret_file: PathBuf,
+    /// The user its requests act as, for the access policy.
+    pub user: String,
+    /// The groups its requests act as.
+    pub groups: Vec<String>,
+}
+
+/// `[[trigger]]`: one rule deciding which alerts capture. Every condition set must hold;
+/// an empty list (or an absent key) holds for any alert.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TriggerRule {
+    /// Its name (unique; in audit events and the manifest's trigger).
+    pub name: String,
+    /// The receivers: `alertmanager`, `falco`, `webhook`.
+    pub sources: Vec<AlertSource>,
+    /// Alert names: Alertmanager's `alertname`, the Falco rule.
+    pub alerts: Vec<String>,
+    /// The lowest priority: Falco's, or Alertmanager's `severity` label when it is a
+    /// priority word (`critical`, `warning`, `info`...).
+    pub min_priority: Option<Priority>,
+    /// Labels that must be present with exactly these values (Falco: `output_fields`).
+    pub labels: BTreeMap<String, String>,
+    /// Namespace globs (`*` any run, `?` one character).
+    pub namespaces: Vec<String>,
+    /// This rule's own cooldown, instead of `[capture] cooldown`.
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<Duration>,
+    /// Captures this rule may make per day.
+    pub max_per_day: Option<u32>,
+    /// Put a hold on each record this rule captures (retention never deletes it).
+    pub hold: bool,
+}
+
+/// `[[notify]]`: a webhook told of each triggered capture.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Where the notice is POSTed: https, or http to a loopback address only.
+    pub url: String,
+    /// A bearer token for it (file).
+    pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) for its TLS, on top of the system roots.
+    pub ca: Option<PathBuf>,
+    /// The longest one attempt may take.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Attempts after the first, with backoff.
+    pub retries: u32,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            token_file: None,
+            ca: None,
+            timeout: Duration::from_secs(10),
+            retries: 5,
+        }
+    }
 }
 
 /// What the CRI proxy leaves at the location the kubelet asked for.
@@ -190,6 +350,27 @@ mod duration {
             }
         };
         s.serialize_str(&text)
+    }
+}
+
+/// `key = "2s"` or absent: an optional [`duration`].
+mod opt_duration {
+    use std::time::Duration;
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        v: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => super::duration::serialize(v, s),
+            None => s.serialize_none(),
+        }
     }
 }
 
@@ -712,6 +893,12 @@ impl Config {
                 message: "[store] kind = \"s3\" needs bucket = \"...\"".into(),
             });
         }
+        config
+            .check_incident_capture()
+            .map_err(|message| ConfigError::Invalid {
+                path: path.display().to_string(),
+                message,
+            })?;
         // Against the file's own directory, made absolute: `--config ckvault.toml` has an
         // empty parent, and every path handed to another process must be absolute.
         let file = crate::fsutil::absolute(path);
@@ -734,6 +921,142 @@ impl Config {
         config
     }
 
+    /// `[capture]`, `[alerts]`, `[[trigger]]` and `[[notify]]`: what serde cannot check.
+    fn check_incident_capture(&self) -> Result<(), String> {
+        let c = &self.capture;
+        for (key, d) in [
+            ("[capture] cooldown", c.cooldown),
+            ("[capture] capture_timeout", c.capture_timeout),
+            ("[alerts] signature_max_age", self.alerts.signature_max_age),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{key} must be more than 0"));
+            }
+        }
+        for (key, n) in [
+            ("[capture] max_concurrent", c.max_concurrent as u64),
+            (
+                "[capture] namespace_records_per_day",
+                u64::from(c.namespace_records_per_day),
+            ),
+            (
+                "[capture] namespace_bytes_per_day",
+                c.namespace_bytes_per_day.bytes(),
+            ),
+            ("[capture] history", c.history as u64),
+            ("[alerts] max_alerts", self.alerts.max_alerts as u64),
+        ] {
+            if n == 0 {
+                return Err(format!(
+                    "{key} = 0 would refuse every capture; give at least 1"
+                ));
+            }
+        }
+        let a = &self.alerts;
+        if a.max_alerts > 1000 {
+            return Err(format!(
+                "[alerts] max_alerts = {} is more than 1000",
+                a.max_alerts
+            ));
+        }
+        if a.max_body.bytes() < 1024 || a.max_body.bytes() > MAX_ALERT_BODY {
+            return Err(format!(
+                "[alerts] max_body = {} is outside 1KiB..64MiB",
+                a.max_body
+            ));
+        }
+        for (key, v) in [
+            ("namespace_label", &a.namespace_label),
+            ("pod_label", &a.pod_label),
+            ("container_label", &a.container_label),
+        ] {
+            if v.is_empty() {
+                return Err(format!("[alerts] {key} is empty: name a label"));
+            }
+        }
+        let mut senders = std::collections::BTreeSet::new();
+        for (i, s) in a.sender.iter().enumerate() {
+            let at = format!("[[alerts.sender]] number {}", i + 1);
+            if s.name.is_empty() {
+                return Err(format!("{at} has no name"));
+            }
+            let name = shown_word(&s.name);
+            if !senders.insert(s.name.as_str()) {
+                return Err(format!(
+                    "[[alerts.sender]] name {name:?} is used twice; names are unique"
+                ));
+            }
+            if s.secret_file.as_os_str().is_empty() {
+                return Err(format!(
+                    "[[alerts.sender]] {name:?} has no secret_file (a file holding the shared secret)"
+                ));
+            }
+            if s.user.is_empty() {
+                return Err(format!(
+                    "[[alerts.sender]] {name:?} has no user: name the principal its requests act as"
+                ));
+            }
+        }
+        let mut rules = std::collections::BTreeSet::new();
+        for (i, r) in self.trigger.iter().enumerate() {
+            if r.name.is_empty() {
+                return Err(format!("[[trigger]] number {} has no name", i + 1));
+            }
+            let name = shown_word(&r.name);
+            if r.name.len() > 128 || r.name.chars().any(char::is_control) {
+                return Err(format!(
+                    "[[trigger]] name {name:?}: at most 128 bytes, no control characters"
+                ));
+            }
+            if !rules.insert(r.name.as_str()) {
+                return Err(format!(
+                    "[[trigger]] name {name:?} is used twice; names are unique"
+                ));
+            }
+            if let Some(s) = r
+                .sources
+                .iter()
+                .find(|s| matches!(s, AlertSource::Unrecognised(_)))
+            {
+                return Err(format!(
+                    "[[trigger]] {name:?}: source {:?} is not one of alertmanager, falco, webhook",
+                    shown_word(s.as_str())
+                ));
+            }
+            if r.alerts.iter().any(String::is_empty)
+                || r.namespaces.iter().any(String::is_empty)
+                || r.labels.keys().any(String::is_empty)
+            {
+                return Err(format!(
+                    "[[trigger]] {name:?}: an empty alert name, namespace glob or label name"
+                ));
+            }
+            if r.cooldown.is_some_and(|d| d.is_zero()) {
+                return Err(format!(
+                    "[[trigger]] {name:?}: cooldown must be more than 0"
+                ));
+            }
+            if r.max_per_day == Some(0) {
+                return Err(format!(
+                    "[[trigger]] {name:?}: max_per_day = 0 never captures; remove the rule instead"
+                ));
+            }
+        }
+        for n in &self.notify {
+            check_notify_url(&n.url)?;
+            if n.timeout.is_zero() {
+                return Err("[[notify]] timeout must be more than 0".into());
+            }
+            if n.retries > 100 {
+                return Err(format!(
+                    "[[notify]] retries = {} is more than 100",
+                    n.retries
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn resolve(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -744,6 +1067,9 @@ impl Config {
         fix(&mut self.store.spool);
         fix(&mut self.cri.listen);
         fix(&mut self.watch.dir);
+        for s in &mut self.alerts.sender {
+            fix(&mut s.secret_file);
+        }
         for p in [
             &mut self.server.cert,
             &mut self.server.key,
@@ -763,6 +1089,44 @@ impl Config {
         {
             fix(p);
         }
+        for n in &mut self.notify {
+            for p in [&mut n.token_file, &mut n.ca].into_iter().flatten() {
+                fix(p);
+            }
+        }
+    }
+}
+
+/// A name from the file, for a message: escaped, at most 64 bytes.
+fn shown_word(s: &str) -> String {
+    let mut out = crate::inspect::escape_control(s).into_owned();
+    crate::vocab::cut_to(&mut out, 64);
+    out
+}
+
+/// A `[[notify]] url`: https, or http to a loopback address; no credentials in it.
+fn check_notify_url(url: &str) -> Result<(), String> {
+    let shown = shown_word(url);
+    let u = reqwest::Url::parse(url)
+        .map_err(|e| format!("[[notify]] url {shown:?} is not a URL: {e}"))?;
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(format!(
+            "[[notify]] url {shown:?} carries credentials; put a bearer token in token_file"
+        ));
+    }
+    let host = u.host_str().unwrap_or("");
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    };
+    match u.scheme() {
+        "https" if !host.is_empty() => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!(
+            "[[notify]] url {shown:?}: http:// only to a loopback address (127.0.0.1, ::1, localhost); a notice names records and people, so it goes over https"
+        )),
+        _ => Err(format!("[[notify]] url {shown:?} is not an https:// URL")),
     }
 }
 
@@ -916,6 +1280,162 @@ mod tests {
         std::fs::write(&path, "[server]\nthreads = 4\n").unwrap();
         assert_eq!(Config::load(&path).unwrap().server.threads, 4);
     }
+
+    #[test]
+    fn alert_sections_parse_resolve_and_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let good = r#"
+[capture]
+cooldown = "15m"
+max_concurrent = 2
+namespace_bytes_per_day = "8GiB"
+[alerts]
+enabled = true
+pod_label = "kubernetes_pod_name"
+[[alerts.sender]]
+name = "edr"
+secret_file = "edr.secret"
+user = "edr"
+groups = ["senders"]
+[[trigger]]
+name = "shell"
+sources = ["falco"]
+alerts = ["Terminal shell in container"]
+min_priority = "Notice"
+labels = { "proc.name" = "bash" }
+namespaces = ["pay*"]
+cooldown = "1h"
+max_per_day = 3
+hold = true
+[[trigger]]
+name = "any-critical"
+min_priority = "critical"
+[[notify]]
+url = "https://hooks.example.com/ckvault"
+token_file = "notify.token"
+[[notify]]
+url = "http://127.0.0.1:9000/x"
+[[notify]]
+url = "http://[::1]/x"
+"#;
+        std::fs::write(&path, good).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.capture.cooldown, Duration::from_secs(900));
+        assert_eq!(c.capture.max_concurrent, 2);
+        assert_eq!(c.capture.namespace_bytes_per_day, ByteSize(8 << 30));
+        assert_eq!(c.capture.disk_margin, ByteSize(1 << 30));
+        assert!(c.alerts.enabled);
+        assert_eq!(c.alerts.pod_label, "kubernetes_pod_name");
+        assert_eq!(c.alerts.namespace_label, "namespace");
+        assert_eq!(
+            c.alerts.sender[0].secret_file,
+            dir.path().join("edr.secret")
+        );
+        assert_eq!(c.alerts.sender[0].groups, ["senders"]);
+        assert_eq!(c.trigger.len(), 2);
+        let t = &c.trigger[0];
+        assert_eq!(t.sources, [AlertSource::Falco]);
+        assert_eq!(t.min_priority, Some(Priority::Notice));
+        assert_eq!(t.labels["proc.name"], "bash");
+        assert_eq!(t.cooldown, Some(Duration::from_secs(3600)));
+        assert_eq!((t.max_per_day, t.hold), (Some(3), true));
+        assert_eq!(c.trigger[1].cooldown, None);
+        assert_eq!(c.trigger[1].min_priority, Some(Priority::Critical));
+        assert_eq!(
+            c.notify[0].token_file.as_deref(),
+            Some(dir.path().join("notify.token").as_path())
+        );
+        assert_eq!(
+            (c.notify[0].timeout, c.notify[0].retries),
+            (Duration::from_secs(10), 5)
+        );
+
+        for (text, want) in [
+            ("[[trigger]]\nname = \"\"\n", "has no name"),
+            (
+                "[[trigger]]\nname = \"a\"\n[[trigger]]\nname = \"a\"\n",
+                "used twice",
+            ),
+            (
+                "[[trigger]]\nname = \"a\"\nsources = [\"nagios\"]\n",
+                "not one of alertmanager",
+            ),
+            (
+                "[[trigger]]\nname = \"a\"\nmin_priority = \"severe\"\n",
+                "is not a priority",
+            ),
+            (
+                "[[trigger]]\nname = \"a\"\ncooldown = \"0s\"\n",
+                "cooldown must be more than 0",
+            ),
+            (
+                "[[trigger]]\nname = \"a\"\nmax_per_day = 0\n",
+                "never captures",
+            ),
+            ("[[trigger]]\nname = \"a\"\nnamespaces = [\"\"]\n", "empty"),
+            (
+                "[[trigger]]\nname = \"a\"\nholdd = true\n",
+                "unknown field `holdd`",
+            ),
+            (
+                "[[trigger]]\nname = \"a\\u001b[2J\"\n",
+                "control characters",
+            ),
+            (
+                "[[alerts.sender]]\nname = \"s\"\nsecret_file = \"f\"\nuser = \"u\"\n[[alerts.sender]]\nname = \"s\"\nsecret_file = \"g\"\nuser = \"u\"\n",
+                "used twice",
+            ),
+            (
+                "[[alerts.sender]]\nname = \"s\"\nuser = \"u\"\n",
+                "has no secret_file",
+            ),
+            (
+                "[[alerts.sender]]\nname = \"s\"\nsecret_file = \"f\"\n",
+                "has no user",
+            ),
+            (
+                "[[alerts.sender]]\nsecret_file = \"f\"\nuser = \"u\"\n",
+                "has no name",
+            ),
+            (
+                "[[notify]]\nurl = \"http://hooks.example.com/x\"\n",
+                "only to a loopback",
+            ),
+            (
+                "[[notify]]\nurl = \"ftp://127.0.0.1/x\"\n",
+                "not an https:// URL",
+            ),
+            (
+                "[[notify]]\nurl = \"https://u:p@hooks.example.com/\"\n",
+                "carries credentials",
+            ),
+            ("[[notify]]\nurl = \"hooks.example.com\"\n", "is not a URL"),
+            ("[[notify]]\n", "is not a URL"),
+            (
+                "[[notify]]\nurl = \"https://h/\"\ntimeout = \"0ms\"\n",
+                "timeout must be more than 0",
+            ),
+            (
+                "[capture]\ncooldown = \"0s\"\n",
+                "cooldown must be more than 0",
+            ),
+            ("[capture]\nmax_concurrent = 0\n", "max_concurrent = 0"),
+            ("[capture]\nhistory = 0\n", "history = 0"),
+            (
+                "[alerts]\nsignature_max_age = \"0s\"\n",
+                "signature_max_age must be more",
+            ),
+            ("[alerts]\nmax_alerts = 5000\n", "more than 1000"),
+            ("[alerts]\nmax_body = \"1GiB\"\n", "outside 1KiB..64MiB"),
+            ("[alerts]\npod_label = \"\"\n", "pod_label is empty"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = Config::load(&path).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+            assert!(!e.contains('\u{1b}'), "{e}");
+        }
+    }
 }
 
 /// `examples/ckvault.toml` is the configuration reference: held true against these types.
@@ -924,15 +1444,21 @@ mod reference {
     use super::*;
     use std::collections::BTreeSet;
 
+    /// Arrays of tables (`[[trigger]]`, `[[alerts.sender]]`): their keys are
+    /// `[[path]] key`, documented by one commented entry each.
+    const TABLE_ARRAYS: [&str; 3] = ["alerts.sender", "trigger", "notify"];
+
     fn example() -> String {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         std::fs::read_to_string(root.join("examples/ckvault.toml")).unwrap()
     }
 
-    /// The example with its commented-out settings (`# key = value`, `# [section]`) made
-    /// live: every key it documents.
+    /// The example with its commented-out settings (`# key = value`, `# [section]`,
+    /// `# [[array]]`) made live: every key it documents.
     fn documented(text: &str) -> String {
-        let setting = regex::Regex::new(r#"^# ?(\[[a-z]+\]|[a-z_0-9]+ = ["\[0-9tf].*)$"#).unwrap();
+        let setting =
+            regex::Regex::new(r#"^# ?(\[\[[a-z.]+\]\]|\[[a-z]+\]|[a-z_0-9]+ = ["\[0-9tf{].*)$"#)
+                .unwrap();
         text.lines()
             .map(|l| match setting.captures(l) {
                 Some(c) => c[1].to_owned(),
@@ -942,24 +1468,42 @@ mod reference {
             .join("\n")
     }
 
-    fn keys(v: &serde_json::Value) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        for (section, table) in v.as_object().unwrap() {
-            for key in table.as_object().unwrap().keys() {
-                out.insert(format!("[{section}] {key}"));
+    /// Every key with its value: `[section] key`, and `[[path]] key` for each entry of an
+    /// array of tables.
+    fn entries(v: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+        let mut out = Vec::new();
+        let mut table_array = |path: &str, items: &serde_json::Value| {
+            for item in items.as_array().unwrap() {
+                for (key, value) in item.as_object().unwrap() {
+                    out.push((format!("[[{path}]] {key}"), value.clone()));
+                }
+            }
+        };
+        let mut plain = Vec::new();
+        for (section, value) in v.as_object().unwrap() {
+            if TABLE_ARRAYS.contains(&section.as_str()) {
+                table_array(section, value);
+                continue;
+            }
+            for (key, value) in value.as_object().unwrap() {
+                let path = format!("{section}.{key}");
+                if TABLE_ARRAYS.contains(&path.as_str()) {
+                    table_array(&path, value);
+                } else {
+                    plain.push((format!("[{section}] {key}"), value.clone()));
+                }
             }
         }
+        out.extend(plain);
         out
     }
 
+    fn keys(v: &serde_json::Value) -> BTreeSet<String> {
+        entries(v).into_iter().map(|(k, _)| k).collect()
+    }
+
     fn toml_keys(v: &toml::Table) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        for (section, table) in v {
-            for key in table.as_table().unwrap().keys() {
-                out.insert(format!("[{section}] {key}"));
-            }
-        }
-        out
+        keys(&serde_json::to_value(v).unwrap())
     }
 
     #[test]
@@ -972,16 +1516,13 @@ mod reference {
             "a live setting of examples/ckvault.toml differs from its coded default"
         );
         // And every key with a default is live in it; a key without one (None) is shown
-        // commented out.
+        // commented out, as are the entries of arrays of tables (none by default).
         let defaults = serde_json::to_value(Config::default()).unwrap();
-        let mut with_default = BTreeSet::new();
-        for (section, table) in defaults.as_object().unwrap() {
-            for (key, value) in table.as_object().unwrap() {
-                if !value.is_null() {
-                    with_default.insert(format!("[{section}] {key}"));
-                }
-            }
-        }
+        let with_default: BTreeSet<String> = entries(&defaults)
+            .into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, _)| k)
+            .collect();
         let live_keys = toml_keys(&toml::from_str(&example()).unwrap());
         assert_eq!(
             live_keys, with_default,
@@ -994,10 +1535,24 @@ mod reference {
         let text = documented(&example());
         // Known to the types (deny_unknown_fields), ...
         let config: Config = toml::from_str(&text).unwrap();
-        let _ = config;
-        // ... and every key of the types is there.
+        // ... with an entry of each array of tables, ...
+        let as_json = serde_json::to_value(&config).unwrap();
+        for path in TABLE_ARRAYS {
+            let items = path
+                .split('.')
+                .fold(&as_json, |v, part| &v[part])
+                .as_array()
+                .unwrap();
+            assert!(
+                !items.is_empty(),
+                "examples/ckvault.toml documents no [[{path}]] entry"
+            );
+        }
+        // ... and every key of the types is there (of an array's entries: every field of
+        // the documented entry, None fields included).
         let documented = toml_keys(&toml::from_str(&text).unwrap());
-        let coded = keys(&serde_json::to_value(Config::default()).unwrap());
+        let mut coded = keys(&serde_json::to_value(Config::default()).unwrap());
+        coded.extend(keys(&as_json));
         assert_eq!(
             coded.difference(&documented).collect::<Vec<_>>(),
             Vec::<&String>::new(),

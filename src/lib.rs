@@ -74,9 +74,10 @@ pub mod internal {
             pub use crate::audit::verify::verify;
         }
     }
-    /// The CRI client, the gRPC method classifier, HPACK, the proxy's gRPC answers.
+    /// The CRI client, the gRPC method classifier, HPACK, the proxy's gRPC answers, the
+    /// alert parsers and trigger rules (fuzz targets).
     pub mod capture {
-        pub use crate::capture::{cri, hpack, method, proxy};
+        pub use crate::capture::{alert, cri, hpack, method, proxy, rules};
     }
     /// The policy files (fuzz targets) and retention plans and selectors (property tests).
     pub mod policy {

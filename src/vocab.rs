@@ -1,7 +1,8 @@
 //! The words records and events are written with, as types: [`vocabulary!`] declares a
 //! closed set of kebab-case names (an audit action, a capture source kind) as an enum that
 //! serializes to exactly the string earlier versions wrote, so logs and signed manifests
-//! stay byte for byte what they were.
+//! stay byte for byte what they were. [`AlertSource`] (the alert receivers) is one;
+//! [`Priority`] is Falco's ordered set of priorities, read in any case.
 //!
 //! A file written by a newer ckvault may hold a word this version does not know. It still
 //! reads, as the `Unrecognised` variant that keeps the word verbatim (so a hash chain or a
@@ -117,6 +118,106 @@ macro_rules! vocabulary {
 
 pub(crate) use vocabulary;
 
+vocabulary! {
+    /// Which receiver an alert came in through (`[[trigger]] sources`; the trigger kind of
+    /// an alert capture).
+    pub enum AlertSource {
+        /// Prometheus Alertmanager's webhook (`POST /v1/alerts/alertmanager`).
+        Alertmanager => "alertmanager",
+        /// Falco's `http_output` (`POST /v1/alerts/falco`).
+        Falco => "falco",
+        /// ckvault's own small JSON (`POST /v1/alerts/webhook`).
+        Webhook => "webhook",
+    }
+}
+
+/// A Falco priority, ordered: `Debug` < `Informational` < `Notice` < `Warning` < `Error` <
+/// `Critical` < `Alert` < `Emergency` (syslog's levels, as Falco has them). Read
+/// case-insensitively (Falco writes `Critical`, Alertmanager `severity` labels are usually
+/// lower case), `info` for `Informational`; written lower case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// `debug`
+    Debug,
+    /// `informational` (or `info`)
+    Informational,
+    /// `notice`
+    Notice,
+    /// `warning`
+    Warning,
+    /// `error`
+    Error,
+    /// `critical`
+    Critical,
+    /// `alert`
+    Alert,
+    /// `emergency`
+    Emergency,
+}
+
+impl Priority {
+    /// Every priority, lowest first.
+    pub const ALL: [Priority; 8] = [
+        Priority::Debug,
+        Priority::Informational,
+        Priority::Notice,
+        Priority::Warning,
+        Priority::Error,
+        Priority::Critical,
+        Priority::Alert,
+        Priority::Emergency,
+    ];
+
+    /// The word as written (lower case).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Debug => "debug",
+            Priority::Informational => "informational",
+            Priority::Notice => "notice",
+            Priority::Warning => "warning",
+            Priority::Error => "error",
+            Priority::Critical => "critical",
+            Priority::Alert => "alert",
+            Priority::Emergency => "emergency",
+        }
+    }
+
+    /// The priority `word` names, in any case (`info` is `Informational`); `None` for
+    /// any other word.
+    pub fn parse(word: &str) -> Option<Self> {
+        if word.eq_ignore_ascii_case("info") {
+            return Some(Priority::Informational);
+        }
+        Self::ALL
+            .into_iter()
+            .find(|p| word.eq_ignore_ascii_case(p.as_str()))
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Priority {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Priority {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let word = <String as serde::Deserialize>::deserialize(d)?;
+        Priority::parse(&word).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{:?} is not a priority (emergency, alert, critical, error, warning, notice, informational or info, debug)",
+                word.chars().take(32).collect::<String>()
+            ))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     // The macro declares `pub` items; this test vocabulary is reachable from nowhere.
@@ -149,5 +250,33 @@ mod tests {
         assert_eq!(Colour::ALL, [Colour::Red, Colour::DarkBlue]);
         assert_eq!(Colour::known("dark-blue"), Some(Colour::DarkBlue));
         assert!(serde_json::from_str::<Colour>("3").is_err());
+    }
+
+    #[test]
+    fn priorities_are_ordered_and_read_in_any_case() {
+        use super::Priority;
+        assert!(Priority::Emergency > Priority::Alert);
+        assert!(Priority::Alert > Priority::Critical);
+        assert!(Priority::Critical > Priority::Error);
+        assert!(Priority::Error > Priority::Warning);
+        assert!(Priority::Warning > Priority::Notice);
+        assert!(Priority::Notice > Priority::Informational);
+        assert!(Priority::Informational > Priority::Debug);
+        assert_eq!(Priority::parse("Critical"), Some(Priority::Critical));
+        assert_eq!(Priority::parse("WARNING"), Some(Priority::Warning));
+        assert_eq!(Priority::parse("info"), Some(Priority::Informational));
+        assert_eq!(
+            Priority::parse("Informational"),
+            Some(Priority::Informational)
+        );
+        assert_eq!(Priority::parse("page"), None);
+        assert_eq!(Priority::parse(""), None);
+        for p in Priority::ALL {
+            assert_eq!(Priority::parse(p.as_str()), Some(p));
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(serde_json::from_str::<Priority>(&json).unwrap(), p);
+        }
+        let e = serde_json::from_str::<Priority>("\"severe\"").unwrap_err();
+        assert!(e.to_string().contains("is not a priority"), "{e}");
     }
 }

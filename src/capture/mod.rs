@@ -12,12 +12,19 @@
 //! * [`receipt`]: the small JSON left where the plaintext was.
 //! * [`resolve`]: which running container a request names, asked of the runtime.
 //! * [`notify`]: notices to webhooks after a triggered capture.
+//! * [`incident`]: capture on an alert: rule, resolution, authorization, the gate, the
+//!   checkpoint in the background, its state for `GET /v1/captures/ID`.
 //! * [`gate`]: what every automatic capture passes (deduplication, budgets, concurrency,
 //!   free disk) so an alert storm cannot hurt the node or the evidence.
+//! * [`alert`]: the alert receivers' payload parsers (Alertmanager, Falco, ckvault's
+//!   webhook) and the webhook's HMAC signature; [`rules`]: which alerts capture
+//!   (`[[trigger]]`).
 
+pub mod alert;
 pub(crate) mod checkpoint;
 pub mod cri;
 pub(crate) mod gate;
+pub(crate) mod incident;
 pub mod hpack;
 pub mod method;
 pub mod proxy;
@@ -25,5 +32,6 @@ pub(crate) mod notify;
 pub(crate) mod receipt;
 pub(crate) mod resolve;
 pub(crate) mod relay;
+pub mod rules;
 pub(crate) mod staging;
 pub(crate) mod watch;
