@@ -211,7 +211,7 @@ impl NotTaken {
     }
 }
 
-fn trigger_kind(source: AlertSource) -> TriggerKind {
+fn trigger_kind(source: &AlertSource) -> TriggerKind {
     match source {
         AlertSource::Alertmanager => TriggerKind::Alertmanager,
         AlertSource::Falco => TriggerKind::Falco,
@@ -221,7 +221,7 @@ fn trigger_kind(source: AlertSource) -> TriggerKind {
 
 /// The trigger a capture on `alert` writes into its manifest (bounded).
 fn trigger_of(alert: &Alert, requested_by: &str) -> Trigger {
-    let mut t = Trigger::new(trigger_kind(alert.source), requested_by);
+    let mut t = Trigger::new(trigger_kind(&alert.source), requested_by);
     t.alert = alert.name.clone();
     t.fingerprint = fingerprint_of(alert);
     t.priority = alert.priority.as_ref().map(|p| p.to_string());
@@ -230,7 +230,7 @@ fn trigger_of(alert: &Alert, requested_by: &str) -> Trigger {
 }
 
 fn new_capture_id() -> String {
-    format!("cap-{}", ulid::Ulid::new())
+    format!("cap-{}", crate::manifest::RecordId::generate())
 }
 
 impl Incidents {
@@ -274,7 +274,7 @@ impl Incidents {
         match tokio::task::spawn_blocking(move || audit.append(event)).await {
             Ok(r) => r.map(|_| ()),
             Err(e) => Err(AuditError::Unwritable {
-                path: std::path::PathBuf::from("<audit task>"),
+                path: "<audit task>".to_owned(),
                 source: std::io::Error::other(e.to_string()),
             }),
         }
@@ -310,7 +310,7 @@ impl Incidents {
             Ok(t) => t,
             Err(not) => {
                 self.metrics.refuse(not.kind);
-                status.state = not.state;
+                status.state = not.state.clone();
                 status.reason = Some(not.reason.clone());
                 let ev = EventInput::new(who.actor, Action::Alert, not.outcome)
                     .with_namespace(status.namespace.clone())

@@ -42,6 +42,95 @@ pub(crate) struct Receivers {
     pub(crate) replay: webhook::ReplayGuard,
 }
 
+impl Receivers {
+    /// The receivers `config` describes (`[alerts]`, `[capture]`, `[[trigger]]`,
+    /// `[[notify]]`), capturing through `checkpointer` (none: every alert is answered "no
+    /// runtime"), checking free space in `disks` (staging, the store).
+    pub(crate) fn build(
+        config: &crate::config::Config,
+        checkpointer: Option<crate::capture::checkpoint::Checkpointer>,
+        custody: crate::vault::Custody,
+        audit: Arc<crate::audit::AuditLog>,
+        disks: Vec<std::path::PathBuf>,
+    ) -> Result<Self, ReceiversError> {
+        use crate::capture::gate::{Gate, GateLimits};
+        use crate::capture::incident::Captures;
+        use crate::capture::notify::{Notifier, Target};
+        let c = &config.capture;
+        let gate = Gate::new(
+            GateLimits {
+                cooldown: c.cooldown,
+                max_concurrent: c.max_concurrent,
+                namespace_records_per_day: c.namespace_records_per_day,
+                namespace_bytes_per_day: c.namespace_bytes_per_day.bytes(),
+                disk_margin: c.disk_margin.bytes(),
+            },
+            disks,
+        );
+        let mut targets = Vec::new();
+        for n in &config.notify {
+            targets.push(Target::new(
+                &n.url,
+                n.token_file.as_deref(),
+                n.ca.as_deref(),
+                n.timeout,
+                n.retries,
+            )?);
+        }
+        let mut senders = HashMap::new();
+        for s in &config.alerts.sender {
+            let secret = webhook::read_secret(&s.secret_file).map_err(|source| {
+                ReceiversError::Secret {
+                    sender: s.name.clone(),
+                    source,
+                }
+            })?;
+            let principal = Principal {
+                user: s.user.clone(),
+                groups: s.groups.clone(),
+                via: "hmac",
+            };
+            senders.insert(s.name.clone(), (secret, principal));
+        }
+        let a = &config.alerts;
+        Ok(Self {
+            incidents: Incidents::new(
+                checkpointer,
+                gate,
+                config.trigger.clone(),
+                Captures::new(c.history),
+                Notifier::new(targets),
+                custody,
+                audit,
+                c.capture_timeout,
+            ),
+            labels: alertmanager::TargetLabels::from_config(a),
+            max_alerts: a.max_alerts,
+            max_body: usize::try_from(a.max_body.bytes()).unwrap_or(usize::MAX),
+            senders,
+            max_age: a.signature_max_age,
+            replay: webhook::ReplayGuard::new(a.signature_max_age, webhook::DEFAULT_REPLAY_CAPACITY),
+        })
+    }
+}
+
+/// Why the receivers could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReceiversError {
+    /// A `[[notify]]` webhook.
+    #[error(transparent)]
+    Notify(#[from] crate::capture::notify::NotifyError),
+    /// A sender's secret file.
+    #[error("[[alerts.sender]] {sender}: {source}")]
+    Secret {
+        /// The sender.
+        sender: String,
+        /// Why.
+        #[source]
+        source: webhook::SecretError,
+    },
+}
+
 /// The sender header of a signed webhook request.
 pub(crate) const SENDER_HEADER: &str = "X-Ckvault-Sender";
 

@@ -39,6 +39,10 @@ pub(crate) const OPENAPI: &str = include_str!("../../openapi/ckvault-v1.json");
 
 /// Builds the router.
 pub(crate) fn router(state: Shared) -> Router {
+    // An alert body is capped at `[alerts] max_body` (413 past it).
+    let alert_body = axum::extract::DefaultBodyLimit::max(
+        state.receivers.as_ref().map_or(1 << 20, |r| r.max_body),
+    );
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -53,6 +57,19 @@ pub(crate) fn router(state: Shared) -> Router {
             "/checkpoint/{namespace}/{pod}/{container}",
             axum::routing::post(super::trigger::checkpoint),
         )
+        .route(
+            "/v1/alerts/alertmanager",
+            axum::routing::post(super::alerts::alertmanager).layer(alert_body.clone()),
+        )
+        .route(
+            "/v1/alerts/falco",
+            axum::routing::post(super::alerts::falco).layer(alert_body.clone()),
+        )
+        .route(
+            "/v1/alerts/webhook",
+            axum::routing::post(super::alerts::webhook).layer(alert_body),
+        )
+        .route("/v1/captures/{id}", get(super::alerts::capture))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,

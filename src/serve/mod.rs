@@ -4,6 +4,7 @@
 //! server certificate, client CA, CRLs) within [`RELOAD_INTERVAL`] of a change of their
 //! files, or at once on SIGHUP.
 
+pub(crate) mod alerts;
 pub(crate) mod api;
 pub(crate) mod coalesce;
 pub(crate) mod credentials;
@@ -57,6 +58,8 @@ pub(crate) struct AppState {
     /// Client certificate verification, when client certificates are accepted: its CRLs
     /// are checked again on every request (a connection outlives a CRL change).
     pub client_auth: Option<Arc<credentials::ClientAuth>>,
+    /// The alert receivers, when `[alerts] enabled`.
+    pub receivers: Option<alerts::Receivers>,
 }
 
 impl AppState {
@@ -86,6 +89,7 @@ impl AppState {
                 ConnectionLimits::default().max_auth_failures,
             ),
             client_auth: None,
+            receivers: None,
         }
     }
 
@@ -261,6 +265,17 @@ pub(crate) fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         }
     };
     let mut state = AppState::new(store, audit, set, tokens).with_limits(&config.server.limits());
+    if config.alerts.enabled {
+        let local = node.local();
+        let disks = vec![local.staging_dir()?, local.root().to_path_buf()];
+        state.receivers = Some(alerts::Receivers::build(
+            config,
+            checkpointer.clone(),
+            state.custody.clone(),
+            state.audit.clone(),
+            disks,
+        )?);
+    }
     state.checkpointer = checkpointer;
     state.uploader = node.uploader().cloned();
     state.client_auth = credentials.client_auth().cloned();
