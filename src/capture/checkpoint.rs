@@ -67,6 +67,9 @@ pub struct CheckpointRequest {
     pub location: Option<String>,
     /// Who asks, as the record and the audit log name them.
     pub actor: String,
+    /// Why (an alert, a schedule, ...), written into the signed manifest (schema v2);
+    /// `None` when a person or the kubelet asked directly (the record stays v1).
+    pub trigger: Option<crate::manifest::Trigger>,
 }
 
 /// Whether a call that failed with `code` may still have the runtime writing its archive
@@ -174,6 +177,7 @@ impl Checkpointer {
             source,
             location,
             actor,
+            trigger,
         } = request;
         let container_id = container_id.as_str();
         let lock = {
@@ -209,10 +213,12 @@ impl Checkpointer {
             source: Some(source.clone()),
             actor: actor.clone(),
             started: crate::node::now_rfc3339(),
+            trigger: trigger.clone(),
         };
         let mut opts = self.intake.options().clone();
         opts.claimed = claimed;
         opts.actor = actor;
+        opts.trigger = trigger;
         opts.source = Source {
             kind: source,
             path: location,
@@ -394,6 +400,7 @@ impl Checkpointer {
         let mut opts = self.intake.options().clone();
         opts.actor = staged.intent.actor.clone();
         opts.claimed = staged.intent.claimed();
+        opts.trigger = staged.intent.trigger.clone();
         opts.source = Source {
             kind: crate::manifest::SourceKind::CriLateWrite,
             path: staged.intent.requested_location.clone(),

@@ -65,6 +65,8 @@ impl Proxy {
                 source: SourceKind::CriProxy,
                 location: location.map(str::to_owned),
                 actor: "cri-proxy".to_owned(),
+                // The kubelet asked directly: no trigger, the record stays v1 byte for byte.
+                trigger: None,
             })
             .await
         {

@@ -51,6 +51,10 @@ pub(crate) struct Intent {
     pub actor: String,
     /// When the capture started (RFC 3339).
     pub started: String,
+    /// Why it was captured, so a record recovered after a crash keeps its cause; absent
+    /// when nothing but the caller asked (and in intents written before it existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<crate::manifest::Trigger>,
 }
 
 impl Intent {
@@ -321,6 +325,7 @@ pub(crate) fn recover(intake: &Intake) -> Result<Recovered, StoreError> {
             if !i.actor.is_empty() {
                 o.actor = i.actor.clone();
             }
+            o.trigger = i.trigger.clone();
         }
         o.source = Source {
             kind: crate::manifest::SourceKind::StagingRecovery,
@@ -362,5 +367,22 @@ mod tests {
         assert!(ours(&format!("{id}.tar")).is_none());
         assert!(ours(&format!("{id}.a/b.tar")).is_none());
         assert!(ours("x.y.tar").is_none());
+    }
+
+    #[test]
+    fn an_intent_keeps_its_trigger_and_one_without_reads_as_before() {
+        use crate::manifest::{Trigger, TriggerKind};
+        let mut intent = Intent {
+            container_id: "3f2a1b4c5d6e".into(),
+            actor: "user:am".into(),
+            ..Intent::default()
+        };
+        let without = serde_json::to_string(&intent).unwrap();
+        assert!(!without.contains("trigger"), "{without}");
+        let read: Intent = serde_json::from_str(&without).unwrap();
+        assert!(read.trigger.is_none());
+        intent.trigger = Some(Trigger::new(TriggerKind::Falco, "user:falco"));
+        let read: Intent = serde_json::from_str(&serde_json::to_string(&intent).unwrap()).unwrap();
+        assert_eq!(read.trigger, intent.trigger);
     }
 }

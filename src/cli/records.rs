@@ -14,6 +14,7 @@ use crate::inspect::escape_control;
 use crate::manifest::{Manifest, RecordId, VerifyingKey};
 use crate::seal::digest::HashingReader;
 use crate::seal::open::{OpenError, copy_sealed_to_file};
+use crate::vault::query::RecordQuery;
 
 /// Arguments of `ckvault ls`.
 #[derive(Debug, clap::Args)]
@@ -23,6 +24,10 @@ pub struct LsArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Only records captured for this cause (the manifest's `trigger.kind`: alertmanager,
+    /// falco, webhook, schedule, threshold, before-stop, kubelet, manual).
+    #[arg(long, value_name = "KIND")]
+    trigger: Option<String>,
 }
 
 /// Arguments of `ckvault show`.
@@ -85,14 +90,20 @@ pub(super) fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
     for e in &broken {
         eprintln!("ckvault: warning: {e}");
     }
+    let query = RecordQuery {
+        trigger: args.trigger.clone(),
+        ..RecordQuery::default()
+    };
+    let manifests: Vec<std::sync::Arc<Manifest>> =
+        manifests.into_iter().filter(|m| query.matches(m)).collect();
     match args.format {
         Format::Json => {
             output::print_json(&manifests.iter().map(|m| &**m).collect::<Vec<&Manifest>>())?
         }
         Format::Table => {
             println!(
-                "{:<26}  {:<20}  {:<40}  {:>10}  {:>10}  INSPECTION",
-                "ID", "SEALED", "NAMESPACE/POD/CONTAINER", "SIZE", "SEALED"
+                "{:<26}  {:<20}  {:<40}  {:>10}  {:>10}  {:<12}  INSPECTION",
+                "ID", "SEALED", "NAMESPACE/POD/CONTAINER", "SIZE", "SEALED", "TRIGGER"
             );
             for m in &manifests {
                 let who = format!(
@@ -105,13 +116,15 @@ pub(super) fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
                     Some(code) => format!("rejected ({code})"),
                     None => "ok".to_owned(),
                 };
+                let trigger = m.trigger.as_ref().map_or("-", |t| t.kind.as_str());
                 println!(
-                    "{:<26}  {:<20}  {:<40}  {:>10}  {:>10}  {}",
+                    "{:<26}  {:<20}  {:<40}  {:>10}  {:>10}  {:<12}  {}",
                     m.id,
                     escape_control(m.sealed_at.get(..19).unwrap_or(&m.sealed_at)),
                     escape_control(&who),
                     output::human_bytes(m.plaintext.size),
                     output::human_bytes(m.sealed.size),
+                    escape_control(trigger),
                     escape_control(&status)
                 );
             }

@@ -247,6 +247,8 @@ pub(crate) struct ListQuery {
     held: Option<bool>,
     /// Only records of this `source.kind`.
     source: Option<String>,
+    /// Only records of this `trigger.kind`.
+    trigger: Option<String>,
     /// The `next` of the page before.
     cursor: Option<String>,
     limit: Option<usize>,
@@ -266,6 +268,8 @@ pub(crate) struct ListItem {
     size: u64,
     sealed_size: u64,
     inspection: String,
+    /// The record's `trigger.kind` (why it was captured), null when it has none.
+    trigger: Option<String>,
 }
 
 async fn list(
@@ -297,6 +301,7 @@ async fn list(
             until: time("until", &q.until)?,
             held: q.held,
             source: q.source.clone(),
+            trigger: q.trigger.clone(),
             cursor: match &q.cursor {
                 None => None,
                 Some(c) => Some(c.parse::<RecordId>().map_err(|_| {
@@ -347,6 +352,7 @@ async fn list(
             size: m.plaintext.size,
             sealed_size: m.sealed.size,
             inspection: m.inspection.code.clone().unwrap_or_else(|| "ok".into()),
+            trigger: m.trigger.as_ref().map(|t| t.kind.to_string()),
         })
         .collect();
     let ev = event(&caller, audit::Action::List, Outcome::Ok)

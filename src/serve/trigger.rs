@@ -130,6 +130,8 @@ pub(crate) async fn checkpoint(
             source: SourceKind::Trigger,
             location: None,
             actor: caller.principal.actor(),
+            // A person asked directly: no trigger, the record stays v1 byte for byte.
+            trigger: None,
         })
         .await
     {

@@ -35,6 +35,9 @@ pub(crate) struct RecordQuery {
     pub held: Option<bool>,
     /// Only records captured this way (the manifest's `source.kind`, as written).
     pub source: Option<String>,
+    /// Only records captured for this cause (the manifest's `trigger.kind`, as written);
+    /// a record without a trigger never matches.
+    pub trigger: Option<String>,
     /// Only records older than this one (the `next` of the page before): pages run from
     /// the newest record to the oldest.
     pub cursor: Option<RecordId>,
@@ -89,7 +92,7 @@ fn sealed_at(m: &Manifest) -> Option<OffsetDateTime> {
 
 impl RecordQuery {
     /// Whether `m` matches the query's fields (not the hold, which needs the store).
-    fn matches(&self, m: &Manifest) -> bool {
+    pub(crate) fn matches(&self, m: &Manifest) -> bool {
         let eq = |want: &Option<String>, have: &Option<String>| want.is_none() || want == have;
         eq(&self.namespace, &m.namespace)
             && eq(&self.pod, &m.pod)
@@ -99,6 +102,10 @@ impl RecordQuery {
                 .source
                 .as_deref()
                 .is_none_or(|s| m.source.kind.to_string() == s)
+            && self
+                .trigger
+                .as_deref()
+                .is_none_or(|want| m.trigger.as_ref().is_some_and(|t| t.kind.as_str() == want))
             && self
                 .since
                 .is_none_or(|t| sealed_at(m).is_some_and(|s| s >= t))

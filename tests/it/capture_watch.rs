@@ -643,3 +643,82 @@ fn a_hostile_namespace_is_flagged_in_the_record_and_never_printed_raw() {
     support::ok(&ls);
     assert!(!ls.stdout.contains(&0x1b) && !ls.stdout.contains(&0x07));
 }
+
+#[test]
+fn a_capture_recovered_from_staging_after_a_crash_keeps_its_trigger() {
+    let Some(real) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_identity, recipient) = support::age_keypair(tmp.path());
+    let empty = tmp.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    let store = tmp.path().join("store");
+    let watch_once = || {
+        let out = Command::new(support::ckvault_bin())
+            .args(["watch", "--once", "--dir", empty.to_str().unwrap()])
+            .args(["--store", store.to_str().unwrap(), "-r", &recipient])
+            .output()
+            .unwrap();
+        support::ok(&out);
+    };
+    watch_once(); // makes the store
+    // What a capture for an alert leaves when its process dies after the runtime wrote:
+    // the archive and its intent (with the trigger), under an owner that is gone; and one
+    // written by a version before triggers (no `trigger` key).
+    let staging = store.join("staging");
+    fs::create_dir_all(&staging).unwrap();
+    let input = fs::read(&real).unwrap();
+    let trigger = serde_json::json!({
+        "kind": "alertmanager",
+        "rule": "crash-loop",
+        "alert": "KubePodCrashLooping",
+        "fingerprint": "d0a1b2c3e4f50617",
+        "received_at": "2026-12-01T10:00:00Z",
+        "requested_by": "user:am",
+    });
+    let mut stems = Vec::new();
+    for with_trigger in [true, false] {
+        let stem = format!("{}.deadowner", ckvault::manifest::RecordId::generate());
+        let mut intent = serde_json::json!({
+            "namespace": "forensics",
+            "pod": "web-7d4",
+            "container": "app",
+            "container_id": "3f2a1b4c5d6e",
+            "requested_location": null,
+            "source": "trigger",
+            "actor": "user:am",
+            "started": "2026-12-01T10:00:01Z",
+        });
+        if with_trigger {
+            intent["trigger"] = trigger.clone();
+        }
+        fs::write(
+            staging.join(format!("{stem}.json")),
+            serde_json::to_vec_pretty(&intent).unwrap(),
+        )
+        .unwrap();
+        fs::write(staging.join(format!("{stem}.tar")), &input).unwrap();
+        stems.push(stem);
+    }
+    watch_once();
+    assert_eq!(
+        fs::read_dir(&staging).unwrap().count(),
+        0,
+        "staging recovered"
+    );
+    let ms = manifests(&store);
+    assert_eq!(ms.len(), 2, "{ms:#?}");
+    assert!(ms.iter().all(|m| m["source"]["kind"] == "staging-recovery"));
+    let triggered: Vec<&Value> = ms.iter().filter(|m| m.get("trigger").is_some()).collect();
+    assert_eq!(triggered.len(), 1, "{ms:#?}");
+    assert_eq!(triggered[0]["trigger"], trigger);
+    assert_eq!(triggered[0]["schema"], "ckvault.dev/manifest/v2");
+    let other = ms.iter().find(|m| m.get("trigger").is_none()).unwrap();
+    assert_eq!(other["schema"], "ckvault.dev/manifest/v1");
+    let out = Command::new(support::ckvault_bin())
+        .args(["verify", "--all", "--store", store.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(support::ok(&out).matches("OK ").count(), 2);
+}

@@ -675,3 +675,103 @@ fn commands_given_only_the_store_follow_an_audit_log_the_configuration_moved() {
     ]));
     assert!(shown.contains("seal"), "{shown}");
 }
+
+#[test]
+fn ls_shows_and_filters_by_trigger_and_show_prints_it() {
+    use ckvault::manifest::{Source, SourceKind, Trigger, TriggerKind};
+    let Some(archive) = support::real_checkpoint(16, "shop", "api-0", "api", "none") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys(dir.path());
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    // One record as a person seals it (no trigger), two through the library with one.
+    let by_hand = seal(&archive, &store, &["-r", &k.recipient]);
+    assert!(by_hand.get("trigger").is_none(), "{by_hand:#}");
+    let local = ckvault::internal::store::LocalStore::open(&store).unwrap();
+    let mut o = ckvault::seal::SealOptions::new(
+        vec![k.recipient.parse().unwrap()],
+        Source {
+            kind: SourceKind::Trigger,
+            path: None,
+        },
+    );
+    let mut sealed = Vec::new();
+    for (kind, alert) in [
+        (TriggerKind::Manual, "on-call asked\u{1b}]0;pwned\u{7}"),
+        (TriggerKind::Falco, "Terminal shell in container"),
+    ] {
+        o.trigger = Some(Trigger {
+            rule: Some("capture-shells".into()),
+            alert: Some(alert.into()),
+            priority: Some("Warning".into()),
+            fingerprint: Some("Terminal shell in container/3f2a1b4c5d6e".into()),
+            summary: Some("A shell was spawned in a container".into()),
+            ..Trigger::new(kind, "user:falco")
+        });
+        let m = ckvault::seal::seal_file(&local, fs::File::open(&archive).unwrap(), &o, &|_| {})
+            .unwrap();
+        sealed.push(m.id.to_string());
+    }
+    let (manual, falco) = (&sealed[0], &sealed[1]);
+    let by_hand_id = by_hand["id"].as_str().unwrap();
+
+    // The table has a TRIGGER column: the kind, or `-`; nothing raw reaches the terminal.
+    let table = ok(&ckvault(&["ls", "--store", s]));
+    assert!(table.lines().next().unwrap().contains("TRIGGER"), "{table}");
+    let row = |id: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(row(manual).contains(" manual "), "{table}");
+    assert!(row(falco).contains(" falco "), "{table}");
+    assert!(row(by_hand_id).contains(" - "), "{table}");
+    // --trigger KIND: only that cause, in the table and in JSON.
+    let only = ok(&ckvault(&["ls", "--store", s, "--trigger", "manual"]));
+    assert_eq!(only.lines().count(), 2, "{only}");
+    assert!(only.contains(manual.as_str()), "{only}");
+    let json: Value = serde_json::from_str(&ok(&ckvault(&[
+        "ls",
+        "--store",
+        s,
+        "--trigger",
+        "falco",
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    let ids: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [falco.as_str()]);
+    let none = ok(&ckvault(&["ls", "--store", s, "--trigger", "schedule"]));
+    assert_eq!(none.lines().count(), 1, "only the header: {none}");
+    // show prints the whole trigger, control characters escaped, and the record verifies.
+    let shown: Value =
+        serde_json::from_str(&ok(&ckvault(&["show", manual, "--store", s]))).unwrap();
+    assert_eq!(shown["schema"], "ckvault.dev/manifest/v2");
+    let t = &shown["trigger"];
+    assert_eq!(t["kind"], "manual");
+    assert_eq!(t["rule"], "capture-shells");
+    assert_eq!(t["alert"], r"on-call asked\u{1b}]0;pwned\u{7}");
+    assert_eq!(t["priority"], "Warning");
+    assert_eq!(t["fingerprint"], "Terminal shell in container/3f2a1b4c5d6e");
+    assert_eq!(t["summary"], "A shell was spawned in a container");
+    assert_eq!(t["requested_by"], "user:falco");
+    assert!(t["received_at"].as_str().unwrap().ends_with('Z'), "{t}");
+    let raw = ckvault(&["show", manual, "--store", s]).stdout;
+    assert!(!raw.contains(&0x1b) && !raw.contains(&0x07));
+    let shown: Value =
+        serde_json::from_str(&ok(&ckvault(&["show", by_hand_id, "--store", s]))).unwrap();
+    assert_eq!(shown["schema"], "ckvault.dev/manifest/v1");
+    assert!(shown.get("trigger").is_none(), "{shown:#}");
+    let verified = ok(&ckvault(&["verify", "--all", "--store", s]));
+    assert_eq!(verified.matches("OK ").count(), 3, "{verified}");
+}

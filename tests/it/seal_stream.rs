@@ -117,3 +117,65 @@ fn an_empty_stream_is_no_record_and_garbage_is_sealed_but_rejected() {
     );
     assert_eq!(m.plaintext.size, 5 << 20);
 }
+
+/// A trigger as an alert receiver would hand it over: long, with control characters.
+fn alert_trigger() -> ckvault::manifest::Trigger {
+    use ckvault::manifest::{Trigger, TriggerKind};
+    Trigger {
+        rule: Some("crash-loop".into()),
+        alert: Some("KubePodCrashLooping\u{1b}[2J".into()),
+        fingerprint: Some("f".repeat(4096)),
+        priority: Some("critical".into()),
+        summary: Some("pod shop/api-0 restarts\n".repeat(200)),
+        ..Trigger::new(TriggerKind::Alertmanager, "user:am")
+    }
+}
+
+#[test]
+fn a_trigger_in_the_seal_options_is_signed_into_the_record_from_a_file_and_a_pipe() {
+    use ckvault::manifest::{SCHEMA_V1, SCHEMA_V2, Trigger};
+    let Some(archive) = support::real_checkpoint(16, "shop", "api-0", "api", "none") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_identity, recipient) = support::age_keypair(tmp.path());
+    let store = LocalStore::open_or_init(&tmp.path().join("s")).unwrap();
+    let mut o = opts(&recipient);
+    assert!(o.trigger.is_none(), "no trigger unless one is set");
+    let plain =
+        seal::seal_file(&store, std::fs::File::open(&archive).unwrap(), &o, &|_| {}).unwrap();
+    let given = alert_trigger();
+    o.trigger = Some(given.clone());
+    let filed =
+        seal::seal_file(&store, std::fs::File::open(&archive).unwrap(), &o, &|_| {}).unwrap();
+    let piped = via_fifo(tmp.path(), std::fs::read(&archive).unwrap(), &store, &o).unwrap();
+    // Without a trigger: v1, and the file on disk has no `trigger` key at all.
+    assert_eq!(plain.schema, SCHEMA_V1);
+    assert!(plain.trigger.is_none());
+    let on_disk =
+        std::fs::read_to_string(store.root().join(format!("records/{}.json", plain.id))).unwrap();
+    assert!(!on_disk.contains("trigger"), "{on_disk}");
+    // With one: v2, the trigger as bounded, read back through the store's verification.
+    let want = given.clone().bounded();
+    assert_ne!(want, given, "the test's trigger needs bounding");
+    for m in [&filed, &piped] {
+        assert_eq!(m.schema, SCHEMA_V2);
+        assert_eq!(m.trigger.as_ref(), Some(&want));
+        assert_eq!(m.inspection.status, ckvault::manifest::InspectionStatus::Ok);
+        let read = store.manifest(&m.id).unwrap(); // signature checked
+        assert_eq!(&read, m);
+        let t = read.trigger.unwrap();
+        assert!(
+            t.alert
+                .as_deref()
+                .unwrap()
+                .starts_with(r"KubePodCrashLooping\u{1b}[2J")
+        );
+        assert!(t.fingerprint.unwrap().len() <= Trigger::MAX_FIELD_BYTES + 3);
+        assert!(t.summary.unwrap().len() <= Trigger::MAX_SUMMARY_BYTES + 3);
+    }
+    // The CLI verifies all three (signature and blob digest).
+    let out = support::ckvault(&["verify", "--all", "--store", support::p(store.root())]);
+    let text = support::ok(&out);
+    assert_eq!(text.matches("OK ").count(), 3, "{text}");
+}
