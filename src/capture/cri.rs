@@ -38,10 +38,10 @@ pub mod v1 {
 pub use v1::{
     CheckpointContainerRequest, CheckpointContainerResponse, Container, ContainerFilter,
     ContainerMetadata, ContainerStateValue, ContainerStats, ContainerStatsRequest,
-    ContainerStatsResponse, ContainerStatus, ContainerStatusRequest,
-    ContainerStatusResponse, ImageSpec, ListContainersRequest, ListContainersResponse,
-    ListPodSandboxRequest, ListPodSandboxResponse, PodSandbox, PodSandboxFilter,
-    PodSandboxMetadata, PodSandboxStateValue, VersionRequest, VersionResponse,
+    ContainerStatsResponse, ContainerStatus, ContainerStatusRequest, ContainerStatusResponse,
+    ImageSpec, ListContainersRequest, ListContainersResponse, ListPodSandboxRequest,
+    ListPodSandboxResponse, PodSandbox, PodSandboxFilter, PodSandboxMetadata, PodSandboxStateValue,
+    VersionRequest, VersionResponse,
 };
 
 /// A gRPC failure: the status code and message (from trailers or a trailers-only answer).

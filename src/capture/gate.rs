@@ -63,7 +63,9 @@ impl Default for GateLimits {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Refusal {
     /// The same container or alert was captured within the cooldown.
-    #[error("deduplicated: {key} was captured within the cooldown ({cooldown_secs} s) by capture {of}")]
+    #[error(
+        "deduplicated: {key} was captured within the cooldown ({cooldown_secs} s) by capture {of}"
+    )]
     Duplicate {
         /// The key that matched.
         key: String,
@@ -232,11 +234,6 @@ impl Gate {
         }
     }
 
-    /// The limits it applies.
-    pub(crate) fn limits(&self) -> &GateLimits {
-        &self.limits
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -314,7 +311,12 @@ impl Gate {
             ns.records += 1;
         }
         if let Some((rule, _)) = ask.rule {
-            state.rules.entry(rule.to_owned()).or_default().today(day).records += 1;
+            state
+                .rules
+                .entry(rule.to_owned())
+                .or_default()
+                .today(day)
+                .records += 1;
         }
         for key in &ask.keys {
             state
@@ -400,6 +402,7 @@ impl Gate {
     }
 
     /// Captures waiting for a slot or checkpointing now.
+    #[cfg(test)]
     pub(crate) fn in_flight(&self) -> usize {
         self.lock().waiting
     }
@@ -488,20 +491,35 @@ mod tests {
         let mut tickets = Vec::new();
         for i in 0..2 {
             let key = format!("container:{i}");
-            tickets.push(gate.admit_at(&ask("c", &[&key], "shop"), now, wall).unwrap());
+            tickets.push(
+                gate.admit_at(&ask("c", &[&key], "shop"), now, wall)
+                    .unwrap(),
+            );
         }
         let third = gate.admit_at(&ask("c", &["container:9"], "shop"), now, wall);
-        assert!(matches!(third, Err(Refusal::NamespaceRecords { .. })), "{third:?}");
+        assert!(
+            matches!(third, Err(Refusal::NamespaceRecords { .. })),
+            "{third:?}"
+        );
         // Another namespace has its own budget; tomorrow is a new day.
-        assert!(gate.admit_at(&ask("c", &["container:8"], "other"), now, wall).is_ok());
+        assert!(
+            gate.admit_at(&ask("c", &["container:8"], "other"), now, wall)
+                .is_ok()
+        );
         let tomorrow = wall + Duration::from_secs(86_400);
-        assert!(gate.admit_at(&ask("c", &["container:7"], "shop"), now, tomorrow).is_ok());
+        assert!(
+            gate.admit_at(&ask("c", &["container:7"], "shop"), now, tomorrow)
+                .is_ok()
+        );
 
         let mut a = ask("c", &["container:r1"], "rules");
         a.rule = Some(("shell", Some(1)));
         assert!(gate.admit_at(&a, now, wall).is_ok());
         a.keys = vec!["container:r2".into()];
-        assert!(matches!(gate.admit_at(&a, now, wall), Err(Refusal::RuleRecords { .. })));
+        assert!(matches!(
+            gate.admit_at(&a, now, wall),
+            Err(Refusal::RuleRecords { .. })
+        ));
     }
 
     #[test]

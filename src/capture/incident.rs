@@ -33,22 +33,22 @@ use crate::manifest::{SourceKind, Trigger, TriggerKind};
 use crate::policy::PolicySet;
 use crate::policy::access::Principal;
 
-crate::vocab::vocabulary! {
-    /// Where a capture stands (`GET /v1/captures/ID`).
-    pub enum CaptureState {
-        /// Admitted; waiting for a slot.
-        Queued => "queued",
-        /// Not taken: the same container or alert was captured within the cooldown.
-        Deduplicated => "deduplicated",
-        /// Not taken (no rule, not allowed, not running, a budget, the disk).
-        Refused => "refused",
-        /// The runtime is checkpointing it.
-        Checkpointing => "checkpointing",
-        /// Sealed: `record` names the record.
-        Sealed => "sealed",
-        /// The checkpoint or the seal failed.
-        Failed => "failed",
-    }
+/// Where a capture stands (`GET /v1/captures/ID`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum CaptureState {
+    /// Admitted; waiting for a slot.
+    Queued,
+    /// Not taken: the same container or alert was captured within the cooldown.
+    Deduplicated,
+    /// Not taken (no rule, not allowed, not running, a budget, the disk).
+    Refused,
+    /// The runtime is checkpointing it.
+    Checkpointing,
+    /// Sealed: `record` names the record.
+    Sealed,
+    /// The checkpoint or the seal failed.
+    Failed,
 }
 
 /// One capture, as `GET /v1/captures/ID` shows it.
@@ -79,10 +79,13 @@ pub(crate) struct CaptureStatus {
     pub(crate) updated_at: String,
 }
 
+/// Captures by ID, and their IDs oldest first.
+type History = (HashMap<String, CaptureStatus>, VecDeque<String>);
+
 /// The captures this process has taken or refused, the newest `history` of them.
 #[derive(Debug, Clone)]
 pub(crate) struct Captures {
-    inner: Arc<Mutex<(HashMap<String, CaptureStatus>, VecDeque<String>)>>,
+    inner: Arc<Mutex<History>>,
     history: usize,
 }
 
@@ -160,6 +163,52 @@ pub(crate) struct IncidentMetrics {
 }
 
 impl IncidentMetrics {
+    /// Appends the counters in Prometheus' text format.
+    pub(crate) fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        for (name, help, v) in [
+            (
+                "ckvault_alerts_total",
+                "Alerts received by the receivers.",
+                &self.alerts,
+            ),
+            (
+                "ckvault_captures_admitted_total",
+                "Captures the gate admitted.",
+                &self.admitted,
+            ),
+            (
+                "ckvault_captures_sealed_total",
+                "Captures sealed into records.",
+                &self.sealed,
+            ),
+            (
+                "ckvault_captures_failed_total",
+                "Captures that failed (runtime or seal).",
+                &self.failed,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", v.load(Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ckvault_capture_refusals_total Alerts not captured, by reason (deduplicated, budgets, disk, no rule, forbidden, ...)."
+        );
+        let _ = writeln!(out, "# TYPE ckvault_capture_refusals_total counter");
+        let m = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kinds: Vec<_> = m.iter().collect();
+        kinds.sort();
+        for (kind, n) in kinds {
+            let _ = writeln!(
+                out,
+                "ckvault_capture_refusals_total{{reason=\"{kind}\"}} {n}"
+            );
+        }
+    }
+
     fn refuse(&self, kind: &'static str) {
         let mut m = self.refused.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry(kind).or_default() += 1;
@@ -310,7 +359,7 @@ impl Incidents {
             Ok(t) => t,
             Err(not) => {
                 self.metrics.refuse(not.kind);
-                status.state = not.state.clone();
+                status.state = not.state;
                 status.reason = Some(not.reason.clone());
                 let ev = EventInput::new(who.actor, Action::Alert, not.outcome)
                     .with_namespace(status.namespace.clone())
@@ -478,10 +527,7 @@ impl Incidents {
         let system = Actor::named("system");
         let about = format!(
             "{id}: {}/{}/{} for {}",
-            running.namespace,
-            running.pod,
-            running.container,
-            trigger.requested_by
+            running.namespace, running.pod, running.container, trigger.requested_by
         );
         let Some(checkpointer) = self.checkpointer.clone() else {
             return;

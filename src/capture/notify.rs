@@ -192,8 +192,12 @@ impl Notifier {
                             tracing::debug!(url = %target.url, capture = %notice.capture, "notice delivered");
                             return;
                         }
-                        Ok(r) => tracing::warn!(url = %target.url, status = %r.status(), attempt, "notice refused"),
-                        Err(e) => tracing::warn!(url = %target.url, error = %e, attempt, "notice not delivered"),
+                        Ok(r) => {
+                            tracing::warn!(url = %target.url, status = %r.status(), attempt, "notice refused")
+                        }
+                        Err(e) => {
+                            tracing::warn!(url = %target.url, error = %e, attempt, "notice not delivered")
+                        }
                     }
                     if attempt < target.retries {
                         tokio::time::sleep(wait).await;

@@ -79,12 +79,11 @@ impl Receivers {
         }
         let mut senders = HashMap::new();
         for s in &config.alerts.sender {
-            let secret = webhook::read_secret(&s.secret_file).map_err(|source| {
-                ReceiversError::Secret {
+            let secret =
+                webhook::read_secret(&s.secret_file).map_err(|source| ReceiversError::Secret {
                     sender: s.name.clone(),
                     source,
-                }
-            })?;
+                })?;
             let principal = Principal {
                 user: s.user.clone(),
                 groups: s.groups.clone(),
@@ -109,7 +108,10 @@ impl Receivers {
             max_body: usize::try_from(a.max_body.bytes()).unwrap_or(usize::MAX),
             senders,
             max_age: a.signature_max_age,
-            replay: webhook::ReplayGuard::new(a.signature_max_age, webhook::DEFAULT_REPLAY_CAPACITY),
+            replay: webhook::ReplayGuard::new(
+                a.signature_max_age,
+                webhook::DEFAULT_REPLAY_CAPACITY,
+            ),
         })
     }
 }
@@ -247,7 +249,10 @@ pub(crate) async fn webhook(
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too-large",
-                format!("the body is larger than {} bytes ([alerts] max_body)", r.max_body),
+                format!(
+                    "the body is larger than {} bytes ([alerts] max_body)",
+                    r.max_body
+                ),
             ));
         }
     };
@@ -277,12 +282,10 @@ pub(crate) async fn webhook(
             let checked = match r.senders.get(&sender) {
                 None => Err(format!("unknown sender {shown:?} ({SENDER_HEADER})")),
                 Some((secret, principal)) => {
-                    webhook::verify_signature(
-                        secret, &signature, &timestamp, &body, now, r.max_age,
-                    )
-                    .and_then(|()| r.replay.admit(&signature, &timestamp, now))
-                    .map(|()| principal.clone())
-                    .map_err(|e| e.to_string())
+                    webhook::verify_signature(secret, &signature, &timestamp, &body, now, r.max_age)
+                        .and_then(|()| r.replay.admit(&signature, &timestamp, now))
+                        .map(|()| principal.clone())
+                        .map_err(|e| e.to_string())
                 }
             };
             match checked {
@@ -325,7 +328,10 @@ pub(crate) async fn capture(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let r = receivers(&state)?;
-    let shown: String = crate::inspect::escape_control(&id).chars().take(64).collect();
+    let shown: String = crate::inspect::escape_control(&id)
+        .chars()
+        .take(64)
+        .collect();
     let found = r.incidents.captures().get(&id);
     let allowed = found.as_ref().is_some_and(|c| {
         c.trigger.requested_by == caller.principal.actor()
@@ -350,7 +356,9 @@ pub(crate) async fn capture(
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not-found",
-            format!("no capture {shown} (captures are kept in memory, the newest [capture] history of them)"),
+            format!(
+                "no capture {shown} (captures are kept in memory, the newest [capture] history of them)"
+            ),
         )),
     }
 }

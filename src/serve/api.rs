@@ -59,11 +59,11 @@ pub(crate) fn router(state: Shared) -> Router {
         )
         .route(
             "/v1/alerts/alertmanager",
-            axum::routing::post(super::alerts::alertmanager).layer(alert_body.clone()),
+            axum::routing::post(super::alerts::alertmanager).layer(alert_body),
         )
         .route(
             "/v1/alerts/falco",
-            axum::routing::post(super::alerts::falco).layer(alert_body.clone()),
+            axum::routing::post(super::alerts::falco).layer(alert_body),
         )
         .route(
             "/v1/alerts/webhook",
@@ -219,13 +219,13 @@ async fn healthz(State(state): State<Shared>) -> Response {
 
 async fn metrics(State(state): State<Shared>) -> Response {
     let records = state.store.count().await.unwrap_or(0);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state
-            .metrics
-            .render(records, state.audit.head().map(|h| (h.size, h.hash))),
-    )
-        .into_response()
+    let mut text = state
+        .metrics
+        .render(records, state.audit.head().map(|h| (h.size, h.hash)));
+    if let Some(r) = &state.receivers {
+        r.incidents.metrics().render(&mut text);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn openapi() -> Response {

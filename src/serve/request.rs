@@ -166,7 +166,21 @@ impl FromRequestParts<Shared> for Caller {
         };
         match found {
             Some(principal) => {
-                let request = match state.requests.try_acquire(&identity_key(&principal)) {
+                let key = identity_key(&principal);
+                let mut acquired = state.requests.try_acquire(&key);
+                // An alert sender bursts (Alertmanager delivers every group at once, on
+                // connections of its own): its requests wait a while for a slot rather
+                // than be refused, since a refused alert is evidence not captured.
+                if acquired.is_err() && parts.uri.path().starts_with("/v1/alerts/") {
+                    let deadline = tokio::time::Instant::now() + ALERT_SLOT_WAIT;
+                    let mut pause = std::time::Duration::from_millis(5);
+                    while acquired.is_err() && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                        acquired = state.requests.try_acquire(&key);
+                    }
+                }
+                let request = match acquired {
                     Ok(slot) => slot,
                     Err(limit) => {
                         state
@@ -186,12 +200,18 @@ impl FromRequestParts<Shared> for Caller {
                                 )),
                         )
                         .await?;
-                        return Err(too_many(
-                            "too-many-requests",
-                            format!(
-                                "this identity has too many requests in progress ({limit}); retry when some have finished"
-                            ),
-                        ));
+                        let message = format!(
+                            "this identity has too many requests in progress ({limit}); retry when some have finished"
+                        );
+                        // Alert senders retry a 5xx (Alertmanager, Falco), not a 429.
+                        if parts.uri.path().starts_with("/v1/alerts/") {
+                            return Err(ApiError::new(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "too-many-requests",
+                                message,
+                            ));
+                        }
+                        return Err(too_many("too-many-requests", message));
                     }
                 };
                 tracing::Span::current().record("caller", principal.actor().as_str());
@@ -216,6 +236,9 @@ impl FromRequestParts<Shared> for Caller {
         }
     }
 }
+
+/// How long an alert request waits for its identity's request slot before it is refused.
+const ALERT_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The longest part of what an unauthenticated caller sent that its audit event keeps.
 const SHOWN_UNAUTHENTICATED: usize = 128;

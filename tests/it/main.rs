@@ -14,6 +14,7 @@
 mod support;
 
 mod adopt;
+mod alerts;
 mod analyst_diff;
 mod analyst_memsearch;
 mod capture_watch;
