@@ -142,14 +142,27 @@ hold = true
 
     /// curl with the sender's token; returns (status, body).
     fn post(&self, path: &str, body: &[u8], headers: &[String]) -> (u16, Value) {
+        self.post_from("127.0.0.1", path, body, headers)
+    }
+
+    /// [`Node::post`] from source address `from` (an address of 127.0.0.0/8: another
+    /// client than Alertmanager, which may hold its address's connections).
+    fn post_from(&self, from: &str, path: &str, body: &[u8], headers: &[String]) -> (u16, Value) {
         let file = self.dir.join(format!("body-{}.json", ulid_like()));
         std::fs::write(&file, body).unwrap();
         let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-w", "\n%{http_code}", "--cacert"])
-            .arg(self.dir.join("store/tls/ca.pem"))
-            .args(["-X", "POST", "-H", "Content-Type: application/json"])
-            .arg("--data-binary")
-            .arg(format!("@{}", file.display()));
+        cmd.args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "--interface",
+            from,
+            "--cacert",
+        ])
+        .arg(self.dir.join("store/tls/ca.pem"))
+        .args(["-X", "POST", "-H", "Content-Type: application/json"])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()));
         let mut has_auth = false;
         for h in headers {
             has_auth |= h.starts_with("X-Ckvault-Signature");
@@ -224,11 +237,10 @@ hold = true
     }
 }
 
-fn ulid_like() -> u128 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
+/// A name no other request of this process uses.
+fn ulid_like() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn split(out: &[u8]) -> (u16, Value) {
@@ -391,7 +403,9 @@ fn an_alert_storm_through_a_real_alertmanager_seals_one_record_with_the_alert_in
                         .map(|i| {
                             let fp = format!("d{t}{i:03}");
                             let body = alertmanager_payload(&[am_alert("Direct", &fp, "firing")]);
-                            let (code, answer) = node.post("/v1/alerts/alertmanager", &body, &[]);
+                            let from = format!("127.0.0.{}", 2 + t);
+                            let (code, answer) =
+                                node.post_from(&from, "/v1/alerts/alertmanager", &body, &[]);
                             assert_eq!(code, 202, "{answer}\n{}", node.log());
                             answer
                         })
@@ -439,7 +453,10 @@ fn an_alert_storm_through_a_real_alertmanager_seals_one_record_with_the_alert_in
     assert_eq!(taken, 1, "one alert started the capture");
     // Alertmanager re-sends each group (group_interval 1 s, repeat_interval 2 s): at
     // least the 399 other alerts, each audited as deduplicated and as nothing else.
-    assert!(dedup >= 399, "every other alert audited as deduplicated: {dedup}");
+    assert!(
+        dedup >= 399,
+        "every other alert audited as deduplicated: {dedup}"
+    );
     let other: Vec<&Value> = events
         .iter()
         .filter(|e| e["action"] == "alert" && e["outcome"] != "ok")
@@ -449,7 +466,10 @@ fn an_alert_storm_through_a_real_alertmanager_seals_one_record_with_the_alert_in
                 .is_none_or(|d| !d.contains("deduplicated") && !d.contains("resolved"))
         })
         .collect();
-    assert!(other.is_empty(), "alerts refused for another reason: {other:#?}");
+    assert!(
+        other.is_empty(),
+        "alerts refused for another reason: {other:#?}"
+    );
     eprintln!("storm of 400 alerts in {storm_secs:.1} s: 1 record, {dedup} deduplicated");
 
     // The manifest names the alert, and verifies.
