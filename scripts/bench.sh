@@ -34,6 +34,9 @@
 #                matches, same addresses, files created outside the store
 #   9. watch     ckvault watch --once sealing a BENCH_WATCH_MIB (1024; 64 with --small) MiB
 #                checkpoint (the kubelet's directory) vs ckvault seal of the same file
+#  10. alert     an alert posted to a real Alertmanager 0.25 (group_wait 0s) until its sealed
+#                record exists, vs the direct CheckpointContainer of the same container on
+#                containerd 2.1, BENCH_ALERT_MIBS (64 and 512; 64 with --small) MiB containers
 # BENCH_ONLY="4 5" runs only those sections (3 needs 1's checkpoint; it makes it if missing).
 # Needs root (CRIU, containerd), age, zstd, openssl, curl, nginx (installed if missing).
 set -euo pipefail
@@ -443,4 +446,99 @@ printf "%-30s %8s %8s\n" contender "wall s" "ratio"
 printf "%-30s %8.2f %8s\n" "ckvault seal" "$ws" "1.00"
 printf "%-30s %8.2f %8s\n" "ckvault watch --once" "$ww" "$(ratio "$ww" "$ws")"
 echo "records: watch $(ls "$WORK/watch-store/records" | grep -c '.json$') (plaintext removed, receipt left), seal $(ls "$WORK/watch-seal-store/records" | grep -c '.json$')"
+fi
+
+# ---------------------------------------------------------------------------------- 10
+if want 10; then
+AL_SIZES=(${BENCH_ALERT_MIBS:-$([ $SMALL = 1 ] && echo 64 || echo "64 512")})
+echo; echo "== 10. alert: Alertmanager alert -> sealed record vs the direct CRI checkpoint, containerd 2.1"
+echo "   (Alertmanager 0.25, group_wait 0s, webhook to ckvault serve over TLS with a token; target:"
+echo "    alert-to-sealed within 1.2x the direct checkpoint + 2 s)"
+command -v prometheus-alertmanager >/dev/null || apt-get install -y -q --no-install-recommends prometheus-alertmanager >/dev/null
+CACHE=/var/tmp/ckvault-real-cri/cache; BINDS=/var/tmp/ckvault-real-cri/binds
+mkdir -p "$BINDS"; exec 9>/var/tmp/ckvault-real-cri/test.lock; flock 9
+A=$BINDS/bench-alert
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+printf "%-10s %-32s %8s %8s %10s\n" size contender "wall s" ratio "target s"
+for mib in "${AL_SIZES[@]}"; do
+  env=$(CTD_BINDS=$BINDS ROOT_SEED="${CKVAULT_CKPT_CACHE:-/var/tmp/ckvault-ckpt}/root" \
+    bash tests/harness/real-cri-runtime.sh start "$CACHE" "$mib" bench bench-pod app 2>/dev/null)
+  CRI_SOCKET=$(sed -n 's/^CRI_SOCKET=//p' <<<"$env"); CID=$(sed -n 's/^CONTAINER_ID=//p' <<<"$env")
+  PYC="$CACHE/venv/bin/python $CACHE/py/cri.py"
+  rm -rf "$A"; mkdir -p "$A/policies" "$A/am"
+  cat > "$A/policies/access.toml" <<'TOML'
+version = 1
+[[grant]]
+subjects = ["group:alerting"]
+namespaces = ["bench"]
+actions = ["checkpoint"]
+TOML
+  token=$("$CK" token add alertmanager --group alerting --tokens "$A/tokens.toml" 2>/dev/null); echo "$token" > "$A/am/token"
+  port=$(free_port); amport=$(free_port)
+  cat > "$A/ckvault.toml" <<TOML
+[store]
+path = "$A/store"
+[seal]
+recipients = ["$R"]
+[cri]
+upstream = "$CRI_SOCKET"
+staging = "$A/staging"
+[server]
+listen = "127.0.0.1:$port"
+tokens = "$A/tokens.toml"
+[policy]
+dir = "$A/policies"
+[alerts]
+enabled = true
+[capture]
+cooldown = "1s"
+[[trigger]]
+name = "bench"
+namespaces = ["bench"]
+TOML
+  "$CK" serve --config "$A/ckvault.toml" >/dev/null 2>"$A/serve.log" 9>&- & spid=$!; PIDS+=($spid)
+  for _ in $(seq 300); do [ -f "$A/store/tls/ca.pem" ] && curl -s -o /dev/null --cacert "$A/store/tls/ca.pem" "https://127.0.0.1:$port/healthz" && break; sleep 0.1; done
+  cat > "$A/am/am.yml" <<YAML
+route: {receiver: ckvault, group_by: ['...'], group_wait: 0s, group_interval: 1s, repeat_interval: 1h}
+receivers:
+  - name: ckvault
+    webhook_configs:
+      - url: https://127.0.0.1:$port/v1/alerts/alertmanager
+        http_config:
+          authorization: {type: Bearer, credentials_file: $A/am/token}
+          tls_config: {ca_file: $A/store/tls/ca.pem}
+YAML
+  prometheus-alertmanager --config.file="$A/am/am.yml" --storage.path="$A/am/data" \
+    --web.listen-address="127.0.0.1:$amport" --cluster.listen-address= >/dev/null 2>"$A/am/log" 9>&- & apid=$!; PIDS+=($apid)
+  for _ in $(seq 300); do curl -sf "http://127.0.0.1:$amport/-/ready" >/dev/null && break; sleep 0.1; done
+  declare -A AW=()
+  for run in $(seq "$RUNS"); do
+    # Direct: CheckpointContainer on the runtime itself.
+    loc=$A/direct.tar; rm -f "$loc"; t0=$(date +%s.%N)
+    $PYC "$CRI_SOCKET" checkpoint "$CID" "$loc" 300 >/dev/null
+    t1=$(date +%s.%N); rm -f "$loc"
+    AW[direct]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}') "
+    sleep 1.2  # past the cooldown
+    # Through Alertmanager: alert posted to its API -> a new sealed record in the store.
+    before=$(ls "$A/store/records" 2>/dev/null | grep -c '.json$' || true)
+    t0=$(date +%s.%N)
+    curl -sf -X POST -H 'Content-Type: application/json' "http://127.0.0.1:$amport/api/v2/alerts" \
+      --data "[{\"labels\":{\"alertname\":\"Bench$run\",\"namespace\":\"bench\",\"pod\":\"bench-pod\",\"container\":\"app\"}}]" >/dev/null
+    for _ in $(seq 6000); do
+      n=$(ls "$A/store/records" 2>/dev/null | grep -c '.json$' || true); [ "$n" -gt "$before" ] && break; sleep 0.05
+    done
+    t1=$(date +%s.%N)
+    [ "$n" -gt "$before" ] || { echo "run $run: no record after the alert (see $A/serve.log)"; break; }
+    AW[alert]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}') "
+    sleep 1.2
+  done
+  d=$(tr ' ' '\n' <<<"${AW[direct]}" | grep . | median); w=$(tr ' ' '\n' <<<"${AW[alert]:-}" | grep . | median)
+  target=$(awk -v d="$d" 'BEGIN{printf "%.2f", 1.2*d+2}')
+  printf "%-10s %-32s %8.2f %8s %10s\n" "${mib} MiB" "direct CheckpointContainer" "$d" "1.00" "-"
+  printf "%-10s %-32s %8.2f %8s %10s\n" "${mib} MiB" "alert -> sealed (Alertmanager)" "$w" "$(ratio "$w" "$d")" "$target"
+  kill "$apid" "$spid" 2>/dev/null || true; wait "$apid" "$spid" 2>/dev/null || true
+  unset AW
+done
+exec 9>&-
+rm -rf "$A"
 fi

@@ -151,13 +151,7 @@ async fn by_names(
 }
 
 async fn by_id(runtime: &RuntimeClient, prefix: &str) -> Result<Running, ResolveError> {
-    let prefix = prefix.to_ascii_lowercase();
-    if prefix.len() < MIN_ID_PREFIX
-        || prefix.len() > 64
-        || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
-    {
-        return Err(ResolveError::BadId(prefix.chars().take(80).collect()));
-    }
+    let prefix = id_prefix(prefix)?;
     let all = runtime
         .list_containers(
             ListContainersRequest {
@@ -171,8 +165,24 @@ async fn by_id(runtime: &RuntimeClient, prefix: &str) -> Result<Running, Resolve
             LOOKUP,
         )
         .await?;
-    let matching: Vec<&Container> = all
-        .containers
+    pick(&all.containers, prefix)
+}
+
+/// `prefix` lower-cased, if it can be a container ID prefix.
+fn id_prefix(prefix: &str) -> Result<String, ResolveError> {
+    let prefix = prefix.to_ascii_lowercase();
+    if prefix.len() < MIN_ID_PREFIX
+        || prefix.len() > 64
+        || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Err(ResolveError::BadId(prefix.chars().take(80).collect()));
+    }
+    Ok(prefix)
+}
+
+/// The one container of `running` whose ID starts with `prefix`.
+fn pick(running: &[Container], prefix: String) -> Result<Running, ResolveError> {
+    let matching: Vec<&Container> = running
         .iter()
         .filter(|c| c.id.starts_with(&prefix))
         .collect();
@@ -183,5 +193,58 @@ async fn by_id(runtime: &RuntimeClient, prefix: &str) -> Result<Running, Resolve
             prefix,
             count: many.len(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(id: &str, ns: &str) -> Container {
+        Container {
+            id: id.to_owned(),
+            labels: HashMap::from([
+                (LABEL_NAMESPACE.to_owned(), ns.to_owned()),
+                (LABEL_POD.to_owned(), "p".to_owned()),
+                (LABEL_CONTAINER.to_owned(), "c".to_owned()),
+            ]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_short_id_names_one_running_container_or_is_refused() {
+        let running = [
+            container(&format!("3ad7b26ded6d{}", "a".repeat(52)), "shop"),
+            container(&format!("3ad7b26ded6e{}", "b".repeat(52)), "kube-system"),
+            container(&format!("3ad7b26ded6e{}", "c".repeat(52)), "other"),
+        ];
+        let one = pick(&running, id_prefix("3AD7B26DED6D").unwrap()).unwrap();
+        assert_eq!(one.namespace, "shop");
+        assert_eq!(
+            pick(&running, id_prefix("3ad7b26ded6e").unwrap()),
+            Err(ResolveError::Ambiguous {
+                prefix: "3ad7b26ded6e".into(),
+                count: 2
+            })
+        );
+        // More of the ID tells them apart.
+        let longer = format!("3ad7b26ded6e{}", "b".repeat(4));
+        assert_eq!(
+            pick(&running, id_prefix(&longer).unwrap())
+                .unwrap()
+                .namespace,
+            "kube-system"
+        );
+        assert!(matches!(
+            pick(&running, id_prefix("ffffffffffff").unwrap()),
+            Err(ResolveError::NotRunning(_))
+        ));
+        for bad in ["3ad7b26", "3ad7b26ded6z", "../../etc/passwd", ""] {
+            assert!(
+                matches!(id_prefix(bad), Err(ResolveError::BadId(_))),
+                "{bad}"
+            );
+        }
     }
 }

@@ -595,6 +595,24 @@ fn time_rfc3339() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// A webhook receiver: `python3 -c NOTICE_SERVER PORT DIR` writes each POSTed body to
+/// DIR/N.json and answers 204.
+const NOTICE_SERVER: &str = r#"
+import http.server, sys, os, itertools
+port, out = int(sys.argv[1]), sys.argv[2]
+count = itertools.count()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
+        with open(os.path.join(out, '%d.json' % next(count)), 'wb') as f:
+            f.write(body)
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(('127.0.0.1', port), H).serve_forever()
+"#;
+
 fn falco_event(container_id: &str, namespace: &str) -> Vec<u8> {
     // Falco's JSON output (json_output: true, json_include_output_property: true), as its
     // http_output posts it; fields as Falco's documentation lists them.
@@ -680,7 +698,28 @@ fn falco_events_and_signed_webhooks_capture_through_the_runtime_and_hostile_bodi
     let Some(rt) = RealCri::start(16, "shop", "api-0", "api") else {
         return;
     };
-    let node = Node::start(&rt, "alerts-falco", "[capture]\ncooldown = \"1s\"\n");
+    // A webhook that receives the notices: a plain HTTP server on loopback (allowed for
+    // loopback only), writing each body it gets into a file.
+    let hook_port = free_port();
+    let hook_dir = rt.dir("alerts-hook");
+    let hook = Kill(
+        Command::new("python3")
+            .arg("-c")
+            .arg(NOTICE_SERVER)
+            .arg(hook_port.to_string())
+            .arg(&hook_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let node = Node::start(
+        &rt,
+        "alerts-falco",
+        &format!(
+            "[capture]\ncooldown = \"1s\"\n[[notify]]\nurl = \"http://127.0.0.1:{hook_port}/hook\"\nretries = 3\n"
+        ),
+    );
     let short = rt.container_id.get(..12).unwrap().to_owned();
 
     // Falco, over mTLS (the admin certificate), by short container ID.
@@ -713,6 +752,29 @@ fn falco_events_and_signed_webhooks_capture_through_the_runtime_and_hostile_bodi
             .as_deref(),
         Some("notice")
     );
+
+    // The notice reached the webhook: IDs, digests and the trigger, no secret.
+    let mut notice = Value::Null;
+    wait_until("the notice", Duration::from_secs(30), || {
+        notice = std::fs::read_dir(&hook_dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+                    .find(|v| v["capture"] == cap.as_str())
+                    .unwrap_or(Value::Null)
+            })
+            .unwrap_or(Value::Null);
+        !notice.is_null()
+    });
+    assert_eq!(notice["event"], "capture-sealed", "{notice}");
+    assert_eq!(notice["record"], record.as_str());
+    assert_eq!(notice["sealed_sha256"], m["sealed"]["sha256"]);
+    assert_eq!(notice["trigger"]["kind"], "falco");
+    assert_eq!(notice["container"], "api");
+    let text = notice.to_string();
+    assert!(!text.contains(SECRET) && !text.contains("age1"), "{text}");
+    drop(hook);
 
     // A Falco event that names another namespace than the runtime reports: refused.
     std::thread::sleep(Duration::from_millis(1100));
