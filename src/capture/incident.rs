@@ -422,11 +422,14 @@ impl Incidents {
         {
             return Err(NotTaken::refused("no-rule", "no [[trigger]] rule matched"));
         }
+        // Cheap checks first, so a storm costs the runtime nothing: the alert's own key,
+        // and the container by the names the alert gives.
         let alert_key = alert_key(alert);
-        if let Some(key) = &alert_key
-            && let Some(r) = self.gate.duplicate_of(key)
-        {
-            return Err(NotTaken::gate(&r));
+        let by_names = names_key(&alert.target);
+        for key in alert_key.iter().chain(by_names.iter()) {
+            if let Some(r) = self.gate.duplicate_of(key) {
+                return Err(NotTaken::gate(&r));
+            }
         }
         let Some(checkpointer) = &self.checkpointer else {
             return Err(NotTaken::refused(
@@ -501,6 +504,14 @@ impl Incidents {
         }
         let mut keys = vec![format!("container:{}", running.id)];
         keys.extend(alert_key);
+        // The names the runtime reports (an alert by ID alone is deduplicated against one
+        // by names too).
+        keys.extend(names_key(&super::alert::Target {
+            namespace: Some(running.namespace.clone()),
+            pod: Some(running.pod.clone()),
+            container: Some(running.container.clone()),
+            container_id: None,
+        }));
         let ticket = self
             .gate
             .admit(&Ask {
@@ -652,6 +663,14 @@ fn fingerprint_of(alert: &Alert) -> Option<String> {
     match (&alert.fingerprint, &alert.name, &alert.target.container_id) {
         (Some(fp), _, _) => Some(fp.clone()),
         (None, Some(rule), Some(cid)) => Some(format!("{rule}:{cid}")),
+        _ => None,
+    }
+}
+
+/// The container's deduplication key by its names, when the alert gives all three.
+fn names_key(t: &super::alert::Target) -> Option<String> {
+    match (&t.namespace, &t.pod, &t.container) {
+        (Some(n), Some(p), Some(c)) => Some(format!("pod:{n}/{p}/{c}")),
         _ => None,
     }
 }
