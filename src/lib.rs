@@ -12,7 +12,7 @@
 //! * [`wiring`]: builds a node's parts from its configuration, in one place (the store
 //!   with its audit log and staging, the uploader, policies, recipients, the intake).
 //! * [`capture`]: the CRI proxy, the checkpoint call, the directory watcher, private
-//!   staging.
+//!   staging, the alert receivers' parsers and the `[[trigger]]` rules.
 //! * [`vault`]: the use-case layer: custody (hold, release, delete with every kind of
 //!   hold, audited first), the intake every capture seals through, analysis of sealed
 //!   records; shared by the CLI and the API.

@@ -210,55 +210,8 @@ mod tests {
 
     /// What Alertmanager 0.25 posts for a group of two alerts (one firing, one resolved),
     /// as its webhook notifier marshals it.
-    pub(crate) const TWO_ALERTS: &str = r#"{
-  "receiver": "ckvault",
-  "status": "firing",
-  "alerts": [
-    {
-      "status": "firing",
-      "labels": {
-        "alertname": "CryptoMinerDetected",
-        "container": "web",
-        "namespace": "payments",
-        "pod": "web-7d9f8b6c5-x2kqz",
-        "severity": "critical",
-        "team": "payments"
-      },
-      "annotations": {
-        "description": "CPU of payments/web-7d9f8b6c5-x2kqz pinned at 100% on a stratum port",
-        "summary": "Possible crypto miner in payments/web"
-      },
-      "startsAt": "2026-12-07T01:59:30.123Z",
-      "endsAt": "0001-01-01T00:00:00Z",
-      "generatorURL": "http://prometheus:9090/graph?g0.expr=rate%28x%5B1m%5D%29&g0.tab=1",
-      "fingerprint": "5f2a9c1e0b7d4e3a"
-    },
-    {
-      "status": "resolved",
-      "labels": {
-        "alertname": "CryptoMinerDetected",
-        "container": "worker",
-        "namespace": "payments",
-        "pod": "worker-0",
-        "severity": "warning"
-      },
-      "annotations": {
-        "summary": "Possible crypto miner in payments/worker"
-      },
-      "startsAt": "2026-12-07T01:40:00Z",
-      "endsAt": "2026-12-07T01:58:00Z",
-      "generatorURL": "http://prometheus:9090/graph",
-      "fingerprint": "a1b2c3d4e5f60718"
-    }
-  ],
-  "groupLabels": {"alertname": "CryptoMinerDetected"},
-  "commonLabels": {"alertname": "CryptoMinerDetected", "namespace": "payments"},
-  "commonAnnotations": {},
-  "externalURL": "http://alertmanager:9093",
-  "version": "4",
-  "groupKey": "{}/{severity=~\"critical|warning\"}:{alertname=\"CryptoMinerDetected\"}",
-  "truncatedAlerts": 0
-}"#;
+    pub(crate) const TWO_ALERTS: &str =
+        include_str!("../../../fuzz/corpus/alert_alertmanager/alertmanager-0.25-two-alerts.json");
 
     fn parse_str(s: &str) -> Result<AlertmanagerBatch, AlertParseError> {
         parse(s.as_bytes(), &TargetLabels::default(), 100)

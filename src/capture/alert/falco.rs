@@ -123,7 +123,8 @@ mod tests {
 
     /// The event Falco 0.38's http_output posts for the default rule "Terminal shell in
     /// container" (falco_rules.yaml), with the Kubernetes metadata fields.
-    pub(crate) const TERMINAL_SHELL: &str = r#"{"hostname":"node-a","output":"01:59:31.512345678: Notice A shell was spawned in a container with an attached terminal (evt_type=execve user=root user_uid=0 user_loginuid=-1 process=bash proc_exepath=/usr/bin/bash parent=runc command=bash terminal=34816 exe_flags=EXE_WRITABLE container_id=3ad7b26ded6d container_image=docker.io/library/nginx container_image_tag=1.27 container_name=web k8s_ns=payments k8s_pod_name=web-7d9f8b6c5-x2kqz)","output_fields":{"container.id":"3ad7b26ded6d","container.image.repository":"docker.io/library/nginx","container.image.tag":"1.27","container.name":"web","evt.arg.flags":"EXE_WRITABLE","evt.time":1796608771512345678,"evt.type":"execve","k8s.ns.name":"payments","k8s.pod.name":"web-7d9f8b6c5-x2kqz","proc.cmdline":"bash","proc.exepath":"/usr/bin/bash","proc.name":"bash","proc.pname":"runc","proc.tty":34816,"user.loginuid":-1,"user.name":"root","user.uid":0,"proc.is_exe_writable":true,"k8s.pod.labels":null},"priority":"Notice","rule":"Terminal shell in container","source":"syscall","tags":["T1059","container","maturity_stable","mitre_execution","shell"],"time":"2026-12-07T01:59:31.512345678Z","uuid":"5a7f3e0c-9a1b-4c2d-8e3f-0a1b2c3d4e5f"}"#;
+    pub(crate) const TERMINAL_SHELL: &str =
+        include_str!("../../../fuzz/corpus/alert_falco/falco-terminal-shell.json");
 
     #[test]
     fn a_terminal_shell_event() {

@@ -402,7 +402,8 @@ mod tests {
     use super::*;
     use crate::capture::alert::MAX_DEPTH;
 
-    pub(crate) const EXAMPLE: &str = r#"{"namespace":"payments","pod":"web-7d9f8b6c5-x2kqz","container":"web","reason":"EDR: reverse shell to 203.0.113.9:4444","labels":{"tool":"edr","severity":"critical"},"fingerprint":"edr-4411"}"#;
+    pub(crate) const EXAMPLE: &str =
+        include_str!("../../../fuzz/corpus/alert_webhook/webhook-documented.json");
 
     #[test]
     fn the_documented_body() {
