@@ -175,7 +175,7 @@ pub struct NotifyConfig {
     pub url: String,
     /// A bearer token for it (file).
     pub token_file: Option<PathBuf>,
-    /// CA certificates (PEM) for its TLS, on top of the system roots.
+    /// CA certificates (PEM) for its TLS, instead of the system's (Debian's bundle).
     pub ca: Option<PathBuf>,
     /// The longest one attempt may take.
     #[serde(with = "duration")]

@@ -203,7 +203,7 @@ impl FromRequestParts<Shared> for Caller {
                         let message = format!(
                             "this identity has too many requests in progress ({limit}); retry when some have finished"
                         );
-                        // Alert senders retry a 5xx (Alertmanager, Falco), not a 429.
+                        // Alertmanager retries a 5xx and drops a 4xx (Falco retries neither).
                         if parts.uri.path().starts_with("/v1/alerts/") {
                             return Err(ApiError::new(
                                 StatusCode::SERVICE_UNAVAILABLE,

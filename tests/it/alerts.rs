@@ -165,7 +165,7 @@ hold = true
         .arg(format!("@{}", file.display()));
         let mut has_auth = false;
         for h in headers {
-            has_auth |= h.starts_with("X-Ckvault-Signature");
+            has_auth |= h.starts_with("X-Ckvault-Signature") || h.starts_with("Authorization:");
             cmd.args(["-H", h]);
         }
         if !has_auth {
@@ -831,6 +831,49 @@ fn falco_events_and_signed_webhooks_capture_through_the_runtime_and_hostile_bodi
     let wrong = signed(body, "not-the-secret-not-the-secret!!", unix_now());
     let (code, _) = node.post("/v1/alerts/webhook", body, &wrong);
     assert_eq!(code, 401, "a wrong secret");
+    let refused = node
+        .audit()
+        .iter()
+        .filter(|e| e["action"] == "authenticate" && e["outcome"] == "denied")
+        .filter(|e| {
+            e["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("signed webhook refused"))
+        })
+        .count();
+    assert_eq!(
+        refused, 3,
+        "the replay, the stale and the wrong signature are audited"
+    );
+
+    // A sender with a valid token and no `checkpoint` grant on the container's namespace:
+    // refused, for a container that runs and a rule that matches.
+    let stranger = ok(&support::ckvault(&[
+        "token",
+        "add",
+        "stranger",
+        "--group",
+        "strangers",
+        "--tokens",
+        p(&node.dir.join("tokens.toml")),
+    ]))
+    .trim()
+    .to_owned();
+    let as_stranger = [format!("Authorization: Bearer {stranger}")];
+    let mut answer = Value::Null;
+    // The server reads the token file within 2 s of the change.
+    wait_until("the new token", Duration::from_secs(10), || {
+        let (code, a) = node.post("/v1/alerts/webhook", body, &as_stranger);
+        answer = a;
+        code == 202
+    });
+    assert_eq!(answer["captures"][0]["state"], "refused", "{answer}");
+    assert!(
+        answer["captures"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("may not checkpoint in namespace shop")),
+        "{answer}"
+    );
 
     // Hostile bodies: a clear 4xx, audited, nothing captured.
     let records_before = node.records().len();

@@ -474,6 +474,7 @@ fn deploy_doc_commands_run_as_written() {
         "ckvault-s3-server",
         "ckvault-server-tls",
         "ckvault-client-ca",
+        "ckvault-receivers-tls",
         "ckvault-tokens",
         "ckvault-policies",
         "ckvault-node-keys",
