@@ -227,6 +227,25 @@ pub(crate) struct Incidents {
     audit: Arc<AuditLog>,
     capture_timeout: Duration,
     metrics: Arc<IncidentMetrics>,
+    folds: Arc<Mutex<HashMap<String, Fold>>>,
+    flusher: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How long the deduplicated alerts against one capture are folded into one audit event.
+pub(crate) const FOLD_WINDOW: Duration = Duration::from_secs(10);
+/// The alert descriptions a folded event names (the rest are counted).
+const FOLD_NAMES: usize = 5;
+
+/// Deduplicated alerts against one capture within a [`FOLD_WINDOW`]: the first is audited
+/// at once, the rest counted and audited together when the window ends (a storm of
+/// duplicates cannot make the fail-closed audit log the bottleneck of every alert).
+#[derive(Debug)]
+struct Fold {
+    started: std::time::Instant,
+    count: u64,
+    names: std::collections::BTreeSet<String>,
+    actor: Actor,
+    namespace: Option<String>,
 }
 
 /// A refusal before anything was admitted: state, reason, and how the alert is audited.
@@ -235,6 +254,8 @@ struct NotTaken {
     reason: String,
     outcome: Outcome,
     kind: &'static str,
+    /// The capture a duplicate repeats.
+    of: Option<String>,
 }
 
 impl NotTaken {
@@ -244,6 +265,7 @@ impl NotTaken {
             reason: reason.into(),
             outcome: Outcome::Denied,
             kind,
+            of: None,
         }
     }
     fn gate(r: &Refusal) -> Self {
@@ -256,6 +278,10 @@ impl NotTaken {
             reason: r.to_string(),
             outcome: Outcome::Denied,
             kind: r.kind(),
+            of: match r {
+                Refusal::Duplicate { of, .. } => Some(of.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -305,6 +331,8 @@ impl Incidents {
             audit,
             capture_timeout,
             metrics: Arc::default(),
+            folds: Arc::default(),
+            flusher: Arc::default(),
         }
     }
 
@@ -361,10 +389,16 @@ impl Incidents {
                 self.metrics.refuse(not.kind);
                 status.state = not.state;
                 status.reason = Some(not.reason.clone());
-                let ev = EventInput::new(who.actor, Action::Alert, not.outcome)
-                    .with_namespace(status.namespace.clone())
-                    .with_detail(format!("{}: {}; {}", id, describe(&alert), not.reason));
-                self.record(ev).await?;
+                let folded = match &not.of {
+                    Some(of) => self.fold(of, who.actor, &alert, status.namespace.clone()),
+                    None => false,
+                };
+                if !folded {
+                    let ev = EventInput::new(who.actor, Action::Alert, not.outcome)
+                        .with_namespace(status.namespace.clone())
+                        .with_detail(format!("{}: {}; {}", id, describe(&alert), not.reason));
+                    self.record(ev).await?;
+                }
                 self.captures.put(status);
                 return Ok(Taken {
                     capture: id,
@@ -398,6 +432,81 @@ impl Incidents {
             state: CaptureState::Queued,
             reason: None,
         })
+    }
+
+    /// Folds a duplicate of capture `of` into its window: `false` when it opens one (the
+    /// caller audits it at once), `true` when it is counted for the window's event.
+    fn fold(&self, of: &str, actor: &Actor, alert: &Alert, namespace: Option<String>) -> bool {
+        use std::sync::atomic::Ordering;
+        if !self.flusher.swap(true, Ordering::SeqCst) {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(FOLD_WINDOW / 2);
+                loop {
+                    tick.tick().await;
+                    me.flush_folds().await;
+                }
+            });
+        }
+        let mut folds = self.folds.lock().unwrap_or_else(|p| p.into_inner());
+        match folds.get_mut(of) {
+            Some(f) if f.started.elapsed() < FOLD_WINDOW => {
+                f.count += 1;
+                if f.names.len() < FOLD_NAMES {
+                    f.names.insert(describe(alert));
+                }
+                true
+            }
+            Some(f) if f.count > 0 => {
+                // The window ended unflushed: let the flusher write it, count this one.
+                f.count += 1;
+                true
+            }
+            _ => {
+                folds.insert(
+                    of.to_owned(),
+                    Fold {
+                        started: std::time::Instant::now(),
+                        count: 0,
+                        names: Default::default(),
+                        actor: actor.clone(),
+                        namespace,
+                    },
+                );
+                false
+            }
+        }
+    }
+
+    /// Writes one event for each window that ended with duplicates in it, and forgets
+    /// windows that ended empty.
+    async fn flush_folds(&self) {
+        let ended: Vec<(String, Fold)> = {
+            let mut folds = self.folds.lock().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<String> = folds
+                .iter()
+                .filter(|(_, f)| f.started.elapsed() >= FOLD_WINDOW)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| folds.remove(&k).map(|f| (k, f)))
+                .filter(|(_, f)| f.count > 0)
+                .collect()
+        };
+        for (of, f) in ended {
+            let names: Vec<&str> = f.names.iter().map(String::as_str).collect();
+            let ev = EventInput::new(&f.actor, Action::Alert, Outcome::Denied)
+                .with_namespace(f.namespace)
+                .with_detail(format!(
+                    "{} more alerts deduplicated against capture {of} within {} s (among them: {})",
+                    f.count,
+                    FOLD_WINDOW.as_secs(),
+                    names.join(", ")
+                ));
+            if let Err(e) = self.record(ev).await {
+                tracing::error!(error = %e, capture = %of, count = f.count, "cannot audit folded duplicate alerts");
+            }
+        }
     }
 
     async fn decide(
@@ -470,6 +579,7 @@ impl Incidents {
                     ),
                     outcome: Outcome::Error,
                     kind: "runtime",
+                    of: None,
                 });
             }
             Err(e) => return Err(NotTaken::refused("not-running", e.to_string())),
