@@ -44,6 +44,39 @@ pub struct Config {
     pub trigger: Vec<TriggerRule>,
     /// Where notices of triggered captures go (`[[notify]]`).
     pub notify: Vec<NotifyConfig>,
+    /// Capture across a fleet through the bucket (`[fleet]`, docs/fleet-capture.md).
+    pub fleet: FleetConfig,
+}
+
+/// `[fleet]`: capture requests through the bucket, between the process that receives an
+/// alert and the node agent whose runtime runs the container (docs/fleet-capture.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Take part (`ckvault serve` on a bucket store): with `[alerts]`, turn alerts for
+    /// containers this process does not run into requests; with `[cri] upstream`, publish
+    /// the pods it runs and take the requests for them.
+    pub enabled: bool,
+    /// How often a node agent lists its runtime and publishes what changed.
+    #[serde(with = "duration")]
+    pub publish_interval: Duration,
+    /// How often a node agent reads its inbox.
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
+    /// How long a request waits for its node; then it is answered `unclaimed`.
+    #[serde(with = "duration")]
+    pub request_ttl: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            publish_interval: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(5),
+            request_ttl: Duration::from_secs(300),
+        }
+    }
 }
 
 /// `[capture]`: the gate every automatic capture passes.
@@ -893,6 +926,12 @@ impl Config {
                 message: "[store] kind = \"s3\" needs bucket = \"...\"".into(),
             });
         }
+        if config.fleet.enabled && config.store.kind != StoreKind::S3 {
+            return Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                message: "[fleet] enabled needs a bucket ([store] kind = \"s3\"): capture requests travel through it".into(),
+            });
+        }
         config
             .check_incident_capture()
             .map_err(|message| ConfigError::Invalid {
@@ -928,6 +967,9 @@ impl Config {
             ("[capture] cooldown", c.cooldown),
             ("[capture] capture_timeout", c.capture_timeout),
             ("[alerts] signature_max_age", self.alerts.signature_max_age),
+            ("[fleet] publish_interval", self.fleet.publish_interval),
+            ("[fleet] poll_interval", self.fleet.poll_interval),
+            ("[fleet] request_ttl", self.fleet.request_ttl),
         ] {
             if d.is_zero() {
                 return Err(format!("{key} must be more than 0"));

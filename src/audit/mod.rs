@@ -54,6 +54,12 @@ crate::vocab::vocabulary! {
         Capture => "capture",
         /// A capture left nothing to seal.
         CaptureAbandoned => "capture-abandoned",
+        /// A node agent claimed a capture request from the bucket (or found a claim whose
+        /// claimer stopped).
+        CaptureClaim => "capture-claim",
+        /// A capture request written to the bucket for the node that runs the container,
+        /// or closed there (`unclaimed`, a claimer that stopped).
+        CaptureRequest => "capture-request",
         /// A checkpoint asked of the trigger API.
         Checkpoint => "checkpoint",
         /// A record deleted (or its deletion refused).

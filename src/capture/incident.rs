@@ -49,6 +49,47 @@ pub(crate) enum CaptureState {
     Sealed,
     /// The checkpoint or the seal failed.
     Failed,
+    /// Another node runs it: a capture request waits in the bucket for that node
+    /// ([`super::fleet`]).
+    Requested,
+    /// The node's agent claimed the request and is capturing it.
+    Claimed,
+    /// No node claimed the request within `[fleet] request_ttl`.
+    Unclaimed,
+}
+
+impl CaptureState {
+    /// The state's word (as in JSON).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Deduplicated => "deduplicated",
+            Self::Refused => "refused",
+            Self::Checkpointing => "checkpointing",
+            Self::Sealed => "sealed",
+            Self::Failed => "failed",
+            Self::Requested => "requested",
+            Self::Claimed => "claimed",
+            Self::Unclaimed => "unclaimed",
+        }
+    }
+
+    /// The state a word names (an outcome read from the bucket).
+    pub(crate) fn from_word(s: &str) -> Option<Self> {
+        [
+            Self::Queued,
+            Self::Deduplicated,
+            Self::Refused,
+            Self::Checkpointing,
+            Self::Sealed,
+            Self::Failed,
+            Self::Requested,
+            Self::Claimed,
+            Self::Unclaimed,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
 }
 
 /// One capture, as `GET /v1/captures/ID` shows it.
@@ -73,6 +114,12 @@ pub(crate) struct CaptureStatus {
     pub(crate) container: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) container_id: Option<String>,
+    /// The node asked to capture it (a request through the bucket), or that captured it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) node: Option<String>,
+    /// A request's expiry (RFC 3339): unclaimed by then, it is answered `unclaimed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) expires_at: Option<String>,
     /// Why it was asked for.
     pub(crate) trigger: Trigger,
     /// When it last changed (RFC 3339).
@@ -98,7 +145,7 @@ impl Captures {
         }
     }
 
-    fn put(&self, status: CaptureStatus) {
+    pub(crate) fn put(&self, status: CaptureStatus) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (map, order) = &mut *inner;
         if map.insert(status.id.clone(), status.clone()).is_none() {
@@ -111,7 +158,7 @@ impl Captures {
         }
     }
 
-    fn update(&self, id: &str, f: impl FnOnce(&mut CaptureStatus)) {
+    pub(crate) fn update(&self, id: &str, f: impl FnOnce(&mut CaptureStatus)) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = inner.0.get_mut(id) {
             f(s);
@@ -136,6 +183,9 @@ pub(crate) struct Taken {
     /// Why it was not taken.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) reason: Option<String>,
+    /// The node asked to capture it (a request through the bucket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) node: Option<String>,
 }
 
 /// The caller as the use case sees it: who (for the policy) and as the audit log names it.
@@ -209,7 +259,7 @@ impl IncidentMetrics {
         }
     }
 
-    fn refuse(&self, kind: &'static str) {
+    pub(crate) fn refuse(&self, kind: &'static str) {
         let mut m = self.refused.lock().unwrap_or_else(|p| p.into_inner());
         *m.entry(kind).or_default() += 1;
     }
@@ -229,6 +279,7 @@ pub(crate) struct Incidents {
     metrics: Arc<IncidentMetrics>,
     folds: Arc<Mutex<HashMap<String, Fold>>>,
     flusher: Arc<std::sync::atomic::AtomicBool>,
+    fleet: Option<Arc<super::fleet::FleetLink>>,
 }
 
 /// How long the deduplicated alerts against one capture are folded into one audit event.
@@ -249,26 +300,41 @@ struct Fold {
 }
 
 /// A refusal before anything was admitted: state, reason, and how the alert is audited.
-struct NotTaken {
-    state: CaptureState,
-    reason: String,
-    outcome: Outcome,
-    kind: &'static str,
+pub(crate) struct NotTaken {
+    pub(crate) state: CaptureState,
+    pub(crate) reason: String,
+    pub(crate) outcome: Outcome,
+    pub(crate) kind: &'static str,
+    /// Not this process's container (no runtime here, or not running in it): another
+    /// node may run it.
+    pub(crate) elsewhere: bool,
     /// The capture a duplicate repeats.
-    of: Option<String>,
+    pub(crate) of: Option<String>,
 }
 
 impl NotTaken {
-    fn refused(kind: &'static str, reason: impl Into<String>) -> Self {
+    /// Not this process's container (no runtime here, or not running in it): another
+    /// node may run it.
+    pub(crate) fn forwardable(&self) -> bool {
+        self.elsewhere
+    }
+
+    fn elsewhere(mut self) -> Self {
+        self.elsewhere = true;
+        self
+    }
+
+    pub(crate) fn refused(kind: &'static str, reason: impl Into<String>) -> Self {
         Self {
             state: CaptureState::Refused,
             reason: reason.into(),
             outcome: Outcome::Denied,
             kind,
             of: None,
+            elsewhere: false,
         }
     }
-    fn gate(r: &Refusal) -> Self {
+    pub(crate) fn gate(r: &Refusal) -> Self {
         Self {
             state: if matches!(r, Refusal::Duplicate { .. }) {
                 CaptureState::Deduplicated
@@ -282,6 +348,7 @@ impl NotTaken {
                 Refusal::Duplicate { of, .. } => Some(of.clone()),
                 _ => None,
             },
+            elsewhere: false,
         }
     }
 }
@@ -333,7 +400,41 @@ impl Incidents {
             metrics: Arc::default(),
             folds: Arc::default(),
             flusher: Arc::default(),
+            fleet: None,
         }
+    }
+
+    /// The same use case taking part in capture across a fleet: alerts for containers
+    /// another node runs become requests in the bucket, and (with a runtime) requests for
+    /// this node's containers are captured here.
+    pub(crate) fn with_fleet(mut self, link: super::fleet::FleetLink) -> Self {
+        self.fleet = Some(Arc::new(link));
+        self
+    }
+
+    /// Its part in capture across a fleet, if it takes one.
+    pub(crate) fn fleet(&self) -> Option<&Arc<super::fleet::FleetLink>> {
+        self.fleet.as_ref()
+    }
+
+    /// The runtime it checkpoints through, if any.
+    pub(crate) fn runtime(&self) -> Option<&super::cri::RuntimeClient> {
+        self.checkpointer.as_ref().map(|c| c.runtime())
+    }
+
+    /// `[capture] capture_timeout`.
+    pub(crate) fn capture_timeout(&self) -> Duration {
+        self.capture_timeout
+    }
+
+    /// The gate.
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// The rules.
+    pub(crate) fn rules(&self) -> &[TriggerRule] {
+        &self.rules
     }
 
     /// Its counters.
@@ -346,7 +447,7 @@ impl Incidents {
         &self.captures
     }
 
-    async fn record(&self, event: EventInput) -> Result<(), AuditError> {
+    pub(crate) async fn record(&self, event: EventInput) -> Result<(), AuditError> {
         let audit = self.audit.clone();
         match tokio::task::spawn_blocking(move || audit.append(event)).await {
             Ok(r) => r.map(|_| ()),
@@ -378,11 +479,35 @@ impl Incidents {
             pod: alert.target.pod.clone(),
             container: alert.target.container.clone(),
             container_id: alert.target.container_id.clone(),
+            node: None,
+            expires_at: None,
             trigger: trigger.clone(),
             updated_at: crate::node::now_rfc3339(),
         };
         let decided = self.decide(&who, policy, &alert, &id, &mut trigger).await;
         status.trigger = trigger.clone();
+        // Not this process's container: with a fleet, the node that runs it is asked.
+        let decided = match (decided, &self.fleet) {
+            (Err(not), Some(fleet)) if not.forwardable() => {
+                match super::fleet::forward(
+                    self,
+                    fleet,
+                    &who,
+                    policy,
+                    &alert,
+                    &id,
+                    status.clone(),
+                    not,
+                )
+                .await
+                {
+                    super::fleet::Forwarded::Requested(taken) => return Ok(taken),
+                    super::fleet::Forwarded::Audit(e) => return Err(e),
+                    super::fleet::Forwarded::No(not) => Err(not),
+                }
+            }
+            (d, _) => d,
+        };
         let (ticket, running, rule) = match decided {
             Ok(t) => t,
             Err(not) => {
@@ -404,6 +529,7 @@ impl Incidents {
                     capture: id,
                     state: not.state,
                     reason: Some(not.reason),
+                    node: None,
                 });
             }
         };
@@ -424,13 +550,12 @@ impl Incidents {
             ));
         self.record(ev).await?;
         self.captures.put(status);
-        let me = self.clone();
-        let id2 = id.clone();
-        tokio::spawn(async move { me.run(id2, ticket, running, rule, trigger).await });
+        self.spawn_run(id.clone(), ticket, running, rule, trigger);
         Ok(Taken {
             capture: id,
             state: CaptureState::Queued,
             reason: None,
+            node: None,
         })
     }
 
@@ -509,6 +634,9 @@ impl Incidents {
         }
     }
 
+    /// A local alert's decision: firing, a rule, the deduplication pre-check, the
+    /// container through the runtime, the namespace cross-check, the caller's
+    /// authorization, the gate.
     async fn decide(
         &self,
         who: &Requester<'_>,
@@ -540,23 +668,37 @@ impl Incidents {
                 return Err(NotTaken::gate(&r));
             }
         }
+        let running = self.resolve(&alert.target).await?;
+        check_namespace(claimed_ns, &running)?;
+        let Some(rule) = rules::matching(&self.rules, alert, &running.namespace).cloned() else {
+            return Err(NotTaken::refused("no-rule", "no [[trigger]] rule matched"));
+        };
+        trigger.rule = Some(rule.name.clone());
+        authorize(who, policy, &running.namespace)?;
+        let ticket = self.admit(id, &running, &rule, alert_key)?;
+        Ok((ticket, running, rule))
+    }
+
+    /// The running container `target` names, asked of this process's runtime.
+    pub(crate) async fn resolve(&self, target: &super::alert::Target) -> Result<Running, NotTaken> {
         let Some(checkpointer) = &self.checkpointer else {
             return Err(NotTaken::refused(
                 "no-runtime",
                 "this process has no runtime to checkpoint with (set [cri] upstream)",
-            ));
+            )
+            .elsewhere());
         };
-        let wanted = match (&alert.target.container_id, &alert.target) {
-            (Some(cid), _) => Wanted::Id(cid),
-            (
-                None,
-                super::alert::Target {
-                    namespace: Some(namespace),
-                    pod: Some(pod),
-                    container: Some(container),
-                    ..
-                },
-            ) => Wanted::Names {
+        let wanted = match target {
+            super::alert::Target {
+                container_id: Some(cid),
+                ..
+            } => Wanted::Id(cid),
+            super::alert::Target {
+                namespace: Some(namespace),
+                pod: Some(pod),
+                container: Some(container),
+                ..
+            } => Wanted::Names {
                 namespace,
                 pod,
                 container,
@@ -568,50 +710,35 @@ impl Incidents {
                 ));
             }
         };
-        let running = match resolve::running(checkpointer.runtime(), wanted).await {
-            Ok(r) => r,
-            Err(ResolveError::Runtime(e)) => {
-                return Err(NotTaken {
-                    state: CaptureState::Failed,
-                    reason: format!(
-                        "the runtime could not be asked ({})",
-                        super::cri::redact_paths(&e.message)
-                    ),
-                    outcome: Outcome::Error,
-                    kind: "runtime",
-                    of: None,
-                });
+        match resolve::running(checkpointer.runtime(), wanted).await {
+            Ok(r) => Ok(r),
+            Err(ResolveError::Runtime(e)) => Err(NotTaken {
+                state: CaptureState::Failed,
+                reason: format!(
+                    "the runtime could not be asked ({})",
+                    super::cri::redact_paths(&e.message)
+                ),
+                outcome: Outcome::Error,
+                kind: "runtime",
+                elsewhere: false,
+                of: None,
+            }),
+            Err(e @ (ResolveError::NoPod | ResolveError::NotRunning(_))) => {
+                Err(NotTaken::refused("not-running", e.to_string()).elsewhere())
             }
-            Err(e) => return Err(NotTaken::refused("not-running", e.to_string())),
-        };
-        if let Some(ns) = claimed_ns
-            && ns != running.namespace
-        {
-            return Err(NotTaken::refused(
-                "namespace-mismatch",
-                format!(
-                    "the alert names namespace {ns:?}, the runtime says the container is in {:?}",
-                    running.namespace
-                ),
-            ));
+            Err(e) => Err(NotTaken::refused("not-running", e.to_string())),
         }
-        let Some(rule) = rules::matching(&self.rules, alert, &running.namespace).cloned() else {
-            return Err(NotTaken::refused("no-rule", "no [[trigger]] rule matched"));
-        };
-        trigger.rule = Some(rule.name.clone());
-        if !policy.allows(
-            who.principal,
-            crate::policy::Action::Checkpoint,
-            Some(&running.namespace),
-        ) {
-            return Err(NotTaken::refused(
-                "forbidden",
-                format!(
-                    "{} may not checkpoint in namespace {}",
-                    who.actor.name, running.namespace
-                ),
-            ));
-        }
+    }
+
+    /// Admits a resolved capture through the gate: its container and alert keys, the
+    /// namespace's and the rule's budgets.
+    pub(crate) fn admit(
+        &self,
+        id: &str,
+        running: &Running,
+        rule: &TriggerRule,
+        alert_key: Option<String>,
+    ) -> Result<super::gate::Ticket, NotTaken> {
         let mut keys = vec![format!("container:{}", running.id)];
         keys.extend(alert_key);
         // The names the runtime reports (an alert by ID alone is deduplicated against one
@@ -622,8 +749,7 @@ impl Incidents {
             container: Some(running.container.clone()),
             container_id: None,
         }));
-        let ticket = self
-            .gate
+        self.gate
             .admit(&Ask {
                 capture: id,
                 keys,
@@ -631,8 +757,112 @@ impl Incidents {
                 rule: Some((&rule.name, rule.max_per_day)),
                 cooldown: rule.cooldown,
             })
-            .map_err(|r| NotTaken::gate(&r))?;
-        Ok((ticket, running, rule))
+            .map_err(|r| NotTaken::gate(&r))
+    }
+
+    /// Starts the background half of an admitted capture (audited as admitted by the
+    /// caller), and returns at once.
+    pub(crate) fn spawn_run(
+        &self,
+        id: String,
+        ticket: super::gate::Ticket,
+        running: Running,
+        rule: TriggerRule,
+        trigger: Trigger,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move { me.run(id, ticket, running, rule, trigger).await })
+    }
+
+    /// A capture request claimed from the bucket ([`super::fleet`]): the receiver matched
+    /// the rule and authorized its caller (both recorded in the request, not done again);
+    /// here it goes the same way as a local alert from the runtime on: resolved through
+    /// this node's runtime, the namespace cross-checked against the request's, admitted by
+    /// this node's gate, captured by the same background half, the trigger into the
+    /// manifest. Returns where it ended.
+    pub(crate) async fn take_request(
+        &self,
+        req: &crate::store::s3::fleet::CaptureRequest,
+        node: &str,
+    ) -> CaptureStatus {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut status = CaptureStatus {
+            id: req.id.clone(),
+            state: CaptureState::Queued,
+            reason: None,
+            record: None,
+            namespace: Some(req.namespace.clone()),
+            pod: Some(req.pod.clone()),
+            container: Some(req.container.clone()),
+            container_id: None,
+            node: Some(node.to_owned()),
+            expires_at: None,
+            trigger: req.trigger.clone(),
+            updated_at: crate::node::now_rfc3339(),
+        };
+        self.captures.put(status.clone());
+        let rule = TriggerRule {
+            name: req.rule.name.clone(),
+            hold: req.rule.hold,
+            cooldown: req.rule.cooldown_secs.map(Duration::from_secs),
+            max_per_day: req.rule.max_per_day,
+            ..TriggerRule::default()
+        };
+        let target = super::alert::Target {
+            namespace: Some(req.namespace.clone()),
+            pod: Some(req.pod.clone()),
+            container: Some(req.container.clone()),
+            container_id: None,
+        };
+        let decided = async {
+            let running = self.resolve(&target).await?;
+            check_namespace(Some(&req.namespace), &running)?;
+            let ticket = self.admit(&req.id, &running, &rule, req.alert_key.clone())?;
+            Ok::<_, NotTaken>((ticket, running))
+        }
+        .await;
+        let about = format!(
+            "{}: request of {} from {} for {}/{}/{}",
+            req.id, req.requested_by, req.receiver, req.namespace, req.pod, req.container
+        );
+        match decided {
+            Err(not) => {
+                self.metrics.refuse(not.kind);
+                let ev = EventInput::new(&Actor::named("system"), Action::Capture, not.outcome)
+                    .with_namespace(Some(req.namespace.clone()))
+                    .with_detail(format!("{about}: {}", not.reason));
+                if let Err(e) = self.record(ev).await {
+                    tracing::error!(error = %e, capture = %req.id, "cannot audit a refused request");
+                }
+                status.state = not.state;
+                status.reason = Some(not.reason);
+                self.captures.put(status.clone());
+                status
+            }
+            Ok((ticket, running)) => {
+                self.metrics.admitted.fetch_add(1, Relaxed);
+                self.captures.update(&req.id, |s| {
+                    s.container_id = Some(running.id.clone());
+                });
+                let ev = EventInput::new(&Actor::named("system"), Action::Capture, Outcome::Ok)
+                    .with_namespace(Some(running.namespace.clone()))
+                    .with_detail(format!(
+                        "{about}: admitted, capturing {}",
+                        short(&running.id)
+                    ));
+                if let Err(e) = self.record(ev).await {
+                    tracing::error!(error = %e, capture = %req.id, "cannot audit an admitted request");
+                }
+                self.clone()
+                    .run(req.id.clone(), ticket, running, rule, req.trigger.clone())
+                    .await;
+                self.captures.get(&req.id).unwrap_or_else(|| {
+                    status.state = CaptureState::Failed;
+                    status.reason = Some("its state was forgotten ([capture] history)".into());
+                    status
+                })
+            }
+        }
     }
 
     /// The background half: slot, disk, checkpoint, hold, notices.
@@ -768,6 +998,43 @@ impl Incidents {
     }
 }
 
+/// The namespace an alert or a request names must be the one the runtime reports.
+pub(crate) fn check_namespace(claimed: Option<&str>, running: &Running) -> Result<(), NotTaken> {
+    match claimed {
+        Some(ns) if ns != running.namespace => Err(NotTaken::refused(
+            "namespace-mismatch",
+            format!(
+                "the alert names namespace {ns:?}, the runtime says the container is in {:?}",
+                running.namespace
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The caller must hold `checkpoint` on `namespace`.
+pub(crate) fn authorize(
+    who: &Requester<'_>,
+    policy: &PolicySet,
+    namespace: &str,
+) -> Result<(), NotTaken> {
+    if policy.allows(
+        who.principal,
+        crate::policy::Action::Checkpoint,
+        Some(namespace),
+    ) {
+        Ok(())
+    } else {
+        Err(NotTaken::refused(
+            "forbidden",
+            format!(
+                "{} may not checkpoint in namespace {namespace}",
+                who.actor.name
+            ),
+        ))
+    }
+}
+
 /// The alert's fingerprint: Alertmanager's own, or Falco's rule and container.
 fn fingerprint_of(alert: &Alert) -> Option<String> {
     match (&alert.fingerprint, &alert.name, &alert.target.container_id) {
@@ -786,16 +1053,16 @@ fn names_key(t: &super::alert::Target) -> Option<String> {
 }
 
 /// The alert's own deduplication key (its source and fingerprint).
-fn alert_key(alert: &Alert) -> Option<String> {
+pub(crate) fn alert_key(alert: &Alert) -> Option<String> {
     fingerprint_of(alert).map(|fp| format!("alert:{}:{fp}", alert.source))
 }
 
-fn short(id: &str) -> &str {
+pub(crate) fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
 /// The alert as an audit event names it (bounded by the audit log's own bounds).
-fn describe(alert: &Alert) -> String {
+pub(crate) fn describe(alert: &Alert) -> String {
     let mut out = format!("{} alert", alert.source);
     if let Some(n) = &alert.name {
         out.push_str(&format!(" {n:?}"));

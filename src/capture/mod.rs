@@ -14,6 +14,9 @@
 //! * [`notify`]: notices to webhooks after a triggered capture.
 //! * [`incident`]: capture on an alert: rule, resolution, authorization, the gate, the
 //!   checkpoint in the background, its state for `GET /v1/captures/ID`.
+//! * [`fleet`]: capture across a fleet through the bucket: alerts for containers another
+//!   node runs become requests for it; a node agent publishes its pods, claims the
+//!   requests for them once and writes their outcomes.
 //! * [`gate`]: what every automatic capture passes (deduplication, budgets, concurrency,
 //!   free disk) so an alert storm cannot hurt the node or the evidence.
 //! * [`alert`]: the alert receivers' payload parsers (Alertmanager, Falco, ckvault's
@@ -23,6 +26,7 @@
 pub mod alert;
 pub(crate) mod checkpoint;
 pub mod cri;
+pub(crate) mod fleet;
 pub(crate) mod gate;
 pub mod hpack;
 pub(crate) mod incident;

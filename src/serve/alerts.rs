@@ -28,6 +28,9 @@ use crate::policy::access::Principal;
 pub(crate) struct Receivers {
     /// The use case.
     pub(crate) incidents: Incidents,
+    /// `[alerts] enabled`: the receivers answer (without it, only `[fleet]` built the use
+    /// case, for the requests a node agent claims, and `GET /v1/captures/ID`).
+    pub(crate) accept_alerts: bool,
     /// Label names that name the container in an Alertmanager alert.
     pub(crate) labels: alertmanager::TargetLabels,
     /// `[alerts] max_alerts`.
@@ -52,6 +55,7 @@ impl Receivers {
         custody: crate::vault::Custody,
         audit: Arc<crate::audit::AuditLog>,
         disks: Vec<std::path::PathBuf>,
+        fleet: Option<crate::capture::fleet::FleetLink>,
     ) -> Result<Self, ReceiversError> {
         use crate::capture::gate::{Gate, GateLimits};
         use crate::capture::incident::Captures;
@@ -92,17 +96,22 @@ impl Receivers {
             senders.insert(s.name.clone(), (secret, principal));
         }
         let a = &config.alerts;
+        let mut incidents = Incidents::new(
+            checkpointer,
+            gate,
+            config.trigger.clone(),
+            Captures::new(c.history),
+            Notifier::new(targets),
+            custody,
+            audit,
+            c.capture_timeout,
+        );
+        if let Some(link) = fleet {
+            incidents = incidents.with_fleet(link);
+        }
         Ok(Self {
-            incidents: Incidents::new(
-                checkpointer,
-                gate,
-                config.trigger.clone(),
-                Captures::new(c.history),
-                Notifier::new(targets),
-                custody,
-                audit,
-                c.capture_timeout,
-            ),
+            incidents,
+            accept_alerts: a.enabled,
             labels: alertmanager::TargetLabels::from_config(a),
             max_alerts: a.max_alerts,
             max_body: usize::try_from(a.max_body.bytes()).unwrap_or(usize::MAX),
@@ -137,13 +146,17 @@ pub(crate) enum ReceiversError {
 pub(crate) const SENDER_HEADER: &str = "X-Ckvault-Sender";
 
 fn receivers(state: &AppState) -> Result<&Receivers, ApiError> {
-    state.receivers.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            "the alert receivers are not enabled ([alerts] enabled = true)",
-        )
-    })
+    state
+        .receivers
+        .as_ref()
+        .filter(|r| r.accept_alerts)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "the alert receivers are not enabled ([alerts] enabled = true)",
+            )
+        })
 }
 
 /// Audits a body that did not parse and answers 400 with why.
@@ -327,12 +340,29 @@ pub(crate) async fn capture(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let r = receivers(&state)?;
+    let r = state.receivers.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "the alert receivers are not enabled ([alerts] enabled = true)",
+        )
+    })?;
     let shown: String = crate::inspect::escape_control(&id)
         .chars()
         .take(64)
         .collect();
-    let found = r.incidents.captures().get(&id);
+    // A request through the bucket is answered from there (its outcome, else its claim).
+    let found = match crate::capture::fleet::current(&r.incidents, &id).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a capture request's state from the bucket");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "bucket-unavailable",
+                "the capture's state is in the bucket, which did not answer; try again",
+            ));
+        }
+    };
     let allowed = found.as_ref().is_some_and(|c| {
         c.trigger.requested_by == caller.principal.actor()
             || state.policy().allows(

@@ -224,6 +224,12 @@ async fn metrics(State(state): State<Shared>) -> Response {
         .render(records, state.audit.head().map(|h| (h.size, h.hash)));
     if let Some(r) = &state.receivers {
         r.incidents.metrics().render(&mut text);
+        if let Some(f) = r.incidents.fleet() {
+            f.metrics.render(&mut text);
+        }
+    }
+    if matches!(state.store, crate::store::Store::Bucket(_)) {
+        crate::store::s3::client::REQUESTS.render(&mut text);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

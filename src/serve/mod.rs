@@ -265,7 +265,17 @@ pub(crate) fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         }
     };
     let mut state = AppState::new(store, audit, set, tokens).with_limits(&config.server.limits());
-    if config.alerts.enabled {
+    // The use case runs for the alert receivers and, on a bucket with [fleet], for the
+    // capture requests a node agent claims.
+    let fleet = match (config.fleet.enabled, node.bucket()) {
+        (true, Some(b)) => Some(crate::capture::fleet::FleetLink::new(
+            crate::store::s3::fleet::Fleet::new(b.s3.clone()),
+            node.name(),
+            &config.fleet,
+        )),
+        _ => None,
+    };
+    if config.alerts.enabled || fleet.is_some() {
         let local = node.local();
         let disks = vec![local.staging_dir()?, local.root().to_path_buf()];
         state.receivers = Some(alerts::Receivers::build(
@@ -274,6 +284,7 @@ pub(crate) fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             state.custody.clone(),
             state.audit.clone(),
             disks,
+            fleet,
         )?);
     }
     state.checkpointer = checkpointer;
@@ -368,6 +379,10 @@ pub(crate) async fn run(
             replica.lease_holder,
             RETENTION_INTERVAL * 3,
         ));
+    }
+    // A node agent of a fleet: its pods published, its inbox polled.
+    if let Some(r) = &prepared.state.receivers {
+        crate::capture::fleet::start_agent(&r.incidents);
     }
     // Failed authentications folded over an interval are audited as one count per source.
     tokio::spawn(request::audit_folded_failures(

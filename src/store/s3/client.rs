@@ -1,6 +1,7 @@
 //! Connecting to an S3-compatible object store: credentials (the AWS SDK's profile
 //! provider on `credentials_file`, else its default chain), the rustls HTTP client, and
-//! turning SDK errors into [`StoreError`]s that tell an operator what to fix.
+//! turning SDK errors into [`StoreError`]s that tell an operator what to fix; and the
+//! process's count of the requests it sent, by the class S3 bills them in ([`REQUESTS`]).
 
 use std::time::Duration;
 
@@ -43,6 +44,7 @@ pub fn connect(cfg: &StoreConfig) -> Result<aws_sdk_s3::Client, StoreError> {
         .credentials_provider(creds)
         .force_path_style(cfg.path_style)
         .http_client(http)
+        .interceptor(Counting)
         // Checksums only where S3 requires them: plain SigV4 payload hashes everywhere
         // else, which every S3 implementation understands.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
@@ -59,6 +61,92 @@ pub fn connect(cfg: &StoreConfig) -> Result<aws_sdk_s3::Client, StoreError> {
         b = b.endpoint_url(ep);
     }
     Ok(aws_sdk_s3::Client::from_conf(b.build()))
+}
+
+/// S3 requests this process sent (every attempt, retries included), by the class AWS
+/// bills them in: GET (GetObject), HEAD, PUT (PutObject, UploadPart, ...), POST
+/// (multipart create and complete, DeleteObjects), LIST (ListObjectsV2, versions,
+/// uploads), DELETE. Shown at `/metrics` as `ckvault_s3_requests_total{class=...}`.
+pub static REQUESTS: Requests = Requests::new();
+
+/// Request counts by billing class (see [`REQUESTS`]).
+#[derive(Debug)]
+pub struct Requests {
+    counts: [std::sync::atomic::AtomicU64; 6],
+}
+
+/// The billing classes, in the order [`Requests::snapshot`] gives them.
+pub const CLASSES: [&str; 6] = ["get", "head", "put", "post", "list", "delete"];
+
+impl Requests {
+    const fn new() -> Self {
+        Self {
+            counts: [const { std::sync::atomic::AtomicU64::new(0) }; 6],
+        }
+    }
+
+    /// Counts one request of `method` on `uri`.
+    pub fn count(&self, method: &str, uri: &str) {
+        let query = uri.split_once('?').map_or("", |(_, q)| q);
+        let listing = query
+            .split('&')
+            .any(|p| p.starts_with("list-type=") || p == "versions" || p == "uploads");
+        let class = match method {
+            "GET" if listing => 4,
+            "GET" => 0,
+            "HEAD" => 1,
+            "PUT" => 2,
+            "POST" => 3,
+            "DELETE" => 5,
+            _ => 0,
+        };
+        if let Some(c) = self.counts.get(class) {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The counts, by [`CLASSES`].
+    pub fn snapshot(&self) -> [u64; 6] {
+        std::array::from_fn(|i| {
+            self.counts
+                .get(i)
+                .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
+        })
+    }
+
+    /// Appends the counts in Prometheus' text format.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(
+            out,
+            "# HELP ckvault_s3_requests_total S3 requests sent (every attempt), by billing class."
+        );
+        let _ = writeln!(out, "# TYPE ckvault_s3_requests_total counter");
+        for (class, n) in CLASSES.iter().zip(self.snapshot()) {
+            let _ = writeln!(out, "ckvault_s3_requests_total{{class=\"{class}\"}} {n}");
+        }
+    }
+}
+
+/// The interceptor that counts each attempt into [`REQUESTS`].
+#[derive(Debug)]
+struct Counting;
+
+impl aws_sdk_s3::config::Intercept for Counting {
+    fn name(&self) -> &'static str {
+        "ckvault-request-count"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_s3::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let r = context.request();
+        REQUESTS.count(r.method(), r.uri());
+        Ok(())
+    }
 }
 
 /// Where credentials come from: with `credentials_file`, the AWS SDK's profile provider
@@ -226,6 +314,25 @@ fn chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use aws_sdk_s3::config::ProvideCredentials;
+
+    #[test]
+    fn requests_are_counted_by_billing_class() {
+        let r = Requests::new();
+        r.count("GET", "http://h/b/k");
+        r.count("GET", "http://h/b?list-type=2&prefix=x");
+        r.count("GET", "http://h/b?versions&prefix=x");
+        r.count("PUT", "http://h/b/k?x-id=PutObject");
+        r.count("HEAD", "http://h/b/k");
+        r.count("POST", "http://h/b?delete");
+        r.count("DELETE", "http://h/b/k");
+        assert_eq!(r.snapshot(), [1, 1, 1, 1, 2, 1]);
+        let mut text = String::new();
+        r.render(&mut text);
+        assert!(
+            text.contains("ckvault_s3_requests_total{class=\"list\"} 2"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn credentials_file_profiles() {

@@ -1,7 +1,7 @@
 //! The S3-compatible bucket store, shared by many nodes: node agents seal into a local
 //! spool and [`upload`] records; servers keep an [`index`] of the bucket's manifests and
 //! serve, hold and delete from it; [`lease`] lets one server replica at a time apply
-//! retention.
+//! retention; [`fleet`] carries capture requests to the node that runs the container.
 //!
 //! Layout under `[store] prefix`:
 //! - `blobs/ID.age`: the sealed blob (age ciphertext)
@@ -14,8 +14,11 @@
 //!   decides which key may sign for which node name)
 //! - `audit/SOURCE/…`: audit segments shipped by every node and server replica
 //! - `locks/retention.json`: the retention lease
+//! - `captures/…`: capture requests between the process that received an alert and the
+//!   node that runs the container ([`fleet`])
 
 pub mod client;
+pub mod fleet;
 pub mod index;
 pub mod keys;
 pub mod lease;

@@ -165,6 +165,9 @@ pub struct Uploader {
     status: Arc<Mutex<Status>>,
     stuck: Arc<Mutex<BTreeMap<RecordId, StuckEntry>>>,
     wake: Arc<Notify>,
+    /// This process published and checked its key in the bucket: an idle rescan (every
+    /// 2 s) does not do it again, a drain with records to upload does.
+    key_checked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Uploader {
@@ -181,6 +184,7 @@ impl Uploader {
             status: Arc::default(),
             stuck: Arc::default(),
             wake: Arc::new(Notify::new()),
+            key_checked: Arc::default(),
         })
     }
 
@@ -321,11 +325,17 @@ impl Uploader {
     }
 
     async fn drain_locked(&self, every: bool) -> Result<Drained, StoreError> {
-        let key = self.spool.verifying_key()?;
-        self.s3.publish_key(&self.node, &key).await?;
-        self.s3.check_own_key(&self.node, &key).await?;
-        let mut out = Drained::default();
+        use std::sync::atomic::Ordering::Relaxed;
         let ids = self.spool.ids()?;
+        // The key before any record goes up, and once per process: an idle node's rescan
+        // then costs the bucket nothing but the audit segments it has to ship.
+        if !ids.is_empty() || !self.key_checked.load(Relaxed) {
+            let key = self.spool.verifying_key()?;
+            self.s3.publish_key(&self.node, &key).await?;
+            self.s3.check_own_key(&self.node, &key).await?;
+            self.key_checked.store(true, Relaxed);
+        }
+        let mut out = Drained::default();
         self.forget_gone(&ids);
         for id in ids {
             let due = self
