@@ -282,6 +282,9 @@ pub(crate) struct Incidents {
     fleet: Option<Arc<super::fleet::FleetLink>>,
 }
 
+/// How long a rule's hold is retried while the record is not yet in the bucket.
+const HOLD_PATIENCE: Duration = Duration::from_secs(1800);
+
 /// How long the deduplicated alerts against one capture are folded into one audit event.
 pub(crate) const FOLD_WINDOW: Duration = Duration::from_secs(10);
 /// The alert descriptions a folded event names (the rest are counted).
@@ -634,6 +637,32 @@ impl Incidents {
         }
     }
 
+    /// Places the rule's hold on a record just sealed. With a bucket the record is in this
+    /// node's spool until the uploader ships it, and the bucket's legal hold needs the
+    /// objects there: it waits for the record to be stored (checked at 1 s doubling to a
+    /// minute) for up to [`HOLD_PATIENCE`], then gives up with an error in the log.
+    fn hold_when_stored(&self, manifest: crate::manifest::Manifest, reason: String) {
+        let custody = self.custody.clone();
+        tokio::spawn(async move {
+            let system = Actor::named("system");
+            let started = std::time::Instant::now();
+            let mut pause = Duration::from_secs(1);
+            // The hold is audited before it is placed (custody's rule): place it once the
+            // record is where the hold goes, not again and again.
+            while !custody.stored(&manifest.id).await {
+                if started.elapsed() >= HOLD_PATIENCE {
+                    tracing::error!(record = %manifest.id, "the record never reached the store; the rule's hold was not placed: place it by hand (ckvault hold)");
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+            if let Err(e) = custody.hold(&system, &manifest, &reason).await {
+                tracing::error!(error = %e, record = %manifest.id, "cannot place the rule's hold; place it by hand (ckvault hold)");
+            }
+        });
+    }
+
     /// A local alert's decision: firing, a rule, the deduplication pre-check, the
     /// container through the runtime, the namespace cross-check, the caller's
     /// authorization, the gate.
@@ -949,9 +978,7 @@ impl Incidents {
                 }
                 if rule.hold {
                     let reason = format!("captured on an alert (rule {}, capture {id})", rule.name);
-                    if let Err(e) = self.custody.hold(&system, &manifest, &reason).await {
-                        tracing::error!(error = %e, record = %record, "cannot place the rule's hold");
-                    }
+                    self.hold_when_stored(manifest.clone(), reason);
                 }
                 self.notifier.send(Notice {
                     event: "capture-sealed",

@@ -108,6 +108,11 @@ impl Custody {
             .map(|_| ())
     }
 
+    /// Whether the store holds the record `id` now (a bucket: after the uploader shipped it).
+    pub(crate) async fn stored(&self, id: &crate::manifest::RecordId) -> bool {
+        self.store.manifest(id).await.is_ok()
+    }
+
     /// Places (or replaces) a per-record legal hold on `m` (an Object Lock legal hold too,
     /// in a bucket with Object Lock), recorded first.
     pub(crate) async fn hold(

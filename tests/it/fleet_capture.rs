@@ -122,6 +122,7 @@ request_ttl = "5s"
 [[trigger]]
 name = "shop-incidents"
 namespaces = ["shop"]
+hold = true
 "#,
                 tokens = tokens.display(),
                 d = dir.display(),
@@ -394,6 +395,15 @@ fn run(backend: Backend, tmp: &Path, kill: bool) {
             && text.contains("shop-incidents"),
         "{text}"
     );
+    // The rule's hold reaches the bucket once the record does (the node seals into its
+    // spool; the hold waits for the uploader).
+    let rid = ids.iter().find(|i| i.to_string() == record).unwrap().clone();
+    let hold = wait_for(
+        "the rule's hold on the record in the bucket",
+        Duration::from_secs(120),
+        || rt.block_on(s3.hold(&rid)).ok().flatten(),
+    );
+    assert!(hold.reason.contains("shop-incidents"), "{hold:?}");
     // Audited on both sides.
     let c_audit = c.audit();
     assert!(c_audit.iter().any(|e| e["action"] == "capture-request"
