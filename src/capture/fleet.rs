@@ -551,20 +551,28 @@ pub(crate) async fn current(
         }
         Some(s) => s,
         None => match link.bucket.request(id).await? {
-            Some(r) => CaptureStatus {
-                id: r.id.clone(),
-                state: CaptureState::Requested,
-                reason: None,
-                record: None,
-                namespace: Some(r.namespace.clone()),
-                pod: Some(r.pod.clone()),
-                container: Some(r.container.clone()),
-                container_id: None,
-                node: r.node.clone(),
-                expires_at: Some(r.expires_at.clone()),
-                trigger: r.trigger.clone(),
-                updated_at: r.created_at.clone(),
-            },
+            Some(r) => {
+                let status = CaptureStatus {
+                    id: r.id.clone(),
+                    state: CaptureState::Requested,
+                    reason: None,
+                    record: None,
+                    namespace: Some(r.namespace.clone()),
+                    pod: Some(r.pod.clone()),
+                    container: Some(r.container.clone()),
+                    container_id: None,
+                    node: r.node.clone(),
+                    expires_at: Some(r.expires_at.clone()),
+                    trigger: r.trigger.clone(),
+                    updated_at: r.created_at.clone(),
+                };
+                // A request this process forgot (it restarted, or its history is full):
+                // it watches it again, so one that expires is still settled and audited
+                // (each write once-only: another replica doing the same changes nothing).
+                inc.captures().put(status.clone());
+                tokio::spawn(watch_request(inc.clone(), link.clone(), r));
+                status
+            }
             None => return Ok(None),
         },
     };

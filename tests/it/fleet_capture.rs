@@ -293,7 +293,7 @@ fn run(backend: Backend, tmp: &Path, kill: bool) {
         ),
     );
     let c_dir = tmp.join("central");
-    let c = Proc::start(
+    let mut c = Proc::start(
         &c_dir,
         "central",
         &(backend.store_toml(&c_dir.join("spool")) + "index_refresh = \"1s\"\n"),
@@ -397,7 +397,11 @@ fn run(backend: Backend, tmp: &Path, kill: bool) {
     );
     // The rule's hold reaches the bucket once the record does (the node seals into its
     // spool; the hold waits for the uploader).
-    let rid = ids.iter().find(|i| i.to_string() == record).unwrap().clone();
+    let rid = ids
+        .iter()
+        .find(|i| i.to_string() == record)
+        .unwrap()
+        .clone();
     let hold = wait_for(
         "the rule's hold on the record in the bucket",
         Duration::from_secs(120),
@@ -440,6 +444,19 @@ fn run(backend: Backend, tmp: &Path, kill: bool) {
                 .unwrap_or_default()
                 .contains("unclaimed")
     }));
+
+    // A receiver restarted while a request waits still settles it when it expires (the
+    // request is read back from the bucket and watched again).
+    let again = c.alert("nobody-1", "api");
+    assert_eq!(state(&again), "requested", "{again}");
+    let aid = again["capture"].as_str().unwrap().to_owned();
+    drop(c.serve.take());
+    c.restart();
+    let settled = wait_for("unclaimed after a restart", Duration::from_secs(60), || {
+        let v = c.capture(&aid);
+        (state(&v) != "requested").then_some(v)
+    });
+    assert_eq!(state(&settled), "unclaimed", "{settled}");
 
     // Two agents racing for one claim: exactly one wins (the store's conditional write).
     let fleet = Fleet::new(s3.clone());
