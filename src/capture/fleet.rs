@@ -230,7 +230,7 @@ pub(crate) async fn forward(
     }
     link.metrics.lookups.fetch_add(1, Relaxed);
     let node = match link.bucket.locate(ns, pod).await {
-        Ok(Some(p)) if p.age(now()) < STALE_AFTER => {
+        Ok(Some(p)) if fresh(link, &p).await => {
             if p.node == link.node {
                 return Forwarded::No(not);
             }
@@ -347,8 +347,8 @@ async fn watch_request(inc: Incidents, link: Arc<FleetLink>, req: CaptureRequest
         if node.is_none() && now() < expires {
             link.metrics.lookups.fetch_add(1, Relaxed);
             if let Ok(Some(p)) = link.bucket.locate(&req.namespace, &req.pod).await
-                && p.age(now()) < STALE_AFTER
                 && p.node != link.node
+                && fresh(&link, &p).await
                 && link
                     .bucket
                     .push_inbox(&p.node, &req.id, expires.unix_timestamp())
@@ -652,19 +652,45 @@ async fn pods(
     Ok(out)
 }
 
+/// Whether a pod publication can be trusted: written recently, or by a node whose agent
+/// said it was alive recently (publications are rewritten only when they change; the
+/// node's heartbeat keeps the unchanged ones trusted: one PUT per node per [`HEARTBEAT`]
+/// instead of one per pod).
+async fn fresh(link: &FleetLink, p: &PodPublication) -> bool {
+    let now = now();
+    p.age(now) < STALE_AFTER
+        || link
+            .bucket
+            .node_age(&p.node, now)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|a| a < STALE_AFTER)
+}
+
 /// Every `publish_interval`: lists the runtime and writes the pods that appeared or whose
-/// containers changed (and each unchanged one every [`HEARTBEAT`]); deletes the
-/// publications of pods gone.
+/// containers changed; deletes the publications of pods gone; every [`HEARTBEAT`], says
+/// the node is alive (`captures/nodes/NODE.json`).
 async fn publish_loop(runtime: RuntimeClient, link: Arc<FleetLink>) {
     type Published = (Vec<PublishedContainer>, std::time::Instant);
     let mut published: BTreeMap<(String, String), Published> = BTreeMap::new();
+    let mut beat: Option<std::time::Instant> = None;
     loop {
+        if beat.is_none_or(|at| at.elapsed() >= HEARTBEAT) {
+            match link.bucket.beat(&link.node, &rfc3339(now())).await {
+                Ok(()) => {
+                    link.metrics.publications.fetch_add(1, Relaxed);
+                    beat = Some(std::time::Instant::now());
+                }
+                Err(e) => tracing::warn!(error = %e, "fleet: cannot write this node's heartbeat"),
+            }
+        }
         match pods(&runtime).await {
             Ok(running) => {
                 for ((ns, pod), containers) in &running {
                     let due = published
                         .get(&(ns.clone(), pod.clone()))
-                        .is_none_or(|(c, at)| c != containers || at.elapsed() >= HEARTBEAT);
+                        .is_none_or(|(c, _)| c != containers);
                     if !due {
                         continue;
                     }

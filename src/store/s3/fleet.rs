@@ -61,6 +61,16 @@ pub struct PodPublication {
     pub updated_at: String,
 }
 
+/// `captures/nodes/NODE.json`: the node agent is alive (rewritten every [`HEARTBEAT`]), so
+/// its pod publications, written only when they change, stay trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeBeat {
+    /// The node.
+    pub node: String,
+    /// When it was written (RFC 3339).
+    pub updated_at: String,
+}
+
 /// The rule that matched at the receiver, as the node's gate applies it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestRule {
@@ -382,6 +392,29 @@ impl Fleet {
         let key = self.pod_key(&p.namespace, &p.pod);
         self.s3.put_bytes(&key, json(p), false, false).await?;
         Ok(())
+    }
+
+    /// Says that `node`'s agent is alive now (one PUT per [`HEARTBEAT`]).
+    pub async fn beat(&self, node: &str, at: &str) -> Result<(), StoreError> {
+        let key = self.key(&format!("nodes/{node}.json"));
+        let b = NodeBeat {
+            node: node.to_owned(),
+            updated_at: at.to_owned(),
+        };
+        self.s3.put_bytes(&key, json(&b), false, false).await?;
+        Ok(())
+    }
+
+    /// How long ago `node`'s agent last said it was alive (`None`: never, or unreadable).
+    pub async fn node_age(
+        &self,
+        node: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<std::time::Duration>, StoreError> {
+        let key = self.key(&format!("nodes/{node}.json"));
+        Ok(self.read::<NodeBeat>(&key).await?.and_then(|(b, _)| {
+            parse_time(&b.updated_at).map(|t| (now - t).try_into().unwrap_or_default())
+        }))
     }
 
     /// Deletes a pod's publication if it is still `node`'s (another node may have
