@@ -25,10 +25,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::alert::Alert;
-use super::cri::{
-    CONTAINER_RUNNING, ContainerFilter, ContainerStateValue, LABEL_CONTAINER, LABEL_NAMESPACE,
-    LABEL_POD, ListContainersRequest, RuntimeClient,
-};
+use super::cri::{LABEL_CONTAINER, LABEL_NAMESPACE, LABEL_POD, RuntimeClient};
 use super::incident::{
     CaptureState, CaptureStatus, Incidents, NotTaken, Requester, Taken, alert_key, authorize,
     describe,
@@ -611,21 +608,9 @@ pub(crate) fn start_agent(inc: &Incidents) {
 async fn pods(
     runtime: &RuntimeClient,
 ) -> Result<BTreeMap<(String, String), Vec<PublishedContainer>>, super::cri::GrpcStatus> {
-    let all = runtime
-        .list_containers(
-            ListContainersRequest {
-                filter: Some(ContainerFilter {
-                    state: Some(ContainerStateValue {
-                        state: CONTAINER_RUNNING,
-                    }),
-                    ..Default::default()
-                }),
-            },
-            Duration::from_secs(30),
-        )
-        .await?;
+    let all = super::resolve::all_running(runtime).await?;
     let mut out: BTreeMap<(String, String), Vec<PublishedContainer>> = BTreeMap::new();
-    for c in &all.containers {
+    for c in &all {
         let label = |k: &str| c.labels.get(k).cloned().unwrap_or_default();
         let (ns, pod, name) = (
             label(LABEL_NAMESPACE),

@@ -150,8 +150,8 @@ async fn by_names(
         .ok_or_else(|| ResolveError::NotRunning(container.to_owned()))
 }
 
-async fn by_id(runtime: &RuntimeClient, prefix: &str) -> Result<Running, ResolveError> {
-    let prefix = id_prefix(prefix)?;
+/// Every running container of `runtime` (one `ListContainers`).
+pub(crate) async fn all_running(runtime: &RuntimeClient) -> Result<Vec<Container>, GrpcStatus> {
     let all = runtime
         .list_containers(
             ListContainersRequest {
@@ -165,7 +165,12 @@ async fn by_id(runtime: &RuntimeClient, prefix: &str) -> Result<Running, Resolve
             LOOKUP,
         )
         .await?;
-    pick(&all.containers, prefix)
+    Ok(all.containers)
+}
+
+async fn by_id(runtime: &RuntimeClient, prefix: &str) -> Result<Running, ResolveError> {
+    let prefix = id_prefix(prefix)?;
+    pick(&all_running(runtime).await?, prefix)
 }
 
 /// `prefix` lower-cased, if it can be a container ID prefix.
