@@ -73,13 +73,10 @@ fn compat_v1_audit_log_verifies_and_every_event_reserializes_byte_for_byte() {
         let head: SignedHead = serde_json::from_str(line).unwrap();
         assert_eq!(serde_json::to_string(&head).unwrap(), line);
     }
-    // Read through the store, as `ckvault audit` does.
+    // Read where the store says its log is (the fixture keeps no private key, so the log
+    // is read, not opened for appending).
     let opened = LocalStore::open(&store).unwrap();
-    let events = opened
-        .audit_log()
-        .unwrap()
-        .read(&|_| true, usize::MAX)
-        .unwrap();
+    let events = crate::audit::read_events(&opened.audit_path(), &|_| true, usize::MAX).unwrap();
     assert_eq!(events.len(), lines.len());
 }
 
@@ -120,18 +117,45 @@ fn compat_v1_manifests_verify_and_reserialize_byte_for_byte() {
     assert_eq!(held.len(), 1);
 }
 
+/// The signing key of "a newer ckvault" on the fixture store. The fixture keeps no private
+/// key (nothing secret is committed), so the first call rotates the copy's key as
+/// `ckvault key rotate` does: the fixture's public key goes to keys/retired/ (what it
+/// signed keeps verifying) and a fresh key becomes the store's.
+fn newer_key(store: &Path) -> crate::manifest::SigningKey {
+    use crate::manifest::SigningKey;
+    let key_path = store.join("keys/signing.key");
+    if let Ok(pem) = std::fs::read_to_string(&key_path) {
+        return SigningKey::from_pem(&pem, &key_path).unwrap();
+    }
+    let old = public_key(store);
+    let retired = store.join("keys/retired");
+    std::fs::create_dir_all(&retired).unwrap();
+    let old_pem = old.to_pem().unwrap();
+    let id = old
+        .key_id()
+        .replace('/', "_")
+        .replace('+', "-")
+        .replace(':', ".");
+    std::fs::write(retired.join(format!("{id}.pub")), old_pem).unwrap();
+    let key = SigningKey::generate().unwrap();
+    std::fs::write(&key_path, key.to_pem().unwrap()).unwrap();
+    std::fs::write(
+        store.join("keys/signing.pub"),
+        key.verifying_key().to_pem().unwrap(),
+    )
+    .unwrap();
+    key
+}
+
 /// Rewrites the fixture manifest `path` through `edit` (on its JSON, signature removed) and,
 /// with `resign`, signs it again with the store's key, as a newer ckvault would.
 fn rewrite(store: &Path, path: &Path, resign: bool, edit: impl FnOnce(&mut serde_json::Value)) {
-    use crate::manifest::SigningKey;
     use crate::manifest::sign::canonical_json;
     let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let signature = doc.as_object_mut().unwrap().remove("signature").unwrap();
     edit(&mut doc);
     let signature = if resign {
-        let key_path = store.join("keys/signing.key");
-        let key =
-            SigningKey::from_pem(&std::fs::read_to_string(&key_path).unwrap(), &key_path).unwrap();
+        let key = newer_key(store);
         serde_json::json!({
             "alg": "ed25519",
             "key_id": key.verifying_key().key_id(),

@@ -37,6 +37,7 @@ mod inspect_real;
 mod log_hygiene;
 mod multi_process;
 mod policy_cli;
+mod repo_hygiene;
 mod retention_props;
 mod s3_conformance;
 mod s3_health;
