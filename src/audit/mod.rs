@@ -346,7 +346,61 @@ pub enum AuditError {
         /// The log path.
         path: String,
         /// What is wrong.
-        why: String,
+        #[source]
+        why: Damage,
+    },
+}
+
+/// What is wrong with a damaged audit log.
+#[derive(Debug, thiserror::Error)]
+pub enum Damage {
+    /// The log cannot be opened or read.
+    #[error("it cannot be read: {0}")]
+    Unreadable(#[source] io::Error),
+    /// A line longer than any event can be.
+    #[error("line {line} is longer than {MAX_LINE_BYTES} bytes")]
+    LineTooLong {
+        /// Its number, from 1.
+        line: u64,
+    },
+    /// A line that is not an event.
+    #[error("line {line} is not an event: {source}")]
+    NotAnEvent {
+        /// Its number, from 1.
+        line: u64,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
+    /// No line end at all in the bytes read from the end of the log.
+    #[error("no line end in the last bytes of the log")]
+    NoLineEnd,
+    /// The last event does not parse.
+    #[error("the last event does not parse: {0}")]
+    LastEventNotAnEvent(#[source] serde_json::Error),
+    /// The last line is longer than any event can be.
+    #[error("the last event is longer than any event can be")]
+    LastEventTooLong,
+    /// The event before an unconfirmed last one is unreadable.
+    #[error("the event before the last is unreadable")]
+    EventBeforeLastUnreadable,
+    /// The signed head names the log's last event with another hash.
+    #[error("the signed head names another hash for event {seq}")]
+    HeadHashDiffers {
+        /// The event.
+        seq: u64,
+    },
+    /// The signed head names neither the last event nor the one before it.
+    #[error("the signed head does not name the event before the last")]
+    HeadNotBeforeLast,
+    /// The log ends before or well after its signed head.
+    #[error(
+        "the log ends at event {last} but its signed head names event {head} (rolled back or cut by hand?)"
+    )]
+    HeadElsewhere {
+        /// The log's last event.
+        last: u64,
+        /// The event the head names.
+        head: u64,
     },
 }
 
@@ -360,8 +414,6 @@ pub struct AuditLog {
 /// What this process remembers between appends.
 #[derive(Default)]
 struct State {
-    /// The last append failed (health reports it until an append or a probe succeeds).
-    failing: Option<String>,
     /// A repair whose cut is done but whose `audit-repair` event could not be written yet.
     unrecorded_repair: Option<String>,
 }
@@ -384,31 +436,19 @@ impl AuditLog {
     /// Whether an append can succeed now, for health checks: the log opens, its tail is
     /// whole (a torn tail is repaired here, with its `audit-repair` event) and its file
     /// system has room for an event. `Err` says why not.
-    pub fn health(&self) -> Result<(), String> {
+    pub fn health(&self) -> Result<(), AuditError> {
         let mut state = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let result = (|| {
-            let mut file = self.open_file().map_err(|e| self.unwritable(e))?;
-            file.lock().map_err(|e| self.unwritable(e))?;
-            let tail = tail::inspect(&self.path, &mut file)?;
-            if tail.cut.is_some() || state.unrecorded_repair.is_some() {
-                self.repair(&mut file, &mut state, tail)?;
-            }
-            let room = free_bytes(&self.path).map_err(|e| self.unwritable(e))?;
-            if room < APPEND_ROOM {
-                return Err(self.unwritable(io::Error::from_raw_os_error(libc::ENOSPC)));
-            }
-            Ok(())
-        })();
-        match result {
-            Ok(()) => {
-                state.failing = None;
-                Ok(())
-            }
-            Err(e) => {
-                state.failing = Some(e.to_string());
-                Err(e.to_string())
-            }
+        let mut file = self.open_file().map_err(|e| self.unwritable(e))?;
+        file.lock().map_err(|e| self.unwritable(e))?;
+        let tail = tail::inspect(&self.path, &mut file)?;
+        if tail.cut.is_some() || state.unrecorded_repair.is_some() {
+            self.repair(&mut file, &mut state, tail)?;
         }
+        let room = free_bytes(&self.path).map_err(|e| self.unwritable(e))?;
+        if room < APPEND_ROOM {
+            return Err(self.unwritable(io::Error::from_raw_os_error(libc::ENOSPC)));
+        }
+        Ok(())
     }
 
     /// The log's path.
@@ -455,17 +495,13 @@ impl AuditLog {
     pub fn append(&self, input: EventInput) -> Result<AuditEvent, AuditError> {
         let input = input.bounded();
         let mut state = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let result = (|| {
-            let mut file = self.open_file().map_err(|e| self.unwritable(e))?;
-            file.lock().map_err(|e| self.unwritable(e))?;
-            let mut tail = tail::inspect(&self.path, &mut file)?;
-            if tail.cut.is_some() || state.unrecorded_repair.is_some() {
-                tail = self.repair(&mut file, &mut state, tail)?;
-            }
-            self.write_event(&mut file, &tail, input)
-        })();
-        state.failing = result.as_ref().err().map(ToString::to_string);
-        result
+        let mut file = self.open_file().map_err(|e| self.unwritable(e))?;
+        file.lock().map_err(|e| self.unwritable(e))?;
+        let mut tail = tail::inspect(&self.path, &mut file)?;
+        if tail.cut.is_some() || state.unrecorded_repair.is_some() {
+            tail = self.repair(&mut file, &mut state, tail)?;
+        }
+        self.write_event(&mut file, &tail, input)
     }
 
     /// Cuts what an interrupted append left (see [`tail`]) and records that it did.
@@ -625,11 +661,11 @@ pub fn read_events(
     keep: &dyn Fn(&AuditEvent) -> bool,
     limit: usize,
 ) -> Result<Vec<AuditEvent>, AuditError> {
-    let damaged = |why: String| AuditError::Damaged {
+    let damaged = |why: Damage| AuditError::Damaged {
         path: path.display().to_string(),
         why,
     };
-    let file = fsutil::open_regular_nofollow(path).map_err(|e| damaged(e.to_string()))?;
+    let file = fsutil::open_regular_nofollow(path).map_err(|e| damaged(Damage::Unreadable(e)))?;
     let mut reader = BufReader::new(file);
     let mut out = Vec::new();
     let mut line = Vec::new();
@@ -638,20 +674,18 @@ pub fn read_events(
         let read = io::Read::by_ref(&mut reader)
             .take(MAX_LINE_BYTES as u64 + 1)
             .read_until(b'\n', &mut line)
-            .map_err(|e| damaged(e.to_string()))?;
+            .map_err(|e| damaged(Damage::Unreadable(e)))?;
         if read == 0 {
             break;
         }
         if line.len() > MAX_LINE_BYTES {
-            return Err(damaged(format!(
-                "line {n} is longer than {MAX_LINE_BYTES} bytes"
-            )));
+            return Err(damaged(Damage::LineTooLong { line: n }));
         }
         if line.last() != Some(&b'\n') {
             break; // a line being written, or a torn tail the next append cuts
         }
-        let event: AuditEvent =
-            serde_json::from_slice(&line).map_err(|e| damaged(format!("line {n}: {e}")))?;
+        let event: AuditEvent = serde_json::from_slice(&line)
+            .map_err(|source| damaged(Damage::NotAnEvent { line: n, source }))?;
         if keep(&event) {
             out.push(event);
             if out.len() >= limit {

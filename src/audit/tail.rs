@@ -16,7 +16,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::{
-    Action, AuditError, AuditEvent, GENESIS, MAX_EVENT_BYTES, MAX_LINE_BYTES, Outcome, SignedHead,
+    Action, AuditError, AuditEvent, Damage, GENESIS, MAX_EVENT_BYTES, MAX_LINE_BYTES, Outcome,
+    SignedHead,
 };
 
 /// The end of the log.
@@ -76,10 +77,10 @@ impl Cut {
     }
 }
 
-fn damaged(path: &Path, why: impl Into<String>) -> AuditError {
+fn damaged(path: &Path, why: Damage) -> AuditError {
     AuditError::Damaged {
         path: path.display().to_string(),
-        why: why.into(),
+        why,
     }
 }
 
@@ -144,19 +145,15 @@ pub(super) fn inspect(path: &Path, file: &mut File) -> Result<Tail, AuditError> 
         want = (want * 4).min(len).min(2 * MAX_LINE_BYTES as u64);
     };
     if good_end == 0 && len > 0 && len > want {
-        return Err(damaged(path, "no line end in the last bytes of the log"));
+        return Err(damaged(path, Damage::NoLineEnd));
     }
     let parse = |bytes: &[u8]| -> Result<AuditEvent, AuditError> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| damaged(path, format!("the last event does not parse: {e}")))
+        serde_json::from_slice(bytes).map_err(|e| damaged(path, Damage::LastEventNotAnEvent(e)))
     };
     let last = match lines.last() {
         Some((offset, bytes)) => Some((*offset, parse(bytes)?)),
         None if good_end > 0 => {
-            return Err(damaged(
-                path,
-                "the last event is longer than any event can be",
-            ));
+            return Err(damaged(path, Damage::LastEventTooLong));
         }
         None => None,
     };
@@ -178,10 +175,7 @@ pub(super) fn inspect(path: &Path, file: &mut File) -> Result<Tail, AuditError> 
     if let Some(head) = &head {
         if head.size == last_seq {
             if head.hash != last_hash {
-                return Err(damaged(
-                    path,
-                    format!("the signed head names another hash for event {last_seq}"),
-                ));
+                return Err(damaged(path, Damage::HeadHashDiffers { seq: last_seq }));
             }
         } else if head.size + 1 == last_seq
             && let Some((offset, event)) = &last
@@ -193,13 +187,10 @@ pub(super) fn inspect(path: &Path, file: &mut File) -> Result<Tail, AuditError> 
                     (before.seq, before.hash)
                 }
                 None if *offset == 0 => (0, GENESIS.to_owned()),
-                None => return Err(damaged(path, "the event before the last is unreadable")),
+                None => return Err(damaged(path, Damage::EventBeforeLastUnreadable)),
             };
             if seq != head.size || hash != head.hash {
-                return Err(damaged(
-                    path,
-                    "the signed head does not name the event before the last",
-                ));
+                return Err(damaged(path, Damage::HeadNotBeforeLast));
             }
             unconfirmed = Some((
                 event.seq,
@@ -212,10 +203,10 @@ pub(super) fn inspect(path: &Path, file: &mut File) -> Result<Tail, AuditError> 
         } else {
             return Err(damaged(
                 path,
-                format!(
-                    "the log ends at event {last_seq} but its signed head names event {} (rolled back or cut by hand?)",
-                    head.size
-                ),
+                Damage::HeadElsewhere {
+                    last: last_seq,
+                    head: head.size,
+                },
             ));
         }
     }

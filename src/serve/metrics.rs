@@ -65,7 +65,7 @@ impl Metrics {
     }
 
     /// Notes the health of one part; a change is logged (once, not on every probe).
-    pub fn note_health(&self, part: &'static str, error: Option<&String>) {
+    pub fn note_health(&self, part: &'static str, error: Option<&dyn std::error::Error>) {
         let mut map = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let was_ok = map.insert(part, error.is_none()).unwrap_or(true);
         match error {

@@ -406,7 +406,7 @@ pub(crate) async fn record(state: &Shared, event: EventInput) -> Result<(), ApiE
 /// The answer to a request the audit log could not record (503, the cause logged).
 pub(super) fn audit_unavailable(state: &Shared, e: &crate::audit::AuditError) -> ApiError {
     state.metrics.audit_failures.fetch_add(1, Ordering::Relaxed);
-    state.metrics.note_health("audit", Some(&e.to_string()));
+    state.metrics.note_health("audit", Some(e));
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "audit-unavailable",

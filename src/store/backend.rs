@@ -179,13 +179,11 @@ impl Store {
     }
 
     /// `Ok` when records can be listed and read.
-    pub(crate) async fn health(&self) -> Result<(), String> {
+    pub(crate) async fn health(&self) -> Result<(), StoreError> {
         match self {
             Self::Local(l) => {
                 let l = l.clone();
-                blocking(move || l.ids().map(|_| ()))
-                    .await
-                    .map_err(|e| e.to_string())
+                blocking(move || l.ids().map(|_| ())).await
             }
             Self::Bucket(b) => b.index.health(),
         }

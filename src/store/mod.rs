@@ -101,6 +101,13 @@ pub enum StoreError {
         /// Why it failed.
         source: serde_json::Error,
     },
+    /// The bucket index has not finished its first refresh.
+    #[error("the bucket index is not built yet")]
+    IndexNotBuilt,
+    /// The bucket index's last refresh failed: the cause, shared by whoever asks until a
+    /// refresh succeeds.
+    #[error(transparent)]
+    Refresh(std::sync::Arc<StoreError>),
     /// `[store] kind = "s3"` without a bucket.
     #[error("[store] kind = \"s3\" needs bucket")]
     NoBucket,

@@ -34,7 +34,7 @@ struct State {
     records: BTreeMap<RecordId, Arc<Manifest>>,
     held: HashSet<RecordId>,
     broken: usize,
-    error: Option<String>,
+    error: Option<Arc<StoreError>>,
     refreshed_once: bool,
 }
 
@@ -55,11 +55,11 @@ impl Index {
 
     /// Brings the index up to date with the bucket.
     pub async fn refresh(&self) -> Result<Refreshed, StoreError> {
-        let result = self.refresh_inner().await;
+        let result = self.refresh_inner().await.map_err(Arc::new);
         if let Ok(mut st) = self.state.write() {
-            st.error = result.as_ref().err().map(ToString::to_string);
+            st.error = result.as_ref().err().map(Arc::clone);
         }
-        result
+        result.map_err(StoreError::Refresh)
     }
 
     async fn refresh_inner(&self) -> Result<Refreshed, StoreError> {
@@ -189,11 +189,11 @@ impl Index {
     }
 
     /// The last refresh's error, if it failed; `Some` also before the first refresh.
-    pub fn health(&self) -> Result<(), String> {
+    pub fn health(&self) -> Result<(), StoreError> {
         let st = self.read();
         match (&st.error, st.refreshed_once) {
-            (Some(e), _) => Err(e.clone()),
-            (None, false) => Err("index not built yet".into()),
+            (Some(e), _) => Err(StoreError::Refresh(Arc::clone(e))),
+            (None, false) => Err(StoreError::IndexNotBuilt),
             (None, true) => Ok(()),
         }
     }
