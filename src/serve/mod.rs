@@ -163,9 +163,46 @@ pub(crate) struct Replica {
     pub lease_holder: String,
 }
 
+/// Why a server could not be prepared from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PrepareError {
+    /// The node's parts (store, bucket, policies, recipients) could not be built.
+    #[error(transparent)]
+    Node(Box<crate::wiring::BuildError>),
+    /// The store (its audit log, staging) could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The generated default TLS material could not be made or read.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// The server's certificate, key, client CA or CRL could not be loaded.
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialError),
+    /// The tokens file could not be loaded.
+    #[error(transparent)]
+    Tokens(#[from] crate::serve::tokens::TokenError),
+    /// The alert receivers' configuration is unusable.
+    #[error(transparent)]
+    Receivers(#[from] alerts::ReceiversError),
+    /// `[server] crl` without `[server] client_ca`.
+    #[error("[server] crl is set but client certificates are not accepted ([server] client_ca)")]
+    CrlWithoutClientCa,
+    /// `[cri] upstream` without recipients to seal to.
+    #[error(
+        "[cri] upstream is set but [seal] recipients is empty: checkpoints could not be sealed"
+    )]
+    UpstreamWithoutRecipients,
+}
+
+impl From<crate::wiring::BuildError> for PrepareError {
+    fn from(e: crate::wiring::BuildError) -> Self {
+        Self::Node(Box::new(e))
+    }
+}
+
 /// Opens everything the configuration names, generating default credentials if no
 /// certificate is configured.
-pub(crate) fn prepare(config: &Config) -> anyhow::Result<Prepared> {
+pub(crate) fn prepare(config: &Config) -> Result<Prepared, PrepareError> {
     let node = Node::build(config.clone(), Open::OrCreate)?;
     let store = node.store();
     let bucket = node.uploader().map(|uploader| Replica {
@@ -208,10 +245,9 @@ pub(crate) fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             out
         }
     };
-    anyhow::ensure!(
-        config.server.crl.is_none() || client_ca.is_some(),
-        "[server] crl is set but client certificates are not accepted ([server] client_ca)"
-    );
+    if config.server.crl.is_some() && client_ca.is_none() {
+        return Err(PrepareError::CrlWithoutClientCa);
+    }
     let credentials = credentials::Credentials::load(credentials::CredentialFiles {
         cert,
         key,
@@ -240,11 +276,9 @@ pub(crate) fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             // Retention of the policies this server holds (a bucket's uploader takes the
             // record instead).
             setup.policies = Some(Arc::new(set.clone()));
-            let setup = setup.require_recipients().map_err(|_| {
-                anyhow::anyhow!(
-                    "[cri] upstream is set but [seal] recipients is empty: checkpoints could not be sealed"
-                )
-            })?;
+            let setup = setup
+                .require_recipients()
+                .map_err(|_| PrepareError::UpstreamWithoutRecipients)?;
             let intake = node.intake(
                 &setup,
                 crate::manifest::Source {
