@@ -37,9 +37,15 @@ pub(crate) enum NotifyError {
         #[source]
         source: std::io::Error,
     },
-    /// A CA file holds no usable certificate, or the client could not be built.
-    #[error("notify: {0}")]
-    Tls(String),
+    /// A CA file holds no usable certificate.
+    #[error("notify: {} holds no CA certificate", .0.display())]
+    NoCaCertificate(PathBuf),
+    /// The TLS configuration could not be built.
+    #[error("notify: TLS: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The HTTP client could not be built.
+    #[error("notify: cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
 }
 
 /// One webhook.
@@ -103,16 +109,13 @@ impl Target {
                 let _ = roots.add(c);
             }
             if roots.is_empty() {
-                return Err(NotifyError::Tls(format!(
-                    "{} holds no CA certificate",
-                    roots_file.display()
-                )));
+                return Err(NotifyError::NoCaCertificate(roots_file.to_path_buf()));
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| NotifyError::Tls(e.to_string()))?
+            .map_err(NotifyError::Tls)?
             .with_root_certificates(roots)
             .with_no_client_auth();
         let client = reqwest::Client::builder()
@@ -120,7 +123,7 @@ impl Target {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .build()
-            .map_err(|e| NotifyError::Tls(e.to_string()))?;
+            .map_err(NotifyError::Client)?;
         Ok(Self {
             url: parsed,
             token,
