@@ -217,9 +217,25 @@ pub(super) fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let store = args.store.open_local("verify")?;
-    let key = match &args.public_key {
-        Some(p) => key_from(p)?,
-        None => store.verifying_key()?,
+    // With --public-key, that key only; otherwise the store's key the manifest names, the
+    // current one or one `key rotate` retired (what it signed keeps verifying).
+    let given = args.public_key.as_deref().map(key_from).transpose()?;
+    let key_for = |m: &Manifest| -> anyhow::Result<VerifyingKey> {
+        if let Some(k) = &given {
+            return Ok(k.clone());
+        }
+        let Some(id) = m.signature.as_ref().map(|s| s.key_id.as_str()) else {
+            return Ok(store.verifying_key()?); // unsigned: `check` says so
+        };
+        store.key_by_id(id)?.ok_or_else(|| {
+            let mut shown = id.to_owned();
+            crate::vocab::cut_to(&mut shown, 80);
+            anyhow::anyhow!(
+                "it is signed with key {}, which is neither this store's key nor one it retired \
+                 (signed by another vault? verify it with --public-key KEY.pem)",
+                crate::inspect::escape_control(&shown)
+            )
+        })
     };
     let ids = match (&args.id, args.all) {
         (Some(id), _) => vec![id.clone()],
@@ -233,7 +249,7 @@ pub(super) fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         let result = store
             .manifest_unverified(id)
             .map_err(anyhow::Error::from)
-            .and_then(|m| check(&m, store.open_blob(id)?, &key).map(|()| m));
+            .and_then(|m| check(&m, store.open_blob(id)?, &key_for(&m)?).map(|()| m));
         match result {
             Ok(m) => println!("OK {id} (signature and sealed sha256 {})", m.sealed.sha256),
             Err(e) => {

@@ -775,3 +775,95 @@ fn ls_shows_and_filters_by_trigger_and_show_prints_it() {
     let verified = ok(&ckvault(&["verify", "--all", "--store", s]));
     assert_eq!(verified.matches("OK ").count(), 3, "{verified}");
 }
+
+/// A spool whose key was rotated (`ckvault key rotate`) while records waited for the bucket
+/// holds records signed by the retired key beside new ones: `verify` checks each with the
+/// key it names (current or retired), not all with the current one (which reported every
+/// older record as "altered or signed by another vault"). A record signed by a key the
+/// store never had still fails, naming the key.
+#[test]
+fn verify_checks_each_record_with_the_key_it_names_current_or_retired() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys(dir.path());
+    let archive = dir.path().join("in.tar");
+    fs::write(
+        &archive,
+        tar_with(&[("config.dump", b'0', br#"{"id":"abc"}"#)]),
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    let old = seal(&archive, &store, &["-r", &k.recipient]);
+    // The rotation as it leaves the store's keys/: the old public key under retired/
+    // (named by its fingerprint), a new key pair in place.
+    let keys_dir = store.join("keys");
+    let spki_der = |pub_pem: &Path| {
+        let out = Command::new("openssl")
+            .args(["pkey", "-pubin", "-outform", "DER", "-in"])
+            .arg(pub_pem)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        out.stdout
+    };
+    let fingerprint = base64::engine::general_purpose::STANDARD_NO_PAD.encode(
+        sha2::Sha256::digest(spki_der(&keys_dir.join("signing.pub"))),
+    );
+    assert_eq!(
+        old["signature"]["key_id"],
+        format!("SHA256:{fingerprint}"),
+        "the key ID is the SPKI fingerprint"
+    );
+    let retired = keys_dir.join("retired");
+    fs::create_dir_all(&retired).unwrap();
+    let safe = fingerprint.replace('/', "_").replace('+', "-");
+    fs::copy(
+        keys_dir.join("signing.pub"),
+        retired.join(format!("SHA256.{safe}.pub")),
+    )
+    .unwrap();
+    let genkey = |to: &Path| {
+        let key = to.join("signing.key");
+        ok(&Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&key)
+            .output()
+            .unwrap());
+        ok(&Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&key)
+            .arg("-out")
+            .arg(to.join("signing.pub"))
+            .output()
+            .unwrap());
+    };
+    genkey(&keys_dir);
+    let new = seal(&archive, &store, &["-r", &k.recipient]);
+    assert_ne!(old["signature"]["key_id"], new["signature"]["key_id"]);
+    let out = ckvault(&["verify", "--all", "--store", s]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.matches("OK ").count() == 2,
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A record another vault signed, filed in this store, is not verified by anything here.
+    let other = dir.path().join("other");
+    let foreign = seal(&archive, &other, &["-r", &k.recipient]);
+    let fid = foreign["id"].as_str().unwrap();
+    for ext in ["json", "age"] {
+        fs::copy(
+            other.join("records").join(format!("{fid}.{ext}")),
+            store.join("records").join(format!("{fid}.{ext}")),
+        )
+        .unwrap();
+    }
+    let out = ckvault(&["verify", fid, "--store", s]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && text.contains("neither this store's key nor one it retired"),
+        "{text}"
+    );
+}
