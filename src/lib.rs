@@ -57,7 +57,7 @@ mod wiring;
 #[cfg(test)]
 mod compat_tests;
 
-pub use cli::{Cli, run};
+pub use cli::{Cli, error_text, run};
 
 /// What the `ckvault` binary's callers outside the library use of it: the integration
 /// tests (`tests/it`), the fuzz targets (`fuzz/`) and the examples. Not a stable API (as

@@ -9,16 +9,8 @@ fn main() -> ExitCode {
     match ckvault::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            // The message, then each cause it does not already say (an error that shows
-            // its cause in its own message is not repeated by the chain).
-            let mut text = e.to_string();
-            for cause in e.chain().skip(1) {
-                let said = cause.to_string();
-                if !text.contains(&said) {
-                    text.push_str(": ");
-                    text.push_str(&said);
-                }
-            }
+            // The message, then each cause it does not already say.
+            let text = ckvault::error_text(&e);
             // Line by line: control characters escaped in each, and every line after the
             // first indented, so no text in a message can pass for a line of its own.
             let mut lines = text.trim_end().split('\n');

@@ -12,6 +12,7 @@ mod logging;
 mod memsearch;
 mod open;
 mod output;
+pub use output::error_text;
 mod proxy;
 mod records;
 mod retention;

@@ -42,3 +42,17 @@ pub(super) fn human_bytes(n: u64) -> String {
         Some(u) => format!("{value:.1} {u}"),
     }
 }
+
+/// An error as one text: its message, then each cause it does not already say (an error
+/// that shows its cause in its own message is not repeated by the chain).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+    }
+    text
+}

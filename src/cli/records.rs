@@ -254,7 +254,7 @@ pub(super) fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             Ok(m) => println!("OK {id} (signature and sealed sha256 {})", m.sealed.sha256),
             Err(e) => {
                 failed += 1;
-                println!("FAILED {id}: {e:#}");
+                println!("FAILED {id}: {}", escape_control(&output::error_text(&e)));
             }
         }
     }
