@@ -377,6 +377,7 @@ kubectl() {
     *" apply -f - "*) cat > "$APPLIED/$(date +%s%N).yaml" ;;
     *" apply -f "*) local all="$*"; local f=${all##* -f }; cp "${f%% *}" "$APPLIED/$(date +%s%N).yaml" ;;
     *" rollout status "*) ;;
+    *" port-forward "*) ;;
     *" get pods "*) echo pod/ckvault-node-agent-t3st ;;
     *" exec "*)
       while [ $# -gt 0 ] && [ "$1" != "--" ]; do shift; done; shift
@@ -387,6 +388,43 @@ kubectl() {
   esac
 }
 "#;
+
+/// The cluster side of docs/deploy.md's step 7, run just before that step's block (the
+/// port-forward itself is a no-op in the kubectl stand-in): the server a responder reaches
+/// through `kubectl port-forward`, here a local `ckvault serve` on $PORT with the TLS
+/// material, token file and policies the doc made in step 3, holding one record sealed (in a
+/// namespace the doc's policies let alice's group download) to the responder key of step 2.
+/// The record's ID is what the doc calls RECORD-ID. The server is stopped when the script
+/// ends.
+const SERVER_DOUBLE: &str = r#"
+serve_for_step_7() {
+  local store="$STEP7/store"
+  ckvault seal "$ARCHIVE" --store "$store" -r "$(age-keygen -y responder.key)" \
+    --namespace team-shop --pod api-0 --container api > "$STEP7/manifest.json"
+  RECORD_ID=$(sed -n 's/^  "id": "\([0-9A-Z]*\)",$/\1/p' "$STEP7/manifest.json")
+  [ -n "$RECORD_ID" ] || { echo "no id in the sealed manifest" >&2; return 1; }
+  printf '[store]\npath = "%s"\n[server]\nlisten = "127.0.0.1:%s"\ncert = "%s"\nkey = "%s"\nclient_ca = "%s"\ntokens = "%s"\n[policy]\ndir = "%s"\n' \
+    "$store" "$PORT" "$PWD/tls/server.pem" "$PWD/tls/server.key" "$PWD/tls/ca.pem" \
+    "$PWD/tls/tokens.toml" "$PWD/policies" > "$STEP7/serve.toml"
+  ckvault serve --config "$STEP7/serve.toml" > "$STEP7/serve.log" 2>&1 &
+  SERVE_PID=$!
+  trap 'kill "$SERVE_PID" 2>/dev/null; wait "$SERVE_PID" 2>/dev/null' EXIT
+  for _ in $(seq 300); do
+    curl -sf --cacert tls/ca.pem "https://localhost:$PORT/healthz" > /dev/null && return 0
+    kill -0 "$SERVE_PID" 2>/dev/null || { cat "$STEP7/serve.log" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "the step 7 server did not answer /healthz in 30 s" >&2; cat "$STEP7/serve.log" >&2; return 1
+}
+"#;
+
+/// A port nothing listens on now (the step 7 server's; the doc's 8443 may be taken).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
 
 #[test]
 fn deploy_doc_commands_run_as_written() {
@@ -400,15 +438,19 @@ fn deploy_doc_commands_run_as_written() {
         "docs/deploy.md has {} runnable blocks",
         blocks.len()
     );
-    // `ckvault fetch` needs a running server and a sealed record in its bucket: it is the
-    // one command the doc shows that this test does not run.
-    let untested: Vec<_> = outside
-        .iter()
-        .filter(|l| !l.contains("ckvault fetch"))
-        .collect();
     assert!(
-        untested.is_empty(),
-        "docs/deploy.md shows ckvault commands outside {RUN_FENCE} blocks:\n{untested:#?}"
+        outside.is_empty(),
+        "docs/deploy.md shows ckvault commands outside {RUN_FENCE} blocks:\n{outside:#?}"
+    );
+    // Step 7, the first download: the one block that talks to the server.
+    let step7: Vec<usize> = (0..blocks.len())
+        .filter(|&i| blocks[i].contains("port-forward svc/ckvault"))
+        .collect();
+    assert_eq!(step7.len(), 1, "docs/deploy.md's first download (step 7)");
+    assert!(
+        blocks[step7[0]].contains("ckvault fetch RECORD-ID")
+            && blocks[step7[0]].contains("localhost:8443"),
+        "step 7 changed: update this test's stand-in for it"
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -441,7 +483,32 @@ fn deploy_doc_commands_run_as_written() {
         p(&bin_dir),
         std::env::var("PATH").unwrap_or_default()
     );
-    let script = format!("set -euo pipefail\n{KUBECTL_DOUBLE}\n{}", blocks.join("\n"));
+    // The step 7 server: its port free here, its record the one the doc names RECORD-ID.
+    let archive = dir.path().join("checkpoint.tar");
+    let archive_bytes = tar_with(&[("spec.dump", b'0', b"{}\n"), ("notes.txt", b'0', b"x\n")]);
+    fs::write(&archive, &archive_bytes).unwrap();
+    let step7_dir = dir.path().join("step7");
+    fs::create_dir(&step7_dir).unwrap();
+    let port = free_port().to_string();
+    let run_blocks: Vec<String> = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if i == step7[0] {
+                format!(
+                    "serve_for_step_7\n{}",
+                    b.replace("8443", &port)
+                        .replace("RECORD-ID", "\"$RECORD_ID\"")
+                )
+            } else {
+                b.clone()
+            }
+        })
+        .collect();
+    let script = format!(
+        "set -euo pipefail\n{KUBECTL_DOUBLE}\n{SERVER_DOUBLE}\n{}",
+        run_blocks.join("\n")
+    );
     fs::write(dir.path().join("doc.sh"), &script).unwrap();
     let out = Command::new("bash")
         .arg(dir.path().join("doc.sh"))
@@ -451,6 +518,11 @@ fn deploy_doc_commands_run_as_written() {
         .env("REAL_KUBECTL", kubectl())
         .env("APPLIED", &applied)
         .env("NODE_CONFIG", &node_config)
+        .env("ARCHIVE", &archive)
+        .env("STEP7", &step7_dir)
+        .env("PORT", &port)
+        // `fetch` pins the server's key under ~/.config: keep that inside the test.
+        .env("HOME", dir.path())
         .output()
         .expect("run bash");
     assert!(
@@ -459,6 +531,42 @@ fn deploy_doc_commands_run_as_written() {
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Step 7 listed the record, downloaded it with alice's token and opened it with the
+    // responder key: record.age.tar is the archive sealed, byte for byte, and the server's audit
+    // log names alice, the record and the purpose.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let manifest = fs::read_to_string(step7_dir.join("manifest.json")).unwrap();
+    let id = serde_json::from_str::<serde_json::Value>(&manifest).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        stdout.contains(&id),
+        "step 7's listing does not show the record {id}:\n{stdout}"
+    );
+    assert!(
+        work.join("record.age").is_file(),
+        "step 7 fetched no record.age"
+    );
+    assert_eq!(
+        fs::read(work.join("record.age.tar")).expect("step 7's fetch -i opens record.age.tar"),
+        archive_bytes,
+        "the record step 7 opened is not the archive sealed"
+    );
+    let downloaded = support::audit_events(&step7_dir.join("store"))
+        .into_iter()
+        .any(|e| {
+            e["action"] == "download"
+                && e["outcome"] == "ok"
+                && e["actor"] == "user:alice"
+                && e["record"] == id.as_str()
+                && e["purpose"] == "incident 42"
+        });
+    assert!(
+        downloaded,
+        "the server's audit log has no download of {id} by alice for \"incident 42\""
     );
 
     // What the doc applied is valid, and holds every Secret and ConfigMap the workloads

@@ -28,6 +28,7 @@ mod cri_proxy_containerd;
 mod cri_proxy_paths;
 mod cri_real_runtime;
 mod deploy;
+mod doc_links;
 mod fleet_capture;
 mod harness_real_checkpoint;
 mod inspect_deep_hostile;

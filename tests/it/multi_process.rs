@@ -3,7 +3,7 @@
 //! PID namespace (another container of the pod) opening the store while a seal runs; six
 //! one-shot `seal --config` runs sharing one spool against a real SeaweedFS.
 //!
-//! The rules these tests hold ckvault to (README, "Processes sharing a store"): any number
+//! The rules these tests hold ckvault to (docs/sealing.md, "Processes sharing a store"): any number
 //! of ckvault processes, in any PID namespaces, may share a local store or a spool; the
 //! store is created once with one key by whoever comes first; a temporary or staging file
 //! belongs to its writer for as long as that process lives (a `flock`ed owner file, not a
