@@ -119,11 +119,7 @@ impl NodeTriggers {
     /// The time a capture before a stop may take: the call's deadline less the grace
     /// period less the margin, or `[capture] stop_budget` without a deadline.
     pub(crate) fn budget(&self, deadline: Option<Duration>, grace: Duration) -> Duration {
-        match deadline {
-            Some(d) => d.saturating_sub(grace).saturating_sub(self.stop_margin),
-            None => self.stop_budget,
-        }
-        .min(MAX_DEADLINE)
+        budget(deadline, grace, self.stop_margin, self.stop_budget)
     }
 
     /// Answers an intercepted stop: captures what a rule selects within the budget, then
@@ -598,6 +594,21 @@ fn subject<'a>(c: &'a Container, pod_labels: &'a HashMap<String, String>) -> Sub
     }
 }
 
+/// A capture before a stop's budget: `deadline` less `grace` less `margin`, or `default`
+/// without a deadline (at most [`MAX_DEADLINE`]).
+fn budget(
+    deadline: Option<Duration>,
+    grace: Duration,
+    margin: Duration,
+    default: Duration,
+) -> Duration {
+    match deadline {
+        Some(d) => d.saturating_sub(grace).saturating_sub(margin),
+        None => default,
+    }
+    .min(MAX_DEADLINE)
+}
+
 /// What is left of the stop call's deadline for the stop itself (its grace period and
 /// [`STOP_CALL`] without one).
 fn left(deadline: Option<Duration>, started: Instant, grace: Duration) -> Duration {
@@ -606,4 +617,27 @@ fn left(deadline: Option<Duration>, started: Instant, grace: Duration) -> Durati
         None => grace + STOP_CALL,
     }
     .max(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_is_the_deadline_less_the_grace_period_less_the_margin() {
+        let s = Duration::from_secs;
+        // The kubelet's defaults: grace 30 s, deadline grace + 2 min.
+        assert_eq!(budget(Some(s(150)), s(30), s(2), s(30)), s(118));
+        // A deadline the grace period alone uses up leaves nothing to capture.
+        assert_eq!(budget(Some(s(10)), s(30), s(2), s(30)), Duration::ZERO);
+        assert_eq!(budget(Some(s(31)), s(30), s(2), s(30)), Duration::ZERO);
+        // No deadline: the configured budget; never past the checkpointer's bound.
+        assert_eq!(budget(None, s(30), s(2), s(45)), s(45));
+        assert_eq!(budget(Some(s(1 << 40)), s(0), s(2), s(30)), MAX_DEADLINE);
+        // The stop keeps what is left of its deadline, at least a second.
+        let started = Instant::now();
+        assert!(left(Some(s(60)), started, s(30)) > s(59));
+        assert_eq!(left(None, started, s(30)), s(150));
+        assert_eq!(left(Some(Duration::ZERO), started, s(30)), s(1));
+    }
 }
