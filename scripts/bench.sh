@@ -37,6 +37,10 @@
 #  10. alert     an alert posted to a real Alertmanager 0.25 (group_wait 0s) until its sealed
 #                record exists, vs the direct CheckpointContainer of the same container on
 #                containerd 2.1, BENCH_ALERT_MIBS (64 and 512; 64 with --small) MiB containers
+#  11. stop      the kubelet's StopContainer (grace 0) through ckvault proxy with an
+#                on_stop rule (checkpoint + seal, then the stop) vs the same stop sent to the
+#                runtime directly, containerd 2.1, BENCH_STOP_MIBS (64 and 512; 64 with
+#                --small) MiB containers, a fresh pod for every stop
 # BENCH_ONLY="4 5" runs only those sections (3 needs 1's checkpoint; it makes it if missing).
 # Needs root (CRIU, containerd), age, zstd, openssl, curl, nginx (installed if missing).
 set -euo pipefail
@@ -541,4 +545,64 @@ YAML
 done
 exec 9>&-
 rm -rf "$A"
+fi
+
+# ---------------------------------------------------------------------------------- 11
+if want 11; then
+ST_SIZES=(${BENCH_STOP_MIBS:-$([ $SMALL = 1 ] && echo 64 || echo "64 512")})
+echo; echo "== 11. stop: StopContainer with a capture before it (ckvault proxy, on_stop) vs the stop alone, containerd 2.1"
+echo "   (grace period 0, a stock grpcio client; added = what a capture before a stop costs a drain, per container)"
+CACHE=/var/tmp/ckvault-real-cri/cache; BINDS=/var/tmp/ckvault-real-cri/binds
+mkdir -p "$BINDS"; exec 9>/var/tmp/ckvault-real-cri/test.lock; flock 9
+S=$BINDS/bench-stop
+stop_req() { python3 -c 'import sys; c=sys.argv[1].encode(); print((bytes([10,len(c)])+c+bytes([16,0])).hex())' "$1"; }
+printf "%-10s %-34s %8s %8s %9s\n" size contender "wall s" ratio "added s"
+for mib in "${ST_SIZES[@]}"; do
+  rm -rf "$S"; mkdir -p "$S"
+  start_pod() { CTD_BINDS=$BINDS ROOT_SEED="${CKVAULT_CKPT_CACHE:-/var/tmp/ckvault-ckpt}/root" \
+    bash tests/harness/real-cri-runtime.sh start "$CACHE" "$mib" bench bench-pod app 2>/dev/null; }
+  env=$(start_pod); CRI_SOCKET=$(sed -n 's/^CRI_SOCKET=//p' <<<"$env")
+  cat > "$S/ckvault.toml" <<TOML
+[store]
+path = "$S/store"
+[seal]
+recipients = ["$R"]
+[cri]
+upstream = "$CRI_SOCKET"
+staging = "$S/staging"
+listen = "$S/cri.sock"
+[capture]
+cooldown = "1s"
+[[trigger]]
+name = "drain"
+on_stop = true
+namespaces = ["bench"]
+TOML
+  "$CK" proxy --config "$S/ckvault.toml" >/dev/null 2>"$S/proxy.log" 9>&- & ppid=$!; PIDS+=($ppid)
+  for _ in $(seq 300); do [ -S "$S/cri.sock" ] && break; sleep 0.1; done
+  declare -A SW=()
+  for run in $(seq "$RUNS"); do
+    for via in direct proxy; do
+      env=$(start_pod); CID=$(sed -n 's/^CONTAINER_ID=//p' <<<"$env")
+      sock=$CRI_SOCKET; [ $via = proxy ] && sock=$S/cri.sock
+      echo "[{\"method\": \"/runtime.v1.RuntimeService/StopContainer\", \"request\": \"$(stop_req "$CID")\", \"timeout\": 300}]" > "$S/call.json"
+      before=$(ls "$S/store/records" 2>/dev/null | grep -c '.json$' || true)
+      t0=$(date +%s.%N)
+      out=$("$CACHE/venv/bin/python" tests/harness/grpc_call.py "$sock" "$S/call.json")
+      t1=$(date +%s.%N)
+      grep -q '"code": "OK"' <<<"$out" || echo "run $run ($via): $out"
+      n=$(ls "$S/store/records" 2>/dev/null | grep -c '.json$' || true)
+      [ $via = direct ] || [ "$n" -gt "$before" ] || echo "run $run: no record before the stop answered (see $S/proxy.log)"
+      SW[$via]+="$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}') "
+    done
+  done
+  d=$(tr ' ' '\n' <<<"${SW[direct]}" | grep . | median); w=$(tr ' ' '\n' <<<"${SW[proxy]}" | grep . | median)
+  printf "%-10s %-34s %8.2f %8s %9s\n" "${mib} MiB" "StopContainer, runtime directly" "$d" "1.00" "-"
+  printf "%-10s %-34s %8.2f %8s %9s\n" "${mib} MiB" "StopContainer, capture before it" "$w" "$(ratio "$w" "$d")" \
+    "$(awk -v a="$w" -v b="$d" 'BEGIN{printf "%.2f", a-b}')"
+  kill "$ppid" 2>/dev/null || true; wait "$ppid" 2>/dev/null || true
+  unset SW
+done
+exec 9>&-
+rm -rf "$S"
 fi

@@ -100,6 +100,18 @@ pub struct CaptureConfig {
     pub capture_timeout: Duration,
     /// Capture statuses kept for `GET /v1/captures/ID` (the oldest are forgotten).
     pub history: usize,
+    /// How often the node agent (`ckvault proxy`) lists its running containers and reads
+    /// their memory for the `every` and `memory_*` rules of `[[trigger]]`.
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
+    /// The time a capture before a stop may take when the stop call carries no deadline of
+    /// its own (`grpc-timeout`); with one, its deadline less the grace period less
+    /// `stop_margin`.
+    #[serde(with = "duration")]
+    pub stop_budget: Duration,
+    /// Kept free of a capture before a stop, beyond the grace period the stop still needs.
+    #[serde(with = "duration")]
+    pub stop_margin: Duration,
 }
 
 impl Default for CaptureConfig {
@@ -112,6 +124,9 @@ impl Default for CaptureConfig {
             disk_margin: ByteSize(1 << 30),
             capture_timeout: Duration::from_secs(300),
             history: 10_000,
+            poll_interval: Duration::from_secs(10),
+            stop_budget: Duration::from_secs(30),
+            stop_margin: Duration::from_secs(2),
         }
     }
 }
@@ -173,9 +188,13 @@ pub struct AlertSender {
     pub groups: Vec<String>,
 }
 
-/// `[[trigger]]`: one rule deciding which alerts capture. Every condition set must hold;
-/// an empty list (or an absent key) holds for any alert.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[[trigger]]`: one rule deciding what captures. Every condition set must hold; an empty
+/// list (or an absent key) holds for anything. A rule is of exactly one kind: an alert rule
+/// (`sources`, `alerts`, `min_priority`, `labels`, or none of the kind keys below), a capture
+/// before a stop (`on_stop = true`), a schedule (`every`) or a threshold (`memory_above` or
+/// `memory_share`, with `sustained`); the last three are the node agent's own and select
+/// containers with `namespaces`, `pod_labels` and `containers`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TriggerRule {
     /// Its name (unique; in audit events and the manifest's trigger).
@@ -198,6 +217,28 @@ pub struct TriggerRule {
     pub max_per_day: Option<u32>,
     /// Put a hold on each record this rule captures (retention never deletes it).
     pub hold: bool,
+    /// Node rules: labels the pod sandbox must carry with exactly these values (as the
+    /// runtime reports them: the kubelet copies the pod's labels onto its sandbox).
+    pub pod_labels: BTreeMap<String, String>,
+    /// Node rules: container-name globs (`*` any run, `?` one character).
+    pub containers: Vec<String>,
+    /// Capture the selected containers before the kubelet's StopContainer /
+    /// StopPodSandbox goes on (the CRI proxy, `ckvault proxy`).
+    pub on_stop: bool,
+    /// Capture the selected running containers at this interval (the node agent).
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub every: Option<Duration>,
+    /// Capture a selected container whose memory working set (CRI ContainerStats) stays
+    /// above this size for `sustained`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_above: Option<ByteSize>,
+    /// Capture a selected container whose working set stays above this share (0 to 1) of
+    /// its memory limit for `sustained` (a container without a limit is not selected).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_share: Option<f64>,
+    /// How long a threshold must hold before it captures (default: one poll).
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub sustained: Option<Duration>,
 }
 
 /// `[[notify]]`: a webhook told of each triggered capture.
@@ -317,6 +358,63 @@ impl Default for WatchConfig {
             settle: Duration::from_secs(2),
         }
     }
+}
+
+/// A `[[trigger]]` rule is of exactly one kind, and its keys belong to it.
+fn check_rule_kind(r: &TriggerRule) -> Result<(), String> {
+    let alert_keys = !r.sources.is_empty()
+        || !r.alerts.is_empty()
+        || r.min_priority.is_some()
+        || !r.labels.is_empty();
+    let threshold = r.memory_above.is_some() || r.memory_share.is_some();
+    let kinds: Vec<&str> = [
+        (
+            alert_keys,
+            "an alert rule (sources, alerts, min_priority, labels)",
+        ),
+        (r.on_stop, "on_stop"),
+        (r.every.is_some(), "every"),
+        (threshold, "memory_above / memory_share"),
+    ]
+    .into_iter()
+    .filter_map(|(set, what)| set.then_some(what))
+    .collect();
+    if kinds.len() > 1 {
+        return Err(format!(
+            "a rule is of one kind; this one mixes {}: split it into one rule per kind",
+            kinds.join(" and ")
+        ));
+    }
+    let node = r.on_stop || r.every.is_some() || threshold;
+    if !node && (!r.pod_labels.is_empty() || !r.containers.is_empty()) {
+        return Err(
+            "pod_labels and containers select containers for the node's own rules (on_stop, every, memory_above, memory_share); an alert names its container"
+                .into(),
+        );
+    }
+    if r.pod_labels.keys().any(String::is_empty) || r.containers.iter().any(String::is_empty) {
+        return Err("an empty pod label name or container glob".into());
+    }
+    if r.memory_above.is_some() && r.memory_share.is_some() {
+        return Err("give memory_above or memory_share, not both".into());
+    }
+    if let Some(share) = r.memory_share
+        && !(share > 0.0 && share <= 1.0)
+    {
+        return Err(format!(
+            "memory_share = {share} is not a share of the limit (more than 0, at most 1)"
+        ));
+    }
+    if r.memory_above.is_some_and(|b| b.bytes() == 0) {
+        return Err("memory_above = 0 holds for every container; give a size".into());
+    }
+    if r.sustained.is_some() && !threshold {
+        return Err("sustained goes with memory_above or memory_share".into());
+    }
+    if r.every.is_some_and(|d| d < Duration::from_secs(1)) {
+        return Err("every must be at least 1s".into());
+    }
+    Ok(())
 }
 
 /// Parses `500ms`, `2s`, `5m`, `1h`, `30d`.
@@ -970,6 +1068,8 @@ impl Config {
             ("[fleet] publish_interval", self.fleet.publish_interval),
             ("[fleet] poll_interval", self.fleet.poll_interval),
             ("[fleet] request_ttl", self.fleet.request_ttl),
+            ("[capture] poll_interval", c.poll_interval),
+            ("[capture] stop_budget", c.stop_budget),
         ] {
             if d.is_zero() {
                 return Err(format!("{key} must be more than 0"));
@@ -1083,6 +1183,7 @@ impl Config {
                     "[[trigger]] {name:?}: max_per_day = 0 never captures; remove the rule instead"
                 ));
             }
+            check_rule_kind(r).map_err(|e| format!("[[trigger]] {name:?}: {e}"))?;
         }
         for n in &self.notify {
             check_notify_url(&n.url)?;
@@ -1424,6 +1525,35 @@ url = "http://[::1]/x"
                 "[[trigger]]\nname = \"a\\u001b[2J\"\n",
                 "control characters",
             ),
+            (
+                "[[trigger]]\nname = \"a\"\non_stop = true\nevery = \"1h\"\n",
+                "mixes on_stop and every",
+            ),
+            (
+                "[[trigger]]\nname = \"a\"\nsources = [\"falco\"]\nmemory_above = \"1GiB\"\n",
+                "mixes an alert rule",
+            ),
+            (
+                "[[trigger]]\nname = \"a\"\ncontainers = [\"api\"]\n",
+                "node's own rules",
+            ),
+            (
+                "[[trigger]]\nname = \"a\"\nmemory_share = 1.5\n",
+                "not a share",
+            ),
+            (
+                "[[trigger]]\nname = \"a\"\nmemory_share = 0.5\nmemory_above = \"1GiB\"\n",
+                "not both",
+            ),
+            (
+                "[[trigger]]\nname = \"a\"\non_stop = true\nsustained = \"30s\"\n",
+                "sustained goes with",
+            ),
+            (
+                "[[trigger]]\nname = \"a\"\nevery = \"500ms\"\n",
+                "at least 1s",
+            ),
+            ("[capture]\npoll_interval = \"0s\"\n", "more than 0"),
             (
                 "[[alerts.sender]]\nname = \"s\"\nsecret_file = \"f\"\nuser = \"u\"\n[[alerts.sender]]\nname = \"s\"\nsecret_file = \"g\"\nuser = \"u\"\n",
                 "used twice",

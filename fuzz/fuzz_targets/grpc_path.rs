@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    if matches!(r, Route::Forward | Route::Checkpoint) {
+    if matches!(r, Route::Forward | Route::Checkpoint | Route::Stop(_)) {
         assert_eq!(paths.len(), 1);
         let p = paths.first().copied().unwrap_or_default();
         assert!(p.starts_with(b"/") && p.iter().filter(|&&b| b == b'/').count() == 2);

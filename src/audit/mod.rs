@@ -54,6 +54,9 @@ crate::vocab::vocabulary! {
         Capture => "capture",
         /// A capture left nothing to seal.
         CaptureAbandoned => "capture-abandoned",
+        /// A capture before a stop did not finish within the stop's budget: the stop went
+        /// on without waiting for it (`detail` names the container, the rule and the budget).
+        CaptureMissed => "capture-missed",
         /// A node agent claimed a capture request from the bucket (or found a claim whose
         /// claimer stopped).
         CaptureClaim => "capture-claim",

@@ -1,5 +1,5 @@
-//! Capture on an alert: the use case behind the alert receivers (and, later, the node's
-//! own triggers). One alert goes through, in order:
+//! Capture on an alert: the use case behind the alert receivers (and the background half
+//! of the node's own triggers, [`super::node`]). One alert goes through, in order:
 //!
 //! 1. firing only (a resolved alert captures nothing);
 //! 2. a `[[trigger]]` rule must match it (none configured: nothing captures);
@@ -374,7 +374,7 @@ fn trigger_of(alert: &Alert, requested_by: &str) -> Trigger {
     t.bounded()
 }
 
-fn new_capture_id() -> String {
+pub(crate) fn new_capture_id() -> String {
     format!("cap-{}", crate::manifest::RecordId::generate())
 }
 
@@ -405,6 +405,49 @@ impl Incidents {
             flusher: Arc::default(),
             fleet: None,
         }
+    }
+
+    /// The use case `config` describes (`[capture]`, `[[trigger]]`, `[[notify]]`),
+    /// capturing through `checkpointer` and checking free space in `disks` (staging, the
+    /// store): for the alert receivers and the node's own triggers alike.
+    pub(crate) fn from_config(
+        config: &crate::config::Config,
+        checkpointer: Option<Checkpointer>,
+        custody: crate::vault::Custody,
+        audit: Arc<AuditLog>,
+        disks: Vec<std::path::PathBuf>,
+    ) -> Result<Self, super::notify::NotifyError> {
+        let c = &config.capture;
+        let gate = Gate::new(
+            super::gate::GateLimits {
+                cooldown: c.cooldown,
+                max_concurrent: c.max_concurrent,
+                namespace_records_per_day: c.namespace_records_per_day,
+                namespace_bytes_per_day: c.namespace_bytes_per_day.bytes(),
+                disk_margin: c.disk_margin.bytes(),
+            },
+            disks,
+        );
+        let mut targets = Vec::new();
+        for n in &config.notify {
+            targets.push(super::notify::Target::new(
+                &n.url,
+                n.token_file.as_deref(),
+                n.ca.as_deref(),
+                n.timeout,
+                n.retries,
+            )?);
+        }
+        Ok(Self::new(
+            checkpointer,
+            gate,
+            config.trigger.clone(),
+            Captures::new(c.history),
+            Notifier::new(targets),
+            custody,
+            audit,
+            c.capture_timeout,
+        ))
     }
 
     /// The same use case taking part in capture across a fleet: alerts for containers
@@ -799,8 +842,22 @@ impl Incidents {
         rule: TriggerRule,
         trigger: Trigger,
     ) -> tokio::task::JoinHandle<()> {
+        self.spawn_run_within(id, ticket, running, rule, trigger, self.capture_timeout)
+    }
+
+    /// [`Self::spawn_run`] with the checkpoint given `deadline` instead of
+    /// `[capture] capture_timeout` (a capture before a stop has what the stop leaves it).
+    pub(crate) fn spawn_run_within(
+        &self,
+        id: String,
+        ticket: super::gate::Ticket,
+        running: Running,
+        rule: TriggerRule,
+        trigger: Trigger,
+        deadline: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
-        tokio::spawn(async move { me.run(id, ticket, running, rule, trigger).await })
+        tokio::spawn(async move { me.run(id, ticket, running, rule, trigger, deadline).await })
     }
 
     /// A capture request claimed from the bucket ([`super::fleet`]): the receiver matched
@@ -883,7 +940,14 @@ impl Incidents {
                     tracing::error!(error = %e, capture = %req.id, "cannot audit an admitted request");
                 }
                 self.clone()
-                    .run(req.id.clone(), ticket, running, rule, req.trigger.clone())
+                    .run(
+                        req.id.clone(),
+                        ticket,
+                        running,
+                        rule,
+                        req.trigger.clone(),
+                        self.capture_timeout,
+                    )
                     .await;
                 self.captures.get(&req.id).unwrap_or_else(|| {
                     status.state = CaptureState::Failed;
@@ -902,6 +966,7 @@ impl Incidents {
         running: Running,
         rule: TriggerRule,
         trigger: Trigger,
+        deadline: Duration,
     ) {
         use std::sync::atomic::Ordering::Relaxed;
         let system = Actor::named("system");
@@ -954,7 +1019,7 @@ impl Incidents {
         let result = checkpointer
             .checkpoint(CheckpointRequest {
                 container_id: running.id.clone(),
-                deadline: self.capture_timeout,
+                deadline,
                 source: SourceKind::Trigger,
                 location: None,
                 actor: trigger.requested_by.clone(),
@@ -977,7 +1042,13 @@ impl Incidents {
                     tracing::error!(error = %e, capture = %id, "cannot audit a sealed capture");
                 }
                 if rule.hold {
-                    let reason = format!("captured on an alert (rule {}, capture {id})", rule.name);
+                    let on = match trigger.kind {
+                        TriggerKind::Schedule => "on a schedule",
+                        TriggerKind::Threshold => "on a threshold",
+                        TriggerKind::BeforeStop => "before a stop",
+                        _ => "on an alert",
+                    };
+                    let reason = format!("captured {on} (rule {}, capture {id})", rule.name);
                     self.hold_when_stored(manifest.clone(), reason);
                 }
                 self.notifier.send(Notice {

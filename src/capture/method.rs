@@ -11,6 +11,10 @@
 //! refuses everything else before it is forwarded; among canonical paths it recognises
 //! CheckpointContainer by its method name in any letter case, under any service (on a CRI
 //! socket only the runtime's services exist, and intercepting too much fails closed).
+//! `StopContainer` and `StopPodSandbox` are recognised only as the kubelet spells them
+//! (`/runtime.v1.RuntimeService/...`, exactly): the proxy intercepts them when a rule
+//! captures before a stop, and issues them again itself, so a spelling the runtime would
+//! not route must not become a stop (it is relayed, and the runtime answers it).
 //!
 //! [`grpc_go`] models how grpc-go routes a `:path` before and after the fix; the fuzz
 //! target `grpc_path` holds [`route`] against it and `tests/it/cri_proxy_paths.rs` holds the
@@ -24,10 +28,22 @@ pub const CHECKPOINT_METHOD: &str = "CheckpointContainer";
 pub enum Route {
     /// A CheckpointContainer call: answered by ckvault, sealed, never forwarded.
     Checkpoint,
+    /// `StopContainer` or `StopPodSandbox` as the kubelet spells them: relayed untouched,
+    /// or intercepted when a rule captures before a stop.
+    Stop(Stop),
     /// Any other method in canonical form: relayed to the runtime untouched.
     Forward,
     /// Not a method path the proxy can be sure of: answered with an error, never forwarded.
     Refuse(Refusal),
+}
+
+/// Which stop a [`Route::Stop`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// `StopContainer`.
+    Container,
+    /// `StopPodSandbox`.
+    PodSandbox,
 }
 
 /// Why a request's `:path` was refused.
@@ -56,6 +72,8 @@ pub fn route(paths: &[&[u8]]) -> Route {
         Some(method) if method.eq_ignore_ascii_case(CHECKPOINT_METHOD.as_bytes()) => {
             Route::Checkpoint
         }
+        Some(_) if path == super::cri::STOP_CONTAINER.as_bytes() => Route::Stop(Stop::Container),
+        Some(_) if path == super::cri::STOP_POD_SANDBOX.as_bytes() => Route::Stop(Stop::PodSandbox),
         Some(_) => Route::Forward,
     }
 }
@@ -167,6 +185,30 @@ mod tests {
         assert_eq!(route(&[v, c]), Route::Refuse(Refusal::Repeated));
         assert_eq!(route(&[c, v]), Route::Refuse(Refusal::Repeated));
         assert_eq!(route(&[v, v]), Route::Refuse(Refusal::Repeated));
+    }
+
+    #[test]
+    fn stops_are_recognised_only_as_the_kubelet_spells_them() {
+        assert_eq!(
+            route(&[b"/runtime.v1.RuntimeService/StopContainer"]),
+            Route::Stop(Stop::Container)
+        );
+        assert_eq!(
+            route(&[b"/runtime.v1.RuntimeService/StopPodSandbox"]),
+            Route::Stop(Stop::PodSandbox)
+        );
+        for p in [
+            &b"/runtime.v1.RuntimeService/stopcontainer"[..],
+            b"/runtime.v1alpha2.RuntimeService/StopContainer",
+            b"/other.Service/StopPodSandbox",
+        ] {
+            assert_eq!(
+                route(&[p]),
+                Route::Forward,
+                "{}",
+                String::from_utf8_lossy(p)
+            );
+        }
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! * [`fleet`]: capture across a fleet through the bucket: alerts for containers another
 //!   node runs become requests for it; a node agent publishes its pods, claims the
 //!   requests for them once and writes their outcomes.
+//! * [`node`]: the node's own triggers beside the proxy: a capture before the kubelet's
+//!   stop, on a schedule, on a memory threshold.
 //! * [`gate`]: what every automatic capture passes (deduplication, budgets, concurrency,
 //!   free disk) so an alert storm cannot hurt the node or the evidence.
 //! * [`alert`]: the alert receivers' payload parsers (Alertmanager, Falco, ckvault's
@@ -31,6 +33,7 @@ pub(crate) mod gate;
 pub mod hpack;
 pub(crate) mod incident;
 pub mod method;
+pub(crate) mod node;
 pub(crate) mod notify;
 pub mod proxy;
 pub(crate) mod receipt;

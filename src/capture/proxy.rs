@@ -4,7 +4,9 @@
 //! server-streaming and unknown methods all pass as the runtime answers them), except
 //! `/runtime.v1.RuntimeService/CheckpointContainer`, which is intercepted, decoded and
 //! turned into a sealed record ([`super::checkpoint`]). Where the kubelet asked for the
-//! archive, a receipt is left instead of the plaintext.
+//! archive, a receipt is left instead of the plaintext. With the node's own triggers
+//! ([`super::node`]) and a rule that captures before a stop, `StopContainer` and
+//! `StopPodSandbox` are intercepted too and issued again once the capture is done.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +36,8 @@ pub struct Proxy {
     /// CheckpointContainer requests arriving at once per connection
     /// (`[cri] max_pending_per_connection`).
     pub max_pending_per_connection: usize,
+    /// The node's own triggers (captures before a stop), if it runs them.
+    pub(crate) node: Option<Arc<super::node::NodeTriggers>>,
 }
 
 impl Proxy {
@@ -45,6 +49,19 @@ impl Proxy {
             receipts,
             max_intercepted: defaults.max_intercepted,
             max_pending_per_connection: defaults.max_pending_per_connection,
+            node: None,
+        }
+    }
+
+    /// Answers an intercepted call: a checkpoint, or a stop held for a capture before it.
+    pub async fn answer(&self, call: Intercepted) -> Answer {
+        match (call.call, &self.node) {
+            (super::relay::Call::Checkpoint, _) => self.checkpoint(call).await,
+            (super::relay::Call::Stop(_), Some(node)) => node.before_stop(call).await,
+            (super::relay::Call::Stop(_), None) => Err(GrpcStatus::new(
+                tonic::Code::Internal,
+                "ckvault: a stop was intercepted without the node's triggers",
+            )),
         }
     }
 
@@ -219,11 +236,15 @@ pub async fn serve(
     let upstream: Arc<Path> = proxy.checkpointer.runtime().socket().into();
     let intercepted = Arc::new(tokio::sync::Semaphore::new(proxy.max_intercepted.max(1)));
     let max_pending = proxy.max_pending_per_connection.max(1);
+    let intercept_stops = proxy
+        .node
+        .as_ref()
+        .is_some_and(|n| n.captures_before_stop());
     let handler: super::relay::Handler = {
         let proxy = proxy.clone();
         Arc::new(move |call| {
             let proxy = proxy.clone();
-            Box::pin(async move { proxy.checkpoint(call).await })
+            Box::pin(async move { proxy.answer(call).await })
         })
     };
     tokio::pin!(shutdown);
@@ -240,6 +261,7 @@ pub async fn serve(
         let limits = super::relay::RelayLimits {
             max_pending_per_connection: max_pending,
             intercepted: intercepted.clone(),
+            intercept_stops,
         };
         tokio::spawn(async move { super::relay::relay(stream, &upstream, handler, limits).await });
     }

@@ -8,7 +8,9 @@
 //! - a request whose `:path` is not in canonical form ([`super::method`]: exactly one,
 //!   `/service/method`) is *refused*: answered UNIMPLEMENTED here and never forwarded, so
 //!   no spelling the runtime might route otherwise than we read it gets past;
-//! - a stream whose method is `CheckpointContainer` is *intercepted*: its HEADERS, DATA,
+//! - a stream whose method is `CheckpointContainer` (and, when a rule captures before a
+//!   stop, [`RelayLimits::intercept_stops`], `StopContainer` and `StopPodSandbox`) is
+//!   *intercepted*: its HEADERS, DATA,
 //!   WINDOW_UPDATE, PRIORITY and RST_STREAM frames never reach the runtime; the request is
 //!   handed to `on_checkpoint` and its answer written to the client as frames of our own,
 //!   header blocks as HPACK literals without indexing (the client's HPACK table stays as
@@ -30,7 +32,8 @@
 //! beyond [`RelayLimits`] (per connection arriving, in all held) are answered
 //! RESOURCE_EXHAUSTED at once, so a client cannot make the relay buffer without bound, and
 //! one that has not arrived whole within 30 s is answered DEADLINE_EXCEEDED and its place
-//! given back.
+//! given back. A stop beyond the limits is not refused: it is relayed untouched (the stop
+//! goes on, without a capture before it).
 //!
 //! Both sockets are watched for readability only ([`Wire`]): writes go straight to the
 //! socket and wait for room only when it is full. Watching for writability too (as tokio's
@@ -76,9 +79,31 @@ const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 
+/// Which call a stream intercepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `CheckpointContainer`.
+    Checkpoint,
+    /// `StopContainer` or `StopPodSandbox`, held for a capture before it.
+    Stop(super::method::Stop),
+}
+
+impl Call {
+    /// The method's name, for messages.
+    fn method(self) -> &'static str {
+        match self {
+            Self::Checkpoint => "CheckpointContainer",
+            Self::Stop(super::method::Stop::Container) => "StopContainer",
+            Self::Stop(super::method::Stop::PodSandbox) => "StopPodSandbox",
+        }
+    }
+}
+
 /// An intercepted call: what the client asked (the gRPC body, its `grpc-timeout`).
 #[derive(Debug, Clone)]
 pub struct Intercepted {
+    /// Which call.
+    pub call: Call,
     /// The request body (gRPC length-prefixed message).
     pub body: Bytes,
     /// The client's `grpc-timeout` header, if any.
@@ -99,6 +124,9 @@ pub(crate) struct RelayLimits {
     pub max_pending_per_connection: usize,
     /// Calls held at once over all connections.
     pub intercepted: Arc<tokio::sync::Semaphore>,
+    /// Intercept `StopContainer` and `StopPodSandbox` too (a rule captures before a stop);
+    /// without it they are relayed untouched, at no cost.
+    pub intercept_stops: bool,
 }
 
 impl Default for RelayLimits {
@@ -107,6 +135,7 @@ impl Default for RelayLimits {
         Self {
             max_pending_per_connection: cri.max_pending_per_connection,
             intercepted: Arc::new(tokio::sync::Semaphore::new(cri.max_intercepted)),
+            intercept_stops: false,
         }
     }
 }
@@ -232,6 +261,7 @@ struct Block {
 
 /// An intercepted stream still receiving its request.
 struct Pending {
+    call: Call,
     body: BytesMut,
     grpc_timeout: Option<String>,
     /// Its place among the calls held (kept until it is answered).
@@ -473,23 +503,39 @@ impl Up {
             self.refuse(block.stream, why, paths.first().map(Vec::as_slice));
             return Ok(());
         }
-        if route == super::method::Route::Checkpoint {
-            self.rewriting = true;
-            self.ours.insert(block.stream);
+        let call = match route {
+            super::method::Route::Checkpoint => Some(Call::Checkpoint),
+            super::method::Route::Stop(stop) if self.limits.intercept_stops => {
+                Some(Call::Stop(stop))
+            }
+            _ => None,
+        };
+        if let Some(call) = call {
             let permit = if self.pending.len() >= self.limits.max_pending_per_connection {
                 Err(
-                    "CheckpointContainer requests arriving on this connection at once ([cri] max_pending_per_connection)",
+                    "intercepted requests arriving on this connection at once ([cri] max_pending_per_connection)",
                 )
             } else {
                 self.limits
                     .intercepted
                     .clone()
                     .try_acquire_owned()
-                    .map_err(|_| "CheckpointContainer calls in progress ([cri] max_intercepted)")
+                    .map_err(|_| "intercepted calls in progress ([cri] max_intercepted)")
             };
-            let permit = match permit {
-                Ok(p) => p,
-                Err(limit) => {
+            let permit = match (permit, call) {
+                (Ok(p), _) => p,
+                (Err(limit), Call::Stop(_)) => {
+                    // A stop is never refused: past the limits it goes on, uncaptured.
+                    tracing::warn!(
+                        stream = block.stream,
+                        method = call.method(),
+                        "proxy: too many {limit}; this stop is relayed without a capture before it"
+                    );
+                    return self.forward(block, fields, out);
+                }
+                (Err(limit), Call::Checkpoint) => {
+                    self.rewriting = true;
+                    self.ours.insert(block.stream);
                     let answer: Answer = Err(GrpcStatus::new(
                         Code::ResourceExhausted,
                         format!("ckvault: too many {limit}; retry later"),
@@ -499,9 +545,12 @@ impl Up {
                     return Ok(());
                 }
             };
+            self.rewriting = true;
+            self.ours.insert(block.stream);
             self.pending.insert(
                 block.stream,
                 Pending {
+                    call,
                     body: BytesMut::new(),
                     grpc_timeout,
                     permit,
@@ -513,6 +562,17 @@ impl Up {
             }
             return Ok(());
         }
+        self.forward(block, fields, out)
+    }
+
+    /// Passes a relayed block on: as it came, or re-encoded once the runtime's HPACK
+    /// decoder has missed a block of ours.
+    fn forward(
+        &mut self,
+        block: Block,
+        fields: Vec<(Vec<u8>, Vec<u8>)>,
+        out: &mut BytesMut,
+    ) -> io::Result<()> {
         if !self.rewriting {
             out.extend_from_slice(&block.raw);
             return Ok(());
@@ -560,11 +620,14 @@ impl Up {
             .map(|(stream, _)| *stream)
             .collect();
         for stream in late {
-            self.pending.remove(&stream);
+            let Some(p) = self.pending.remove(&stream) else {
+                continue;
+            };
             let answer: Answer = Err(GrpcStatus::new(
                 Code::DeadlineExceeded,
                 format!(
-                    "ckvault: the CheckpointContainer request did not arrive whole within {}s",
+                    "ckvault: the {} request did not arrive whole within {}s",
+                    p.call.method(),
                     limit.as_secs()
                 ),
             ));
@@ -586,6 +649,7 @@ impl Up {
             async move {
                 let _permit = p.permit;
                 let answer = handler(Intercepted {
+                    call: p.call,
                     body: p.body.freeze(),
                     grpc_timeout: p.grpc_timeout,
                 })
@@ -992,6 +1056,7 @@ mod tests {
         let limits = RelayLimits {
             max_pending_per_connection: 8,
             intercepted: Arc::new(tokio::sync::Semaphore::new(12)),
+            intercept_stops: false,
         };
         let handler: Handler =
             Arc::new(|_| Box::pin(async { Err(GrpcStatus::new(Code::Internal, "test")) }));
@@ -1028,10 +1093,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stops_are_intercepted_only_when_asked_and_forwarded_past_the_limits() {
+        let handler: Handler =
+            Arc::new(|_| Box::pin(async { Err(GrpcStatus::new(Code::Internal, "test")) }));
+        let stop = request_block(super::super::cri::STOP_CONTAINER.as_bytes());
+        let sandbox = request_block(super::super::cri::STOP_POD_SANDBOX.as_bytes());
+        for (intercept_stops, permits, intercepted) in
+            [(false, 4, false), (true, 4, true), (true, 0, false)]
+        {
+            let limits = RelayLimits {
+                max_pending_per_connection: 8,
+                intercepted: Arc::new(tokio::sync::Semaphore::new(permits)),
+                intercept_stops,
+            };
+            let (tx, _rx) = mpsc::unbounded_channel();
+            let mut up = Up::new(tx, handler.clone(), limits);
+            let mut input = PREFACE.to_vec();
+            input.extend(frame(HEADERS, END_HEADERS, 1, &stop));
+            input.extend(frame(HEADERS, END_HEADERS, 3, &sandbox));
+            let mut inbuf = BytesMut::from(&input[..]);
+            let mut out = BytesMut::new();
+            up.process(&mut inbuf, &mut out).unwrap();
+            let case = format!("intercept_stops {intercept_stops}, {permits} permits");
+            if intercepted {
+                assert_eq!(&out[..], PREFACE, "{case}");
+                assert_eq!(up.pending.len(), 2, "{case}");
+                assert!(matches!(
+                    up.pending.get(&1).map(|p| p.call),
+                    Some(Call::Stop(super::super::method::Stop::Container))
+                ));
+            } else {
+                // Both blocks reach the runtime as they came: the stop goes on.
+                let mut want = PREFACE.to_vec();
+                want.extend(frame(HEADERS, END_HEADERS, 1, &stop));
+                want.extend(frame(HEADERS, END_HEADERS, 3, &sandbox));
+                assert_eq!(&out[..], &want[..], "{case}");
+                assert!(up.pending.is_empty(), "{case}");
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn requests_that_do_not_arrive_whole_in_time_are_answered_and_let_go() {
         let limits = RelayLimits {
             max_pending_per_connection: 8,
             intercepted: Arc::new(tokio::sync::Semaphore::new(2)),
+            intercept_stops: false,
         };
         let handler: Handler =
             Arc::new(|_| Box::pin(async { Err(GrpcStatus::new(Code::Internal, "test")) }));

@@ -47,7 +47,7 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    fn of(c: &Container) -> Self {
+    pub(crate) fn of(c: &Container) -> Self {
         let label = |k: &str| c.labels.get(k).cloned().unwrap_or_default();
         Self {
             id: c.id.clone(),

@@ -1,5 +1,10 @@
-//! Which alerts capture: the `[[trigger]]` rules of the configuration, matched against a
-//! parsed [`Alert`].
+//! What captures: the `[[trigger]]` rules of the configuration. Each is of one [`Kind`]:
+//! an alert rule, matched against a parsed [`Alert`] ([`matching`]), or one of the node's
+//! own (before a stop, a schedule, a threshold), which select running containers by their
+//! namespace, pod labels and name ([`selecting`]). Alert matching skips the node's rules and
+//! the node's triggers skip alert rules.
+//!
+//! For alert rules:
 //!
 //! The rules are tried in the order the configuration lists them and the first that
 //! matches decides (its name, limits and `hold` apply); later rules are not consulted. A
@@ -21,10 +26,89 @@
 //! A resolved alert matches no rule. With no rules configured, no alert captures: each
 //! is answered "no rule matched".
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use super::alert::Alert;
 pub use crate::config::TriggerRule;
 
-/// The first rule in `rules` that `alert`, in namespace `namespace`, matches.
+/// What a rule reacts to (the configuration checks that a rule is of one kind).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// An alert through a receiver.
+    Alert,
+    /// The kubelet stopping the container (`on_stop = true`).
+    BeforeStop,
+    /// An interval (`every`).
+    Schedule(Duration),
+    /// Memory held above a size or a share of the limit (`memory_above`, `memory_share`)
+    /// for `sustained` (`None`: one poll is enough).
+    Threshold {
+        /// `memory_above`, in bytes.
+        above: Option<u64>,
+        /// `memory_share`.
+        share: Option<f64>,
+        /// `sustained`.
+        sustained: Option<Duration>,
+    },
+}
+
+impl Kind {
+    /// The kind of `rule`.
+    pub fn of(rule: &TriggerRule) -> Self {
+        if rule.on_stop {
+            Self::BeforeStop
+        } else if let Some(every) = rule.every {
+            Self::Schedule(every)
+        } else if rule.memory_above.is_some() || rule.memory_share.is_some() {
+            Self::Threshold {
+                above: rule.memory_above.map(|b| b.bytes()),
+                share: rule.memory_share,
+                sustained: rule.sustained,
+            }
+        } else {
+            Self::Alert
+        }
+    }
+}
+
+/// A running container as the node's rules see it (from the runtime, never a request).
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// Its namespace (kubelet's label).
+    pub namespace: &'a str,
+    /// Its container name (kubelet's label).
+    pub container: &'a str,
+    /// Its pod sandbox's labels.
+    pub pod_labels: &'a HashMap<String, String>,
+}
+
+/// Whether node rule `rule` selects `subject`: its namespace globs, pod labels and
+/// container globs all hold.
+pub fn selects(rule: &TriggerRule, subject: &Subject<'_>) -> bool {
+    let glob = |globs: &[String], v: &str| {
+        globs.is_empty() || globs.iter().any(|g| crate::policy::glob::matches(g, v))
+    };
+    glob(&rule.namespaces, subject.namespace)
+        && glob(&rule.containers, subject.container)
+        && rule
+            .pod_labels
+            .iter()
+            .all(|(k, v)| subject.pod_labels.get(k) == Some(v))
+}
+
+/// The first rule of `rules` for which `kind` holds that selects `subject`.
+pub fn selecting<'a>(
+    rules: &'a [TriggerRule],
+    kind: impl Fn(Kind) -> bool,
+    subject: &Subject<'_>,
+) -> Option<&'a TriggerRule> {
+    rules
+        .iter()
+        .find(|r| kind(Kind::of(r)) && selects(r, subject))
+}
+
+/// The first alert rule in `rules` that `alert`, in namespace `namespace`, matches.
 pub fn matching<'a>(
     rules: &'a [TriggerRule],
     alert: &Alert,
@@ -33,7 +117,9 @@ pub fn matching<'a>(
     if !alert.firing {
         return None;
     }
-    rules.iter().find(|r| matches(r, alert, namespace))
+    rules
+        .iter()
+        .find(|r| Kind::of(r) == Kind::Alert && matches(r, alert, namespace))
 }
 
 fn matches(rule: &TriggerRule, alert: &Alert, namespace: &str) -> bool {
@@ -183,6 +269,56 @@ mod tests {
         assert!(one(&globbed, &am, "payments"));
         assert!(!one(&globbed, &am, "staging"));
         assert!(!one(&globbed, &am, "prod"));
+    }
+
+    #[test]
+    fn node_rules_never_match_alerts_and_select_by_namespace_labels_and_name() {
+        let stop = TriggerRule {
+            on_stop: true,
+            namespaces: vec!["shop".into()],
+            pod_labels: BTreeMap::from([("app".into(), "api".into())]),
+            containers: vec!["api*".into()],
+            ..rule("stop")
+        };
+        let every = TriggerRule {
+            every: Some(Duration::from_secs(60)),
+            ..rule("every")
+        };
+        let a = alert(AlertSource::Falco, Some("R"), Some("Notice"));
+        assert!(matching(&[stop.clone(), every.clone()], &a, "shop").is_none());
+        let labels = HashMap::from([("app".to_owned(), "api".to_owned())]);
+        let other = HashMap::new();
+        let subject = |namespace, container, pod_labels| Subject {
+            namespace,
+            container,
+            pod_labels,
+        };
+        let rules = [every.clone(), stop.clone()];
+        let before_stop = |k| k == Kind::BeforeStop;
+        assert_eq!(
+            selecting(&rules, before_stop, &subject("shop", "api-1", &labels))
+                .unwrap()
+                .name,
+            "stop"
+        );
+        for s in [
+            subject("other", "api-1", &labels),
+            subject("shop", "sidecar", &labels),
+            subject("shop", "api-1", &other),
+        ] {
+            assert!(selecting(&rules, before_stop, &s).is_none(), "{s:?}");
+        }
+        assert_eq!(Kind::of(&every), Kind::Schedule(Duration::from_secs(60)));
+        assert_eq!(
+            selecting(
+                &rules,
+                |k| matches!(k, Kind::Schedule(_)),
+                &subject("x", "y", &other)
+            )
+            .unwrap()
+            .name,
+            "every"
+        );
     }
 
     #[test]

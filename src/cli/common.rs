@@ -89,6 +89,8 @@ pub(super) struct Capture {
     pub intake: Intake,
     /// With a bucket: the uploader of the spool (whose waker the intake rings).
     pub uploader: Option<crate::store::s3::upload::Uploader>,
+    /// Where records are read from (the local store, or the bucket): for holds.
+    pub store: crate::store::Store,
 }
 
 /// The options every capturing command (`watch`, `proxy`) takes.
@@ -151,6 +153,7 @@ pub(super) fn capture_setup(
     Ok(Capture {
         intake,
         uploader: node.uploader().cloned(),
+        store: node.store(),
     })
 }
 

@@ -8,7 +8,10 @@ use anyhow::Context;
 
 use crate::capture::checkpoint::Checkpointer;
 use crate::capture::cri::RuntimeClient;
+use crate::capture::incident::Incidents;
+use crate::capture::node::NodeTriggers;
 use crate::capture::proxy;
+use crate::capture::rules::Kind;
 use crate::config::KubeletLocation;
 
 /// Arguments of `ckvault proxy`.
@@ -50,9 +53,21 @@ pub(super) fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     )?;
     let checkpointer = Checkpointer::new(RuntimeClient::new(&upstream), capture.intake.clone())
         .with_staging_mode(config.cri.staging_mode);
-    let mut proxy = proxy::Proxy::new(checkpointer, receipts);
+    let node_rules = config.trigger.iter().any(|r| Kind::of(r) != Kind::Alert);
+    let mut proxy = proxy::Proxy::new(checkpointer.clone(), receipts);
     proxy.max_intercepted = config.cri.max_intercepted;
     proxy.max_pending_per_connection = config.cri.max_pending_per_connection;
+    if node_rules {
+        // The node's own triggers (before a stop, schedule, threshold) go through the same
+        // gate and use case as alerts, audited in the store's log.
+        let local = capture.intake.store();
+        let audit = Arc::new(local.audit_log()?);
+        let disks = vec![local.staging_dir()?, local.root().to_path_buf()];
+        let custody = crate::vault::Custody::new(capture.store.clone(), audit.clone());
+        let incidents = Incidents::from_config(&config, Some(checkpointer), custody, audit, disks)?;
+        proxy.node = Some(Arc::new(NodeTriggers::new(incidents, &config.capture)?));
+    }
+    let node = proxy.node.clone();
     let proxy = Arc::new(proxy);
     // One thread: forwarding is I/O-bound and a call hops between several tasks (the
     // kubelet's connection, the handler, the runtime's connection); on one thread those
@@ -65,6 +80,9 @@ pub(super) fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         let stop = std::sync::Arc::new(tokio::sync::Notify::new());
         if let Some(u) = uploader {
             tokio::spawn(u.run(stop.clone()));
+        }
+        if let Some(node) = node.filter(|n| n.polls()) {
+            tokio::spawn(node.run_polls());
         }
         if let Some(dir) = listen.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

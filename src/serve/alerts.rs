@@ -57,30 +57,6 @@ impl Receivers {
         disks: Vec<std::path::PathBuf>,
         fleet: Option<crate::capture::fleet::FleetLink>,
     ) -> Result<Self, ReceiversError> {
-        use crate::capture::gate::{Gate, GateLimits};
-        use crate::capture::incident::Captures;
-        use crate::capture::notify::{Notifier, Target};
-        let c = &config.capture;
-        let gate = Gate::new(
-            GateLimits {
-                cooldown: c.cooldown,
-                max_concurrent: c.max_concurrent,
-                namespace_records_per_day: c.namespace_records_per_day,
-                namespace_bytes_per_day: c.namespace_bytes_per_day.bytes(),
-                disk_margin: c.disk_margin.bytes(),
-            },
-            disks,
-        );
-        let mut targets = Vec::new();
-        for n in &config.notify {
-            targets.push(Target::new(
-                &n.url,
-                n.token_file.as_deref(),
-                n.ca.as_deref(),
-                n.timeout,
-                n.retries,
-            )?);
-        }
         let mut senders = HashMap::new();
         for s in &config.alerts.sender {
             let secret =
@@ -96,16 +72,7 @@ impl Receivers {
             senders.insert(s.name.clone(), (secret, principal));
         }
         let a = &config.alerts;
-        let mut incidents = Incidents::new(
-            checkpointer,
-            gate,
-            config.trigger.clone(),
-            Captures::new(c.history),
-            Notifier::new(targets),
-            custody,
-            audit,
-            c.capture_timeout,
-        );
+        let mut incidents = Incidents::from_config(config, checkpointer, custody, audit, disks)?;
         if let Some(link) = fleet {
             incidents = incidents.with_fleet(link);
         }

@@ -17,6 +17,7 @@ mod adopt;
 mod alerts;
 mod analyst_diff;
 mod analyst_memsearch;
+mod capture_node;
 mod capture_watch;
 mod cli_hostile_inputs;
 mod containerd_harness;
