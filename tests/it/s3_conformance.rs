@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::s3server::{S3Server, all_versions, open_uploads};
-use support::{ckvault, ok, p};
+use support::{ckvault, ok, p, wait_until};
 
 /// Incompressible bytes (xorshift), so the sealed blob is as large as the archive.
 fn noise(n: usize, seed: u64) -> Vec<u8> {
@@ -61,18 +61,12 @@ fn node_config(
     dead: bool,
 ) -> PathBuf {
     let spool = tmp.join(format!("spool-{node}"));
-    let mut store = server.store_toml(bucket, "k", &spool);
+    let mut toml = server.node_toml(bucket, "k", &spool, extra, node, recipient);
     if dead {
-        store = store.replace(&server.endpoint(), "http://127.0.0.1:9");
+        toml = server.dead(&toml);
     }
     let path = tmp.join(format!("{node}{}.toml", if dead { "-dead" } else { "" }));
-    fs::write(
-        &path,
-        format!(
-            "{store}{extra}[node]\nname = \"{node}\"\n[seal]\nrecipients = [\"{recipient}\"]\n"
-        ),
-    )
-    .unwrap();
+    fs::write(&path, toml).unwrap();
     path
 }
 
@@ -94,14 +88,6 @@ fn spool_ids(tmp: &Path, node: &str) -> Vec<String> {
         .unwrap_or_default();
     ids.sort();
     ids
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn now_secs() -> i64 {

@@ -52,18 +52,13 @@ fn config(
     recipient: &str,
     dead: bool,
 ) -> PathBuf {
-    let mut store = server.store_toml(BUCKET, PREFIX, spool);
+    let mut toml = server.node_toml(BUCKET, PREFIX, spool, extra, name, recipient)
+        + "[server]\nlisten = \"127.0.0.1:0\"\n";
     if dead {
-        store = store.replace(&server.endpoint(), "http://127.0.0.1:9");
+        toml = server.dead(&toml);
     }
     let path = tmp.join(file);
-    fs::write(
-        &path,
-        format!(
-            "{store}{extra}[node]\nname = \"{name}\"\n[seal]\nrecipients = [\"{recipient}\"]\n[server]\nlisten = \"127.0.0.1:0\"\n"
-        ),
-    )
-    .unwrap();
+    fs::write(&path, toml).unwrap();
     path
 }
 
@@ -244,31 +239,11 @@ fn nodes_cannot_sign_as_one_another(kind: &str) {
         let serve = support::serve::Serve::start(&server_cfg, &t.join("serve.err"));
         let tls = t.join("spool-server/tls");
         let get = |path: &str| -> (u16, Vec<u8>) {
-            let out = std::process::Command::new("curl")
-                .args([
-                    "-sS",
-                    "--max-time",
-                    "30",
-                    "-w",
-                    "\n%{http_code}",
-                    "--cacert",
-                ])
-                .arg(tls.join("ca.pem"))
-                .arg("--cert")
-                .arg(tls.join("admin.pem"))
-                .arg("--key")
-                .arg(tls.join("admin.key"))
+            let out = support::serve::admin_curl(&tls, 30)
                 .arg(format!("https://127.0.0.1:{}{path}", serve.port))
                 .output()
                 .unwrap();
-            let mut body = out.stdout;
-            let split = body.iter().rposition(|b| *b == b'\n').unwrap_or(0);
-            let status = String::from_utf8_lossy(&body[split + 1..])
-                .trim()
-                .parse()
-                .unwrap_or(0);
-            body.truncate(split);
-            (status, body)
+            support::serve::answer(out.stdout)
         };
         // The index is built in the background after start.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -53,6 +53,27 @@ impl S3Server {
         }
     }
 
+    /// A node's configuration: the `[store]` of `bucket`/`prefix` with its spool at `spool`
+    /// and `extra` lines in it, then `[node] name` and `[seal] recipients`.
+    pub fn node_toml(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        spool: &Path,
+        extra: &str,
+        node: &str,
+        recipient: &str,
+    ) -> String {
+        let store = self.store_toml(bucket, prefix, spool);
+        format!("{store}{extra}[node]\nname = \"{node}\"\n[seal]\nrecipients = [\"{recipient}\"]\n")
+    }
+
+    /// `toml` with this server's endpoint replaced by one nobody listens on: what is
+    /// sealed stays in the spool.
+    pub fn dead(&self, toml: &str) -> String {
+        toml.replace(&self.endpoint(), "http://127.0.0.1:9")
+    }
+
     /// Creates `bucket` with Object Lock enabled (so versioned) and returns a client on it.
     pub fn bucket(&self, bucket: &str, rt: &tokio::runtime::Runtime) -> S3Store {
         match self {
