@@ -29,7 +29,7 @@ pub mod fleet;
 pub mod index;
 pub mod keys;
 pub mod lease;
-mod read;
+pub(crate) mod read;
 pub mod ship;
 pub mod upload;
 mod write;
@@ -44,9 +44,6 @@ use self::client::Kind;
 use super::StoreError;
 use crate::config::{LockMode, StoreConfig};
 use crate::manifest::{RecordId, VerifyingKey};
-
-pub use self::read::Holds;
-pub use self::write::PART_SIZE;
 
 /// Waits for an exclusive `flock` on the lock file at `path` (on the blocking pool) and
 /// returns the locked file: the lock is held until it is dropped.

@@ -19,7 +19,7 @@ use crate::config::LockMode;
 use crate::store::StoreError;
 
 /// Objects larger than this go up as multipart uploads, in parts of at least this size.
-pub const PART_SIZE: u64 = 16 << 20;
+const PART_SIZE: u64 = 16 << 20;
 
 /// Base64 of the bytes a hex string spells (what `x-amz-checksum-sha256` carries).
 pub(super) fn hex_to_b64(hex_digest: &str) -> Option<String> {
