@@ -160,6 +160,21 @@ hold = true
         support::audit_events(&self.dir.join("store"))
     }
 
+    /// Nothing is left in staging, and the audit log verifies.
+    fn assert_settled(&self) {
+        assert!(
+            self.staging_files().is_empty(),
+            "{:?}",
+            self.staging_files()
+        );
+        ok(&support::ckvault(&[
+            "audit",
+            "verify",
+            "--store",
+            p(&self.dir.join("store")),
+        ]));
+    }
+
     fn staging_files(&self) -> Vec<String> {
         std::fs::read_dir(self.dir.join("staging"))
             .map(|d| {
@@ -499,17 +514,7 @@ fn an_alert_storm_through_a_real_alertmanager_seals_one_record_with_the_alert_in
         1,
         "repeats and resolves captured again"
     );
-    assert!(
-        node.staging_files().is_empty(),
-        "{:?}",
-        node.staging_files()
-    );
-    ok(&support::ckvault(&[
-        "audit",
-        "verify",
-        "--store",
-        p(&node.dir.join("store")),
-    ]));
+    node.assert_settled();
 }
 
 impl Node {
@@ -844,17 +849,7 @@ fn falco_events_and_signed_webhooks_capture_through_the_runtime_and_hostile_bodi
     );
     // The unknown-fields webhook may have captured (it was valid); nothing else did.
     assert!(node.records().len() <= records_before + 1);
-    assert!(
-        node.staging_files().is_empty(),
-        "{:?}",
-        node.staging_files()
-    );
-    ok(&support::ckvault(&[
-        "audit",
-        "verify",
-        "--store",
-        p(&node.dir.join("store")),
-    ]));
+    node.assert_settled();
     // /metrics counts the refusals.
     let (code, metrics) = node.admin("GET", "/metrics", None);
     assert_eq!(code, 200);

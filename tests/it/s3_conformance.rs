@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::s3server::{S3Server, all_versions, open_uploads};
+use support::s3server::{OnBucket, S3Server, all_versions, open_uploads};
 use support::{ckvault, ok, p, wait_until};
 
 /// Incompressible bytes (xorshift), so the sealed blob is as large as the archive.
@@ -98,13 +98,16 @@ fn now_secs() -> i64 {
 }
 
 fn object_lock(kind: &str, mode: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(server) = S3Server::start(kind, &tmp.path().join("server")) else {
+    let Some(OnBucket {
+        tmp,
+        server,
+        rt,
+        s3,
+        recipient,
+    }) = OnBucket::start(kind, "locked")
+    else {
         return;
     };
-    let rt = support::seaweed::runtime();
-    let s3 = server.bucket("locked", &rt);
-    let (_identity, recipient) = support::age_keypair(tmp.path());
     let config = node_config(
         tmp.path(),
         &server,
@@ -273,13 +276,16 @@ fn manifest_there(
 }
 
 fn refused_record(kind: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(server) = S3Server::start(kind, &tmp.path().join("server")) else {
+    let Some(OnBucket {
+        tmp,
+        server,
+        rt,
+        s3,
+        recipient,
+    }) = OnBucket::start(kind, "queue")
+    else {
         return;
     };
-    let rt = support::seaweed::runtime();
-    let s3 = server.bucket("queue", &rt);
-    let (_identity, recipient) = support::age_keypair(tmp.path());
     let live = node_config(
         tmp.path(),
         &server,
@@ -394,13 +400,16 @@ fn a_refused_record_does_not_block_the_queue_on_seaweedfs() {
 }
 
 fn frozen_mid_multipart(kind: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(server) = S3Server::start(kind, &tmp.path().join("server")) else {
+    let Some(OnBucket {
+        tmp,
+        server,
+        rt,
+        s3,
+        recipient,
+    }) = OnBucket::start(kind, "frozen")
+    else {
         return;
     };
-    let rt = support::seaweed::runtime();
-    let s3 = server.bucket("frozen", &rt);
-    let (_identity, recipient) = support::age_keypair(tmp.path());
     let extra = "object_lock = \"governance\"\nlock_days = 1\ntimeout = \"2s\"\n";
     let live = node_config(
         tmp.path(),
@@ -484,13 +493,16 @@ fn a_store_frozen_mid_multipart_leaves_one_version_on_seaweedfs() {
 }
 
 fn two_nodes(kind: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(server) = S3Server::start(kind, &tmp.path().join("server")) else {
+    let Some(OnBucket {
+        tmp,
+        server,
+        rt,
+        s3,
+        recipient,
+    }) = OnBucket::start(kind, "shared")
+    else {
         return;
     };
-    let rt = support::seaweed::runtime();
-    let s3 = server.bucket("shared", &rt);
-    let (_identity, recipient) = support::age_keypair(tmp.path());
     let configs: Vec<PathBuf> = ["node-a", "node-b"]
         .iter()
         .map(|n| node_config(tmp.path(), &server, "shared", n, "", &recipient, false))

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::s3server::S3Server;
+use support::s3server::{OnBucket, S3Server};
 use support::{ckvault, ok, p};
 
 const BUCKET: &str = "shared";
@@ -146,16 +146,19 @@ fn pin(dir: &Path, node: &str, spool: &Path, file: &str) {
 }
 
 fn nodes_cannot_sign_as_one_another(kind: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let Some(server) = S3Server::start(kind, &t.join("server")) else {
+    let Some(OnBucket {
+        tmp,
+        server,
+        rt,
+        recipient,
+        ..
+    }) = OnBucket::start(kind, BUCKET)
+    else {
         return;
     };
-    let rt = support::seaweed::runtime();
-    server.bucket(BUCKET, &rt);
+    let t = tmp.path();
     let s3 =
         ckvault::internal::store::s3::S3Store::new(&server.store_config(BUCKET, PREFIX)).unwrap();
-    let (_identity, recipient) = support::age_keypair(t);
     let (spool_a, spool_b) = (t.join("spool-a"), t.join("spool-b"));
     let node_a = config(
         t, &server, "a.toml", "node-a", &spool_a, "", &recipient, false,

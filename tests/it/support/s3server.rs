@@ -168,3 +168,38 @@ pub fn all_versions(
     );
     v
 }
+
+/// What an S3 suite starts from: its temporary directory, a server of one kind in it, a
+/// bucket with Object Lock on that server and a client of it (no prefix), the runtime the
+/// client runs on, and an age recipient to seal to.
+pub struct OnBucket {
+    /// The test's temporary directory (the server's files are in `server/`).
+    pub tmp: tempfile::TempDir,
+    /// The server.
+    pub server: S3Server,
+    /// The runtime `s3` runs on.
+    pub rt: tokio::runtime::Runtime,
+    /// A client of the bucket, with the bucket's credentials.
+    pub s3: S3Store,
+    /// An age recipient (its identity is `TMP/identity.txt`).
+    pub recipient: String,
+}
+
+impl OnBucket {
+    /// Starts a server of `kind` (see [`S3Server::start`]) and makes `bucket` on it; `None`
+    /// where the server cannot run (said as [`S3Server::start`] says it).
+    pub fn start(kind: &str, bucket: &str) -> Option<OnBucket> {
+        let tmp = tempfile::tempdir().unwrap();
+        let server = S3Server::start(kind, &tmp.path().join("server"))?;
+        let rt = super::seaweed::runtime();
+        let s3 = server.bucket(bucket, &rt);
+        let (_identity, recipient) = super::age_keypair(tmp.path());
+        Some(OnBucket {
+            tmp,
+            server,
+            rt,
+            s3,
+            recipient,
+        })
+    }
+}
