@@ -246,24 +246,6 @@ fn a_one_off_sweep_with_the_default_settle_time_finishes() {
     assert_eq!(w.records().len(), 2);
 }
 
-/// True if this machine can make a PID namespace (root, unshare present); says so where not.
-fn unshare_works() -> bool {
-    if support::outside_fast_tier("a PID namespace (root)") {
-        return false;
-    }
-    let ok = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        support::cannot_run(
-            support::REQUIRE_ENV,
-            "cannot make a PID namespace here (unshare --pid --fork --mount-proc; needs root)",
-        );
-    }
-    ok
-}
-
 #[test]
 fn a_writer_in_another_pid_namespace_pausing_past_the_settle_time_is_sealed_only_once_closed() {
     // The watcher runs as a DaemonSet without hostPID does: in a PID namespace of its own,
@@ -275,7 +257,7 @@ fn a_writer_in_another_pid_namespace_pausing_past_the_settle_time_is_sealed_only
     let Some(real) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
         return;
     };
-    if !unshare_works() {
+    if !support::can_unshare() {
         return;
     }
     let w = Watched::new("checkpoints");

@@ -452,6 +452,21 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
+/// A record of `size` random bytes in a tar (zstd cannot shrink it), sealed into
+/// `DIR/store` to a fresh recipient: (identity, recipient, the input, the store, manifest).
+fn random_record(dir: &Path, size: usize) -> (PathBuf, String, PathBuf, PathBuf, Value) {
+    let (identity, recipient) = support::age_keypair(dir);
+    let input = dir.join("in.tar");
+    fs::write(
+        &input,
+        tar_with(&[("rootfs-diff.tar", b'0', &random_bytes(size))]),
+    )
+    .unwrap();
+    let store = dir.join("store");
+    let m = seal(&input, &store, &["-r", &recipient]);
+    (identity, recipient, input, store, m)
+}
+
 /// Runs ckvault with `args` (measured), which must fail saying each of `says`, having
 /// written less than 64 KiB and left nothing in `out_dir`.
 fn refused_writing_nothing(args: &[&str], says: &[&str], out_dir: &Path) {
@@ -467,16 +482,8 @@ fn refused_writing_nothing(args: &[&str], says: &[&str], out_dir: &Path) {
 #[test]
 fn open_stops_at_the_signed_size_of_a_swapped_blob() {
     let dir = tempfile::tempdir().unwrap();
-    let (identity, recipient) = support::age_keypair(dir.path());
-    // An honest record: 1 MiB of random bytes in a tar (zstd cannot shrink it).
-    let input = dir.path().join("in.tar");
-    fs::write(
-        &input,
-        tar_with(&[("rootfs-diff.tar", b'0', &random_bytes(1 << 20))]),
-    )
-    .unwrap();
-    let store = dir.path().join("store");
-    let m = seal(&input, &store, &["-r", &recipient]);
+    // An honest record: 1 MiB of random bytes.
+    let (identity, recipient, input, store, m) = random_record(dir.path(), 1 << 20);
     assert_eq!(m["sealed"]["compression"], "zstd");
     let id = m["id"].as_str().unwrap();
     let plain_size = m["plaintext"]["size"].as_u64().unwrap();
@@ -576,15 +583,7 @@ fn open_and_export_check_free_space_before_writing() {
     let Some(_tmpfs) = support::Tmpfs::mount(&mnt, "2m", "free-space test") else {
         return;
     };
-    let (identity, recipient) = support::age_keypair(dir.path());
-    let input = dir.path().join("in.tar");
-    fs::write(
-        &input,
-        tar_with(&[("rootfs-diff.tar", b'0', &random_bytes(4 << 20))]),
-    )
-    .unwrap();
-    let store = dir.path().join("store");
-    let m = seal(&input, &store, &["-r", &recipient]);
+    let (identity, _, _, store, m) = random_record(dir.path(), 4 << 20);
     let id = m["id"].as_str().unwrap();
     for args in [
         vec!["export", id, "--store", s(&store)],

@@ -384,6 +384,25 @@ pub fn wait_for<T>(
     }
 }
 
+/// True if this machine can make a PID namespace (root, `unshare` present); says so where
+/// not (as [`cannot_run`] says it), and in the fast tier.
+pub fn can_unshare() -> bool {
+    if outside_fast_tier("a PID namespace (root)") {
+        return false;
+    }
+    let ok = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        cannot_run(
+            REQUIRE_ENV,
+            "cannot make a PID namespace here (unshare --pid --fork --mount-proc; needs root)",
+        );
+    }
+    ok
+}
+
 /// A port on 127.0.0.1 that nothing listens on (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
