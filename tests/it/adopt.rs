@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{ckvault, ok, p};
+use support::{ckvault, free_port, ok, p};
 
 /// Runs `ckvault ARGS` in `dir`.
 fn ckvault_in(dir: &Path, args: &[&str]) -> Output {
@@ -43,15 +43,6 @@ fn failed(out: &Output) -> String {
         "a line break printed escaped:\n{err}"
     );
     err
-}
-
-/// A port on 127.0.0.1 that nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `SHA256:` + unpadded base64 of the SHA-256 of an age recipient string (the manifest's

@@ -13,37 +13,13 @@
 //! - A disk that cannot hold the checkpoint: refused before the runtime is asked.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
 use crate::support::realcri::RealCri;
-use crate::support::{self, ok, p};
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use crate::support::{self, Kill, free_port, ok, p, wait_until};
 
 /// A server with the alert receivers in front of the real runtime.
 struct Node {
@@ -59,40 +35,13 @@ impl Node {
     fn start(rt: &RealCri, name: &str, extra: &str) -> Node {
         let dir = rt.dir(name);
         let (_identity, recipient) = support::age_keypair(&dir);
-        let policies = dir.join("policies");
-        std::fs::create_dir_all(&policies).unwrap();
-        std::fs::write(
-            policies.join("access.toml"),
-            r#"version = 1
-[[grant]]
-subjects = ["group:ckvault:admins"]
-namespaces = ["*"]
-actions = ["list", "read-manifest", "download", "delete", "hold", "read-audit", "checkpoint"]
-[[grant]]
-subjects = ["group:alerting"]
-namespaces = ["shop"]
-actions = ["checkpoint"]
-"#,
-        )
-        .unwrap();
         std::fs::write(dir.join("soar.secret"), SECRET).unwrap();
         std::fs::set_permissions(
             dir.join("soar.secret"),
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )
         .unwrap();
-        let tokens = dir.join("tokens.toml");
-        let token = ok(&support::ckvault(&[
-            "token",
-            "add",
-            "alertmanager",
-            "--group",
-            "alerting",
-            "--tokens",
-            p(&tokens),
-        ]))
-        .trim()
-        .to_owned();
+        let token = support::serve::alerting_policy_and_token(&dir);
         let config = dir.join("ckvault.toml");
         std::fs::write(
             &config,
@@ -150,19 +99,11 @@ hold = true
     fn post_from(&self, from: &str, path: &str, body: &[u8], headers: &[String]) -> (u16, Value) {
         let file = self.dir.join(format!("body-{}.json", ulid_like()));
         std::fs::write(&file, body).unwrap();
-        let mut cmd = Command::new("curl");
-        cmd.args([
-            "-s",
-            "-w",
-            "\n%{http_code}",
-            "--interface",
-            from,
-            "--cacert",
-        ])
-        .arg(self.dir.join("store/tls/ca.pem"))
-        .args(["-X", "POST", "-H", "Content-Type: application/json"])
-        .arg("--data-binary")
-        .arg(format!("@{}", file.display()));
+        let mut cmd = support::serve::curl(&self.dir.join("store/tls"), 120);
+        cmd.args(["--interface", from])
+            .args(["-X", "POST", "-H", "Content-Type: application/json"])
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()));
         let mut has_auth = false;
         for h in headers {
             has_auth |= h.starts_with("X-Ckvault-Signature") || h.starts_with("Authorization:");
@@ -173,19 +114,13 @@ hold = true
         }
         let out = cmd.arg(self.url(path)).output().unwrap();
         let _ = std::fs::remove_file(&file);
-        split(&out.stdout)
+        support::serve::json_answer(out.stdout)
     }
 
     /// curl with the generated admin certificate (mTLS).
     fn admin(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Value) {
-        let tls = self.dir.join("store/tls");
-        let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-w", "\n%{http_code}", "-X", method, "--cacert"])
-            .arg(tls.join("ca.pem"))
-            .arg("--cert")
-            .arg(tls.join("admin.pem"))
-            .arg("--key")
-            .arg(tls.join("admin.key"));
+        let mut cmd = support::serve::admin_curl(&self.dir.join("store/tls"), 120);
+        cmd.args(["-X", method]);
         let file = self.dir.join(format!("admin-{}.json", ulid_like()));
         if let Some(b) = body {
             std::fs::write(&file, b).unwrap();
@@ -194,7 +129,7 @@ hold = true
         }
         let out = cmd.arg(self.url(path)).output().unwrap();
         let _ = std::fs::remove_file(&file);
-        split(&out.stdout)
+        support::serve::json_answer(out.stdout)
     }
 
     fn records(&self) -> Vec<Value> {
@@ -225,6 +160,21 @@ hold = true
         support::audit_events(&self.dir.join("store"))
     }
 
+    /// Nothing is left in staging, and the audit log verifies.
+    fn assert_settled(&self) {
+        assert!(
+            self.staging_files().is_empty(),
+            "{:?}",
+            self.staging_files()
+        );
+        ok(&support::ckvault(&[
+            "audit",
+            "verify",
+            "--store",
+            p(&self.dir.join("store")),
+        ]));
+    }
+
     fn staging_files(&self) -> Vec<String> {
         std::fs::read_dir(self.dir.join("staging"))
             .map(|d| {
@@ -241,17 +191,6 @@ hold = true
 fn ulid_like() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-fn split(out: &[u8]) -> (u16, Value) {
-    let cut = out.iter().rposition(|b| *b == b'\n').unwrap_or(0);
-    let code = String::from_utf8_lossy(&out[cut..])
-        .trim()
-        .parse()
-        .unwrap_or(0);
-    let body = serde_json::from_slice(&out[..cut])
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&out[..cut]).into_owned()));
-    (code, body)
 }
 
 fn alertmanager_payload(alerts: &[Value]) -> Vec<u8> {
@@ -575,17 +514,7 @@ fn an_alert_storm_through_a_real_alertmanager_seals_one_record_with_the_alert_in
         1,
         "repeats and resolves captured again"
     );
-    assert!(
-        node.staging_files().is_empty(),
-        "{:?}",
-        node.staging_files()
-    );
-    ok(&support::ckvault(&[
-        "audit",
-        "verify",
-        "--store",
-        p(&node.dir.join("store")),
-    ]));
+    node.assert_settled();
 }
 
 impl Node {
@@ -600,14 +529,12 @@ impl Node {
     }
 
     fn post_get(&self, path: &str) -> (u16, Value) {
-        let out = Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}", "--cacert"])
-            .arg(self.dir.join("store/tls/ca.pem"))
+        let out = support::serve::curl(&self.dir.join("store/tls"), 120)
             .args(["-H", &format!("Authorization: Bearer {}", self.token)])
             .arg(self.url(path))
             .output()
             .unwrap();
-        split(&out.stdout)
+        support::serve::json_answer(out.stdout)
     }
 }
 
@@ -922,17 +849,7 @@ fn falco_events_and_signed_webhooks_capture_through_the_runtime_and_hostile_bodi
     );
     // The unknown-fields webhook may have captured (it was valid); nothing else did.
     assert!(node.records().len() <= records_before + 1);
-    assert!(
-        node.staging_files().is_empty(),
-        "{:?}",
-        node.staging_files()
-    );
-    ok(&support::ckvault(&[
-        "audit",
-        "verify",
-        "--store",
-        p(&node.dir.join("store")),
-    ]));
+    node.assert_settled();
     // /metrics counts the refusals.
     let (code, metrics) = node.admin("GET", "/metrics", None);
     assert_eq!(code, 200);

@@ -5,56 +5,23 @@
 //! held open when the watcher starts), a FIFO swapped in under a candidate's name never
 //! blocks it, and an archive's hostile namespace is flagged and never printed raw.
 
-use crate::support;
+use crate::support::{self, sha256_hex as sha256, wait_until as wait_for, watch::Watched};
 
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-fn sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
-fn manifests(store: &Path) -> Vec<Value> {
-    let out = Command::new(support::ckvault_bin())
-        .args(["ls", "--store", store.to_str().unwrap(), "--format", "json"])
-        .output()
-        .unwrap();
-    support::ok(&out);
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn a_sweep_seals_checkpoints_recovers_staging_and_ignores_the_rest() {
     let Some(real) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let (_identity, recipient) = support::age_keypair(tmp.path());
-    let dir = tmp.path().join("checkpoints");
-    fs::create_dir(&dir).unwrap();
-    let store = tmp.path().join("store");
+    let w = Watched::new("checkpoints");
+    let (tmp, dir, store) = (&w.tmp, &w.dir, &w.store);
     let name = "checkpoint-web-7d4_forensics-app-2026-11-28T10:00:00Z.tar";
     let input = fs::read(&real).unwrap();
     fs::write(dir.join(name), &input).unwrap();
@@ -64,33 +31,12 @@ fn a_sweep_seals_checkpoints_recovers_staging_and_ignores_the_rest() {
     // ckvault makes a store only in an absent or empty directory).
     let empty = tmp.path().join("empty");
     fs::create_dir(&empty).unwrap();
-    let made = Command::new(support::ckvault_bin())
-        .args(["watch", "--once", "--dir", empty.to_str().unwrap()])
-        .args(["--store", store.to_str().unwrap(), "-r", &recipient])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    support::ok(&w.once(&empty, None));
     let staging = store.join("staging");
     fs::create_dir_all(&staging).unwrap();
     fs::write(staging.join("01LEFTOVER.tar"), &input).unwrap();
 
-    let out = Command::new(support::ckvault_bin())
-        .args([
-            "watch",
-            "--once",
-            "--settle",
-            "0",
-            "--dir",
-            dir.to_str().unwrap(),
-        ])
-        .args(["--store", store.to_str().unwrap(), "-r", &recipient])
-        .output()
-        .unwrap();
-    support::ok(&out);
+    support::ok(&w.once(dir, Some("0")));
 
     assert!(!dir.join(name).exists(), "plaintext left behind");
     let receipt_path = dir.join(format!("{name}.ckvault-receipt.json"));
@@ -115,7 +61,7 @@ fn a_sweep_seals_checkpoints_recovers_staging_and_ignores_the_rest() {
     );
     // staging is empty and its file became a record
     assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
-    let ms = manifests(&store);
+    let ms = w.records();
     assert_eq!(ms.len(), 2, "{ms:#?}");
     let kinds: Vec<&str> = ms
         .iter()
@@ -146,20 +92,9 @@ fn the_live_watcher_waits_for_complete_files_and_survives_the_directory_vanishin
     let Some(real) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let (_identity, recipient) = support::age_keypair(tmp.path());
-    let dir = tmp.path().join("checkpoints");
-    fs::create_dir(&dir).unwrap();
-    let store = tmp.path().join("store");
-    let _watcher = Kill(
-        Command::new(support::ckvault_bin())
-            .args(["watch", "--settle", "1", "--dir", dir.to_str().unwrap()])
-            .args(["--store", store.to_str().unwrap(), "-r", &recipient])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let w = Watched::new("checkpoints");
+    let dir = &w.dir;
+    let _watcher = w.spawn(&[], "1");
     std::thread::sleep(Duration::from_millis(500));
     let input = fs::read(&real).unwrap();
     // Written slowly, in two halves with a pause shorter than the settle time.
@@ -172,12 +107,8 @@ fn the_live_watcher_waits_for_complete_files_and_survives_the_directory_vanishin
         std::thread::sleep(Duration::from_millis(600));
         f.write_all(&input[half..]).unwrap();
     }
-    let receipt =
-        dir.join("checkpoint-a_forensics-app-2026-11-28T10:00:01Z.tar.ckvault-receipt.json");
-    wait_for("the first receipt", Duration::from_secs(30), || {
-        receipt.exists()
-    });
-    let ms = manifests(&store);
+    w.wait_receipt("checkpoint-a_forensics-app-2026-11-28T10:00:01Z.tar");
+    let ms = w.records();
     assert_eq!(ms.len(), 1);
     assert_eq!(
         ms[0]["plaintext"]["sha256"],
@@ -187,13 +118,13 @@ fn the_live_watcher_waits_for_complete_files_and_survives_the_directory_vanishin
     assert!(!path.exists());
 
     // The directory disappears and comes back.
-    fs::remove_dir_all(&dir).unwrap();
+    fs::remove_dir_all(dir).unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    fs::create_dir(&dir).unwrap();
+    fs::create_dir(dir).unwrap();
     let path2 = dir.join("checkpoint-b_forensics-app-2026-11-28T10:00:02Z.tar");
     fs::write(&path2, &input).unwrap();
     wait_for("the second record", Duration::from_secs(30), || {
-        !path2.exists() && manifests(&store).len() == 2
+        !path2.exists() && w.records().len() == 2
     });
 }
 
@@ -202,10 +133,8 @@ fn the_watcher_takes_recipients_and_retention_from_the_policy_directory() {
     let Some(real) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let (identity, recipient) = support::age_keypair(tmp.path());
-    let dir = tmp.path().join("checkpoints");
-    fs::create_dir(&dir).unwrap();
+    let w = Watched::new("checkpoints");
+    let (tmp, dir, identity, recipient) = (&w.tmp, &w.dir, &w.identity, &w.recipient);
     let pol = tmp.path().join("policies");
     fs::create_dir(&pol).unwrap();
     fs::write(
@@ -242,7 +171,7 @@ fn the_watcher_takes_recipients_and_retention_from_the_policy_directory() {
         .unwrap();
     support::ok(&out);
     let store = tmp.path().join("store");
-    let ms = manifests(&store);
+    let ms = w.records();
     assert_eq!(
         ms.len(),
         1,
@@ -262,7 +191,7 @@ fn the_watcher_takes_recipients_and_retention_from_the_policy_directory() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(fs::read_dir(&dir).unwrap().flatten().all(|e| {
+    assert!(fs::read_dir(dir).unwrap().flatten().all(|e| {
         e.file_name()
             .to_string_lossy()
             .ends_with(".ckvault-receipt.json")
@@ -277,10 +206,8 @@ fn a_one_off_sweep_with_the_default_settle_time_finishes() {
     let Some(real) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let (_identity, recipient) = support::age_keypair(tmp.path());
-    let dir = tmp.path().join("kubelet");
-    fs::create_dir(&dir).unwrap();
+    let w = Watched::new("kubelet");
+    let dir = &w.dir;
     let input = fs::read(&real).unwrap();
     let old = dir.join("checkpoint-web-7d4_forensics-app-old.tar");
     fs::write(&old, &input).unwrap();
@@ -293,11 +220,9 @@ fn a_one_off_sweep_with_the_default_settle_time_finishes() {
         .unwrap();
     let fresh = dir.join("checkpoint-web-7d4_forensics-app-fresh.tar");
     fs::write(&fresh, &input).unwrap();
-    let store = tmp.path().join("store");
     let started = Instant::now();
-    let mut child = Command::new(support::ckvault_bin())
-        .args(["watch", "--once", "--dir", dir.to_str().unwrap()])
-        .args(["--store", store.to_str().unwrap(), "-r", &recipient])
+    let mut child = w
+        .command(&["--once", "--dir", support::p(dir)])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -318,51 +243,7 @@ fn a_one_off_sweep_with_the_default_settle_time_finishes() {
         "the fresh file was not left to settle"
     );
     assert!(!old.exists() && !fresh.exists(), "plaintext left behind");
-    assert_eq!(manifests(&store).len(), 2);
-}
-
-/// A `ckvault watch` (live) on `dir` into `store`, stdout and stderr into files under
-/// `logs`; `prefix` runs it inside another command (e.g. `unshare`).
-fn spawn_watcher(
-    prefix: &[&str],
-    dir: &Path,
-    store: &Path,
-    recipient: &str,
-    settle: &str,
-    logs: &Path,
-) -> Kill {
-    let bin = support::ckvault_bin();
-    let mut argv: Vec<String> = prefix.iter().map(|s| (*s).to_owned()).collect();
-    argv.push(bin.to_str().unwrap().to_owned());
-    let (program, args) = argv.split_first().unwrap();
-    Kill(
-        Command::new(program)
-            .args(args)
-            .args(["watch", "--settle", settle, "--dir", dir.to_str().unwrap()])
-            .args(["--store", store.to_str().unwrap(), "-r", recipient])
-            .stdout(fs::File::create(logs.join("watch.out")).unwrap())
-            .stderr(fs::File::create(logs.join("watch.err")).unwrap())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-/// True if this machine can make a PID namespace (root, unshare present); says so where not.
-fn unshare_works() -> bool {
-    if support::outside_fast_tier("a PID namespace (root)") {
-        return false;
-    }
-    let ok = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        support::cannot_run(
-            support::REQUIRE_ENV,
-            "cannot make a PID namespace here (unshare --pid --fork --mount-proc; needs root)",
-        );
-    }
-    ok
+    assert_eq!(w.records().len(), 2);
 }
 
 #[test]
@@ -376,26 +257,19 @@ fn a_writer_in_another_pid_namespace_pausing_past_the_settle_time_is_sealed_only
     let Some(real) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
         return;
     };
-    if !unshare_works() {
+    if !support::can_unshare() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let (_identity, recipient) = support::age_keypair(tmp.path());
-    let dir = tmp.path().join("checkpoints");
-    fs::create_dir(&dir).unwrap();
-    let store = tmp.path().join("store");
+    let w = Watched::new("checkpoints");
+    let (tmp, dir, store) = (&w.tmp, &w.dir, &w.store);
     let input = fs::read(&real).unwrap();
     let half = input.len() / 2;
     let (h1, h2) = (tmp.path().join("h1"), tmp.path().join("h2"));
     fs::write(&h1, &input[..half]).unwrap();
     fs::write(&h2, &input[half..]).unwrap();
-    let _watcher = spawn_watcher(
+    let _watcher = w.spawn(
         &["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"],
-        &dir,
-        &store,
-        &recipient,
         "1",
-        tmp.path(),
     );
     std::thread::sleep(Duration::from_millis(800));
     let name = "checkpoint-web-7d4_forensics-app-2026-11-28T10:00:05Z.tar";
@@ -417,14 +291,13 @@ fn a_writer_in_another_pid_namespace_pausing_past_the_settle_time_is_sealed_only
     std::thread::sleep(Duration::from_millis(2200));
     assert!(path.exists(), "the half-written archive was removed");
     assert!(
-        !store.join("records").exists() || manifests(&store).is_empty(),
+        !store.join("records").exists() || w.records().is_empty(),
         "a half-written archive was sealed: {:#?}",
-        manifests(&store)
+        w.records()
     );
     assert!(writer.wait().unwrap().success());
-    let receipt = dir.join(format!("{name}.ckvault-receipt.json"));
-    wait_for("the receipt", Duration::from_secs(30), || receipt.exists());
-    let ms = manifests(&store);
+    w.wait_receipt(name);
+    let ms = w.records();
     assert_eq!(ms.len(), 1, "{ms:#?}");
     assert_eq!(ms[0]["plaintext"]["sha256"], sha256(&input).as_str());
     assert_eq!(ms[0]["plaintext"]["size"], input.len() as u64);
@@ -441,11 +314,8 @@ fn a_file_held_open_for_writing_when_the_watcher_starts_waits_for_its_close() {
     let Some(real) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let (_identity, recipient) = support::age_keypair(tmp.path());
-    let dir = tmp.path().join("checkpoints");
-    fs::create_dir(&dir).unwrap();
-    let store = tmp.path().join("store");
+    let w = Watched::new("checkpoints");
+    let dir = &w.dir;
     let input = fs::read(&real).unwrap();
     let half = input.len() / 2;
     let name = "checkpoint-web-7d4_forensics-app-2026-11-28T10:00:06Z.tar";
@@ -455,31 +325,24 @@ fn a_file_held_open_for_writing_when_the_watcher_starts_waits_for_its_close() {
     f.set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
         .unwrap();
 
-    let out = Command::new(support::ckvault_bin())
-        .args(["watch", "--once", "--settle", "1", "--dir"])
-        .arg(&dir)
-        .args(["--store", store.to_str().unwrap(), "-r", &recipient])
-        .output()
-        .unwrap();
-    let err = support::ok(&out);
-    let _ = err;
+    let out = w.once(dir, Some("1"));
+    support::ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("leaving") && stderr.contains("open for writing"),
         "{stderr}"
     );
     assert!(path.exists());
-    assert!(manifests(&store).is_empty(), "{:#?}", manifests(&store));
+    assert!(w.records().is_empty(), "{:#?}", w.records());
 
-    let _watcher = spawn_watcher(&[], &dir, &store, &recipient, "1", tmp.path());
+    let _watcher = w.spawn(&[], "1");
     std::thread::sleep(Duration::from_secs(3));
     assert!(path.exists(), "a file still open for writing was removed");
-    assert!(manifests(&store).is_empty(), "{:#?}", manifests(&store));
+    assert!(w.records().is_empty(), "{:#?}", w.records());
     f.write_all(&input[half..]).unwrap();
     drop(f);
-    let receipt = dir.join(format!("{name}.ckvault-receipt.json"));
-    wait_for("the receipt", Duration::from_secs(30), || receipt.exists());
-    let ms = manifests(&store);
+    w.wait_receipt(name);
+    let ms = w.records();
     assert_eq!(ms.len(), 1, "{ms:#?}");
     assert_eq!(ms[0]["plaintext"]["sha256"], sha256(&input).as_str());
     assert!(!path.exists());
@@ -494,12 +357,9 @@ fn a_fifo_swapped_in_under_a_candidate_name_never_blocks_the_watcher() {
     let Some(real) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let (_identity, recipient) = support::age_keypair(tmp.path());
-    let dir = tmp.path().join("checkpoints");
-    fs::create_dir(&dir).unwrap();
-    let store = tmp.path().join("store");
-    let _watcher = spawn_watcher(&[], &dir, &store, &recipient, "0", tmp.path());
+    let w = Watched::new("checkpoints");
+    let (tmp, dir) = (&w.tmp, &w.dir);
+    let _watcher = w.spawn(&[], "0");
     std::thread::sleep(Duration::from_millis(500));
     let name = dir.join("checkpoint-race.tar");
     let swap = dir.join(".swap");
@@ -556,12 +416,7 @@ fn a_fifo_swapped_in_under_a_candidate_name_never_blocks_the_watcher() {
     // The watcher still works.
     let after = "checkpoint-web-7d4_forensics-app-2026-11-28T10:00:07Z.tar";
     fs::write(dir.join(after), fs::read(&real).unwrap()).unwrap();
-    let receipt = dir.join(format!("{after}.ckvault-receipt.json"));
-    wait_for(
-        "the archive written after the swapping to be sealed",
-        Duration::from_secs(30),
-        || receipt.exists(),
-    );
+    w.wait_receipt(after);
     let err = fs::read_to_string(&log).unwrap();
     eprintln!("{swaps} swaps in {:?}", t0.elapsed());
     assert!(
@@ -589,11 +444,8 @@ fn a_hostile_namespace_is_flagged_in_the_record_and_never_printed_raw() {
     else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let (_identity, recipient) = support::age_keypair(tmp.path());
-    let dir = tmp.path().join("checkpoints");
-    fs::create_dir(&dir).unwrap();
-    let store = tmp.path().join("store");
+    let w = Watched::new("checkpoints");
+    let (dir, store) = (&w.dir, &w.store);
     let mut bytes = fs::read(&real).unwrap();
     let from = br#""hostile-namespace""#;
     let to = br#""\u001b]2;pw\u0007""#;
@@ -605,12 +457,7 @@ fn a_hostile_namespace_is_flagged_in_the_record_and_never_printed_raw() {
     }
     let name = "checkpoint-web-7d4_x-app-2026-11-28T10:00:08Z.tar";
     fs::write(dir.join(name), &bytes).unwrap();
-    let out = Command::new(support::ckvault_bin())
-        .args(["watch", "--once", "--settle", "0", "--dir"])
-        .arg(&dir)
-        .args(["--store", store.to_str().unwrap(), "-r", &recipient])
-        .output()
-        .unwrap();
+    let out = w.once(dir, Some("0"));
     support::ok(&out);
     for (what, stream) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
         assert!(
@@ -624,7 +471,7 @@ fn a_hostile_namespace_is_flagged_in_the_record_and_never_printed_raw() {
         stdout.contains(r"\u{1b}]2;pw\u{7}") && stdout.contains("namespace"),
         "{stdout}"
     );
-    let ms = manifests(&store);
+    let ms = w.records();
     assert_eq!(ms.len(), 1);
     assert_eq!(ms[0]["inspection"]["status"], "ok", "{:#?}", ms[0]);
     assert_eq!(ms[0]["namespace"], "\u{1b}]2;pw\u{7}");
@@ -649,18 +496,10 @@ fn a_capture_recovered_from_staging_after_a_crash_keeps_its_trigger() {
     let Some(real) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let (_identity, recipient) = support::age_keypair(tmp.path());
-    let empty = tmp.path().join("empty");
-    fs::create_dir(&empty).unwrap();
-    let store = tmp.path().join("store");
+    let w = Watched::new("empty");
+    let (empty, store) = (&w.dir, &w.store);
     let watch_once = || {
-        let out = Command::new(support::ckvault_bin())
-            .args(["watch", "--once", "--dir", empty.to_str().unwrap()])
-            .args(["--store", store.to_str().unwrap(), "-r", &recipient])
-            .output()
-            .unwrap();
-        support::ok(&out);
+        support::ok(&w.once(empty, None));
     };
     watch_once(); // makes the store
     // What a capture for an alert leaves when its process dies after the runtime wrote:
@@ -707,7 +546,7 @@ fn a_capture_recovered_from_staging_after_a_crash_keeps_its_trigger() {
         0,
         "staging recovered"
     );
-    let ms = manifests(&store);
+    let ms = w.records();
     assert_eq!(ms.len(), 2, "{ms:#?}");
     assert!(ms.iter().all(|m| m["source"]["kind"] == "staging-recovery"));
     let triggered: Vec<&Value> = ms.iter().filter(|m| m.get("trigger").is_some()).collect();

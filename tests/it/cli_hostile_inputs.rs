@@ -452,19 +452,38 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
+/// A record of `size` random bytes in a tar (zstd cannot shrink it), sealed into
+/// `DIR/store` to a fresh recipient: (identity, recipient, the input, the store, manifest).
+fn random_record(dir: &Path, size: usize) -> (PathBuf, String, PathBuf, PathBuf, Value) {
+    let (identity, recipient) = support::age_keypair(dir);
+    let input = dir.join("in.tar");
+    fs::write(
+        &input,
+        tar_with(&[("rootfs-diff.tar", b'0', &random_bytes(size))]),
+    )
+    .unwrap();
+    let store = dir.join("store");
+    let m = seal(&input, &store, &["-r", &recipient]);
+    (identity, recipient, input, store, m)
+}
+
+/// Runs ckvault with `args` (measured), which must fail saying each of `says`, having
+/// written less than 64 KiB and left nothing in `out_dir`.
+fn refused_writing_nothing(args: &[&str], says: &[&str], out_dir: &Path) {
+    let run = measured(args);
+    eprintln!("{}: wrote {} bytes", args[0], run.wchar);
+    assert!(!run.output.status.success(), "{args:?}");
+    let err = stderr(&run.output);
+    assert!(says.iter().all(|s| err.contains(s)), "{args:?}: {err}");
+    assert!(run.wchar < 64 << 10, "{args:?}: wrote {} bytes", run.wchar);
+    assert!(names(out_dir).is_empty(), "{:?}", names(out_dir));
+}
+
 #[test]
 fn open_stops_at_the_signed_size_of_a_swapped_blob() {
     let dir = tempfile::tempdir().unwrap();
-    let (identity, recipient) = support::age_keypair(dir.path());
-    // An honest record: 1 MiB of random bytes in a tar (zstd cannot shrink it).
-    let input = dir.path().join("in.tar");
-    fs::write(
-        &input,
-        tar_with(&[("rootfs-diff.tar", b'0', &random_bytes(1 << 20))]),
-    )
-    .unwrap();
-    let store = dir.path().join("store");
-    let m = seal(&input, &store, &["-r", &recipient]);
+    // An honest record: 1 MiB of random bytes.
+    let (identity, recipient, input, store, m) = random_record(dir.path(), 1 << 20);
     assert_eq!(m["sealed"]["compression"], "zstd");
     let id = m["id"].as_str().unwrap();
     let plain_size = m["plaintext"]["size"].as_u64().unwrap();
@@ -550,54 +569,21 @@ fn export_refuses_a_blob_longer_than_signed_before_reading_it() {
     let out_dir = dir.path().join("out");
     fs::create_dir(&out_dir).unwrap();
     let out = out_dir.join("x.age");
-    let run = measured(&["export", id, "--store", s(&store), "-o", s(&out)]);
-    eprintln!("export wrote {} bytes", run.wchar);
-    assert!(!run.output.status.success());
-    let err = stderr(&run.output);
-    assert!(
-        err.contains("does not match its manifest") && err.contains("nothing was read"),
-        "{err}"
+    refused_writing_nothing(
+        &["export", id, "--store", s(&store), "-o", s(&out)],
+        &["does not match its manifest", "nothing was read"],
+        &out_dir,
     );
-    assert!(run.wchar < 64 << 10, "wrote {} bytes", run.wchar);
-    assert!(names(&out_dir).is_empty(), "{:?}", names(&out_dir));
 }
 
 #[test]
 fn open_and_export_check_free_space_before_writing() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");
-    fs::create_dir(&mnt).unwrap();
-    if support::outside_fast_tier("a tmpfs mount (root)") {
+    let Some(_tmpfs) = support::Tmpfs::mount(&mnt, "2m", "free-space test") else {
         return;
-    }
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs", s(&mnt)])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        support::cannot_run(
-            support::REQUIRE_ENV,
-            "free-space test: cannot mount a 2 MiB tmpfs here (needs root)",
-        );
-        return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
-    let (identity, recipient) = support::age_keypair(dir.path());
-    let input = dir.path().join("in.tar");
-    fs::write(
-        &input,
-        tar_with(&[("rootfs-diff.tar", b'0', &random_bytes(4 << 20))]),
-    )
-    .unwrap();
-    let store = dir.path().join("store");
-    let m = seal(&input, &store, &["-r", &recipient]);
+    };
+    let (identity, _, _, store, m) = random_record(dir.path(), 4 << 20);
     let id = m["id"].as_str().unwrap();
     for args in [
         vec!["export", id, "--store", s(&store)],
@@ -606,16 +592,11 @@ fn open_and_export_check_free_space_before_writing() {
         let out = mnt.join("out");
         let mut all = args.clone();
         all.extend(["-o", s(&out)]);
-        let run = measured(&all);
-        eprintln!("{}: wrote {} bytes", args[0], run.wchar);
-        assert!(!run.output.status.success(), "{args:?}");
-        let err = stderr(&run.output);
-        assert!(
-            err.contains("bytes are needed and only") && err.contains("nothing was written"),
-            "{args:?}: {err}"
+        refused_writing_nothing(
+            &all,
+            &["bytes are needed and only", "nothing was written"],
+            &mnt,
         );
-        assert!(run.wchar < 64 << 10, "{args:?}: wrote {} bytes", run.wchar);
-        assert!(names(&mnt).is_empty(), "{:?}", names(&mnt));
     }
 }
 

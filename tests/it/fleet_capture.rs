@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::realcri::RealCri;
-use crate::support::{self, ok, p};
+use crate::support::{self, wait_for};
 
 use ckvault::config::StoreConfig;
 use ckvault::internal::store::s3::S3Store;
@@ -73,33 +73,9 @@ struct Proc {
     token: String,
 }
 
-const POLICY: &str = r#"version = 1
-[[grant]]
-subjects = ["group:ckvault:admins"]
-namespaces = ["*"]
-actions = ["list", "read-manifest", "download", "delete", "hold", "read-audit", "checkpoint"]
-[[grant]]
-subjects = ["group:alerting"]
-namespaces = ["shop"]
-actions = ["checkpoint"]
-"#;
-
 impl Proc {
     fn start(dir: &Path, name: &str, store: &str, extra: &str) -> Proc {
-        std::fs::create_dir_all(dir.join("policies")).unwrap();
-        std::fs::write(dir.join("policies/access.toml"), POLICY).unwrap();
-        let tokens = dir.join("tokens.toml");
-        let token = ok(&support::ckvault(&[
-            "token",
-            "add",
-            "alertmanager",
-            "--group",
-            "alerting",
-            "--tokens",
-            p(&tokens),
-        ]))
-        .trim()
-        .to_owned();
+        let token = support::serve::alerting_policy_and_token(dir);
         let config = dir.join("ckvault.toml");
         std::fs::write(
             &config,
@@ -109,7 +85,7 @@ impl Proc {
 name = "{name}"
 [server]
 listen = "127.0.0.1:0"
-tokens = "{tokens}"
+tokens = "{d}/tokens.toml"
 [policy]
 dir = "{d}/policies"
 [alerts]
@@ -124,7 +100,6 @@ name = "shop-incidents"
 namespaces = ["shop"]
 hold = true
 "#,
-                tokens = tokens.display(),
                 d = dir.display(),
             ),
         )
@@ -165,17 +140,14 @@ hold = true
     /// curl: with the sender's token, or (admin) the generated admin certificate.
     fn call(&self, method: &str, path: &str, body: Option<&Value>, admin: bool) -> (u16, Value) {
         let tls = self.dir.join("spool/tls");
-        let mut cmd = std::process::Command::new("curl");
-        cmd.args(["-s", "-w", "\n%{http_code}", "-X", method, "--cacert"])
-            .arg(tls.join("ca.pem"));
-        if admin {
-            cmd.arg("--cert")
-                .arg(tls.join("admin.pem"))
-                .arg("--key")
-                .arg(tls.join("admin.key"));
+        let mut cmd = if admin {
+            support::serve::admin_curl(&tls, 120)
         } else {
+            let mut cmd = support::serve::curl(&tls, 120);
             cmd.args(["-H", &format!("Authorization: Bearer {}", self.token)]);
-        }
+            cmd
+        };
+        cmd.args(["-X", method]);
         if let Some(b) = body {
             cmd.args(["-H", "Content-Type: application/json", "--data-binary"])
                 .arg(b.to_string());
@@ -184,15 +156,7 @@ hold = true
             .arg(format!("https://127.0.0.1:{}{path}", self.port()))
             .output()
             .unwrap();
-        let cut = out.stdout.iter().rposition(|b| *b == b'\n').unwrap_or(0);
-        let code = String::from_utf8_lossy(&out.stdout[cut..])
-            .trim()
-            .parse()
-            .unwrap_or(0);
-        let body = serde_json::from_slice(&out.stdout[..cut]).unwrap_or_else(|_| {
-            Value::String(String::from_utf8_lossy(&out.stdout[..cut]).into_owned())
-        });
-        (code, body)
+        support::serve::json_answer(out.stdout)
     }
 
     /// Posts one webhook alert for `pod`'s container `api`; the capture's answer.
@@ -233,18 +197,6 @@ hold = true
 
     fn audit(&self) -> Vec<Value> {
         support::audit_events(&self.dir.join("spool"))
-    }
-}
-
-/// Polls `f` every 100 ms until it gives something, or panics after `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -133,30 +133,12 @@ fn serve_proxy_and_watch_started_together_on_a_fresh_store_share_one_key() {
     }
 }
 
-/// True if this machine can make a PID namespace (root, unshare present).
-fn can_unshare() -> bool {
-    if support::outside_fast_tier("a PID namespace (root)") {
-        return false;
-    }
-    let ok = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        support::cannot_run(
-            support::REQUIRE_ENV,
-            "cannot make a PID namespace here (unshare --pid --fork --mount-proc; needs root)",
-        );
-    }
-    ok
-}
-
 #[test]
 fn a_process_in_another_pid_namespace_does_not_take_a_seal_in_progress() {
     let Some(archive) = support::real_checkpoint(1024, "shop", "api-0", "api", "none") else {
         return;
     };
-    if !can_unshare() {
+    if !support::can_unshare() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

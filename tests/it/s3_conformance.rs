@@ -17,8 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::s3server::{S3Server, all_versions, open_uploads};
-use support::{ckvault, ok, p};
+use support::s3server::{OnBucket, S3Server, all_versions, open_uploads};
+use support::{ckvault, ok, p, wait_until};
 
 /// Incompressible bytes (xorshift), so the sealed blob is as large as the archive.
 fn noise(n: usize, seed: u64) -> Vec<u8> {
@@ -61,18 +61,12 @@ fn node_config(
     dead: bool,
 ) -> PathBuf {
     let spool = tmp.join(format!("spool-{node}"));
-    let mut store = server.store_toml(bucket, "k", &spool);
+    let mut toml = server.node_toml(bucket, "k", &spool, extra, node, recipient);
     if dead {
-        store = store.replace(&server.endpoint(), "http://127.0.0.1:9");
+        toml = server.dead(&toml);
     }
     let path = tmp.join(format!("{node}{}.toml", if dead { "-dead" } else { "" }));
-    fs::write(
-        &path,
-        format!(
-            "{store}{extra}[node]\nname = \"{node}\"\n[seal]\nrecipients = [\"{recipient}\"]\n"
-        ),
-    )
-    .unwrap();
+    fs::write(&path, toml).unwrap();
     path
 }
 
@@ -96,14 +90,6 @@ fn spool_ids(tmp: &Path, node: &str) -> Vec<String> {
     ids
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -112,13 +98,16 @@ fn now_secs() -> i64 {
 }
 
 fn object_lock(kind: &str, mode: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(server) = S3Server::start(kind, &tmp.path().join("server")) else {
+    let Some(OnBucket {
+        tmp,
+        server,
+        rt,
+        s3,
+        recipient,
+    }) = OnBucket::start(kind, "locked")
+    else {
         return;
     };
-    let rt = support::seaweed::runtime();
-    let s3 = server.bucket("locked", &rt);
-    let (_identity, recipient) = support::age_keypair(tmp.path());
     let config = node_config(
         tmp.path(),
         &server,
@@ -287,13 +276,16 @@ fn manifest_there(
 }
 
 fn refused_record(kind: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(server) = S3Server::start(kind, &tmp.path().join("server")) else {
+    let Some(OnBucket {
+        tmp,
+        server,
+        rt,
+        s3,
+        recipient,
+    }) = OnBucket::start(kind, "queue")
+    else {
         return;
     };
-    let rt = support::seaweed::runtime();
-    let s3 = server.bucket("queue", &rt);
-    let (_identity, recipient) = support::age_keypair(tmp.path());
     let live = node_config(
         tmp.path(),
         &server,
@@ -408,13 +400,16 @@ fn a_refused_record_does_not_block_the_queue_on_seaweedfs() {
 }
 
 fn frozen_mid_multipart(kind: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(server) = S3Server::start(kind, &tmp.path().join("server")) else {
+    let Some(OnBucket {
+        tmp,
+        server,
+        rt,
+        s3,
+        recipient,
+    }) = OnBucket::start(kind, "frozen")
+    else {
         return;
     };
-    let rt = support::seaweed::runtime();
-    let s3 = server.bucket("frozen", &rt);
-    let (_identity, recipient) = support::age_keypair(tmp.path());
     let extra = "object_lock = \"governance\"\nlock_days = 1\ntimeout = \"2s\"\n";
     let live = node_config(
         tmp.path(),
@@ -498,13 +493,16 @@ fn a_store_frozen_mid_multipart_leaves_one_version_on_seaweedfs() {
 }
 
 fn two_nodes(kind: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(server) = S3Server::start(kind, &tmp.path().join("server")) else {
+    let Some(OnBucket {
+        tmp,
+        server,
+        rt,
+        s3,
+        recipient,
+    }) = OnBucket::start(kind, "shared")
+    else {
         return;
     };
-    let rt = support::seaweed::runtime();
-    let s3 = server.bucket("shared", &rt);
-    let (_identity, recipient) = support::age_keypair(tmp.path());
     let configs: Vec<PathBuf> = ["node-a", "node-b"]
         .iter()
         .map(|n| node_config(tmp.path(), &server, "shared", n, "", &recipient, false))

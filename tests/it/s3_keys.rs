@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::s3server::S3Server;
+use support::s3server::{OnBucket, S3Server};
 use support::{ckvault, ok, p};
 
 const BUCKET: &str = "shared";
@@ -52,18 +52,13 @@ fn config(
     recipient: &str,
     dead: bool,
 ) -> PathBuf {
-    let mut store = server.store_toml(BUCKET, PREFIX, spool);
+    let mut toml = server.node_toml(BUCKET, PREFIX, spool, extra, name, recipient)
+        + "[server]\nlisten = \"127.0.0.1:0\"\n";
     if dead {
-        store = store.replace(&server.endpoint(), "http://127.0.0.1:9");
+        toml = server.dead(&toml);
     }
     let path = tmp.join(file);
-    fs::write(
-        &path,
-        format!(
-            "{store}{extra}[node]\nname = \"{name}\"\n[seal]\nrecipients = [\"{recipient}\"]\n[server]\nlisten = \"127.0.0.1:0\"\n"
-        ),
-    )
-    .unwrap();
+    fs::write(&path, toml).unwrap();
     path
 }
 
@@ -151,16 +146,19 @@ fn pin(dir: &Path, node: &str, spool: &Path, file: &str) {
 }
 
 fn nodes_cannot_sign_as_one_another(kind: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let Some(server) = S3Server::start(kind, &t.join("server")) else {
+    let Some(OnBucket {
+        tmp,
+        server,
+        rt,
+        recipient,
+        ..
+    }) = OnBucket::start(kind, BUCKET)
+    else {
         return;
     };
-    let rt = support::seaweed::runtime();
-    server.bucket(BUCKET, &rt);
+    let t = tmp.path();
     let s3 =
         ckvault::internal::store::s3::S3Store::new(&server.store_config(BUCKET, PREFIX)).unwrap();
-    let (_identity, recipient) = support::age_keypair(t);
     let (spool_a, spool_b) = (t.join("spool-a"), t.join("spool-b"));
     let node_a = config(
         t, &server, "a.toml", "node-a", &spool_a, "", &recipient, false,
@@ -244,31 +242,11 @@ fn nodes_cannot_sign_as_one_another(kind: &str) {
         let serve = support::serve::Serve::start(&server_cfg, &t.join("serve.err"));
         let tls = t.join("spool-server/tls");
         let get = |path: &str| -> (u16, Vec<u8>) {
-            let out = std::process::Command::new("curl")
-                .args([
-                    "-sS",
-                    "--max-time",
-                    "30",
-                    "-w",
-                    "\n%{http_code}",
-                    "--cacert",
-                ])
-                .arg(tls.join("ca.pem"))
-                .arg("--cert")
-                .arg(tls.join("admin.pem"))
-                .arg("--key")
-                .arg(tls.join("admin.key"))
+            let out = support::serve::admin_curl(&tls, 30)
                 .arg(format!("https://127.0.0.1:{}{path}", serve.port))
                 .output()
                 .unwrap();
-            let mut body = out.stdout;
-            let split = body.iter().rposition(|b| *b == b'\n').unwrap_or(0);
-            let status = String::from_utf8_lossy(&body[split + 1..])
-                .trim()
-                .parse()
-                .unwrap_or(0);
-            body.truncate(split);
-            (status, body)
+            support::serve::answer(out.stdout)
         };
         // The index is built in the background after start.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);

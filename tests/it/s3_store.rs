@@ -10,32 +10,15 @@ use crate::support;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use support::seaweed::{self, Seaweed};
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Kills the child when dropped.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{Kill, ckvault, p, sha256_hex, wait_until};
 
 /// A node agent: `ckvault watch --config` with its stdout in a file.
 struct Node {
-    _proc: Proc,
+    _proc: Kill,
     out: PathBuf,
     watch_dir: PathBuf,
     spool: PathBuf,
@@ -65,7 +48,7 @@ impl Node {
             .spawn()
             .expect("spawn ckvault watch");
         Node {
-            _proc: Proc(child),
+            _proc: Kill(child),
             out,
             watch_dir,
             spool,
@@ -152,32 +135,12 @@ impl Server {
 
     /// GET `path` with the generated admin certificate: (status, body).
     fn get(&self, path: &str, extra: &[&str]) -> (u16, Vec<u8>) {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "60",
-                "-w",
-                "\n%{http_code}",
-                "--cacert",
-            ])
-            .arg(self.tls.join("ca.pem"))
-            .arg("--cert")
-            .arg(self.tls.join("admin.pem"))
-            .arg("--key")
-            .arg(self.tls.join("admin.key"))
+        let out = support::serve::admin_curl(&self.tls, 60)
             .args(extra)
             .arg(format!("https://127.0.0.1:{}{path}", self.port))
             .output()
             .expect("run curl");
-        let mut body = out.stdout;
-        let split = body.iter().rposition(|b| *b == b'\n').unwrap_or(0);
-        let status = String::from_utf8_lossy(&body[split + 1..])
-            .trim()
-            .parse()
-            .unwrap_or(0);
-        body.truncate(split);
-        (status, body)
+        support::serve::answer(out.stdout)
     }
 
     fn list(&self, query: &str) -> Vec<serde_json::Value> {
@@ -197,21 +160,6 @@ impl Server {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn ckvault(args: &[&str]) -> std::process::Output {
-    Command::new(support::ckvault_bin())
-        .args(args)
-        .output()
-        .expect("run ckvault")
 }
 
 #[test]

@@ -485,36 +485,9 @@ fn a_failed_seal_leaves_nothing_behind() {
 fn disk_full_in_the_store_leaves_no_partial_record() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");
-    fs::create_dir(&mnt).unwrap();
-    if support::outside_fast_tier("a tmpfs mount (root)") {
+    let Some(_tmpfs) = support::Tmpfs::mount(&mnt, "2m", "disk_full test") else {
         return;
-    }
-    let mounted = Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=2m",
-            "tmpfs",
-            mnt.to_str().unwrap(),
-        ])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        support::cannot_run(
-            support::REQUIRE_ENV,
-            "disk_full test: cannot mount a tmpfs here (needs root)",
-        );
-        return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
     let k = keys(dir.path());
     // 8 MiB of random bytes: incompressible, cannot fit in 2 MiB.
     let archive = dir.path().join("big.tar");

@@ -28,8 +28,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::S3Store;
+use super::client::Kind;
 use crate::manifest::sign::KeyError;
-use crate::manifest::{SigningKey, VerifyingKey};
+use crate::manifest::{Manifest, SigningKey, VerifyingKey};
 use crate::store::StoreError;
 
 /// Most objects (keys and rotation statements) read under one node's `keys/NODE/`: a
@@ -630,11 +631,80 @@ impl S3Store {
         self.put_bytes(&name, bytes, true, true).await?;
         Ok(())
     }
+
+    /// Publishes this node's public key so servers can verify its manifests and audit.
+    pub async fn publish_key(&self, node: &str, key: &VerifyingKey) -> Result<(), StoreError> {
+        let name = self.key(&format!("{}.pem", key_object_stem(node, &key.key_id())));
+        let pem = key.to_pem()?;
+        match self.put_bytes(&name, pem.into_bytes(), true, false).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::S3 {
+                kind: Kind::Precondition,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The key `node` signed with under `key_id`, trusted for that name: pinned to it in
+    /// `[store] trusted_keys` when set, else valid for it in the bucket (its first key or
+    /// one a signed rotation introduced, as this module says). A key trusted for another
+    /// name only is refused.
+    pub async fn node_key(&self, node: &str, key_id: &str) -> Result<VerifyingKey, StoreError> {
+        let cache_key = format!("{node}\n{key_id}");
+        if let Ok(cache) = self.keys.lock()
+            && let Some(k) = cache.get(&cache_key)
+        {
+            return Ok(k.clone());
+        }
+        let key = match &self.trusted {
+            Some(dir) => pinned_key(dir, node, key_id)?,
+            None => self.bucket_key(node, key_id).await?,
+        };
+        if key.key_id() != key_id {
+            return Err(StoreError::KeyIdMismatch {
+                node: node.to_owned(),
+                published: key.key_id(),
+                wanted: key_id.to_owned(),
+            });
+        }
+        if let Ok(mut cache) = self.keys.lock() {
+            cache.insert(cache_key, key.clone());
+        }
+        Ok(key)
+    }
+
+    /// Verifies a manifest's signature with its node's key.
+    pub async fn verify_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
+        let bad = |source| StoreError::Manifest {
+            id: m.id.to_string(),
+            source,
+        };
+        let sig = m
+            .signature
+            .as_ref()
+            .ok_or_else(|| bad(crate::manifest::ManifestError::Unsigned))?;
+        let node = m.node.as_deref().unwrap_or("");
+        let key = self.node_key(node, &sig.key_id).await?;
+        key.verify(m).map_err(bad)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_objects_and_node_names_are_path_safe() {
+        assert_eq!(
+            key_object_stem("node-a", "SHA256:ab/c+d"),
+            "keys/node-a/SHA256.ab_c-d"
+        );
+        assert!(valid_node_name("node-a.example_1"));
+        for bad in ["", "../x", "a/b", ".hidden", "a b", "a\nb"] {
+            assert!(!valid_node_name(bad), "{bad:?}");
+        }
+    }
 
     fn key() -> SigningKey {
         SigningKey::generate().unwrap()

@@ -230,14 +230,14 @@ impl Uploader {
                     .holds(&blob_key, manifest.sealed.size, &manifest.sealed.sha256)
                     .await?
                 {
-                    super::Holds::Same => {}
-                    super::Holds::Other(detail) => {
+                    super::read::Holds::Same => {}
+                    super::read::Holds::Other(detail) => {
                         return Err(StoreError::Conflict {
                             key: blob_key,
                             detail,
                         });
                     }
-                    super::Holds::Nothing => {
+                    super::read::Holds::Nothing => {
                         self.s3
                             .put_file(
                                 &blob_key,

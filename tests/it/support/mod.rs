@@ -13,6 +13,9 @@
 //!   contain it, the opened plaintext must.
 //! - [`ckvault_bin`]: the `ckvault` binary cargo built for these tests.
 //! - [`age_keypair`]: a fresh age identity file and its recipient, from Debian's `age-keygen`.
+//! - [`Kill`], [`wait_until`], [`wait_for`], [`sha256_hex`], [`Tmpfs`]: the small pieces
+//!   many suites need (a child killed on drop, polling with a deadline, a digest, a small
+//!   tmpfs mounted for a disk-full test).
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs::{self, File};
@@ -347,6 +350,114 @@ pub fn tar_with(members: &[(&str, u8, &[u8])]) -> Vec<u8> {
     out
 }
 
+/// A child process killed and reaped when dropped.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` every 100 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
+    wait_for(what, timeout, || f().then_some(()));
+}
+
+/// Polls `f` every 100 ms until it gives something; panics naming `what` after `timeout`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// True if this machine can make a PID namespace (root, `unshare` present); says so where
+/// not (as [`cannot_run`] says it), and in the fast tier.
+pub fn can_unshare() -> bool {
+    if outside_fast_tier("a PID namespace (root)") {
+        return false;
+    }
+    let ok = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        cannot_run(
+            REQUIRE_ENV,
+            "cannot make a PID namespace here (unshare --pid --fork --mount-proc; needs root)",
+        );
+    }
+    ok
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// SHA-256 of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A tmpfs of `size` (`mount -o size=`) mounted on a directory of the test's own, for the
+/// disk-full tests; unmounted when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts it on `dir` (made here). `None` in the fast tier, or where mounting is not
+    /// allowed (after [`cannot_run`] said so, naming `test`).
+    pub fn mount(dir: &Path, size: &str, test: &str) -> Option<Tmpfs> {
+        fs::create_dir(dir).unwrap();
+        if outside_fast_tier("a tmpfs mount (root)") {
+            return None;
+        }
+        let mounted = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                p(dir),
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            cannot_run(
+                REQUIRE_ENV,
+                &format!("{test}: cannot mount a {size} tmpfs here (needs root)"),
+            );
+            return None;
+        }
+        Some(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 pub mod containerd;
 pub mod crash;
 pub mod grpc;
@@ -357,6 +468,7 @@ pub mod realcri;
 pub mod s3server;
 pub mod seaweed;
 pub mod serve;
+pub mod watch;
 
 /// What a finished child did: its output and the bytes it passed to write(2) and friends
 /// (`wchar` of /proc/PID/io, read after it exited and before it was reaped: every byte it

@@ -53,6 +53,27 @@ impl S3Server {
         }
     }
 
+    /// A node's configuration: the `[store]` of `bucket`/`prefix` with its spool at `spool`
+    /// and `extra` lines in it, then `[node] name` and `[seal] recipients`.
+    pub fn node_toml(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        spool: &Path,
+        extra: &str,
+        node: &str,
+        recipient: &str,
+    ) -> String {
+        let store = self.store_toml(bucket, prefix, spool);
+        format!("{store}{extra}[node]\nname = \"{node}\"\n[seal]\nrecipients = [\"{recipient}\"]\n")
+    }
+
+    /// `toml` with this server's endpoint replaced by one nobody listens on: what is
+    /// sealed stays in the spool.
+    pub fn dead(&self, toml: &str) -> String {
+        toml.replace(&self.endpoint(), "http://127.0.0.1:9")
+    }
+
     /// Creates `bucket` with Object Lock enabled (so versioned) and returns a client on it.
     pub fn bucket(&self, bucket: &str, rt: &tokio::runtime::Runtime) -> S3Store {
         match self {
@@ -146,4 +167,39 @@ pub fn all_versions(
             .map(|o| (o.key().unwrap_or_default().to_owned(), true)),
     );
     v
+}
+
+/// What an S3 suite starts from: its temporary directory, a server of one kind in it, a
+/// bucket with Object Lock on that server and a client of it (no prefix), the runtime the
+/// client runs on, and an age recipient to seal to.
+pub struct OnBucket {
+    /// The test's temporary directory (the server's files are in `server/`).
+    pub tmp: tempfile::TempDir,
+    /// The server.
+    pub server: S3Server,
+    /// The runtime `s3` runs on.
+    pub rt: tokio::runtime::Runtime,
+    /// A client of the bucket, with the bucket's credentials.
+    pub s3: S3Store,
+    /// An age recipient (its identity is `TMP/identity.txt`).
+    pub recipient: String,
+}
+
+impl OnBucket {
+    /// Starts a server of `kind` (see [`S3Server::start`]) and makes `bucket` on it; `None`
+    /// where the server cannot run (said as [`S3Server::start`] says it).
+    pub fn start(kind: &str, bucket: &str) -> Option<OnBucket> {
+        let tmp = tempfile::tempdir().unwrap();
+        let server = S3Server::start(kind, &tmp.path().join("server"))?;
+        let rt = super::seaweed::runtime();
+        let s3 = server.bucket(bucket, &rt);
+        let (_identity, recipient) = super::age_keypair(tmp.path());
+        Some(OnBucket {
+            tmp,
+            server,
+            rt,
+            s3,
+            recipient,
+        })
+    }
 }

@@ -81,3 +81,75 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+/// `curl -sS --max-time SECS -w "\n%{http_code}" --cacert TLS/ca.pem`: a request to a
+/// server whose generated CA is in `tls`; the caller adds the credentials, its arguments
+/// and the URL, and reads the output with [`answer`] or [`json_answer`].
+pub fn curl(tls: &Path, max_time: u32) -> Command {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", &max_time.to_string()])
+        .args(["-w", "\n%{http_code}", "--cacert"])
+        .arg(tls.join("ca.pem"));
+    cmd
+}
+
+/// [`curl`] with the generated admin certificate (mTLS).
+pub fn admin_curl(tls: &Path, max_time: u32) -> Command {
+    let mut cmd = curl(tls, max_time);
+    cmd.arg("--cert")
+        .arg(tls.join("admin.pem"))
+        .arg("--key")
+        .arg(tls.join("admin.key"));
+    cmd
+}
+
+/// curl's output under `-w "\n%{http_code}"` as (status, body); status 0 when there is
+/// none (curl could not connect).
+pub fn answer(mut stdout: Vec<u8>) -> (u16, Vec<u8>) {
+    let cut = stdout.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+    let status = String::from_utf8_lossy(stdout.get(cut..).unwrap_or_default())
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    stdout.truncate(cut);
+    (status, stdout)
+}
+
+/// [`answer`] with the body as JSON, or as a JSON string of its text when it is not JSON.
+pub fn json_answer(stdout: Vec<u8>) -> (u16, serde_json::Value) {
+    let (status, body) = answer(stdout);
+    let body = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
+    (status, body)
+}
+
+/// The access policy of the alerting tests: admins may do everything everywhere, the
+/// group `alerting` (the alert senders) may ask for checkpoints in `shop`.
+pub const ALERTING_POLICY: &str = r#"version = 1
+[[grant]]
+subjects = ["group:ckvault:admins"]
+namespaces = ["*"]
+actions = ["list", "read-manifest", "download", "delete", "hold", "read-audit", "checkpoint"]
+[[grant]]
+subjects = ["group:alerting"]
+namespaces = ["shop"]
+actions = ["checkpoint"]
+"#;
+
+/// Writes [`ALERTING_POLICY`] as `dir/policies/access.toml` and adds the alert sender's
+/// bearer token (user `alertmanager`, group `alerting`) to `dir/tokens.toml`; the token.
+pub fn alerting_policy_and_token(dir: &Path) -> String {
+    fs::create_dir_all(dir.join("policies")).unwrap();
+    fs::write(dir.join("policies/access.toml"), ALERTING_POLICY).unwrap();
+    super::ok(&super::ckvault(&[
+        "token",
+        "add",
+        "alertmanager",
+        "--group",
+        "alerting",
+        "--tokens",
+        super::p(&dir.join("tokens.toml")),
+    ]))
+    .trim()
+    .to_owned()
+}
