@@ -16,9 +16,31 @@
 //! captures before a stop, and issues them again itself, so a spelling the runtime would
 //! not route must not become a stop (it is relayed, and the runtime answers it).
 //!
+//! [`parse_grpc_timeout`] reads the deadline a request carries (`grpc-timeout`), which the
+//! proxy gives an intercepted call and a stop's capture budget comes from.
+//!
 //! [`grpc_go`] models how grpc-go routes a `:path` before and after the fix; the fuzz
 //! target `grpc_path` holds [`route`] against it and `tests/it/cri_proxy_paths.rs` holds the
 //! model against a real grpc-go server.
+
+/// Parses a gRPC timeout header (`<digits><unit>`, units H M S m u n).
+pub fn parse_grpc_timeout(v: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
 
 /// The CRI method the proxy must never forward.
 pub const CHECKPOINT_METHOD: &str = "CheckpointContainer";
@@ -137,6 +159,18 @@ pub mod grpc_go {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        use std::time::Duration;
+        assert_eq!(parse_grpc_timeout("120S"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("500m"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("12X"), None);
+        assert_eq!(parse_grpc_timeout("999999999H"), None);
+    }
 
     #[test]
     fn only_canonical_single_paths_are_forwarded() {

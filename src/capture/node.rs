@@ -129,7 +129,7 @@ impl NodeTriggers {
         let deadline = call
             .grpc_timeout
             .as_deref()
-            .and_then(super::proxy::parse_grpc_timeout)
+            .and_then(super::method::parse_grpc_timeout)
             .map(|d| d.min(MAX_DEADLINE));
         match call.call {
             Call::Stop(Stop::Container) => {

@@ -70,7 +70,7 @@ impl Proxy {
         let deadline = call
             .grpc_timeout
             .as_deref()
-            .and_then(parse_grpc_timeout)
+            .and_then(super::method::parse_grpc_timeout)
             .unwrap_or(Duration::from_secs(120));
         let request: CheckpointContainerRequest = cri::unframe(call.body, 1 << 20)?;
         let location = (!request.location.is_empty()).then_some(request.location.as_str());
@@ -148,24 +148,6 @@ pub fn receipt_target(path: &Path) -> Result<&Path, &'static str> {
         Some(dir) if dir.is_dir() => Ok(path),
         _ => Err("its directory does not exist"),
     }
-}
-
-/// Parses a gRPC timeout header (`<digits><unit>`, units H M S m u n).
-pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
-    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 /// A trailers-only gRPC error answer (for HTTP/2 servers in the tests' runtime doubles).
@@ -270,20 +252,4 @@ pub async fn serve(
 /// Where the socket goes by default.
 pub fn default_socket() -> PathBuf {
     PathBuf::from("/run/ckvault/cri.sock")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts() {
-        assert_eq!(parse_grpc_timeout("120S"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_grpc_timeout("500m"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_grpc_timeout(""), None);
-        assert_eq!(parse_grpc_timeout("S"), None);
-        assert_eq!(parse_grpc_timeout("12X"), None);
-        assert_eq!(parse_grpc_timeout("999999999H"), None);
-    }
 }
