@@ -9,6 +9,9 @@
 //! 5. the caller must hold `checkpoint` on that namespace;
 //! 6. the [`super::gate`] admits it (deduplication per container, budgets, waiters).
 //!
+//! An alert for a container this process does not run goes instead to its [`Forwarder`],
+//! when it has one (capture across a fleet implements it; this module does not know it).
+//!
 //! The receiver answers then; the capture goes on in the background: a slot, the disk and
 //! byte checks against the container's working set (CRI `ContainerStats`), the checkpoint
 //! through [`super::checkpoint::Checkpointer`] with the trigger in the signed manifest,
