@@ -2,8 +2,8 @@
 //! bucket between the process that receives an alert and the node that runs the
 //! container ([`crate::store::s3::fleet`] has the objects).
 //!
-//! - **Receiver** ([`forward`]): an alert whose container this process does not run (no
-//!   runtime here, or not running in it) is matched against the rules and its caller
+//! - **Receiver** ([`forward`], the use case's [`Forwarder`]): an alert whose container
+//!   this process does not run (no runtime here, or not running in it) is matched against the rules and its caller
 //!   authorized here, deduplicated by this gate, then written as a capture request for the
 //!   node that publishes the pod (one GET to find it) and put in that node's inbox. A task
 //!   per request ([`settle`]) closes it at its expiry: `unclaimed` when no node claimed it
@@ -24,15 +24,13 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::alert::Alert;
 use super::cri::{LABEL_CONTAINER, LABEL_NAMESPACE, LABEL_POD, RuntimeClient};
 use super::incident::{
-    CaptureState, CaptureStatus, Incidents, NotTaken, Requester, Taken, alert_key, authorize,
-    describe,
+    CaptureState, CaptureStatus, Forwarded, Forwarder, Forwarding, Incidents, NotTaken, Taken,
+    alert_key, authorize, describe,
 };
 use super::rules;
-use crate::audit::{Action, Actor, AuditError, EventInput, Outcome};
-use crate::policy::PolicySet;
+use crate::audit::{Action, Actor, EventInput, Outcome};
 use crate::store::StoreError;
 use crate::store::s3::fleet::{
     CaptureRequest, Claim, Fleet, HEARTBEAT, InboxEntry, Outcome as Ended, PodPublication, Polled,
@@ -176,32 +174,34 @@ fn bucket_failed(what: &str, e: &StoreError) -> NotTaken {
     }
 }
 
-/// What [`forward`] made of an alert this process cannot capture itself.
-pub(crate) enum Forwarded {
-    /// A request waits in the bucket: the receiver's answer.
-    Requested(Taken),
-    /// Not forwarded: this refusal stands (audited by the caller).
-    No(NotTaken),
-    /// The request could not be audited (fail closed).
-    Audit(AuditError),
+impl Forwarder for FleetLink {
+    fn forward<'a>(
+        self: Arc<Self>,
+        inc: &'a Incidents,
+        forwarding: Forwarding<'a>,
+    ) -> futures_util::future::BoxFuture<'a, Forwarded> {
+        Box::pin(async move { forward(inc, &self, forwarding).await })
+    }
 }
 
 /// Turns an alert for a container this process does not run into a capture request for
 /// the node that publishes its pod (after the rule, the caller's authorization and this
-/// gate's deduplication, as a local alert). `not` is the local refusal, which stands
+/// gate's deduplication, as a local alert). `forwarding.not` is the local refusal, which stands
 /// when the alert cannot be forwarded: it names no pod by name (Falco by container ID
 /// alone is resolved only by its own node's agent), or this node publishes the pod.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn forward(
     inc: &Incidents,
     link: &Arc<FleetLink>,
-    who: &Requester<'_>,
-    policy: &PolicySet,
-    alert: &Alert,
-    id: &str,
-    mut status: CaptureStatus,
-    not: NotTaken,
+    forwarding: Forwarding<'_>,
 ) -> Forwarded {
+    let Forwarding {
+        who,
+        policy,
+        alert,
+        id,
+        mut status,
+        not,
+    } = forwarding;
     let t = &alert.target;
     let (Some(ns), Some(pod), Some(ctr)) = (&t.namespace, &t.pod, &t.container) else {
         return Forwarded::No(not);
@@ -533,13 +533,14 @@ fn fill(s: &mut CaptureStatus, o: &Ended) {
 /// Where a capture stands for `GET /v1/captures/ID`: from memory while it is this
 /// process's own; a request through the bucket is read there (its outcome, else its
 /// claim), and one this process no longer remembers (restarted, or its history is full)
-/// is read from its request object.
+/// is read from its request object. `link`: this process's part in the fleet, if any.
 pub(crate) async fn current(
     inc: &Incidents,
+    link: Option<&Arc<FleetLink>>,
     id: &str,
 ) -> Result<Option<CaptureStatus>, StoreError> {
     let known = inc.captures().get(id);
-    let Some(link) = inc.fleet() else {
+    let Some(link) = link else {
         return Ok(known);
     };
     let mut status = match known {
@@ -592,9 +593,9 @@ pub(crate) async fn current(
 }
 
 /// Starts a node agent's two loops (publishing its pods, polling its inbox), when this
-/// process has a runtime and takes part in a fleet.
-pub(crate) fn start_agent(inc: &Incidents) {
-    let (Some(link), Some(runtime)) = (inc.fleet().cloned(), inc.runtime().cloned()) else {
+/// process has a runtime and takes part in a fleet (`link`).
+pub(crate) fn start_agent(inc: &Incidents, link: Option<&Arc<FleetLink>>) {
+    let (Some(link), Some(runtime)) = (link.cloned(), inc.runtime().cloned()) else {
         return;
     };
     tracing::info!(node = %link.node, "fleet: publishing this node's pods and polling its inbox");

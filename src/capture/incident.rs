@@ -9,6 +9,9 @@
 //! 5. the caller must hold `checkpoint` on that namespace;
 //! 6. the [`super::gate`] admits it (deduplication per container, budgets, waiters).
 //!
+//! An alert for a container this process does not run goes instead to its [`Forwarder`],
+//! when it has one (capture across a fleet implements it; this module does not know it).
+//!
 //! The receiver answers then; the capture goes on in the background: a slot, the disk and
 //! byte checks against the container's working set (CRI `ContainerStats`), the checkpoint
 //! through [`super::checkpoint::Checkpointer`] with the trigger in the signed manifest,
@@ -50,7 +53,7 @@ pub(crate) enum CaptureState {
     /// The checkpoint or the seal failed.
     Failed,
     /// Another node runs it: a capture request waits in the bucket for that node
-    /// ([`super::fleet`]).
+    /// (capture across a fleet, capture/fleet.rs).
     Requested,
     /// The node's agent claimed the request and is capturing it.
     Claimed,
@@ -279,7 +282,46 @@ pub(crate) struct Incidents {
     metrics: Arc<IncidentMetrics>,
     folds: Arc<Mutex<HashMap<String, Fold>>>,
     flusher: Arc<std::sync::atomic::AtomicBool>,
-    fleet: Option<Arc<super::fleet::FleetLink>>,
+    forwarder: Option<Arc<dyn Forwarder>>,
+}
+
+/// An alert this process cannot capture itself, as [`Incidents::receive`] has it when it
+/// asks its [`Forwarder`].
+pub(crate) struct Forwarding<'a> {
+    /// Who sent it.
+    pub(crate) who: &'a Requester<'a>,
+    /// The policy its caller is authorized against.
+    pub(crate) policy: &'a PolicySet,
+    /// The alert.
+    pub(crate) alert: &'a Alert,
+    /// Its capture ID.
+    pub(crate) id: &'a str,
+    /// Its state so far (remembered once forwarded).
+    pub(crate) status: CaptureStatus,
+    /// The local refusal, which stands when the alert cannot be forwarded.
+    pub(crate) not: NotTaken,
+}
+
+/// What a [`Forwarder`] made of an alert this process cannot capture itself.
+pub(crate) enum Forwarded {
+    /// A request waits for another node: the receiver's answer.
+    Requested(Taken),
+    /// Not forwarded: this refusal stands (audited by the caller).
+    No(NotTaken),
+    /// The request could not be audited (fail closed).
+    Audit(AuditError),
+}
+
+/// Asks the node that runs a container for its capture, for an alert this process cannot
+/// capture itself (implemented by capture across a fleet, capture/fleet.rs, which uses
+/// this use case: the use case only knows this trait).
+pub(crate) trait Forwarder: Send + Sync {
+    /// Forwards the alert `req` names, deciding with `inc`'s rules and gate.
+    fn forward<'a>(
+        self: Arc<Self>,
+        inc: &'a Incidents,
+        req: Forwarding<'a>,
+    ) -> futures_util::future::BoxFuture<'a, Forwarded>;
 }
 
 /// How long a rule's hold is retried while the record is not yet in the bucket.
@@ -403,7 +445,7 @@ impl Incidents {
             metrics: Arc::default(),
             folds: Arc::default(),
             flusher: Arc::default(),
-            fleet: None,
+            forwarder: None,
         }
     }
 
@@ -451,16 +493,10 @@ impl Incidents {
     }
 
     /// The same use case taking part in capture across a fleet: alerts for containers
-    /// another node runs become requests in the bucket, and (with a runtime) requests for
-    /// this node's containers are captured here.
-    pub(crate) fn with_fleet(mut self, link: super::fleet::FleetLink) -> Self {
-        self.fleet = Some(Arc::new(link));
+    /// another node runs go to `forwarder` (requests in the bucket).
+    pub(crate) fn with_forwarder(mut self, forwarder: Arc<dyn Forwarder>) -> Self {
+        self.forwarder = Some(forwarder);
         self
-    }
-
-    /// Its part in capture across a fleet, if it takes one.
-    pub(crate) fn fleet(&self) -> Option<&Arc<super::fleet::FleetLink>> {
-        self.fleet.as_ref()
     }
 
     /// The runtime it checkpoints through, if any.
@@ -533,23 +569,20 @@ impl Incidents {
         let decided = self.decide(&who, policy, &alert, &id, &mut trigger).await;
         status.trigger = trigger.clone();
         // Not this process's container: with a fleet, the node that runs it is asked.
-        let decided = match (decided, &self.fleet) {
-            (Err(not), Some(fleet)) if not.forwardable() => {
-                match super::fleet::forward(
-                    self,
-                    fleet,
-                    &who,
+        let decided = match (decided, &self.forwarder) {
+            (Err(not), Some(forwarder)) if not.forwardable() => {
+                let req = Forwarding {
+                    who: &who,
                     policy,
-                    &alert,
-                    &id,
-                    status.clone(),
+                    alert: &alert,
+                    id: &id,
+                    status: status.clone(),
                     not,
-                )
-                .await
-                {
-                    super::fleet::Forwarded::Requested(taken) => return Ok(taken),
-                    super::fleet::Forwarded::Audit(e) => return Err(e),
-                    super::fleet::Forwarded::No(not) => Err(not),
+                };
+                match Arc::clone(forwarder).forward(self, req).await {
+                    Forwarded::Requested(taken) => return Ok(taken),
+                    Forwarded::Audit(e) => return Err(e),
+                    Forwarded::No(not) => Err(not),
                 }
             }
             (d, _) => d,
@@ -860,7 +893,8 @@ impl Incidents {
         tokio::spawn(async move { me.run(id, ticket, running, rule, trigger, deadline).await })
     }
 
-    /// A capture request claimed from the bucket ([`super::fleet`]): the receiver matched
+    /// A capture request claimed from the bucket (capture across a fleet,
+    /// capture/fleet.rs): the receiver matched
     /// the rule and authorized its caller (both recorded in the request, not done again);
     /// here it goes the same way as a local alert from the runtime on: resolved through
     /// this node's runtime, the namespace cross-checked against the request's, admitted by

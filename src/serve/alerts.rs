@@ -21,6 +21,7 @@ use super::AppState;
 use super::request::{ApiError, Caller, event, record};
 use crate::audit::{self, Actor, Outcome};
 use crate::capture::alert::{self, AlertParseError, alertmanager, falco, webhook};
+use crate::capture::fleet::FleetLink;
 use crate::capture::incident::{Incidents, Requester, Taken};
 use crate::policy::access::Principal;
 
@@ -28,6 +29,9 @@ use crate::policy::access::Principal;
 pub(crate) struct Receivers {
     /// The use case.
     pub(crate) incidents: Incidents,
+    /// Its part in capture across a fleet (`[fleet]`), if it takes one: the use case's
+    /// forwarder, and the link `GET /v1/captures/ID`, the node agent and `/metrics` use.
+    pub(crate) fleet: Option<Arc<FleetLink>>,
     /// `[alerts] enabled`: the receivers answer (without it, only `[fleet]` built the use
     /// case, for the requests a node agent claims, and `GET /v1/captures/ID`).
     pub(crate) accept_alerts: bool,
@@ -55,7 +59,7 @@ impl Receivers {
         custody: crate::vault::Custody,
         audit: Arc<crate::audit::AuditLog>,
         disks: Vec<std::path::PathBuf>,
-        fleet: Option<crate::capture::fleet::FleetLink>,
+        fleet: Option<FleetLink>,
     ) -> Result<Self, ReceiversError> {
         let mut senders = HashMap::new();
         for s in &config.alerts.sender {
@@ -73,11 +77,13 @@ impl Receivers {
         }
         let a = &config.alerts;
         let mut incidents = Incidents::from_config(config, checkpointer, custody, audit, disks)?;
-        if let Some(link) = fleet {
-            incidents = incidents.with_fleet(link);
+        let fleet = fleet.map(Arc::new);
+        if let Some(link) = &fleet {
+            incidents = incidents.with_forwarder(link.clone());
         }
         Ok(Self {
             incidents,
+            fleet,
             accept_alerts: a.enabled,
             labels: alertmanager::TargetLabels::from_config(a),
             max_alerts: a.max_alerts,
@@ -319,7 +325,7 @@ pub(crate) async fn capture(
         .take(64)
         .collect();
     // A request through the bucket is answered from there (its outcome, else its claim).
-    let found = match crate::capture::fleet::current(&r.incidents, &id).await {
+    let found = match crate::capture::fleet::current(&r.incidents, r.fleet.as_ref(), &id).await {
         Ok(found) => found,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read a capture request's state from the bucket");

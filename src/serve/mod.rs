@@ -416,7 +416,7 @@ pub(crate) async fn run(
     }
     // A node agent of a fleet: its pods published, its inbox polled.
     if let Some(r) = &prepared.state.receivers {
-        crate::capture::fleet::start_agent(&r.incidents);
+        crate::capture::fleet::start_agent(&r.incidents, r.fleet.as_ref());
     }
     // Failed authentications folded over an interval are audited as one count per source.
     tokio::spawn(request::audit_folded_failures(

@@ -105,7 +105,7 @@ pub(super) async fn metrics(State(state): State<Shared>) -> Response {
         .render(records, state.audit.head().map(|h| (h.size, h.hash)));
     if let Some(r) = &state.receivers {
         r.incidents.metrics().render(&mut text);
-        if let Some(f) = r.incidents.fleet() {
+        if let Some(f) = &r.fleet {
             f.metrics.render(&mut text);
         }
     }
