@@ -1,13 +1,26 @@
-//! Whole TLS records for HTTP/2: a write buffer between hyper's HTTP/2 connection and the
-//! TLS stream.
+//! Whole TLS records: a write buffer between hyper's connection (HTTP/1.1 and HTTP/2) and
+//! the TLS stream.
 //!
-//! HTTP/2 sends a body as frames of at most 16 KiB (the client's SETTINGS_MAX_FRAME_SIZE,
-//! 16,384 for curl and most clients), each a 9-byte head and its payload, and the `h2`
-//! crate flushes after each one. Straight into rustls, every frame becomes two TLS records,
-//! a full one and a 9-byte one, and the client pays a record (and a read) for those 9
-//! bytes: curl makes half again as many reads from ckvault as from nginx for the same blob.
+//! A client reading a download pays per TLS record (a read and a decryption set-up each),
+//! so a body should go out in full 16 KiB records, as nginx's does. Two things break them
+//! up on the way into rustls, and this layer undoes both:
 //!
-//! So plaintext is gathered here and handed to TLS in whole records (multiples of 16 KiB).
+//! - rustls takes plaintext up to its buffer limit *less the ciphertext it still holds*:
+//!   while the socket is full (the usual state of a download faster than its client), each
+//!   write is cut at an arbitrary byte and its last record is a part-record. Here TLS is
+//!   first made to send what it holds (a flush, which waits for the socket as OpenSSL's
+//!   retried write does), then handed at most [`CAP`] bytes in whole records, all of which
+//!   it takes. A large write (an HTTP/1.1 body chunk) goes straight from the caller's
+//!   buffer this way, without a copy.
+//!
+//! - HTTP/2 sends a body as frames of at most 16 KiB (the client's SETTINGS_MAX_FRAME_SIZE,
+//!   16,384 for curl and most clients), each a 9-byte head and its payload, and the `h2`
+//!   crate flushes after each one. Straight into rustls, every frame becomes two TLS
+//!   records, a full one and a 9-byte one, and the client pays a record (and a read) for
+//!   those 9 bytes: curl makes half again as many reads from ckvault as from nginx for the
+//!   same blob.
+//!
+//! So smaller writes are gathered here and handed to TLS in whole records (multiples of 16 KiB).
 //! A flush with a part-record left over is *deferred once*: the task is woken and the flush
 //! reported done, so the frames the connection writes in the same turn join the same
 //! records. The bytes held back are written, whole, by whichever comes first: a second
@@ -41,7 +54,7 @@ pub(crate) struct Coalesce<S> {
 }
 
 impl<S> Coalesce<S> {
-    /// Wraps `inner`, gathering writes only if `enabled` (HTTP/2 connections).
+    /// Wraps `inner`, gathering writes only if `enabled` (a pass-through otherwise).
     pub(crate) fn new(inner: S, enabled: bool) -> Self {
         Self {
             inner,
@@ -64,6 +77,9 @@ impl<S: AsyncWrite + Unpin> Coalesce<S> {
             if want == 0 {
                 return Poll::Ready(Ok(()));
             }
+            let want = want.min(CAP);
+            // TLS first sends what it holds, so it takes all of `want` in whole records.
+            ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[..want]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -117,6 +133,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         if !this.enabled {
             return Pin::new(&mut this.inner).poll_write(cx, data);
         }
+        if this.buf.is_empty() && data.len() >= RECORD {
+            // Whole records straight from the caller's buffer: no copy.
+            let whole = data.len().min(CAP) / RECORD * RECORD;
+            ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+            this.owed = false;
+            return Pin::new(&mut this.inner).poll_write(cx, data.get(..whole).unwrap_or_default());
+        }
         let room = ready!(this.room(cx))?;
         let n = room.min(data.len());
         this.buf
@@ -132,6 +155,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         let this = &mut *self;
         if !this.enabled {
             return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty())
+            && this.buf.is_empty()
+            && first.len() >= RECORD
+        {
+            return Pin::new(this).poll_write(cx, first);
         }
         let mut room = ready!(this.room(cx))?;
         let mut n = 0;
@@ -296,6 +325,67 @@ mod tests {
             Poll::Ready(Ok(()))
         ));
         assert_eq!(*sink.writes.lock().unwrap(), [1]);
+    }
+
+    /// rustls as this layer sees it: each write takes at most its buffer limit less what it
+    /// still holds, and sends only part of what it holds (a socket that is always full);
+    /// a flush sends everything. Records the plaintext each write took.
+    #[derive(Default)]
+    struct FullSocketTls {
+        held: usize,
+        took: Vec<usize>,
+    }
+
+    impl AsyncWrite for FullSocketTls {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = data.len().min(CAP - self.held);
+            self.held += n;
+            self.held -= self.held / 3; // part of it reached the socket
+            self.took.push(n);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.held = 0;
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_reaches_tls_in_whole_records_while_the_socket_is_full() {
+        // An HTTP/1.1 response: a head, then body chunks of 256 KiB, the last one short.
+        let mut s = Coalesce::new(FullSocketTls::default(), true);
+        s.write_all(&[b'h'; 300]).await.unwrap();
+        for _ in 0..8 {
+            s.write_all(&vec![0u8; 256 << 10]).await.unwrap();
+        }
+        s.write_all(&[1u8; 5000]).await.unwrap();
+        s.flush().await.unwrap();
+        s.flush().await.unwrap();
+        let took = &s.inner.took;
+        let (last, whole) = took.split_last().unwrap();
+        assert!(
+            whole.iter().all(|n| n % RECORD == 0 && *n > 0),
+            "every write but the last took whole records: {took:?}"
+        );
+        assert_eq!(
+            whole.iter().sum::<usize>() + last,
+            300 + 8 * (256 << 10) + 5000
+        );
+        // Without the flush before each write, this TLS would cut the records.
+        let mut raw = FullSocketTls::default();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let data = vec![0u8; CAP];
+        for _ in 0..4 {
+            let _ = Pin::new(&mut raw).poll_write(&mut cx, &data);
+        }
+        assert!(raw.took.iter().any(|n| n % RECORD != 0), "{:?}", raw.took);
     }
 
     #[tokio::test]

@@ -237,10 +237,10 @@ pub async fn serve(
                     }
                 })
             };
-            // The protocol ALPN chose; HTTP/2 frames reach TLS in whole records
+            // The protocol ALPN chose; either's bytes reach TLS in whole records
             // (super::coalesce).
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = TokioIo::new(super::coalesce::Coalesce::new(tls, h2));
+            let io = TokioIo::new(super::coalesce::Coalesce::new(tls, true));
             let conn: Pin<Box<dyn std::future::Future<Output = Result<(), hyper::Error>> + Send>> =
                 if h2 {
                     let mut builder =
