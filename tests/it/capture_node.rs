@@ -5,6 +5,10 @@
 //!   stopped (its `sealed_at` before the runtime's `finished_at`), the stop completes, and
 //!   `Version` / `ListContainers` on the same connection are answered while it is held; a
 //!   stop of a container no rule selects captures nothing;
+//! - a kubelet-style `StopPodSandbox` for a pod whose container an `on_stop` rule selects
+//!   (the container still running, as when the kubelet ends a pod without stopping each
+//!   container first): the record exists before the container stopped, the sandbox is
+//!   stopped by ckvault's own call;
 //! - with a budget shorter than the checkpoint (512 MiB), the stop still completes within
 //!   its deadline and the miss is a `capture-missed` audit event;
 //! - a schedule rule and a threshold rule (a container whose heap grows past it) on a real
@@ -19,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use ckvault::internal::capture::cri::{
     self, ContainerFilter, ContainerMetadata, ContainerStatusRequest, ImageSpec,
-    ListContainersRequest, PodSandboxMetadata, RuntimeClient, StopContainerRequest, VersionRequest,
+    ListContainersRequest, ListPodSandboxRequest, PodSandboxMetadata, RuntimeClient,
+    StopContainerRequest, StopPodSandboxRequest, VersionRequest,
     v1::runtime_service_client::RuntimeServiceClient,
 };
 use serde_json::Value;
@@ -419,6 +424,73 @@ fn a_stop_through_the_proxy_is_held_until_the_container_is_sealed_and_other_call
         "{events:#?}"
     );
     assert!(!events.iter().any(|e| e["action"] == "capture-missed"));
+}
+
+#[test]
+fn a_pod_stop_through_the_proxy_captures_its_selected_running_container_first() {
+    let Some(rt) = RealCri::start(16, "shop", "web-0", "web") else {
+        return;
+    };
+    let node = Node::new(
+        &rt,
+        "node-pod-stop",
+        "[[trigger]]\nname = \"pod-end\"\non_stop = true\nnamespaces = [\"shop\"]\ncontainers = [\"web\"]\n",
+    );
+    let _proxy = node.proxy();
+    let rtk = tokio();
+    rtk.block_on(async {
+        let sandbox = sandbox_of(&rt).await;
+        let mut client = connect(&node.listen).await;
+        let mut req = tonic::Request::new(StopPodSandboxRequest {
+            pod_sandbox_id: sandbox.clone(),
+        });
+        req.set_timeout(Duration::from_secs(60));
+        let t = Instant::now();
+        client
+            .stop_pod_sandbox(req)
+            .await
+            .expect("the held StopPodSandbox completes");
+        eprintln!(
+            "StopPodSandbox with a capture before it: {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
+        let (st, finished_at) = state(&rt, &rt.container_id).await;
+        assert_eq!(st, EXITED, "the pod's container is stopped");
+        let sandboxes = RuntimeClient::new(&rt.socket)
+            .list_pod_sandbox(ListPodSandboxRequest::default(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        let ours = sandboxes
+            .items
+            .iter()
+            .find(|s| s.id == sandbox)
+            .expect("the sandbox is still listed");
+        assert_ne!(
+            ours.state,
+            cri::SANDBOX_READY,
+            "the sandbox is stopped: {ours:?}"
+        );
+
+        let manifests = node.manifests();
+        assert_eq!(manifests.len(), 1, "{manifests:#?}");
+        let m = &manifests[0];
+        assert_eq!(m["trigger"]["kind"], "before-stop", "{m:#}");
+        assert_eq!(m["trigger"]["rule"], "pod-end");
+        assert!(
+            m["trigger"]["summary"]
+                .as_str()
+                .unwrap()
+                .starts_with("StopPodSandbox"),
+            "{m:#}"
+        );
+        assert_eq!(m["container_id"], rt.container_id.as_str());
+        let sealed = ns(m["sealed_at"].as_str().unwrap());
+        assert!(
+            sealed < finished_at,
+            "sealed at {sealed} before the container finished at {finished_at}"
+        );
+    });
+    assert!(node.staging().is_empty(), "{:?}", node.staging());
 }
 
 #[test]
