@@ -42,7 +42,7 @@ trap 'exit 130' INT TERM
 echo "== setting up: Debian packages and a Rust toolchain (scripts/setup.sh)"
 scripts/setup.sh age zstd debootstrap util-linux
 export PATH="$HOME/.cargo/bin:$PATH"
-echo "== building ckvault (release; the first build takes 10-25 minutes on 2 cores, later ones seconds)"
+echo "== building ckvault (release; the first build takes 6-25 minutes on 2 cores, later ones seconds)"
 t=$SECONDS
 cargo build --release --locked --quiet
 echo "   built in $((SECONDS - t)) s"

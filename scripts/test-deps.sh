@@ -12,6 +12,7 @@
 # Idempotent and quick when everything is there; called by scripts/test.sh and .ci/run.
 set -euo pipefail
 T0=$SECONDS
+export PIP_ROOT_USER_ACTION=ignore   # root installs on purpose (a test machine); no warning
 installed=0
 trap '[ $installed = 0 ] || echo "scripts/test-deps.sh: installed in $((SECONDS - T0)) s"' EXIT
 # command -> the Debian package that provides it; only the packages of missing commands are
