@@ -19,10 +19,12 @@ id=$(ls $W/store/records | sed -n 's/\.age$//p' | head -1); blob=$W/store/record
 pids=()
 D=$(mktemp -d /dev/shm/ckvault-pace.XXXXXX)
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$D"' EXIT
+# start BIN NAME: a server in this shell (so the trap stops it); its port in $port
 start() { "$1" serve --config $W/serve.toml > $W/$2.out 2>$W/$2.err & pids+=($!)
   for _ in $(seq 100); do grep -q "serving https" $W/$2.out 2>/dev/null && break; sleep 0.2; done
-  sed -n 's/.*serving https:\/\/127.0.0.1:\([0-9]*\).*/\1/p' $W/$2.out | head -1; }
-pa=$(start "$A" a); pb=$(start "$B" b)
+  port=$(sed -n 's/.*serving https:\/\/127.0.0.1:\([0-9]*\).*/\1/p' $W/$2.out | head -1)
+  [ -n "$port" ] || { echo "bench-pace: $1 did not start (see $W/$2.err)" >&2; exit 1; }; }
+start "$A" a; pa=$port; start "$B" b; pb=$port
 nginx -c $W/nginx/nginx.conf -g 'daemon off;' & pids+=($!)
 sleep 1
 n1=$(sed -n 's/.*listen 127.0.0.1:\([0-9]*\) ssl;.*/\1/p' $W/nginx/nginx.conf); n2=$((n1+1))
