@@ -29,6 +29,7 @@ nginx -c $W/nginx/nginx.conf -g 'daemon off;' & pids+=($!)
 sleep 1
 n1=$(sed -n 's/.*listen 127.0.0.1:\([0-9]*\) ssl;.*/\1/p' $W/nginx/nginx.conf); n2=$((n1+1))
 bsize=$(stat -c %s "$blob")
+echo "blob: $id, $bsize bytes; $N rounds per HTTP version"
 # one download; its speed in bytes/s, or a failure if it was not a whole 200 of the blob
 dl() { local code size speed
   read -r code size speed < <(curl -sS --tlsv1.3 --cacert $T/ca.pem -o $D/o \
