@@ -13,6 +13,8 @@
 //!   its deadline and the miss is a `capture-missed` audit event;
 //! - a schedule rule and a threshold rule (a container whose heap grows past it) on a real
 //!   pod: one record each, whatever the number of polls (the gate deduplicates).
+//! - a `memory_share` rule on a real container with a memory limit, past half of it: one
+//!   record, its summary naming the limit.
 
 use crate::support;
 
@@ -221,13 +223,15 @@ async fn sandbox_of(rt: &RealCri) -> String {
 }
 
 /// Starts one more container `name` running `command` in the harness pod `ns`/`pod`
-/// (the same sandbox configuration the harness gave it); its ID.
+/// (the same sandbox configuration the harness gave it), with a memory limit of
+/// `memory_limit` bytes when it is not 0; its ID.
 async fn run_container(
     rt: &RealCri,
     sandbox: &str,
     (ns, pod): (&str, &str),
     name: &str,
     command: &[&str],
+    memory_limit: i64,
 ) -> String {
     let client = RuntimeClient::new(&rt.socket);
     let namespaces = msg::NamespaceOption {
@@ -276,6 +280,9 @@ async fn run_container(
         labels,
         log_path: format!("{name}.log"),
         linux: Some(msg::LinuxContainerConfig {
+            resources: (memory_limit > 0).then_some(msg::LinuxContainerResources {
+                memory_limit_in_bytes: memory_limit,
+            }),
             security_context: Some(msg::LinuxContainerSecurityContext {
                 namespace_options: Some(namespaces),
                 ..Default::default()
@@ -332,6 +339,7 @@ fn a_stop_through_the_proxy_is_held_until_the_container_is_sealed_and_other_call
             ("shop", "api-0"),
             "sidecar",
             &["/bin/memhog", "8"],
+            0,
         )
         .await;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -576,6 +584,7 @@ fn schedule_and_threshold_rules_capture_a_real_pod_once_each_through_the_gate() 
             ("batch", "job-0"),
             "grower",
             &["/bin/sh", "-c", "sleep 6; exec /bin/memhog 96"],
+            0,
         )
         .await
     });
@@ -636,6 +645,63 @@ fn schedule_and_threshold_rules_capture_a_real_pod_once_each_through_the_gate() 
     assert!(
         node.log().contains("deduplicated"),
         "the gate refused the repeats"
+    );
+    assert!(node.staging().is_empty());
+}
+
+#[test]
+fn a_memory_share_rule_captures_a_real_container_past_its_share_of_the_limit() {
+    let Some(rt) = RealCri::start(16, "batch", "share-0", "idle") else {
+        return;
+    };
+    // Half of a 160 MiB limit: 80 MiB. The container holds a few KiB for 6 s, then 112 MiB.
+    let node = Node::new(
+        &rt,
+        "node-share",
+        "[capture]\npoll_interval = \"1s\"\n\
+         [[trigger]]\nname = \"half\"\nmemory_share = 0.5\nsustained = \"2s\"\ncooldown = \"1h\"\ncontainers = [\"limited\"]\n",
+    );
+    let _proxy = node.proxy();
+    let rtk = tokio();
+    let limited = rtk.block_on(async {
+        let sandbox = sandbox_of(&rt).await;
+        run_container(
+            &rt,
+            &sandbox,
+            ("batch", "share-0"),
+            "limited",
+            &["/bin/sh", "-c", "sleep 6; exec /bin/memhog 112"],
+            160 << 20,
+        )
+        .await
+    });
+    let started = Instant::now();
+    let mut seen = None;
+    while started.elapsed() < Duration::from_secs(25) && seen.is_none() {
+        if node
+            .manifests()
+            .iter()
+            .any(|m| m["trigger"]["kind"] == "threshold")
+        {
+            seen = Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let seen = seen.unwrap_or_else(|| panic!("no threshold capture\n{}", node.log()));
+    assert!(
+        seen >= Duration::from_secs(8),
+        "captured at {seen:?}, before it grew and held"
+    );
+    let manifests = node.manifests();
+    assert_eq!(manifests.len(), 1, "{manifests:#?}");
+    let m = &manifests[0];
+    assert_eq!(m["trigger"]["rule"], "half");
+    assert_eq!(m["container_id"], limited.as_str());
+    let summary = m["trigger"]["summary"].as_str().unwrap();
+    assert!(summary.contains("limit"), "{summary}");
+    eprintln!(
+        "memory_share capture sealed {:.1} s after the container started: {summary}",
+        seen.as_secs_f64()
     );
     assert!(node.staging().is_empty());
 }

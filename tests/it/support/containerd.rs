@@ -141,7 +141,14 @@ pub mod msg {
         pub readonly_rootfs: bool,
     }
     #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LinuxContainerResources {
+        #[prost(int64, tag = "4")]
+        pub memory_limit_in_bytes: i64,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
     pub struct LinuxContainerConfig {
+        #[prost(message, optional, tag = "1")]
+        pub resources: Option<LinuxContainerResources>,
         #[prost(message, optional, tag = "2")]
         pub security_context: Option<LinuxContainerSecurityContext>,
     }
@@ -387,6 +394,7 @@ impl Containerd {
             ]),
             log_path: format!("{container}/0.log"),
             linux: Some(msg::LinuxContainerConfig {
+                resources: None,
                 security_context: Some(msg::LinuxContainerSecurityContext {
                     namespace_options: Some(namespaces),
                     ..Default::default()
