@@ -124,14 +124,7 @@ impl Node {
     }
 
     fn staging(&self) -> Vec<String> {
-        std::fs::read_dir(self.dir.join("staging"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| !n.starts_with('.'))
-                    .collect()
-            })
-            .unwrap_or_default()
+        support::visible_entries(&self.dir.join("staging"))
     }
 }
 

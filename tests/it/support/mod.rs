@@ -555,3 +555,16 @@ pub fn run_measured(
         wchar: last,
     }
 }
+
+/// The names in `dir` that do not start with a dot (a store's or staging's own hidden
+/// files left out); none if it cannot be read.
+pub fn visible_entries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
