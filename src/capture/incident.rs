@@ -764,6 +764,12 @@ impl Incidents {
         {
             return Err(NotTaken::refused("no-rule", "no [[trigger]] rule matched"));
         }
+        // A caller without the grant on the namespace the alert names learns nothing of
+        // the captures there (not even that one was deduplicated); the namespace the
+        // runtime reports is checked again below.
+        if let Some(ns) = claimed_ns {
+            authorize(who, policy, ns)?;
+        }
         // Cheap checks first, so a storm costs the runtime nothing: the alert's own key,
         // and the container by the names the alert gives.
         let alert_key = alert_key(alert);
