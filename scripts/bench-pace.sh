@@ -65,6 +65,11 @@ med=lambda xs: st.median(xs)
 A=[r['a'] for r in d.values()]; B=[r['b'] for r in d.values()]; Nn=[r['n'] for r in d.values()]
 print(f"HTTP/{sys.argv[2]}: A {med(A):.0f}  B {med(B):.0f}  nginx {med(Nn):.0f} MiB/s (medians of {len(A)})")
 print(f"  paired ratios (median): A/nginx {med([r['a']/r['n'] for r in d.values()]):.3f}  B/nginx {med([r['b']/r['n'] for r in d.values()]):.3f}  B/A {med([r['b']/r['a'] for r in d.values()]):.3f}")
+# the spread of each ratio over the rounds (quartiles), and how often it was at least 1
+for name, k in (("A/nginx", "a"), ("B/nginx", "b")):
+    rs = sorted(r[k]/r['n'] for r in d.values())
+    q = st.quantiles(rs, n=4) if len(rs) > 1 else [rs[0]] * 3
+    print(f"  {name}: quartiles {q[0]:.3f} {q[1]:.3f} {q[2]:.3f}; >= 1.0 in {sum(x >= 1 for x in rs)} of {len(rs)} rounds")
 PY
 done
 # Time to first byte: one-byte ranges, 25 from A and 25 from nginx alternated (HTTP/1.1).

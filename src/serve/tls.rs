@@ -4,7 +4,8 @@
 //! also owns the connection limits ([`ConnectionLimits`]): handshake, first-request,
 //! request-head, idle and stalled-download timeouts, a cap on open connections per client
 //! address and in all (a full server closes its idlest connection for a newcomer), counted
-//! in [`Metrics`].
+//! in [`Metrics`], and each connection's socket options (no Nagle delay; at most
+//! `tcp_notsent_lowat` bytes waiting unsent in the kernel).
 //!
 //! Connections are served by connection threads ([`Shards`]), one single-threaded runtime
 //! each, as nginx's workers: a connection, with every task it spawns (HTTP/2 streams), lives
@@ -150,7 +151,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
+        tune(&tcp, &limits);
         // Handed to its thread as a plain socket, registered there with that thread's
         // reactor (a socket's readiness is reported by the runtime that registered it).
         let tcp = match tcp.into_std() {
@@ -425,6 +426,25 @@ impl Shards {
     }
 }
 
+/// Socket options of an accepted connection: no Nagle delay (responses and frames leave
+/// when written), and at most `tcp_notsent_lowat` bytes queued unsent, so a download's
+/// socket is refilled as TCP sends rather than holding the whole send buffer unsent (see
+/// `[server] tcp_notsent_lowat`). A kernel that refuses an option is logged once; the
+/// connection is served either way.
+fn tune(tcp: &tokio::net::TcpStream, limits: &ConnectionLimits) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let socket = socket2::SockRef::from(tcp);
+    let mut result = socket.set_tcp_nodelay(true);
+    if result.is_ok() && limits.tcp_notsent_lowat > 0 {
+        result = socket.set_tcp_notsent_lowat(limits.tcp_notsent_lowat);
+    }
+    if let Err(e) = result {
+        WARNED.call_once(|| {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY or TCP_NOTSENT_LOWAT on connections; serving them without");
+        });
+    }
+}
+
 /// Runs a closure when dropped.
 struct OnDrop<F: FnMut()>(F);
 
@@ -541,6 +561,25 @@ impl RefusalLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_get_the_configured_unsent_bound_or_none() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (lowat, want) in [(64 << 10, 64 << 10), (16 << 10, 16 << 10), (0, 0)] {
+            let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            let limits = ConnectionLimits {
+                tcp_notsent_lowat: lowat,
+                ..ConnectionLimits::default()
+            };
+            tune(&tcp, &limits);
+            let socket = socket2::SockRef::from(&tcp);
+            assert_eq!(socket.tcp_notsent_lowat().unwrap(), want);
+            assert!(socket.tcp_nodelay().unwrap());
+        }
+        assert_eq!(ConnectionLimits::default().tcp_notsent_lowat, 64 << 10);
+    }
 
     #[tokio::test]
     async fn connections_go_to_the_thread_with_fewest_open_and_stay_there() {
