@@ -221,8 +221,8 @@ pub(crate) async fn forward(
     let mut keys = vec![format!("pod:{ns}/{pod}/{ctr}")];
     keys.extend(alert_key.clone());
     for k in &keys {
-        if let Some(r) = inc.gate().duplicate_of(k) {
-            return Forwarded::No(NotTaken::gate(&r));
+        if let Some(d) = inc.gate().duplicate_of(k) {
+            return Forwarded::No(NotTaken::gate(&d.refusal));
         }
     }
     link.metrics.lookups.fetch_add(1, Relaxed);

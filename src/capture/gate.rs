@@ -180,10 +180,28 @@ impl Budget {
     }
 }
 
+/// A deduplication key's holder: until when, which capture, in which namespace.
+#[derive(Debug)]
+struct Taken {
+    until: Instant,
+    capture: String,
+    namespace: String,
+}
+
+/// A key taken within its cooldown: the refusal to answer, and the namespace of the
+/// capture that took it (a caller is authorized there before it is told).
+#[derive(Debug)]
+pub(crate) struct Duplicate {
+    /// The refusal ([`Refusal::Duplicate`]).
+    pub(crate) refusal: Refusal,
+    /// The namespace of the capture it repeats.
+    pub(crate) namespace: String,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// key -> (until, capture)
-    seen: HashMap<String, (Instant, String)>,
+    /// key -> the capture that took it, and until when
+    seen: HashMap<String, Taken>,
     /// Keys in the order they were taken, for eviction.
     order: VecDeque<String>,
     namespaces: HashMap<String, Budget>,
@@ -240,14 +258,17 @@ impl Gate {
 
     /// The capture a key was taken by within its cooldown, if any (a cheap check before
     /// the runtime is asked anything).
-    pub(crate) fn duplicate_of(&self, key: &str) -> Option<Refusal> {
+    pub(crate) fn duplicate_of(&self, key: &str) -> Option<Duplicate> {
         let now = Instant::now();
         let state = self.lock();
         match state.seen.get(key) {
-            Some((until, of)) if *until > now => Some(Refusal::Duplicate {
-                key: key.to_owned(),
-                of: of.clone(),
-                cooldown_secs: self.limits.cooldown.as_secs(),
+            Some(taken) if taken.until > now => Some(Duplicate {
+                refusal: Refusal::Duplicate {
+                    key: key.to_owned(),
+                    of: taken.capture.clone(),
+                    cooldown_secs: self.limits.cooldown.as_secs(),
+                },
+                namespace: taken.namespace.clone(),
             }),
             _ => None,
         }
@@ -264,12 +285,12 @@ impl Gate {
         let day = utc_day(wall);
         let mut state = self.lock();
         for key in &ask.keys {
-            if let Some((until, of)) = state.seen.get(key)
-                && *until > now
+            if let Some(taken) = state.seen.get(key)
+                && taken.until > now
             {
                 return Err(Refusal::Duplicate {
                     key: key.clone(),
-                    of: of.clone(),
+                    of: taken.capture.clone(),
                     cooldown_secs: cooldown.as_secs(),
                 });
             }
@@ -319,14 +340,19 @@ impl Gate {
                 .records += 1;
         }
         for key in &ask.keys {
-            state
-                .seen
-                .insert(key.clone(), (now + cooldown, ask.capture.to_owned()));
+            state.seen.insert(
+                key.clone(),
+                Taken {
+                    until: now + cooldown,
+                    capture: ask.capture.to_owned(),
+                    namespace: ask.namespace.to_owned(),
+                },
+            );
             state.order.push_back(key.clone());
         }
         // Forget expired keys, and the oldest past the cap.
         while let Some(front) = state.order.front() {
-            let expired = state.seen.get(front).is_none_or(|(until, _)| *until <= now);
+            let expired = state.seen.get(front).is_none_or(|t| t.until <= now);
             if !expired && state.seen.len() <= MAX_KEYS {
                 break;
             }

@@ -771,12 +771,18 @@ impl Incidents {
             authorize(who, policy, ns)?;
         }
         // Cheap checks first, so a storm costs the runtime nothing: the alert's own key,
-        // and the container by the names the alert gives.
+        // and the container by the names the alert gives. An alert that names no namespace
+        // (a Falco event by container ID alone) is authorized on the namespace of the
+        // capture it repeats before it is told of that capture: a caller without the grant
+        // gets the refusal the runtime's answer would have given it.
         let alert_key = alert_key(alert);
         let by_names = names_key(&alert.target);
         for key in alert_key.iter().chain(by_names.iter()) {
-            if let Some(r) = self.gate.duplicate_of(key) {
-                return Err(NotTaken::gate(&r));
+            if let Some(d) = self.gate.duplicate_of(key) {
+                if claimed_ns.is_none() {
+                    authorize(who, policy, &d.namespace)?;
+                }
+                return Err(NotTaken::gate(&d.refusal));
             }
         }
         let running = self.resolve(&alert.target).await?;

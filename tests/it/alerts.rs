@@ -557,12 +557,15 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer(('127.0.0.1', port), H).serve_forever()
 "#;
 
-fn falco_event(container_id: &str, namespace: &str) -> Vec<u8> {
+/// A Falco event for a container; without a namespace, as Falco reports a container it
+/// knows no Kubernetes metadata of (`k8s.ns.name` null, by container ID alone).
+fn falco_event(container_id: &str, namespace: Option<&str>) -> Vec<u8> {
+    let k8s = namespace.map_or(String::new(), |ns| format!(" k8s_ns={ns} k8s_pod=api-0"));
     // Falco's JSON output (json_output: true, json_include_output_property: true), as its
     // http_output posts it; fields as Falco's documentation lists them.
     serde_json::to_vec(&json!({
         "uuid": "8a0ad3c8-8f44-4c6d-9b5e-3e2f0b1a9c11",
-        "output": format!("02:01:31.512345678: Notice A shell was spawned in a container with an attached terminal (user=root container_id={container_id} k8s_ns={namespace} k8s_pod=api-0)"),
+        "output": format!("02:01:31.512345678: Notice A shell was spawned in a container with an attached terminal (user=root container_id={container_id}{k8s})"),
         "priority": "Notice",
         "rule": "Terminal shell in container",
         "time": "2026-12-07T02:01:31.512345678Z",
@@ -575,7 +578,7 @@ fn falco_event(container_id: &str, namespace: &str) -> Vec<u8> {
             "container.image.repository": "docker.io/library/busybox",
             "evt.time": 1796608891512345678u64,
             "k8s.ns.name": namespace,
-            "k8s.pod.name": "api-0",
+            "k8s.pod.name": namespace.map(|_| "api-0"),
             "proc.cmdline": "sh",
             "proc.tty": 34816,
             "user.name": "root",
@@ -670,7 +673,7 @@ fn falco_events_and_signed_webhooks_capture_through_the_runtime_and_hostile_bodi
     let (code, answer) = node.admin(
         "POST",
         "/v1/alerts/falco",
-        Some(&falco_event(&short, "shop")),
+        Some(&falco_event(&short, Some("shop"))),
     );
     assert_eq!(code, 202, "{answer}\n{}", node.log());
     let cap = answer["captures"][0]["capture"]
@@ -725,7 +728,7 @@ fn falco_events_and_signed_webhooks_capture_through_the_runtime_and_hostile_bodi
     let (code, answer) = node.admin(
         "POST",
         "/v1/alerts/falco",
-        Some(&falco_event(&short, "kube-system")),
+        Some(&falco_event(&short, Some("kube-system"))),
     );
     assert_eq!(code, 202, "{answer}");
     assert_eq!(answer["captures"][0]["state"], "refused", "{answer}");
@@ -801,6 +804,32 @@ fn falco_events_and_signed_webhooks_capture_through_the_runtime_and_hostile_bodi
             .is_some_and(|r| r.contains("may not checkpoint in namespace shop")),
         "{answer}"
     );
+
+    // The stranger sends a Falco event by container ID alone (no namespace) while the
+    // container's capture is within its cooldown: refused on the namespace of the capture
+    // it repeats, and never told of that capture (before, it was answered "deduplicated
+    // ... by capture cap-...", the check before authorization).
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, answer) = node.admin(
+        "POST",
+        "/v1/alerts/falco",
+        Some(&falco_event(&short, Some("shop"))),
+    );
+    assert_eq!(code, 202, "{answer}\n{}", node.log());
+    let taken = answer["captures"][0]["capture"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, answer) = node.post("/v1/alerts/falco", &falco_event(&short, None), &as_stranger);
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(answer["captures"][0]["state"], "refused", "{answer}");
+    let reason = answer["captures"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("may not checkpoint in namespace shop") && !reason.contains(&taken),
+        "{answer}"
+    );
+    let status = wait_state(&node, &taken, &["sealed", "failed", "refused"]);
+    assert_eq!(status["state"], "sealed", "{status}");
 
     // Hostile bodies: a clear 4xx, audited, nothing captured.
     let records_before = node.records().len();
