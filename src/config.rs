@@ -308,6 +308,9 @@ pub struct CriConfig {
     pub max_intercepted: usize,
     /// CheckpointContainer requests one connection may have arriving at once (default 8).
     pub max_pending_per_connection: usize,
+    /// Where `ckvault proxy` serves its counters at `/metrics` (plain HTTP, counts only;
+    /// default none).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `[cri] staging_mode`
@@ -336,6 +339,7 @@ impl Default for CriConfig {
             // The kubelet sends a checkpoint request whole; 8 unfinished ones on one
             // connection is already a client that is not the kubelet.
             max_pending_per_connection: 8,
+            metrics_listen: None,
         }
     }
 }

@@ -4,7 +4,8 @@
 //!   untouched except CheckpointContainer, which [`checkpoint`] turns into a sealed record;
 //!   [`relay`] is its wire (HTTP/2 frames relayed, not terminated), [`hpack`] decodes the
 //!   client header blocks it must follow, and [`method`] decides from a block's `:path`
-//!   whether a call is a checkpoint, is relayed, or is refused as non-canonical.
+//!   whether a call is a checkpoint, is relayed, or is refused as non-canonical;
+//!   [`cri_metrics`] counts what it relays, intercepts, seals and refuses.
 //! * [`watch`]: watches the kubelet checkpoint directory (walkdir at start, inotify after),
 //!   seals each complete `checkpoint-*.tar`, removes the plaintext and leaves a receipt.
 //! * [`staging`]: the private staging directory for plaintext awaiting sealing, and its
@@ -28,6 +29,7 @@
 pub mod alert;
 pub(crate) mod checkpoint;
 pub mod cri;
+pub(crate) mod cri_metrics;
 pub(crate) mod fleet;
 pub(crate) mod gate;
 pub mod hpack;

@@ -100,6 +100,11 @@ impl NodeTriggers {
         })
     }
 
+    /// The use case its captures go through (its counters are the proxy's `/metrics` too).
+    pub(crate) fn incidents(&self) -> &Incidents {
+        &self.incidents
+    }
+
     /// Whether a rule captures before a stop (the relay intercepts stops only then).
     pub(crate) fn captures_before_stop(&self) -> bool {
         self.incidents

@@ -20,6 +20,7 @@ use tokio::net::UnixListener;
 
 use super::checkpoint::{CheckpointError, CheckpointRequest, Checkpointer};
 use super::cri::{self, CheckpointContainerRequest, CheckpointContainerResponse, GrpcStatus};
+use super::cri_metrics::{CriMetrics, count};
 use super::receipt::Receipt;
 use super::relay::{Answer, Intercepted};
 use crate::manifest::SourceKind;
@@ -38,6 +39,8 @@ pub struct Proxy {
     pub max_pending_per_connection: usize,
     /// The node's own triggers (captures before a stop), if it runs them.
     pub(crate) node: Option<Arc<super::node::NodeTriggers>>,
+    /// Its counters (`/metrics` at `[cri] metrics_listen`).
+    pub(crate) metrics: Arc<CriMetrics>,
 }
 
 impl Proxy {
@@ -50,6 +53,7 @@ impl Proxy {
             max_intercepted: defaults.max_intercepted,
             max_pending_per_connection: defaults.max_pending_per_connection,
             node: None,
+            metrics: Arc::default(),
         }
     }
 
@@ -65,8 +69,18 @@ impl Proxy {
         }
     }
 
-    /// Answers an intercepted CheckpointContainer: checkpoint, seal, receipt.
+    /// Answers an intercepted CheckpointContainer: checkpoint, seal, receipt; counted as
+    /// sealed or failed.
     pub async fn checkpoint(&self, call: Intercepted) -> Answer {
+        let answer = self.checkpoint_uncounted(call).await;
+        count(match answer {
+            Ok(_) => &self.metrics.checkpoints_sealed,
+            Err(_) => &self.metrics.checkpoints_failed,
+        });
+        answer
+    }
+
+    async fn checkpoint_uncounted(&self, call: Intercepted) -> Answer {
         let deadline = call
             .grpc_timeout
             .as_deref()
@@ -244,9 +258,43 @@ pub async fn serve(
             max_pending_per_connection: max_pending,
             intercepted: intercepted.clone(),
             intercept_stops,
+            metrics: proxy.metrics.clone(),
         };
         tokio::spawn(async move { super::relay::relay(stream, &upstream, handler, limits).await });
     }
+}
+
+/// Serves the proxy's counters, and the node triggers' when it runs them, at
+/// `GET /metrics` on `listener` (plain HTTP: counts only, no names, IDs or paths; bind it
+/// where only the node's Prometheus reaches) until `shutdown` resolves.
+pub async fn serve_metrics(
+    proxy: Arc<Proxy>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let proxy = proxy.clone();
+            async move {
+                let mut out = String::new();
+                proxy.metrics.render(&mut out);
+                if let Some(node) = &proxy.node {
+                    node.incidents().metrics().render(&mut out);
+                }
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    out,
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Where the socket goes by default.

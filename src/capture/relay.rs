@@ -45,6 +45,8 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::cri_metrics::count;
+
 use bytes::{Bytes, BytesMut};
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -127,6 +129,8 @@ pub(crate) struct RelayLimits {
     /// Intercept `StopContainer` and `StopPodSandbox` too (a rule captures before a stop);
     /// without it they are relayed untouched, at no cost.
     pub intercept_stops: bool,
+    /// The proxy's counters.
+    pub metrics: Arc<super::cri_metrics::CriMetrics>,
 }
 
 impl Default for RelayLimits {
@@ -136,6 +140,7 @@ impl Default for RelayLimits {
             max_pending_per_connection: cri.max_pending_per_connection,
             intercepted: Arc::new(tokio::sync::Semaphore::new(cri.max_intercepted)),
             intercept_stops: false,
+            metrics: Arc::default(),
         }
     }
 }
@@ -492,6 +497,7 @@ impl Up {
             }
         } else {
             self.last_stream = block.stream;
+            count(&self.limits.metrics.calls);
         }
         let route = if opens {
             let refs: Vec<&[u8]> = paths.iter().map(Vec::as_slice).collect();
@@ -526,6 +532,7 @@ impl Up {
                 (Ok(p), _) => p,
                 (Err(limit), Call::Stop(_)) => {
                     // A stop is never refused: past the limits it goes on, uncaptured.
+                    count(&self.limits.metrics.stops_past_limits);
                     tracing::warn!(
                         stream = block.stream,
                         method = call.method(),
@@ -534,6 +541,7 @@ impl Up {
                     return self.forward(block, fields, out);
                 }
                 (Err(limit), Call::Checkpoint) => {
+                    count(&self.limits.metrics.intercepts_refused);
                     self.rewriting = true;
                     self.ours.insert(block.stream);
                     let answer: Answer = Err(GrpcStatus::new(
@@ -545,6 +553,10 @@ impl Up {
                     return Ok(());
                 }
             };
+            count(match call {
+                Call::Checkpoint => &self.limits.metrics.checkpoints_intercepted,
+                Call::Stop(_) => &self.limits.metrics.stops_held,
+            });
             self.rewriting = true;
             self.ours.insert(block.stream);
             self.pending.insert(
@@ -590,6 +602,7 @@ impl Up {
     /// the stream; later frames of it are dropped).
     fn refuse(&mut self, stream: u32, why: super::method::Refusal, path: Option<&[u8]>) {
         // The runtime's HPACK decoder never saw this block.
+        count(&self.limits.metrics.paths_refused);
         self.rewriting = true;
         self.ours.insert(stream);
         let shown = path.map(|p| {
@@ -623,6 +636,7 @@ impl Up {
             let Some(p) = self.pending.remove(&stream) else {
                 continue;
             };
+            count(&self.limits.metrics.intercepts_expired);
             let answer: Answer = Err(GrpcStatus::new(
                 Code::DeadlineExceeded,
                 format!(
@@ -881,9 +895,12 @@ async fn relay_connection(
     handler: Handler,
     limits: RelayLimits,
 ) {
+    let metrics = limits.metrics.clone();
+    let _open = super::cri_metrics::OpenConnection::new(&metrics);
     let runtime = match UnixStream::connect(upstream).await {
         Ok(s) => s,
         Err(e) => {
+            count(&metrics.runtime_unreachable);
             tracing::warn!(
                 upstream = %upstream.display(),
                 error = %e,
@@ -1057,6 +1074,7 @@ mod tests {
             max_pending_per_connection: 8,
             intercepted: Arc::new(tokio::sync::Semaphore::new(12)),
             intercept_stops: false,
+            metrics: Arc::default(),
         };
         let handler: Handler =
             Arc::new(|_| Box::pin(async { Err(GrpcStatus::new(Code::Internal, "test")) }));
@@ -1090,6 +1108,10 @@ mod tests {
         }
         assert_eq!(refused_total, 4);
         assert_eq!(limits.intercepted.available_permits(), 0);
+        let m = &limits.metrics;
+        assert_eq!(m.intercepts_refused.load(Ordering::Relaxed), 4);
+        assert_eq!(m.checkpoints_intercepted.load(Ordering::Relaxed), 12);
+        assert_eq!(m.calls.load(Ordering::Relaxed), 16);
     }
 
     #[tokio::test]
@@ -1105,6 +1127,7 @@ mod tests {
                 max_pending_per_connection: 8,
                 intercepted: Arc::new(tokio::sync::Semaphore::new(permits)),
                 intercept_stops,
+                metrics: Arc::default(),
             };
             let (tx, _rx) = mpsc::unbounded_channel();
             let mut up = Up::new(tx, handler.clone(), limits);
@@ -1139,6 +1162,7 @@ mod tests {
             max_pending_per_connection: 8,
             intercepted: Arc::new(tokio::sync::Semaphore::new(2)),
             intercept_stops: false,
+            metrics: Arc::default(),
         };
         let handler: Handler =
             Arc::new(|_| Box::pin(async { Err(GrpcStatus::new(Code::Internal, "test")) }));
@@ -1167,6 +1191,7 @@ mod tests {
             let frames = rx.recv().await.unwrap();
             assert!(frames.windows(13).any(|w| w == b"grpc-status\x014"));
         }
+        assert_eq!(limits.metrics.intercepts_expired.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]

@@ -31,6 +31,10 @@ pub struct ProxyArgs {
     /// `receipt`: a JSON receipt, 0600).
     #[arg(long)]
     no_receipts: bool,
+    /// Serve the proxy's counters at http://ADDR/metrics (Prometheus text; counts only);
+    /// default [cri] metrics_listen, none.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// Runs `ckvault proxy`.
@@ -46,6 +50,7 @@ pub(super) fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .or_else(|| config.cri.upstream.clone())
         .context("name the runtime socket with --runtime or [cri] upstream")?;
     let receipts = !args.no_receipts && config.cri.kubelet_location == KubeletLocation::Receipt;
+    let metrics_listen = args.metrics.or(config.cri.metrics_listen);
     let capture = super::common::capture_setup(
         &config,
         &args.capture,
@@ -89,6 +94,22 @@ pub(super) fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         }
         let listener =
             proxy::bind(&listen).with_context(|| format!("cannot listen on {}", listen.display()))?;
+        let metrics_stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        if let Some(addr) = metrics_listen {
+            let bound = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for /metrics ([cri] metrics_listen)"))?;
+            let addr = bound.local_addr()?;
+            let stopped = metrics_stop.clone();
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                let shutdown = async move { stopped.notified().await };
+                if let Err(e) = proxy::serve_metrics(proxy, bound, shutdown).await {
+                    tracing::warn!(error = %e, "proxy: /metrics stopped");
+                }
+            });
+            println!("ckvault: CRI proxy metrics on http://{addr}/metrics");
+        }
         println!(
             "ckvault: CRI proxy on unix://{} -> unix://{}",
             listen.display(),
@@ -104,6 +125,7 @@ pub(super) fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         };
         proxy::serve(proxy, listener, shutdown).await;
         stop.notify_waiters();
+        metrics_stop.notify_waiters();
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

@@ -253,7 +253,13 @@ impl Drop for Kill {
     }
 }
 
-fn start_proxy(listen: &Path, runtime: &Path, store: &Path, recipient: &str) -> Kill {
+fn start_proxy(
+    listen: &Path,
+    runtime: &Path,
+    store: &Path,
+    recipient: &str,
+    extra: &[&str],
+) -> Kill {
     let child = Command::new(support::ckvault_bin())
         .args([
             "proxy",
@@ -263,6 +269,7 @@ fn start_proxy(listen: &Path, runtime: &Path, store: &Path, recipient: &str) -> 
             runtime.to_str().unwrap(),
         ])
         .args(["--store", store.to_str().unwrap(), "-r", recipient])
+        .args(extra)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -304,6 +311,11 @@ struct Setup {
 }
 
 fn setup(archive: &Path) -> Setup {
+    setup_with(archive, &[])
+}
+
+/// [`setup`], the proxy started with `extra` arguments.
+fn setup_with(archive: &Path, extra: &[&str]) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let (identity, recipient) = support::age_keypair(&dir);
@@ -322,7 +334,7 @@ fn setup(archive: &Path) -> Setup {
     start_fake(&runtime_sock, fake.clone());
     let proxy_sock = dir.join("ckvault.sock");
     let store = dir.join("store");
-    let proxy = start_proxy(&proxy_sock, &runtime_sock, &store, &recipient);
+    let proxy = start_proxy(&proxy_sock, &runtime_sock, &store, &recipient, extra);
     std::fs::create_dir(dir.join("kubelet")).unwrap();
     Setup {
         client: RuntimeClient::new(&proxy_sock),
@@ -455,6 +467,111 @@ fn checkpoints_are_sealed_from_staging_and_the_kubelet_gets_a_receipt() {
         out.stdout == s.fake.archive,
         "opened bytes differ from the runtime's archive"
     );
+}
+
+#[test]
+fn the_proxy_counts_what_it_relays_seals_fails_and_refuses_at_its_metrics_address() {
+    // `ckvault proxy --metrics ADDR`, scraped with curl as Prometheus would: a relayed
+    // call, a sealed checkpoint, one the runtime fails, and a non-canonical path.
+    let Some(archive) = support::real_checkpoint(8, "forensics", "web-7d4", "app", "none") else {
+        return;
+    };
+    let port = support::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let s = setup_with(&archive, &["--metrics", &addr]);
+    let scrape = || -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "5"])
+            .arg(format!("http://{addr}/metrics"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let value = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    let mut before = String::new();
+    support::wait_until("the metrics address", Duration::from_secs(10), || {
+        Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "2"])
+            .arg(format!("http://{addr}/metrics"))
+            .output()
+            .map(|o| {
+                before = String::from_utf8_lossy(&o.stdout).into_owned();
+                o.status.success()
+            })
+            .unwrap_or(false)
+    });
+    assert_eq!(value(&before, "ckvault_cri_calls_total"), 0, "{before}");
+    let location = s.dir.join("kubelet/checkpoint-metrics.tar");
+    checkpoint_call(&s.client, "c1", &location, T).unwrap();
+    let err = checkpoint_call(
+        &s.client,
+        "missing",
+        &s.dir.join("kubelet/checkpoint-m2.tar"),
+        T,
+    )
+    .unwrap_err();
+    assert_eq!(err.code, tonic::Code::NotFound, "{err}");
+    block(async {
+        let mut sender = s.client.connect().await.unwrap();
+        let (st, msg, _) = raw_call(&mut sender, "Version", Bytes::from_static(&[0; 5]), &[]).await;
+        assert_eq!(st, "0", "{msg}");
+        let (st, msg, _) = support::grpc::exchange(
+            &mut sender,
+            "/runtime.v1.RuntimeService//CheckpointContainer",
+            Bytes::from_static(&[0; 5]),
+            &[],
+        )
+        .await;
+        assert_eq!(st, "12", "UNIMPLEMENTED: {msg}");
+    });
+    let text = scrape();
+    assert_eq!(
+        value(&text, "ckvault_cri_checkpoints_intercepted_total"),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "ckvault_cri_checkpoints_sealed_total"),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "ckvault_cri_checkpoints_failed_total"),
+        1,
+        "{text}"
+    );
+    assert_eq!(value(&text, "ckvault_cri_paths_refused_total"), 1, "{text}");
+    assert_eq!(value(&text, "ckvault_cri_calls_total"), 4, "{text}");
+    assert!(value(&text, "ckvault_cri_connections_total") >= 1, "{text}");
+    assert_eq!(
+        value(&text, "ckvault_cri_intercepts_refused_total"),
+        0,
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE ckvault_cri_connections_open gauge"),
+        "{text}"
+    );
+    // Counts only: nothing of the calls (IDs, namespaces, paths) is in the text.
+    for secret in ["c1", "missing", "forensics", "web-7d4", "kubelet", "//"] {
+        assert!(
+            !text
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .any(|l| l.contains(secret)),
+            "{secret} in:\n{text}"
+        );
+    }
+    assert_eq!(store_records(&s.store).len(), 1);
 }
 
 #[test]
