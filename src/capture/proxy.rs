@@ -264,37 +264,78 @@ pub async fn serve(
     }
 }
 
+/// Connections the `/metrics` listener serves at once; more are closed at once. A scraper
+/// needs one; the bound keeps a local client from spending the proxy's descriptors, which
+/// the kubelet's connections need.
+const METRICS_CONNECTIONS: usize = 8;
+/// Time a `/metrics` connection has for its request head, and for its whole life.
+const METRICS_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+const METRICS_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the proxy's counters, and the node triggers' when it runs them, at
-/// `GET /metrics` on `listener` (plain HTTP: counts only, no names, IDs or paths; bind it
-/// where only the node's Prometheus reaches) until `shutdown` resolves.
+/// `GET /metrics` on `listener` until `shutdown` resolves: plain HTTP/1.1, counts only (no
+/// names, IDs or paths), one request per connection, at most [`METRICS_CONNECTIONS`] at
+/// once, each closed after [`METRICS_HEAD_TIMEOUT`] without a request head and
+/// [`METRICS_CONNECTION_TIMEOUT`] in all. Bind it where only the node's Prometheus reaches.
 pub async fn serve_metrics(
     proxy: Arc<Proxy>,
     listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let proxy = proxy.clone();
-            async move {
-                let mut out = String::new();
-                proxy.metrics.render(&mut out);
-                if let Some(node) = &proxy.node {
-                    node.incidents().metrics().render(&mut out);
-                }
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    out,
-                )
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let tcp = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, std::convert::Infallible>(metrics_answer(&proxy, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(METRICS_HEAD_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+            let _ = tokio::time::timeout(METRICS_CONNECTION_TIMEOUT, conn).await;
+        });
+    }
+}
+
+/// `GET /metrics`: the counters; anything else 404 or 405.
+fn metrics_answer<B>(proxy: &Proxy, req: &hyper::Request<B>) -> Response<Full<Bytes>> {
+    let (status, body) = match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => {
+            let mut out = String::new();
+            proxy.metrics.render(&mut out);
+            if let Some(node) = &proxy.node {
+                node.incidents().metrics().render(&mut out);
             }
-        }),
+            (hyper::StatusCode::OK, out)
+        }
+        (_, "/metrics") => (
+            hyper::StatusCode::METHOD_NOT_ALLOWED,
+            "GET only\n".to_owned(),
+        ),
+        _ => (hyper::StatusCode::NOT_FOUND, "only /metrics\n".to_owned()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    resp
 }
 
 /// Where the socket goes by default.

@@ -104,9 +104,7 @@ pub(super) fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             let proxy = proxy.clone();
             tokio::spawn(async move {
                 let shutdown = async move { stopped.notified().await };
-                if let Err(e) = proxy::serve_metrics(proxy, bound, shutdown).await {
-                    tracing::warn!(error = %e, "proxy: /metrics stopped");
-                }
+                proxy::serve_metrics(proxy, bound, shutdown).await;
             });
             println!("ckvault: CRI proxy metrics on http://{addr}/metrics");
         }

@@ -572,6 +572,60 @@ fn the_proxy_counts_what_it_relays_seals_fails_and_refuses_at_its_metrics_addres
         );
     }
     assert_eq!(store_records(&s.store).len(), 1);
+
+    // A local client holding 40 idle connections to it takes 8 of the listener's slots
+    // (the rest are closed at once) and none of the kubelet's calls; each idle one is closed
+    // within the 2 s head timeout, and the next scrape is served.
+    let idle: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    block(async {
+        let mut sender = s.client.connect().await.unwrap();
+        let (st, msg, _) = raw_call(&mut sender, "Version", Bytes::from_static(&[0; 5]), &[]).await;
+        assert_eq!(st, "0", "a CRI call while /metrics is flooded: {msg}");
+    });
+    let t0 = Instant::now();
+    for mut c in idle {
+        use std::io::Read;
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 512];
+        // Closed by the proxy: end of stream (after whatever it answered) or a reset, never
+        // the 10 s read timeout.
+        let closed = loop {
+            match c.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        };
+        assert!(closed, "an idle /metrics connection stayed open");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let text = scrape();
+    assert_eq!(value(&text, "ckvault_cri_calls_total"), 5, "{text}");
+    for (args, code) in [(&["-X", "POST"][..], "405"), (&["-X", "GET"][..], "404")] {
+        let url = if code == "404" {
+            format!("http://{addr}/other")
+        } else {
+            format!("http://{addr}/metrics")
+        };
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args(args)
+            .arg(url)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), code);
+    }
 }
 
 #[test]
