@@ -479,19 +479,20 @@ fn the_proxy_counts_what_it_relays_seals_fails_and_refuses_at_its_metrics_addres
     let port = support::free_port();
     let addr = format!("127.0.0.1:{port}");
     let s = setup_with(&archive, &["--metrics", &addr]);
-    let scrape = || -> String {
+    // One GET of /metrics with curl: the body, or why it failed.
+    let try_scrape = || -> Result<String, String> {
         let out = Command::new("curl")
             .args(["-sS", "--fail", "--max-time", "5"])
             .arg(format!("http://{addr}/metrics"))
             .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     };
+    let scrape = || try_scrape().unwrap_or_else(|e| panic!("scraping /metrics: {e}"));
     let value = |text: &str, name: &str| -> u64 {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
@@ -499,15 +500,7 @@ fn the_proxy_counts_what_it_relays_seals_fails_and_refuses_at_its_metrics_addres
     };
     let mut before = String::new();
     support::wait_until("the metrics address", Duration::from_secs(10), || {
-        Command::new("curl")
-            .args(["-sS", "--fail", "--max-time", "2"])
-            .arg(format!("http://{addr}/metrics"))
-            .output()
-            .map(|o| {
-                before = String::from_utf8_lossy(&o.stdout).into_owned();
-                o.status.success()
-            })
-            .unwrap_or(false)
+        try_scrape().map(|t| before = t).is_ok()
     });
     assert_eq!(value(&before, "ckvault_cri_calls_total"), 0, "{before}");
     let location = s.dir.join("kubelet/checkpoint-metrics.tar");
